@@ -1,0 +1,48 @@
+# Build plumbing for ec2-run-supervisor. Every recipe calls the venv's binaries by path,
+# so nothing depends on the caller's PATH; only `python3` is needed to bootstrap.
+
+PYTHON      ?= python3
+VENV        := .venv
+BIN         := $(VENV)/bin
+STAMP       := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := test
+.PHONY: install lint format test demo bench soak clean
+
+install: $(STAMP)
+
+# Re-runs only when pyproject.toml or constraints.txt is newer than the stamp.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -c constraints.txt -e '.[dev]'
+	touch $@
+
+# Runs every checker, then fails if any of them failed.
+lint: $(STAMP)
+	@rc=0; \
+	echo '+ ruff check'; $(BIN)/ruff check . || rc=1; \
+	echo '+ ruff format --check'; $(BIN)/ruff format --check . || rc=1; \
+	echo '+ mypy (strict, from pyproject.toml)'; $(BIN)/mypy || rc=1; \
+	echo '+ lint-imports'; $(BIN)/lint-imports || rc=1; \
+	exit $$rc
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: $(STAMP)
+	$(BIN)/pytest -q --timeout=300 $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(BIN)/python -m supervisor.demo
+
+bench: $(STAMP)
+	$(BIN)/python -m tests.bench
+
+soak: $(STAMP)
+	$(BIN)/python -m tests.bench.soak
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .import_linter_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

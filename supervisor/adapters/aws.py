@@ -1,0 +1,297 @@
+"""AWS through aioboto3: one shared client per (service, region), every call counted.
+
+Credentials, region and endpoint come from the standard chain (profile, environment,
+`AWS_ENDPOINT_URL`), so the same code runs against AWS, moto or LocalStack. botocore's own
+retries are off (`total_max_attempts=1`): retry policy lives in one place, the runtime's
+`retry` module, and attempts never multiply. Errors leave this module as
+`supervisor.core.errors` types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AsyncExitStack, contextmanager
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Self
+
+import aioboto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
+
+from supervisor.adapters.faults import FaultPlan
+from supervisor.core.completion import ListRequest
+from supervisor.core.errors import (
+    ExternalError,
+    NotFoundError,
+    PermanentError,
+    TransientError,
+)
+from supervisor.core.values import InstanceId, InstanceState, ObjectInfo
+
+DESCRIBE_BATCH = 1000  # DescribeInstances takes at most 1000 instance ids
+
+_TRANSIENT_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "SlowDown",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "InternalError",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "Unavailable",
+        "PriorRequestNotComplete",
+        "EC2ThrottledException",
+        "BandwidthLimitExceeded",
+    }
+)
+_NOT_FOUND_CODES = frozenset({"InvalidInstanceID.NotFound", "NoSuchKey", "NoSuchBucket", "404"})
+_CONNECTION_ERRORS = (
+    EndpointConnectionError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    ReadTimeoutError,
+)
+_INSTANCE_ID_IN_TEXT = re.compile(r"i-[0-9a-f]{8,17}")
+
+
+def translate(exc: BaseException, operation: str) -> ExternalError:
+    """Map a botocore/aiohttp exception to transient, not-found or permanent."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", "Unknown"))
+        message = str(error.get("Message", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if code in _NOT_FOUND_CODES:
+            return NotFoundError(code, message, operation=operation)
+        if code in _TRANSIENT_CODES or status >= 500:
+            return TransientError(code, message, operation=operation)
+        return PermanentError(code, message, operation=operation)
+    if isinstance(exc, _CONNECTION_ERRORS | asyncio.TimeoutError | OSError):
+        return TransientError(type(exc).__name__, str(exc), operation=operation)
+    if isinstance(exc, NoCredentialsError):
+        return PermanentError(
+            "NoCredentials",
+            "no AWS credentials found: configure a profile, environment variables or an "
+            "instance role",
+            operation=operation,
+        )
+    if isinstance(exc, BotoCoreError):
+        return PermanentError(type(exc).__name__, str(exc), operation=operation)
+    return PermanentError(type(exc).__name__, str(exc), operation=operation)
+
+
+@contextmanager
+def _translated(operation: str) -> Iterator[None]:
+    try:
+        yield
+    except ExternalError:
+        raise
+    except (TimeoutError, ClientError, BotoCoreError, OSError) as exc:
+        raise translate(exc, operation) from exc
+    except Exception as exc:  # aiohttp's client errors and the like
+        if type(exc).__module__.startswith("aiohttp"):
+            raise TransientError(type(exc).__name__, str(exc), operation=operation) from exc
+        raise
+
+
+class CallCounter:
+    """AWS calls by (service, operation), counted by a botocore `before-call` hook."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[tuple[str, str]] = Counter()
+
+    def hook(self, *, model: Any = None, **_: Any) -> None:
+        if model is not None:
+            self.calls[(model.service_model.service_name, model.name)] += 1
+
+    def count(self, operation: str) -> int:
+        return sum(n for (_, op), n in self.calls.items() if op == operation)
+
+    def snapshot(self) -> dict[str, int]:
+        return {f"{service}:{op}": n for (service, op), n in sorted(self.calls.items())}
+
+
+class Aws:
+    """The AWS port's adapter. Use as `async with Aws(...) as aws:`; clients close on exit."""
+
+    def __init__(
+        self,
+        *,
+        session: aioboto3.Session | None = None,
+        faults: FaultPlan | None = None,
+        max_pool_connections: int = 50,
+    ) -> None:
+        self._session = session or aioboto3.Session()
+        self._faults = faults
+        self._config = Config(
+            retries={"total_max_attempts": 1},
+            max_pool_connections=max_pool_connections,
+            connect_timeout=10,
+            read_timeout=60,
+        )
+        self._stack = AsyncExitStack()
+        self._clients: dict[tuple[str, str], Any] = {}
+        self._client_lock = asyncio.Lock()
+        self.counter = CallCounter()
+
+    @property
+    def default_region(self) -> str | None:
+        region = self._session.region_name
+        return str(region) if region else None
+
+    async def __aenter__(self) -> Self:
+        await self._stack.__aenter__()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._stack.__aexit__(et, e, tb)
+        self._clients.clear()
+
+    async def _client(self, service: str, region: str) -> Any:
+        key = (service, region)
+        client = self._clients.get(key)
+        if client is not None:
+            return client
+        async with self._client_lock:
+            if key not in self._clients:
+                created = await self._stack.enter_async_context(
+                    self._session.client(service, region_name=region, config=self._config)
+                )
+                created.meta.events.register("before-call.*.*", self.counter.hook)
+                if self._faults:
+                    created.meta.events.register("before-send.*.*", self._faults.before_send)
+                self._clients[key] = created
+            return self._clients[key]
+
+    def __repr__(self) -> str:
+        return f"<Aws clients={sorted(self._clients)} calls={sum(self.counter.calls.values())}>"
+
+    # -- S3 -----------------------------------------------------------------------------------
+
+    async def list_objects(self, request: ListRequest, region: str) -> tuple[ObjectInfo, ...]:
+        """Every object directly under (or, without delimiter, below) the prefix; full keys."""
+        s3 = await self._client("s3", region)
+        found: list[ObjectInfo] = []
+        kwargs: dict[str, Any] = {"Bucket": request.bucket, "Prefix": request.prefix}
+        if request.delimiter:
+            kwargs["Delimiter"] = request.delimiter
+        with _translated("ListObjectsV2"):
+            while True:
+                page = await s3.list_objects_v2(**kwargs)
+                for item in page.get("Contents", ()):
+                    modified = item["LastModified"]
+                    found.append(
+                        ObjectInfo(
+                            key=item["Key"],
+                            etag=str(item.get("ETag", "")).strip('"'),
+                            size=int(item.get("Size", 0)),
+                            last_modified=modified.astimezone(UTC)
+                            if isinstance(modified, datetime)
+                            else datetime.now(UTC),
+                        )
+                    )
+                token = page.get("NextContinuationToken")
+                if not page.get("IsTruncated") or not token:
+                    break
+                kwargs["ContinuationToken"] = token
+        return tuple(found)
+
+    async def read_object(self, bucket: str, key: str, region: str, *, limit: int = 65536) -> str:
+        """The first `limit` bytes of an object, decoded as UTF-8 (invalid bytes replaced)."""
+        s3 = await self._client("s3", region)
+        with _translated("GetObject"):
+            response = await s3.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{limit - 1}")
+            async with response["Body"] as body:
+                data: bytes = await body.read()
+        return data.decode("utf-8", errors="replace")
+
+    # -- EC2 ----------------------------------------------------------------------------------
+
+    async def describe_instances(
+        self, ids: Sequence[InstanceId], region: str
+    ) -> dict[InstanceId, InstanceState]:
+        """States of the given instances, ≤1000 ids per call. Ids AWS does not know are
+        `UNKNOWN` (AWS forgets terminated instances after about an hour)."""
+        states: dict[InstanceId, InstanceState] = {}
+        unique = list(dict.fromkeys(ids))
+        for start in range(0, len(unique), DESCRIBE_BATCH):
+            batch = unique[start : start + DESCRIBE_BATCH]
+            async for instance_id, state in self._describe_batch(batch, region):
+                states[instance_id] = state
+        return states
+
+    async def _describe_batch(
+        self, batch: list[InstanceId], region: str
+    ) -> AsyncIterator[tuple[InstanceId, InstanceState]]:
+        ec2 = await self._client("ec2", region)
+        remaining = list(batch)
+        while remaining:
+            try:
+                with _translated("DescribeInstances"):
+                    seen = await self._describe_pages(ec2, remaining)
+            except NotFoundError as exc:
+                # The whole call fails if one id is unknown; the message names the ids.
+                missing = set(_INSTANCE_ID_IN_TEXT.findall(exc.message)) & set(remaining)
+                if not missing:
+                    raise
+                for instance_id in missing:
+                    yield InstanceId(instance_id), InstanceState.UNKNOWN
+                remaining = [i for i in remaining if i not in missing]
+                continue
+            for instance_id in remaining:
+                yield instance_id, seen.get(instance_id, InstanceState.UNKNOWN)
+            return
+
+    @staticmethod
+    async def _describe_pages(ec2: Any, ids: list[InstanceId]) -> dict[str, InstanceState]:
+        seen: dict[str, InstanceState] = {}
+        kwargs: dict[str, Any] = {"InstanceIds": ids}
+        while True:
+            page = await ec2.describe_instances(**kwargs)
+            for reservation in page.get("Reservations", ()):
+                for instance in reservation.get("Instances", ()):
+                    seen[instance["InstanceId"]] = _state(instance["State"]["Name"])
+            token = page.get("NextToken")
+            if not token:
+                return seen
+            kwargs["NextToken"] = token
+
+    async def stop_instance(self, instance_id: InstanceId, region: str) -> InstanceState:
+        ec2 = await self._client("ec2", region)
+        with _translated("StopInstances"):
+            response = await ec2.stop_instances(InstanceIds=[instance_id])
+        return _state(response["StoppingInstances"][0]["CurrentState"]["Name"])
+
+    async def terminate_instance(self, instance_id: InstanceId, region: str) -> InstanceState:
+        ec2 = await self._client("ec2", region)
+        with _translated("TerminateInstances"):
+            response = await ec2.terminate_instances(InstanceIds=[instance_id])
+        return _state(response["TerminatingInstances"][0]["CurrentState"]["Name"])
+
+
+def _state(name: str) -> InstanceState:
+    try:
+        return InstanceState(name)
+    except ValueError:
+        return InstanceState.UNKNOWN

@@ -1,0 +1,262 @@
+"""The control channel: HTTP + JSON over a Unix socket (aiohttp), server and client.
+
+The socket is created 0600 inside a 0700 directory: only its owner can talk to the daemon.
+The server knows nothing of runs; it calls a `ControlHandler` (the runtime implements it) and
+maps the project's errors to HTTP statuses, which the client maps back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol, Self, TypeVar
+
+import aiohttp
+import structlog
+from aiohttp import web
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from supervisor.adapters.protocol import (
+    AttachRequest,
+    DaemonStatus,
+    ErrorKind,
+    ErrorReply,
+    RunDetail,
+    RunView,
+    TailItem,
+)
+from supervisor.core.errors import (
+    InvalidInput,
+    InvalidTransition,
+    ShuttingDown,
+    SupervisorError,
+    UnknownRun,
+)
+from supervisor.core.spec import describe_validation_error
+
+log = structlog.get_logger("supervisor.control")
+
+ACTIONS = ("stop", "terminate", "detach")
+_M = TypeVar("_M", bound=BaseModel)
+
+
+class ControlHandler(Protocol):
+    async def attach(self, request: AttachRequest) -> RunView: ...
+    async def list_runs(self) -> list[RunView]: ...
+    async def run_detail(self, run_id: str) -> RunDetail: ...
+    async def request(self, run_id: str, action: str) -> RunView: ...
+    def tail(self, run_id: str, *, follow: bool) -> AsyncIterator[TailItem]: ...
+    async def status(self) -> DaemonStatus: ...
+
+
+_ERROR_STATUS: list[tuple[type[Exception], int, ErrorKind]] = [
+    (UnknownRun, 404, "unknown_run"),
+    (InvalidInput, 400, "invalid_input"),
+    (InvalidTransition, 409, "conflict"),
+    (ShuttingDown, 503, "shutting_down"),
+]
+
+
+def _json(model: BaseModel | list[RunView], status: int = 200) -> web.Response:
+    if isinstance(model, list):
+        body = TypeAdapter(list[RunView]).dump_json(model, by_alias=True)
+    else:
+        body = model.model_dump_json(by_alias=True).encode()
+    return web.Response(body=body, status=status, content_type="application/json")
+
+
+@web.middleware
+async def _errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except ValidationError as exc:
+        reply = ErrorReply(error=describe_validation_error(exc), kind="invalid_input")
+        return _json(reply, 400)
+    except SupervisorError as exc:
+        for error_type, status, kind in _ERROR_STATUS:
+            if isinstance(exc, error_type):
+                return _json(ErrorReply(error=str(exc), kind=kind), status)
+        raise
+    except Exception as exc:
+        log.exception("control_request_failed", path=request.path)
+        return _json(ErrorReply(error=f"internal error: {exc}", kind="internal"), 500)
+
+
+class ControlServer:
+    def __init__(self, handler: ControlHandler, socket_path: Path) -> None:
+        self.socket_path = socket_path
+        self._handler = handler
+        app = web.Application(middlewares=[_errors])
+        app.add_routes(
+            [
+                web.get("/v1/status", self._status),
+                web.get("/v1/runs", self._list),
+                web.post("/v1/runs", self._attach),
+                web.get("/v1/runs/{run_id}", self._detail),
+                web.post("/v1/runs/{run_id}/{action}", self._act),
+                web.get("/v1/runs/{run_id}/tail", self._tail),
+            ]
+        )
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+
+    async def start(self) -> None:
+        directory = self.socket_path.parent
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(directory, 0o700)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()  # stale socket of a killed daemon; we hold the lock
+        await self._runner.setup()
+        site = web.UnixSite(self._runner, str(self.socket_path))
+        old_umask = os.umask(0o177)
+        try:
+            await site.start()
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.socket_path, 0o600)
+
+    async def close(self) -> None:
+        await self._runner.cleanup()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+
+    async def _status(self, _: web.Request) -> web.Response:
+        return _json(await self._handler.status())
+
+    async def _list(self, _: web.Request) -> web.Response:
+        return _json(await self._handler.list_runs())
+
+    async def _attach(self, request: web.Request) -> web.Response:
+        body = AttachRequest.model_validate_json(await request.read())
+        return _json(await self._handler.attach(body), 201)
+
+    async def _detail(self, request: web.Request) -> web.Response:
+        return _json(await self._handler.run_detail(request.match_info["run_id"]))
+
+    async def _act(self, request: web.Request) -> web.Response:
+        action = request.match_info["action"]
+        if action not in ACTIONS:
+            raise web.HTTPNotFound()
+        return _json(await self._handler.request(request.match_info["run_id"], action))
+
+    async def _tail(self, request: web.Request) -> web.StreamResponse:
+        follow = request.query.get("follow") == "1"
+        items = self._handler.tail(request.match_info["run_id"], follow=follow)
+        first = await anext(items, None)  # errors (unknown run) surface before streaming
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        if first is not None:
+            await response.write(first.model_dump_json(by_alias=True).encode() + b"\n")
+            async for item in items:
+                await response.write(item.model_dump_json(by_alias=True).encode() + b"\n")
+        await response.write_eof()
+        return response
+
+
+class DaemonNotRunning(SupervisorError):
+    def __init__(self, socket_path: Path) -> None:
+        super().__init__(
+            f"supervisord is not running (no socket at {socket_path}): "
+            "start it with `supervisord start`"
+        )
+
+
+class ControlError(SupervisorError):
+    """The daemon refused a request; `kind` is ErrorReply.kind."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class ControlClient:
+    """`async with ControlClient(path) as client:` then call the daemon's endpoints."""
+
+    def __init__(self, socket_path: Path, *, timeout_s: float = 60.0) -> None:
+        self.socket_path = socket_path
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Self:
+        connector = aiohttp.UnixConnector(path=str(self.socket_path))
+        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @contextlib.asynccontextmanager
+    async def _call(
+        self, method: str, path: str, body: BaseModel | None = None, **params: str
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        assert self._session is not None, "use `async with ControlClient(...)`"
+        if not self.socket_path.exists():
+            raise DaemonNotRunning(self.socket_path)
+        data = body.model_dump_json().encode() if body is not None else None
+        try:
+            async with self._session.request(
+                method,
+                f"http://supervisord{path}",
+                data=data,
+                params=params,
+                headers={"Content-Type": "application/json"},
+            ) as response:
+                if response.status >= 400:
+                    raw = await response.read()
+                    try:
+                        reply = ErrorReply.model_validate_json(raw)
+                    except ValidationError:
+                        raise ControlError(
+                            f"supervisord answered {response.status}: {raw[:200]!r}", "internal"
+                        ) from None
+                    raise ControlError(reply.error, reply.kind)
+                yield response
+        except aiohttp.ClientConnectorError as exc:
+            raise DaemonNotRunning(self.socket_path) from exc
+
+    async def _get(
+        self, model: type[_M], method: str, path: str, body: BaseModel | None = None
+    ) -> _M:
+        async with self._call(method, path, body) as response:
+            return model.model_validate_json(await response.read())
+
+    async def status(self) -> DaemonStatus:
+        return await self._get(DaemonStatus, "GET", "/v1/status")
+
+    async def runs(self) -> list[RunView]:
+        async with self._call("GET", "/v1/runs") as response:
+            return TypeAdapter(list[RunView]).validate_json(await response.read())
+
+    async def attach(self, request: AttachRequest) -> RunView:
+        return await self._get(RunView, "POST", "/v1/runs", request)
+
+    async def run(self, run_id: str) -> RunDetail:
+        return await self._get(RunDetail, "GET", f"/v1/runs/{run_id}")
+
+    async def request(self, run_id: str, action: str) -> RunView:
+        return await self._get(RunView, "POST", f"/v1/runs/{run_id}/{action}")
+
+    async def tail(self, run_id: str, *, follow: bool) -> AsyncIterator[TailItem]:
+        async with self._call(
+            "GET", f"/v1/runs/{run_id}/tail", follow="1" if follow else "0"
+        ) as response:
+            async for line in response.content:
+                if line.strip():
+                    yield TailItem.model_validate(json.loads(line))
+
+
+def jsonable(model: BaseModel | list[Any]) -> Any:
+    """A model (or list of models) as plain JSON data, with the protocol's field aliases."""
+    if isinstance(model, list):
+        return [jsonable(m) for m in model]
+    return model.model_dump(mode="json", by_alias=True)

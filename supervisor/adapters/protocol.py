@@ -1,0 +1,106 @@
+"""The control protocol's messages: pydantic models exchanged as JSON over the Unix socket.
+
+Field names here are the CLI's `--json` output, so they are part of the interface.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class AttachRequest(_Message):
+    """Raw attach fields; the daemon validates them into a RunSpec. None means "default"."""
+
+    run_id: str
+    instance_id: str
+    s3_prefix: str
+    region: str | None = None
+    on_complete: str | None = None
+    grace_s: float | None = None
+    markers: list[str] | None = None
+    expect: list[str] | None = None
+    failure_marker: str | None = None
+
+
+class RunView(_Message):
+    run_id: str
+    phase: str
+    outcome: str | None
+    instance_id: str
+    region: str
+    s3_prefix: str
+    on_complete: str
+    reason: str
+    version: int
+    phase_since: datetime
+    grace_until: datetime | None = None
+    next_check_at: datetime | None = None
+    error_code: str | None = None
+
+
+class TransitionView(_Message):
+    seq: int
+    from_: str | None = Field(alias="from")
+    to: str
+    at: datetime
+    reason: str
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class ActionView(_Message):
+    action: str
+    instance_id: str
+    at: datetime
+    attempts: int
+    outcome: str
+    error_code: str | None = None
+    message: str | None = None
+
+
+class RunDetail(RunView):
+    spec: dict[str, Any]
+    transitions: list[TransitionView]
+    actions: list[ActionView] = Field(default_factory=list)
+
+
+class MonitorEventView(_Message):
+    """Something a monitor did that is not a transition (a check, an AWS call, a retry)."""
+
+    at: datetime
+    run_id: str
+    event: str
+    fields: dict[str, Any] = Field(default_factory=dict)
+
+
+class TailItem(_Message):
+    """One line of `supervisorctl tail`: a transition or a monitor event."""
+
+    kind: Literal["transition", "event"]
+    transition: TransitionView | None = None
+    event: MonitorEventView | None = None
+
+
+class DaemonStatus(_Message):
+    pid: int
+    version: str
+    started_at: datetime
+    state_dir: str
+    socket: str
+    runs_by_phase: dict[str, int]
+    monitors: int
+    aws_calls: dict[str, int]
+
+
+ErrorKind = Literal["invalid_input", "unknown_run", "conflict", "shutting_down", "internal"]
+
+
+class ErrorReply(_Message):
+    error: str
+    kind: ErrorKind

@@ -1,0 +1,275 @@
+"""`supervisorctl`: attach runs to the supervisor daemon, inspect them, follow them."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from supervisor import __version__
+from supervisor.adapters.control import ControlClient, ControlError, DaemonNotRunning, jsonable
+from supervisor.adapters.protocol import AttachRequest, RunDetail, RunView, TailItem
+from supervisor.cli.common import EXIT_OK, ago, fail, load_settings
+from supervisor.core.spec import DEFAULT_FAILURE_MARKER, DEFAULT_MARKERS
+
+DESCRIPTION = """\
+Control the training-run supervisor (supervisord): attach runs, see their phase, follow them.
+
+A run is one training job on one EC2 instance, with an S3 run prefix where the job writes a
+completion marker when it is done. Once a marker appears the supervisor waits a grace period,
+then stops (or terminates) the instance, retrying AWS errors that are worth retrying, and
+records every transition.
+"""
+
+EPILOG = f"""\
+examples:
+  supervisorctl attach exp1-lr3e-4 --instance-id i-0abcd1234ef567890 \\
+      --s3-prefix s3://my-runs/exp1/lr3e-4/ --on-complete terminate --grace-s 120
+  supervisorctl attach --spec config/run.example.toml
+  supervisorctl status                  table of runs
+  supervisorctl status exp1-lr3e-4 --json
+  supervisorctl tail -f exp1-lr3e-4     follow transitions until the run ends
+  supervisorctl stop exp1-lr3e-4        stop its instance now, through the same safe path
+
+completion: any of the markers {", ".join(DEFAULT_MARKERS)} (change with --marker)
+under the run prefix; or every --expect key present and unchanged across two checks.
+A {DEFAULT_FAILURE_MARKER} marker means the job crashed; its text is recorded as the reason.
+
+exit codes: 0 success, 1 error, 2 usage.
+"""
+
+_SPEC_KEYS = set(AttachRequest.model_fields)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="supervisorctl",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="the daemon's TOML settings file (to find its state directory)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    attach = commands.add_parser(
+        "attach",
+        help="start watching a run",
+        description="Register a run with the daemon. Everything is validated before anything "
+        "is stored; flags override keys of --spec.",
+    )
+    attach.add_argument(
+        "run_id", nargs="?", metavar="RUN_ID", help="your name for the run (letters, digits, _ . -)"
+    )
+    attach.add_argument("--instance-id", metavar="ID", help="the EC2 instance, i-…")
+    attach.add_argument("--s3-prefix", metavar="URL", help="the run prefix, s3://BUCKET/PREFIX/")
+    attach.add_argument("--region", help="the instance's region (default: the AWS chain's)")
+    attach.add_argument(
+        "--on-complete",
+        choices=("stop", "terminate", "none"),
+        help="what to do with the instance once the run completed (stop)",
+    )
+    attach.add_argument(
+        "--grace-s",
+        type=float,
+        metavar="N",
+        help="seconds to wait after completion before acting (SUPERVISOR_GRACE_S)",
+    )
+    attach.add_argument(
+        "--marker",
+        action="append",
+        metavar="KEY",
+        help="a completion marker key under the prefix; repeat for several",
+    )
+    attach.add_argument(
+        "--expect",
+        action="append",
+        metavar="KEY",
+        help="an expected output key; repeat for several",
+    )
+    attach.add_argument(
+        "--failure-marker",
+        metavar="KEY",
+        help=f"the key whose presence means the job failed ({DEFAULT_FAILURE_MARKER})",
+    )
+    attach.add_argument(
+        "--spec",
+        type=Path,
+        metavar="FILE.toml",
+        help="a run spec file (see config/run.example.toml)",
+    )
+    attach.add_argument("--json", action="store_true", help="print the new run as JSON")
+
+    status = commands.add_parser("status", help="runs and their phases")
+    status.add_argument("run_id", nargs="?", metavar="RUN_ID", help="one run, with transitions")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    tail = commands.add_parser("tail", help="a run's transitions and monitor events")
+    tail.add_argument("run_id", metavar="RUN_ID")
+    tail.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep following until the run ends (Ctrl-C to leave)",
+    )
+
+    for name, text in (
+        ("stop", "stop the run's instance now (a person's request)"),
+        ("terminate", "terminate the run's instance now"),
+        ("detach", "stop watching the run; its instance is left as it is"),
+    ):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("run_id", metavar="RUN_ID")
+        sub.add_argument("--json", action="store_true", help="print the run as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = load_settings(args.config)
+    try:
+        return asyncio.run(_run(args, settings.socket_path))
+    except (ControlError, DaemonNotRunning) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+async def _run(args: argparse.Namespace, socket_path: Path) -> int:
+    async with ControlClient(socket_path) as client:
+        if args.command == "attach":
+            run = await client.attach(_attach_request(args))
+            _print_run(run, as_json=args.json, verb="attached")
+        elif args.command == "status":
+            if args.run_id:
+                _print_detail(await client.run(args.run_id), as_json=args.json)
+            else:
+                _print_table(await client.runs(), as_json=args.json)
+        elif args.command == "tail":
+            async for item in client.tail(args.run_id, follow=args.follow):
+                print(_tail_line(item), flush=True)
+        else:
+            run = await client.request(args.run_id, args.command)
+            _print_run(run, as_json=args.json, verb=f"{args.command} requested")
+    return EXIT_OK
+
+
+def _attach_request(args: argparse.Namespace) -> AttachRequest:
+    fields: dict[str, Any] = _read_spec(args.spec) if args.spec else {}
+    flags = {
+        "run_id": args.run_id,
+        "instance_id": args.instance_id,
+        "s3_prefix": args.s3_prefix,
+        "region": args.region,
+        "on_complete": args.on_complete,
+        "grace_s": args.grace_s,
+        "markers": args.marker,
+        "expect": args.expect,
+        "failure_marker": args.failure_marker,
+    }
+    fields.update({k: v for k, v in flags.items() if v is not None})
+    missing = [
+        f"--{k.replace('_', '-')}" if k != "run_id" else "RUN_ID"
+        for k in ("run_id", "instance_id", "s3_prefix")
+        if k not in fields
+    ]
+    if missing:
+        fail(f"attach needs {', '.join(missing)} (as arguments or in --spec)")
+    return AttachRequest.model_validate(fields)
+
+
+def _read_spec(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        fail(f"spec file {path} does not exist")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        fail(f"spec file {path} is not valid TOML: {exc}")
+    unknown = sorted(set(data) - _SPEC_KEYS)
+    if unknown:
+        fail(
+            f"spec file {path} has unknown keys {', '.join(unknown)}; "
+            f"known keys: {', '.join(sorted(_SPEC_KEYS))}"
+        )
+    return data
+
+
+def _print_run(run: RunView, *, as_json: bool, verb: str) -> None:
+    if as_json:
+        print(json.dumps(jsonable(run), indent=2))
+    else:
+        print(f"{run.run_id}: {verb}; phase {run.phase} ({run.reason})")
+
+
+def _print_table(runs: list[RunView], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(jsonable(runs), indent=2))
+        return
+    if not runs:
+        print("no runs attached: `supervisorctl attach --help` shows how")
+        return
+    rows = [("RUN ID", "PHASE", "OUTCOME", "INSTANCE", "IN PHASE", "NEXT CHECK")]
+    for run in runs:
+        next_check = f"in {ago(run.next_check_at)}" if run.next_check_at else "-"
+        if run.phase == "grace" and run.grace_until:
+            next_check = f"grace ends in {ago(run.grace_until)}"
+        rows.append(
+            (
+                run.run_id,
+                run.phase,
+                run.outcome or "-",
+                run.instance_id,
+                ago(run.phase_since),
+                next_check,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+def _print_detail(run: RunDetail, *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(jsonable(run), indent=2))
+        return
+    print(f"run {run.run_id}: {run.phase}" + (f" ({run.outcome})" if run.outcome else ""))
+    print(f"  instance   {run.instance_id} ({run.region}), on completion: {run.on_complete}")
+    print(f"  prefix     {run.s3_prefix}")
+    print(f"  reason     {run.reason}")
+    if run.error_code:
+        print(f"  error      {run.error_code}")
+    print("  transitions:")
+    for t in run.transitions:
+        print(f"    {t.at:%Y-%m-%d %H:%M:%S}  {t.from_ or '-':>11} -> {t.to:<11} {t.reason}")
+    for a in run.actions:
+        error = f" {a.error_code}" if a.error_code else ""
+        print(
+            f"  action {a.action} at {a.at:%H:%M:%S}: {a.outcome} after {a.attempts} "
+            f"attempt(s){error}"
+        )
+
+
+def _tail_line(item: TailItem) -> str:
+    if item.transition is not None:
+        t = item.transition
+        return f"{t.at:%Y-%m-%dT%H:%M:%S}Z  {t.from_ or '-'} -> {t.to}  {t.reason}"
+    assert item.event is not None
+    e = item.event
+    fields = " ".join(f"{k}={v}" for k, v in e.fields.items())
+    return f"{e.at:%Y-%m-%dT%H:%M:%S}Z  · {e.event} {fields}".rstrip()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""`supervisord`: start, stop and inspect the supervisor daemon."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from supervisor import __version__
+from supervisor.adapters.control import ControlClient, DaemonNotRunning
+from supervisor.cli.common import EXIT_ERROR, EXIT_OK, ago, fail, load_settings
+from supervisor.runtime.service import (
+    AlreadyRunning,
+    lock_is_held,
+    prepare_state_dir,
+    read_pid,
+    run_foreground,
+)
+from supervisor.runtime.settings import Settings
+
+START_TIMEOUT_S = 30.0
+
+DESCRIPTION = """\
+The training-run supervisor daemon. It watches every attached run (supervisorctl attach),
+stops or terminates each instance safely once its run completes, and records every
+transition in SQLite under the state directory.
+
+Not Supervisor the process manager: same command names, different program.
+"""
+
+EPILOG = """\
+settings: SUPERVISOR_* environment variables, over a TOML file given with --config
+(see config/supervisord.example.toml), over defaults. AWS credentials, region and endpoint
+come from the standard AWS chain (AWS_PROFILE, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL).
+
+examples:
+  supervisord start                  start in the background, return once it answers
+  supervisord start --foreground     run in this terminal (systemd uses this)
+  supervisord status                 pid, uptime, runs by phase, AWS calls
+  supervisord stop                   finish in-flight transitions, then exit
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="supervisord",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    start = commands.add_parser("start", help="start the daemon")
+    start.add_argument(
+        "--foreground",
+        action="store_true",
+        help="run in this process with console logs (for systemd and debugging)",
+    )
+    # Set by `supervisord start` for the process it detaches: logs go to the file only.
+    start.add_argument("--detached-child", action="store_true", help=argparse.SUPPRESS)
+    for sub in (
+        start,
+        commands.add_parser("stop", help="stop the daemon (SIGTERM, then wait)"),
+        commands.add_parser("status", help="is it running, and what is it doing"),
+    ):
+        sub.add_argument(
+            "--config",
+            type=Path,
+            metavar="FILE",
+            help="TOML settings file (environment variables take precedence)",
+        )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = load_settings(args.config)
+    if args.command == "start":
+        return _start(
+            settings, args.config, foreground=args.foreground, console=not args.detached_child
+        )
+    if args.command == "stop":
+        return _stop(settings)
+    return _status(settings)
+
+
+def _start(settings: Settings, config: Path | None, *, foreground: bool, console: bool) -> int:
+    if foreground:
+        try:
+            run_foreground(settings, console=console)
+        except AlreadyRunning as exc:
+            fail(str(exc))
+        return EXIT_OK
+    prepare_state_dir(settings.state_dir)
+    if lock_is_held(settings.pid_path):
+        pid = read_pid(settings.pid_path)
+        fail(f"supervisord is already running (pid {pid}) for state directory {settings.state_dir}")
+    command = [
+        sys.executable,
+        "-m",
+        "supervisor.cli.supervisord",
+        "start",
+        "--foreground",
+        "--detached-child",
+    ]
+    if config is not None:
+        command += ["--config", str(config)]
+    env = {**os.environ, "SUPERVISOR_STATE_DIR": str(settings.state_dir)}
+    with open(settings.log_path, "ab") as log_file:
+        child = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            start_new_session=True,
+            env=env,
+            cwd="/",
+        )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            fail(
+                f"supervisord exited with status {child.returncode} before it answered; "
+                f"last lines of {settings.log_path}:\n{_tail(settings.log_path)}"
+            )
+        if settings.socket_path.exists() and _answers(settings):
+            print(f"supervisord started (pid {child.pid}); socket {settings.socket_path}")
+            return EXIT_OK
+        time.sleep(0.05)
+    child.terminate()
+    fail(f"supervisord did not answer within {START_TIMEOUT_S:.0f}s; see {settings.log_path}")
+
+
+def _answers(settings: Settings) -> bool:
+    async def probe() -> bool:
+        try:
+            async with ControlClient(settings.socket_path, timeout_s=2) as client:
+                await client.status()
+        except (DaemonNotRunning, OSError):
+            return False
+        return True
+
+    return asyncio.run(probe())
+
+
+def _tail(path: Path, lines: int = 10) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _stop(settings: Settings) -> int:
+    pid = read_pid(settings.pid_path)
+    if pid is None or not lock_is_held(settings.pid_path):
+        fail(f"supervisord is not running (no live pid in {settings.pid_path})")
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + settings.shutdown_timeout_s + 15
+    while time.monotonic() < deadline:
+        if not lock_is_held(settings.pid_path):
+            print(f"supervisord stopped (pid {pid})")
+            return EXIT_OK
+        time.sleep(0.05)
+    fail(
+        f"supervisord (pid {pid}) did not exit in time; it may still be finishing a "
+        "transition: check supervisord.log"
+    )
+
+
+def _status(settings: Settings) -> int:
+    async def query() -> int:
+        async with ControlClient(settings.socket_path) as client:
+            status = await client.status()
+        phases = ", ".join(f"{n} {phase}" for phase, n in status.runs_by_phase.items()) or "none"
+        calls = ", ".join(f"{op} {n}" for op, n in status.aws_calls.items()) or "none"
+        print(
+            f"supervisord {status.version} running, pid {status.pid}, up {ago(status.started_at)}"
+        )
+        print(f"state directory: {status.state_dir}")
+        print(f"monitors: {status.monitors}; runs: {phases}")
+        print(f"AWS calls since start: {calls}")
+        return EXIT_OK
+
+    try:
+        return asyncio.run(query())
+    except DaemonNotRunning as exc:
+        print(f"supervisord: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

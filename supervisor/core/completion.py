@@ -1,0 +1,81 @@
+"""Completion rules: what one listing of the run prefix says about the training job.
+
+Order of evidence: an explicit completion marker; else a failure marker; else every expected
+output present and unchanged (same ETag and size) since the previous check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from supervisor.core.spec import RunSpec
+from supervisor.core.values import ObjectInfo
+
+OutputSnapshot = tuple[tuple[str, str, int], ...]
+"""(key, etag, size) of each expected output, sorted by key."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListRequest:
+    """One ListObjectsV2 call: `prefix` is the full key prefix; `delimiter` None means recursive."""
+
+    bucket: str
+    prefix: str
+    delimiter: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    evidence: str
+
+
+@dataclass(frozen=True, slots=True)
+class FailureMarked:
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class NotYet:
+    outputs: OutputSnapshot | None
+    """The expected outputs, when all are present, to compare with at the next check."""
+
+
+Verdict = Completed | FailureMarked | NotYet
+
+
+def watched_keys(spec: RunSpec) -> tuple[str, ...]:
+    return (*spec.markers, spec.failure_marker, *spec.expect)
+
+
+def listing_request(spec: RunSpec) -> ListRequest:
+    """The single listing that shows every watched key.
+
+    When all watched keys sit in one folder (the usual case: markers at the top of the run
+    prefix), list that folder with Delimiter='/' so checkpoints and logs below it cost nothing.
+    Otherwise list the run prefix recursively.
+    """
+    prefix = spec.prefix
+    folders = {key.rpartition("/")[0] for key in watched_keys(spec)}
+    if len(folders) == 1:
+        (folder,) = folders
+        return ListRequest(prefix.bucket, prefix.key(f"{folder}/" if folder else ""), "/")
+    return ListRequest(prefix.bucket, prefix.prefix, None)
+
+
+def evaluate(
+    spec: RunSpec, objects: Iterable[ObjectInfo], previous: OutputSnapshot | None
+) -> Verdict:
+    """Judge one listing (keys relative to the run prefix) against the spec."""
+    by_key = {obj.key: obj for obj in objects}
+    for marker in spec.markers:
+        if marker in by_key:
+            return Completed(f"completion marker {marker} found")
+    if spec.failure_marker in by_key:
+        return FailureMarked(spec.failure_marker)
+    if not spec.expect or any(key not in by_key for key in spec.expect):
+        return NotYet(None)
+    snapshot = tuple(sorted((k, by_key[k].etag, by_key[k].size) for k in spec.expect))
+    if snapshot == previous:
+        return Completed(f"all {len(snapshot)} expected outputs present and unchanged")
+    return NotYet(snapshot)

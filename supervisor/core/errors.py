@@ -1,0 +1,66 @@
+"""The project's error hierarchy.
+
+Adapters translate library exceptions into these at their edge, so the runtime decides
+from the type alone whether to retry (`TransientError`), give up (`PermanentError`), or treat
+the target as already gone (`NotFoundError`).
+"""
+
+from __future__ import annotations
+
+
+class SupervisorError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class InvalidInput(SupervisorError, ValueError):
+    """A user-supplied value is wrong; the message names the value and what to do.
+
+    A ValueError too, so pydantic validators that raise it report every bad field at once.
+    """
+
+
+class InvalidTransition(SupervisorError):
+    """An event that the transition table does not allow in the run's current phase."""
+
+
+class StaleVersion(SupervisorError):
+    """The run row changed since it was read; the transition was not applied."""
+
+
+class ExternalError(SupervisorError):
+    """A call to an outside service failed.
+
+    `code` is the service's own error code (e.g. `UnauthorizedOperation`) so it can be recorded.
+    """
+
+    def __init__(self, code: str, message: str, *, operation: str = "") -> None:
+        super().__init__(f"{operation + ': ' if operation else ''}{code}: {message}")
+        self.code = code
+        self.message = message
+        self.operation = operation
+
+
+class TransientError(ExternalError):
+    """Worth retrying: throttling, 5xx, a dropped connection."""
+
+
+class PermanentError(ExternalError):
+    """Retrying will not help: permissions, malformed request, missing bucket."""
+
+
+class NotFoundError(PermanentError):
+    """The target does not exist (for an instance: it is already gone)."""
+
+
+class UnknownRun(SupervisorError):
+    """No run with that id is attached."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(
+            f"no run {run_id!r} is attached: `supervisorctl status` lists the attached runs"
+        )
+        self.run_id = run_id
+
+
+class ShuttingDown(SupervisorError):
+    """The daemon is shutting down and takes no new work."""

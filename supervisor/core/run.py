@@ -1,0 +1,83 @@
+"""A run's lifecycle state: phase, outcome, and the Run value that `step()` transforms."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Self
+
+from supervisor.core.completion import OutputSnapshot
+from supervisor.core.spec import RunSpec
+from supervisor.core.values import InstanceState
+
+
+class Phase(enum.StrEnum):
+    """Where the supervisor is in the run's lifecycle (DESIGN.md §3)."""
+
+    PENDING = "pending"  # attached; instance not yet seen running
+    RUNNING = "running"  # instance running; the run prefix is polled with backoff
+    GRACE = "grace"  # completed; waiting before acting on the instance
+    STOPPING = "stopping"  # stop intent committed; StopInstances issued or to be re-driven
+    TERMINATING = "terminating"  # terminate intent committed
+    STOPPED = "stopped"
+    TERMINATED = "terminated"
+    DONE = "done"  # completed with on_complete=none: instance left running on purpose
+    CRASHED = "crashed"  # the job failed or its instance died without our request
+    FAILED = "failed"  # the supervisor hit a permanent error: a person must look
+    DETACHED = "detached"  # a person stopped watching; instance untouched
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_PHASES
+
+
+TERMINAL_PHASES = frozenset(
+    {Phase.STOPPED, Phase.TERMINATED, Phase.DONE, Phase.CRASHED, Phase.FAILED, Phase.DETACHED}
+)
+
+
+class Outcome(enum.StrEnum):
+    """How the training ended, once known; recorded beside the phase."""
+
+    COMPLETED = "completed"
+    CRASHED = "crashed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """Everything the core knows about one run.
+
+    The fields above the marker are persisted with every transition; the polling state below
+    it is rebuilt after a restart (a first check soon, then backoff again), so a check costs no
+    database write.
+    """
+
+    spec: RunSpec
+    phase: Phase
+    outcome: Outcome | None
+    version: int
+    phase_since: datetime
+    reason: str
+    grace_until: datetime | None = None
+    action_acked_at: datetime | None = None
+    """When the stop/terminate call of the current intent succeeded; never issue it again."""
+    error_code: str | None = None
+
+    # -- volatile polling state, not persisted --
+    attempt: int = field(default=0, compare=False)
+    next_check_at: datetime | None = field(default=None, compare=False)
+    outputs_seen: OutputSnapshot | None = field(default=None, compare=False)
+    instance_ended: InstanceState | None = field(default=None, compare=False)
+    """Set when the instance was found ended while running: the next listing is the last."""
+
+    def evolve(self, **changes: object) -> Self:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return (
+            f"<Run {self.spec.run_id} {self.phase}"
+            f"{'/' + self.outcome if self.outcome else ''} v{self.version}"
+            f" instance={self.spec.instance_id}>"
+        )

@@ -1,0 +1,135 @@
+"""Typed values shared by every layer: ids, S3 locations, listing entries, instance states.
+
+Parsing functions here are the single place where user input becomes a typed value; each raises
+`InvalidInput` with a message that names the value and says what is expected.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import NewType
+
+from supervisor.core.errors import InvalidInput
+
+RunId = NewType("RunId", str)
+InstanceId = NewType("InstanceId", str)
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_INSTANCE_ID = re.compile(r"^i-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
+_REGION = re.compile(r"^[a-z]{2}(?:-gov)?-[a-z]+-\d$")
+# S3 bucket naming rules (the common subset): 3-63 chars, lowercase, digits, dots, hyphens.
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+# Keys under a run prefix: no shell metacharacters, no whitespace, no parent references.
+_REL_KEY = re.compile(r"^[A-Za-z0-9_.\-/]+$")
+
+
+def parse_run_id(value: str) -> RunId:
+    if not _RUN_ID.fullmatch(value):
+        raise InvalidInput(
+            f"run id {value!r} is not valid: use 1-128 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    return RunId(value)
+
+
+def parse_instance_id(value: str) -> InstanceId:
+    if not _INSTANCE_ID.fullmatch(value):
+        raise InvalidInput(
+            f"instance id {value!r} is not valid: expected 'i-' followed by 8 or 17 "
+            "lowercase hex digits, e.g. i-0abcd1234ef567890"
+        )
+    return InstanceId(value)
+
+
+def parse_region(value: str) -> str:
+    if not _REGION.fullmatch(value):
+        raise InvalidInput(f"region {value!r} is not valid: expected a name like us-east-1")
+    return value
+
+
+def parse_relative_key(value: str, *, what: str) -> str:
+    """A key relative to the run prefix (a marker, an expected output)."""
+    parts = value.split("/")
+    if (
+        not value
+        or not _REL_KEY.fullmatch(value)
+        or value.startswith("/")
+        or ".." in parts
+        or "" in parts[:-1]
+    ):
+        raise InvalidInput(
+            f"{what} {value!r} is not valid: give a key relative to the run prefix using "
+            "letters, digits, '_', '.', '-' and '/', without '..' or a leading '/'"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class S3Prefix:
+    """`s3://bucket/prefix/`: the run's mailbox. `prefix` is empty or ends with '/'."""
+
+    bucket: str
+    prefix: str
+
+    @classmethod
+    def parse(cls, url: str) -> S3Prefix:
+        hint = "expected s3://BUCKET/PREFIX/ (e.g. s3://my-runs/exp1/run42/)"
+        if not url.startswith("s3://"):
+            raise InvalidInput(f"S3 prefix {url!r} is not valid: {hint}")
+        bucket, _, prefix = url[len("s3://") :].partition("/")
+        if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+            raise InvalidInput(f"S3 prefix {url!r} has an invalid bucket name {bucket!r}: {hint}")
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        if prefix and (
+            not _REL_KEY.fullmatch(prefix) or prefix.startswith("/") or ".." in prefix.split("/")
+        ):
+            raise InvalidInput(f"S3 prefix {url!r} has an invalid key prefix {prefix!r}: {hint}")
+        return cls(bucket=bucket, prefix=prefix)
+
+    def key(self, relative: str) -> str:
+        return self.prefix + relative
+
+    def relative(self, key: str) -> str:
+        return key[len(self.prefix) :] if key.startswith(self.prefix) else key
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """One entry of a prefix listing. `key` is relative to the listed run prefix."""
+
+    key: str
+    etag: str
+    size: int
+    last_modified: datetime
+
+
+class InstanceState(enum.StrEnum):
+    """EC2's instance states, plus `unknown` for an id AWS no longer (or never) knew."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    SHUTTING_DOWN = "shutting-down"
+    TERMINATED = "terminated"
+    UNKNOWN = "unknown"
+
+    @property
+    def is_alive(self) -> bool:
+        return self in (InstanceState.PENDING, InstanceState.RUNNING)
+
+    @property
+    def is_gone(self) -> bool:
+        """Terminated or about to be, or unknown to AWS: it will never run again."""
+        return self in (
+            InstanceState.SHUTTING_DOWN,
+            InstanceState.TERMINATED,
+            InstanceState.UNKNOWN,
+        )

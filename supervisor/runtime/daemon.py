@@ -1,0 +1,348 @@
+"""The daemon: one TaskGroup holding the control server, the reconciler and a guarded monitor
+task per run; the control API; two-phase shutdown.
+
+Start-up re-adopts every non-terminal run from SQLite with no AWS call per run; runs whose
+intent was open are re-driven through one batched describe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from supervisor import __version__
+from supervisor.adapters.control import ControlServer
+from supervisor.adapters.protocol import (
+    ActionView,
+    AttachRequest,
+    DaemonStatus,
+    RunDetail,
+    RunView,
+    TailItem,
+    TransitionView,
+)
+from supervisor.adapters.store import RunRecord, Store
+from supervisor.core.errors import InvalidInput, InvalidTransition, ShuttingDown, UnknownRun
+from supervisor.core.events import MonitorFailed, UserAction, UserRequested
+from supervisor.core.machine import Policy, new_run, step
+from supervisor.core.run import TERMINAL_PHASES, Run
+from supervisor.core.spec import RunSpec
+from supervisor.runtime.monitor import Monitor, MonitorDeps
+from supervisor.runtime.ports import Clock, Cloud, SystemClock
+from supervisor.runtime.reconciler import Reconciler
+from supervisor.runtime.settings import Settings
+
+log = structlog.get_logger("supervisor.daemon")
+
+
+async def guard(coro: Coroutine[Any, Any, None], name: str) -> None:
+    """Run a long-lived task: log its failure or an unexpected finish; let cancellation in."""
+    try:
+        await coro
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("task_failed", task=name)
+    else:
+        log.warning("task_finished_unexpectedly", task=name)
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        cloud: Cloud,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.cloud = cloud
+        self.clock = clock or SystemClock()
+        self.monitors: dict[str, Monitor] = {}
+        self.reconciler = Reconciler(
+            cloud, lambda: list(self.monitors.values()), interval_s=settings.reconcile_interval_s
+        )
+        self._deps = MonitorDeps(
+            store=store,
+            cloud=cloud,
+            clock=self.clock,
+            policy=Policy(poll=settings.poll_policy),
+            rng=rng or random.Random(),
+            retry_base_s=settings.retry_base_s,
+            observe=self.reconciler.kick,
+        )
+        self.started_at = self.clock.now()
+        self.accepting = False
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._tg: asyncio.TaskGroup | None = None
+        self.api = ControlApi(self)
+        self.server = ControlServer(self.api, settings.socket_path)
+
+    def __repr__(self) -> str:
+        return f"<Daemon monitors={len(self.monitors)} accepting={self.accepting}>"
+
+    async def serve(self, *, on_ready: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Run until `request_shutdown()`; then shut down in two phases and return."""
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            active = await self.store.runs(active_only=True)
+            for record in active:
+                self.spawn(record.run)
+            self._start(guard(self.reconciler.run_forever(), "reconciler"), "reconciler")
+            await self.server.start()
+            self.accepting = True
+            log.info(
+                "daemon_started",
+                pid=os.getpid(),
+                readopted=len(active),
+                socket=str(self.settings.socket_path),
+            )
+            if on_ready is not None:
+                await on_ready()
+            await self._stop.wait()
+            await self._shutdown()
+
+    def request_shutdown(self, reason: str) -> None:
+        log.info("shutdown_requested", reason=reason)
+        self._stop.set()
+
+    async def _shutdown(self) -> None:
+        # Phase 1: take no new work; let in-flight transitions finish, up to the deadline.
+        self.accepting = False
+        for monitor in self.monitors.values():
+            monitor.close()
+        in_flight = [m.idle.wait() for m in self.monitors.values() if m.busy]
+        if in_flight:
+            waiters = [asyncio.ensure_future(w) for w in in_flight]
+            _, still_busy = await asyncio.wait(waiters, timeout=self.settings.shutdown_timeout_s)
+            for waiter in still_busy:
+                waiter.cancel()
+        busy = [m.run_id for m in self.monitors.values() if m.busy]
+        # Phase 2: cancel the rest. Idle monitors lose nothing: their state is in SQLite.
+        await self.server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        log.info("daemon_stopped", monitors=len(self.monitors), cancelled_in_flight=busy)
+
+    def _start(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        assert self._tg is not None
+        task = self._tg.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def spawn(self, run: Run) -> Monitor:
+        monitor = Monitor(run, self._deps)
+        self.monitors[run.spec.run_id] = monitor
+        self._start(self._guarded(monitor), f"monitor:{run.spec.run_id}")
+        return monitor
+
+    async def _guarded(self, monitor: Monitor) -> None:
+        """A monitor's crash is contained: its run goes to `failed`, nothing else is touched."""
+        try:
+            await monitor.run_forever()
+            log.info("monitor_finished", run_id=monitor.run_id, phase=monitor.run.phase)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("monitor_crashed", run_id=monitor.run_id)
+            await self._fail_run(monitor.run_id, exc)
+        finally:
+            if self.monitors.get(monitor.run_id) is monitor:
+                del self.monitors[monitor.run_id]
+
+    async def _fail_run(self, run_id: str, exc: Exception) -> None:
+        try:
+            record = await self.store.get_run(run_id)
+            if record is None or record.run.phase.is_terminal:
+                return
+            decision = step(
+                record.run,
+                MonitorFailed(type(exc).__name__, str(exc)[:1000]),
+                now=self.clock.now(),
+                policy=self._deps.policy,
+                rng=self._deps.rng,
+            )
+            await self.store.commit(record.run, decision, now=self.clock.now())
+        except Exception:
+            log.exception("run_fail_not_recorded", run_id=run_id)
+
+
+def run_view(run: Run) -> RunView:
+    spec = run.spec
+    return RunView(
+        run_id=spec.run_id,
+        phase=run.phase,
+        outcome=run.outcome,
+        instance_id=spec.instance_id,
+        region=spec.region,
+        s3_prefix=spec.s3_prefix,
+        on_complete=spec.on_complete,
+        reason=run.reason,
+        version=run.version,
+        phase_since=run.phase_since,
+        grace_until=run.grace_until,
+        next_check_at=run.next_check_at,
+        error_code=run.error_code,
+    )
+
+
+class ControlApi:
+    """The daemon's side of the control protocol (a `ControlHandler`)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._d = daemon
+
+    def _live(self, record: RunRecord) -> Run:
+        monitor = self._d.monitors.get(record.run.spec.run_id)
+        return monitor.run if monitor is not None else record.run
+
+    async def _record(self, run_id: str) -> RunRecord:
+        record = await self._d.store.get_run(run_id)
+        if record is None:
+            raise UnknownRun(run_id)
+        return record
+
+    async def attach(self, request: AttachRequest) -> RunView:
+        d = self._d
+        if not d.accepting:
+            raise ShuttingDown("supervisord is shutting down: attach again once it is back")
+        fields = request.model_dump(exclude_none=True)
+        fields.setdefault("grace_s", d.settings.grace_s)
+        if "region" not in fields:
+            region = d.cloud.default_region
+            if region is None:
+                raise InvalidInput(
+                    "no AWS region for this run: pass --region, or set AWS_DEFAULT_REGION "
+                    "(or a region in the AWS profile) where supervisord runs"
+                )
+            fields["region"] = region
+        spec = RunSpec.build(**fields)
+        for monitor in d.monitors.values():
+            other = monitor.run.spec
+            if other.instance_id == spec.instance_id and other.region == spec.region:
+                raise InvalidInput(
+                    f"instance {spec.instance_id} is already watched by run {other.run_id!r}: "
+                    "detach that run first"
+                )
+        decision = new_run(spec, now=d.clock.now())
+        await d.store.create_run(decision)
+        log.info(
+            "run_attached",
+            run_id=spec.run_id,
+            instance_id=spec.instance_id,
+            s3_prefix=spec.s3_prefix,
+            on_complete=spec.on_complete,
+        )
+        d.spawn(decision.run)
+        return run_view(decision.run)
+
+    async def list_runs(self) -> list[RunView]:
+        return [run_view(self._live(record)) for record in await self._d.store.runs()]
+
+    async def run_detail(self, run_id: str) -> RunDetail:
+        record = await self._record(run_id)
+        transitions = await self._d.store.transitions(run_id)
+        actions = await self._d.store.actions(run_id)
+        run = self._live(record)
+        return RunDetail(
+            **run_view(run).model_dump(),
+            spec=run.spec.model_dump(mode="json"),
+            transitions=[
+                TransitionView.model_validate(
+                    {
+                        "seq": t.seq,
+                        "from": t.transition.from_phase,
+                        "to": t.transition.to_phase,
+                        "at": t.transition.at,
+                        "reason": t.transition.reason,
+                        "detail": dict(t.transition.detail),
+                    }
+                )
+                for t in transitions
+            ],
+            actions=[
+                ActionView(
+                    action=a.action,
+                    instance_id=a.instance_id,
+                    at=a.at,
+                    attempts=a.attempts,
+                    outcome=a.outcome,
+                    error_code=a.error_code,
+                    message=a.message,
+                )
+                for a in actions
+            ],
+        )
+
+    async def request(self, run_id: str, action: str) -> RunView:
+        record = await self._record(run_id)
+        if not self._d.accepting:
+            raise ShuttingDown("supervisord is shutting down: try again once it is back")
+        monitor = self._d.monitors.get(run_id)
+        if monitor is None:
+            raise InvalidTransition(
+                f"run {run_id!r} is already {record.run.phase}: nothing to {action}"
+            )
+        decision = await monitor.request(UserRequested(UserAction(action)))
+        return run_view(decision.run)
+
+    async def tail(self, run_id: str, *, follow: bool) -> AsyncIterator[TailItem]:
+        record = await self._record(run_id)
+        monitor = self._d.monitors.get(run_id)
+        queue = monitor.subscribe() if monitor is not None and follow else None
+        try:
+            detail = await self.run_detail(run_id)
+            history: list[tuple[datetime, TailItem]] = [
+                (t.at, TailItem(kind="transition", transition=t)) for t in detail.transitions
+            ]
+            if monitor is not None:
+                history += [(e.at, TailItem(kind="event", event=e)) for e in monitor.recent]
+            history.sort(key=lambda pair: pair[0])
+            last_seq = 0
+            for _, item in history:
+                if item.transition is not None:
+                    last_seq = item.transition.seq
+                yield item
+            if queue is None or record.run.phase.is_terminal:
+                return
+            while True:
+                item = await queue.get()
+                if item.transition is not None:
+                    if item.transition.seq <= last_seq:
+                        continue
+                    last_seq = item.transition.seq
+                yield item
+                if item.transition is not None and item.transition.to in _TERMINAL_NAMES:
+                    return
+        finally:
+            if queue is not None and monitor is not None:
+                monitor.unsubscribe(queue)
+
+    async def status(self) -> DaemonStatus:
+        d = self._d
+        by_phase = Counter(str(record.run.phase) for record in await d.store.runs())
+        counter = getattr(d.cloud, "counter", None)
+        return DaemonStatus(
+            pid=os.getpid(),
+            version=__version__,
+            started_at=d.started_at,
+            state_dir=str(d.settings.state_dir),
+            socket=str(d.settings.socket_path),
+            runs_by_phase=dict(sorted(by_phase.items())),
+            monitors=len(d.monitors),
+            aws_calls=counter.snapshot() if counter is not None else {},
+        )
+
+
+_TERMINAL_NAMES = frozenset(str(phase) for phase in TERMINAL_PHASES)

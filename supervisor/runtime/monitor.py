@@ -1,0 +1,348 @@
+"""One monitor per run: feeds events to `step()`, commits, then carries out the effects.
+
+A monitor handles one event at a time, so an effect's result is applied before any other
+event of the run is looked at: a stop call in flight cannot be duplicated by an observation
+that arrives meanwhile. Order within one event: the decision is committed (intent), and only
+then are its effects carried out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from supervisor.adapters.protocol import MonitorEventView, TailItem, TransitionView
+from supervisor.adapters.store import ActionRecord, Store
+from supervisor.core.effects import (
+    ActOnInstance,
+    Effect,
+    ListPrefix,
+    ObserveInstance,
+    ReadObject,
+    WakeAt,
+)
+from supervisor.core.errors import ExternalError, InvalidTransition, NotFoundError, TransientError
+from supervisor.core.events import (
+    Action,
+    ActionSucceeded,
+    Armed,
+    EffectFailed,
+    Event,
+    InstanceObserved,
+    ObjectRead,
+    PrefixListed,
+    Tick,
+)
+from supervisor.core.machine import Decision, Policy, step
+from supervisor.core.run import Run
+from supervisor.core.values import InstanceState
+from supervisor.runtime.ports import Clock, Cloud
+from supervisor.runtime.retry import GaveUp, call_with_retries
+
+log = structlog.get_logger("supervisor.monitor")
+
+_OPERATION = {Action.STOP: "StopInstances", Action.TERMINATE: "TerminateInstances"}
+RECENT_EVENTS = 50
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorDeps:
+    """What every monitor shares: one store, one cloud adapter, one clock, the policies."""
+
+    store: Store
+    cloud: Cloud
+    clock: Clock
+    policy: Policy
+    rng: random.Random
+    retry_base_s: float
+    observe: Callable[[], None]
+    """Ask the reconciler for a prompt, batched describe."""
+
+
+def transition_view(seq: int, decision: Decision) -> TransitionView:
+    t = decision.transition
+    assert t is not None
+    return TransitionView.model_validate(
+        {
+            "seq": seq,
+            "from": t.from_phase,
+            "to": t.to_phase,
+            "at": t.at,
+            "reason": t.reason,
+            "detail": dict(t.detail),
+        }
+    )
+
+
+class Monitor:
+    def __init__(self, run: Run, deps: MonitorDeps) -> None:
+        self.run = run
+        self._deps = deps
+        self._items: deque[tuple[Event, asyncio.Future[Decision] | None]] = deque()
+        self._ready = asyncio.Event()
+        self._wake_at: datetime | None = None
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self._closing = False
+        self.recent: deque[MonitorEventView] = deque(maxlen=RECENT_EVENTS)
+        self._subscribers: set[asyncio.Queue[TailItem]] = set()
+        self._log = log.bind(run_id=run.spec.run_id)
+
+    @property
+    def run_id(self) -> str:
+        return self.run.spec.run_id
+
+    @property
+    def busy(self) -> bool:
+        return not self.idle.is_set()
+
+    def close(self) -> None:
+        """Take no further events; the one in hand (if any) is finished."""
+        self._closing = True
+        self._ready.set()
+
+    def __repr__(self) -> str:
+        state = "busy" if self.busy else "idle"
+        return f"<Monitor {self.run!r} {state} queued={len(self._items)} wake={self._wake_at}>"
+
+    # -- inputs -------------------------------------------------------------------------------
+
+    def deliver(self, event: Event) -> None:
+        """Queue an observed fact (from the reconciler or the event consumer)."""
+        self._items.append((event, None))
+        self._ready.set()
+
+    async def request(self, event: Event) -> Decision:
+        """Queue a person's request; return once its decision is committed, or raise
+        `InvalidTransition` if the run's phase does not allow it."""
+        reply: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        self._items.append((event, reply))
+        self._ready.set()
+        return await reply
+
+    def subscribe(self) -> asyncio.Queue[TailItem]:
+        queue: asyncio.Queue[TailItem] = asyncio.Queue(maxsize=1000)
+        self._subscribers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[TailItem]) -> None:
+        self._subscribers.discard(queue)
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    async def run_forever(self) -> None:
+        try:
+            await self._handle(Armed(), None)
+            while not self.run.phase.is_terminal:
+                event, reply = await self._next()
+                await self._handle(event, reply)
+        finally:
+            for _, reply in self._items:
+                if reply is not None and not reply.done():
+                    reply.set_exception(InvalidTransition(f"run {self.run_id} is {self.run.phase}"))
+
+    async def _next(self) -> tuple[Event, asyncio.Future[Decision] | None]:
+        while True:
+            if self._closing:
+                await asyncio.Event().wait()  # until cancelled by the daemon's shutdown
+            if self._wake_at is not None:
+                remaining = (self._wake_at - self._deps.clock.now()).total_seconds()
+                if remaining <= 0:
+                    self._wake_at = None
+                    return Tick(), None
+            if self._items:
+                return self._items.popleft()
+            self._ready.clear()
+            if self._wake_at is None:
+                await self._ready.wait()
+                continue
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._ready.wait()
+            except TimeoutError:
+                pass
+
+    async def _handle(self, event: Event, reply: asyncio.Future[Decision] | None) -> None:
+        self.idle.clear()
+        try:
+            pending: deque[Event] = deque([event])
+            while pending:
+                current = pending.popleft()
+                try:
+                    decision = step(
+                        self.run,
+                        current,
+                        now=self._deps.clock.now(),
+                        policy=self._deps.policy,
+                        rng=self._deps.rng,
+                    )
+                except InvalidTransition as exc:
+                    if reply is not None and current is event:
+                        reply.set_exception(exc)
+                        return
+                    self._log.info("event_ignored", event=type(current).__name__, why=str(exc))
+                    continue
+                await self._commit(decision)
+                if reply is not None and current is event:
+                    reply.set_result(decision)
+                for effect in decision.effects:
+                    follow = await self._execute(effect)
+                    if follow is not None:
+                        pending.append(follow)
+        except BaseException as exc:
+            if reply is not None and not reply.done():
+                reply.set_exception(exc)
+            raise
+        finally:
+            self.idle.set()
+
+    async def _commit(self, decision: Decision) -> None:
+        before = self.run
+        await self._deps.store.commit(before, decision, now=self._deps.clock.now())
+        self.run = decision.run
+        t = decision.transition
+        if t is not None:
+            self._log.info(
+                "run_transitioned",
+                from_phase=t.from_phase,
+                to_phase=t.to_phase,
+                reason=t.reason,
+                outcome=decision.run.outcome,
+            )
+            self._publish(
+                TailItem(
+                    kind="transition", transition=transition_view(decision.run.version, decision)
+                )
+            )
+
+    def _note(self, name: str, *, level: str = "info", **fields: Any) -> None:
+        """A monitor event: logged, kept in the recent ring, streamed to `tail -f`."""
+        getattr(self._log, level)(name, **fields)
+        view = MonitorEventView(
+            at=self._deps.clock.now(), run_id=self.run_id, event=name, fields=fields
+        )
+        self.recent.append(view)
+        self._publish(TailItem(kind="event", event=view))
+
+    def _publish(self, item: TailItem) -> None:
+        for queue in self._subscribers:
+            if not queue.full():
+                queue.put_nowait(item)
+
+    # -- effects ------------------------------------------------------------------------------
+
+    async def _execute(self, effect: Effect) -> Event | None:
+        spec = self.run.spec
+        match effect:
+            case WakeAt(at=at):
+                self._wake_at = at
+                return None
+            case ObserveInstance():
+                self._deps.observe()
+                return None
+            case ListPrefix(request=request):
+                try:
+                    objects = await self._deps.cloud.list_objects(request, spec.region)
+                except ExternalError as exc:
+                    self._note(
+                        "prefix_check_failed", level="warning", code=exc.code, message=exc.message
+                    )
+                    return _failed("ListObjectsV2", exc)
+                prefix = spec.prefix
+                relative = tuple(replace(o, key=prefix.relative(o.key)) for o in objects)
+                self._note(
+                    "prefix_checked",
+                    level="debug",
+                    objects=len(relative),
+                    check=self.run.attempt + 1,
+                )
+                return PrefixListed(relative)
+            case ReadObject(key=key):
+                prefix = spec.prefix
+                try:
+                    body = await self._deps.cloud.read_object(
+                        prefix.bucket, prefix.key(key), spec.region
+                    )
+                except NotFoundError:
+                    body = ""
+                except ExternalError as exc:
+                    body = f"(could not read {key}: {exc.code})"
+                return ObjectRead(key, body)
+            case ActOnInstance(action=action):
+                return await self._act(action)
+        raise AssertionError(f"unknown effect {effect!r}")
+
+    async def _act(self, action: Action) -> Event:
+        spec = self.run.spec
+        operation = _OPERATION[action]
+        cloud = self._deps.cloud
+        call = cloud.stop_instance if action is Action.STOP else cloud.terminate_instance
+
+        def on_retry(error: ExternalError, attempt: int, wait_s: float) -> None:
+            self._note(
+                "action_retrying",
+                level="warning",
+                operation=operation,
+                attempt=attempt,
+                code=error.code,
+                wait_s=round(wait_s, 3),
+            )
+
+        self._note("action_requested", operation=operation, instance_id=spec.instance_id)
+        try:
+            state, attempts = await call_with_retries(
+                lambda: call(spec.instance_id, spec.region),
+                base_s=self._deps.retry_base_s,
+                on_retry=on_retry,
+            )
+        except GaveUp as gave_up:
+            error = gave_up.error
+            gone = isinstance(error, NotFoundError)
+            outcome = (
+                "gone" if gone else "gave-up" if isinstance(error, TransientError) else ("failed")
+            )
+            await self._record(action, gave_up.attempts, outcome, error)
+            self._note(
+                "action_" + outcome.replace("-", "_"),
+                level="warning",
+                operation=operation,
+                attempts=gave_up.attempts,
+                code=error.code,
+                message=error.message,
+            )
+            if gone:
+                return InstanceObserved(InstanceState.UNKNOWN, source=f"{operation}: {error.code}")
+            return _failed(operation, error)
+        await self._record(action, attempts, "accepted", None)
+        self._note("action_accepted", operation=operation, attempts=attempts, state=str(state))
+        return ActionSucceeded(action, state)
+
+    async def _record(
+        self, action: Action, attempts: int, outcome: str, error: ExternalError | None
+    ) -> None:
+        spec = self.run.spec
+        await self._deps.store.record_action(
+            ActionRecord(
+                run_id=spec.run_id,
+                instance_id=spec.instance_id,
+                action=str(action),
+                at=self._deps.clock.now(),
+                attempts=attempts,
+                outcome=outcome,
+                error_code=error.code if error else None,
+                message=error.message if error else None,
+            )
+        )
+
+
+def _failed(operation: str, error: ExternalError) -> EffectFailed:
+    return EffectFailed(
+        operation, error.code, error.message, transient=isinstance(error, TransientError)
+    )

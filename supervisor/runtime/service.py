@@ -1,0 +1,121 @@
+"""`supervisord start --foreground`: the process around the daemon.
+
+Holds the state directory's lock (an flock on `supervisord.pid`, so a killed daemon never
+leaves a stale lock), sets up logging, opens the store and the AWS adapter, installs the
+SIGTERM/SIGINT handlers, and runs the daemon until it is asked to stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import signal
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import structlog
+
+from supervisor.adapters.aws import Aws
+from supervisor.adapters.faults import FaultPlan
+from supervisor.adapters.store import Store
+from supervisor.core.errors import SupervisorError
+from supervisor.runtime.daemon import Daemon
+from supervisor.runtime.log_config import configure_logging
+from supervisor.runtime.settings import Settings
+
+log = structlog.get_logger("supervisor.service")
+
+
+class AlreadyRunning(SupervisorError):
+    pass
+
+
+def prepare_state_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+
+
+def read_pid(pid_path: Path) -> int | None:
+    try:
+        text = pid_path.read_text(encoding="ascii").strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def lock_is_held(pid_path: Path) -> bool:
+    """True when a live daemon holds the state directory's lock."""
+    try:
+        fd = os.open(pid_path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+@contextlib.contextmanager
+def state_lock(settings: Settings) -> Iterator[None]:
+    """Hold the one-daemon-per-state-directory lock, with our pid in the file."""
+    fd = os.open(settings.pid_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = read_pid(settings.pid_path)
+            raise AlreadyRunning(
+                f"supervisord is already running (pid {pid if pid else 'unknown'}) for state "
+                f"directory {settings.state_dir}: stop it with `supervisord stop`, or use "
+                "another SUPERVISOR_STATE_DIR"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.fsync(fd)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                settings.pid_path.unlink()
+    finally:
+        os.close(fd)
+
+
+async def serve(
+    settings: Settings, *, on_ready: Callable[[], Awaitable[None]] | None = None
+) -> None:
+    """Run the daemon until SIGTERM or SIGINT; return after a clean shutdown."""
+    faults = FaultPlan.parse(settings.faults) if settings.faults else None
+    if faults:
+        log.warning("fault_injection_enabled", plan=settings.faults)
+    store = await Store.open(settings.db_path)
+    try:
+        async with Aws(faults=faults) as aws:
+            daemon = Daemon(settings, store, aws)
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(
+                    signum, daemon.request_shutdown, signal.Signals(signum).name
+                )
+            try:
+                await daemon.serve(on_ready=on_ready)
+            finally:
+                for signum in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(signum)
+    finally:
+        await store.close()
+
+
+def run_foreground(settings: Settings, *, console: bool) -> None:
+    """The whole life of a daemon process. Raises `AlreadyRunning` if another holds the lock."""
+    os.umask(0o077)
+    prepare_state_dir(settings.state_dir)
+    with state_lock(settings):
+        configure_logging(settings.log_path, console=console, level=settings.log_level)
+        log.info("daemon_starting", state_dir=str(settings.state_dir), pid=os.getpid())
+        asyncio.run(serve(settings))

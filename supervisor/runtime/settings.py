@@ -1,0 +1,125 @@
+"""Daemon settings (pydantic-settings): `SUPERVISOR_*` environment variables over a TOML file
+given with `--config`, over defaults. AWS credentials, region and endpoint are not here: they
+come from the standard AWS chain."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Self
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from supervisor.core.backoff import BackoffPolicy
+from supervisor.core.errors import InvalidInput
+
+ENV_PREFIX = "SUPERVISOR_"
+_SECRET_HINTS = ("secret", "token", "password", "key")
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "supervisor"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    state_dir: Path = Field(default_factory=default_state_dir)
+    poll_initial_s: float = Field(30.0, gt=0)
+    poll_max_s: float = Field(300.0, gt=0)
+    grace_s: float = Field(300.0, ge=0)
+    reconcile_interval_s: float = Field(60.0, gt=0)
+    retry_base_s: float = Field(2.0, ge=0)
+    shutdown_timeout_s: float = Field(10.0, ge=0)
+    log_level: str = Field("info", pattern=r"^(?i)(debug|info|warning|error)$")
+    faults: str = ""
+    """Testing only: a fault plan for AWS calls (see supervisor.adapters.faults)."""
+
+    @model_validator(mode="after")
+    def _poll_order(self) -> Self:
+        if self.poll_max_s < self.poll_initial_s:
+            raise ValueError(
+                f"poll_max_s ({self.poll_max_s}) must be at least poll_initial_s "
+                f"({self.poll_initial_s})"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @classmethod
+    def load(cls, config_file: Path | None = None, **overrides: Any) -> Settings:
+        """Read settings, or raise `InvalidInput` naming each bad setting (never its value
+        when the name suggests a secret)."""
+        settings_cls: type[Settings] = cls
+        if config_file is not None:
+            if not config_file.is_file():
+                raise InvalidInput(f"config file {config_file} does not exist")
+            try:
+                tomllib.loads(config_file.read_text(encoding="utf-8"))
+            except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError) as exc:
+                raise InvalidInput(f"config file {config_file} is not valid TOML: {exc}") from None
+
+            class _FromFile(cls):  # type: ignore[valid-type,misc]
+                model_config = SettingsConfigDict(toml_file=config_file)
+
+            settings_cls = _FromFile
+        try:
+            return settings_cls(**overrides)
+        except ValidationError as exc:
+            raise InvalidInput(_describe(exc, config_file)) from None
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "supervisor.db"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.state_dir / "supervisord.sock"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.state_dir / "supervisord.pid"
+
+    @property
+    def log_path(self) -> Path:
+        return self.state_dir / "supervisord.log"
+
+    @property
+    def poll_policy(self) -> BackoffPolicy:
+        return BackoffPolicy(initial_s=self.poll_initial_s, max_s=self.poll_max_s)
+
+
+def _describe(exc: ValidationError, config_file: Path | None) -> str:
+    lines = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else ""
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown setting {field!r} in {config_file}: check its spelling")
+            continue
+        if not field:  # a rule across fields: its message names them
+            lines.append(f"bad settings: {err['msg'].removeprefix('Value error, ')}")
+            continue
+        name = f"{ENV_PREFIX}{field.upper()}"
+        if config_file is not None:
+            name += f" (or {field!r} in {config_file})"
+        secret = any(hint in field.lower() for hint in _SECRET_HINTS)
+        got = "" if secret or err["type"] == "missing" else f" (got {err['input']!r})"
+        lines.append(f"bad setting {name}: {err['msg']}{got}")
+    return "; ".join(lines)

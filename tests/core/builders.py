@@ -1,0 +1,64 @@
+"""Builders for the core tests: a valid spec, a run in any phase, a fixed clock, a seeded rng.
+
+Nothing here reads a clock or touches I/O; every test passes the same `NOW`.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from supervisor.core.completion import ListRequest
+from supervisor.core.effects import ListPrefix
+from supervisor.core.events import Event, PrefixListed
+from supervisor.core.machine import Decision, Policy, new_run, step
+from supervisor.core.run import Outcome, Phase, Run
+from supervisor.core.spec import RunSpec
+from supervisor.core.values import ObjectInfo
+
+NOW = datetime(2026, 11, 22, 12, tzinfo=UTC)
+GRACE_S = 600.0
+GRACE_UNTIL = NOW + timedelta(seconds=GRACE_S)
+POLICY = Policy()
+INSTANCE = "i-0123456789abcdef0"
+LIST_TOP = ListPrefix(ListRequest("my-runs", "exp1/run42/", "/"))
+"""The listing the default spec asks for: its markers all sit at the top of the run prefix."""
+
+SPEC_FIELDS: dict[str, Any] = {
+    "run_id": "run-42",
+    "instance_id": INSTANCE,
+    "region": "us-east-1",
+    "s3_prefix": "s3://my-runs/exp1/run42/",
+    "grace_s": GRACE_S,
+}
+
+
+def make_spec(**overrides: Any) -> RunSpec:
+    return RunSpec.build(**{**SPEC_FIELDS, **overrides})
+
+
+def make_run(phase: Phase = Phase.PENDING, *, spec: RunSpec | None = None, **changes: Any) -> Run:
+    """A run in `phase`, attached an hour ago; a grace run has completed and waits until
+    `GRACE_UNTIL`."""
+    run = new_run(spec or make_spec(), now=NOW - timedelta(hours=1)).run
+    defaults: dict[str, Any] = {}
+    if phase is Phase.GRACE:
+        defaults = {"outcome": Outcome.COMPLETED, "grace_until": GRACE_UNTIL}
+    return run.evolve(phase=phase, version=3, **{**defaults, **changes})
+
+
+def obj(key: str, etag: str = "e1", size: int = 10) -> ObjectInfo:
+    return ObjectInfo(key=key, etag=etag, size=size, last_modified=NOW)
+
+
+def listed(*keys: str) -> PrefixListed:
+    return PrefixListed(tuple(obj(k) for k in keys))
+
+
+def seeded() -> random.Random:
+    return random.Random(1234)
+
+
+def run_step(run: Run, event: Event, *, now: datetime = NOW) -> Decision:
+    return step(run, event, now=now, policy=POLICY, rng=seeded())

@@ -1,0 +1,62 @@
+"""Backoff: the poll schedule, its jitter, the retry waits, and policy validation."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from supervisor.core.backoff import BackoffPolicy, base_delay, delay, retry_delays
+
+DEFAULT = BackoffPolicy()
+
+
+def test_base_delay_doubles_from_30_s_and_caps_at_300_s() -> None:
+    assert [base_delay(n, DEFAULT) for n in range(6)] == [30, 60, 120, 240, 300, 300]
+
+
+def test_base_delay_stays_at_the_cap_for_huge_attempt_counts() -> None:
+    assert base_delay(10_000, DEFAULT) == 300
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_jittered_delay_stays_within_ten_percent_of_the_base(seed: int) -> None:
+    rng = random.Random(seed)
+    for attempt in range(8):
+        base = base_delay(attempt, DEFAULT)
+        assert 0.9 * base <= delay(attempt, DEFAULT, rng) <= 1.1 * base
+
+
+def test_jittered_schedule_is_repeatable_with_the_same_seed() -> None:
+    def schedule(seed: int) -> list[float]:
+        rng = random.Random(seed)
+        return [delay(n, DEFAULT, rng) for n in range(6)]
+
+    assert schedule(7) == schedule(7)
+    assert schedule(7) != schedule(8)
+
+
+def test_zero_jitter_gives_exactly_the_base_delay() -> None:
+    policy = BackoffPolicy(jitter=0)
+    assert [delay(n, policy, random.Random(1)) for n in range(3)] == [30, 60, 120]
+
+
+def test_retry_delays_double_from_the_base() -> None:
+    assert retry_delays(2) == (2, 4, 8)
+    assert retry_delays(0.5, retries=2) == (0.5, 1.0)
+    assert retry_delays(2, retries=0) == ()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"initial_s": -1},
+        {"initial_s": 60, "max_s": 30},
+        {"multiplier": 0.5},
+        {"jitter": 1.0},
+        {"jitter": -0.1},
+    ],
+)
+def test_invalid_policy_is_refused_when_built(fields: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="need"):
+        BackoffPolicy(**fields)
