@@ -57,9 +57,10 @@ class FaultPlan:
     def __bool__(self) -> bool:
         return bool(self._rules)
 
-    async def before_send(self, *, model: Any = None, **_: Any) -> None:
-        """botocore `before-send` handler (aiobotocore awaits coroutine handlers)."""
-        operation = getattr(model, "name", "") if model is not None else ""
+    async def before_send(self, *, event_name: str = "", **_: Any) -> None:
+        """botocore `before-send` handler (aiobotocore awaits coroutine handlers). The event is
+        named `before-send.<service>.<Operation>`; it carries the request, not the model."""
+        operation = event_name.rpartition(".")[2]
         queue = self._rules.get(operation)
         if not queue:
             return

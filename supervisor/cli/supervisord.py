@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.command == "stop":
         return _stop(settings)
-    return _status(settings)
+    return _status(settings, as_json=args.json)
 
 
 def _start(settings: Settings, config: Path | None, *, foreground: bool, console: bool) -> int:
@@ -172,10 +172,13 @@ def _stop(settings: Settings) -> int:
     )
 
 
-def _status(settings: Settings) -> int:
+def _status(settings: Settings, *, as_json: bool) -> int:
     async def query() -> int:
         async with ControlClient(settings.socket_path) as client:
             status = await client.status()
+        if as_json:
+            print(status.model_dump_json(indent=2))
+            return EXIT_OK
         phases = ", ".join(f"{n} {phase}" for phase, n in status.runs_by_phase.items()) or "none"
         calls = ", ".join(f"{op} {n}" for op, n in status.aws_calls.items()) or "none"
         print(
