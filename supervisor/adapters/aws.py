@@ -85,7 +85,7 @@ def translate(exc: BaseException, operation: str) -> ExternalError:
         if code in _TRANSIENT_CODES or status >= 500:
             return TransientError(code, message, operation=operation)
         return PermanentError(code, message, operation=operation)
-    if isinstance(exc, _CONNECTION_ERRORS | asyncio.TimeoutError | OSError):
+    if isinstance(exc, (*_CONNECTION_ERRORS, asyncio.TimeoutError, OSError)):
         return TransientError(type(exc).__name__, str(exc), operation=operation)
     if isinstance(exc, NoCredentialsError):
         return PermanentError(
@@ -220,10 +220,15 @@ class Aws:
     async def read_object(self, bucket: str, key: str, region: str, *, limit: int = 65536) -> str:
         """The first `limit` bytes of an object, decoded as UTF-8 (invalid bytes replaced)."""
         s3 = await self._client("s3", region)
-        with _translated("GetObject"):
-            response = await s3.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{limit - 1}")
-            async with response["Body"] as body:
-                data: bytes = await body.read()
+        try:
+            with _translated("GetObject"):
+                response = await s3.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{limit - 1}")
+                async with response["Body"] as body:
+                    data: bytes = await body.read()
+        except PermanentError as exc:
+            if exc.code == "InvalidRange":  # S3's answer to a ranged GET of an empty object
+                return ""
+            raise
         return data.decode("utf-8", errors="replace")
 
     # -- EC2 ----------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ transaction that appends the transition row and updates the run row under a vers
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -144,14 +146,17 @@ class Store:
         UPDATE); otherwise everything is rolled back and `StaleVersion` raised with that text.
         """
         async with self._write_lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
             try:
+                await self._writer.execute("BEGIN IMMEDIATE")
                 for index, (sql, params) in enumerate(statements):
                     cursor = await self._writer.execute(sql, params)
                     if index == 0 and stale_if_unchanged and cursor.rowcount == 0:
                         raise StaleVersion(stale_if_unchanged)
             except BaseException:
-                await self._writer.execute("ROLLBACK")
+                # Also after a cancellation while BEGIN was queued: it still runs on the
+                # connection's thread, and this ROLLBACK, queued behind it, closes it.
+                with contextlib.suppress(sqlite3.OperationalError):
+                    await self._writer.execute("ROLLBACK")
                 raise
             await self._writer.execute("COMMIT")
 

@@ -63,11 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     # Set by `supervisord start` for the process it detaches: logs go to the file only.
     start.add_argument("--detached-child", action="store_true", help=argparse.SUPPRESS)
-    for sub in (
-        start,
-        commands.add_parser("stop", help="stop the daemon (SIGTERM, then wait)"),
-        commands.add_parser("status", help="is it running, and what is it doing"),
-    ):
+    stop = commands.add_parser("stop", help="stop the daemon (SIGTERM, then wait)")
+    status = commands.add_parser("status", help="is it running, and what is it doing")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    for sub in (start, stop, status):
         sub.add_argument(
             "--config",
             type=Path,
@@ -162,7 +161,7 @@ def _stop(settings: Settings) -> int:
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + settings.shutdown_timeout_s + 15
     while time.monotonic() < deadline:
-        if not lock_is_held(settings.pid_path):
+        if not _alive(pid):
             print(f"supervisord stopped (pid {pid})")
             return EXIT_OK
         time.sleep(0.05)
@@ -170,6 +169,21 @@ def _stop(settings: Settings) -> int:
         f"supervisord (pid {pid}) did not exit in time; it may still be finishing a "
         "transition: check supervisord.log"
     )
+
+
+def _alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie awaiting its reaper."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def _status(settings: Settings, *, as_json: bool) -> int:

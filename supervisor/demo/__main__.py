@@ -1,4 +1,4 @@
-"""`python -m supervisor.demo` (`make demo`): the supervisor end to end, in about 20 seconds,
+"""`python -m supervisor.demo` (`make demo`): the supervisor end to end, in well under a minute,
 with nothing but this machine.
 
 A local moto server stands in for EC2 and S3. The real daemon (`supervisord start`) watches
@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import io
 import json
+import logging
 import os
 import re
 import shlex
@@ -157,6 +158,7 @@ class Demo:
 
     def start_aws(self) -> None:
         heading("AWS: starting a moto server on 127.0.0.1 to stand in for EC2 and S3")
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
         self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.moto.start()
         host, port = self.moto.get_host_and_port()
@@ -443,9 +445,14 @@ class Demo:
             self.cli("supervisord", "stop", check=False, timeout=40)
         except subprocess.TimeoutExpired:
             print("supervisord stop timed out")
+        # `supervisord stop` returns once the daemon released its lock; the process itself
+        # may still be a moment away from exiting.
+        deadline = time.monotonic() + 5
+        while self.our_daemon(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
         if self.our_daemon(pid):
             assert pid is not None
-            print(f"supervisord (pid {pid}) still alive: killing its process group")
+            print(f"supervisord (pid {pid}) still alive after 5s: killing its process group")
             kill_group(pid)
         self.daemon_stopped = True
 
@@ -550,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(exc, DemoError):
             traceback.print_exc(file=sys.stdout)
         problems = [str(exc) or repr(exc)]
+        print(f"\nerror: {problems[0]}")
         tail = demo.daemon_log_tail()
         if tail:
             print("\nlast lines of supervisord.log:\n" + indent(tail))

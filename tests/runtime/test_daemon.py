@@ -60,15 +60,6 @@ async def test_throttled_twice_then_stopped_after_exactly_three_attempts(
     assert harness.store is not None
     (action,) = await harness.store.actions("r1")
     assert (action.outcome, action.attempts) == ("accepted", 3)
-    assert harness.daemon is not None
-    waits = [
-        e.fields["wait_s"]
-        for m in [harness.daemon.monitors.get("r1")]
-        if m is not None
-        for e in m.recent
-        if e.event == "action_retrying"
-    ]
-    assert waits in ([], [0.01, 0.02])  # the monitor may already be gone: it finished
 
 
 async def test_unauthorized_stop_is_not_retried_and_fails_the_run_with_its_code(

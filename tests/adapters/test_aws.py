@@ -1,0 +1,362 @@
+"""The AWS adapter against a real moto server over HTTP: listings, reads, batched describes,
+stop and terminate, error translation, injected faults, and one client per service."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from botocore.exceptions import (
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
+
+from supervisor.adapters.aws import Aws, translate
+from supervisor.adapters.faults import FaultPlan
+from supervisor.core.completion import ListRequest
+from supervisor.core.errors import (
+    ExternalError,
+    InvalidInput,
+    NotFoundError,
+    PermanentError,
+    TransientError,
+)
+from supervisor.core.values import InstanceId, InstanceState
+from tests.conftest import BUCKET, REGION, Fleet
+
+PREFIX = "runs/r1/"
+
+
+@pytest.fixture
+async def aws(fleet: Fleet) -> AsyncIterator[Aws]:
+    async with Aws() as adapter:
+        yield adapter
+
+
+def ids(*values: str) -> list[InstanceId]:
+    return [InstanceId(v) for v in values]
+
+
+def client_error(code: str, status: int) -> ClientError:
+    response: Any = {
+        "Error": {"Code": code, "Message": f"{code} happened"},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
+    return ClientError(response, "DescribeInstances")
+
+
+# -- S3: list_objects -------------------------------------------------------------------------
+
+
+async def test_a_delimited_listing_returns_only_direct_children_with_bare_etags(
+    aws: Aws, fleet: Fleet
+) -> None:
+    fleet.put(PREFIX + "COMPLETE", "done\n")
+    fleet.put(PREFIX + "status.json", '{"step": 7}')
+    fleet.put(PREFIX + "checkpoints/step7/model.pt", b"weights")
+    fleet.put("runs/r10/COMPLETE", "other run")
+
+    listing = await aws.list_objects(ListRequest(BUCKET, PREFIX, "/"), REGION)
+
+    by_key = {o.key: o for o in listing}
+    assert set(by_key) == {PREFIX + "COMPLETE", PREFIX + "status.json"}
+    complete = by_key[PREFIX + "COMPLETE"]
+    assert complete.etag == hashlib.md5(b"done\n").hexdigest()
+    assert complete.size == len(b"done\n")
+    assert complete.last_modified.tzinfo is not None
+
+
+async def test_a_recursive_listing_includes_nested_keys(aws: Aws, fleet: Fleet) -> None:
+    fleet.put(PREFIX + "COMPLETE")
+    fleet.put(PREFIX + "checkpoints/step7/model.pt", b"weights")
+
+    listing = await aws.list_objects(ListRequest(BUCKET, PREFIX, None), REGION)
+
+    assert sorted(o.key for o in listing) == [
+        PREFIX + "COMPLETE",
+        PREFIX + "checkpoints/step7/model.pt",
+    ]
+
+
+async def test_listing_an_empty_prefix_returns_nothing(aws: Aws) -> None:
+    assert await aws.list_objects(ListRequest(BUCKET, "runs/none/", "/"), REGION) == ()
+
+
+async def test_listing_a_missing_bucket_raises_not_found_no_such_bucket(aws: Aws) -> None:
+    with pytest.raises(NotFoundError) as caught:
+        await aws.list_objects(ListRequest("no-such-bucket", PREFIX, "/"), REGION)
+
+    assert caught.value.code == "NoSuchBucket"
+    assert caught.value.operation == "ListObjectsV2"
+
+
+async def test_one_listing_of_a_small_prefix_is_one_list_objects_call(
+    aws: Aws, fleet: Fleet
+) -> None:
+    for name in ("COMPLETE", "status.json", "logs/train.log", "checkpoints/a", "checkpoints/b"):
+        fleet.put(PREFIX + name)
+
+    await aws.list_objects(ListRequest(BUCKET, PREFIX, "/"), REGION)
+
+    assert aws.counter.count("ListObjectsV2") == 1
+    assert aws.counter.snapshot() == {"s3:ListObjectsV2": 1}
+
+
+# -- S3: read_object --------------------------------------------------------------------------
+
+
+async def test_read_object_returns_the_body_as_text(aws: Aws, fleet: Fleet) -> None:
+    fleet.put(PREFIX + "FAILED", "exit code 137: OOM\n")
+
+    assert await aws.read_object(BUCKET, PREFIX + "FAILED", REGION) == "exit code 137: OOM\n"
+
+
+async def test_read_object_stops_at_the_limit(aws: Aws, fleet: Fleet) -> None:
+    fleet.put(PREFIX + "crash/error.log", "x" * 100 + "tail")
+
+    assert await aws.read_object(BUCKET, PREFIX + "crash/error.log", REGION, limit=10) == "x" * 10
+
+
+async def test_read_object_replaces_invalid_utf8(aws: Aws, fleet: Fleet) -> None:
+    fleet.put(PREFIX + "FAILED", b"bad \xff byte")
+
+    assert await aws.read_object(BUCKET, PREFIX + "FAILED", REGION) == "bad \ufffd byte"
+
+
+async def test_read_object_of_an_empty_object_returns_empty_text(aws: Aws, fleet: Fleet) -> None:
+    # `touch FAILED && aws s3 cp FAILED ...` is the commonest failure marker; S3 answers a
+    # ranged GET of a zero-byte object with 416 InvalidRange.
+    fleet.put(PREFIX + "FAILED", b"")
+
+    assert await aws.read_object(BUCKET, PREFIX + "FAILED", REGION) == ""
+
+
+async def test_read_object_of_a_missing_key_raises_not_found(aws: Aws) -> None:
+    with pytest.raises(NotFoundError) as caught:
+        await aws.read_object(BUCKET, PREFIX + "nothing", REGION)
+
+    assert caught.value.code == "NoSuchKey"
+
+
+# -- EC2: describe_instances ------------------------------------------------------------------
+
+
+async def test_describing_more_than_1000_instances_takes_one_call_per_1000(
+    aws: Aws, fleet: Fleet
+) -> None:
+    # 1,001 rather than 1,500: moto needs ~10 ms per instance to launch and describe.
+    launched = ids(*fleet.launch(1001))
+
+    started = time.monotonic()
+    states = await aws.describe_instances(launched, REGION)
+    elapsed = time.monotonic() - started
+
+    assert aws.counter.count("DescribeInstances") == 2
+    assert states == dict.fromkeys(launched, InstanceState.RUNNING)
+    assert elapsed < 30
+
+
+async def test_unknown_ids_among_known_ones_are_unknown_without_an_error(
+    aws: Aws, fleet: Fleet
+) -> None:
+    running, stopped, terminated = ids(*fleet.launch(3))
+    fleet.stop(stopped)
+    fleet.terminate(terminated)
+    ghosts = ids("i-0123456789abcdef0", "i-0fedcba9876543210")
+
+    states = await aws.describe_instances(
+        [ghosts[0], running, stopped, ghosts[1], terminated], REGION
+    )
+
+    assert states == {
+        running: InstanceState.RUNNING,
+        stopped: InstanceState.STOPPED,
+        terminated: InstanceState.TERMINATED,
+        ghosts[0]: InstanceState.UNKNOWN,
+        ghosts[1]: InstanceState.UNKNOWN,
+    }
+    # A refused call names the unknown ids (AWS names all, moto one), then the rest is described.
+    assert 2 <= aws.counter.count("DescribeInstances") <= 1 + len(ghosts)
+
+
+async def test_describing_only_unknown_ids_returns_unknown_for_each(aws: Aws) -> None:
+    ghost = InstanceId("i-0123456789abcdef0")
+
+    assert await aws.describe_instances([ghost], REGION) == {ghost: InstanceState.UNKNOWN}
+
+
+async def test_describing_repeated_ids_describes_each_once(aws: Aws, fleet: Fleet) -> None:
+    [instance] = ids(*fleet.launch(1))
+
+    states = await aws.describe_instances([instance, instance, instance], REGION)
+
+    assert states == {instance: InstanceState.RUNNING}
+    assert aws.counter.count("DescribeInstances") == 1
+
+
+async def test_describing_no_ids_makes_no_call(aws: Aws) -> None:
+    assert await aws.describe_instances([], REGION) == {}
+    assert aws.counter.count("DescribeInstances") == 0
+
+
+# -- EC2: stop and terminate ------------------------------------------------------------------
+
+
+async def test_stop_instance_returns_stopping_and_the_instance_then_is_stopped(
+    aws: Aws, fleet: Fleet
+) -> None:
+    [instance] = ids(*fleet.launch(1))
+
+    assert await aws.stop_instance(instance, REGION) is InstanceState.STOPPING
+    assert fleet.state(instance) == "stopped"
+
+
+async def test_terminate_instance_returns_a_state_on_the_way_out(aws: Aws, fleet: Fleet) -> None:
+    [instance] = ids(*fleet.launch(1))
+
+    state = await aws.terminate_instance(instance, REGION)
+
+    assert state in (InstanceState.SHUTTING_DOWN, InstanceState.TERMINATED)
+    assert fleet.state(instance) in ("shutting-down", "terminated")
+
+
+@pytest.mark.parametrize("action", ["stop_instance", "terminate_instance"])
+async def test_acting_on_an_unknown_instance_raises_not_found(aws: Aws, action: str) -> None:
+    with pytest.raises(NotFoundError) as caught:
+        await getattr(aws, action)(InstanceId("i-0123456789abcdef0"), REGION)
+
+    assert caught.value.code == "InvalidInstanceID.NotFound"
+
+
+# -- translate --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "expected", "code"),
+    [
+        (client_error("RequestLimitExceeded", 503), TransientError, "RequestLimitExceeded"),
+        (client_error("Throttling", 400), TransientError, "Throttling"),
+        (client_error("InternalError", 500), TransientError, "InternalError"),
+        (client_error("SomethingNew", 502), TransientError, "SomethingNew"),
+        (client_error("SomethingNew", 599), TransientError, "SomethingNew"),
+        (client_error("UnauthorizedOperation", 403), PermanentError, "UnauthorizedOperation"),
+        (client_error("InvalidParameterValue", 400), PermanentError, "InvalidParameterValue"),
+        (
+            client_error("InvalidInstanceID.NotFound", 400),
+            NotFoundError,
+            "InvalidInstanceID.NotFound",
+        ),
+        (client_error("NoSuchBucket", 404), NotFoundError, "NoSuchBucket"),
+        (
+            EndpointConnectionError(endpoint_url="http://x"),
+            TransientError,
+            "EndpointConnectionError",
+        ),
+        (ReadTimeoutError(endpoint_url="http://x"), TransientError, "ReadTimeoutError"),
+        (ConnectionResetError("reset by peer"), TransientError, "ConnectionResetError"),
+        (TimeoutError(), TransientError, "TimeoutError"),
+        (NoCredentialsError(), PermanentError, "NoCredentials"),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, Exception) else None,
+)
+def test_translate_maps_each_failure_to_its_kind(
+    error: Exception, expected: type[ExternalError], code: str
+) -> None:
+    translated = translate(error, "DescribeInstances")
+
+    assert type(translated) is expected
+    assert translated.code == code
+    assert translated.operation == "DescribeInstances"
+
+
+def test_translate_never_calls_a_permission_error_transient() -> None:
+    translated = translate(client_error("UnauthorizedOperation", 403), "StopInstances")
+
+    assert not isinstance(translated, TransientError)
+    assert "UnauthorizedOperation happened" in str(translated)
+
+
+async def test_an_unreachable_endpoint_raises_transient_error(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed_port}")
+
+    async with Aws() as aws:
+        with pytest.raises(TransientError) as caught:
+            await aws.describe_instances(ids("i-0123456789abcdef0"), REGION)
+
+    assert caught.value.code == "EndpointConnectionError"
+
+
+# -- faults -----------------------------------------------------------------------------------
+
+
+async def test_a_fault_plan_fails_the_named_operation_as_often_as_it_says(fleet: Fleet) -> None:
+    [instance] = ids(*fleet.launch(1))
+
+    async with Aws(faults=FaultPlan.parse("StopInstances=RequestLimitExceeded*2")) as aws:
+        for _ in range(2):
+            with pytest.raises(TransientError) as caught:
+                await aws.stop_instance(instance, REGION)
+            assert caught.value.code == "RequestLimitExceeded"
+        assert fleet.state(instance) == "running"
+
+        assert await aws.stop_instance(instance, REGION) is InstanceState.STOPPING
+        assert aws.counter.count("StopInstances") == 3
+
+
+async def test_a_fault_plan_leaves_other_operations_alone(fleet: Fleet) -> None:
+    [instance] = ids(*fleet.launch(1))
+
+    async with Aws(faults=FaultPlan.parse("StopInstances=InternalError*5")) as aws:
+        states = await aws.describe_instances([instance], REGION)
+
+    assert states == {instance: InstanceState.RUNNING}
+
+
+@pytest.mark.parametrize("text", ["nonsense", "=Throttling", "StopInstances=", "Stop Instances=X"])
+def test_fault_plan_parse_rejects_a_malformed_rule(text: str) -> None:
+    with pytest.raises(InvalidInput, match="Operation=ErrorCode"):
+        FaultPlan.parse(text)
+
+
+def test_an_empty_fault_plan_is_falsy() -> None:
+    assert not FaultPlan.parse(" ; ")
+    assert FaultPlan.parse("DescribeInstances=InternalError")
+
+
+# -- clients ----------------------------------------------------------------------------------
+
+
+async def test_many_calls_share_one_client_per_service_and_region(aws: Aws, fleet: Fleet) -> None:
+    instances = ids(*fleet.launch(2))
+    fleet.put(PREFIX + "status.json", "{}")
+    request = ListRequest(BUCKET, PREFIX, "/")
+
+    await asyncio.gather(*(aws.list_objects(request, REGION) for _ in range(10)))
+    for _ in range(3):
+        await aws.describe_instances(instances, REGION)
+        await aws.read_object(BUCKET, PREFIX + "status.json", REGION)
+    await aws.stop_instance(instances[0], REGION)
+
+    assert len(aws._clients) == 2
+    assert repr(aws) == f"<Aws clients=[('ec2', '{REGION}'), ('s3', '{REGION}')] calls=17>"
+
+
+async def test_leaving_the_context_closes_every_client(fleet: Fleet) -> None:
+    async with Aws() as aws:
+        await aws.list_objects(ListRequest(BUCKET, PREFIX, "/"), REGION)
+        assert len(aws._clients) == 1
+
+    assert aws._clients == {}
+    assert repr(aws) == "<Aws clients=[] calls=1>"

@@ -1,0 +1,387 @@
+"""The control channel over a real Unix socket: a fake handler with canned replies behind the
+real ControlServer, and the real ControlClient talking to it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import stat
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from supervisor.adapters.control import (
+    ControlClient,
+    ControlError,
+    ControlServer,
+    DaemonNotRunning,
+)
+from supervisor.adapters.protocol import (
+    AttachRequest,
+    DaemonStatus,
+    MonitorEventView,
+    RunDetail,
+    RunView,
+    TailItem,
+    TransitionView,
+)
+from supervisor.core.errors import InvalidInput, InvalidTransition, ShuttingDown, UnknownRun
+from tests.core.builders import INSTANCE, NOW
+
+TAKEN = "run 'taken' is already attached (phase running): choose another run id"
+FINISHED = "run finished is already stopped: cannot stop"
+CLOSING = "supervisord is shutting down: try again once it has restarted"
+
+
+def view(run_id: str = "run-42", phase: str = "running") -> RunView:
+    return RunView(
+        run_id=run_id,
+        phase=phase,
+        outcome=None,
+        instance_id=INSTANCE,
+        region="us-east-1",
+        s3_prefix=f"s3://my-runs/{run_id}/",
+        on_complete="stop",
+        reason="instance running",
+        version=2,
+        phase_since=NOW,
+        next_check_at=NOW + timedelta(seconds=30),
+    )
+
+
+STATUS = DaemonStatus(
+    pid=4242,
+    version="0.1.0",
+    started_at=NOW,
+    state_dir="/var/lib/supervisor",
+    socket="/run/supervisor/d.sock",
+    runs_by_phase={"running": 2, "grace": 1},
+    monitors=3,
+    aws_calls={"ec2:DescribeInstances": 7},
+)
+
+TAIL = [
+    TailItem(
+        kind="transition",
+        transition=TransitionView(
+            seq=1, from_=None, to="pending", at=NOW, reason="attached", detail={}
+        ),
+    ),
+    TailItem(
+        kind="event",
+        event=MonitorEventView(
+            at=NOW, run_id="run-42", event="prefix_checked", fields={"objects": 3}
+        ),
+    ),
+    TailItem(
+        kind="transition",
+        transition=TransitionView(
+            seq=2,
+            from_="pending",
+            to="running",
+            at=NOW,
+            reason="instance running",
+            detail={"instance_state": "running"},
+        ),
+    ),
+]
+
+
+class FakeHandler:
+    """Canned replies; `ghost` is unknown, `taken` cannot attach, `finished` refuses a stop,
+    `closing` meets a daemon shutting down and `boom` breaks the handler."""
+
+    def __init__(self) -> None:
+        self.attached: list[AttachRequest] = []
+        self.requests: list[tuple[str, str]] = []
+        self.tails: list[tuple[str, bool]] = []
+
+    async def attach(self, request: AttachRequest) -> RunView:
+        if request.run_id == "taken":
+            raise InvalidInput(TAKEN)
+        self.attached.append(request)
+        return view(request.run_id, phase="pending")
+
+    async def list_runs(self) -> list[RunView]:
+        return [view("run-42"), view("run-43", phase="grace")]
+
+    async def run_detail(self, run_id: str) -> RunDetail:
+        self._check(run_id)
+        transitions = [t.transition for t in TAIL if t.transition is not None]
+        return RunDetail(
+            **view(run_id).model_dump(), spec={"run_id": run_id}, transitions=transitions
+        )
+
+    async def request(self, run_id: str, action: str) -> RunView:
+        self._check(run_id)
+        if run_id == "finished":
+            raise InvalidTransition(FINISHED)
+        if run_id == "closing":
+            raise ShuttingDown(CLOSING)
+        self.requests.append((run_id, action))
+        return view(run_id, phase="stopping")
+
+    async def tail(self, run_id: str, *, follow: bool) -> AsyncIterator[TailItem]:
+        self._check(run_id)
+        self.tails.append((run_id, follow))
+        for item in TAIL if run_id != "quiet" else []:
+            yield item
+
+    async def status(self) -> DaemonStatus:
+        return STATUS
+
+    @staticmethod
+    def _check(run_id: str) -> None:
+        if run_id == "ghost":
+            raise UnknownRun(run_id)
+        if run_id == "boom":
+            raise RuntimeError("disk on fire")
+
+
+@pytest.fixture
+def socket_path() -> Iterator[Path]:
+    # Unix socket paths are limited to 107 bytes; pytest's tmp_path can be longer.
+    base = Path(tempfile.mkdtemp(dir="/tmp", prefix="ctl-"))
+    yield base / "sock" / "d.sock"
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def handler() -> FakeHandler:
+    return FakeHandler()
+
+
+@pytest.fixture
+async def server(handler: FakeHandler, socket_path: Path) -> AsyncIterator[ControlServer]:
+    started = ControlServer(handler, socket_path)
+    await started.start()
+    yield started
+    await started.close()
+
+
+@pytest.fixture
+async def client(server: ControlServer) -> AsyncIterator[ControlClient]:
+    async with ControlClient(server.socket_path) as connected:
+        yield connected
+
+
+def raw_session(path: Path) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(path)))
+
+
+# -- the socket -------------------------------------------------------------------------------
+
+
+async def test_the_socket_is_owner_only_inside_a_private_directory(server: ControlServer) -> None:
+    mode = os.stat(server.socket_path).st_mode
+    assert stat.S_ISSOCK(mode)
+    assert stat.S_IMODE(mode) == 0o600
+    assert stat.S_IMODE(os.stat(server.socket_path.parent).st_mode) == 0o700
+
+
+@pytest.fixture
+def leftovers(socket_path: Path) -> Path:
+    """A world-readable socket directory holding a file where the socket goes."""
+    socket_path.parent.mkdir(mode=0o755)
+    os.chmod(socket_path.parent, 0o755)
+    socket_path.write_text("left by a killed daemon")
+    return socket_path
+
+
+async def test_start_tightens_an_open_directory_and_replaces_a_stale_socket(
+    handler: FakeHandler, leftovers: Path
+) -> None:
+    socket_path = leftovers
+    server = ControlServer(handler, socket_path)
+    await server.start()
+    try:
+        assert stat.S_IMODE(os.stat(socket_path.parent).st_mode) == 0o700
+        assert stat.S_ISSOCK(os.stat(socket_path).st_mode)
+        async with ControlClient(socket_path) as client:
+            assert await client.status() == STATUS
+    finally:
+        await server.close()
+
+
+async def test_close_removes_the_socket(handler: FakeHandler, socket_path: Path) -> None:
+    server = ControlServer(handler, socket_path)
+    await server.start()
+
+    await server.close()
+
+    with pytest.raises(FileNotFoundError):
+        os.stat(socket_path)
+
+
+# -- round trips ------------------------------------------------------------------------------
+
+
+async def test_status_round_trips(client: ControlClient) -> None:
+    assert await client.status() == STATUS
+
+
+async def test_runs_round_trips_the_list(client: ControlClient) -> None:
+    assert await client.runs() == [view("run-42"), view("run-43", phase="grace")]
+
+
+async def test_attach_delivers_the_request_and_returns_the_new_run(
+    client: ControlClient, handler: FakeHandler
+) -> None:
+    request = AttachRequest(
+        run_id="run-44",
+        instance_id=INSTANCE,
+        s3_prefix="s3://my-runs/run-44/",
+        grace_s=0.5,
+        markers=["COMPLETE"],
+    )
+
+    created = await client.attach(request)
+
+    assert created == view("run-44", phase="pending")
+    assert handler.attached == [request]
+
+
+async def test_run_round_trips_the_detail_with_its_transitions(client: ControlClient) -> None:
+    detail = await client.run("run-42")
+
+    assert detail == await FakeHandler().run_detail("run-42")
+    assert detail.transitions[0].from_ is None
+    assert detail.model_dump(by_alias=True)["transitions"][1]["from"] == "pending"
+
+
+@pytest.mark.parametrize("action", ["stop", "terminate", "detach"])
+async def test_request_delivers_the_action_and_returns_the_run(
+    client: ControlClient, handler: FakeHandler, action: str
+) -> None:
+    assert await client.request("run-42", action) == view("run-42", phase="stopping")
+    assert handler.requests == [("run-42", action)]
+
+
+async def test_an_unknown_action_is_refused_without_reaching_the_handler(
+    client: ControlClient, handler: FakeHandler
+) -> None:
+    with pytest.raises(ControlError) as caught:
+        await client.request("run-42", "reboot")
+
+    assert caught.value.kind == "internal"
+    assert "404" in str(caught.value)
+    assert handler.requests == []
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+Call = Callable[[ControlClient], Awaitable[object]]
+
+
+def attach_taken(client: ControlClient) -> Awaitable[object]:
+    return client.attach(
+        AttachRequest(run_id="taken", instance_id=INSTANCE, s3_prefix="s3://my-runs/x/")
+    )
+
+
+@pytest.mark.parametrize(
+    ("call", "kind", "message"),
+    [
+        (lambda c: c.run("ghost"), "unknown_run", str(UnknownRun("ghost"))),
+        (lambda c: c.request("ghost", "stop"), "unknown_run", str(UnknownRun("ghost"))),
+        (attach_taken, "invalid_input", TAKEN),
+        (lambda c: c.request("finished", "stop"), "conflict", FINISHED),
+        (lambda c: c.request("closing", "stop"), "shutting_down", CLOSING),
+        (lambda c: c.run("boom"), "internal", "internal error: disk on fire"),
+    ],
+    ids=["detail-unknown", "request-unknown", "attach-taken", "conflict", "shutdown", "crash"],
+)
+async def test_a_refusal_comes_back_as_control_error_with_its_kind_and_message(
+    client: ControlClient, call: Call, kind: str, message: str
+) -> None:
+    with pytest.raises(ControlError) as caught:
+        await call(client)
+
+    assert caught.value.kind == kind
+    assert str(caught.value) == message
+
+
+async def test_a_malformed_attach_body_is_invalid_input_naming_the_field(
+    server: ControlServer,
+) -> None:
+    async with (
+        raw_session(server.socket_path) as session,
+        session.post("http://supervisord/v1/runs", data=b'{"run_id": "x"}') as response,
+    ):
+        assert response.status == 400
+        reply = await response.json()
+
+    assert reply["kind"] == "invalid_input"
+    assert "instance_id" in reply["error"]
+
+
+# -- tail -------------------------------------------------------------------------------------
+
+
+async def test_tail_yields_each_item_as_a_model(
+    client: ControlClient, handler: FakeHandler
+) -> None:
+    items = [item async for item in client.tail("run-42", follow=True)]
+
+    assert items == TAIL
+    assert handler.tails == [("run-42", True)]
+
+
+async def test_tail_streams_one_json_object_per_line(server: ControlServer) -> None:
+    async with (
+        raw_session(server.socket_path) as session,
+        session.get("http://supervisord/v1/runs/run-42/tail", params={"follow": "0"}) as response,
+    ):
+        assert response.status == 200
+        assert response.content_type == "application/x-ndjson"
+        lines = [line async for line in response.content]
+
+    assert [json.loads(line) for line in lines] == [
+        item.model_dump(mode="json", by_alias=True) for item in TAIL
+    ]
+    assert all(line.endswith(b"\n") for line in lines)
+
+
+async def test_tail_of_a_run_with_nothing_to_show_ends_empty(client: ControlClient) -> None:
+    assert [item async for item in client.tail("quiet", follow=False)] == []
+
+
+async def test_tail_of_an_unknown_run_raises_before_any_item(client: ControlClient) -> None:
+    items = client.tail("ghost", follow=True)
+
+    with pytest.raises(ControlError) as caught:
+        await anext(items)
+
+    assert caught.value.kind == "unknown_run"
+
+
+# -- no daemon --------------------------------------------------------------------------------
+
+
+async def test_a_client_without_a_socket_says_the_daemon_is_not_running(
+    socket_path: Path,
+) -> None:
+    async with ControlClient(socket_path) as client:
+        with pytest.raises(DaemonNotRunning) as caught:
+            await client.status()
+
+    assert "supervisord is not running" in str(caught.value)
+    assert str(socket_path) in str(caught.value)
+
+
+async def test_a_socket_nobody_listens_on_says_the_daemon_is_not_running(
+    socket_path: Path,
+) -> None:
+    socket_path.parent.mkdir(mode=0o700)
+    with socket.socket(socket.AF_UNIX) as stale:
+        stale.bind(str(socket_path))  # bound, never listening: a killed daemon's leftover
+
+    async with ControlClient(socket_path) as client:
+        with pytest.raises(DaemonNotRunning, match="supervisord is not running"):
+            await client.runs()

@@ -1,0 +1,395 @@
+"""The SQLite store on real files: one transaction per transition, an append-only log,
+durability settings, migrations, and commits that survive the process being killed."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from supervisor.adapters.store import SCHEMA_VERSION, ActionRecord, Store, migrate
+from supervisor.core.errors import InvalidInput, StaleVersion
+from supervisor.core.events import (
+    Action,
+    ActionSucceeded,
+    Event,
+    InstanceObserved,
+    Tick,
+    UserAction,
+    UserRequested,
+)
+from supervisor.core.machine import Decision, Transition, new_run, step
+from supervisor.core.run import Outcome, Phase, Run
+from supervisor.core.values import InstanceState
+from tests.core.builders import NOW, POLICY, listed, make_spec, seeded
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    opened = await Store.open(tmp_path / "s.db")
+    yield opened
+    await opened.close()
+
+
+def move(run: Run, to: Phase, minutes: int, reason: str = "moved by test") -> Decision:
+    """A hand-built decision: the next version of `run` in phase `to`, with its transition."""
+    at = NOW + timedelta(minutes=minutes)
+    moved = run.evolve(phase=to, version=run.version + 1, phase_since=at, reason=reason)
+    return Decision(run=moved, transition=Transition(run.phase, to, at, reason, {"n": minutes}))
+
+
+def raw_count(path: Path, sql: str) -> int:
+    with sqlite3.connect(path) as db:
+        row = db.execute(sql).fetchone()
+    return int(row[0])
+
+
+async def attach(store: Store, run_id: str = "run-42") -> Run:
+    decision = new_run(make_spec(run_id=run_id), now=NOW)
+    await store.create_run(decision)
+    return decision.run
+
+
+# -- create_run -------------------------------------------------------------------------------
+
+
+async def test_create_run_round_trips_the_run_and_its_attach_transition(store: Store) -> None:
+    created = await attach(store)
+
+    record = await store.get_run("run-42")
+    assert record is not None
+    assert record.run == created
+    assert record.run.spec == make_spec()
+    assert (record.run.phase, record.run.version) == (Phase.PENDING, 1)
+    assert record.created_at == NOW == record.updated_at
+    [first] = await store.transitions("run-42")
+    assert first.seq == 1
+    assert first.transition == Transition(None, Phase.PENDING, NOW, "attached", {})
+
+
+async def test_a_second_create_run_of_the_same_id_is_refused_and_changes_nothing(
+    store: Store,
+) -> None:
+    created = await attach(store)
+
+    again = new_run(make_spec(instance_id="i-0fedcba9876543210"), now=NOW + timedelta(hours=1))
+    with pytest.raises(InvalidInput, match="run 'run-42' is already attached"):
+        await store.create_run(again)
+
+    record = await store.get_run("run-42")
+    assert record is not None and record.run == created
+    assert record.run.spec.instance_id == make_spec().instance_id
+    assert [t.seq for t in await store.transitions("run-42")] == [1]
+    assert raw_count(store.path, "SELECT count(*) FROM instances") == 1
+
+
+async def test_get_run_of_an_unknown_id_is_none(store: Store) -> None:
+    assert await store.get_run("nobody") is None
+    assert await store.transitions("nobody") == []
+
+
+# -- commit -----------------------------------------------------------------------------------
+
+
+async def test_commit_appends_the_transition_at_the_new_version_and_updates_the_row(
+    store: Store,
+) -> None:
+    run = await attach(store)
+    decision = move(run, Phase.RUNNING, 5, "instance running")
+
+    await store.commit(run, decision, now=NOW + timedelta(minutes=5))
+
+    record = await store.get_run("run-42")
+    assert record is not None
+    assert record.run == decision.run
+    assert record.updated_at == NOW + timedelta(minutes=5)
+    records = await store.transitions("run-42")
+    assert [r.seq for r in records] == [1, 2]
+    assert records[-1].transition == decision.transition
+    assert await store.transitions("run-42", after_seq=1) == records[1:]
+
+
+async def test_commit_from_a_stale_version_raises_and_changes_nothing(store: Store) -> None:
+    run = await attach(store)
+    current = move(run, Phase.RUNNING, 5)
+    await store.commit(run, current, now=NOW)
+
+    with pytest.raises(StaleVersion, match="no longer at version 1"):
+        await store.commit(run, move(run, Phase.CRASHED, 6), now=NOW)
+
+    record = await store.get_run("run-42")
+    assert record is not None and record.run == current.run
+    assert len(await store.transitions("run-42")) == 2
+
+
+async def test_two_commits_racing_from_one_version_let_exactly_one_win(store: Store) -> None:
+    run = await attach(store)
+
+    results = await asyncio.gather(
+        store.commit(run, move(run, Phase.RUNNING, 1), now=NOW),
+        store.commit(run, move(run, Phase.CRASHED, 1), now=NOW),
+        return_exceptions=True,
+    )
+
+    assert sum(isinstance(r, StaleVersion) for r in results) == 1
+    assert sum(r is None for r in results) == 1
+    assert [t.seq for t in await store.transitions("run-42")] == [1, 2]
+
+
+async def test_a_persist_only_decision_updates_the_row_without_a_transition(
+    store: Store,
+) -> None:
+    run = await attach(store)
+    stopping = move(run, Phase.STOPPING, 1)
+    await store.commit(run, stopping, now=NOW)
+    acked = Decision(run=stopping.run.evolve(action_acked_at=NOW), persist=True)
+
+    await store.commit(stopping.run, acked, now=NOW)
+
+    record = await store.get_run("run-42")
+    assert record is not None and record.run.action_acked_at == NOW
+    assert record.run.version == 2
+    assert len(await store.transitions("run-42")) == 2
+
+
+async def test_a_decision_with_nothing_to_persist_writes_nothing(store: Store) -> None:
+    run = await attach(store)
+
+    await store.commit(run, Decision(run=run.evolve(attempt=5)), now=NOW + timedelta(days=1))
+
+    record = await store.get_run("run-42")
+    assert record is not None and record.updated_at == NOW
+
+
+async def test_a_run_driven_through_step_to_stopped_is_stored_at_every_step(
+    store: Store,
+) -> None:
+    run = await attach(store)
+    timeline: list[tuple[int, Event]] = [
+        (1, InstanceObserved(InstanceState.RUNNING)),
+        (2, listed("COMPLETE")),  # grace of 600 s, until minute 12
+        (13, Tick()),
+        (14, ActionSucceeded(Action.STOP, InstanceState.STOPPING)),
+        (15, InstanceObserved(InstanceState.STOPPED)),
+    ]
+    for minutes, event in timeline:
+        now = NOW + timedelta(minutes=minutes)
+        decision = step(run, event, now=now, policy=POLICY, rng=seeded())
+        await store.commit(run, decision, now=now)
+        run = decision.run
+
+    record = await store.get_run("run-42")
+    assert record is not None and record.run == run
+    assert (run.phase, run.outcome) == (Phase.STOPPED, Outcome.COMPLETED)
+    phases = [
+        (r.transition.from_phase, r.transition.to_phase) for r in await store.transitions("run-42")
+    ]
+    assert phases == [
+        (None, Phase.PENDING),
+        (Phase.PENDING, Phase.RUNNING),
+        (Phase.RUNNING, Phase.GRACE),
+        (Phase.GRACE, Phase.STOPPING),
+        (Phase.STOPPING, Phase.STOPPED),
+    ]
+
+
+async def test_concurrent_runs_leave_every_row_equal_to_its_last_gapless_transition(
+    store: Store,
+) -> None:
+    cycle = [Phase.RUNNING, Phase.GRACE, Phase.STOPPING, Phase.PENDING]
+
+    async def drive(index: int) -> None:
+        run = await attach(store, f"run-{index:02d}")
+        for n in range(9):
+            decision = move(run, cycle[(n + index) % len(cycle)], n, f"move {n}")
+            await store.commit(run, decision, now=NOW)
+            run = decision.run
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(drive(i) for i in range(20)))
+
+    records = await store.runs()
+    assert len(records) == 20
+    for record in records:
+        transitions = await store.transitions(record.run.spec.run_id)
+        assert [t.seq for t in transitions] == list(range(1, 11))
+        assert record.run.phase == transitions[-1].transition.to_phase
+        assert record.run.version == transitions[-1].seq == 10
+    assert raw_count(store.path, "SELECT count(*) FROM transitions") == 200
+
+
+async def test_active_only_leaves_out_runs_in_terminal_phases(store: Store) -> None:
+    live = await attach(store, "live")
+    gone = await attach(store, "gone")
+    detach = step(gone, UserRequested(UserAction.DETACH), now=NOW, policy=POLICY, rng=seeded())
+    await store.commit(gone, detach, now=NOW)
+
+    assert [r.run.spec.run_id for r in await store.runs(active_only=True)] == [live.spec.run_id]
+    assert len(await store.runs()) == 2
+
+
+# -- the log is append-only -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE transitions SET to_phase = 'done' WHERE seq = 1",
+        "DELETE FROM transitions WHERE seq = 1",
+    ],
+)
+async def test_a_raw_update_or_delete_of_transitions_is_refused(store: Store, sql: str) -> None:
+    await attach(store)
+
+    with (
+        sqlite3.connect(store.path) as db,
+        pytest.raises(sqlite3.IntegrityError, match="append-only"),
+    ):
+        db.execute(sql)
+
+    [first] = await store.transitions("run-42")
+    assert first.transition.to_phase is Phase.PENDING
+
+
+# -- durability settings and migrations -------------------------------------------------------
+
+
+async def test_the_file_is_in_wal_mode_and_the_writer_syncs_fully(store: Store) -> None:
+    with sqlite3.connect(store.path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    async with store._writer.execute("PRAGMA synchronous") as cursor:
+        row = await cursor.fetchone()
+    assert row is not None and row[0] == 2  # FULL
+
+
+async def test_a_fresh_file_is_migrated_to_the_latest_schema_version(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "nested" / "s.db")
+    await store.close()
+
+    assert raw_count(tmp_path / "nested" / "s.db", "PRAGMA user_version") == SCHEMA_VERSION
+    assert SCHEMA_VERSION >= 1
+
+
+async def test_reopening_an_existing_file_keeps_every_row(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = await Store.open(path)
+    run = await attach(store)
+    await store.commit(run, move(run, Phase.RUNNING, 1), now=NOW)
+    await store.close()
+
+    reopened = await Store.open(path)
+    try:
+        assert await migrate(reopened._writer) == SCHEMA_VERSION
+        record = await reopened.get_run("run-42")
+        assert record is not None and record.run.phase is Phase.RUNNING
+        assert [t.seq for t in await reopened.transitions("run-42")] == [1, 2]
+    finally:
+        await reopened.close()
+    assert raw_count(path, "PRAGMA user_version") == SCHEMA_VERSION
+
+
+async def test_a_committed_transition_survives_the_process_being_killed(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    script = textwrap.dedent(
+        """
+        import asyncio, os, signal, sys
+        from datetime import UTC, datetime
+        from pathlib import Path
+        from supervisor.adapters.store import Store
+        from supervisor.core.events import InstanceObserved
+        from supervisor.core.machine import Policy, new_run, step
+        from supervisor.core.spec import RunSpec
+        from supervisor.core.values import InstanceState
+        import random
+
+        async def main() -> None:
+            now = datetime(2026, 11, 22, 12, tzinfo=UTC)
+            spec = RunSpec.build(run_id="killed", instance_id="i-0123456789abcdef0",
+                                 region="us-east-1", s3_prefix="s3://my-runs/x/", grace_s=0)
+            store = await Store.open(Path(sys.argv[1]))
+            first = new_run(spec, now=now)
+            await store.create_run(first)
+            event = InstanceObserved(InstanceState.RUNNING)
+            decision = step(first.run, event, now=now, policy=Policy(), rng=random.Random(1))
+            await store.commit(first.run, decision, now=now)
+            print("committed", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        asyncio.run(main())
+        """
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        script,
+        str(path),
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == -9, stderr.decode()
+    assert stdout.decode().strip() == "committed"
+
+    store = await Store.open(path)
+    try:
+        record = await store.get_run("killed")
+        assert record is not None and record.run.phase is Phase.RUNNING
+        transitions = await store.transitions("killed")
+        assert [(t.seq, t.transition.to_phase) for t in transitions] == [
+            (1, Phase.PENDING),
+            (2, Phase.RUNNING),
+        ]
+    finally:
+        await store.close()
+
+
+# -- actions ----------------------------------------------------------------------------------
+
+
+async def test_record_action_and_actions_round_trip_in_order(store: Store) -> None:
+    await attach(store)
+    first = ActionRecord(
+        run_id="run-42",
+        instance_id="i-0123456789abcdef0",
+        action="stop",
+        at=NOW,
+        attempts=3,
+        outcome="gave-up",
+        error_code="RequestLimitExceeded",
+        message="throttled",
+    )
+    second = ActionRecord("run-42", "i-0123456789abcdef0", "stop", NOW, 1, "accepted")
+
+    await store.record_action(first)
+    await store.record_action(second)
+
+    assert await store.actions("run-42") == [first, second]
+    assert await store.actions("other") == []
+
+
+async def test_the_store_repr_names_its_file(store: Store, tmp_path: Path) -> None:
+    assert repr(store) == f"<Store {tmp_path / 's.db'}>"
+
+
+async def test_a_write_cancelled_while_beginning_its_transaction_leaves_the_store_writable(
+    store: Store,
+) -> None:
+    task = asyncio.create_task(store.create_run(new_run(make_spec(run_id="cancelled"), now=NOW)))
+    await asyncio.sleep(0)  # the task now waits for BEGIN IMMEDIATE on aiosqlite's thread
+    assert task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    await attach(store, "after")
+
+    record = await store.get_run("after")
+    assert record is not None and record.run.version == 1

@@ -1,0 +1,98 @@
+"""Settings: names, defaults, precedence, and errors that name the setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from supervisor.core.errors import InvalidInput
+from supervisor.runtime.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (
+        "STATE_DIR",
+        "POLL_INITIAL_S",
+        "POLL_MAX_S",
+        "GRACE_S",
+        "RECONCILE_INTERVAL_S",
+        "RETRY_BASE_S",
+    ):
+        monkeypatch.delenv(f"SUPERVISOR_{name}", raising=False)
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+
+
+def test_defaults_are_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", "/home/someone")
+    s = Settings.load()
+    assert (s.poll_initial_s, s.poll_max_s, s.grace_s) == (30, 300, 300)
+    assert (s.reconcile_interval_s, s.retry_base_s) == (60, 2)
+    assert s.state_dir == Path("/home/someone/.local/state/supervisor")
+    assert s.socket_path.name == "supervisord.sock"
+
+
+def test_xdg_state_home_moves_the_state_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", "/var/state")
+    assert Settings.load().state_dir == Path("/var/state/supervisor")
+
+
+def test_environment_variables_take_floats(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUPERVISOR_POLL_INITIAL_S", "0.25")
+    monkeypatch.setenv("SUPERVISOR_RETRY_BASE_S", "0.01")
+    s = Settings.load()
+    assert (s.poll_initial_s, s.retry_base_s) == (0.25, 0.01)
+
+
+def test_environment_overrides_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "s.toml"
+    config.write_text("grace_s = 12\npoll_initial_s = 5\n")
+    monkeypatch.setenv("SUPERVISOR_GRACE_S", "7")
+    s = Settings.load(config)
+    assert (s.grace_s, s.poll_initial_s) == (7, 5)
+
+
+def test_a_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUPERVISOR_POLL_INITIAL_S", "soon")
+    with pytest.raises(InvalidInput, match=r"SUPERVISOR_POLL_INITIAL_S.*'soon'"):
+        Settings.load()
+
+
+def test_a_negative_grace_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUPERVISOR_GRACE_S", "-1")
+    with pytest.raises(InvalidInput, match="SUPERVISOR_GRACE_S"):
+        Settings.load()
+
+
+def test_poll_max_below_initial_is_refused_without_echoing_other_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SUPERVISOR_POLL_INITIAL_S", "60")
+    monkeypatch.setenv("SUPERVISOR_POLL_MAX_S", "10")
+    with pytest.raises(InvalidInput, match="poll_max_s") as caught:
+        Settings.load()
+    assert "{" not in str(caught.value)  # no dump of every input
+
+
+def test_an_unknown_key_in_the_config_file_is_named(tmp_path: Path) -> None:
+    config = tmp_path / "s.toml"
+    config.write_text("pol_initial_s = 5\n")
+    with pytest.raises(InvalidInput, match="unknown setting 'pol_initial_s'"):
+        Settings.load(config)
+
+
+def test_a_missing_or_broken_config_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="does not exist"):
+        Settings.load(tmp_path / "nope.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("grace_s = = 3")
+    with pytest.raises(InvalidInput, match="not valid TOML"):
+        Settings.load(broken)
+
+
+def test_the_example_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    example = Path(__file__).parents[2] / "config" / "supervisord.example.toml"
+    assert Settings.load(example).grace_s >= 0
