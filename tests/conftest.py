@@ -75,7 +75,7 @@ class Fleet:
 def aws_env(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """Point the standard AWS chain at the moto server (reset to empty) for this test."""
     request = urllib.request.Request(f"{moto_url}/moto-api/reset", method="POST")
-    with urllib.request.urlopen(request) as reply:  # noqa: S310 (loopback test server)
+    with urllib.request.urlopen(request) as reply:
         json.loads(reply.read() or b"{}")
     env = {
         "AWS_ENDPOINT_URL": moto_url,

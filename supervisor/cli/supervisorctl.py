@@ -14,7 +14,7 @@ from typing import Any
 from supervisor import __version__
 from supervisor.adapters.control import ControlClient, ControlError, DaemonNotRunning, jsonable
 from supervisor.adapters.protocol import AttachRequest, RunDetail, RunView, TailItem
-from supervisor.cli.common import EXIT_OK, ago, fail, load_settings
+from supervisor.cli.common import EXIT_OK, EXIT_USAGE, ago, fail, load_settings
 from supervisor.core.spec import DEFAULT_FAILURE_MARKER, DEFAULT_MARKERS
 
 DESCRIPTION = """\
@@ -184,7 +184,7 @@ def _attach_request(args: argparse.Namespace) -> AttachRequest:
         if k not in fields
     ]
     if missing:
-        fail(f"attach needs {', '.join(missing)} (as arguments or in --spec)")
+        fail(f"attach needs {', '.join(missing)} (as arguments or in --spec)", EXIT_USAGE)
     return AttachRequest.model_validate(fields)
 
 

@@ -110,7 +110,8 @@ def _start(settings: Settings, config: Path | None, *, foreground: bool, console
     if config is not None:
         command += ["--config", str(config)]
     env = {**os.environ, "SUPERVISOR_STATE_DIR": str(settings.state_dir)}
-    with open(settings.log_path, "ab") as log_file:
+    log_fd = os.open(settings.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(log_fd, "ab") as log_file:
         child = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,

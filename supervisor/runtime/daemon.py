@@ -309,12 +309,15 @@ class ControlApi:
             if monitor is not None:
                 history += [(e.at, TailItem(kind="event", event=e)) for e in monitor.recent]
             history.sort(key=lambda pair: pair[0])
-            last_seq = 0
+            last_seq, ended = 0, record.run.phase.is_terminal
             for _, item in history:
                 if item.transition is not None:
                     last_seq = item.transition.seq
+                    ended = item.transition.to in _TERMINAL_NAMES
                 yield item
-            if queue is None or record.run.phase.is_terminal:
+            # `ended` rests on the history just replayed (read after subscribing), so a final
+            # transition committed meanwhile is either replayed here or arrives on the queue.
+            if queue is None or ended:
                 return
             while True:
                 item = await queue.get()
