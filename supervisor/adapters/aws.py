@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, contextmanager
 from datetime import UTC, datetime
 from types import TracebackType
@@ -26,11 +26,13 @@ from botocore.exceptions import (
     ConnectionClosedError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    HTTPClientError,
     NoCredentialsError,
     ReadTimeoutError,
 )
 
 from supervisor.adapters.faults import FaultPlan
+from supervisor.core.checkpoint import StoredObject
 from supervisor.core.completion import ListRequest
 from supervisor.core.errors import (
     ExternalError,
@@ -38,6 +40,7 @@ from supervisor.core.errors import (
     PermanentError,
     TransientError,
 )
+from supervisor.core.spec import LaunchTemplate
 from supervisor.core.values import InstanceId, InstanceState, ObjectInfo
 
 DESCRIBE_BATCH = 1000  # DescribeInstances takes at most 1000 instance ids
@@ -63,8 +66,11 @@ _TRANSIENT_CODES = frozenset(
         "BandwidthLimitExceeded",
     }
 )
-_NOT_FOUND_CODES = frozenset({"InvalidInstanceID.NotFound", "NoSuchKey", "NoSuchBucket", "404"})
+_NOT_FOUND_CODES = frozenset(
+    {"InvalidInstanceID.NotFound", "NoSuchKey", "NoSuchBucket", "404", "NotFound"}
+)
 _CONNECTION_ERRORS = (
+    HTTPClientError,  # aiobotocore's wrapper for unexpected aiohttp failures
     EndpointConnectionError,
     ConnectionClosedError,
     ConnectTimeoutError,
@@ -168,7 +174,8 @@ class Aws:
         await self._stack.__aexit__(et, e, tb)
         self._clients.clear()
 
-    async def _client(self, service: str, region: str) -> Any:
+    async def client(self, service: str, region: str) -> Any:
+        """The shared client for (service, region), created on first use and closed on exit."""
         key = (service, region)
         client = self._clients.get(key)
         if client is not None:
@@ -191,7 +198,7 @@ class Aws:
 
     async def list_objects(self, request: ListRequest, region: str) -> tuple[ObjectInfo, ...]:
         """Every object directly under (or, without delimiter, below) the prefix; full keys."""
-        s3 = await self._client("s3", region)
+        s3 = await self.client("s3", region)
         found: list[ObjectInfo] = []
         kwargs: dict[str, Any] = {"Bucket": request.bucket, "Prefix": request.prefix}
         if request.delimiter:
@@ -219,7 +226,7 @@ class Aws:
 
     async def read_object(self, bucket: str, key: str, region: str, *, limit: int = 65536) -> str:
         """The first `limit` bytes of an object, decoded as UTF-8 (invalid bytes replaced)."""
-        s3 = await self._client("s3", region)
+        s3 = await self.client("s3", region)
         try:
             with _translated("GetObject"):
                 response = await s3.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{limit - 1}")
@@ -230,6 +237,20 @@ class Aws:
                 return ""
             raise
         return data.decode("utf-8", errors="replace")
+
+    async def head_object(self, bucket: str, key: str, region: str) -> StoredObject | None:
+        """Size and SHA-256 checksum of an object as S3 stores it, or None if it is missing."""
+        s3 = await self.client("s3", region)
+        try:
+            with _translated("HeadObject"):
+                reply = await s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+        except NotFoundError:
+            return None
+        return StoredObject(
+            key=key,
+            size=int(reply.get("ContentLength", 0)),
+            checksum_sha256=reply.get("ChecksumSHA256"),
+        )
 
     # -- EC2 ----------------------------------------------------------------------------------
 
@@ -249,7 +270,7 @@ class Aws:
     async def _describe_batch(
         self, batch: list[InstanceId], region: str
     ) -> AsyncIterator[tuple[InstanceId, InstanceState]]:
-        ec2 = await self._client("ec2", region)
+        ec2 = await self.client("ec2", region)
         remaining = list(batch)
         while remaining:
             try:
@@ -283,16 +304,44 @@ class Aws:
             kwargs["NextToken"] = token
 
     async def stop_instance(self, instance_id: InstanceId, region: str) -> InstanceState:
-        ec2 = await self._client("ec2", region)
+        ec2 = await self.client("ec2", region)
         with _translated("StopInstances"):
             response = await ec2.stop_instances(InstanceIds=[instance_id])
         return _state(response["StoppingInstances"][0]["CurrentState"]["Name"])
 
     async def terminate_instance(self, instance_id: InstanceId, region: str) -> InstanceState:
-        ec2 = await self._client("ec2", region)
+        ec2 = await self.client("ec2", region)
         with _translated("TerminateInstances"):
             response = await ec2.terminate_instances(InstanceIds=[instance_id])
         return _state(response["TerminatingInstances"][0]["CurrentState"]["Name"])
+
+    async def start_instance(self, instance_id: InstanceId, region: str) -> InstanceState:
+        ec2 = await self.client("ec2", region)
+        with _translated("StartInstances"):
+            response = await ec2.start_instances(InstanceIds=[instance_id])
+        return _state(response["StartingInstances"][0]["CurrentState"]["Name"])
+
+    async def launch_from_template(
+        self, template: LaunchTemplate, tags: Mapping[str, str], region: str, *, token: str
+    ) -> InstanceId:
+        """RunInstances from a launch template, tagged; `token` makes a retry idempotent."""
+        ec2 = await self.client("ec2", region)
+        spec: dict[str, str] = {"Version": template.version}
+        if template.id:
+            spec["LaunchTemplateId"] = template.id
+        else:
+            assert template.name is not None
+            spec["LaunchTemplateName"] = template.name
+        tag_list = [{"Key": k, "Value": v} for k, v in tags.items()]
+        with _translated("RunInstances"):
+            response = await ec2.run_instances(
+                LaunchTemplate=spec,
+                MinCount=1,
+                MaxCount=1,
+                ClientToken=token,
+                TagSpecifications=[{"ResourceType": "instance", "Tags": tag_list}],
+            )
+        return InstanceId(response["Instances"][0]["InstanceId"])
 
 
 def _state(name: str) -> InstanceState:

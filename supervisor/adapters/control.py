@@ -40,7 +40,7 @@ from supervisor.core.spec import describe_validation_error
 
 log = structlog.get_logger("supervisor.control")
 
-ACTIONS = ("stop", "terminate", "detach")
+ACTIONS = ("stop", "terminate", "detach", "resume")
 _M = TypeVar("_M", bound=BaseModel)
 
 
@@ -48,7 +48,7 @@ class ControlHandler(Protocol):
     async def attach(self, request: AttachRequest) -> RunView: ...
     async def list_runs(self) -> list[RunView]: ...
     async def run_detail(self, run_id: str) -> RunDetail: ...
-    async def request(self, run_id: str, action: str) -> RunView: ...
+    async def request(self, run_id: str, action: str, *, from_scratch: bool = False) -> RunView: ...
     def tail(self, run_id: str, *, follow: bool) -> AsyncIterator[TailItem]: ...
     async def status(self) -> DaemonStatus: ...
 
@@ -144,7 +144,12 @@ class ControlServer:
         action = request.match_info["action"]
         if action not in ACTIONS:
             raise web.HTTPNotFound()
-        return _json(await self._handler.request(request.match_info["run_id"], action))
+        from_scratch = request.query.get("from_scratch") == "1"
+        return _json(
+            await self._handler.request(
+                request.match_info["run_id"], action, from_scratch=from_scratch
+            )
+        )
 
     async def _tail(self, request: web.Request) -> web.StreamResponse:
         follow = request.query.get("follow") == "1"
@@ -243,8 +248,10 @@ class ControlClient:
     async def run(self, run_id: str) -> RunDetail:
         return await self._get(RunDetail, "GET", f"/v1/runs/{run_id}")
 
-    async def request(self, run_id: str, action: str) -> RunView:
-        return await self._get(RunView, "POST", f"/v1/runs/{run_id}/{action}")
+    async def request(self, run_id: str, action: str, *, from_scratch: bool = False) -> RunView:
+        params = {"from_scratch": "1"} if from_scratch else {}
+        async with self._call("POST", f"/v1/runs/{run_id}/{action}", None, **params) as response:
+            return RunView.model_validate_json(await response.read())
 
     async def tail(self, run_id: str, *, follow: bool) -> AsyncIterator[TailItem]:
         async with self._call(

@@ -27,6 +27,20 @@ class AttachRequest(_Message):
     markers: list[str] | None = None
     expect: list[str] | None = None
     failure_marker: str | None = None
+    checkpoint_dir: str | None = None
+    checkpoint_s3: str | None = None
+    checkpoint_pattern: list[str] | None = None
+    pid_file: str | None = None
+    sigterm_timeout_s: float | None = None
+    on_sigterm_timeout: str | None = None
+    transport: str | None = None
+    on_checkpoint_failure: str | None = None
+    checkpoint_attempts: int | None = None
+    grace_mode: str | None = None
+    quiet_s: float | None = None
+    resume_command: str | list[str] | None = None
+    resume_cwd: str | None = None
+    launch_template: dict[str, str] | None = None
 
 
 class RunView(_Message):
@@ -43,6 +57,8 @@ class RunView(_Message):
     grace_until: datetime | None = None
     next_check_at: datetime | None = None
     error_code: str | None = None
+    checkpoint: str | None = None
+    attempt: int = 1
 
 
 class TransitionView(_Message):
@@ -64,10 +80,18 @@ class ActionView(_Message):
     message: str | None = None
 
 
+class InstanceView(_Message):
+    instance_id: str
+    region: str
+    attached_at: datetime
+    source: str
+
+
 class RunDetail(RunView):
     spec: dict[str, Any]
     transitions: list[TransitionView]
     actions: list[ActionView] = Field(default_factory=list)
+    instances: list[InstanceView] = Field(default_factory=list)
 
 
 class MonitorEventView(_Message):

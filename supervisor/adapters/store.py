@@ -21,13 +21,15 @@ from typing import Any, Self
 import aiosqlite
 
 from supervisor.core.errors import InvalidInput, StaleVersion
+from supervisor.core.events import Action
 from supervisor.core.machine import Decision, Transition
-from supervisor.core.run import TERMINAL_PHASES, Outcome, Phase, Run
+from supervisor.core.run import TERMINAL_PHASES, CheckpointStatus, Outcome, Phase, Run
 from supervisor.core.spec import RunSpec
 
 _RUN_COLUMNS = (
     "run_id, spec_json, phase, outcome, instance_id, region, reason, version, phase_since, "
-    "grace_until, action_acked_at, error_code, created_at, updated_at"
+    "grace_until, action_acked_at, error_code, created_at, updated_at, pending_action, "
+    "checkpoint, attempt, started_at"
 )
 
 
@@ -171,7 +173,7 @@ class Store:
                 [
                     (
                         f"INSERT INTO runs ({_RUN_COLUMNS}) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             spec.run_id,
                             spec.model_dump_json(),
@@ -187,6 +189,10 @@ class Store:
                             run.error_code,
                             now,
                             now,
+                            run.pending_action,
+                            run.checkpoint,
+                            run.attempt,
+                            _iso(run.started_at),
                         ),
                     ),
                     _insert_transition(spec.run_id, run.version, t),
@@ -213,7 +219,8 @@ class Store:
             return
         update = (
             "UPDATE runs SET phase = ?, outcome = ?, reason = ?, version = ?, phase_since = ?, "
-            "grace_until = ?, action_acked_at = ?, error_code = ?, updated_at = ? "
+            "grace_until = ?, action_acked_at = ?, error_code = ?, updated_at = ?, "
+            "instance_id = ?, pending_action = ?, checkpoint = ?, attempt = ?, started_at = ? "
             "WHERE run_id = ? AND version = ?",
             (
                 run.phase,
@@ -225,11 +232,24 @@ class Store:
                 _iso(run.action_acked_at),
                 run.error_code,
                 _iso(now),
+                run.instance_id,
+                run.pending_action,
+                run.checkpoint,
+                run.attempt,
+                _iso(run.started_at),
                 run.spec.run_id,
                 before.version,
             ),
         )
-        statements = [update]
+        statements: list[tuple[str, tuple[Any, ...]]] = [update]
+        if run.instance_id != before.instance_id:  # a resume launched a new instance
+            statements.append(
+                (
+                    "INSERT OR IGNORE INTO instances (run_id, instance_id, region, attached_at, "
+                    "source) VALUES (?, ?, ?, ?, 'launched')",
+                    (run.spec.run_id, run.instance_id, run.spec.region, _iso(now)),
+                )
+            )
         if t is not None:
             statements.append(_insert_transition(run.spec.run_id, run.version, t))
         await self._write(
@@ -299,6 +319,10 @@ class Store:
             for row in rows
         ]
 
+    async def instances(self, run_id: str) -> list[InstanceRecord]:
+        """The run's instance history: the attached one, then any a resume launched."""
+        return await _instances(self._reader, run_id)
+
     async def actions(self, run_id: str) -> list[ActionRecord]:
         async with self._reader.execute(
             "SELECT run_id, instance_id, action, at, attempts, outcome, error_code, message "
@@ -319,6 +343,29 @@ class Store:
             )
             for r in rows
         ]
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRecord:
+    instance_id: str
+    region: str
+    attached_at: datetime
+    source: str
+
+
+async def _instances(db: aiosqlite.Connection, run_id: str) -> list[InstanceRecord]:
+    async with db.execute(
+        "SELECT instance_id, region, attached_at, source FROM instances WHERE run_id = ? "
+        "ORDER BY attached_at, rowid",
+        (run_id,),
+    ) as cur:
+        rows = await cur.fetchall()
+    return [
+        InstanceRecord(
+            r["instance_id"], r["region"], datetime.fromisoformat(r["attached_at"]), r["source"]
+        )
+        for r in rows
+    ]
 
 
 def _insert_transition(run_id: str, seq: int, t: Transition) -> tuple[str, tuple[Any, ...]]:
@@ -350,6 +397,11 @@ def _run_record(row: aiosqlite.Row) -> RunRecord:
         grace_until=_dt(row["grace_until"]),
         action_acked_at=_dt(row["action_acked_at"]),
         error_code=row["error_code"],
+        instance_id=row["instance_id"],
+        pending_action=Action(row["pending_action"]) if row["pending_action"] else None,
+        checkpoint=CheckpointStatus(row["checkpoint"]) if row["checkpoint"] else None,
+        attempt=row["attempt"],
+        started_at=_dt(row["started_at"]),
     )
     created, updated = _dt(row["created_at"]), _dt(row["updated_at"])
     assert created is not None and updated is not None

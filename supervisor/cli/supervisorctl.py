@@ -102,6 +102,82 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY",
         help=f"the key whose presence means the job failed ({DEFAULT_FAILURE_MARKER})",
     )
+    ck = attach.add_argument_group(
+        "checkpoint safety",
+        "With --checkpoint-dir, completion first ends training gracefully (SIGTERM), uploads "
+        "the newest checkpoint and verifies it in S3 (size and SHA-256) before any stop or "
+        "terminate; a run is never terminated without a verified checkpoint.",
+    )
+    ck.add_argument("--checkpoint-dir", metavar="PATH", help="checkpoint directory on the instance")
+    ck.add_argument(
+        "--checkpoint-s3",
+        metavar="URL",
+        help="where checkpoints go (default: the run prefix + checkpoints/)",
+    )
+    ck.add_argument(
+        "--checkpoint-pattern",
+        action="append",
+        metavar="GLOB",
+        help="checkpoint files or dirs (trailing /) to look for; repeat "
+        "(default: *.pt *.pth *.ckpt *.safetensors checkpoint-*/ checkpoint_*/)",
+    )
+    ck.add_argument("--pid-file", metavar="PATH", help="pid file of the training process")
+    ck.add_argument(
+        "--sigterm-timeout-s",
+        type=float,
+        metavar="N",
+        help="how long the training process gets to exit after SIGTERM (120)",
+    )
+    ck.add_argument(
+        "--on-sigterm-timeout",
+        choices=("kill", "leave"),
+        help="a process still alive after the timeout: SIGKILL it, or leave it (kill)",
+    )
+    ck.add_argument(
+        "--transport",
+        choices=("ssm", "local"),
+        help="how commands reach the instance: AWS SSM, or this machine (ssm)",
+    )
+    ck.add_argument(
+        "--on-checkpoint-failure",
+        choices=("stop", "keep-running"),
+        help="unverified checkpoint: stop (terminate becomes stop) and flag the run, "
+        "or leave the instance running and fail the run (stop)",
+    )
+    ck.add_argument(
+        "--checkpoint-attempts",
+        type=int,
+        metavar="N",
+        help="checkpoint/upload attempts before the failure policy applies (3)",
+    )
+    ck.add_argument(
+        "--grace-mode",
+        choices=("until-quiet", "fixed"),
+        help="until-quiet ends grace once the checkpoint is verified, training has "
+        "exited and the prefix is quiet (default with --checkpoint-dir); fixed waits",
+    )
+    ck.add_argument(
+        "--quiet-s",
+        type=float,
+        metavar="N",
+        help="seconds without new objects under the prefix that count as quiet (30)",
+    )
+    ck.add_argument(
+        "--resume-command",
+        metavar="CMD",
+        help="command that resumes training (split like a shell would, never run "
+        "by one), used by `supervisorctl resume`",
+    )
+    ck.add_argument("--resume-cwd", metavar="PATH", help="working directory for --resume-command")
+    ck.add_argument(
+        "--launch-template-id",
+        metavar="ID",
+        help="launch template for resuming on a new instance (lt-…)",
+    )
+    ck.add_argument("--launch-template-name", metavar="NAME", help="… or its name")
+    ck.add_argument(
+        "--launch-template-version", metavar="V", help="… and version ($Latest by default)"
+    )
     attach.add_argument(
         "--spec",
         type=Path,
@@ -122,6 +198,21 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep following until the run ends (Ctrl-C to leave)",
     )
+
+    resume = commands.add_parser(
+        "resume",
+        help="resume a stopped, terminated or crashed run",
+        description="Start the run's instance again (or launch a new one from the spec's "
+        "launch template), restore its newest verified checkpoint, start resume_command, and "
+        "return the run to running with its attempt counter increased.",
+    )
+    resume.add_argument("run_id", metavar="RUN_ID")
+    resume.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="resume without a verified checkpoint (nothing is restored)",
+    )
+    resume.add_argument("--json", action="store_true", help="print the run as JSON")
 
     for name, text in (
         ("stop", "stop the run's instance now (a person's request)"),
@@ -158,6 +249,9 @@ async def _run(args: argparse.Namespace, socket_path: Path) -> int:
         elif args.command == "tail":
             async for item in client.tail(args.run_id, follow=args.follow):
                 print(_tail_line(item), flush=True)
+        elif args.command == "resume":
+            run = await client.request(args.run_id, "resume", from_scratch=args.from_scratch)
+            _print_run(run, as_json=args.json, verb="resume requested")
         else:
             run = await client.request(args.run_id, args.command)
             _print_run(run, as_json=args.json, verb=f"{args.command} requested")
@@ -176,7 +270,31 @@ def _attach_request(args: argparse.Namespace) -> AttachRequest:
         "markers": args.marker,
         "expect": args.expect,
         "failure_marker": args.failure_marker,
+        "checkpoint_dir": args.checkpoint_dir,
+        "checkpoint_s3": args.checkpoint_s3,
+        "checkpoint_pattern": args.checkpoint_pattern,
+        "pid_file": args.pid_file,
+        "sigterm_timeout_s": args.sigterm_timeout_s,
+        "on_sigterm_timeout": args.on_sigterm_timeout,
+        "transport": args.transport,
+        "on_checkpoint_failure": args.on_checkpoint_failure,
+        "checkpoint_attempts": args.checkpoint_attempts,
+        "grace_mode": args.grace_mode,
+        "quiet_s": args.quiet_s,
+        "resume_command": args.resume_command,
+        "resume_cwd": args.resume_cwd,
     }
+    template = {
+        key: value
+        for key, value in (
+            ("id", args.launch_template_id),
+            ("name", args.launch_template_name),
+            ("version", args.launch_template_version),
+        )
+        if value is not None
+    }
+    if template:
+        flags["launch_template"] = template
     fields.update({k: v for k, v in flags.items() if v is not None})
     missing = [
         f"--{k.replace('_', '-')}" if k != "run_id" else "RUN_ID"
@@ -250,6 +368,11 @@ def _print_detail(run: RunDetail, *, as_json: bool) -> None:
     print(f"  reason     {run.reason}")
     if run.error_code:
         print(f"  error      {run.error_code}")
+    if run.checkpoint or run.spec.get("checkpoint_dir"):
+        print(f"  checkpoint {run.checkpoint or 'not yet taken'}{_checkpoint_facts(run)}")
+    if run.attempt > 1 or len(run.instances) > 1:
+        history = ", ".join(f"{i.instance_id} ({i.source})" for i in run.instances)
+        print(f"  attempt    {run.attempt}; instances: {history}")
     print("  transitions:")
     for t in run.transitions:
         print(f"    {t.at:%Y-%m-%d %H:%M:%S}  {t.from_ or '-':>11} -> {t.to:<11} {t.reason}")
@@ -259,6 +382,21 @@ def _print_detail(run: RunDetail, *, as_json: bool) -> None:
             f"  action {a.action} at {a.at:%H:%M:%S}: {a.outcome} after {a.attempts} "
             f"attempt(s){error}"
         )
+
+
+def _checkpoint_facts(run: RunDetail) -> str:
+    """The verified bytes and the grace saved, from the transitions that recorded them."""
+    facts = []
+    for t in run.transitions:
+        if t.detail.get("bytes") is not None and "checkpoint verified" in t.reason:
+            seconds = t.detail.get("verify_s")
+            facts.append(
+                f"{t.detail['files']} file(s), {t.detail['bytes']} bytes verified"
+                + (f" in {seconds}s" if seconds is not None else "")
+            )
+        if t.detail.get("grace_saved_s") is not None:
+            facts.append(f"grace ended early, {t.detail['grace_saved_s']:.0f}s saved")
+    return f" ({'; '.join(facts)})" if facts else ""
 
 
 def _tail_line(item: TailItem) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 from supervisor.core.spec import RunSpec
 from supervisor.core.values import ObjectInfo
@@ -64,10 +65,19 @@ def listing_request(spec: RunSpec) -> ListRequest:
 
 
 def evaluate(
-    spec: RunSpec, objects: Iterable[ObjectInfo], previous: OutputSnapshot | None
+    spec: RunSpec,
+    objects: Iterable[ObjectInfo],
+    previous: OutputSnapshot | None,
+    *,
+    since: datetime | None = None,
 ) -> Verdict:
-    """Judge one listing (keys relative to the run prefix) against the spec."""
-    by_key = {obj.key: obj for obj in objects}
+    """Judge one listing (keys relative to the run prefix) against the spec.
+
+    With `since` (a resumed run), objects last modified before it belong to an earlier
+    attempt and are not evidence (S3 keeps whole seconds, hence the truncation).
+    """
+    cutoff = since.replace(microsecond=0) if since is not None else None
+    by_key = {obj.key: obj for obj in objects if cutoff is None or obj.last_modified >= cutoff}
     for marker in spec.markers:
         if marker in by_key:
             return Completed(f"completion marker {marker} found")

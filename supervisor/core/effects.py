@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from supervisor.core.checkpoint import InstanceCommand
 from supervisor.core.completion import ListRequest
 from supervisor.core.events import Action
 
@@ -43,4 +44,34 @@ class ObserveInstance:
     """Ask for a prompt, batched describe of the instance (the reconciler's next sweep)."""
 
 
-Effect = ListPrefix | ReadObject | ActOnInstance | WakeAt | ObserveInstance
+@dataclass(frozen=True, slots=True)
+class RunInstanceCommand:
+    """Run the instance-side program through the run's transport; answers `CommandFinished`."""
+
+    command: InstanceCommand
+    timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyCheckpoint:
+    """Read `_manifest.json` and check every file in S3; answers `CheckpointChecked`."""
+
+    bucket: str
+    manifest_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchInstance:
+    """RunInstances from the spec's launch template; answers `InstanceLaunched`."""
+
+
+Effect = (
+    ListPrefix
+    | ReadObject
+    | ActOnInstance
+    | WakeAt
+    | ObserveInstance
+    | RunInstanceCommand
+    | VerifyCheckpoint
+    | LaunchInstance
+)

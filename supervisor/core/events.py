@@ -5,7 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from supervisor.core.values import InstanceState, ObjectInfo
+from supervisor.core.checkpoint import CommandKind, CommandResult, Manifest, Verification
+from supervisor.core.values import InstanceId, InstanceState, ObjectInfo
 
 
 class Action(enum.StrEnum):
@@ -13,6 +14,7 @@ class Action(enum.StrEnum):
 
     STOP = "stop"
     TERMINATE = "terminate"
+    START = "start"
 
 
 class UserAction(enum.StrEnum):
@@ -77,6 +79,33 @@ class MonitorFailed:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class CommandFinished:
+    """An instance command (checkpoint, restore, start) ended, well or not."""
+
+    kind: CommandKind
+    result: CommandResult
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointChecked:
+    """The supervisor compared the manifest in S3 with what S3 holds."""
+
+    verification: Verification
+    manifest: Manifest | None
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeRequested:
+    from_scratch: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceLaunched:
+    instance_id: InstanceId
+
+
 Event = (
     Armed
     | Tick
@@ -87,4 +116,8 @@ Event = (
     | EffectFailed
     | UserRequested
     | MonitorFailed
+    | CommandFinished
+    | CheckpointChecked
+    | ResumeRequested
+    | InstanceLaunched
 )

@@ -10,6 +10,10 @@ Two tables are the contract, and tests walk both:
 `step()` is pure: it reads no clock (`now` is passed in), does no I/O, and draws jitter only
 from the `rng` it is given. The runtime carries out the returned effects and commits the
 returned transition.
+
+One rule is enforced in a single place, `_Ctx.act()`: a run with checkpointing configured is
+never terminated unless its final checkpoint was verified in S3; the terminate becomes a stop
+(the EBS volume keeps the data) and the reason says so.
 """
 
 from __future__ import annotations
@@ -21,13 +25,23 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from supervisor.core.backoff import BackoffPolicy, delay
-from supervisor.core.completion import Completed, FailureMarked, evaluate, listing_request
+from supervisor.core.checkpoint import MANIFEST_NAME, CommandKind, InstanceCommand
+from supervisor.core.completion import (
+    Completed,
+    FailureMarked,
+    ListRequest,
+    evaluate,
+    listing_request,
+)
 from supervisor.core.effects import (
     ActOnInstance,
     Effect,
+    LaunchInstance,
     ListPrefix,
     ObserveInstance,
     ReadObject,
+    RunInstanceCommand,
+    VerifyCheckpoint,
     WakeAt,
 )
 from supervisor.core.errors import InvalidTransition
@@ -35,18 +49,22 @@ from supervisor.core.events import (
     Action,
     ActionSucceeded,
     Armed,
+    CheckpointChecked,
+    CommandFinished,
     EffectFailed,
     Event,
+    InstanceLaunched,
     InstanceObserved,
     MonitorFailed,
     ObjectRead,
     PrefixListed,
+    ResumeRequested,
     Tick,
     UserAction,
     UserRequested,
 )
-from supervisor.core.run import TERMINAL_PHASES, Outcome, Phase, Run
-from supervisor.core.spec import OnComplete, RunSpec
+from supervisor.core.run import TERMINAL_PHASES, CheckpointStatus, Outcome, Phase, Run
+from supervisor.core.spec import CheckpointFailure, GraceMode, OnComplete, RunSpec
 from supervisor.core.values import InstanceState
 
 P = Phase
@@ -54,24 +72,36 @@ P = Phase
 _ALWAYS: frozenset[type[Any]] = frozenset(
     {Armed, Tick, InstanceObserved, UserRequested, MonitorFailed}
 )
+_RESUMABLE = (P.STOPPED, P.TERMINATED, P.CRASHED)
 
 ACCEPTS: Mapping[Phase, frozenset[type[Any]]] = {
     P.PENDING: _ALWAYS,
     P.RUNNING: _ALWAYS | {PrefixListed, ObjectRead, EffectFailed},
-    P.GRACE: _ALWAYS,
+    P.CHECKPOINTING: _ALWAYS | {CommandFinished, CheckpointChecked, EffectFailed},
+    P.GRACE: _ALWAYS | {PrefixListed, EffectFailed},
     P.STOPPING: _ALWAYS | {ActionSucceeded, EffectFailed},
     P.TERMINATING: _ALWAYS | {ActionSucceeded, EffectFailed},
+    P.RESUMING: _ALWAYS | {ActionSucceeded, InstanceLaunched, CommandFinished, EffectFailed},
     **{phase: frozenset() for phase in TERMINAL_PHASES},
+    **{phase: frozenset({ResumeRequested}) for phase in _RESUMABLE},
 }
+
+_ACTIVE = (P.PENDING, P.RUNNING, P.CHECKPOINTING, P.GRACE, P.STOPPING, P.TERMINATING, P.RESUMING)
 
 EDGES: frozenset[tuple[Phase, Phase]] = frozenset(
     {
         (P.PENDING, P.RUNNING),
         (P.PENDING, P.CRASHED),
         (P.RUNNING, P.GRACE),
+        (P.RUNNING, P.CHECKPOINTING),
         (P.RUNNING, P.CRASHED),
         (P.RUNNING, P.STOPPED),
         (P.RUNNING, P.TERMINATED),
+        (P.CHECKPOINTING, P.GRACE),
+        (P.CHECKPOINTING, P.STOPPING),
+        (P.CHECKPOINTING, P.TERMINATING),
+        (P.CHECKPOINTING, P.STOPPED),
+        (P.CHECKPOINTING, P.TERMINATED),
         (P.GRACE, P.STOPPING),
         (P.GRACE, P.TERMINATING),
         (P.GRACE, P.DONE),
@@ -81,18 +111,28 @@ EDGES: frozenset[tuple[Phase, Phase]] = frozenset(
         (P.STOPPING, P.TERMINATED),
         (P.STOPPING, P.TERMINATING),
         (P.TERMINATING, P.TERMINATED),
+        (P.RESUMING, P.RUNNING),
         # a person's request, from any phase that has not yet acted
-        *((p, P.STOPPING) for p in (P.PENDING, P.RUNNING, P.GRACE)),
-        *((p, P.TERMINATING) for p in (P.PENDING, P.RUNNING)),
+        *((p, P.STOPPING) for p in (P.PENDING, P.RUNNING, P.GRACE, P.RESUMING)),
+        *((p, P.TERMINATING) for p in (P.PENDING, P.RUNNING, P.RESUMING)),
+        *((p, P.RESUMING) for p in _RESUMABLE),
         # detach, and a permanent error, from any non-terminal phase
-        *((p, P.DETACHED) for p in (P.PENDING, P.RUNNING, P.GRACE, P.STOPPING, P.TERMINATING)),
-        *((p, P.FAILED) for p in (P.PENDING, P.RUNNING, P.GRACE, P.STOPPING, P.TERMINATING)),
+        *((p, P.DETACHED) for p in _ACTIVE),
+        *((p, P.FAILED) for p in _ACTIVE),
     }
 )
 
 _FINAL_PHASE = {Action.STOP: P.STOPPED, Action.TERMINATE: P.TERMINATED}
 _ACTING_PHASE = {Action.STOP: P.STOPPING, Action.TERMINATE: P.TERMINATING}
-_ON_COMPLETE_ACTION = {OnComplete.STOP: Action.STOP, OnComplete.TERMINATE: Action.TERMINATE}
+_ON_COMPLETE_ACTION = {
+    OnComplete.STOP: Action.STOP,
+    OnComplete.TERMINATE: Action.TERMINATE,
+    OnComplete.NONE: None,
+}
+# Budgets for instance commands beyond their own waits (uploads, downloads, start-up).
+CHECKPOINT_UPLOAD_BUDGET_S = 1800.0
+RESTORE_TIMEOUT_S = 3600.0
+START_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +190,47 @@ def step(run: Run, event: Event, *, now: datetime, policy: Policy, rng: random.R
     return decision
 
 
+def checkpoint_command(run: Run) -> InstanceCommand:
+    """Pure. The instance command that ends training and uploads the newest checkpoint."""
+    spec = run.spec
+    assert spec.checkpoint_dir is not None
+    options: list[tuple[str, str]] = [
+        ("run-id", spec.run_id),
+        ("checkpoint-dir", spec.checkpoint_dir),
+        ("s3-url", str(spec.checkpoint_location)),
+        ("sigterm-timeout-s", f"{spec.sigterm_timeout_s:g}"),
+        ("on-timeout", str(spec.on_sigterm_timeout)),
+        ("region", spec.region),
+    ]
+    options += [("pattern", pattern) for pattern in spec.checkpoint_pattern]
+    if spec.pid_file:
+        options.append(("pid-file", spec.pid_file))
+    return InstanceCommand(CommandKind.CHECKPOINT, tuple(options))
+
+
+def restore_command(run: Run) -> InstanceCommand:
+    spec = run.spec
+    assert spec.checkpoint_dir is not None
+    return InstanceCommand(
+        CommandKind.RESTORE,
+        (
+            ("s3-url", str(spec.checkpoint_location)),
+            ("checkpoint-dir", spec.checkpoint_dir),
+            ("region", spec.region),
+        ),
+    )
+
+
+def start_command(run: Run) -> InstanceCommand:
+    spec = run.spec
+    options: list[tuple[str, str]] = []
+    if spec.pid_file:
+        options.append(("pid-file", spec.pid_file))
+    if spec.resume_cwd:
+        options.append(("cwd", spec.resume_cwd))
+    return InstanceCommand(CommandKind.START, tuple(options), spec.resume_command)
+
+
 @dataclass(frozen=True, slots=True)
 class _Ctx:
     run: Run
@@ -175,19 +256,47 @@ class _Ctx:
         transition = Transition(self.run.phase, to, self.now, reason, dict(detail or {}))
         return Decision(run=run, effects=effects, transition=transition)
 
-    def act(self, action: Action, reason: str, **changes: Any) -> Decision:
-        """Commit the intent (the transition) together with the effect that carries it out."""
+    def act(
+        self, action: Action, reason: str, detail: Mapping[str, Any] | None = None, **changes: Any
+    ) -> Decision:
+        """Commit the intent (the transition) together with the effect that carries it out.
+
+        The checkpoint invariant lives here: no terminate for a run with checkpointing
+        configured unless its checkpoint is verified.
+        """
+        checkpoint = changes.get("checkpoint", self.run.checkpoint)
+        detail = dict(detail or {})
+        allowed = _allowed(self.run.evolve(checkpoint=checkpoint), action)
+        if allowed is not action:
+            action = allowed
+            reason += "; downgraded to stop: no verified checkpoint, the EBS volume keeps the data"
+            detail["downgraded"] = "terminate->stop"
         return self.move(
-            _ACTING_PHASE[action], reason, ActOnInstance(action), action_acked_at=None, **changes
+            _ACTING_PHASE[action],
+            reason,
+            ActOnInstance(action),
+            detail=detail,
+            action_acked_at=None,
+            pending_action=None,
+            **changes,
         )
 
     def check_prefix(self) -> ListPrefix:
         return ListPrefix(listing_request(self.run.spec))
 
     def schedule_next_check(self, **changes: Any) -> Decision:
-        wait = delay(self.run.attempt, self.policy.poll, self.rng)
+        wait = delay(self.run.checks, self.policy.poll, self.rng)
         at = self.now + timedelta(seconds=wait)
-        return self.stay(WakeAt(at), attempt=self.run.attempt + 1, next_check_at=at, **changes)
+        return self.stay(WakeAt(at), checks=self.run.checks + 1, next_check_at=at, **changes)
+
+    def run_checkpoint(self, tries: int) -> RunInstanceCommand:
+        spec = self.run.spec
+        return RunInstanceCommand(
+            checkpoint_command(self.run), spec.sigterm_timeout_s + CHECKPOINT_UPLOAD_BUDGET_S
+        )
+
+
+# -- handlers, one per event type ---------------------------------------------------------------
 
 
 def _on_armed(c: _Ctx, _: Armed) -> Decision:
@@ -196,12 +305,15 @@ def _on_armed(c: _Ctx, _: Armed) -> Decision:
         case P.RUNNING:
             # After a restart, spread first checks over one initial interval.
             at = c.now + timedelta(seconds=c.rng.uniform(0, c.policy.poll.initial_s))
-            return c.stay(WakeAt(at), attempt=0, next_check_at=at)
+            return c.stay(WakeAt(at), checks=0, next_check_at=at)
         case P.GRACE:
             assert run.grace_until is not None
             return c.stay(WakeAt(run.grace_until))
+        case P.CHECKPOINTING:
+            # The step is idempotent (the process is already gone, the upload is redone).
+            return c.stay(c.run_checkpoint(1), checkpoint_tries=1)
         case _:
-            # pending: look for the instance; stopping/terminating: describe before re-driving.
+            # pending: look for the instance; stopping/terminating/resuming: describe first.
             return c.stay(ObserveInstance())
 
 
@@ -213,18 +325,42 @@ def _on_tick(c: _Ctx, _: Tick) -> Decision:
         return c.stay(c.check_prefix())
     if run.phase is P.GRACE:
         assert run.grace_until is not None
-        if c.now < run.grace_until:
-            return c.stay(WakeAt(run.grace_until))
-        return _end_grace(c)
+        if c.now >= run.grace_until:
+            return _end_grace(c, "grace over")
+        if _until_quiet(run):
+            prefix = run.spec.prefix
+            return c.stay(ListPrefix(ListRequest(prefix.bucket, prefix.prefix, None)))
+        return c.stay(WakeAt(run.grace_until))
     return c.stay()
 
 
-def _end_grace(c: _Ctx) -> Decision:
-    spec = c.run.spec
-    if spec.on_complete is OnComplete.NONE:
-        return c.move(P.DONE, "grace over; on_complete=none leaves the instance running")
-    action = _ON_COMPLETE_ACTION[spec.on_complete]
-    return c.act(action, f"grace over; {action} requested (on_complete={spec.on_complete})")
+def _until_quiet(run: Run) -> bool:
+    """Grace may end early: verified checkpoint, training process gone, until-quiet mode."""
+    return (
+        run.spec.grace_mode is GraceMode.UNTIL_QUIET
+        and run.checkpoint is CheckpointStatus.VERIFIED
+        and run.process_exited
+    )
+
+
+def _end_grace(c: _Ctx, why: str, detail: Mapping[str, Any] | None = None) -> Decision:
+    run = c.run
+    action = run.pending_action or _ON_COMPLETE_ACTION[run.spec.on_complete]
+    if action is None:
+        return c.move(P.DONE, f"{why}; on_complete=none leaves the instance running", detail=detail)
+    return c.act(action, f"{why}; {action} requested (on_complete={run.spec.on_complete})", detail)
+
+
+def _enter_grace(c: _Ctx, reason: str, detail: Mapping[str, Any], **changes: Any) -> Decision:
+    run = c.run
+    grace_until = c.now + timedelta(seconds=run.spec.grace_s)
+    first_wake = grace_until
+    verified = changes.get("checkpoint", run.checkpoint) is CheckpointStatus.VERIFIED
+    if run.spec.grace_mode is GraceMode.UNTIL_QUIET and verified:
+        first_wake = min(grace_until, c.now + timedelta(seconds=run.spec.quiet_s))
+    return c.move(
+        P.GRACE, reason, WakeAt(first_wake), detail=detail, grace_until=grace_until, **changes
+    )
 
 
 def _ended_phase(state: InstanceState) -> Phase:
@@ -238,13 +374,9 @@ def _on_instance(c: _Ctx, event: InstanceObserved) -> Decision:
         case P.PENDING:
             if state is InstanceState.RUNNING:
                 return c.move(
-                    P.RUNNING,
-                    "instance running",
-                    c.check_prefix(),
-                    detail=detail,
-                    attempt=0,
-                    next_check_at=None,
-                )
+                    P.RUNNING, "instance running", c.check_prefix(), detail=detail,
+                    checks=0, next_check_at=None, started_at=run.started_at or c.now,
+                )  # fmt: skip
             if state is InstanceState.PENDING:
                 return c.stay()
             return c.move(
@@ -258,13 +390,17 @@ def _on_instance(c: _Ctx, event: InstanceObserved) -> Decision:
                 return c.stay()
             # Level-triggered: one last look at the prefix decides completed or crashed.
             return c.stay(c.check_prefix(), instance_ended=state)
-        case P.GRACE:
+        case P.CHECKPOINTING | P.GRACE:
             if state.is_alive:
                 return c.stay()
+            changes: dict[str, Any] = {}
+            if run.phase is P.CHECKPOINTING:
+                changes["checkpoint"] = CheckpointStatus.UNVERIFIED
             return c.move(
                 _ended_phase(state),
-                f"instance {state} during grace; nothing left to do",
+                f"instance {state} during {run.phase}; nothing left to do",
                 detail=detail,
+                **changes,
             )
         case P.STOPPING:
             if state is InstanceState.STOPPED:
@@ -280,12 +416,16 @@ def _on_instance(c: _Ctx, event: InstanceObserved) -> Decision:
             if state is not InstanceState.SHUTTING_DOWN and run.action_acked_at is None:
                 return c.stay(ActOnInstance(Action.TERMINATE))
             return c.stay()
+        case P.RESUMING:
+            return _resume_observed(c, state)
     raise AssertionError(f"unhandled phase {run.phase}")  # ACCEPTS keeps terminal phases out
 
 
 def _on_listed(c: _Ctx, event: PrefixListed) -> Decision:
     run = c.run
-    verdict = evaluate(run.spec, event.objects, run.outputs_seen)
+    if run.phase is P.GRACE:
+        return _quiet_listed(c, event) if _until_quiet(run) else c.stay()
+    verdict = evaluate(run.spec, event.objects, run.outputs_seen, since=_cutoff(run))
     if isinstance(verdict, FailureMarked):
         return c.stay(ReadObject(verdict.key))
     if isinstance(verdict, Completed):
@@ -295,13 +435,16 @@ def _on_listed(c: _Ctx, event: PrefixListed) -> Decision:
                 f"{verdict.evidence}; instance was already {run.instance_ended}",
                 outcome=Outcome.COMPLETED,
             )
-        grace_until = c.now + timedelta(seconds=run.spec.grace_s)
-        return c.move(
-            P.GRACE,
-            verdict.evidence,
-            WakeAt(grace_until),
-            outcome=Outcome.COMPLETED,
-            grace_until=grace_until,
+        action = _ON_COMPLETE_ACTION[run.spec.on_complete]
+        if run.spec.checkpointing:
+            return c.move(
+                P.CHECKPOINTING,
+                f"{verdict.evidence}; ending training and saving the final checkpoint",
+                c.run_checkpoint(1),
+                outcome=Outcome.COMPLETED, pending_action=action, checkpoint_tries=1,
+            )  # fmt: skip
+        return _enter_grace(
+            c, verdict.evidence, {}, outcome=Outcome.COMPLETED, pending_action=action
         )
     if run.instance_ended is not None:
         return c.move(
@@ -313,21 +456,104 @@ def _on_listed(c: _Ctx, event: PrefixListed) -> Decision:
     return c.schedule_next_check(outputs_seen=verdict.outputs)
 
 
+def _cutoff(run: Run) -> datetime | None:
+    """Markers written before a resumed attempt started are an earlier attempt's."""
+    return run.started_at if run.attempt > 1 else None
+
+
+def _quiet_listed(c: _Ctx, event: PrefixListed) -> Decision:
+    run = c.run
+    assert run.grace_until is not None
+    quiet = timedelta(seconds=run.spec.quiet_s)
+    newest = max((o.last_modified for o in event.objects), default=None)
+    if newest is None or c.now - newest >= quiet:
+        saved = max(0.0, (run.grace_until - c.now).total_seconds())
+        return _end_grace(
+            c,
+            f"grace ended early: checkpoint verified, training process exited, "
+            f"prefix quiet for {run.spec.quiet_s:g}s ({saved:.0f}s of grace saved)",
+            {"grace_saved_s": round(saved, 3)},
+        )
+    return c.stay(WakeAt(min(run.grace_until, newest + quiet)))
+
+
 def _on_read(c: _Ctx, event: ObjectRead) -> Decision:
     if event.key != c.run.spec.failure_marker:
         return c.stay()
     body = event.body.strip()
     summary = body[:500] or "(empty)"
     return c.move(
-        P.CRASHED,
-        f"failure marker {event.key}: {summary}",
-        detail={"failure_marker_body": body[:4000]},
-        outcome=Outcome.CRASHED,
+        P.CRASHED, f"failure marker {event.key}: {summary}",
+        detail={"failure_marker_body": body[:4000]}, outcome=Outcome.CRASHED,
+    )  # fmt: skip
+
+
+def _on_command(c: _Ctx, event: CommandFinished) -> Decision:
+    if c.run.phase is P.RESUMING:
+        return _resume_command_finished(c, event)
+    run, result = c.run, event.result
+    if event.kind is not CommandKind.CHECKPOINT:
+        return c.stay()
+    process = result.result.get("process")
+    exited = bool(process.get("exited", False)) if isinstance(process, Mapping) else False
+    if result.ok:
+        location = run.spec.checkpoint_location
+        key = str(result.result.get("manifest_key") or location.key(MANIFEST_NAME))
+        return c.stay(VerifyCheckpoint(location.bucket, key), process_exited=exited)
+    return _checkpoint_attempt_failed(
+        c, f"checkpoint step failed: {result.error()}", {"process": process} if process else {}
     )
 
 
+def _checkpoint_attempt_failed(c: _Ctx, why: str, detail: Mapping[str, Any]) -> Decision:
+    run = c.run
+    if run.checkpoint_tries < run.spec.checkpoint_attempts:
+        tries = run.checkpoint_tries + 1
+        return c.stay(c.run_checkpoint(tries), checkpoint_tries=tries)
+    return _checkpoint_failed(c, f"{why} (after {run.checkpoint_tries} attempt(s))", detail)
+
+
+def _checkpoint_failed(c: _Ctx, why: str, detail: Mapping[str, Any]) -> Decision:
+    run = c.run
+    detail = {**detail, "checkpoint": "unverified"}
+    if run.spec.on_checkpoint_failure is CheckpointFailure.KEEP_RUNNING:
+        return c.move(
+            P.FAILED, f"{why}; instance left running for a person (on_checkpoint_failure)",
+            detail=detail, checkpoint=CheckpointStatus.UNVERIFIED,
+            error_code="CheckpointUnverified",
+        )  # fmt: skip
+    if run.outcome is Outcome.COMPLETED:
+        return _enter_grace(c, f"{why}; checkpoint_unverified", detail,
+                            checkpoint=CheckpointStatus.UNVERIFIED)  # fmt: skip
+    action = run.pending_action or Action.STOP
+    return c.act(action, f"{why}; checkpoint_unverified", detail,
+                 checkpoint=CheckpointStatus.UNVERIFIED)  # fmt: skip
+
+
+def _on_checked(c: _Ctx, event: CheckpointChecked) -> Decision:
+    run, v = c.run, event.verification
+    detail: dict[str, Any] = {
+        "files": v.files, "bytes": v.bytes, "verify_s": round(event.seconds, 3),
+        "checkpoint_attempt": run.checkpoint_tries,
+    }  # fmt: skip
+    if event.manifest is not None:
+        detail["checkpoint_name"] = event.manifest.checkpoint
+        detail["process"] = event.manifest.process.model_dump()
+        detail["instance_timings"] = dict(event.manifest.timings)
+    if not v.ok:
+        detail["problems"] = list(v.problems)
+        return _checkpoint_attempt_failed(c, f"checkpoint not verified: {v.summary()}", detail)
+    reason = f"checkpoint verified: {v.summary()}"
+    if run.outcome is Outcome.COMPLETED:
+        return _enter_grace(c, reason, detail, checkpoint=CheckpointStatus.VERIFIED)
+    return c.act(run.pending_action or Action.STOP, f"{reason}; acting on the request",
+                 detail, checkpoint=CheckpointStatus.VERIFIED)  # fmt: skip
+
+
 def _on_action_succeeded(c: _Ctx, event: ActionSucceeded) -> Decision:
-    if c.run.phase is not _ACTING_PHASE[event.action]:
+    if c.run.phase is P.RESUMING:
+        return c.stay(ObserveInstance()) if event.action is Action.START else c.stay()
+    if event.action is Action.START or c.run.phase is not _ACTING_PHASE[event.action]:
         return c.stay()
     state = event.state_after
     detail = {"instance_state": str(state)}
@@ -335,12 +561,8 @@ def _on_action_succeeded(c: _Ctx, event: ActionSucceeded) -> Decision:
         event.action is Action.STOP and state is InstanceState.STOPPED
     )
     if final:
-        return c.move(
-            _ended_phase(state),
-            f"{event.action} confirmed (instance {state})",
-            detail=detail,
-            action_acked_at=c.now,
-        )
+        return c.move(_ended_phase(state), f"{event.action} confirmed (instance {state})",
+                      detail=detail, action_acked_at=c.now)  # fmt: skip
     # Accepted, not yet final (e.g. "stopping"): record it so a restart never re-issues it,
     # and ask the reconciler to confirm soon.
     return c.stay(ObserveInstance(), persist=True, action_acked_at=c.now)
@@ -348,15 +570,24 @@ def _on_action_succeeded(c: _Ctx, event: ActionSucceeded) -> Decision:
 
 def _on_effect_failed(c: _Ctx, event: EffectFailed) -> Decision:
     detail = {"operation": event.operation, "error_code": event.code, "message": event.message}
+    phase = c.run.phase
+    if phase is P.GRACE:
+        # A failed quiet check only costs the early end: wait for the grace limit.
+        assert c.run.grace_until is not None
+        return c.stay(WakeAt(c.run.grace_until))
     if not event.transient:
         return c.move(
-            P.FAILED,
-            f"{event.operation} failed: {event.code}: {event.message}",
-            detail=detail,
-            error_code=event.code,
-        )
-    if c.run.phase is P.RUNNING:
+            P.FAILED, f"{event.operation} failed: {event.code}: {event.message}",
+            detail=detail, error_code=event.code,
+        )  # fmt: skip
+    if phase is P.RUNNING:
         return c.schedule_next_check()
+    if phase is P.CHECKPOINTING:
+        return _checkpoint_attempt_failed(c, f"{event.operation}: {event.code}", detail)
+    if phase is P.RESUMING:
+        # Start/launch gave up on transient errors: look again and redo what is still needed
+        # (a launch is idempotent through its client token).
+        return c.stay(ObserveInstance(), resume_stage="observe")
     # Stopping/terminating: the intent stays open; the next observation re-drives it.
     return c.stay()
 
@@ -366,18 +597,134 @@ def _on_user(c: _Ctx, event: UserRequested) -> Decision:
     if event.action is UserAction.DETACH:
         return c.move(P.DETACHED, "detached by user request; instance left as it is")
     action = Action(event.action.value)
-    if (run.phase, _ACTING_PHASE[action]) not in EDGES:
-        raise InvalidTransition(f"run {run.spec.run_id} is already {run.phase}: cannot {action}")
-    return c.act(action, f"{action} requested by user", outcome=run.outcome or Outcome.CANCELLED)
+    outcome = run.outcome or Outcome.CANCELLED
+    if run.phase is P.CHECKPOINTING:
+        # The checkpoint step is already under way; act on the request once it is done.
+        return c.stay(persist=True, pending_action=action, outcome=outcome)
+    if run.phase is P.RUNNING and run.spec.checkpointing:
+        return c.move(
+            P.CHECKPOINTING, f"{action} requested by user; saving the final checkpoint first",
+            c.run_checkpoint(1), outcome=outcome, pending_action=action, checkpoint_tries=1,
+        )  # fmt: skip
+    target = _ACTING_PHASE[_allowed(run, action)]
+    if (run.phase, target) not in EDGES:
+        why = (
+            ""
+            if target is _ACTING_PHASE[action]
+            else (" (terminate needs a verified checkpoint; it would be a stop)")
+        )
+        raise InvalidTransition(
+            f"run {run.spec.run_id} is already {run.phase}: cannot {action}{why}"
+        )
+    return c.act(action, f"{action} requested by user", outcome=outcome)
+
+
+def _allowed(run: Run, action: Action) -> Action:
+    """The action the checkpoint invariant allows for this run (see `_Ctx.act`)."""
+    if (
+        action is Action.TERMINATE
+        and run.spec.checkpointing
+        and run.checkpoint is not CheckpointStatus.VERIFIED
+    ):
+        return Action.STOP
+    return action
 
 
 def _on_monitor_failed(c: _Ctx, event: MonitorFailed) -> Decision:
     return c.move(
-        P.FAILED,
-        f"monitor failed: {event.error_type}: {event.message}",
+        P.FAILED, f"monitor failed: {event.error_type}: {event.message}",
         detail={"error_type": event.error_type, "message": event.message},
         error_code=event.error_type,
-    )
+    )  # fmt: skip
+
+
+# -- resume -----------------------------------------------------------------------------------
+
+
+def _on_resume(c: _Ctx, event: ResumeRequested) -> Decision:
+    run, spec = c.run, c.run.spec
+    who = f"run {spec.run_id}"
+    if not spec.resume_command:
+        raise InvalidTransition(
+            f"{who} has no resume_command: it is part of the run spec, given at attach "
+            "(--resume-command or resume_command in --spec)"
+        )
+    if not event.from_scratch and run.checkpoint is not CheckpointStatus.VERIFIED:
+        raise InvalidTransition(
+            f"{who} has no verified checkpoint to resume from: use `supervisorctl resume "
+            f"{spec.run_id} --from-scratch` to start it without one"
+        )
+    if run.phase is P.TERMINATED and spec.launch_template is None:
+        raise InvalidTransition(
+            f"{who}: instance {run.instance_id} is terminated and the spec has no "
+            'launch_template; add launch_template = { id = "lt-..." } (or name) to the '
+            "run spec to resume on a new instance"
+        )
+    how = "from scratch" if event.from_scratch else "from its verified checkpoint"
+    return c.move(
+        P.RESUMING, f"resume requested {how} (attempt {run.attempt + 1})", ObserveInstance(),
+        detail={"from_scratch": event.from_scratch, "attempt": run.attempt + 1},
+        from_scratch=event.from_scratch, resume_stage="observe", action_acked_at=None,
+    )  # fmt: skip
+
+
+def _resume_observed(c: _Ctx, state: InstanceState) -> Decision:
+    run, stage = c.run, c.run.resume_stage or "observe"
+    if stage not in ("observe", "starting", "launching"):
+        return c.stay()  # restore/start in progress: the command result decides
+    if state is InstanceState.RUNNING:
+        # Only a verified checkpoint is restored (also after a restart lost `from_scratch`).
+        verified = run.spec.checkpointing and run.checkpoint is CheckpointStatus.VERIFIED
+        if run.from_scratch or not verified:
+            return c.stay(RunInstanceCommand(start_command(run), START_TIMEOUT_S),
+                          resume_stage="start")  # fmt: skip
+        return c.stay(RunInstanceCommand(restore_command(run), RESTORE_TIMEOUT_S),
+                      resume_stage="restore")  # fmt: skip
+    if state is InstanceState.STOPPED and stage == "observe":
+        return c.stay(ActOnInstance(Action.START), resume_stage="starting")
+    if state.is_gone and stage in ("observe", "starting"):
+        if run.spec.launch_template is None:
+            return c.move(
+                P.FAILED,
+                f"instance {run.instance_id} is {state} and the spec has no launch_template",
+                error_code="InstanceGone",
+            )
+        return c.stay(LaunchInstance(), resume_stage="launching")
+    if state.is_gone and stage == "launching":
+        return c.stay()  # the launch result (InstanceLaunched) is what matters
+    return c.stay()  # pending/stopping: the next observation decides
+
+
+def _on_launched(c: _Ctx, event: InstanceLaunched) -> Decision:
+    return c.stay(ObserveInstance(), persist=True, instance_id=event.instance_id,
+                  resume_stage="starting")  # fmt: skip
+
+
+def _resume_command_finished(c: _Ctx, event: CommandFinished) -> Decision:
+    run, result = c.run, event.result
+    if not result.ok:
+        return c.move(
+            P.FAILED, f"resume {event.kind} failed: {result.error()}",
+            detail={"command": str(event.kind), "result": dict(result.result)},
+            error_code=f"Resume{str(event.kind).capitalize()}Failed",
+        )  # fmt: skip
+    if event.kind is CommandKind.RESTORE:
+        return c.stay(RunInstanceCommand(start_command(run), START_TIMEOUT_S),
+                      resume_stage="start")  # fmt: skip
+    if event.kind is not CommandKind.START:
+        return c.stay()
+    attempt = run.attempt + 1
+    return c.move(
+        P.RUNNING,
+        f"resumed on {run.instance_id} (attempt {attempt}, "
+        f"{'from scratch' if run.from_scratch else 'checkpoint restored'})",
+        c.check_prefix(),
+        detail={"attempt": attempt, "instance_id": run.instance_id,
+                "pid": result.result.get("pid"), "from_scratch": run.from_scratch},
+        attempt=attempt, started_at=c.now, outcome=None, checkpoint=None, pending_action=None,
+        grace_until=None, action_acked_at=None, error_code=None, checks=0, next_check_at=None,
+        outputs_seen=None, instance_ended=None, process_exited=False, resume_stage="",
+    )  # fmt: skip
 
 
 _HANDLERS: Mapping[type[Any], Callable[[_Ctx, Any], Decision]] = {
@@ -390,4 +737,8 @@ _HANDLERS: Mapping[type[Any], Callable[[_Ctx, Any], Decision]] = {
     EffectFailed: _on_effect_failed,
     UserRequested: _on_user,
     MonitorFailed: _on_monitor_failed,
+    CommandFinished: _on_command,
+    CheckpointChecked: _on_checked,
+    ResumeRequested: _on_resume,
+    InstanceLaunched: _on_launched,
 }

@@ -8,8 +8,9 @@ from datetime import datetime
 from typing import Self
 
 from supervisor.core.completion import OutputSnapshot
+from supervisor.core.events import Action
 from supervisor.core.spec import RunSpec
-from supervisor.core.values import InstanceState
+from supervisor.core.values import InstanceId, InstanceState
 
 
 class Phase(enum.StrEnum):
@@ -17,6 +18,7 @@ class Phase(enum.StrEnum):
 
     PENDING = "pending"  # attached; instance not yet seen running
     RUNNING = "running"  # instance running; the run prefix is polled with backoff
+    CHECKPOINTING = "checkpointing"  # training asked to end; final checkpoint saved, verified
     GRACE = "grace"  # completed; waiting before acting on the instance
     STOPPING = "stopping"  # stop intent committed; StopInstances issued or to be re-driven
     TERMINATING = "terminating"  # terminate intent committed
@@ -26,6 +28,7 @@ class Phase(enum.StrEnum):
     CRASHED = "crashed"  # the job failed or its instance died without our request
     FAILED = "failed"  # the supervisor hit a permanent error: a person must look
     DETACHED = "detached"  # a person stopped watching; instance untouched
+    RESUMING = "resuming"  # a person asked to resume: start/launch, restore, restart training
 
     @property
     def is_terminal(self) -> bool:
@@ -35,6 +38,11 @@ class Phase(enum.StrEnum):
 TERMINAL_PHASES = frozenset(
     {Phase.STOPPED, Phase.TERMINATED, Phase.DONE, Phase.CRASHED, Phase.FAILED, Phase.DETACHED}
 )
+
+
+class CheckpointStatus(enum.StrEnum):
+    VERIFIED = "verified"
+    UNVERIFIED = "unverified"  # the checkpoint step ran and failed: flagged on the run
 
 
 class Outcome(enum.StrEnum):
@@ -60,17 +68,34 @@ class Run:
     version: int
     phase_since: datetime
     reason: str
+    instance_id: InstanceId = InstanceId("")  # noqa: RUF009 (NewType is the identity)
+    """The run's current instance: the spec's, until a resume launches a new one."""
     grace_until: datetime | None = None
     action_acked_at: datetime | None = None
     """When the stop/terminate call of the current intent succeeded; never issue it again."""
     error_code: str | None = None
+    pending_action: Action | None = None
+    """What to do to the instance once the checkpoint step and grace are over."""
+    checkpoint: CheckpointStatus | None = None
+    attempt: int = 1
+    """1 for the first instance's training, +1 for each resume."""
+    started_at: datetime | None = None
+    """When training (re)started: markers older than this belong to an earlier attempt."""
 
-    # -- volatile polling state, not persisted --
-    attempt: int = field(default=0, compare=False)
+    # -- volatile state, not persisted (rebuilt after a restart) --
+    checks: int = field(default=0, compare=False)
     next_check_at: datetime | None = field(default=None, compare=False)
     outputs_seen: OutputSnapshot | None = field(default=None, compare=False)
     instance_ended: InstanceState | None = field(default=None, compare=False)
     """Set when the instance was found ended while running: the next listing is the last."""
+    checkpoint_tries: int = field(default=0, compare=False)
+    process_exited: bool = field(default=False, compare=False)
+    resume_stage: str = field(default="", compare=False)
+    from_scratch: bool = field(default=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.instance_id:
+            object.__setattr__(self, "instance_id", self.spec.instance_id)
 
     def evolve(self, **changes: object) -> Self:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -79,5 +104,5 @@ class Run:
         return (
             f"<Run {self.spec.run_id} {self.phase}"
             f"{'/' + self.outcome if self.outcome else ''} v{self.version}"
-            f" instance={self.spec.instance_id}>"
+            f" instance={self.instance_id}>"
         )

@@ -9,8 +9,22 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from supervisor.core.checkpoint import (
+    DEFAULT_PATTERNS,
+    parse_command,
+    parse_instance_path,
+    parse_pattern,
+)
 from supervisor.core.errors import InvalidInput
 from supervisor.core.values import (
     InstanceId,
@@ -35,6 +49,48 @@ class OnComplete(enum.StrEnum):
     NONE = "none"
 
 
+class Transport(enum.StrEnum):
+    """How commands reach the instance: AWS SSM, or a local subprocess (demo and tests)."""
+
+    SSM = "ssm"
+    LOCAL = "local"
+
+
+class SigtermTimeout(enum.StrEnum):
+    """What to do with a training process still alive after the SIGTERM timeout."""
+
+    KILL = "kill"
+    LEAVE = "leave"
+
+
+class CheckpointFailure(enum.StrEnum):
+    """What to do when the final checkpoint cannot be verified in S3."""
+
+    STOP = "stop"  # stop the instance (a terminate is downgraded to stop) and flag the run
+    KEEP_RUNNING = "keep-running"  # leave the instance running; the run fails for a person
+
+
+class GraceMode(enum.StrEnum):
+    UNTIL_QUIET = "until-quiet"  # end early once verified, process exited, prefix quiet
+    FIXED = "fixed"  # always wait the whole grace period
+
+
+class LaunchTemplate(BaseModel):
+    """Where a resumed run gets a new instance when its old one is gone."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str | None = Field(None, pattern=r"^lt-[0-9a-f]{8,17}$")
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9().\-/_]{3,128}$")
+    version: str = Field("$Latest", pattern=r"^(\$Latest|\$Default|[0-9]{1,10})$")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> LaunchTemplate:
+        if (self.id is None) == (self.name is None):
+            raise InvalidInput("launch_template: give exactly one of id or name")
+        return self
+
+
 class RunSpec(BaseModel):
     """A run as attached. Immutable; a change of plan is a new event, not an edited spec."""
 
@@ -49,6 +105,71 @@ class RunSpec(BaseModel):
     markers: tuple[str, ...] = DEFAULT_MARKERS
     expect: tuple[str, ...] = ()
     failure_marker: str = DEFAULT_FAILURE_MARKER
+
+    # -- checkpoint safety (all optional: checkpointing is on when checkpoint_dir is set) --
+    checkpoint_dir: str | None = None
+    checkpoint_s3: str | None = None
+    checkpoint_pattern: tuple[str, ...] = DEFAULT_PATTERNS
+    pid_file: str | None = None
+    sigterm_timeout_s: float = Field(120.0, ge=0, le=3600, allow_inf_nan=False)
+    on_sigterm_timeout: SigtermTimeout = SigtermTimeout.KILL
+    transport: Transport = Transport.SSM
+    on_checkpoint_failure: CheckpointFailure = CheckpointFailure.STOP
+    checkpoint_attempts: int = Field(3, ge=1, le=10)
+    grace_mode: GraceMode = GraceMode.FIXED
+    quiet_s: float = Field(30.0, ge=0, le=MAX_GRACE_S, allow_inf_nan=False)
+    resume_command: tuple[str, ...] = ()
+    resume_cwd: str | None = None
+    launch_template: LaunchTemplate | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_grace_mode(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("grace_mode") is None:
+            data = {k: v for k, v in data.items() if k != "grace_mode"}
+            if data.get("checkpoint_dir"):
+                data["grace_mode"] = GraceMode.UNTIL_QUIET
+        return data
+
+    @field_validator("checkpoint_dir", "pid_file", "resume_cwd")
+    @classmethod
+    def _instance_paths(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else parse_instance_path(value, what=str(info.field_name))
+
+    @field_validator("checkpoint_s3")
+    @classmethod
+    def _checkpoint_s3(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(S3Prefix.parse(value))
+        except InvalidInput as exc:
+            raise InvalidInput(f"checkpoint_s3: {exc}") from None
+
+    @model_validator(mode="after")
+    def _resume_needs_pid_file(self) -> RunSpec:
+        if self.resume_command and not self.pid_file:
+            raise InvalidInput(
+                "resume_command needs pid_file: the resumed training writes its pid there, "
+                "and the next checkpoint step signals it"
+            )
+        return self
+
+    @field_validator("checkpoint_pattern")
+    @classmethod
+    def _patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise InvalidInput("checkpoint_pattern: give at least one pattern")
+        return tuple(parse_pattern(p) for p in value)
+
+    @field_validator("resume_command", mode="before")
+    @classmethod
+    def _resume_command(cls, value: object) -> tuple[str, ...]:
+        if value is None or value == () or value == []:
+            return ()
+        if not isinstance(value, str | list | tuple):
+            raise InvalidInput("resume_command: give a command line or a list of words")
+        return parse_command(value, what="resume_command")
 
     @field_validator("run_id", mode="before")
     @classmethod
@@ -90,6 +211,19 @@ class RunSpec(BaseModel):
     @property
     def prefix(self) -> S3Prefix:
         return S3Prefix.parse(self.s3_prefix)
+
+    @property
+    def checkpointing(self) -> bool:
+        """Checkpoint safety is on: the final checkpoint must be verified before terminate."""
+        return self.checkpoint_dir is not None
+
+    @property
+    def checkpoint_location(self) -> S3Prefix:
+        """Where checkpoints and `_manifest.json` go: checkpoint_s3, else prefix/checkpoints/."""
+        if self.checkpoint_s3:
+            return S3Prefix.parse(self.checkpoint_s3)
+        prefix = self.prefix
+        return S3Prefix(prefix.bucket, prefix.key("checkpoints/"))
 
     @classmethod
     def build(cls, **fields: Any) -> RunSpec:

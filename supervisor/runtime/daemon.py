@@ -11,7 +11,7 @@ import asyncio
 import os
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +23,7 @@ from supervisor.adapters.protocol import (
     ActionView,
     AttachRequest,
     DaemonStatus,
+    InstanceView,
     RunDetail,
     RunView,
     TailItem,
@@ -30,12 +31,12 @@ from supervisor.adapters.protocol import (
 )
 from supervisor.adapters.store import RunRecord, Store
 from supervisor.core.errors import InvalidInput, InvalidTransition, ShuttingDown, UnknownRun
-from supervisor.core.events import MonitorFailed, UserAction, UserRequested
+from supervisor.core.events import MonitorFailed, ResumeRequested, UserAction, UserRequested
 from supervisor.core.machine import Policy, new_run, step
 from supervisor.core.run import TERMINAL_PHASES, Run
-from supervisor.core.spec import RunSpec
+from supervisor.core.spec import RunSpec, Transport
 from supervisor.runtime.monitor import Monitor, MonitorDeps
-from supervisor.runtime.ports import Clock, Cloud, SystemClock
+from supervisor.runtime.ports import Clock, Cloud, InstanceShell, SystemClock
 from supervisor.runtime.reconciler import Reconciler
 from supervisor.runtime.settings import Settings
 
@@ -63,6 +64,7 @@ class Daemon:
         *,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        shells: Mapping[Transport, InstanceShell] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -80,7 +82,11 @@ class Daemon:
             rng=rng or random.Random(),
             retry_base_s=settings.retry_base_s,
             observe=self.reconciler.kick,
+            shells=dict(shells or {}),
         )
+        self.policy = self._deps.policy
+        self.rng = self._deps.rng
+        self.shells = self._deps.shells
         self.started_at = self.clock.now()
         self.accepting = False
         self._stop = asyncio.Event()
@@ -184,7 +190,7 @@ def run_view(run: Run) -> RunView:
         run_id=spec.run_id,
         phase=run.phase,
         outcome=run.outcome,
-        instance_id=spec.instance_id,
+        instance_id=run.instance_id,
         region=spec.region,
         s3_prefix=spec.s3_prefix,
         on_complete=spec.on_complete,
@@ -194,6 +200,8 @@ def run_view(run: Run) -> RunView:
         grace_until=run.grace_until,
         next_check_at=run.next_check_at,
         error_code=run.error_code,
+        checkpoint=run.checkpoint,
+        attempt=run.attempt,
     )
 
 
@@ -228,12 +236,17 @@ class ControlApi:
                 )
             fields["region"] = region
         spec = RunSpec.build(**fields)
+        if spec.checkpointing and spec.transport not in d.shells:
+            raise InvalidInput(
+                f"transport {spec.transport!r} is not available in this daemon: "
+                f"use one of {', '.join(sorted(d.shells)) or '(none)'}"
+            )
         for monitor in d.monitors.values():
-            other = monitor.run.spec
-            if other.instance_id == spec.instance_id and other.region == spec.region:
+            other = monitor.run
+            if other.instance_id == spec.instance_id and other.spec.region == spec.region:
                 raise InvalidInput(
-                    f"instance {spec.instance_id} is already watched by run {other.run_id!r}: "
-                    "detach that run first"
+                    f"instance {spec.instance_id} is already watched by run "
+                    f"{other.spec.run_id!r}: detach that run first"
                 )
         decision = new_run(spec, now=d.clock.now())
         await d.store.create_run(decision)
@@ -254,6 +267,7 @@ class ControlApi:
         record = await self._record(run_id)
         transitions = await self._d.store.transitions(run_id)
         actions = await self._d.store.actions(run_id)
+        instances = await self._d.store.instances(run_id)
         run = self._live(record)
         return RunDetail(
             **run_view(run).model_dump(),
@@ -283,18 +297,50 @@ class ControlApi:
                 )
                 for a in actions
             ],
+            instances=[
+                InstanceView(
+                    instance_id=i.instance_id,
+                    region=i.region,
+                    attached_at=i.attached_at,
+                    source=i.source,
+                )
+                for i in instances
+            ],
         )
 
-    async def request(self, run_id: str, action: str) -> RunView:
+    async def request(self, run_id: str, action: str, *, from_scratch: bool = False) -> RunView:
         record = await self._record(run_id)
         if not self._d.accepting:
             raise ShuttingDown("supervisord is shutting down: try again once it is back")
+        if action == "resume":
+            return await self._resume(record, from_scratch=from_scratch)
         monitor = self._d.monitors.get(run_id)
         if monitor is None:
             raise InvalidTransition(
                 f"run {run_id!r} is already {record.run.phase}: nothing to {action}"
             )
         decision = await monitor.request(UserRequested(UserAction(action)))
+        return run_view(decision.run)
+
+    async def _resume(self, record: RunRecord, *, from_scratch: bool) -> RunView:
+        d, run = self._d, record.run
+        if run.spec.run_id in d.monitors:
+            raise InvalidTransition(
+                f"run {run.spec.run_id!r} is {run.phase}: only a stopped, terminated or "
+                "crashed run can be resumed"
+            )
+        if run.spec.transport not in d.shells:
+            raise InvalidInput(f"transport {run.spec.transport!r} is not available here")
+        decision = step(
+            run,
+            ResumeRequested(from_scratch=from_scratch),
+            now=d.clock.now(),
+            policy=d.policy,
+            rng=d.rng,
+        )
+        await d.store.commit(run, decision, now=d.clock.now())
+        log.info("run_resume_requested", run_id=run.spec.run_id, from_scratch=from_scratch)
+        d.spawn(decision.run)
         return run_view(decision.run)
 
     async def tail(self, run_id: str, *, follow: bool) -> AsyncIterator[TailItem]:

@@ -10,22 +10,37 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
+import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 import structlog
+from pydantic import ValidationError
 
 from supervisor.adapters.protocol import MonitorEventView, TailItem, TransitionView
 from supervisor.adapters.store import ActionRecord, Store
+from supervisor.core.checkpoint import (
+    CommandResult,
+    CommandStatus,
+    InstanceCommand,
+    Manifest,
+    StoredObject,
+    Verification,
+    verify,
+)
 from supervisor.core.effects import (
     ActOnInstance,
     Effect,
+    LaunchInstance,
     ListPrefix,
     ObserveInstance,
     ReadObject,
+    RunInstanceCommand,
+    VerifyCheckpoint,
     WakeAt,
 )
 from supervisor.core.errors import ExternalError, InvalidTransition, NotFoundError, TransientError
@@ -33,8 +48,11 @@ from supervisor.core.events import (
     Action,
     ActionSucceeded,
     Armed,
+    CheckpointChecked,
+    CommandFinished,
     EffectFailed,
     Event,
+    InstanceLaunched,
     InstanceObserved,
     ObjectRead,
     PrefixListed,
@@ -42,13 +60,20 @@ from supervisor.core.events import (
 )
 from supervisor.core.machine import Decision, Policy, step
 from supervisor.core.run import Run
+from supervisor.core.spec import Transport
 from supervisor.core.values import InstanceState
-from supervisor.runtime.ports import Clock, Cloud
+from supervisor.runtime.ports import Clock, Cloud, InstanceShell
 from supervisor.runtime.retry import GaveUp, call_with_retries
 
 log = structlog.get_logger("supervisor.monitor")
 
-_OPERATION = {Action.STOP: "StopInstances", Action.TERMINATE: "TerminateInstances"}
+_OPERATION = {
+    Action.STOP: "StopInstances",
+    Action.TERMINATE: "TerminateInstances",
+    Action.START: "StartInstances",
+}
+MANIFEST_LIMIT = 16 * 1024 * 1024
+HEAD_CONCURRENCY = 16
 RECENT_EVENTS = 50
 
 
@@ -64,6 +89,7 @@ class MonitorDeps:
     retry_base_s: float
     observe: Callable[[], None]
     """Ask the reconciler for a prompt, batched describe."""
+    shells: Mapping[Transport, InstanceShell]
 
 
 def transition_view(seq: int, decision: Decision) -> TransitionView:
@@ -261,7 +287,7 @@ class Monitor:
                     "prefix_checked",
                     level="debug",
                     objects=len(relative),
-                    check=self.run.attempt + 1,
+                    check=self.run.checks + 1,
                 )
                 return PrefixListed(relative)
             case ReadObject(key=key):
@@ -277,13 +303,114 @@ class Monitor:
                 return ObjectRead(key, body)
             case ActOnInstance(action=action):
                 return await self._act(action)
+            case RunInstanceCommand(command=command, timeout_s=timeout_s):
+                return await self._run_command(command, timeout_s)
+            case VerifyCheckpoint(bucket=bucket, manifest_key=key):
+                return await self._verify_checkpoint(bucket, key)
+            case LaunchInstance():
+                return await self._launch()
         raise AssertionError(f"unknown effect {effect!r}")
 
-    async def _act(self, action: Action) -> Event:
+    async def _run_command(self, command: InstanceCommand, timeout_s: float) -> Event:
+        run, spec = self.run, self.run.spec
+        shell = self._deps.shells[spec.transport]
+        # The unique part first: SSM keeps 100 characters and run ids may be long.
+        comment = f"supervisor {uuid.uuid4().hex[:12]} {command.kind} {spec.run_id}"
+        self._note(
+            "command_sent",
+            kind=str(command.kind),
+            transport=str(spec.transport),
+            instance_id=run.instance_id,
+        )
+        started = time.monotonic()
+        try:
+            result = await shell.run(
+                run.instance_id, spec.region, command, timeout_s=timeout_s, comment=comment
+            )
+        except ExternalError as exc:
+            result = CommandResult(
+                CommandStatus.UNDELIVERED,
+                None,
+                stderr=str(exc),
+                result={"ok": False, "error": str(exc)},
+            )
+        self._note(
+            "command_finished",
+            kind=str(command.kind),
+            status=str(result.status),
+            ok=result.ok,
+            seconds=round(time.monotonic() - started, 3),
+            **({} if result.ok else {"error": result.error()[:300]}),
+        )
+        return CommandFinished(command.kind, result)
+
+    async def _verify_checkpoint(self, bucket: str, key: str) -> Event:
         spec = self.run.spec
+        started = time.monotonic()
+        location = spec.checkpoint_location
+
+        def failed(problem: str) -> CheckpointChecked:
+            verification = Verification(False, 0, 0, (problem,))
+            return CheckpointChecked(verification, None, time.monotonic() - started)
+
+        try:
+            text = await self._deps.cloud.read_object(
+                bucket, key, spec.region, limit=MANIFEST_LIMIT
+            )
+            manifest = Manifest.model_validate_json(text)
+        except NotFoundError:
+            return failed(f"no manifest at s3://{bucket}/{key}")
+        except ExternalError as exc:
+            return failed(f"could not read the manifest: {exc.code}: {exc.message}")
+        except ValidationError as exc:
+            return failed(f"the manifest is not valid: {exc.error_count()} problem(s)")
+        limit = asyncio.Semaphore(HEAD_CONCURRENCY)
+
+        async def head(file_key: str) -> tuple[str, StoredObject | None]:
+            async with limit:
+                try:
+                    return file_key, await self._deps.cloud.head_object(
+                        manifest.bucket, file_key, spec.region
+                    )
+                except ExternalError:
+                    return file_key, None
+
+        stored = dict(await asyncio.gather(*(head(f.key) for f in manifest.files)))
+        verification = verify(
+            manifest, stored, bucket=location.bucket, prefix=location.prefix, run_id=spec.run_id
+        )
+        self._note(
+            "checkpoint_checked",
+            ok=verification.ok,
+            files=verification.files,
+            bytes=verification.bytes,
+            problems=list(verification.problems[:3]),
+        )
+        return CheckpointChecked(verification, manifest, time.monotonic() - started)
+
+    async def _launch(self) -> Event:
+        run, spec = self.run, self.run.spec
+        assert spec.launch_template is not None
+        token = f"supervisor-{spec.run_id}-{run.attempt + 1}"[:64]
+        try:
+            instance_id = await self._deps.cloud.launch_from_template(
+                spec.launch_template, {"supervisor:run-id": spec.run_id}, spec.region, token=token
+            )
+        except ExternalError as exc:
+            self._note("launch_failed", level="warning", code=exc.code, message=exc.message)
+            return _failed("RunInstances", exc)
+        self._note("instance_launched", instance_id=instance_id)
+        return InstanceLaunched(instance_id)
+
+    async def _act(self, action: Action) -> Event:
+        run, spec = self.run, self.run.spec
         operation = _OPERATION[action]
         cloud = self._deps.cloud
-        call = cloud.stop_instance if action is Action.STOP else cloud.terminate_instance
+        call = {
+            Action.STOP: cloud.stop_instance,
+            Action.TERMINATE: cloud.terminate_instance,
+            Action.START: cloud.start_instance,
+        }[action]
 
         def on_retry(error: ExternalError, attempt: int, wait_s: float) -> None:
             self._note(
@@ -295,10 +422,10 @@ class Monitor:
                 wait_s=round(wait_s, 3),
             )
 
-        self._note("action_requested", operation=operation, instance_id=spec.instance_id)
+        self._note("action_requested", operation=operation, instance_id=run.instance_id)
         try:
             state, attempts = await call_with_retries(
-                lambda: call(spec.instance_id, spec.region),
+                lambda: call(run.instance_id, spec.region),
                 base_s=self._deps.retry_base_s,
                 on_retry=on_retry,
             )
@@ -331,7 +458,7 @@ class Monitor:
         await self._deps.store.record_action(
             ActionRecord(
                 run_id=spec.run_id,
-                instance_id=spec.instance_id,
+                instance_id=self.run.instance_id,
                 action=str(action),
                 at=self._deps.clock.now(),
                 attempts=attempts,

@@ -3,11 +3,13 @@ them here (and only here) when a real part cannot run."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
+from supervisor.core.checkpoint import CommandResult, InstanceCommand, StoredObject
 from supervisor.core.completion import ListRequest
+from supervisor.core.spec import LaunchTemplate
 from supervisor.core.values import InstanceId, InstanceState, ObjectInfo
 
 
@@ -28,6 +30,28 @@ class Cloud(Protocol):
     async def stop_instance(self, instance_id: InstanceId, region: str) -> InstanceState: ...
 
     async def terminate_instance(self, instance_id: InstanceId, region: str) -> InstanceState: ...
+
+    async def start_instance(self, instance_id: InstanceId, region: str) -> InstanceState: ...
+
+    async def head_object(self, bucket: str, key: str, region: str) -> StoredObject | None: ...
+
+    async def launch_from_template(
+        self, template: LaunchTemplate, tags: Mapping[str, str], region: str, *, token: str
+    ) -> InstanceId: ...
+
+
+class InstanceShell(Protocol):
+    """Runs the instance-side program on an instance (SSM) or on this machine (local)."""
+
+    async def run(
+        self,
+        instance_id: str,
+        region: str,
+        command: InstanceCommand,
+        *,
+        timeout_s: float,
+        comment: str,
+    ) -> CommandResult: ...
 
 
 class Clock(Protocol):

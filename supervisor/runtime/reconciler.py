@@ -57,7 +57,7 @@ class Reconciler:
         for monitor in self._monitors():
             if not monitor.run.phase.is_terminal:
                 spec = monitor.run.spec
-                by_region[spec.region][spec.instance_id].append(monitor)
+                by_region[spec.region][monitor.run.instance_id].append(monitor)
         self.sweeps += 1
         described = 0
         for region, watched in by_region.items():

@@ -19,10 +19,13 @@ import structlog
 
 from supervisor.adapters.aws import Aws
 from supervisor.adapters.faults import FaultPlan
+from supervisor.adapters.shell import LocalShell, SsmShell
 from supervisor.adapters.store import Store
 from supervisor.core.errors import SupervisorError
+from supervisor.core.spec import Transport
 from supervisor.runtime.daemon import Daemon
 from supervisor.runtime.log_config import configure_logging
+from supervisor.runtime.ports import InstanceShell
 from supervisor.runtime.settings import Settings
 
 log = structlog.get_logger("supervisor.service")
@@ -96,7 +99,11 @@ async def serve(
     store = await Store.open(settings.db_path)
     try:
         async with Aws(faults=faults) as aws:
-            daemon = Daemon(settings, store, aws)
+            shells: dict[Transport, InstanceShell] = {
+                Transport.LOCAL: LocalShell(),
+                Transport.SSM: SsmShell(aws),
+            }
+            daemon = Daemon(settings, store, aws, shells=shells)
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(

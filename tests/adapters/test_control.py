@@ -118,7 +118,7 @@ class FakeHandler:
             **view(run_id).model_dump(), spec={"run_id": run_id}, transitions=transitions
         )
 
-    async def request(self, run_id: str, action: str) -> RunView:
+    async def request(self, run_id: str, action: str, *, from_scratch: bool = False) -> RunView:
         self._check(run_id)
         if run_id == "finished":
             raise InvalidTransition(FINISHED)

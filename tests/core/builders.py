@@ -9,9 +9,10 @@ import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from supervisor.core.checkpoint import CommandKind, CommandResult, CommandStatus, Verification
 from supervisor.core.completion import ListRequest
 from supervisor.core.effects import ListPrefix
-from supervisor.core.events import Event, PrefixListed
+from supervisor.core.events import CheckpointChecked, CommandFinished, Event, PrefixListed
 from supervisor.core.machine import Decision, Policy, new_run, step
 from supervisor.core.run import Outcome, Phase, Run
 from supervisor.core.spec import RunSpec
@@ -24,6 +25,12 @@ POLICY = Policy()
 INSTANCE = "i-0123456789abcdef0"
 LIST_TOP = ListPrefix(ListRequest("my-runs", "exp1/run42/", "/"))
 """The listing the default spec asks for: its markers all sit at the top of the run prefix."""
+LIST_ALL = ListPrefix(ListRequest("my-runs", "exp1/run42/", None))
+"""The recursive listing of the whole run prefix that an until-quiet grace asks for."""
+CHECKPOINT_DIR = "/home/ubuntu/ckpt"
+PID_FILE = "/run/train.pid"
+RESUME_COMMAND = ("python", "train.py", "--resume")
+LAUNCH_TEMPLATE = {"id": "lt-0123456789abcdef0"}
 
 SPEC_FIELDS: dict[str, Any] = {
     "run_id": "run-42",
@@ -34,8 +41,20 @@ SPEC_FIELDS: dict[str, Any] = {
 }
 
 
+CHECKPOINT_FIELDS: dict[str, Any] = {
+    "checkpoint_dir": CHECKPOINT_DIR,
+    "pid_file": PID_FILE,
+    "resume_command": RESUME_COMMAND,
+}
+"""Checkpointing on (and with it an until-quiet grace), resumable on the same instance."""
+
+
 def make_spec(**overrides: Any) -> RunSpec:
     return RunSpec.build(**{**SPEC_FIELDS, **overrides})
+
+
+def checkpoint_spec(**overrides: Any) -> RunSpec:
+    return make_spec(**{**CHECKPOINT_FIELDS, **overrides})
 
 
 def make_run(phase: Phase = Phase.PENDING, *, spec: RunSpec | None = None, **changes: Any) -> Run:
@@ -48,12 +67,32 @@ def make_run(phase: Phase = Phase.PENDING, *, spec: RunSpec | None = None, **cha
     return run.evolve(phase=phase, version=3, **{**defaults, **changes})
 
 
-def obj(key: str, etag: str = "e1", size: int = 10) -> ObjectInfo:
-    return ObjectInfo(key=key, etag=etag, size=size, last_modified=NOW)
+def obj(key: str, etag: str = "e1", size: int = 10, *, at: datetime = NOW) -> ObjectInfo:
+    return ObjectInfo(key=key, etag=etag, size=size, last_modified=at)
 
 
 def listed(*keys: str) -> PrefixListed:
     return PrefixListed(tuple(obj(k) for k in keys))
+
+
+def finished(kind: CommandKind, *, exited: bool = True, **result: object) -> CommandFinished:
+    """A command that succeeded; a checkpoint result says whether the training process exited."""
+    body: dict[str, object] = {"ok": True, **result}
+    if kind is CommandKind.CHECKPOINT:
+        body.setdefault("process", {"pid": 4242, "exited": exited})
+    return CommandFinished(kind, CommandResult(CommandStatus.SUCCESS, 0, result=body))
+
+
+def failed(kind: CommandKind, error: str = "upload failed: AccessDenied") -> CommandFinished:
+    result = CommandResult(
+        CommandStatus.FAILED, 1, stderr=error, result={"ok": False, "error": error}
+    )
+    return CommandFinished(kind, result)
+
+
+def checked(*problems: str, files: int = 2, size: int = 300) -> CheckpointChecked:
+    """The verification of the manifest in S3: verified unless problems are given."""
+    return CheckpointChecked(Verification(not problems, files, size, problems), None, 0.25)
 
 
 def seeded() -> random.Random:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import pytest
 
 from supervisor.core.completion import (
@@ -14,7 +16,7 @@ from supervisor.core.completion import (
 )
 from supervisor.core.spec import DEFAULT_MARKERS
 from supervisor.core.values import ObjectInfo
-from tests.core.builders import make_spec, obj
+from tests.core.builders import NOW, make_spec, obj
 
 SPEC = make_spec()
 
@@ -92,3 +94,40 @@ def test_listing_uses_a_delimiter_only_when_every_watched_key_shares_one_folder(
     overrides: dict[str, object], request_: ListRequest
 ) -> None:
     assert listing_request(make_spec(**overrides)) == request_
+
+
+# -- since: a resumed run's attempt ------------------------------------------------------------
+
+STARTED = NOW + timedelta(microseconds=700_000)
+"""A resumed attempt's start; S3 keeps whole seconds, so objects of that second still count."""
+SINCE = [
+    (NOW - timedelta(hours=1), NotYet(None)),
+    (NOW - timedelta(seconds=1), NotYet(None)),
+    (NOW, Completed("completion marker done found")),
+    (NOW + timedelta(minutes=5), Completed("completion marker done found")),
+]
+
+
+@pytest.mark.parametrize(("written", "verdict"), SINCE)
+def test_with_since_a_marker_written_before_the_attempt_started_is_not_evidence(
+    written: datetime, verdict: object
+) -> None:
+    assert evaluate(SPEC, [obj("done", at=written)], None, since=STARTED) == verdict
+
+
+def test_without_since_a_marker_of_any_age_is_evidence() -> None:
+    old = obj("done", at=NOW - timedelta(days=30))
+    assert evaluate(SPEC, [old], None) == Completed("completion marker done found")
+
+
+def test_with_since_a_stale_failure_marker_or_stale_output_is_ignored_too() -> None:
+    stale = NOW - timedelta(hours=1)
+    assert evaluate(SPEC, [obj("FAILED", at=stale)], None, since=NOW) == NotYet(None)
+    spec = make_spec(expect=("model.pt",))
+    previous = (("model.pt", "e1", 10),)
+    assert evaluate(spec, [obj("model.pt", at=stale)], previous, since=NOW) == NotYet(None)
+
+
+def test_with_since_a_fresh_marker_wins_over_a_stale_one_of_another_name() -> None:
+    listing = [obj("FAILED", at=NOW - timedelta(hours=1)), obj("COMPLETE", at=NOW)]
+    assert evaluate(SPEC, listing, None, since=NOW) == Completed("completion marker COMPLETE found")

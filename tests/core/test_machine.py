@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, get_args
@@ -10,7 +12,17 @@ from typing import Any, get_args
 import pytest
 
 from supervisor.core.backoff import delay
-from supervisor.core.effects import ActOnInstance, Effect, ObserveInstance, ReadObject, WakeAt
+from supervisor.core.checkpoint import CommandKind, Manifest, ProcessFate
+from supervisor.core.effects import (
+    ActOnInstance,
+    Effect,
+    LaunchInstance,
+    ObserveInstance,
+    ReadObject,
+    RunInstanceCommand,
+    VerifyCheckpoint,
+    WakeAt,
+)
 from supervisor.core.errors import InvalidTransition
 from supervisor.core.events import (
     Action,
@@ -18,23 +30,47 @@ from supervisor.core.events import (
     Armed,
     EffectFailed,
     Event,
+    InstanceLaunched,
     InstanceObserved,
     MonitorFailed,
     ObjectRead,
     PrefixListed,
+    ResumeRequested,
     Tick,
     UserAction,
     UserRequested,
 )
-from supervisor.core.machine import ACCEPTS, EDGES, Policy, new_run, step
-from supervisor.core.run import TERMINAL_PHASES, Outcome, Phase, Run
-from supervisor.core.values import InstanceState
+from supervisor.core.machine import (
+    ACCEPTS,
+    CHECKPOINT_UPLOAD_BUDGET_S,
+    EDGES,
+    RESTORE_TIMEOUT_S,
+    START_TIMEOUT_S,
+    Policy,
+    checkpoint_command,
+    new_run,
+    restore_command,
+    start_command,
+    step,
+)
+from supervisor.core.run import TERMINAL_PHASES, CheckpointStatus, Outcome, Phase, Run
+from supervisor.core.values import InstanceId, InstanceState
 from tests.core.builders import (
+    CHECKPOINT_DIR,
+    CHECKPOINT_FIELDS,
     GRACE_UNTIL,
     INSTANCE,
+    LAUNCH_TEMPLATE,
+    LIST_ALL,
     LIST_TOP,
     NOW,
+    PID_FILE,
     POLICY,
+    RESUME_COMMAND,
+    checked,
+    checkpoint_spec,
+    failed,
+    finished,
     listed,
     make_run,
     make_spec,
@@ -47,9 +83,26 @@ P, S = Phase, InstanceState
 STOP, TERMINATE = ActOnInstance(Action.STOP), ActOnInstance(Action.TERMINATE)
 DENIED = EffectFailed("StopInstances", "UnauthorizedOperation", "not authorized", transient=False)
 THROTTLED = EffectFailed("ListObjectsV2", "SlowDown", "reduce your request rate", transient=True)
-ACTIVE = (P.PENDING, P.RUNNING, P.GRACE, P.STOPPING, P.TERMINATING)
-EFFECTFUL = (P.RUNNING, P.STOPPING, P.TERMINATING)
+ACTIVE = (P.PENDING, P.RUNNING, P.CHECKPOINTING, P.GRACE, P.STOPPING, P.TERMINATING, P.RESUMING)
+EFFECTFUL = (P.RUNNING, P.CHECKPOINTING, P.STOPPING, P.TERMINATING, P.RESUMING)
+RESUMABLE = (P.STOPPED, P.TERMINATED, P.CRASHED)
 CRASH = MonitorFailed("KeyError", "'Contents'")
+CF = CHECKPOINT_FIELDS
+V, UV = CheckpointStatus.VERIFIED, CheckpointStatus.UNVERIFIED
+CP, RS, ST = CommandKind.CHECKPOINT, CommandKind.RESTORE, CommandKind.START
+QUIET = timedelta(seconds=30)
+"""The default quiet_s of an until-quiet grace."""
+NEW_INSTANCE = InstanceId("i-0fedcba9876543210")
+
+
+def checkpoint_step(**spec: Any) -> RunInstanceCommand:
+    """The effect that runs the checkpoint step for a run of `checkpoint_spec(**spec)`."""
+    run = make_run(spec=checkpoint_spec(**spec))
+    timeout = run.spec.sigterm_timeout_s + CHECKPOINT_UPLOAD_BUDGET_S
+    return RunInstanceCommand(checkpoint_command(run), timeout)
+
+
+CKPT = checkpoint_step()
 
 
 def seen(state: InstanceState) -> InstanceObserved:
@@ -141,6 +194,40 @@ EDGE_CASES = [
     _edge(PO, user(U.TERMINATE), P.TERMINATING, X, "terminate requested by user", TERMINATE),
     _edge(P.RUNNING, user(U.TERMINATE), P.TERMINATING, X, "terminate requested by user",
           TERMINATE),
+    # checkpoint safety: training ends and its final checkpoint is verified before any action
+    _edge(P.RUNNING, listed("done"), P.CHECKPOINTING, C,
+          "completion marker done found; ending training and saving the final checkpoint", CKPT,
+          spec=CF, fields={"pending_action": A.STOP, "checkpoint_tries": 1}),
+    _edge(P.CHECKPOINTING, checked(), P.GRACE, C, "checkpoint verified: 2 file(s), 300 bytes",
+          WakeAt(NOW + QUIET), spec=CF, outcome=C, pending_action=A.STOP, process_exited=True,
+          fields={"checkpoint": V, "grace_until": GRACE_UNTIL, "pending_action": A.STOP}),
+    _edge(P.CHECKPOINTING, checked(), P.STOPPING, X, "verified in S3 (size and SHA-256); "
+          "acting on the request", STOP, spec=CF, outcome=X, pending_action=A.STOP,
+          fields={"checkpoint": V, "pending_action": None}),
+    _edge(P.CHECKPOINTING, checked(), P.TERMINATING, X, "acting on the request", TERMINATE,
+          spec=CF, outcome=X, pending_action=A.TERMINATE, fields={"checkpoint": V}),
+    _edge(P.CHECKPOINTING, seen(S.STOPPED), P.STOPPED, C,
+          "instance stopped during checkpointing; nothing left to do", spec=CF, outcome=C,
+          fields={"checkpoint": UV}),
+    _edge(P.CHECKPOINTING, seen(S.TERMINATED), P.TERMINATED, C,
+          "instance terminated during checkpointing", spec=CF, outcome=C,
+          fields={"checkpoint": UV}),
+    # resume: from a run that ended, back to running training
+    _edge(P.STOPPED, ResumeRequested(), P.RESUMING, C,
+          "resume requested from its verified checkpoint (attempt 2)", ObserveInstance(),
+          spec=CF, outcome=C, checkpoint=V, fields={"resume_stage": "observe", "checkpoint": V}),
+    _edge(P.TERMINATED, ResumeRequested(), P.RESUMING, C, "resume requested", ObserveInstance(),
+          spec={**CF, "launch_template": LAUNCH_TEMPLATE}, outcome=C, checkpoint=V),
+    _edge(P.CRASHED, ResumeRequested(from_scratch=True), P.RESUMING, Outcome.CRASHED,
+          "resume requested from scratch (attempt 2)", ObserveInstance(), spec=CF,
+          outcome=Outcome.CRASHED, fields={"from_scratch": True}),
+    _edge(P.RESUMING, finished(ST, pid=777), P.RUNNING, None,
+          f"resumed on {INSTANCE} (attempt 2, checkpoint restored)", LIST_TOP, spec=CF,
+          outcome=C, checkpoint=V, resume_stage="start",
+          fields={"attempt": 2, "started_at": NOW, "checkpoint": None, "resume_stage": ""}),
+    _edge(P.RESUMING, user(U.STOP), P.STOPPING, X, "stop requested by user", STOP, spec=CF),
+    _edge(P.RESUMING, user(U.TERMINATE), P.TERMINATING, X, "terminate requested by user",
+          TERMINATE),
     *(_edge(p, user(U.DETACH), P.DETACHED, kept(p), "detached by user request") for p in ACTIVE),
     # A crashed monitor fails the run from any active phase (DESIGN invariant 6); a permanent
     # effect error does so in the phases that issue effects.
@@ -179,7 +266,8 @@ def test_each_edge_is_one_step_with_its_outcome_reason_and_effects(case: EdgeCas
 # fmt: off
 ONE_OF_EACH: list[Event] = [
     Armed(), Tick(), seen(S.RUNNING), listed("done"), ObjectRead("FAILED", "boom"),
-    ActionSucceeded(A.STOP, S.STOPPED), DENIED, user(U.DETACH), CRASH,
+    ActionSucceeded(A.STOP, S.STOPPED), DENIED, user(U.DETACH), CRASH, finished(CP), checked(),
+    ResumeRequested(), InstanceLaunched(NEW_INSTANCE),
 ]
 REFUSED = [
     pytest.param(phase, event, id=f"{phase}:{type(event).__name__}")
@@ -188,9 +276,12 @@ REFUSED = [
 # fmt: on
 
 
-def test_every_phase_has_a_row_terminal_rows_are_empty_and_every_event_is_tried() -> None:
+def test_every_phase_has_a_row_terminal_rows_take_only_a_resume_and_every_event_is_tried() -> None:
     assert set(ACCEPTS) == set(Phase)
-    assert all(not ACCEPTS[p] for p in TERMINAL_PHASES)
+    for phase in TERMINAL_PHASES:
+        resumable = frozenset({ResumeRequested}) if phase in RESUMABLE else frozenset()
+        assert ACCEPTS[phase] == resumable, phase
+    assert {p for p in Phase if ResumeRequested in ACCEPTS[p]} == set(RESUMABLE)
     assert {type(e) for e in ONE_OF_EACH} == set(get_args(Event))
 
 
@@ -232,19 +323,19 @@ def test_pending_instance_still_pending_is_a_stay_without_effects() -> None:
 
 def test_running_armed_staggers_the_first_check_within_one_initial_interval() -> None:
     for seed in range(20):
-        run = make_run(P.RUNNING, attempt=4)
+        run = make_run(P.RUNNING, checks=4)
         d = step(run, Armed(), now=NOW, policy=POLICY, rng=random.Random(seed))
         (wake,) = d.effects
         assert isinstance(wake, WakeAt)
         assert NOW <= wake.at <= NOW + timedelta(seconds=POLICY.poll.initial_s)
-        assert (d.run.attempt, d.run.next_check_at, d.transition) == (0, wake.at, None)
+        assert (d.run.checks, d.run.next_check_at, d.transition) == (0, wake.at, None)
 
 
 def test_running_listing_without_evidence_schedules_the_next_check_with_backoff() -> None:
-    d = run_step(make_run(P.RUNNING, attempt=2), listed("logs.txt"))
+    d = run_step(make_run(P.RUNNING, checks=2), listed("logs.txt"))
     at = NOW + timedelta(seconds=delay(2, POLICY.poll, seeded()))
     assert d.effects == (WakeAt(at),)
-    assert (d.run.attempt, d.run.next_check_at, d.run.version) == (3, at, 3)
+    assert (d.run.checks, d.run.next_check_at, d.run.version) == (3, at, 3)
 
 
 def test_running_tick_before_the_check_is_due_only_rearms_the_timer() -> None:
@@ -298,10 +389,10 @@ def test_running_instance_still_alive_is_a_stay() -> None:
 
 
 def test_running_transient_error_reschedules_the_check_with_backoff() -> None:
-    d = run_step(make_run(P.RUNNING, attempt=1), THROTTLED)
+    d = run_step(make_run(P.RUNNING, checks=1), THROTTLED)
     at = NOW + timedelta(seconds=delay(1, POLICY.poll, seeded()))
     assert (d.effects, d.transition) == ((WakeAt(at),), None)
-    assert (d.run.phase, d.run.attempt, d.run.next_check_at) == (P.RUNNING, 2, at)
+    assert (d.run.phase, d.run.checks, d.run.next_check_at) == (P.RUNNING, 2, at)
 
 
 # -- grace -------------------------------------------------------------------------------------
@@ -369,6 +460,8 @@ USER_TABLE = [
         P.GRACE: (P.STOPPING, P.TERMINATING, P.DETACHED),
         P.STOPPING: (None, P.TERMINATING, P.DETACHED),
         P.TERMINATING: (None, None, P.DETACHED),
+        P.CHECKPOINTING: (P.CHECKPOINTING, P.CHECKPOINTING, P.DETACHED),
+        P.RESUMING: (P.STOPPING, P.TERMINATING, P.DETACHED),
     }.items()
     for a, to in zip((U.STOP, U.TERMINATE, U.DETACH), row, strict=True)
 ]
@@ -429,3 +522,576 @@ def test_expected_outputs_complete_only_after_two_identical_listings() -> None:
     changed = run_step(first.run, PrefixListed((obj("model.pt", etag="e2"),)))
     assert changed.run.phase is P.RUNNING
     assert run_step(changed.run, PrefixListed((obj("model.pt", etag="e2"),))).run.phase is P.GRACE
+
+
+# -- the checkpoint step -----------------------------------------------------------------------
+
+PATTERNS = ["*.pt", "*.pth", "*.ckpt", "*.safetensors", "checkpoint-*/", "checkpoint_*/"]
+MANIFEST_KEY = "exp1/run42/checkpoints/_manifest.json"
+NOT_FOUND = "exp1/run42/checkpoints/model.pt: missing in S3"
+
+
+def test_checkpoint_argv_names_the_dir_the_prefixs_checkpoints_folder_and_each_pattern() -> None:
+    assert checkpoint_command(make_run(spec=checkpoint_spec())).argv() == [
+        "checkpoint", "--run-id", "run-42", "--checkpoint-dir", CHECKPOINT_DIR,
+        "--s3-url", "s3://my-runs/exp1/run42/checkpoints/", "--sigterm-timeout-s", "120",
+        "--on-timeout", "kill", "--region", "us-east-1",
+        *(word for pattern in PATTERNS for word in ("--pattern", pattern)),
+        "--pid-file", PID_FILE,
+    ]  # fmt: skip
+
+
+def test_checkpoint_command_follows_checkpoint_s3_patterns_and_sigterm_settings() -> None:
+    spec = checkpoint_spec(
+        checkpoint_s3="s3://other-bucket/ckpts/run42", checkpoint_pattern=("step-*/", "*.bin"),
+        sigterm_timeout_s=7.5, on_sigterm_timeout="leave", pid_file=None, resume_command=(),
+    )  # fmt: skip
+    command = checkpoint_command(make_run(spec=spec))
+    assert command.option("s3-url") == "s3://other-bucket/ckpts/run42/"
+    assert (command.option("sigterm-timeout-s"), command.option("on-timeout")) == ("7.5", "leave")
+    assert [v for n, v in command.options if n == "pattern"] == ["step-*/", "*.bin"]
+    assert command.option("pid-file") is None
+
+
+def test_checkpoint_step_may_take_the_sigterm_timeout_plus_an_upload_budget() -> None:
+    assert checkpoint_step(sigterm_timeout_s=7.5).timeout_s == 7.5 + CHECKPOINT_UPLOAD_BUDGET_S
+
+
+@pytest.mark.parametrize(
+    ("on_complete", "pending"), [("stop", A.STOP), ("terminate", A.TERMINATE), ("none", None)]
+)
+def test_completion_with_checkpointing_first_ends_training_keeping_on_complete_for_later(
+    on_complete: str, pending: Action | None
+) -> None:
+    d = run_step(make_run(P.RUNNING, spec=checkpoint_spec(on_complete=on_complete)), listed("done"))
+    assert (d.run.phase, d.run.outcome, d.run.pending_action) == (P.CHECKPOINTING, C, pending)
+    assert d.effects == (CKPT,)
+    assert (d.run.checkpoint, d.run.checkpoint_tries) == (None, 1)
+
+
+def checkpointing(tries: int = 1, *, outcome: Outcome = C, **spec: Any) -> Run:
+    """A run whose checkpoint step is under way (`tries` attempts so far), entered on its
+    completion marker or on a user's stop."""
+    running = make_run(P.RUNNING, spec=checkpoint_spec(**spec))
+    event = listed("done") if outcome is C else user(U.STOP)
+    return run_step(running, event).run.evolve(checkpoint_tries=tries)
+
+
+@pytest.mark.parametrize("exited", [True, False])
+def test_checkpoint_step_success_asks_to_verify_the_manifest_and_records_the_process_fate(
+    exited: bool,
+) -> None:
+    d = run_step(checkpointing(), finished(CP, exited=exited))
+    assert d.effects == (VerifyCheckpoint("my-runs", MANIFEST_KEY),)
+    assert (d.transition, d.run.phase, d.run.process_exited) == (None, P.CHECKPOINTING, exited)
+
+
+def test_checkpoint_step_success_verifies_the_manifest_where_the_instance_wrote_it() -> None:
+    run = checkpointing(checkpoint_s3="s3://other-bucket/ckpts/run42")
+    assert run_step(run, finished(CP)).effects == (
+        VerifyCheckpoint("other-bucket", "ckpts/run42/_manifest.json"),
+    )
+    moved = finished(CP, manifest_key="ckpts/run42/step-9/_manifest.json")
+    assert run_step(run, moved).effects == (
+        VerifyCheckpoint("other-bucket", "ckpts/run42/step-9/_manifest.json"),
+    )
+
+
+def test_verified_checkpoint_enters_grace_with_what_was_verified_in_the_detail() -> None:
+    manifest = Manifest(
+        run_id="run-42", created_at="2026-11-22T12:00:00Z", checkpoint="checkpoint-900",
+        kind="dir", bucket="my-runs", prefix="exp1/run42/checkpoints/", files=(), total_bytes=0,
+        process=ProcessFate(pid=4242, was_running=True, signalled=True, waited_s=3.5),
+        timings={"upload_s": 12.0},
+    )  # fmt: skip
+    event = dataclasses.replace(checked(files=3, size=1710), manifest=manifest)
+    d = run_step(checkpointing(2, grace_mode="fixed"), event)
+    assert (d.run.phase, d.run.checkpoint, d.effects) == (P.GRACE, V, (WakeAt(GRACE_UNTIL),))
+    assert (
+        d.run.reason
+        == "checkpoint verified: 3 file(s), 1710 bytes verified in S3 (size and SHA-256)"
+    )
+    assert d.transition is not None
+    assert d.transition.detail == {
+        "files": 3, "bytes": 1710, "verify_s": 0.25, "checkpoint_attempt": 2,
+        "checkpoint_name": "checkpoint-900", "process": manifest.process.model_dump(),
+        "instance_timings": {"upload_s": 12.0},
+    }  # fmt: skip
+
+
+TRANSIENT = EffectFailed("SendCommand", "ThrottlingException", "rate exceeded", transient=True)
+ATTEMPT_FAILED = [
+    pytest.param(checked(NOT_FOUND), "checkpoint not verified: " + NOT_FOUND, id="not-verified"),
+    pytest.param(failed(CP), "checkpoint step failed: Failed (exit 1)", id="command-failed"),
+    pytest.param(TRANSIENT, "SendCommand: ThrottlingException", id="transient-error"),
+]
+
+
+@pytest.mark.parametrize(("event", "why"), ATTEMPT_FAILED)
+def test_a_failed_checkpoint_attempt_is_retried_until_checkpoint_attempts(
+    event: Event, why: str
+) -> None:
+    for tries in (1, 2):
+        d = run_step(checkpointing(tries), event)
+        assert (d.effects, d.transition, d.persist) == ((CKPT,), None, False)
+        assert (d.run.phase, d.run.checkpoint_tries) == (P.CHECKPOINTING, tries + 1)
+    last = run_step(checkpointing(3), event)
+    assert last.run.phase is P.GRACE
+    assert f"{why}" in last.run.reason
+    assert "(after 3 attempt(s)); checkpoint_unverified" in last.run.reason
+
+
+def test_one_checkpoint_attempt_means_the_first_failure_applies_the_policy() -> None:
+    d = run_step(checkpointing(1, checkpoint_attempts=1), failed(CP))
+    assert (d.run.phase, d.run.checkpoint) == (P.GRACE, UV)
+
+
+def test_unverified_after_completion_with_terminate_waits_out_grace_then_stops_instead() -> None:
+    d = run_step(checkpointing(3, on_complete="terminate"), checked(NOT_FOUND))
+    assert (d.run.phase, d.run.checkpoint, d.effects) == (P.GRACE, UV, (WakeAt(GRACE_UNTIL),))
+    assert d.transition is not None and d.transition.detail["checkpoint"] == "unverified"
+    end = run_step(d.run, Tick(), now=GRACE_UNTIL)
+    assert (end.run.phase, end.effects) == (P.STOPPING, (STOP,))
+    assert "terminate requested (on_complete=terminate); downgraded to stop" in end.run.reason
+    assert end.transition is not None and end.transition.detail == {"downgraded": "terminate->stop"}
+
+
+def test_unverified_after_completion_with_stop_waits_out_grace_then_stops_flagged() -> None:
+    d = run_step(checkpointing(3, on_complete="stop"), checked(NOT_FOUND))
+    end = run_step(d.run, Tick(), now=GRACE_UNTIL)
+    assert (end.run.phase, end.run.checkpoint, end.effects) == (P.STOPPING, UV, (STOP,))
+    assert "downgraded" not in end.run.reason
+
+
+@pytest.mark.parametrize("pending", [A.STOP, A.TERMINATE])
+def test_unverified_after_a_user_request_stops_at_once_flagged_unverified(pending: Action) -> None:
+    run = checkpointing(3, outcome=X).evolve(pending_action=pending)
+    assert run.outcome is X
+    d = run_step(run, checked(NOT_FOUND))
+    assert (d.run.phase, d.run.checkpoint, d.effects) == (P.STOPPING, UV, (STOP,))
+    assert "checkpoint_unverified" in d.run.reason
+    assert ("downgraded to stop" in d.run.reason) is (pending is A.TERMINATE)
+
+
+@pytest.mark.parametrize("outcome", [C, X])
+def test_unverified_with_keep_running_fails_the_run_and_leaves_the_instance_alone(
+    outcome: Outcome,
+) -> None:
+    run = checkpointing(3, outcome=outcome, on_checkpoint_failure="keep-running")
+    d = run_step(run, failed(CP))
+    assert (d.run.phase, d.run.error_code, d.run.checkpoint) == (
+        P.FAILED, "CheckpointUnverified", UV,
+    )  # fmt: skip
+    assert d.effects == ()
+    assert "instance left running for a person" in d.run.reason
+
+
+def test_checkpointing_armed_after_a_restart_runs_the_idempotent_step_again() -> None:
+    d = run_step(checkpointing(2), Armed())
+    assert (d.effects, d.run.checkpoint_tries, d.transition) == ((CKPT,), 1, None)
+
+
+@pytest.mark.parametrize(
+    "event", [Tick(), seen(S.RUNNING), seen(S.PENDING), finished(RS), finished(ST)], ids=repr
+)
+def test_checkpointing_waits_for_its_own_result_ignoring_other_news(event: Event) -> None:
+    run = checkpointing()
+    d = run_step(run, event)
+    assert (d.run, d.effects, d.transition, d.persist) == (run, (), None, False)
+
+
+# -- until-quiet grace -------------------------------------------------------------------------
+
+
+def verified_grace(*, exited: bool = True, **spec: Any) -> Run:
+    """A run that entered grace at NOW with its checkpoint verified."""
+    run = checkpointing(**spec).evolve(process_exited=exited)
+    return run_step(run, checked()).run
+
+
+def test_until_quiet_grace_first_wakes_after_quiet_s_once_the_process_exited() -> None:
+    d = run_step(checkpointing().evolve(process_exited=True), checked())
+    assert (d.effects, d.run.grace_until) == ((WakeAt(NOW + QUIET),), GRACE_UNTIL)
+
+
+def test_until_quiet_grace_never_wakes_later_than_grace_until() -> None:
+    d = run_step(checkpointing(quiet_s=3600).evolve(process_exited=True), checked())
+    assert d.effects == (WakeAt(GRACE_UNTIL),)
+
+
+def test_until_quiet_grace_tick_lists_the_whole_run_prefix_recursively() -> None:
+    assert run_step(verified_grace(), Tick(), now=NOW + QUIET).effects == (LIST_ALL,)
+
+
+@pytest.mark.parametrize(
+    "run",
+    [verified_grace(exited=False), verified_grace(grace_mode="fixed")],
+    ids=["process-alive", "fixed-mode"],
+)
+def test_grace_that_cannot_end_early_only_rearms_grace_until_on_a_tick(run: Run) -> None:
+    d = run_step(run, Tick(), now=NOW + QUIET)
+    assert (d.effects, d.transition) == ((WakeAt(GRACE_UNTIL),), None)
+
+
+def test_fixed_grace_with_a_verified_checkpoint_first_wakes_at_grace_until() -> None:
+    d = run_step(checkpointing(grace_mode="fixed").evolve(process_exited=True), checked())
+    assert d.effects == (WakeAt(GRACE_UNTIL),)
+
+
+def test_a_prefix_quiet_for_quiet_s_ends_grace_early_saying_how_much_was_saved() -> None:
+    later = NOW + QUIET
+    d = run_step(verified_grace(), PrefixListed((obj("checkpoints/_manifest.json"),)), now=later)
+    assert (d.run.phase, d.effects) == (P.STOPPING, (STOP,))
+    assert d.run.reason.startswith(
+        "grace ended early: checkpoint verified, training process exited, prefix quiet for 30s "
+        "(570s of grace saved); stop requested (on_complete=stop)"
+    )
+    assert d.transition is not None and d.transition.detail == {"grace_saved_s": 570.0}
+
+
+def test_an_empty_prefix_is_quiet() -> None:
+    assert run_step(verified_grace(), PrefixListed(()), now=NOW + QUIET).run.phase is P.STOPPING
+
+
+QUIET_LISTINGS = [
+    (NOW + QUIET, NOW + timedelta(seconds=20), WakeAt(NOW + timedelta(seconds=50))),
+    (NOW + QUIET, NOW + QUIET, WakeAt(NOW + 2 * QUIET)),
+    (GRACE_UNTIL - timedelta(seconds=5), GRACE_UNTIL - timedelta(seconds=10), WakeAt(GRACE_UNTIL)),
+]
+
+
+@pytest.mark.parametrize(("now", "newest", "wake"), QUIET_LISTINGS)
+def test_a_newer_object_in_the_prefix_waits_until_it_is_quiet_s_old_bounded_by_grace_until(
+    now: datetime, newest: datetime, wake: WakeAt
+) -> None:
+    listing = PrefixListed((obj("logs/train.log", at=NOW), obj("events.out", at=newest)))
+    d = run_step(verified_grace(), listing, now=now)
+    assert (d.effects, d.transition, d.run.phase) == ((wake,), None, P.GRACE)
+
+
+@pytest.mark.parametrize("event", [THROTTLED, DENIED], ids=["transient", "permanent"])
+def test_a_failed_quiet_check_only_costs_the_early_end(event: EffectFailed) -> None:
+    d = run_step(verified_grace(), event, now=NOW + QUIET)
+    assert (d.effects, d.transition, d.run.phase) == ((WakeAt(GRACE_UNTIL),), None, P.GRACE)
+
+
+def test_until_quiet_grace_still_ends_at_grace_until() -> None:
+    d = run_step(verified_grace(on_complete="terminate"), Tick(), now=GRACE_UNTIL)
+    assert (d.run.phase, d.effects) == (P.TERMINATING, (TERMINATE,))
+    assert d.run.reason == "grace over; terminate requested (on_complete=terminate)"
+
+
+# -- user requests with checkpointing ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("action", [U.STOP, U.TERMINATE])
+def test_a_request_while_running_saves_the_final_checkpoint_first(action: UserAction) -> None:
+    d = run_step(make_run(P.RUNNING, spec=checkpoint_spec()), user(action))
+    assert (d.run.phase, d.run.outcome, d.effects) == (P.CHECKPOINTING, X, (CKPT,))
+    assert (d.run.pending_action, d.run.checkpoint_tries) == (Action(action.value), 1)
+    assert d.run.reason == f"{action} requested by user; saving the final checkpoint first"
+
+
+@pytest.mark.parametrize(
+    ("action", "acting", "effect"),
+    [(U.STOP, P.STOPPING, STOP), (U.TERMINATE, P.TERMINATING, TERMINATE)],
+)
+def test_a_requested_run_acts_right_after_verification_without_grace(
+    action: UserAction, acting: Phase, effect: ActOnInstance
+) -> None:
+    run = run_step(make_run(P.RUNNING, spec=checkpoint_spec()), user(action)).run
+    run = run_step(run, finished(CP)).run
+    d = run_step(run, checked())
+    assert (d.run.phase, d.effects, d.run.checkpoint) == (acting, (effect,), V)
+    assert (d.run.outcome, d.run.pending_action, d.run.grace_until) == (X, None, None)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "action", "kept"),
+    [(C, U.TERMINATE, C), (C, U.STOP, C), (X, U.TERMINATE, X)],
+)
+def test_a_request_during_checkpointing_only_changes_what_happens_afterwards(
+    outcome: Outcome, action: UserAction, kept: Outcome
+) -> None:
+    run = checkpointing(2, outcome=outcome, on_complete="none")
+    d = run_step(run, user(action))
+    assert (d.transition, d.effects, d.persist) == (None, (), True)
+    assert (d.run.phase, d.run.version, d.run.checkpoint_tries) == (
+        P.CHECKPOINTING, run.version, 2,
+    )  # fmt: skip
+    assert (d.run.pending_action, d.run.outcome) == (Action(action.value), kept)
+
+
+def test_a_terminate_requested_during_the_completion_checkpoint_wins_at_grace_end() -> None:
+    run = run_step(checkpointing(on_complete="stop"), user(U.TERMINATE)).run
+    grace = run_step(run, checked()).run
+    d = run_step(grace, Tick(), now=GRACE_UNTIL)
+    assert (d.run.phase, d.effects) == (P.TERMINATING, (TERMINATE,))
+    assert d.run.reason == "grace over; terminate requested (on_complete=stop)"
+
+
+def test_terminate_of_a_pending_run_with_checkpointing_is_downgraded_to_stop() -> None:
+    d = run_step(make_run(P.PENDING, spec=checkpoint_spec()), user(U.TERMINATE))
+    assert (d.run.phase, d.run.outcome, d.effects) == (P.STOPPING, X, (STOP,))
+    assert d.run.reason == (
+        "terminate requested by user; downgraded to stop: no verified checkpoint, "
+        "the EBS volume keeps the data"
+    )
+    assert d.transition is not None and d.transition.detail == {"downgraded": "terminate->stop"}
+
+
+@pytest.mark.parametrize(("checkpoint", "acting"), [(V, P.TERMINATING), (UV, P.STOPPING)])
+def test_terminate_in_grace_needs_the_verified_checkpoint(
+    checkpoint: CheckpointStatus, acting: Phase
+) -> None:
+    run = make_run(P.GRACE, spec=checkpoint_spec(), checkpoint=checkpoint)
+    assert run_step(run, user(U.TERMINATE)).run.phase is acting
+
+
+def test_terminate_of_a_stopping_run_without_a_verified_checkpoint_is_refused() -> None:
+    run = make_run(P.STOPPING, spec=checkpoint_spec(), outcome=X, checkpoint=UV)
+    with pytest.raises(InvalidTransition):
+        run_step(run, user(U.TERMINATE))
+    verified = run.evolve(checkpoint=V)
+    assert run_step(verified, user(U.TERMINATE)).effects == (TERMINATE,)
+
+
+# -- resume ------------------------------------------------------------------------------------
+
+RESTORE = RunInstanceCommand(restore_command(make_run(spec=checkpoint_spec())), RESTORE_TIMEOUT_S)
+START = RunInstanceCommand(start_command(make_run(spec=checkpoint_spec())), START_TIMEOUT_S)
+START_ACTION = ActOnInstance(A.START)
+
+
+def ended(phase: Phase = P.STOPPED, checkpoint: CheckpointStatus | None = V, **spec: Any) -> Run:
+    return make_run(phase, spec=checkpoint_spec(**spec), outcome=C, checkpoint=checkpoint)
+
+
+def resuming(stage: str = "observe", *, from_scratch: bool = False, **spec: Any) -> Run:
+    return make_run(
+        P.RESUMING, spec=checkpoint_spec(**spec), outcome=C, checkpoint=V, resume_stage=stage,
+        from_scratch=from_scratch,
+    )  # fmt: skip
+
+
+REFUSED_RESUMES = [
+    pytest.param(ended(resume_command=()), ResumeRequested(), "has no resume_command",
+                 id="no-resume-command"),
+    pytest.param(ended(checkpoint=None), ResumeRequested(),
+                 "no verified checkpoint to resume from: use `supervisorctl resume run-42 "
+                 "--from-scratch`", id="no-checkpoint"),
+    pytest.param(ended(checkpoint=UV), ResumeRequested(), "no verified checkpoint",
+                 id="unverified-checkpoint"),
+    pytest.param(ended(P.TERMINATED), ResumeRequested(), f"instance {INSTANCE} is terminated "
+                 "and the spec has no launch_template; add launch_template", id="no-template"),
+    pytest.param(ended(P.TERMINATED, None), ResumeRequested(from_scratch=True),
+                 "add launch_template", id="no-template-from-scratch"),
+    pytest.param(ended(P.DONE), ResumeRequested(), "does not apply", id="done"),
+    pytest.param(ended(P.FAILED), ResumeRequested(), "does not apply", id="failed"),
+    pytest.param(ended(P.DETACHED), ResumeRequested(), "does not apply", id="detached"),
+    pytest.param(resuming(), ResumeRequested(), "does not apply", id="resuming"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("run", "event", "message"), REFUSED_RESUMES)
+def test_a_resume_that_cannot_work_is_refused_saying_what_to_do_and_changes_nothing(
+    run: Run, event: ResumeRequested, message: str
+) -> None:
+    before = dataclasses.replace(run)
+    with pytest.raises(InvalidTransition) as info:
+        run_step(run, event)
+    assert message in str(info.value)
+    assert run == before and run.phase is before.phase
+
+
+def test_a_resume_refused_for_want_of_a_launch_template_shows_a_toml_line_to_add() -> None:
+    with pytest.raises(
+        InvalidTransition, match=re.escape('add launch_template = { id = "lt-..." }')
+    ):
+        run_step(ended(P.TERMINATED), ResumeRequested())
+
+
+@pytest.mark.parametrize(
+    ("run", "from_scratch"),
+    [(ended(checkpoint=None), True), (ended(checkpoint=UV), True), (ended(), True),
+     (ended(P.TERMINATED, launch_template=LAUNCH_TEMPLATE), False),
+     (ended(P.CRASHED, None), True)],
+)  # fmt: skip
+def test_an_accepted_resume_describes_the_instance_first(run: Run, from_scratch: bool) -> None:
+    d = run_step(run, ResumeRequested(from_scratch=from_scratch))
+    assert (d.run.phase, d.effects) == (P.RESUMING, (ObserveInstance(),))
+    assert (d.run.from_scratch, d.run.resume_stage, d.run.attempt) == (from_scratch, "observe", 1)
+    assert d.transition is not None
+    assert d.transition.detail == {"from_scratch": from_scratch, "attempt": 2}
+
+
+RESUME_OBSERVED = [
+    ("observe", {}, S.STOPPED, (START_ACTION,), "starting"),
+    ("observe", {}, S.RUNNING, (RESTORE,), "restore"),
+    ("starting", {}, S.RUNNING, (RESTORE,), "restore"),
+    ("observe", {"from_scratch": True}, S.RUNNING, (START,), "start"),
+    ("observe", {"checkpoint_dir": None}, S.RUNNING, (START,), "start"),
+    ("observe", {"launch_template": LAUNCH_TEMPLATE}, S.TERMINATED, (LaunchInstance(),),
+     "launching"),
+    ("starting", {"launch_template": LAUNCH_TEMPLATE}, S.UNKNOWN, (LaunchInstance(),),
+     "launching"),
+    ("launching", {"launch_template": LAUNCH_TEMPLATE}, S.TERMINATED, (), "launching"),
+    ("observe", {}, S.PENDING, (), "observe"),
+    ("observe", {}, S.STOPPING, (), "observe"),
+    ("starting", {}, S.PENDING, (), "starting"),
+    ("restore", {}, S.RUNNING, (), "restore"),
+    ("start", {}, S.RUNNING, (), "start"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("stage", "changes", "state", "effects", "next_stage"), RESUME_OBSERVED)
+def test_resuming_drives_the_instance_one_stage_per_observation(
+    stage: str,
+    changes: dict[str, Any],
+    state: InstanceState,
+    effects: tuple[Effect, ...],
+    next_stage: str,
+) -> None:
+    d = run_step(resuming(stage, **changes), seen(state))
+    assert (d.effects, d.transition, d.run.resume_stage) == (effects, None, next_stage)
+
+
+def test_restore_argv_downloads_the_checkpoint_into_the_checkpoint_dir() -> None:
+    assert RESTORE.command.argv() == [
+        "restore", "--s3-url", "s3://my-runs/exp1/run42/checkpoints/",
+        "--checkpoint-dir", CHECKPOINT_DIR, "--region", "us-east-1",
+    ]  # fmt: skip
+
+
+def test_start_argv_records_the_pid_and_ends_with_the_resume_command_after_dashes() -> None:
+    command = start_command(make_run(spec=checkpoint_spec(resume_cwd="/work")))
+    assert command.argv() == [
+        "start", "--pid-file", PID_FILE, "--cwd", "/work", "--", *RESUME_COMMAND,
+    ]  # fmt: skip
+
+
+def test_a_restored_checkpoint_is_followed_by_the_start_command() -> None:
+    d = run_step(resuming("restore"), finished(RS, files=2))
+    assert (d.effects, d.run.resume_stage, d.transition) == ((START,), "start", None)
+
+
+def test_a_started_resume_is_running_again_as_a_new_attempt_with_a_clean_slate() -> None:
+    run = resuming("start").evolve(
+        attempt=2, pending_action=A.STOP, grace_until=GRACE_UNTIL, action_acked_at=NOW,
+        error_code="X", checks=7, process_exited=True, started_at=NOW - timedelta(days=1),
+    )  # fmt: skip
+    later = NOW + timedelta(minutes=5)
+    d = run_step(run, finished(ST, pid=777), now=later)
+    assert (d.run.phase, d.run.attempt, d.run.started_at, d.effects) == (
+        P.RUNNING, 3, later, (LIST_TOP,),
+    )  # fmt: skip
+    assert (d.run.outcome, d.run.checkpoint, d.run.pending_action, d.run.grace_until) == (
+        None, None, None, None,
+    )  # fmt: skip
+    assert (d.run.action_acked_at, d.run.error_code, d.run.checks) == (None, None, 0)
+    assert (d.run.process_exited, d.run.from_scratch) == (False, False)
+    assert d.transition is not None
+    assert d.transition.detail == {
+        "attempt": 3, "instance_id": INSTANCE, "pid": 777, "from_scratch": False,
+    }  # fmt: skip
+
+
+def test_a_launched_instance_becomes_the_runs_instance_and_is_persisted() -> None:
+    run = resuming("launching", launch_template=LAUNCH_TEMPLATE)
+    d = run_step(run, InstanceLaunched(NEW_INSTANCE))
+    assert (d.persist, d.transition, d.effects) == (True, None, (ObserveInstance(),))
+    assert (d.run.instance_id, d.run.resume_stage, d.run.version) == (NEW_INSTANCE, "starting", 3)
+    assert run_step(d.run, seen(S.RUNNING)).effects == (RESTORE,)
+
+
+@pytest.mark.parametrize(
+    ("event", "code"),
+    [
+        (failed(RS, "no manifest"), "ResumeRestoreFailed"),
+        (failed(ST, "ENOENT"), "ResumeStartFailed"),
+    ],
+)
+def test_a_failed_restore_or_start_fails_the_run_for_a_person(event: Event, code: str) -> None:
+    d = run_step(resuming("restore"), event)
+    assert (d.run.phase, d.run.error_code, d.effects) == (P.FAILED, code, ())
+    assert d.run.reason.startswith("resume ")
+
+
+def test_an_instance_gone_without_a_launch_template_fails_the_resume() -> None:
+    d = run_step(resuming(), seen(S.TERMINATED))
+    assert (d.run.phase, d.run.error_code) == (P.FAILED, "InstanceGone")
+    assert d.run.reason == f"instance {INSTANCE} is terminated and the spec has no launch_template"
+
+
+def test_an_accepted_start_asks_for_a_prompt_describe() -> None:
+    d = run_step(resuming("starting"), ActionSucceeded(A.START, S.PENDING))
+    assert (d.effects, d.transition) == ((ObserveInstance(),), None)
+
+
+def test_resuming_armed_after_a_restart_describes_the_instance_again() -> None:
+    assert run_step(resuming("restore"), Armed()).effects == (ObserveInstance(),)
+
+
+def restarted(run: Run) -> Run:
+    """The run as the store returns it after a daemon restart: persisted fields only."""
+    kept = {f.name: getattr(run, f.name) for f in dataclasses.fields(Run) if f.compare}
+    return Run(**kept)
+
+
+def test_a_from_scratch_resume_still_starts_from_scratch_after_a_daemon_restart() -> None:
+    run = run_step(ended(checkpoint=UV), ResumeRequested(from_scratch=True)).run
+    after = run_step(restarted(run), Armed()).run
+    assert run_step(after, seen(S.RUNNING)).effects == (START,)
+
+
+RESUME_TRANSIENT = [
+    pytest.param(
+        "starting", EffectFailed("StartInstances", "RequestLimitExceeded", "x", transient=True),
+        S.STOPPED, START_ACTION, id="start",
+    ),
+    pytest.param(
+        "launching", EffectFailed("RunInstances", "RequestLimitExceeded", "x", transient=True),
+        S.TERMINATED, LaunchInstance(), id="launch",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("stage", "event", "state", "effect"), RESUME_TRANSIENT)
+def test_a_start_or_launch_that_gave_up_on_transient_errors_is_redriven_by_the_next_observation(
+    stage: str, event: EffectFailed, state: InstanceState, effect: Effect
+) -> None:
+    run = resuming(stage, launch_template=LAUNCH_TEMPLATE)
+    d = run_step(run, event)
+    assert d.run.phase is P.RESUMING
+    assert run_step(d.run, seen(state)).effects == (effect,)
+
+
+# -- completion after a resume -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("attempt", "marker_at", "phase"),
+    [
+        (2, NOW - timedelta(hours=1), P.RUNNING),
+        (2, NOW - timedelta(seconds=1), P.RUNNING),
+        (2, NOW, P.CHECKPOINTING),
+        (2, NOW + timedelta(minutes=1), P.CHECKPOINTING),
+        (1, NOW - timedelta(hours=1), P.CHECKPOINTING),
+    ],
+)
+def test_a_resumed_run_completes_only_on_a_marker_written_since_its_attempt_started(
+    attempt: int, marker_at: datetime, phase: Phase
+) -> None:
+    run = make_run(
+        P.RUNNING, spec=checkpoint_spec(), attempt=attempt,
+        started_at=NOW + timedelta(microseconds=500_000),
+    )  # fmt: skip
+    later = NOW + timedelta(hours=2)
+    d = run_step(run, PrefixListed((obj("done", at=marker_at),)), now=later)
+    assert d.run.phase is phase
+
+
+def test_a_stale_failure_marker_does_not_crash_a_resumed_run() -> None:
+    run = make_run(P.RUNNING, spec=checkpoint_spec(), attempt=2, started_at=NOW)
+    d = run_step(run, PrefixListed((obj("FAILED", at=NOW - timedelta(hours=1)),)))
+    assert (d.run.phase, [type(e) for e in d.effects]) == (P.RUNNING, [WakeAt])

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from supervisor.core.errors import InvalidInput
-from supervisor.core.spec import DEFAULT_MARKERS, OnComplete, RunSpec
+from supervisor.core.spec import DEFAULT_MARKERS, GraceMode, OnComplete, RunSpec
 from supervisor.core.values import S3Prefix
 from tests.core.builders import SPEC_FIELDS, make_spec
 
@@ -36,6 +36,22 @@ BAD_FIELDS = [
     ({"markers": ("../done",)}, "completion marker", "'../done'"),
     ({"expect": ("x; rm -rf /",)}, "expected output", "'x; rm -rf /'"),
     ({"failure_marker": "/FAILED"}, "failure marker", "'/FAILED'"),
+    ({"checkpoint_pattern": ("../*.pt",)}, "checkpoint pattern", "'../*.pt'"),
+    ({"checkpoint_pattern": ()}, "checkpoint_pattern", ""),
+    ({"sigterm_timeout_s": -1}, "sigterm_timeout_s", "-1"),
+    ({"sigterm_timeout_s": 7200}, "sigterm_timeout_s", "7200"),
+    ({"checkpoint_attempts": 0}, "checkpoint_attempts", "0"),
+    ({"on_sigterm_timeout": "ignore"}, "on_sigterm_timeout", "'ignore'"),
+    ({"on_checkpoint_failure": "panic"}, "on_checkpoint_failure", "'panic'"),
+    ({"grace_mode": "sometimes"}, "grace_mode", "'sometimes'"),
+    ({"quiet_s": -1}, "quiet_s", "-1"),
+    ({"transport": "ssh"}, "transport", "'ssh'"),
+    ({"resume_command": ""}, "resume_command", "''"),
+    ({"resume_command": ["python", "a\x00b"]}, "resume_command", "a\\x00b"),
+    ({"resume_command": 5}, "resume_command", ""),
+    ({"launch_template": {}}, "launch_template", ""),
+    ({"launch_template": {"id": "lt-0123456789abcdef0", "name": "x"}}, "launch_template", ""),
+    ({"launch_template": {"id": "lt-x"}}, "launch_template.id", "'lt-x'"),
 ]
 
 
@@ -83,3 +99,61 @@ def test_stored_json_with_a_bad_value_is_refused() -> None:
     text = make_spec().model_dump_json().replace('"grace_s":600.0', '"grace_s":-5')
     with pytest.raises(ValueError, match="grace_s"):
         RunSpec.model_validate_json(text)
+
+
+# -- checkpoint safety and resume --------------------------------------------------------------
+
+CHECKPOINTED = {"checkpoint_dir": "/home/ubuntu/ckpt"}
+
+
+def test_checkpoint_dir_turns_checkpointing_on_with_an_until_quiet_grace() -> None:
+    plain, checkpointed = make_spec(), make_spec(**CHECKPOINTED)
+    assert (plain.checkpointing, plain.grace_mode) == (False, GraceMode.FIXED)
+    assert (checkpointed.checkpointing, checkpointed.grace_mode) == (True, GraceMode.UNTIL_QUIET)
+    assert make_spec(**CHECKPOINTED, grace_mode="fixed").grace_mode is GraceMode.FIXED
+    assert make_spec(**CHECKPOINTED, grace_mode=None).grace_mode is GraceMode.UNTIL_QUIET
+
+
+def test_checkpoints_go_under_the_run_prefix_unless_checkpoint_s3_says_otherwise() -> None:
+    assert make_spec(**CHECKPOINTED).checkpoint_location == S3Prefix(
+        "my-runs", "exp1/run42/checkpoints/"
+    )
+    spec = make_spec(**CHECKPOINTED, checkpoint_s3="s3://other-bucket/ckpts/run42")
+    assert spec.checkpoint_s3 == "s3://other-bucket/ckpts/run42/"
+    assert spec.checkpoint_location == S3Prefix("other-bucket", "ckpts/run42/")
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [("python train.py --resume", ("python", "train.py", "--resume")),
+     (["python", "train.py"], ("python", "train.py")), ([], ()), (None, ())],
+)  # fmt: skip
+def test_resume_command_is_stored_as_words(value: object, words: tuple[str, ...]) -> None:
+    assert make_spec(resume_command=value, pid_file="/run/train.pid").resume_command == words
+
+
+def test_a_checkpointed_resumable_spec_round_trips_through_json() -> None:
+    spec = make_spec(
+        **CHECKPOINTED, pid_file="/run/train.pid", resume_command="python train.py --resume",
+        resume_cwd="/work", launch_template={"name": "trainer-g5"}, grace_mode="fixed",
+        checkpoint_pattern=("step-*/",), on_checkpoint_failure="keep-running",
+    )  # fmt: skip
+    assert RunSpec.model_validate_json(spec.model_dump_json()) == spec
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("checkpoint_dir", "x; rm -rf /"), ("pid_file", "run/train.pid"), ("resume_cwd", "/a b"),
+     ("checkpoint_s3", "http://x/")],
+)  # fmt: skip
+def test_a_bad_checkpoint_path_or_location_is_refused_naming_its_field(
+    field: str, value: str
+) -> None:
+    with pytest.raises(InvalidInput) as info:
+        make_spec(**{field: value})
+    assert field in str(info.value) and repr(value) in str(info.value)
+
+
+def test_a_resume_command_without_a_pid_file_is_refused() -> None:
+    with pytest.raises(InvalidInput, match="resume_command needs pid_file"):
+        make_spec(checkpoint_dir="/data/ckpt", resume_command="python train.py --resume")

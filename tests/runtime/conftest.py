@@ -19,10 +19,12 @@ import pytest
 from supervisor.adapters.aws import Aws
 from supervisor.adapters.faults import FaultPlan
 from supervisor.adapters.protocol import AttachRequest, RunView
+from supervisor.adapters.shell import LocalShell, SsmShell
 from supervisor.adapters.store import Store
 from supervisor.core.run import Phase, Run
+from supervisor.core.spec import Transport
 from supervisor.runtime.daemon import Daemon
-from supervisor.runtime.ports import Cloud
+from supervisor.runtime.ports import Cloud, InstanceShell
 from supervisor.runtime.settings import Settings
 from tests.conftest import Fleet
 
@@ -75,7 +77,11 @@ class Harness:
             Aws(faults=FaultPlan.parse(faults) if faults else None)
         )
         cloud: Cloud = wrap(self.aws) if wrap else self.aws
-        self.daemon = Daemon(settings, self.store, cloud)
+        shells: dict[Transport, InstanceShell] = {
+            Transport.LOCAL: LocalShell(),
+            Transport.SSM: SsmShell(self.aws),
+        }
+        self.daemon = Daemon(settings, self.store, cloud, shells=shells)
         ready = asyncio.Event()
 
         async def on_ready() -> None:
