@@ -8,7 +8,7 @@ STAMP       := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := test
-.PHONY: install lint format test demo bench soak clean
+.PHONY: install lint format test demo clean
 
 install: $(STAMP)
 
@@ -36,12 +36,6 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m supervisor.demo
-
-bench: $(STAMP)
-	$(BIN)/python -m tests.bench
-
-soak: $(STAMP)
-	$(BIN)/python -m tests.bench.soak
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .import_linter_cache

@@ -33,6 +33,7 @@ from supervisor.core.errors import (
     InvalidInput,
     InvalidTransition,
     ShuttingDown,
+    StaleVersion,
     SupervisorError,
     UnknownRun,
 )
@@ -57,6 +58,7 @@ _ERROR_STATUS: list[tuple[type[Exception], int, ErrorKind]] = [
     (UnknownRun, 404, "unknown_run"),
     (InvalidInput, 400, "invalid_input"),
     (InvalidTransition, 409, "conflict"),
+    (StaleVersion, 409, "conflict"),
     (ShuttingDown, 503, "shutting_down"),
 ]
 

@@ -1,6 +1,6 @@
 """SQLite persistence (aiosqlite): runs, the append-only transition log, instances, actions.
 
-Durability rules (DESIGN.md §8): WAL, `synchronous=FULL`, one writer connection behind a lock
+Durability rules: WAL, `synchronous=FULL`, one writer connection behind a lock
 with explicit `BEGIN IMMEDIATE`, readers on their own connection. A transition is one
 transaction that appends the transition row and updates the run row under a version check.
 """

@@ -387,7 +387,9 @@ def _print_detail(run: RunDetail, *, as_json: bool) -> None:
 def _checkpoint_facts(run: RunDetail) -> str:
     """The verified bytes and the grace saved, from the transitions that recorded them."""
     facts = []
-    for t in run.transitions:
+    resumed = [i for i, t in enumerate(run.transitions) if t.to == "resuming"]
+    current = run.transitions[resumed[-1] + 1 :] if resumed else run.transitions
+    for t in current:  # this attempt's facts only
         if t.detail.get("bytes") is not None and "checkpoint verified" in t.reason:
             seconds = t.detail.get("verify_s")
             facts.append(

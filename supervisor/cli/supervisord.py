@@ -18,6 +18,7 @@ from supervisor.runtime.service import (
     AlreadyRunning,
     lock_is_held,
     prepare_state_dir,
+    process_alive,
     read_pid,
     run_foreground,
 )
@@ -162,7 +163,7 @@ def _stop(settings: Settings) -> int:
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + settings.shutdown_timeout_s + 15
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not process_alive(pid):
             print(f"supervisord stopped (pid {pid})")
             return EXIT_OK
         time.sleep(0.05)
@@ -170,21 +171,6 @@ def _stop(settings: Settings) -> int:
         f"supervisord (pid {pid}) did not exit in time; it may still be finishing a "
         "transition: check supervisord.log"
     )
-
-
-def _alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie awaiting its reaper."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def _status(settings: Settings, *, as_json: bool) -> int:

@@ -26,6 +26,12 @@ class InvalidTransition(SupervisorError):
 class StaleVersion(SupervisorError):
     """The run row changed since it was read; the transition was not applied."""
 
+    def __str__(self) -> str:
+        return (
+            f"{super().__str__()}: it changed meanwhile; "
+            "`supervisorctl status RUN_ID` shows where it is now"
+        )
+
 
 class ExternalError(SupervisorError):
     """A call to an outside service failed.

@@ -37,6 +37,9 @@ class Tick:
 class InstanceObserved:
     state: InstanceState
     source: str = "describe"
+    instance_id: InstanceId | None = None
+    """Which instance was seen; an observation of another instance (a sweep that began
+    before a resume switched instances) is stale and ignored."""
 
 
 @dataclass(frozen=True, slots=True)

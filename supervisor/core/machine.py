@@ -25,7 +25,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from supervisor.core.backoff import BackoffPolicy, delay
-from supervisor.core.checkpoint import MANIFEST_NAME, CommandKind, InstanceCommand
+from supervisor.core.checkpoint import (
+    MANIFEST_NAME,
+    CommandKind,
+    CommandStatus,
+    InstanceCommand,
+)
 from supervisor.core.completion import (
     Completed,
     FailureMarked,
@@ -133,6 +138,9 @@ _ON_COMPLETE_ACTION = {
 CHECKPOINT_UPLOAD_BUDGET_S = 1800.0
 RESTORE_TIMEOUT_S = 3600.0
 START_TIMEOUT_S = 120.0
+# How long a resume waits for a new instance's SSM agent: AGENT_WAIT_TRIES x AGENT_WAIT_S.
+AGENT_WAIT_TRIES = 20
+AGENT_WAIT_S = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +331,8 @@ def _on_tick(c: _Ctx, _: Tick) -> Decision:
         if run.next_check_at is not None and c.now < run.next_check_at:
             return c.stay(WakeAt(run.next_check_at))
         return c.stay(c.check_prefix())
+    if run.phase is P.RESUMING and run.resume_stage == "wait-agent":
+        return c.stay(ObserveInstance(), resume_stage="observe")
     if run.phase is P.GRACE:
         assert run.grace_until is not None
         if c.now >= run.grace_until:
@@ -369,6 +379,8 @@ def _ended_phase(state: InstanceState) -> Phase:
 
 def _on_instance(c: _Ctx, event: InstanceObserved) -> Decision:
     run, state = c.run, event.state
+    if event.instance_id is not None and event.instance_id != run.instance_id:
+        return c.stay()
     detail = {"instance_state": str(state), "source": event.source}
     match run.phase:
         case P.PENDING:
@@ -671,7 +683,7 @@ def _on_resume(c: _Ctx, event: ResumeRequested) -> Decision:
 def _resume_observed(c: _Ctx, state: InstanceState) -> Decision:
     run, stage = c.run, c.run.resume_stage or "observe"
     if stage not in ("observe", "starting", "launching"):
-        return c.stay()  # restore/start in progress: the command result decides
+        return c.stay()  # restore/start in progress or waiting for the agent
     if state is InstanceState.RUNNING:
         # Only a verified checkpoint is restored (also after a restart lost `from_scratch`).
         verified = run.spec.checkpointing and run.checkpoint is CheckpointStatus.VERIFIED
@@ -702,6 +714,11 @@ def _on_launched(c: _Ctx, event: InstanceLaunched) -> Decision:
 
 def _resume_command_finished(c: _Ctx, event: CommandFinished) -> Decision:
     run, result = c.run, event.result
+    if result.status is CommandStatus.UNDELIVERED and run.command_tries < AGENT_WAIT_TRIES:
+        # A freshly started or launched instance reports "running" before its SSM agent
+        # has registered: wait, look again, and send the command again.
+        at = c.now + timedelta(seconds=AGENT_WAIT_S)
+        return c.stay(WakeAt(at), resume_stage="wait-agent", command_tries=run.command_tries + 1)
     if not result.ok:
         return c.move(
             P.FAILED, f"resume {event.kind} failed: {result.error()}",

@@ -14,7 +14,7 @@ from supervisor.core.values import InstanceId, InstanceState
 
 
 class Phase(enum.StrEnum):
-    """Where the supervisor is in the run's lifecycle (DESIGN.md §3)."""
+    """Where the supervisor is in the run's lifecycle (the phase diagram in README.md)."""
 
     PENDING = "pending"  # attached; instance not yet seen running
     RUNNING = "running"  # instance running; the run prefix is polled with backoff
@@ -91,6 +91,7 @@ class Run:
     checkpoint_tries: int = field(default=0, compare=False)
     process_exited: bool = field(default=False, compare=False)
     resume_stage: str = field(default="", compare=False)
+    command_tries: int = field(default=0, compare=False)
     from_scratch: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:

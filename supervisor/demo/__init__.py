@@ -1,2 +1,2 @@
 """A self-contained demo: the real daemon and CLI against a local moto server standing in for
-AWS, with three simulated training runs (`python -m supervisor.demo --help`)."""
+AWS, with four simulated training runs (`python -m supervisor.demo --help`)."""

@@ -2,24 +2,34 @@
 with nothing but this machine.
 
 A local moto server stands in for EC2 and S3. The real daemon (`supervisord start`) watches
-three runs attached with the real CLI (`supervisorctl attach`), each on an instance launched in
+four runs attached with the real CLI (`supervisorctl attach`), each on an instance launched in
 moto, with its timings compressed (polls 1 s doubling to 4 s, grace 2 s):
 
-  demo-stop       a job (a local process) finishes and writes COMPLETE to its run prefix;
-                  the supervisor waits out the grace period and stops the instance.
-  demo-terminate  the same with --on-complete terminate: the instance is terminated.
-  demo-crash      the instance dies before its job ever starts; the supervisor records the
-                  run as crashed ("instance ended before training started").
+  demo-stop        a job (a local process) finishes and writes COMPLETE to its run prefix;
+                   the supervisor waits out the grace period and stops the instance.
+  demo-terminate   the same with --on-complete terminate: the instance is terminated.
+  demo-crash       the instance dies before its job ever starts; the supervisor records the
+                   run as crashed ("instance ended before training started").
+  demo-checkpoint  checkpoint safety, with the local transport (the daemon runs the instance
+                   program, `python -m supervisor.instance`, as a subprocess on this machine).
+                   The job writes step_N.pt checkpoints, writes COMPLETE and keeps running;
+                   the supervisor SIGTERMs it, the job saves step_N_final.pt and exits 0, the
+                   instance program uploads it with its SHA-256, the daemon verifies it in S3,
+                   and only then terminates the instance, ending the 30 s grace early once
+                   the prefix is quiet.
 
-The demo waits until all three runs have ended (75 s deadline), shows what the supervisor
-recorded and what EC2 says, then stops everything it started and removes its state directory.
-It exits 0 only if every run ended as expected.
+The demo waits until all four runs have ended (75 s deadline), shows what the supervisor
+recorded, what EC2 says and what S3 holds, then stops everything it started and removes its
+state directory. It exits 0 only if every run ended as expected.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -33,7 +43,7 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
@@ -55,6 +65,10 @@ PROGRESS_EVERY_S = 3.0
 STEP_S = 0.5
 BIN = Path(sys.executable).parent
 TERMINAL = frozenset({"stopped", "terminated", "crashed", "done", "failed", "detached"})
+# demo-checkpoint: a long grace that "until-quiet" cuts short once the checkpoint is verified.
+CHECKPOINT_GRACE_S = 30
+QUIET_S = 1
+SIGTERM_TIMEOUT_S = 10
 
 DAEMON_SETTINGS = {
     "SUPERVISOR_POLL_INITIAL_S": "1",
@@ -78,6 +92,8 @@ class Plan:
     instance_state: str
     reason: str | None = None
     """A text the run's final reason must contain, if any."""
+    checkpoint: str | None = None
+    """The run's checkpoint status at the end; set: checkpoint safety is on for the run."""
 
     @property
     def prefix_key(self) -> str:
@@ -88,19 +104,117 @@ class Plan:
         return f"s3://{BUCKET}/{self.prefix_key}"
 
 
-PLANS = (
-    Plan("demo-stop", "stop", 6, "stopped", "completed", "stopped"),
-    Plan("demo-terminate", "terminate", 10, "terminated", "completed", "terminated"),
-    Plan(
-        "demo-crash",
-        None,
-        None,
-        "crashed",
-        "crashed",
-        "terminated",
-        reason="instance ended before training started",
-    ),
+STOP = Plan("demo-stop", "stop", 6, "stopped", "completed", "stopped")
+TERMINATE = Plan("demo-terminate", "terminate", 10, "terminated", "completed", "terminated")
+CRASH = Plan(
+    "demo-crash",
+    None,
+    None,
+    "crashed",
+    "crashed",
+    "terminated",
+    reason="instance ended before training started",
 )
+CHECKPOINT = Plan(
+    "demo-checkpoint",
+    "terminate",
+    6,
+    "terminated",
+    "completed",
+    "terminated",
+    checkpoint="verified",
+)
+PLANS = (STOP, TERMINATE, CRASH, CHECKPOINT)
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFile:
+    name: str
+    size: int
+    sha256: str
+    mtime_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    key: str
+    size: int
+    checksum: str | None
+    """S3's ChecksumSHA256 (base64), as HeadObject returns it with ChecksumMode=ENABLED."""
+
+
+@dataclass(slots=True)
+class CheckpointFacts:
+    """demo-checkpoint after the end: the job's directory, S3, and the supervisor's record."""
+
+    prefix: str
+    local: list[LocalFile]
+    stored: list[StoredFile]
+    manifest: dict[str, Any] | None
+    detail: dict[str, Any]
+    """`supervisorctl status RUN --json`."""
+    problems: list[str] = field(default_factory=list)
+
+
+MANIFEST = "_manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as stream:
+        return hashlib.file_digest(stream, "sha256").hexdigest()
+
+
+def _hex(checksum: str | None) -> str | None:
+    """S3's base64 SHA-256 of a single-PUT object as hex; None for a multipart composite."""
+    if not checksum or "-" in checksum:
+        return None
+    try:
+        return base64.b64decode(checksum, validate=True).hex()
+    except binascii.Error:
+        return None
+
+
+def _checkpoint_problems(plan: Plan, facts: CheckpointFacts) -> list[str]:
+    """Every way the job's final checkpoint, S3, the manifest and the record disagree."""
+    who = plan.run_id
+    problems = []
+    finals = [f for f in facts.local if f.name.endswith("_final.pt")]
+    if not finals:
+        problems.append(f"{who}: no step_N_final.pt on disk: the job saved no final checkpoint")
+    manifest = facts.manifest
+    if manifest is None:
+        return [*problems, f"{who}: no {MANIFEST} under s3://{BUCKET}/{facts.prefix}"]
+    if finals and manifest.get("checkpoint") != finals[-1].name:
+        problems.append(
+            f"{who}: the manifest names {manifest.get('checkpoint')}, the job's final "
+            f"checkpoint is {finals[-1].name}"
+        )
+    process = manifest.get("process") or {}
+    if not (process.get("signalled") and process.get("exited")):
+        problems.append(f"{who}: the job was not ended by SIGTERM (manifest: {process})")
+    stored = {o.key: o for o in facts.stored}
+    local = {f.name: f for f in facts.local}
+    for entry in manifest.get("files", []):
+        key, name = entry.get("key", ""), entry.get("path", "")
+        obj, mine = stored.get(key), local.get(name)
+        if obj is None:
+            problems.append(f"{who}: {key} is in the manifest, not in S3")
+        elif obj.size != entry.get("size") or _hex(obj.checksum) != entry.get("sha256"):
+            problems.append(f"{who}: {key} in S3 ({obj.size} bytes) differs from the manifest")
+        if mine is None:
+            problems.append(f"{who}: {name} is in the manifest, not on disk")
+        elif mine.size != entry.get("size") or mine.sha256 != entry.get("sha256"):
+            problems.append(f"{who}: the local {name} differs from the manifest")
+    transitions = facts.detail.get("transitions", [])
+    verified = [t for t in transitions if t.get("reason", "").startswith("checkpoint verified")]
+    if not verified:
+        problems.append(f"{who}: no 'checkpoint verified' transition")
+    elif verified[-1].get("detail", {}).get("bytes") != manifest.get("total_bytes"):
+        problems.append(f"{who}: the bytes verified differ from the manifest's total_bytes")
+    saved = [t["detail"]["grace_saved_s"] for t in transitions if "grace_saved_s" in t["detail"]]
+    if not saved or saved[-1] <= 0:
+        problems.append(f"{who}: grace did not end early (until-quiet)")
+    return problems
 
 
 class DemoError(Exception):
@@ -145,13 +259,18 @@ class Demo:
         self.start_aws()
         self.start_daemon()
         self.launch_instances()
-        self.crash_before_start(PLANS[2])
-        for plan in PLANS[:2]:
+        self.crash_before_start(CRASH)
+        for plan in (STOP, TERMINATE):
             self.attach_and_train(plan)
+        self.attach_and_train_with_checkpoints(CHECKPOINT)
         final = self.wait_for_runs()
         self.wait_for_jobs()
         self.show_results()
-        problems = self.compare(final)
+        facts = self.inspect_checkpoint(CHECKPOINT)
+        self.show_checkpoint(CHECKPOINT, facts)
+        heading("the daemon itself: supervisord status")
+        self.cli("supervisord", "status", check=False)
+        problems = self.compare(final) + facts.problems
         heading("supervisord: stopping the daemon (it finishes in-flight transitions first)")
         self.stop_daemon()
         return problems
@@ -207,7 +326,7 @@ class Demo:
             )
             instance_id = reply["Instances"][0]["InstanceId"]
             self.instances[plan.run_id] = instance_id
-            print(f"{plan.run_id:<15} {instance_id}  tagged {RUN_TAG}={plan.run_id}")
+            print(f"{plan.run_id:<16} {instance_id}  tagged {RUN_TAG}={plan.run_id}")
 
     def crash_before_start(self, plan: Plan) -> None:
         assert self.ec2 is not None
@@ -220,12 +339,53 @@ class Demo:
         self.attach(plan)
 
     def attach_and_train(self, plan: Plan) -> None:
-        assert plan.steps is not None and self.state_dir is not None
         heading(
             f"{plan.run_id}: attach with --on-complete {plan.on_complete}, then start its job "
             f"({plan.steps} steps of {STEP_S}s writing to {plan.s3_prefix})"
         )
         self.attach(plan)
+        self.start_job(plan)
+
+    def attach_and_train_with_checkpoints(self, plan: Plan) -> None:
+        heading(
+            f"{plan.run_id}: the job is told to stop (SIGTERM), saves its final checkpoint, "
+            "the supervisor verifies it in S3 before terminating"
+        )
+        directory, pid_file = self.checkpoint_dir(plan), self.pid_file(plan)
+        print(
+            f"its job writes step_N.pt every {STEP_S}s (keeping the last 2), writes COMPLETE "
+            f"after {plan.steps} steps, then keeps\nrunning (evaluating, holding the GPU) until "
+            "it gets SIGTERM. With --transport local the daemon runs\nthe instance program "
+            "(python -m supervisor.instance checkpoint) as a subprocess on this machine."
+        )
+        self.attach(
+            plan,
+            "--transport",
+            "local",
+            "--checkpoint-dir",
+            str(directory),
+            "--pid-file",
+            str(pid_file),
+            "--grace-s",
+            str(CHECKPOINT_GRACE_S),
+            "--quiet-s",
+            str(QUIET_S),
+            "--sigterm-timeout-s",
+            str(SIGTERM_TIMEOUT_S),
+        )
+        self.start_job(plan, "--checkpoint-dir", str(directory), "--pid-file", str(pid_file))
+
+    def checkpoint_dir(self, plan: Plan) -> Path:
+        # Paths on the "instance" must match [A-Za-z0-9_.-/]+; mkdtemp's names do.
+        assert self.state_dir is not None
+        return self.state_dir / plan.run_id / "checkpoints"
+
+    def pid_file(self, plan: Plan) -> Path:
+        assert self.state_dir is not None
+        return self.state_dir / plan.run_id / "train.pid"
+
+    def start_job(self, plan: Plan, *extra: str) -> None:
+        assert plan.steps is not None and self.state_dir is not None
         log_path = self.state_dir / f"job-{plan.run_id}.log"
         command = [
             sys.executable,
@@ -241,6 +401,7 @@ class Demo:
             str(STEP_S),
             "--outcome",
             "complete",
+            *extra,
         ]
         print(f"$ python -m supervisor.demo.job {shlex.join(command[3:])}  (log: {log_path})")
         with open(log_path, "wb") as log_file:
@@ -254,7 +415,7 @@ class Demo:
             )
         self.job_logs[plan.run_id] = log_path
 
-    def attach(self, plan: Plan) -> None:
+    def attach(self, plan: Plan, *extra: str) -> None:
         args = [
             "attach",
             plan.run_id,
@@ -265,12 +426,16 @@ class Demo:
         ]
         if plan.on_complete is not None:
             args += ["--on-complete", plan.on_complete]
-        self.cli("supervisorctl", *args)
+        self.cli("supervisorctl", *args, *extra)
 
     def wait_for_runs(self) -> dict[str, dict[str, Any]]:
         heading(
-            f"waiting for all three runs to end (deadline {DEADLINE_S:.0f}s): the daemon polls "
+            f"waiting for all four runs to end (deadline {DEADLINE_S:.0f}s): the daemon polls "
             "each run prefix 1s→4s, then waits the 2s grace"
+        )
+        print(
+            f"({CHECKPOINT.run_id}: the checkpoint step first, then a {CHECKPOINT_GRACE_S}s grace "
+            f"that ends once the prefix has been quiet for {QUIET_S}s)"
         )
         last_print = 0.0
         last_phases: tuple[str, ...] = ()
@@ -294,12 +459,12 @@ class Demo:
         parts = []
         for plan in PLANS:
             run = runs.get(plan.run_id, {})
-            text = f"{plan.run_id} {run.get('phase', '?')}"
+            text = f"{plan.run_id.removeprefix('demo-')} {run.get('phase', '?')}"
             if run.get("outcome"):
                 text += f"/{run['outcome']}"
-            step = self.job_step(plan)
-            if step:
-                text += f" (job {step})"
+            job = self.job_step(plan)
+            if job:
+                text += f" (job {job})"
             parts.append(text)
         return f"  [{self.elapsed():5.1f}s] " + " | ".join(parts)
 
@@ -315,7 +480,9 @@ class Demo:
             status = json.loads(body.read())
         except (ClientError, ValueError):  # not written yet: nothing to show
             return "starting"
-        return f"step {status.get('step')}/{status.get('steps')}"
+        text = f"{status.get('step')}/{status.get('steps')}"
+        phase = status.get("phase")
+        return text if phase == "training" else f"{text} {phase}"
 
     def wait_for_jobs(self) -> None:
         for job in self.jobs.values():
@@ -325,22 +492,102 @@ class Demo:
     def show_results(self) -> None:
         heading("what the supervisor recorded: supervisorctl status")
         self.cli("supervisorctl", "status")
-        for plan in PLANS:
+        for plan in (STOP, TERMINATE, CRASH):
             heading(f"{plan.run_id}: its transitions (supervisorctl status {plan.run_id})")
             self.cli("supervisorctl", "status", plan.run_id)
         heading("what EC2 (moto) says about the instances now")
         for plan, state in zip(PLANS, self.instance_states(), strict=True):
             print(
-                f"  {plan.run_id:<15} {self.instances[plan.run_id]}  {state:<11} "
+                f"  {plan.run_id:<16} {self.instances[plan.run_id]}  {state:<11} "
                 f"(expected {plan.instance_state})"
             )
-        heading(f"the run prefix {PLANS[0].s3_prefix}: what the job left for the supervisor")
+        heading(f"the run prefix {STOP.s3_prefix}: what the job left for the supervisor")
         assert self.s3 is not None
-        listing = self.s3.list_objects_v2(Bucket=BUCKET, Prefix=PLANS[0].prefix_key)
+        listing = self.s3.list_objects_v2(Bucket=BUCKET, Prefix=STOP.prefix_key)
         for obj in listing.get("Contents", []):
             print(f"  {obj['Size']:>6}  {obj['Key']}")
-        heading("the daemon itself: supervisord status")
-        self.cli("supervisord", "status", check=False)
+
+    def inspect_checkpoint(self, plan: Plan) -> CheckpointFacts:
+        """What the job left on disk, what S3 holds, and what the supervisor recorded, with
+        every way they disagree."""
+        assert self.s3 is not None
+        directory = self.checkpoint_dir(plan)
+        local = sorted(
+            (
+                LocalFile(path.name, path.stat().st_size, _sha256(path), path.stat().st_mtime_ns)
+                for path in (directory.iterdir() if directory.is_dir() else ())
+                if path.is_file() and not path.name.startswith(".")
+            ),
+            key=lambda f: (f.mtime_ns, f.name),
+        )
+        prefix = plan.prefix_key + "checkpoints/"
+        stored = []
+        for obj in self.s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", []):
+            head = self.s3.head_object(Bucket=BUCKET, Key=obj["Key"], ChecksumMode="ENABLED")
+            stored.append(StoredFile(obj["Key"], obj["Size"], head.get("ChecksumSHA256")))
+        manifest: dict[str, Any] | None = None
+        with contextlib.suppress(ClientError, ValueError):
+            body = self.s3.get_object(Bucket=BUCKET, Key=prefix + MANIFEST)["Body"].read()
+            manifest = json.loads(body)
+        facts = CheckpointFacts(
+            prefix, local, stored, manifest, self.ctl_json("status", plan.run_id, "--json")
+        )
+        facts.problems = _checkpoint_problems(plan, facts)
+        return facts
+
+    def show_checkpoint(self, plan: Plan, facts: CheckpointFacts) -> None:
+        heading(
+            f"{plan.run_id}: what the supervisor recorded (supervisorctl status {plan.run_id}); "
+            "the checkpoint line has the bytes verified and the grace saved"
+        )
+        self.cli("supervisorctl", "status", plan.run_id)
+
+        heading(
+            f"{plan.run_id}: how the job ended (expected: SIGTERM, step_N_final.pt saved, "
+            "exit code 0)"
+        )
+        job = self.jobs.get(plan.run_id)
+        if job is not None:
+            print(f"  job pid {job.pid}: exit code {job.poll()}")
+        process = (facts.manifest or {}).get("process") or {}
+        if process:
+            sent = "sent SIGTERM to" if process.get("signalled") else "did not signal"
+            end = "exited" if process.get("exited") else "was still running"
+            print(
+                f"  the instance program {sent} pid {process.get('pid')}; it {end} after "
+                f"{process.get('waited_s')}s (the manifest's 'process')"
+            )
+        log = self.job_logs[plan.run_id].read_text(errors="replace").splitlines()
+        print("  last lines of the job's log:")
+        print(indent("\n".join(log[-2:]), "    "))
+        print(f"  {self.checkpoint_dir(plan)}  (size, SHA-256, name):")
+        for f in facts.local:
+            print(f"    {f.size:>6}  {f.sha256}  {f.name}")
+
+        heading(
+            f"{plan.run_id}: the checkpoint in S3 next to the local file and the manifest "
+            f"(s3://{BUCKET}/{facts.prefix})"
+        )
+        files = {f["key"]: f for f in (facts.manifest or {}).get("files", [])}
+        local = {f.name: f for f in facts.local}
+        for obj in facts.stored:
+            name = obj.key.removeprefix(facts.prefix)
+            if name == MANIFEST:
+                total = (facts.manifest or {}).get("total_bytes")
+                print(
+                    f"  {obj.size:>6}  {name}  (written last: {len(files)} file(s), {total} bytes)"
+                )
+                continue
+            entry = files.get(obj.key, {})
+            mine = local.get(name)
+            sizes = {obj.size, entry.get("size"), mine.size if mine else None}
+            hashes = {_hex(obj.checksum), entry.get("sha256"), mine.sha256 if mine else None}
+            print(f"  {obj.size:>6}  {name}  (local file: {mine.size if mine else '-'} bytes)")
+            print(f"          SHA-256 in S3  {_hex(obj.checksum) or obj.checksum}")
+            print(f"          local file     {mine.sha256 if mine else '(no such local file)'}")
+            print(f"          manifest       {entry.get('sha256', '(not in the manifest)')}")
+            agree = len(sizes) == 1 and len(hashes) == 1
+            print("          " + ("the same bytes everywhere" if agree else "DIFFERENT"))
 
     def instance_states(self) -> list[str]:
         assert self.ec2 is not None
@@ -367,6 +614,11 @@ class Demo:
                 problems.append(
                     f"{plan.run_id}: expected a reason with {plan.reason!r}, got "
                     f"{run.get('reason')!r}"
+                )
+            if plan.checkpoint is not None and run.get("checkpoint") != plan.checkpoint:
+                problems.append(
+                    f"{plan.run_id}: expected checkpoint {plan.checkpoint}, got "
+                    f"{run.get('checkpoint')}"
                 )
             if state != plan.instance_state:
                 problems.append(
@@ -405,8 +657,12 @@ class Demo:
         return result
 
     def runs(self) -> dict[str, dict[str, Any]]:
+        return {run["run_id"]: run for run in self.ctl_json("status", "--json")}
+
+    def ctl_json(self, *args: str) -> Any:
+        """`supervisorctl ARGS` (with --json among them), quietly, parsed."""
         result = subprocess.run(
-            [str(BIN / "supervisorctl"), "status", "--json"],
+            [str(BIN / "supervisorctl"), *args],
             env=self.env,
             capture_output=True,
             text=True,
@@ -415,8 +671,8 @@ class Demo:
             start_new_session=True,
         )
         if result.returncode != 0:
-            raise DemoError(f"`supervisorctl status --json` failed: {result.stderr.strip()}")
-        return {run["run_id"]: run for run in json.loads(result.stdout)}
+            raise DemoError(f"`supervisorctl {shlex.join(args)}` failed: {result.stderr.strip()}")
+        return json.loads(result.stdout)
 
     def pid_from_file(self) -> int | None:
         if self.state_dir is None:
@@ -463,6 +719,8 @@ class Demo:
                 kill_group(job.pid, job)
         with contextlib.suppress(Exception):
             self.stop_daemon()
+        with contextlib.suppress(Exception):
+            self.end_strays()
         if self.moto is not None:
             with contextlib.suppress(Exception):
                 self.moto.stop()
@@ -472,6 +730,26 @@ class Demo:
                 print(f"state directory kept: {self.state_dir}")
             else:
                 shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def end_strays(self) -> None:
+        """End any process still carrying this demo's state directory in its environment:
+        a job, or an instance program the daemon started in a session of its own."""
+        if self.state_dir is None:
+            return
+        marker = f"SUPERVISOR_STATE_DIR={self.state_dir}".encode()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                environ = (entry / "environ").read_bytes().split(b"\0")
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            pid = int(entry.name)
+            if marker in environ and _alive(pid):
+                text = command.decode(errors="replace").strip()[:120]
+                print(f"stopping a leftover process (pid {pid}): {text}")
+                end_process(pid)
 
     def daemon_log_tail(self, lines: int = 15) -> str:
         if self.state_dir is None:
@@ -502,6 +780,20 @@ def kill_group(pgid: int, process: subprocess.Popen[bytes] | None = None) -> Non
     if process is not None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=1)
+
+
+def end_process(pid: int) -> None:
+    """SIGTERM one process, then SIGKILL it if it is still there after 3 s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 3
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not _alive(pid):
+            return
 
 
 def _alive(pid: int) -> bool:

@@ -4,10 +4,19 @@ Every step it rewrites `status.json` (the heartbeat) and `logs/train.log`; at th
 `final_metrics.json` and then the completion marker `COMPLETE`, or the failure marker `FAILED`
 whose body is the reason. The supervisor never talks to the job: it only reads the prefix.
 
+With `--checkpoint-dir` it acts as a training process for checkpoint safety: it writes its pid
+to `--pid-file`, writes `step_N.pt` into the checkpoint directory every step (keeping the last
+two), and after writing COMPLETE it keeps running, like a job that finished its epochs but
+still holds the GPU (evaluating, say). On SIGTERM, at any point, it writes a final checkpoint
+`step_N_final.pt` and exits 0: the supervisor's instance program sends that SIGTERM, then
+uploads the newest checkpoint.
+
 Standard library and boto3 only, like the instance-side code. AWS settings (endpoint, region,
 credentials) come from the standard AWS chain, e.g. AWS_ENDPOINT_URL for a moto server.
 
     python -m supervisor.demo.job --bucket demo-runs --prefix runs/exp1/ --steps 8
+    python -m supervisor.demo.job --bucket demo-runs --prefix runs/exp2/ --steps 6 \\
+        --checkpoint-dir /tmp/exp2/ckpt --pid-file /tmp/exp2/train.pid
 """
 
 from __future__ import annotations
@@ -15,10 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -26,6 +37,9 @@ import boto3
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+
+SLICE_S = 0.05
+"""How often a checkpointing job looks for a stop request while it waits."""
 
 
 class Stopped(Exception):
@@ -54,6 +68,30 @@ def _parser() -> argparse.ArgumentParser:
         "--fail-reason",
         default="exit code 1: CUDA error: out of memory",
         help="the body of FAILED when --outcome fail",
+    )
+    ck = parser.add_argument_group(
+        "checkpointing (a real training process for checkpoint safety)",
+        "With --checkpoint-dir the job writes step_N.pt every step, keeps running after "
+        "COMPLETE, and on SIGTERM saves step_N_final.pt and exits 0.",
+    )
+    ck.add_argument(
+        "--checkpoint-dir", type=Path, metavar="DIR", help="where step_N.pt files are written"
+    )
+    ck.add_argument(
+        "--pid-file",
+        type=Path,
+        metavar="FILE",
+        help="where the job writes its pid (required with --checkpoint-dir)",
+    )
+    ck.add_argument(
+        "--checkpoint-kb", type=int, default=4, metavar="KB", help="size of each checkpoint (4)"
+    )
+    ck.add_argument(
+        "--hold-s",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="after COMPLETE, how long to keep running if no SIGTERM comes; then exit 1 (120)",
     )
     return parser
 
@@ -88,6 +126,20 @@ class Job:
         status = {"step": step, "steps": steps, "phase": phase, "loss": loss, "at": _now()}
         self.put("status.json", json.dumps(status), "application/json")
 
+    def complete(self, steps: int, loss: float) -> None:
+        self.put(
+            "final_metrics.json",
+            json.dumps({"steps": steps, "final_loss": round(loss, 4)}),
+            "application/json",
+        )
+        self.heartbeat(steps, steps, "complete", round(loss, 4))
+        self.log("training complete; writing COMPLETE")
+        self.put("COMPLETE", f"steps={steps} final_loss={loss:.4f}\n")
+
+
+def _loss(step: int, steps: int) -> float:
+    return 2.5 * math.exp(-step / steps * 1.5) + 0.1
+
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise Stopped
@@ -95,6 +147,10 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.checkpoint_dir is not None or args.pid_file is not None:
+        if args.checkpoint_dir is None or args.pid_file is None:
+            _parser().error("--checkpoint-dir and --pid-file go together")
+        return _train_with_checkpoints(args)
     signal.signal(signal.SIGTERM, _on_sigterm)
     job = Job(boto3.client("s3"), args.bucket, args.prefix)
     steps = max(args.steps, 1)
@@ -104,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         job.log(f"training started: {steps} steps of {args.step_s}s")
         for step in range(1, steps + 1):
             time.sleep(args.step_s)
-            loss = 2.5 * math.exp(-step / steps * 1.5) + 0.1
+            loss = _loss(step, steps)
             job.heartbeat(step, steps, "training", round(loss, 4))
             job.log(f"step {step}/{steps} loss={loss:.4f}")
         if args.outcome == "fail":
@@ -112,18 +168,84 @@ def main(argv: list[str] | None = None) -> int:
             job.log(f"training failed: {args.fail_reason}")
             job.put("FAILED", args.fail_reason + "\n")
             return 1
-        job.put(
-            "final_metrics.json",
-            json.dumps({"steps": steps, "final_loss": round(loss, 4)}),
-            "application/json",
-        )
-        job.heartbeat(steps, steps, "complete", round(loss, 4))
-        job.log("training complete; writing COMPLETE")
-        job.put("COMPLETE", f"steps={steps} final_loss={loss:.4f}\n")
+        job.complete(steps, loss)
         return 0
     except (Stopped, KeyboardInterrupt):
         print(f"{_now()} stopped by a signal before finishing", flush=True)
         return 143
+
+
+# -- checkpointing mode -----------------------------------------------------------------------
+
+
+class StopRequest:
+    """A signal handler that only takes note: the job finishes what it is writing, then
+    saves its final checkpoint."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.signal = signal.Signals(signum).name
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds`; True as soon as a stop was requested."""
+        deadline = time.monotonic() + seconds
+        while self.signal is None and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, SLICE_S))
+        return self.signal is not None
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    # The temporary name matches no checkpoint pattern, so a reader never sees half a file.
+    temp = path.with_name(f".{path.name}.partial")
+    temp.write_bytes(data)
+    os.replace(temp, path)
+
+
+def _checkpoint(directory: Path, name: str, step: int, size: int) -> Path:
+    header = f"demo checkpoint {name} step={step}\n".encode()
+    path = directory / name
+    _write_atomically(path, header + os.urandom(max(size - len(header), 0)))
+    return path
+
+
+def _train_with_checkpoints(args: argparse.Namespace) -> int:
+    stop = StopRequest()
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    directory: Path = args.checkpoint_dir
+    directory.mkdir(parents=True, exist_ok=True)
+    args.pid_file.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomically(args.pid_file, f"{os.getpid()}\n".encode())
+    job = Job(boto3.client("s3"), args.bucket, args.prefix)
+    steps, size = max(args.steps, 1), max(args.checkpoint_kb, 1) * 1024
+    step, loss = 0, 2.5
+    job.heartbeat(0, steps, "starting", None)
+    job.log(
+        f"training started: pid {os.getpid()}, {steps} steps of {args.step_s}s, "
+        f"checkpoints in {directory}"
+    )
+    while step < steps and not stop.wait(args.step_s):
+        step += 1
+        loss = _loss(step, steps)
+        _checkpoint(directory, f"step_{step}.pt", step, size)
+        (directory / f"step_{step - 2}.pt").unlink(missing_ok=True)  # keep the last two
+        job.heartbeat(step, steps, "training", round(loss, 4))
+        job.log(f"step {step}/{steps} loss={loss:.4f}; wrote step_{step}.pt ({size} bytes)")
+    if stop.signal is None:
+        job.complete(steps, loss)
+        job.heartbeat(steps, steps, "evaluating", round(loss, 4))
+        job.log("evaluating: the process keeps running (and holding the GPU) until told to stop")
+        if not stop.wait(args.hold_s):
+            job.log(f"nobody stopped the job within {args.hold_s:g}s; exiting without a checkpoint")
+            return 1
+    final = _checkpoint(directory, f"step_{step}_final.pt", step, size)
+    job.heartbeat(step, steps, "stopped", round(loss, 4))
+    job.log(
+        f"{stop.signal} received: saved final checkpoint {final.name} ({size} bytes); exiting 0"
+    )
+    return 0
 
 
 if __name__ == "__main__":

@@ -210,6 +210,7 @@ class ControlApi:
 
     def __init__(self, daemon: Daemon) -> None:
         self._d = daemon
+        self._resume_lock = asyncio.Lock()
 
     def _live(self, record: RunRecord) -> Run:
         monitor = self._d.monitors.get(record.run.spec.run_id)
@@ -323,24 +324,25 @@ class ControlApi:
         return run_view(decision.run)
 
     async def _resume(self, record: RunRecord, *, from_scratch: bool) -> RunView:
-        d, run = self._d, record.run
-        if run.spec.run_id in d.monitors:
-            raise InvalidTransition(
-                f"run {run.spec.run_id!r} is {run.phase}: only a stopped, terminated or "
-                "crashed run can be resumed"
-            )
-        if run.spec.transport not in d.shells:
-            raise InvalidInput(f"transport {run.spec.transport!r} is not available here")
-        decision = step(
-            run,
-            ResumeRequested(from_scratch=from_scratch),
-            now=d.clock.now(),
-            policy=d.policy,
-            rng=d.rng,
-        )
-        await d.store.commit(run, decision, now=d.clock.now())
-        log.info("run_resume_requested", run_id=run.spec.run_id, from_scratch=from_scratch)
-        d.spawn(decision.run)
+        d = self._d
+        async with self._resume_lock:  # two resumes at once: one wins, one gets a clear no
+            fresh = await self._record(record.run.spec.run_id)
+            run = fresh.run
+            current = d.monitors.get(run.spec.run_id)
+            if current is not None and not current.run.phase.is_terminal:
+                raise InvalidTransition(
+                    f"run {run.spec.run_id!r} is {run.phase}: only a stopped, terminated or "
+                    "crashed run can be resumed"
+                )
+            if run.spec.transport not in d.shells:
+                raise InvalidInput(f"transport {run.spec.transport!r} is not available here")
+            decision = step(
+                run, ResumeRequested(from_scratch=from_scratch), now=d.clock.now(),
+                policy=d.policy, rng=d.rng,
+            )  # fmt: skip
+            await d.store.commit(run, decision, now=d.clock.now())
+            log.info("run_resume_requested", run_id=run.spec.run_id, from_scratch=from_scratch)
+            d.spawn(decision.run)
         return run_view(decision.run)
 
     async def tail(self, run_id: str, *, follow: bool) -> AsyncIterator[TailItem]:

@@ -141,7 +141,15 @@ class Monitor:
     # -- inputs -------------------------------------------------------------------------------
 
     def deliver(self, event: Event) -> None:
-        """Queue an observed fact (from the reconciler or the event consumer)."""
+        """Queue an observed fact (from the reconciler or the event consumer).
+
+        Observations are level-triggered: a newer instance state replaces one still queued,
+        so a monitor busy with a long command does not pile up one per sweep."""
+        if isinstance(event, InstanceObserved) and self._items:
+            last, reply = self._items[-1]
+            if reply is None and isinstance(last, InstanceObserved):
+                self._items[-1] = (event, None)
+                return
         self._items.append((event, None))
         self._ready.set()
 
@@ -445,7 +453,11 @@ class Monitor:
                 message=error.message,
             )
             if gone:
-                return InstanceObserved(InstanceState.UNKNOWN, source=f"{operation}: {error.code}")
+                return InstanceObserved(
+                    InstanceState.UNKNOWN,
+                    source=f"{operation}: {error.code}",
+                    instance_id=run.instance_id,
+                )
             return _failed(operation, error)
         await self._record(action, attempts, "accepted", None)
         self._note("action_accepted", operation=operation, attempts=attempts, state=str(state))

@@ -74,7 +74,9 @@ class Reconciler:
                 continue
             described += len(watched)
             for instance_id, monitors in watched.items():
-                observed = InstanceObserved(states[instance_id], source="sweep")
+                observed = InstanceObserved(
+                    states[instance_id], source="sweep", instance_id=instance_id
+                )
                 for monitor in monitors:
                     monitor.deliver(observed)
         return described

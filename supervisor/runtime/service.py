@@ -48,6 +48,21 @@ def read_pid(pid_path: Path) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+def process_alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie awaiting its reaper."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
 def lock_is_held(pid_path: Path) -> bool:
     """True when a live daemon holds the state directory's lock."""
     try:

@@ -12,7 +12,13 @@ from typing import Any, get_args
 import pytest
 
 from supervisor.core.backoff import delay
-from supervisor.core.checkpoint import CommandKind, Manifest, ProcessFate
+from supervisor.core.checkpoint import (
+    CommandKind,
+    CommandResult,
+    CommandStatus,
+    Manifest,
+    ProcessFate,
+)
 from supervisor.core.effects import (
     ActOnInstance,
     Effect,
@@ -28,6 +34,7 @@ from supervisor.core.events import (
     Action,
     ActionSucceeded,
     Armed,
+    CommandFinished,
     EffectFailed,
     Event,
     InstanceLaunched,
@@ -42,6 +49,8 @@ from supervisor.core.events import (
 )
 from supervisor.core.machine import (
     ACCEPTS,
+    AGENT_WAIT_S,
+    AGENT_WAIT_TRIES,
     CHECKPOINT_UPLOAD_BUDGET_S,
     EDGES,
     RESTORE_TIMEOUT_S,
@@ -1017,6 +1026,22 @@ def test_a_failed_restore_or_start_fails_the_run_for_a_person(event: Event, code
     assert d.run.reason.startswith("resume ")
 
 
+def test_an_undelivered_resume_command_waits_for_the_agent_then_looks_again() -> None:
+    undelivered = CommandFinished(RS, CommandResult(CommandStatus.UNDELIVERED, None))
+    d = run_step(resuming("restore"), undelivered)
+    assert (d.transition, d.effects) == (None, (WakeAt(NOW + timedelta(seconds=AGENT_WAIT_S)),))
+    assert (d.run.resume_stage, d.run.command_tries) == ("wait-agent", 1)
+    d = run_step(d.run, Tick())
+    assert (d.effects, d.run.resume_stage) == ((ObserveInstance(),), "observe")
+    assert run_step(d.run, seen(S.RUNNING)).effects == (RESTORE,)
+
+
+def test_an_agent_that_never_registers_fails_the_resume_after_the_bounded_wait() -> None:
+    run = dataclasses.replace(resuming("restore"), command_tries=AGENT_WAIT_TRIES)
+    d = run_step(run, CommandFinished(RS, CommandResult(CommandStatus.UNDELIVERED, None)))
+    assert (d.run.phase, d.run.error_code) == (P.FAILED, "ResumeRestoreFailed")
+
+
 def test_an_instance_gone_without_a_launch_template_fails_the_resume() -> None:
     d = run_step(resuming(), seen(S.TERMINATED))
     assert (d.run.phase, d.run.error_code) == (P.FAILED, "InstanceGone")
@@ -1095,3 +1120,12 @@ def test_a_stale_failure_marker_does_not_crash_a_resumed_run() -> None:
     run = make_run(P.RUNNING, spec=checkpoint_spec(), attempt=2, started_at=NOW)
     d = run_step(run, PrefixListed((obj("FAILED", at=NOW - timedelta(hours=1)),)))
     assert (d.run.phase, [type(e) for e in d.effects]) == (P.RUNNING, [WakeAt])
+
+
+def test_an_observation_of_another_instance_is_stale_and_changes_nothing() -> None:
+    run = dataclasses.replace(resuming("starting"), instance_id=NEW_INSTANCE)
+    old = InstanceObserved(S.TERMINATED, source="sweep", instance_id=InstanceId(INSTANCE))
+    d = run_step(run, old)
+    assert (d.run, d.effects, d.transition) == (run, (), None)
+    current = InstanceObserved(S.RUNNING, source="sweep", instance_id=NEW_INSTANCE)
+    assert run_step(run, current).effects == (RESTORE,)
