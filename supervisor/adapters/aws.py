@@ -14,6 +14,7 @@ import re
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
@@ -342,6 +343,49 @@ class Aws:
                 TagSpecifications=[{"ResourceType": "instance", "Tags": tag_list}],
             )
         return InstanceId(response["Instances"][0]["InstanceId"])
+
+    # -- SQS ----------------------------------------------------------------------------------
+
+    async def receive_messages(
+        self, queue_url: str, region: str, *, wait_s: int = 20, max_messages: int = 10
+    ) -> list[QueueMessage]:
+        """One long poll (up to `wait_s`, up to `max_messages`)."""
+        sqs = await self.client("sqs", region)
+        with _translated("ReceiveMessage"):
+            reply = await sqs.receive_message(
+                QueueUrl=queue_url,
+                WaitTimeSeconds=wait_s,
+                MaxNumberOfMessages=max_messages,
+                AttributeNames=["ApproximateReceiveCount"],
+            )
+        return [
+            QueueMessage(
+                message_id=m["MessageId"],
+                receipt=m["ReceiptHandle"],
+                body=m.get("Body", ""),
+                receive_count=int(m.get("Attributes", {}).get("ApproximateReceiveCount", 1)),
+            )
+            for m in reply.get("Messages", ())
+        ]
+
+    async def delete_message(self, queue_url: str, receipt: str, region: str) -> None:
+        sqs = await self.client("sqs", region)
+        with _translated("DeleteMessage"):
+            await sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=receipt)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueMessage:
+    message_id: str
+    receipt: str
+    body: str
+    receive_count: int = 1
+
+
+def queue_region(queue_url: str) -> str | None:
+    """The region in an SQS queue URL (https://sqs.REGION.amazonaws.com/...), if any."""
+    match = re.match(r"https?://sqs[.-]([a-z]{2}(?:-gov)?-[a-z]+-\d)\.", queue_url)
+    return match.group(1) if match else None
 
 
 def _state(name: str) -> InstanceState:

@@ -41,6 +41,9 @@ class AttachRequest(_Message):
     resume_command: str | list[str] | None = None
     resume_cwd: str | None = None
     launch_template: dict[str, str] | None = None
+    spot: bool | None = None
+    on_interruption: str | None = None
+    max_restarts: int | None = None
 
 
 class RunView(_Message):

@@ -277,7 +277,39 @@ class Store:
             ]
         )
 
+    async def record_audit(
+        self, *, at: datetime, source: str, kind: str, subject: str | None, detail: dict[str, Any]
+    ) -> None:
+        """Something seen that caused nothing (a message no run owns, a malformed one)."""
+        await self._write(
+            [
+                (
+                    "INSERT INTO audit (at, source, kind, subject, detail_json) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (_iso(at), source, kind, subject, json.dumps(detail, default=str)),
+                )
+            ]
+        )
+
     # -- reads ----------------------------------------------------------------------------
+
+    async def audit(self, *, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest audit entries first."""
+        async with self._reader.execute(
+            "SELECT at, source, kind, subject, detail_json FROM audit ORDER BY id DESC LIMIT ?",
+            (limit,),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [
+            {
+                "at": r["at"],
+                "source": r["source"],
+                "kind": r["kind"],
+                "subject": r["subject"],
+                "detail": json.loads(r["detail_json"]),
+            }
+            for r in rows
+        ]
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         async with self._reader.execute(

@@ -178,6 +178,29 @@ def _parser() -> argparse.ArgumentParser:
     ck.add_argument(
         "--launch-template-version", metavar="V", help="… and version ($Latest by default)"
     )
+    sp = attach.add_argument_group(
+        "spot instances",
+        "With SUPERVISOR_EVENTS_QUEUE_URL set, a spot interruption warning starts the "
+        "checkpoint step at once, inside the two-minute notice (no grace, no stop call).",
+    )
+    sp.add_argument(
+        "--spot",
+        action="store_true",
+        default=None,
+        help="a spot instance: losing it without a request is an interruption, not a crash",
+    )
+    sp.add_argument(
+        "--on-interruption",
+        choices=("resume", "none"),
+        help="after an interruption: resume (needs --resume-command, and a launch "
+        "template when the instance is terminated) or leave it (none)",
+    )
+    sp.add_argument(
+        "--max-restarts",
+        type=int,
+        metavar="N",
+        help="how many times --on-interruption resume may restart the run (3)",
+    )
     attach.add_argument(
         "--spec",
         type=Path,
@@ -283,6 +306,9 @@ def _attach_request(args: argparse.Namespace) -> AttachRequest:
         "quiet_s": args.quiet_s,
         "resume_command": args.resume_command,
         "resume_cwd": args.resume_cwd,
+        "spot": args.spot,
+        "on_interruption": args.on_interruption,
+        "max_restarts": args.max_restarts,
     }
     template = {
         key: value

@@ -65,6 +65,13 @@ class LaunchInstance:
     """RunInstances from the spec's launch template; answers `InstanceLaunched`."""
 
 
+@dataclass(frozen=True, slots=True)
+class AutoResume:
+    """The interruption policy asks for a resume; answers `ResumeRequested`."""
+
+    from_scratch: bool
+
+
 Effect = (
     ListPrefix
     | ReadObject
@@ -74,4 +81,5 @@ Effect = (
     | RunInstanceCommand
     | VerifyCheckpoint
     | LaunchInstance
+    | AutoResume
 )

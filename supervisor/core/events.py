@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from datetime import datetime
 
 from supervisor.core.checkpoint import CommandKind, CommandResult, Manifest, Verification
 from supervisor.core.values import InstanceId, InstanceState, ObjectInfo
@@ -109,6 +110,22 @@ class InstanceLaunched:
     instance_id: InstanceId
 
 
+@dataclass(frozen=True, slots=True)
+class Nudge:
+    """An event from the queue says something changed: look now instead of at the next
+    scheduled check. `target` is "prefix" (an S3 object appeared) or "instance" (EC2 state)."""
+
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpotInterruptionWarning:
+    """The instance will be taken back at about `deadline` (warning time + 2 min - margin)."""
+
+    deadline: datetime
+    action: str = "terminate"
+
+
 Event = (
     Armed
     | Tick
@@ -123,4 +140,6 @@ Event = (
     | CheckpointChecked
     | ResumeRequested
     | InstanceLaunched
+    | Nudge
+    | SpotInterruptionWarning
 )

@@ -40,6 +40,7 @@ from supervisor.core.completion import (
 )
 from supervisor.core.effects import (
     ActOnInstance,
+    AutoResume,
     Effect,
     LaunchInstance,
     ListPrefix,
@@ -61,29 +62,39 @@ from supervisor.core.events import (
     InstanceLaunched,
     InstanceObserved,
     MonitorFailed,
+    Nudge,
     ObjectRead,
     PrefixListed,
     ResumeRequested,
+    SpotInterruptionWarning,
     Tick,
     UserAction,
     UserRequested,
 )
 from supervisor.core.run import TERMINAL_PHASES, CheckpointStatus, Outcome, Phase, Run
-from supervisor.core.spec import CheckpointFailure, GraceMode, OnComplete, RunSpec
+from supervisor.core.spec import (
+    CheckpointFailure,
+    GraceMode,
+    OnComplete,
+    OnInterruption,
+    RunSpec,
+)
 from supervisor.core.values import InstanceState
 
 P = Phase
 
 _ALWAYS: frozenset[type[Any]] = frozenset(
-    {Armed, Tick, InstanceObserved, UserRequested, MonitorFailed}
+    {Armed, Tick, InstanceObserved, UserRequested, MonitorFailed, Nudge}
 )
-_RESUMABLE = (P.STOPPED, P.TERMINATED, P.CRASHED)
+_RESUMABLE = (P.STOPPED, P.TERMINATED, P.CRASHED, P.INTERRUPTED)
 
 ACCEPTS: Mapping[Phase, frozenset[type[Any]]] = {
-    P.PENDING: _ALWAYS,
-    P.RUNNING: _ALWAYS | {PrefixListed, ObjectRead, EffectFailed},
-    P.CHECKPOINTING: _ALWAYS | {CommandFinished, CheckpointChecked, EffectFailed},
-    P.GRACE: _ALWAYS | {PrefixListed, EffectFailed},
+    P.PENDING: _ALWAYS | {SpotInterruptionWarning},
+    P.RUNNING: _ALWAYS | {PrefixListed, ObjectRead, EffectFailed, SpotInterruptionWarning},
+    P.CHECKPOINTING: _ALWAYS
+    | {CommandFinished, CheckpointChecked, EffectFailed, SpotInterruptionWarning},
+    P.GRACE: _ALWAYS | {PrefixListed, EffectFailed, SpotInterruptionWarning},
+    P.INTERRUPTING: _ALWAYS | {CommandFinished, CheckpointChecked, EffectFailed},
     P.STOPPING: _ALWAYS | {ActionSucceeded, EffectFailed},
     P.TERMINATING: _ALWAYS | {ActionSucceeded, EffectFailed},
     P.RESUMING: _ALWAYS | {ActionSucceeded, InstanceLaunched, CommandFinished, EffectFailed},
@@ -91,7 +102,16 @@ ACCEPTS: Mapping[Phase, frozenset[type[Any]]] = {
     **{phase: frozenset({ResumeRequested}) for phase in _RESUMABLE},
 }
 
-_ACTIVE = (P.PENDING, P.RUNNING, P.CHECKPOINTING, P.GRACE, P.STOPPING, P.TERMINATING, P.RESUMING)
+_ACTIVE = (
+    P.PENDING,
+    P.RUNNING,
+    P.CHECKPOINTING,
+    P.GRACE,
+    P.STOPPING,
+    P.TERMINATING,
+    P.RESUMING,
+    P.INTERRUPTING,
+)
 
 EDGES: frozenset[tuple[Phase, Phase]] = frozenset(
     {
@@ -117,6 +137,10 @@ EDGES: frozenset[tuple[Phase, Phase]] = frozenset(
         (P.STOPPING, P.TERMINATING),
         (P.TERMINATING, P.TERMINATED),
         (P.RESUMING, P.RUNNING),
+        # spot: the warning starts the checkpoint at once; the instance going ends it
+        *((p, P.INTERRUPTING) for p in (P.PENDING, P.RUNNING, P.CHECKPOINTING, P.GRACE)),
+        (P.INTERRUPTING, P.INTERRUPTED),
+        (P.RUNNING, P.INTERRUPTED),
         # a person's request, from any phase that has not yet acted
         *((p, P.STOPPING) for p in (P.PENDING, P.RUNNING, P.GRACE, P.RESUMING)),
         *((p, P.TERMINATING) for p in (P.PENDING, P.RUNNING, P.RESUMING)),
@@ -198,15 +222,17 @@ def step(run: Run, event: Event, *, now: datetime, policy: Policy, rng: random.R
     return decision
 
 
-def checkpoint_command(run: Run) -> InstanceCommand:
-    """Pure. The instance command that ends training and uploads the newest checkpoint."""
+def checkpoint_command(run: Run, *, sigterm_timeout_s: float | None = None) -> InstanceCommand:
+    """Pure. The instance command that ends training and uploads the newest checkpoint.
+    `sigterm_timeout_s` cuts the spec's timeout to fit a spot interruption's notice."""
     spec = run.spec
     assert spec.checkpoint_dir is not None
+    sigterm = spec.sigterm_timeout_s if sigterm_timeout_s is None else sigterm_timeout_s
     options: list[tuple[str, str]] = [
         ("run-id", spec.run_id),
         ("checkpoint-dir", spec.checkpoint_dir),
         ("s3-url", str(spec.checkpoint_location)),
-        ("sigterm-timeout-s", f"{spec.sigterm_timeout_s:g}"),
+        ("sigterm-timeout-s", f"{sigterm:g}"),
         ("on-timeout", str(spec.on_sigterm_timeout)),
         ("region", spec.region),
     ]
@@ -430,6 +456,10 @@ def _on_instance(c: _Ctx, event: InstanceObserved) -> Decision:
             return c.stay()
         case P.RESUMING:
             return _resume_observed(c, state)
+        case P.INTERRUPTING:
+            if state.is_alive:
+                return c.stay()
+            return _interrupted(c, f"spot instance {state} after the interruption warning", state)
     raise AssertionError(f"unhandled phase {run.phase}")  # ACCEPTS keeps terminal phases out
 
 
@@ -459,6 +489,12 @@ def _on_listed(c: _Ctx, event: PrefixListed) -> Decision:
             c, verdict.evidence, {}, outcome=Outcome.COMPLETED, pending_action=action
         )
     if run.instance_ended is not None:
+        if run.spec.spot:
+            return _interrupted(
+                c,
+                f"spot instance {run.instance_ended} without a request from the supervisor",
+                run.instance_ended,
+            )
         return c.move(
             P.CRASHED,
             f"instance {run.instance_ended} without a request from the supervisor, "
@@ -503,6 +539,8 @@ def _on_read(c: _Ctx, event: ObjectRead) -> Decision:
 def _on_command(c: _Ctx, event: CommandFinished) -> Decision:
     if c.run.phase is P.RESUMING:
         return _resume_command_finished(c, event)
+    if c.run.phase is P.INTERRUPTING:
+        return _interrupt_command_finished(c, event)
     run, result = c.run, event.result
     if event.kind is not CommandKind.CHECKPOINT:
         return c.stay()
@@ -543,6 +581,8 @@ def _checkpoint_failed(c: _Ctx, why: str, detail: Mapping[str, Any]) -> Decision
 
 
 def _on_checked(c: _Ctx, event: CheckpointChecked) -> Decision:
+    if c.run.phase is P.INTERRUPTING:
+        return _interrupt_checked(c, event)
     run, v = c.run, event.verification
     detail: dict[str, Any] = {
         "files": v.files, "bytes": v.bytes, "verify_s": round(event.seconds, 3),
@@ -596,6 +636,8 @@ def _on_effect_failed(c: _Ctx, event: EffectFailed) -> Decision:
         return c.schedule_next_check()
     if phase is P.CHECKPOINTING:
         return _checkpoint_attempt_failed(c, f"{event.operation}: {event.code}", detail)
+    if phase is P.INTERRUPTING:
+        return _interrupt_retry_or_give_up(c)  # while time and attempts are left
     if phase is P.RESUMING:
         # Start/launch gave up on transient errors: look again and redo what is still needed
         # (a launch is idempotent through its client token).
@@ -648,6 +690,102 @@ def _on_monitor_failed(c: _Ctx, event: MonitorFailed) -> Decision:
         detail={"error_type": event.error_type, "message": event.message},
         error_code=event.error_type,
     )  # fmt: skip
+
+
+def _on_nudge(c: _Ctx, event: Nudge) -> Decision:
+    """An event says something changed: look now (level-triggered: the look decides)."""
+    run = c.run
+    if event.target == "instance":
+        return c.stay(ObserveInstance())
+    if run.phase is P.RUNNING:
+        return c.stay(c.check_prefix())
+    if run.phase is P.GRACE and _until_quiet(run):
+        prefix = run.spec.prefix
+        return c.stay(ListPrefix(ListRequest(prefix.bucket, prefix.prefix, None)))
+    return c.stay()
+
+
+# -- spot interruptions -------------------------------------------------------------------------
+
+
+def _on_spot_warning(c: _Ctx, event: SpotInterruptionWarning) -> Decision:
+    run, spec = c.run, c.run.spec
+    remaining = (event.deadline - c.now).total_seconds()
+    detail: dict[str, Any] = {
+        "deadline": event.deadline.isoformat(), "seconds_left": round(remaining, 3),
+        "instance_action": event.action,
+    }  # fmt: skip
+    why = f"spot interruption warning ({event.action}, {max(remaining, 0):.0f}s left)"
+    if run.phase is P.RUNNING and spec.checkpointing and remaining > 0:
+        # No grace and no stop call: AWS takes the instance; the notice is for the checkpoint.
+        sigterm = max(0.0, min(spec.sigterm_timeout_s, remaining / 2))
+        detail["sigterm_timeout_s"] = round(sigterm, 3)
+        command = RunInstanceCommand(checkpoint_command(run, sigterm_timeout_s=sigterm), remaining)
+        return c.move(
+            P.INTERRUPTING, f"{why}; saving the final checkpoint now", command, detail=detail,
+            interrupt_deadline=event.deadline, checkpoint_tries=1,
+            outcome=run.outcome or Outcome.INTERRUPTED,
+        )  # fmt: skip
+    note = "no checkpoint step configured" if not spec.checkpointing else f"during {run.phase}"
+    return c.move(
+        P.INTERRUPTING, f"{why}; {note}", ObserveInstance(), detail=detail,
+        interrupt_deadline=event.deadline, outcome=run.outcome or Outcome.INTERRUPTED,
+    )  # fmt: skip
+
+
+def _seconds_left(c: _Ctx) -> float | None:
+    deadline = c.run.interrupt_deadline
+    return None if deadline is None else round((deadline - c.now).total_seconds(), 3)
+
+
+def _interrupt_command_finished(c: _Ctx, event: CommandFinished) -> Decision:
+    run, result = c.run, event.result
+    if event.kind is not CommandKind.CHECKPOINT:
+        return c.stay()
+    if result.ok:
+        location = run.spec.checkpoint_location
+        key = str(result.result.get("manifest_key") or location.key(MANIFEST_NAME))
+        return c.stay(VerifyCheckpoint(location.bucket, key))
+    return _interrupt_retry_or_give_up(c)
+
+
+def _interrupt_retry_or_give_up(c: _Ctx) -> Decision:
+    run, left = c.run, _seconds_left(c)
+    if not run.spec.checkpointing or run.checkpoint_tries == 0:
+        return c.stay()  # no checkpoint step under way in this interruption
+    if left is not None and left > 1 and run.checkpoint_tries < run.spec.checkpoint_attempts:
+        command = checkpoint_command(run, sigterm_timeout_s=0)  # the process was signalled
+        return c.stay(RunInstanceCommand(command, left), checkpoint_tries=run.checkpoint_tries + 1)
+    return c.stay(persist=True, checkpoint=CheckpointStatus.UNVERIFIED, seconds_left=left)
+
+
+def _interrupt_checked(c: _Ctx, event: CheckpointChecked) -> Decision:
+    if not event.verification.ok:
+        return _interrupt_retry_or_give_up(c)
+    return c.stay(persist=True, checkpoint=CheckpointStatus.VERIFIED, seconds_left=_seconds_left(c))
+
+
+def _interrupted(c: _Ctx, reason: str, state: InstanceState) -> Decision:
+    run, spec = c.run, c.run.spec
+    detail: dict[str, Any] = {
+        "instance_state": str(state),
+        "checkpoint": str(run.checkpoint) if run.checkpoint else None,
+        "seconds_left_when_verified": run.seconds_left,
+    }
+    effects: tuple[Effect, ...] = ()
+    outcome = run.outcome or Outcome.INTERRUPTED
+    training_cut_short = outcome is Outcome.INTERRUPTED and run.pending_action is None
+    if spec.on_interruption is OnInterruption.RESUME and training_cut_short:
+        restarts = run.attempt - 1
+        if state.is_gone and spec.launch_template is None:
+            reason += "; not resumed: the instance is gone and the spec has no launch_template"
+        elif restarts < spec.max_restarts:
+            verified = run.checkpoint is CheckpointStatus.VERIFIED
+            effects = (AutoResume(from_scratch=not verified),)
+            reason += f"; resuming (restart {restarts + 1} of {spec.max_restarts})"
+        else:
+            reason += f"; not resumed: max_restarts ({spec.max_restarts}) reached"
+    return c.move(P.INTERRUPTED, reason, *effects, detail=detail, outcome=outcome)
 
 
 # -- resume -----------------------------------------------------------------------------------
@@ -741,6 +879,7 @@ def _resume_command_finished(c: _Ctx, event: CommandFinished) -> Decision:
         attempt=attempt, started_at=c.now, outcome=None, checkpoint=None, pending_action=None,
         grace_until=None, action_acked_at=None, error_code=None, checks=0, next_check_at=None,
         outputs_seen=None, instance_ended=None, process_exited=False, resume_stage="",
+        interrupt_deadline=None, seconds_left=None,
     )  # fmt: skip
 
 
@@ -758,4 +897,6 @@ _HANDLERS: Mapping[type[Any], Callable[[_Ctx, Any], Decision]] = {
     CheckpointChecked: _on_checked,
     ResumeRequested: _on_resume,
     InstanceLaunched: _on_launched,
+    Nudge: _on_nudge,
+    SpotInterruptionWarning: _on_spot_warning,
 }

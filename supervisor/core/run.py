@@ -29,6 +29,8 @@ class Phase(enum.StrEnum):
     FAILED = "failed"  # the supervisor hit a permanent error: a person must look
     DETACHED = "detached"  # a person stopped watching; instance untouched
     RESUMING = "resuming"  # a person asked to resume: start/launch, restore, restart training
+    INTERRUPTING = "interrupting"  # spot warning: checkpoint inside the notice, no stop call
+    INTERRUPTED = "interrupted"  # the spot instance was taken back
 
     @property
     def is_terminal(self) -> bool:
@@ -36,7 +38,15 @@ class Phase(enum.StrEnum):
 
 
 TERMINAL_PHASES = frozenset(
-    {Phase.STOPPED, Phase.TERMINATED, Phase.DONE, Phase.CRASHED, Phase.FAILED, Phase.DETACHED}
+    {
+        Phase.STOPPED,
+        Phase.TERMINATED,
+        Phase.DONE,
+        Phase.CRASHED,
+        Phase.FAILED,
+        Phase.DETACHED,
+        Phase.INTERRUPTED,
+    }
 )
 
 
@@ -51,6 +61,7 @@ class Outcome(enum.StrEnum):
     COMPLETED = "completed"
     CRASHED = "crashed"
     CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +103,8 @@ class Run:
     process_exited: bool = field(default=False, compare=False)
     resume_stage: str = field(default="", compare=False)
     command_tries: int = field(default=0, compare=False)
+    interrupt_deadline: datetime | None = field(default=None, compare=False)
+    seconds_left: float | None = field(default=None, compare=False)
     from_scratch: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -70,6 +70,13 @@ class CheckpointFailure(enum.StrEnum):
     KEEP_RUNNING = "keep-running"  # leave the instance running; the run fails for a person
 
 
+class OnInterruption(enum.StrEnum):
+    """After a spot interruption: resume on a new attempt, or leave the run interrupted."""
+
+    RESUME = "resume"
+    NONE = "none"
+
+
 class GraceMode(enum.StrEnum):
     UNTIL_QUIET = "until-quiet"  # end early once verified, process exited, prefix quiet
     FIXED = "fixed"  # always wait the whole grace period
@@ -122,6 +129,11 @@ class RunSpec(BaseModel):
     resume_cwd: str | None = None
     launch_template: LaunchTemplate | None = None
 
+    # -- spot --
+    spot: bool = False
+    on_interruption: OnInterruption = OnInterruption.NONE
+    max_restarts: int = Field(3, ge=0, le=100)
+
     @model_validator(mode="before")
     @classmethod
     def _default_grace_mode(cls, data: object) -> object:
@@ -145,6 +157,15 @@ class RunSpec(BaseModel):
             return str(S3Prefix.parse(value))
         except InvalidInput as exc:
             raise InvalidInput(f"checkpoint_s3: {exc}") from None
+
+    @model_validator(mode="after")
+    def _auto_resume_needs_a_command(self) -> RunSpec:
+        if self.on_interruption is OnInterruption.RESUME and not self.resume_command:
+            raise InvalidInput(
+                "on_interruption=resume needs resume_command (and pid_file): the command "
+                "that restarts training on the next attempt"
+            )
+        return self
 
     @model_validator(mode="after")
     def _resume_needs_pid_file(self) -> RunSpec:

@@ -52,6 +52,8 @@ import boto3
 from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
+from supervisor.runtime.service import process_alive
+
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
     from mypy_boto3_s3 import S3Client
@@ -746,7 +748,7 @@ class Demo:
             except OSError:
                 continue
             pid = int(entry.name)
-            if marker in environ and _alive(pid):
+            if marker in environ and process_alive(pid):
                 text = command.decode(errors="replace").strip()[:120]
                 print(f"stopping a leftover process (pid {pid}): {text}")
                 end_process(pid)
@@ -765,7 +767,7 @@ def kill_group(pgid: int, process: subprocess.Popen[bytes] | None = None) -> Non
     """SIGTERM a process group, then SIGKILL it if its leader is still there after 3 s."""
 
     def gone() -> bool:
-        return process.poll() is not None if process is not None else not _alive(pgid)
+        return process.poll() is not None if process is not None else not process_alive(pgid)
 
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
@@ -790,25 +792,10 @@ def end_process(pid: int) -> None:
         except ProcessLookupError:
             return
         deadline = time.monotonic() + 3
-        while _alive(pid) and time.monotonic() < deadline:
+        while process_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if not _alive(pid):
+        if not process_alive(pid):
             return
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie is as good as gone: its parent (not us) reaps it.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 
 from supervisor import __version__
+from supervisor.adapters.aws import queue_region
 from supervisor.adapters.control import ControlServer
 from supervisor.adapters.protocol import (
     ActionView,
@@ -35,6 +36,7 @@ from supervisor.core.events import MonitorFailed, ResumeRequested, UserAction, U
 from supervisor.core.machine import Policy, new_run, step
 from supervisor.core.run import TERMINAL_PHASES, Run
 from supervisor.core.spec import RunSpec, Transport
+from supervisor.runtime.events import EventConsumer, Queue
 from supervisor.runtime.monitor import Monitor, MonitorDeps
 from supervisor.runtime.ports import Clock, Cloud, InstanceShell, SystemClock
 from supervisor.runtime.reconciler import Reconciler
@@ -65,6 +67,7 @@ class Daemon:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         shells: Mapping[Transport, InstanceShell] | None = None,
+        queue: Queue | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -92,11 +95,26 @@ class Daemon:
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._tg: asyncio.TaskGroup | None = None
+        self.consumer = self._consumer(queue) if settings.events_queue_url else None
         self.api = ControlApi(self)
         self.server = ControlServer(self.api, settings.socket_path)
 
     def __repr__(self) -> str:
         return f"<Daemon monitors={len(self.monitors)} accepting={self.accepting}>"
+
+    def _consumer(self, queue: Queue | None) -> EventConsumer:
+        url = self.settings.events_queue_url
+        assert url is not None
+        region = queue_region(url) or self.cloud.default_region
+        if queue is None or region is None:
+            raise InvalidInput(
+                f"SUPERVISOR_EVENTS_QUEUE_URL={url}: no region in the URL and none in the AWS "
+                "configuration; set AWS_DEFAULT_REGION"
+            )
+        return EventConsumer(
+            queue, url, region, lambda: list(self.monitors.values()), self.store, self.clock,
+            spot_margin_s=self.settings.spot_margin_s,
+        )  # fmt: skip
 
     async def serve(self, *, on_ready: Callable[[], Awaitable[None]] | None = None) -> None:
         """Run until `request_shutdown()`; then shut down in two phases and return."""
@@ -106,6 +124,8 @@ class Daemon:
             for record in active:
                 self.spawn(record.run)
             self._start(guard(self.reconciler.run_forever(), "reconciler"), "reconciler")
+            if self.consumer is not None:
+                self._start(guard(self.consumer.run_forever(), "events"), "events")
             await self.server.start()
             self.accepting = True
             log.info(

@@ -34,6 +34,7 @@ from supervisor.core.checkpoint import (
 )
 from supervisor.core.effects import (
     ActOnInstance,
+    AutoResume,
     Effect,
     LaunchInstance,
     ListPrefix,
@@ -56,6 +57,7 @@ from supervisor.core.events import (
     InstanceObserved,
     ObjectRead,
     PrefixListed,
+    ResumeRequested,
     Tick,
 )
 from supervisor.core.machine import Decision, Policy, step
@@ -116,6 +118,8 @@ class Monitor:
         self._wake_at: datetime | None = None
         self.idle = asyncio.Event()
         self.idle.set()
+        self._settle: dict[int, bool] = {}
+        self._finished = False
         self._closing = False
         self.recent: deque[MonitorEventView] = deque(maxlen=RECENT_EVENTS)
         self._subscribers: set[asyncio.Queue[TailItem]] = set()
@@ -153,11 +157,17 @@ class Monitor:
         self._items.append((event, None))
         self._ready.set()
 
-    async def request(self, event: Event) -> Decision:
-        """Queue a person's request; return once its decision is committed, or raise
-        `InvalidTransition` if the run's phase does not allow it."""
+    async def request(self, event: Event, *, settle: bool = False) -> Decision:
+        """Queue a request; return once its decision is committed, or raise
+        `InvalidTransition` if the run's phase does not allow it.
+
+        With `settle`, return only after everything the event led to (effects and the
+        decisions they caused) is committed: the queue consumer deletes a message then."""
+        if self._finished:
+            raise InvalidTransition(f"run {self.run_id} is {self.run.phase}: not watched now")
         reply: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
         self._items.append((event, reply))
+        self._settle[id(reply)] = settle
         self._ready.set()
         return await reply
 
@@ -178,6 +188,7 @@ class Monitor:
                 event, reply = await self._next()
                 await self._handle(event, reply)
         finally:
+            self._finished = True
             for _, reply in self._items:
                 if reply is not None and not reply.done():
                     reply.set_exception(InvalidTransition(f"run {self.run_id} is {self.run.phase}"))
@@ -205,6 +216,8 @@ class Monitor:
 
     async def _handle(self, event: Event, reply: asyncio.Future[Decision] | None) -> None:
         self.idle.clear()
+        settle = self._settle.pop(id(reply), False) if reply is not None else False
+        last: Decision | None = None
         try:
             pending: deque[Event] = deque([event])
             while pending:
@@ -221,15 +234,18 @@ class Monitor:
                     if reply is not None and current is event:
                         reply.set_exception(exc)
                         return
-                    self._log.info("event_ignored", event=type(current).__name__, why=str(exc))
+                    self._log.info("event_ignored", kind=type(current).__name__, why=str(exc))
                     continue
                 await self._commit(decision)
-                if reply is not None and current is event:
+                last = decision
+                if reply is not None and current is event and not settle:
                     reply.set_result(decision)
                 for effect in decision.effects:
                     follow = await self._execute(effect)
                     if follow is not None:
                         pending.append(follow)
+            if reply is not None and not reply.done() and last is not None:
+                reply.set_result(last)
         except BaseException as exc:
             if reply is not None and not reply.done():
                 reply.set_exception(exc)
@@ -317,6 +333,9 @@ class Monitor:
                 return await self._verify_checkpoint(bucket, key)
             case LaunchInstance():
                 return await self._launch()
+            case AutoResume(from_scratch=from_scratch):
+                self._note("resume_by_policy", from_scratch=from_scratch)
+                return ResumeRequested(from_scratch=from_scratch)
         raise AssertionError(f"unknown effect {effect!r}")
 
     async def _run_command(self, command: InstanceCommand, timeout_s: float) -> Event:

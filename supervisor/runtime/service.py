@@ -118,7 +118,7 @@ async def serve(
                 Transport.LOCAL: LocalShell(),
                 Transport.SSM: SsmShell(aws),
             }
-            daemon = Daemon(settings, store, aws, shells=shells)
+            daemon = Daemon(settings, store, aws, shells=shells, queue=aws)
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(

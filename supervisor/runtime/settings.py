@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     retry_base_s: float = Field(2.0, ge=0)
     shutdown_timeout_s: float = Field(10.0, ge=0)
     log_level: str = Field("info", pattern=r"^(?i)(debug|info|warning|error)$")
+    events_queue_url: str | None = None
+    """SQS queue with EventBridge EC2 events and S3 notifications (deploy/cloudformation.yaml).
+    Without it the supervisor polls and sweeps only."""
+    spot_margin_s: float = Field(15.0, ge=0, le=110)
+    """Safety margin taken off a spot warning's two minutes for the checkpoint deadline."""
     faults: str = ""
     """Testing only: a fault plan for AWS calls (see supervisor.adapters.faults)."""
 

@@ -12,7 +12,13 @@ from typing import Any
 from supervisor.core.checkpoint import CommandKind, CommandResult, CommandStatus, Verification
 from supervisor.core.completion import ListRequest
 from supervisor.core.effects import ListPrefix
-from supervisor.core.events import CheckpointChecked, CommandFinished, Event, PrefixListed
+from supervisor.core.events import (
+    CheckpointChecked,
+    CommandFinished,
+    Event,
+    PrefixListed,
+    SpotInterruptionWarning,
+)
 from supervisor.core.machine import Decision, Policy, new_run, step
 from supervisor.core.run import Outcome, Phase, Run
 from supervisor.core.spec import RunSpec
@@ -57,6 +63,11 @@ def checkpoint_spec(**overrides: Any) -> RunSpec:
     return make_spec(**{**CHECKPOINT_FIELDS, **overrides})
 
 
+def spot_spec(**overrides: Any) -> RunSpec:
+    """A checkpointed spot run; `on_interruption` stays "none" unless overridden."""
+    return checkpoint_spec(**{"spot": True, **overrides})
+
+
 def make_run(phase: Phase = Phase.PENDING, *, spec: RunSpec | None = None, **changes: Any) -> Run:
     """A run in `phase`, attached an hour ago; a grace run has completed and waits until
     `GRACE_UNTIL`."""
@@ -93,6 +104,18 @@ def failed(kind: CommandKind, error: str = "upload failed: AccessDenied") -> Com
 def checked(*problems: str, files: int = 2, size: int = 300) -> CheckpointChecked:
     """The verification of the manifest in S3: verified unless problems are given."""
     return CheckpointChecked(Verification(not problems, files, size, problems), None, 0.25)
+
+
+SPOT_NOTICE_S = 100.0
+"""Seconds between `NOW` and the deadline of the default spot warning."""
+DEADLINE = NOW + timedelta(seconds=SPOT_NOTICE_S)
+
+
+def warning(
+    seconds_left: float = SPOT_NOTICE_S, action: str = "terminate"
+) -> SpotInterruptionWarning:
+    """A spot interruption warning whose deadline is `seconds_left` after `NOW`."""
+    return SpotInterruptionWarning(NOW + timedelta(seconds=seconds_left), action)
 
 
 def seeded() -> random.Random:

@@ -19,7 +19,7 @@ from supervisor.core.checkpoint import (
     CommandStatus,
     Verification,
 )
-from supervisor.core.effects import ActOnInstance, Effect
+from supervisor.core.effects import ActOnInstance, AutoResume, Effect
 from supervisor.core.errors import InvalidTransition
 from supervisor.core.events import (
     Action,
@@ -32,9 +32,11 @@ from supervisor.core.events import (
     InstanceLaunched,
     InstanceObserved,
     MonitorFailed,
+    Nudge,
     ObjectRead,
     PrefixListed,
     ResumeRequested,
+    SpotInterruptionWarning,
     Tick,
     UserAction,
     UserRequested,
@@ -71,6 +73,15 @@ def check_decision(before: Run, d: Decision, now: datetime) -> None:
     after = d.run
     if terminates(d.effects):
         assert V in (before.checkpoint, after.checkpoint), "terminate without a verified checkpoint"
+    if P.INTERRUPTING in (before.phase, after.phase):
+        # AWS takes a spot instance back by itself: the supervisor never calls stop on it.
+        acts = [e for e in d.effects if isinstance(e, ActOnInstance)]
+        assert acts == [], "acted on an instance that is being interrupted"
+    resumes = [e for e in d.effects if isinstance(e, AutoResume)]
+    if resumes:
+        assert d.transition is not None and after.phase is P.INTERRUPTED, "resume not by policy"
+        assert before.attempt - 1 < before.spec.max_restarts, "resumed beyond max_restarts"
+        assert resumes == [AutoResume(from_scratch=after.checkpoint is not V)]
     t = d.transition
     if t is None:
         assert (after.phase, after.version) == (before.phase, before.version)
@@ -125,6 +136,14 @@ def _checked(rng: random.Random, _: datetime) -> CheckpointChecked:
     return CheckpointChecked(Verification(False, 1, 10, ("k: missing in S3",)), None, 0.1)
 
 
+def _warning(rng: random.Random, now: datetime) -> SpotInterruptionWarning:
+    # AWS gives two minutes, less the margin; a late delivery may arrive after the deadline.
+    left = rng.choice((-10, 0, 0.5, 3, 45, 110))
+    return SpotInterruptionWarning(
+        now + timedelta(seconds=left), rng.choice(["terminate", "terminate", "stop", "hibernate"])
+    )
+
+
 def _failed(rng: random.Random, _: datetime) -> EffectFailed:
     operation = rng.choice(["ListObjectsV2", "StopInstances", "SendCommand", "RunInstances"])
     return EffectFailed(operation, "Code", "message", transient=rng.random() < 0.85)
@@ -145,19 +164,25 @@ MAKERS: list[tuple[float, type[Any], Maker]] = [
     (4, CheckpointChecked, _checked),
     (2, ResumeRequested, lambda rng, now: ResumeRequested(from_scratch=rng.random() < 0.3)),
     (1, InstanceLaunched, lambda rng, now: InstanceLaunched(InstanceId("i-0fedcba9876543210"))),
+    (1, Nudge, lambda rng, now: Nudge(rng.choice(["prefix", "instance"]))),
+    (0.6, SpotInterruptionWarning, _warning),
 ]  # fmt: skip
 SEEDS = range(300)
 STEPS = 40
 
 
 def walk_spec(rng: random.Random) -> RunSpec:
-    """Checkpointing on, on_complete=terminate; the other checkpoint knobs drawn at random."""
+    """Checkpointing on, on_complete=terminate; the other checkpoint and spot knobs drawn at
+    random."""
     return checkpoint_spec(
         on_complete="terminate",
         grace_mode=rng.choice(["until-quiet", "fixed"]),
         on_checkpoint_failure=rng.choice(["stop", "stop", "keep-running"]),
         checkpoint_attempts=rng.randint(1, 3),
         launch_template=rng.choice([LAUNCH_TEMPLATE, None]),
+        spot=rng.random() < 0.5,
+        on_interruption=rng.choice(["resume", "none"]),
+        max_restarts=rng.randint(0, 2),
     )
 
 
@@ -175,6 +200,7 @@ class WalkStats:
     edges: Counter[tuple[Phase | None, Phase]]
     terminates: int = 0
     downgrades: int = 0
+    auto_resumes: int = 0
 
 
 def walk(seed: int, stats: WalkStats) -> None:
@@ -198,6 +224,7 @@ def walk(seed: int, stats: WalkStats) -> None:
             stats.edges[(d.transition.from_phase, d.transition.to_phase)] += 1
             stats.downgrades += "downgraded" in d.transition.detail
         stats.terminates += terminates(d.effects)
+        stats.auto_resumes += any(isinstance(e, AutoResume) for e in d.effects)
         run = d.run
 
 
@@ -216,9 +243,11 @@ def test_no_random_walk_terminates_unverified_or_leaves_the_edges_table() -> Non
         (P.RUNNING, P.CHECKPOINTING), (P.CHECKPOINTING, P.GRACE), (P.CHECKPOINTING, P.STOPPING),
         (P.CHECKPOINTING, P.TERMINATING), (P.GRACE, P.TERMINATING), (P.GRACE, P.STOPPING),
         (P.STOPPED, P.RESUMING), (P.RESUMING, P.RUNNING), (P.TERMINATING, P.TERMINATED),
+        (P.RUNNING, P.INTERRUPTING), (P.CHECKPOINTING, P.INTERRUPTING), (P.GRACE, P.INTERRUPTING),
+        (P.INTERRUPTING, P.INTERRUPTED), (P.RUNNING, P.INTERRUPTED), (P.INTERRUPTED, P.RESUMING),
     }  # fmt: skip
     assert {edge for edge in must_reach if stats.edges[edge] < 3} == set()
-    assert stats.terminates >= 20 and stats.downgrades >= 20
+    assert stats.terminates >= 20 and stats.downgrades >= 20 and stats.auto_resumes >= 10
 
 
 # -- every path into terminating ---------------------------------------------------------------

@@ -40,6 +40,7 @@ from supervisor.core.events import (
     InstanceLaunched,
     InstanceObserved,
     MonitorFailed,
+    Nudge,
     ObjectRead,
     PrefixListed,
     ResumeRequested,
@@ -67,6 +68,7 @@ from supervisor.core.values import InstanceId, InstanceState
 from tests.core.builders import (
     CHECKPOINT_DIR,
     CHECKPOINT_FIELDS,
+    DEADLINE,
     GRACE_UNTIL,
     INSTANCE,
     LAUNCH_TEMPLATE,
@@ -86,15 +88,19 @@ from tests.core.builders import (
     obj,
     run_step,
     seeded,
+    warning,
 )
 
 P, S = Phase, InstanceState
 STOP, TERMINATE = ActOnInstance(Action.STOP), ActOnInstance(Action.TERMINATE)
 DENIED = EffectFailed("StopInstances", "UnauthorizedOperation", "not authorized", transient=False)
 THROTTLED = EffectFailed("ListObjectsV2", "SlowDown", "reduce your request rate", transient=True)
-ACTIVE = (P.PENDING, P.RUNNING, P.CHECKPOINTING, P.GRACE, P.STOPPING, P.TERMINATING, P.RESUMING)
-EFFECTFUL = (P.RUNNING, P.CHECKPOINTING, P.STOPPING, P.TERMINATING, P.RESUMING)
-RESUMABLE = (P.STOPPED, P.TERMINATED, P.CRASHED)
+ACTIVE = (
+    P.PENDING, P.RUNNING, P.CHECKPOINTING, P.GRACE, P.STOPPING, P.TERMINATING, P.RESUMING,
+    P.INTERRUPTING,
+)  # fmt: skip
+EFFECTFUL = (P.RUNNING, P.CHECKPOINTING, P.STOPPING, P.TERMINATING, P.RESUMING, P.INTERRUPTING)
+RESUMABLE = (P.STOPPED, P.TERMINATED, P.CRASHED, P.INTERRUPTED)
 CRASH = MonitorFailed("KeyError", "'Contents'")
 CF = CHECKPOINT_FIELDS
 V, UV = CheckpointStatus.VERIFIED, CheckpointStatus.UNVERIFIED
@@ -112,6 +118,10 @@ def checkpoint_step(**spec: Any) -> RunInstanceCommand:
 
 
 CKPT = checkpoint_step()
+SPOT_CKPT = RunInstanceCommand(
+    checkpoint_command(make_run(spec=checkpoint_spec()), sigterm_timeout_s=50), 100.0
+)
+"""The checkpoint step a spot warning 100 s ahead starts: SIGTERM timeout cut from 120 to 50."""
 
 
 def seen(state: InstanceState) -> InstanceObserved:
@@ -161,6 +171,8 @@ def _edge(
 
 
 C, X, U = Outcome.COMPLETED, Outcome.CANCELLED, UserAction
+INT = Outcome.INTERRUPTED
+WARNED = "spot interruption warning (terminate, 100s left)"
 
 
 def kept(phase: Phase) -> Outcome | None:
@@ -235,6 +247,26 @@ EDGE_CASES = [
           outcome=C, checkpoint=V, resume_stage="start",
           fields={"attempt": 2, "started_at": NOW, "checkpoint": None, "resume_stage": ""}),
     _edge(P.RESUMING, user(U.STOP), P.STOPPING, X, "stop requested by user", STOP, spec=CF),
+    # spot: the warning starts the checkpoint inside the notice; the instance going ends it
+    _edge(PO, warning(), P.INTERRUPTING, INT, f"{WARNED}; no checkpoint step configured",
+          ObserveInstance(), fields={"interrupt_deadline": DEADLINE}),
+    _edge(P.RUNNING, warning(), P.INTERRUPTING, INT, f"{WARNED}; saving the final checkpoint now",
+          SPOT_CKPT, spec=CF, fields={"interrupt_deadline": DEADLINE, "checkpoint_tries": 1}),
+    _edge(P.CHECKPOINTING, warning(), P.INTERRUPTING, C, f"{WARNED}; during checkpointing",
+          ObserveInstance(), spec=CF, outcome=C, checkpoint_tries=2,
+          fields={"checkpoint_tries": 2, "interrupt_deadline": DEADLINE}),
+    _edge(P.GRACE, warning(), P.INTERRUPTING, C, f"{WARNED}; during grace", ObserveInstance(),
+          spec=CF, checkpoint=V, fields={"checkpoint": V}),
+    _edge(P.INTERRUPTING, seen(S.TERMINATED), P.INTERRUPTED, INT,
+          "spot instance terminated after the interruption warning", spec={**CF, "spot": True},
+          outcome=INT, checkpoint=V, fields={"checkpoint": V}),
+    _edge(P.RUNNING, listed("logs.txt"), P.INTERRUPTED, INT,
+          "spot instance terminated without a request from the supervisor",
+          spec={"spot": True}, instance_ended=S.TERMINATED),
+    _edge(P.INTERRUPTED, ResumeRequested(from_scratch=True), P.RESUMING, INT,
+          "resume requested from scratch (attempt 2)", ObserveInstance(),
+          spec={**CF, "spot": True}, outcome=INT, checkpoint=UV,
+          fields={"from_scratch": True, "resume_stage": "observe"}),
     _edge(P.RESUMING, user(U.TERMINATE), P.TERMINATING, X, "terminate requested by user",
           TERMINATE),
     *(_edge(p, user(U.DETACH), P.DETACHED, kept(p), "detached by user request") for p in ACTIVE),
@@ -276,7 +308,7 @@ def test_each_edge_is_one_step_with_its_outcome_reason_and_effects(case: EdgeCas
 ONE_OF_EACH: list[Event] = [
     Armed(), Tick(), seen(S.RUNNING), listed("done"), ObjectRead("FAILED", "boom"),
     ActionSucceeded(A.STOP, S.STOPPED), DENIED, user(U.DETACH), CRASH, finished(CP), checked(),
-    ResumeRequested(), InstanceLaunched(NEW_INSTANCE),
+    ResumeRequested(), InstanceLaunched(NEW_INSTANCE), Nudge("prefix"), warning(),
 ]
 REFUSED = [
     pytest.param(phase, event, id=f"{phase}:{type(event).__name__}")
@@ -471,6 +503,7 @@ USER_TABLE = [
         P.TERMINATING: (None, None, P.DETACHED),
         P.CHECKPOINTING: (P.CHECKPOINTING, P.CHECKPOINTING, P.DETACHED),
         P.RESUMING: (P.STOPPING, P.TERMINATING, P.DETACHED),
+        P.INTERRUPTING: (None, None, P.DETACHED),
     }.items()
     for a, to in zip((U.STOP, U.TERMINATE, U.DETACH), row, strict=True)
 ]
@@ -788,6 +821,46 @@ def test_until_quiet_grace_still_ends_at_grace_until() -> None:
     d = run_step(verified_grace(on_complete="terminate"), Tick(), now=GRACE_UNTIL)
     assert (d.run.phase, d.effects) == (P.TERMINATING, (TERMINATE,))
     assert d.run.reason == "grace over; terminate requested (on_complete=terminate)"
+
+
+# -- nudges from the events queue --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("phase", ACTIVE)
+def test_an_instance_nudge_asks_for_a_prompt_describe_in_every_active_phase(phase: Phase) -> None:
+    run = make_run(phase)
+    d = run_step(run, Nudge("instance"))
+    assert (d.effects, d.transition, d.persist, d.run) == ((ObserveInstance(),), None, False, run)
+
+
+def test_a_prefix_nudge_lists_a_running_prefix_now_without_waiting_for_the_next_check() -> None:
+    due = NOW + timedelta(minutes=10)
+    run = make_run(P.RUNNING, checks=4, next_check_at=due)
+    assert run_step(run, Tick()).effects == (WakeAt(due),)
+    d = run_step(run, Nudge("prefix"))
+    assert (d.effects, d.transition) == ((LIST_TOP,), None)
+    assert (d.run.checks, d.run.next_check_at) == (4, due)
+
+
+def test_a_prefix_nudge_lists_the_whole_prefix_in_a_grace_that_may_end_early() -> None:
+    d = run_step(verified_grace(), Nudge("prefix"), now=NOW + timedelta(seconds=5))
+    assert (d.effects, d.transition) == ((LIST_ALL,), None)
+
+
+PREFIX_NUDGE_IGNORED = [
+    pytest.param(make_run(p), id=str(p)) for p in ACTIVE if p is not P.RUNNING
+] + [
+    pytest.param(verified_grace(exited=False), id="grace-process-alive"),
+    pytest.param(verified_grace(grace_mode="fixed"), id="grace-fixed"),
+    pytest.param(make_run(P.GRACE, spec=checkpoint_spec(), checkpoint=UV, process_exited=True),
+                 id="grace-unverified"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("run", PREFIX_NUDGE_IGNORED)
+def test_a_prefix_nudge_is_ignored_where_a_listing_decides_nothing(run: Run) -> None:
+    d = run_step(run, Nudge("prefix"))
+    assert (d.effects, d.transition, d.persist, d.run) == ((), None, False, run)
 
 
 # -- user requests with checkpointing ----------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from supervisor.core.errors import InvalidInput
-from supervisor.core.spec import DEFAULT_MARKERS, GraceMode, OnComplete, RunSpec
+from supervisor.core.spec import DEFAULT_MARKERS, GraceMode, OnComplete, OnInterruption, RunSpec
 from supervisor.core.values import S3Prefix
 from tests.core.builders import SPEC_FIELDS, make_spec
 
@@ -52,6 +52,11 @@ BAD_FIELDS = [
     ({"launch_template": {}}, "launch_template", ""),
     ({"launch_template": {"id": "lt-0123456789abcdef0", "name": "x"}}, "launch_template", ""),
     ({"launch_template": {"id": "lt-x"}}, "launch_template.id", "'lt-x'"),
+    ({"spot": "maybe"}, "spot", "'maybe'"),
+    ({"on_interruption": "retry"}, "on_interruption", "'retry'"),
+    ({"max_restarts": -1}, "max_restarts", "-1"),
+    ({"max_restarts": 101}, "max_restarts", "101"),
+    ({"max_restarts": 2.5}, "max_restarts", "2.5"),
 ]
 
 
@@ -157,3 +162,37 @@ def test_a_bad_checkpoint_path_or_location_is_refused_naming_its_field(
 def test_a_resume_command_without_a_pid_file_is_refused() -> None:
     with pytest.raises(InvalidInput, match="resume_command needs pid_file"):
         make_spec(checkpoint_dir="/data/ckpt", resume_command="python train.py --resume")
+
+
+# -- spot --------------------------------------------------------------------------------------
+
+RESUMABLE = {"pid_file": "/run/train.pid", "resume_command": "python train.py --resume"}
+
+
+def test_a_run_is_on_demand_and_left_interrupted_unless_the_spec_says_otherwise() -> None:
+    spec = make_spec()
+    assert (spec.spot, spec.on_interruption, spec.max_restarts) == (False, OnInterruption.NONE, 3)
+
+
+@pytest.mark.parametrize("extra", [{}, CHECKPOINTED], ids=["plain", "checkpointed"])
+def test_on_interruption_resume_without_a_resume_command_is_refused(extra: dict[str, Any]) -> None:
+    with pytest.raises(InvalidInput, match=r"^on_interruption=resume needs resume_command"):
+        make_spec(spot=True, on_interruption="resume", **extra)
+
+
+@pytest.mark.parametrize("max_restarts", [0, 1, 100])
+def test_on_interruption_resume_takes_max_restarts_from_0_to_100(max_restarts: int) -> None:
+    spec = make_spec(
+        spot=True, on_interruption="resume", max_restarts=max_restarts, **CHECKPOINTED, **RESUMABLE
+    )
+    assert (spec.spot, spec.on_interruption, spec.max_restarts) == (
+        True, OnInterruption.RESUME, max_restarts,
+    )  # fmt: skip
+
+
+def test_a_spot_spec_round_trips_through_json() -> None:
+    spec = make_spec(
+        spot=True, on_interruption="resume", max_restarts=7, **CHECKPOINTED, **RESUMABLE,
+        launch_template={"id": "lt-0123456789abcdef0"},
+    )  # fmt: skip
+    assert RunSpec.model_validate_json(spec.model_dump_json()) == spec

@@ -81,7 +81,7 @@ class Harness:
             Transport.LOCAL: LocalShell(),
             Transport.SSM: SsmShell(self.aws),
         }
-        self.daemon = Daemon(settings, self.store, cloud, shells=shells)
+        self.daemon = Daemon(settings, self.store, cloud, shells=shells, queue=self.aws)
         ready = asyncio.Event()
 
         async def on_ready() -> None:

@@ -1,0 +1,138 @@
+"""Messages from the events queue, parsed: EventBridge envelopes for EC2 (state change, spot
+interruption warning, rebalance recommendation) and S3 (Object Created), S3's own event
+notifications (including `s3:TestEvent`). Pure: a message body in, typed notifications out.
+
+Anything else is `Unrecognized` with the reason, never an exception: a bad message must not
+stop the consumer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import unquote_plus
+
+from supervisor.core.values import InstanceId, InstanceState
+
+
+@dataclass(frozen=True, slots=True)
+class Ec2StateChange:
+    instance_id: InstanceId
+    state: InstanceState
+    time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SpotWarning:
+    instance_id: InstanceId
+    action: str  # terminate | stop | hibernate
+    time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RebalanceRecommendation:
+    instance_id: InstanceId
+    time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectCreated:
+    bucket: str
+    key: str
+    time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class S3TestEvent:
+    bucket: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unrecognized:
+    reason: str
+
+
+Notification = (
+    Ec2StateChange
+    | SpotWarning
+    | RebalanceRecommendation
+    | ObjectCreated
+    | S3TestEvent
+    | Unrecognized
+)
+
+
+def _time(value: object) -> datetime:
+    if not isinstance(value, str):
+        raise ValueError(f"time {value!r} is not a string")
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        raise ValueError(f"time {value!r} has no time zone")
+    return moment
+
+
+def _instance(detail: dict[str, Any]) -> InstanceId:
+    value = detail.get("instance-id")
+    if not isinstance(value, str) or not value.startswith("i-"):
+        raise ValueError(f"no instance-id in detail: {value!r}")
+    return InstanceId(value)
+
+
+def _eventbridge(body: dict[str, Any]) -> tuple[Notification, ...]:
+    kind, source = body.get("detail-type"), body.get("source")
+    detail = body.get("detail")
+    if not isinstance(detail, dict):
+        raise ValueError("EventBridge envelope without a detail object")
+    time = _time(body.get("time"))
+    if source == "aws.ec2" and kind == "EC2 Instance State-change Notification":
+        state = InstanceState(str(detail.get("state")))
+        if state is InstanceState.UNKNOWN:  # the supervisor's own word, never EC2's
+            raise ValueError("'unknown' is not an EC2 instance state")
+        return (Ec2StateChange(_instance(detail), state, time),)
+    if source == "aws.ec2" and kind == "EC2 Spot Instance Interruption Warning":
+        action = str(detail.get("instance-action", "terminate"))
+        return (SpotWarning(_instance(detail), action, time),)
+    if source == "aws.ec2" and kind == "EC2 Instance Rebalance Recommendation":
+        return (RebalanceRecommendation(_instance(detail), time),)
+    if source == "aws.s3" and kind == "Object Created":
+        bucket, obj = detail.get("bucket", {}), detail.get("object", {})
+        return (ObjectCreated(str(bucket["name"]), str(obj["key"]), time),)
+    return (Unrecognized(f"unhandled EventBridge event {source}/{kind}"),)
+
+
+def _s3_records(records: list[Any]) -> tuple[Notification, ...]:
+    found: list[Notification] = []
+    for record in records:
+        name = str(record.get("eventName", ""))
+        if record.get("eventSource") != "aws:s3" or not name.startswith("ObjectCreated:"):
+            found.append(Unrecognized(f"unhandled S3 record {name or '(no eventName)'}"))
+            continue
+        s3 = record["s3"]
+        # S3 URL-encodes keys in notifications (a space arrives as '+').
+        found.append(
+            ObjectCreated(
+                str(s3["bucket"]["name"]),
+                unquote_plus(str(s3["object"]["key"])),
+                _time(record.get("eventTime")),
+            )
+        )
+    return tuple(found)
+
+
+def parse_message(body: str) -> tuple[Notification, ...]:
+    """Pure. Every notification in one SQS message body (S3 may batch several records)."""
+    try:
+        data = json.loads(body)
+        if not isinstance(data, dict):
+            return (Unrecognized("message body is not a JSON object"),)
+        if data.get("Event") == "s3:TestEvent":
+            return (S3TestEvent(str(data.get("Bucket", ""))),)
+        if "Records" in data and isinstance(data["Records"], list):
+            return _s3_records(data["Records"])
+        if "detail-type" in data:
+            return _eventbridge(data)
+        return (Unrecognized("neither an EventBridge envelope nor an S3 notification"),)
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        return (Unrecognized(f"malformed message: {type(exc).__name__}: {exc}"[:300]),)

@@ -1,0 +1,233 @@
+"""The events queue consumer: SQS long polls of EventBridge and S3 messages, routed to monitors.
+
+Events only wake monitors early or carry facts no describe call shows (a spot warning);
+decisions still rest on observed state, and the reconcile sweep remains the safety net.
+
+A message is deleted only after what it caused is committed (`Monitor.request(settle=True)`).
+The same message twice, or messages out of order, cause no second transition: a nudge leads
+to a look, and the transition table refuses a repeated warning. A message that names no
+active run, or cannot be parsed, is recorded in the audit log and deleted; the consumer never
+dies of a message (a failure to handle one leaves it on the queue for redelivery).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import structlog
+
+from supervisor.adapters.aws import QueueMessage
+from supervisor.core.errors import ExternalError, InvalidTransition
+from supervisor.core.events import Event, Nudge, SpotInterruptionWarning
+from supervisor.core.notifications import (
+    Ec2StateChange,
+    Notification,
+    ObjectCreated,
+    RebalanceRecommendation,
+    S3TestEvent,
+    SpotWarning,
+    Unrecognized,
+    parse_message,
+)
+from supervisor.runtime.monitor import Monitor
+from supervisor.runtime.ports import Clock
+
+log = structlog.get_logger("supervisor.events")
+
+SPOT_NOTICE_S = 120.0  # AWS's two-minute warning
+MAX_IN_FLIGHT = 100  # messages being handled at once; polling waits beyond this
+
+
+class Queue(Protocol):
+    async def receive_messages(
+        self, queue_url: str, region: str, *, wait_s: int = ..., max_messages: int = ...
+    ) -> list[QueueMessage]: ...
+
+    async def delete_message(self, queue_url: str, receipt: str, region: str) -> None: ...
+
+
+class Audit(Protocol):
+    async def record_audit(
+        self, *, at: datetime, source: str, kind: str, subject: str | None, detail: dict[str, Any]
+    ) -> None: ...
+
+
+class EventConsumer:
+    def __init__(
+        self,
+        queue: Queue,
+        queue_url: str,
+        region: str,
+        monitors: Callable[[], Iterable[Monitor]],
+        audit: Audit,
+        clock: Clock,
+        *,
+        spot_margin_s: float,
+        wait_s: int = 20,
+        error_backoff_s: float = 5.0,
+    ) -> None:
+        self._queue = queue
+        self.queue_url = queue_url
+        self._region = region
+        self._monitors = monitors
+        self._audit = audit
+        self._clock = clock
+        self._margin = timedelta(seconds=spot_margin_s)
+        self._wait_s = wait_s
+        self._error_backoff_s = error_backoff_s
+        self.handled = 0
+
+    def __repr__(self) -> str:
+        return f"<EventConsumer {self.queue_url} handled={self.handled}>"
+
+    async def run_forever(self) -> None:
+        # Messages are handled as tasks while polling goes on: one run's spot checkpoint
+        # (up to two minutes) must not hold back another run's warning. Each message is still
+        # deleted only once what it caused is committed.
+        in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+
+        async def handle_one(message: QueueMessage) -> None:
+            try:
+                await self.handle(message)
+            finally:
+                in_flight.release()
+
+        async with asyncio.TaskGroup() as tasks:
+            while True:
+                try:
+                    messages = await self._queue.receive_messages(
+                        self.queue_url, self._region, wait_s=self._wait_s
+                    )
+                except ExternalError as exc:
+                    log.warning("queue_receive_failed", code=exc.code, message=exc.message)
+                    await asyncio.sleep(self._error_backoff_s)
+                    continue
+                for message in messages:
+                    await in_flight.acquire()
+                    tasks.create_task(handle_one(message))
+
+    async def handle(self, message: QueueMessage) -> bool:
+        """Act on one message; delete it once what it caused is committed. Returns whether
+        it was deleted (False leaves it for redelivery after the visibility timeout)."""
+        try:
+            for notification in parse_message(message.body):
+                await self._route(notification, message)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception(
+                "queue_message_failed",
+                message_id=message.message_id,
+                receive_count=message.receive_count,
+            )
+            return False
+        try:
+            await self._queue.delete_message(self.queue_url, message.receipt, self._region)
+        except ExternalError as exc:
+            log.warning("queue_delete_failed", message_id=message.message_id, code=exc.code)
+            return False
+        self.handled += 1
+        return True
+
+    async def _route(self, note: Notification, message: QueueMessage) -> None:
+        match note:
+            case Ec2StateChange(instance_id=instance_id, state=state):
+                await self._deliver(
+                    self._by_instance(instance_id),
+                    Nudge("instance"),
+                    note,
+                    message,
+                    subject=instance_id,
+                    state=str(state),
+                )
+            case SpotWarning(instance_id=instance_id, action=action, time=time):
+                deadline = time + timedelta(seconds=SPOT_NOTICE_S) - self._margin
+                warning = SpotInterruptionWarning(deadline=deadline, action=action)
+                await self._deliver(
+                    self._by_instance(instance_id), warning, note, message, subject=instance_id
+                )
+            case RebalanceRecommendation(instance_id=instance_id):
+                await self._record(
+                    "rebalance-ignored",
+                    instance_id,
+                    message,
+                    reason="on_rebalance is not supported yet; the sweep and "
+                    "the interruption warning still protect the run",
+                )
+            case ObjectCreated(bucket=bucket, key=key):
+                owners = [
+                    m
+                    for m in self._monitors()
+                    if _owns_key(m, bucket, key) and not m.run.phase.is_terminal
+                ]
+                await self._deliver(
+                    owners, Nudge("prefix"), note, message, subject=f"s3://{bucket}/{key}"
+                )
+            case S3TestEvent(bucket=bucket):
+                await self._record("s3-test-event", bucket, message)
+            case Unrecognized(reason=reason):
+                await self._record(
+                    "unrecognized",
+                    message.message_id,
+                    message,
+                    reason=reason,
+                    body=message.body[:2000],
+                )
+
+    def _by_instance(self, instance_id: str) -> list[Monitor]:
+        return [
+            m
+            for m in self._monitors()
+            if m.run.instance_id == instance_id and not m.run.phase.is_terminal
+        ]
+
+    async def _deliver(
+        self,
+        monitors: list[Monitor],
+        event: Event,
+        note: Notification,
+        message: QueueMessage,
+        *,
+        subject: str,
+        **fields: Any,
+    ) -> None:
+        if not monitors:
+            await self._record(
+                "unowned", subject, message, notification=type(note).__name__, **fields
+            )
+            return
+        for monitor in monitors:
+            try:
+                await monitor.request(event, settle=True)
+            except InvalidTransition as exc:  # a repeat, or late for the run's phase
+                log.info(
+                    "event_refused", run_id=monitor.run_id, kind=type(event).__name__, why=str(exc)
+                )
+            else:
+                log.info(
+                    "event_routed",
+                    run_id=monitor.run_id,
+                    kind=type(event).__name__,
+                    message_id=message.message_id,
+                    **fields,
+                )
+
+    async def _record(
+        self, kind: str, subject: str | None, message: QueueMessage, **detail: Any
+    ) -> None:
+        log.info("event_recorded", kind=kind, subject=subject, message_id=message.message_id)
+        await self._audit.record_audit(
+            at=self._clock.now(),
+            source="sqs",
+            kind=kind,
+            subject=subject,
+            detail={"message_id": message.message_id, **detail},
+        )
+
+
+def _owns_key(monitor: Monitor, bucket: str, key: str) -> bool:
+    prefix = monitor.run.spec.prefix
+    return prefix.bucket == bucket and key.startswith(prefix.prefix)

@@ -1,0 +1,244 @@
+"""parse_message(): the real AWS bodies from the events queue become typed notifications, and
+anything else becomes `Unrecognized` with a reason, never an exception."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, get_args
+
+import pytest
+
+from supervisor.core.notifications import (
+    Ec2StateChange,
+    Notification,
+    ObjectCreated,
+    RebalanceRecommendation,
+    S3TestEvent,
+    SpotWarning,
+    Unrecognized,
+    parse_message,
+)
+from supervisor.core.values import InstanceId, InstanceState
+
+AWS_EVENTS = Path("/work/shared/aws-events")
+"""The bodies AWS documents, kept beside the project (see the README there)."""
+INSTANCE = InstanceId("i-0abcd1234ef567890")
+BUCKET = "example-runs-bucket"
+KEY = "runs/example-run/COMPLETE"
+SENT = datetime(2026, 11, 22, 12, tzinfo=UTC)
+KINDS: tuple[type[Any], ...] = get_args(Notification)
+
+pytestmark = pytest.mark.skipif(not AWS_EVENTS.is_dir(), reason=f"{AWS_EVENTS} is not here")
+
+
+def body(name: str) -> str:
+    return (AWS_EVENTS / name).read_text()
+
+
+def edited(name: str, **changes: Any) -> str:
+    """The real body of `name`, as JSON, with top-level fields (and `detail.x` paths) changed;
+    a value of None removes the field."""
+    data = json.loads(body(name))
+    for path, value in changes.items():
+        *parents, leaf = path.split("__")
+        target = data
+        for parent in parents:
+            target = target[parent]
+        if value is None:
+            target.pop(leaf, None)
+        else:
+            target[leaf] = value
+    return json.dumps(data)
+
+
+def s3_record(key: str = KEY, event: str = "ObjectCreated:Put") -> dict[str, Any]:
+    record: dict[str, Any] = json.loads(body("s3-notification-put.json"))["Records"][0]
+    record["eventName"] = event
+    record["s3"]["object"]["key"] = key
+    return record
+
+
+def records(*items: dict[str, Any]) -> str:
+    return json.dumps({"Records": list(items)})
+
+
+# -- the real bodies ---------------------------------------------------------------------------
+
+REAL = {
+    "ec2-state-change.json": Ec2StateChange(INSTANCE, InstanceState.TERMINATED, SENT),
+    "ec2-spot-interruption-warning.json": SpotWarning(INSTANCE, "terminate", SENT),
+    "ec2-rebalance-recommendation.json": RebalanceRecommendation(INSTANCE, SENT),
+    "s3-object-created-eventbridge.json": ObjectCreated(BUCKET, KEY, SENT),
+    "s3-notification-put.json": ObjectCreated(BUCKET, KEY, SENT),
+    "s3-test-event.json": S3TestEvent(BUCKET),
+}
+
+
+def test_every_real_body_on_disk_has_a_case() -> None:
+    assert {p.name for p in AWS_EVENTS.glob("*.json")} == set(REAL)
+
+
+@pytest.mark.parametrize(("name", "expected"), REAL.items(), ids=list(REAL))
+def test_each_real_body_gives_its_typed_notification(name: str, expected: Notification) -> None:
+    assert parse_message(body(name)) == (expected,)
+
+
+@pytest.mark.parametrize("name", [n for n, e in REAL.items() if hasattr(e, "time")])
+def test_times_are_aware_utc_datetimes(name: str) -> None:
+    (note,) = parse_message(body(name))
+    assert not isinstance(note, S3TestEvent | Unrecognized)
+    assert note.time.tzinfo is not None and note.time.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize("state", [s for s in InstanceState if s is not InstanceState.UNKNOWN])
+def test_every_ec2_state_is_read(state: InstanceState) -> None:
+    text = edited("ec2-state-change.json", detail__state=str(state))
+    assert parse_message(text) == (Ec2StateChange(INSTANCE, state, SENT),)
+
+
+@pytest.mark.parametrize("action", ["terminate", "stop", "hibernate"])
+def test_the_spot_warning_carries_the_instance_action(action: str) -> None:
+    text = edited("ec2-spot-interruption-warning.json", **{"detail__instance-action": action})
+    assert parse_message(text) == (SpotWarning(INSTANCE, action, SENT),)
+
+
+def test_a_spot_warning_without_an_instance_action_means_terminate() -> None:
+    text = edited("ec2-spot-interruption-warning.json", **{"detail__instance-action": None})
+    assert parse_message(text) == (SpotWarning(INSTANCE, "terminate", SENT),)
+
+
+def test_an_envelope_time_with_an_offset_is_kept_as_that_instant() -> None:
+    text = edited("ec2-state-change.json", time="2026-11-22T13:00:00+01:00")
+    (note,) = parse_message(text)
+    assert isinstance(note, Ec2StateChange) and note.time == SENT
+
+
+# -- S3 notifications --------------------------------------------------------------------------
+
+
+def test_an_s3_notification_with_two_records_gives_two_objects_in_order() -> None:
+    text = records(s3_record("runs/a/COMPLETE"), s3_record("runs/b/FAILED", "ObjectCreated:Copy"))
+    assert parse_message(text) == (
+        ObjectCreated(BUCKET, "runs/a/COMPLETE", SENT),
+        ObjectCreated(BUCKET, "runs/b/FAILED", SENT),
+    )
+
+
+@pytest.mark.parametrize(
+    ("sent", "key"),
+    [("runs/a+b/COMPLETE", "runs/a b/COMPLETE"), ("runs/c%2B%2B/done", "runs/c++/done"),
+     ("runs/x%3Dy/done", "runs/x=y/done"), ("runs/plain/done", "runs/plain/done")],
+)  # fmt: skip
+def test_an_s3_notification_key_is_url_decoded(sent: str, key: str) -> None:
+    assert parse_message(records(s3_record(sent))) == (ObjectCreated(BUCKET, key, SENT),)
+
+
+def test_a_removed_object_beside_a_created_one_is_unrecognized_on_its_own() -> None:
+    created, removed = s3_record("runs/a/done"), s3_record("runs/a/x", "ObjectRemoved:Delete")
+    first, second = parse_message(records(created, removed))
+    assert first == ObjectCreated(BUCKET, "runs/a/done", SENT)
+    assert second == Unrecognized("unhandled S3 record ObjectRemoved:Delete")
+
+
+def test_an_s3_notification_without_records_gives_nothing() -> None:
+    assert parse_message(records()) == ()
+
+
+# -- anything else -----------------------------------------------------------------------------
+
+MALFORMED = [
+    pytest.param("", "malformed message: JSONDecodeError", id="empty"),
+    pytest.param("not json", "malformed message: JSONDecodeError", id="not-json"),
+    pytest.param(body("ec2-state-change.json")[:-20], "malformed message", id="truncated"),
+    pytest.param("[1, 2]", "message body is not a JSON object", id="list"),
+    pytest.param('"text"', "message body is not a JSON object", id="string"),
+    pytest.param("null", "message body is not a JSON object", id="null"),
+    pytest.param("{}", "neither an EventBridge envelope nor an S3 notification", id="empty-object"),
+    pytest.param('{"Records": "x"}', "neither an EventBridge envelope", id="records-not-a-list"),
+    pytest.param(edited("ec2-state-change.json", detail=None),
+                 "EventBridge envelope without a detail object", id="no-detail"),
+    pytest.param(edited("ec2-state-change.json", detail="terminated"),
+                 "EventBridge envelope without a detail object", id="detail-not-an-object"),
+    pytest.param(edited("ec2-state-change.json", **{"detail-type": "EC2 Instance Launch"}),
+                 "unhandled EventBridge event aws.ec2/EC2 Instance Launch", id="unknown-type"),
+    pytest.param(edited("ec2-state-change.json", source="aws.autoscaling"),
+                 "unhandled EventBridge event aws.autoscaling/", id="unknown-source"),
+    pytest.param(edited("ec2-state-change.json", detail__state="exploded"),
+                 "'exploded' is not a valid InstanceState", id="not-an-ec2-state"),
+    pytest.param(edited("ec2-state-change.json", detail__state=None),
+                 "'None' is not a valid InstanceState", id="no-state"),
+    pytest.param(edited("ec2-state-change.json", **{"detail__instance-id": None}),
+                 "no instance-id in detail: None", id="no-instance-id"),
+    pytest.param(edited("ec2-spot-interruption-warning.json", **{"detail__instance-id": "vol-1"}),
+                 "no instance-id in detail: 'vol-1'", id="not-an-instance-id"),
+    pytest.param(edited("ec2-rebalance-recommendation.json", time=None),
+                 "time None is not a string", id="no-time"),
+    pytest.param(edited("ec2-rebalance-recommendation.json", time="yesterday"),
+                 "malformed message: ValueError", id="bad-time"),
+    pytest.param(edited("s3-object-created-eventbridge.json", detail__bucket=None),
+                 "malformed message: KeyError", id="object-created-without-bucket"),
+    pytest.param(records(s3_record(event="ObjectRemoved:Delete")),
+                 "unhandled S3 record ObjectRemoved:Delete", id="object-removed"),
+    pytest.param(records({**s3_record(), "eventSource": "aws:sqs"}),
+                 "unhandled S3 record ObjectCreated:Put", id="not-from-s3"),
+    pytest.param(records({"eventSource": "aws:s3"}), "unhandled S3 record (no eventName)",
+                 id="record-without-event-name"),
+    pytest.param(records({k: v for k, v in s3_record().items() if k != "s3"}),
+                 "malformed message: KeyError: 's3'", id="record-without-s3"),
+    pytest.param(records({**s3_record(), "eventTime": 5}), "time 5 is not a string",
+                 id="record-time-not-a-string"),
+    pytest.param(json.dumps({"Records": ["ObjectCreated:Put"]}),
+                 "malformed message: AttributeError", id="record-not-an-object"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "reason"), MALFORMED)
+def test_a_body_that_is_not_a_known_notification_is_unrecognized_with_the_reason(
+    text: str, reason: str
+) -> None:
+    (note,) = parse_message(text)
+    assert isinstance(note, Unrecognized)
+    assert reason in note.reason
+
+
+def test_an_unrecognized_reason_is_kept_short() -> None:
+    (note,) = parse_message(edited("ec2-state-change.json", detail__state="x" * 2000))
+    assert isinstance(note, Unrecognized) and len(note.reason) <= 300
+
+
+def _poisoned(data: Any) -> Iterator[Any]:
+    """`data` with one value, anywhere in it, replaced by a value of another shape."""
+    if isinstance(data, dict):
+        items: list[tuple[Any, Any]] = list(data.items())
+    elif isinstance(data, list):
+        items = list(enumerate(data))
+    else:
+        return
+    for where, value in items:
+        for poison in (None, 0, -1.5, True, "", "x", [], {}, [None], {"a": None}):
+            changed = copy.deepcopy(data)
+            changed[where] = poison
+            yield changed
+        for inner in _poisoned(value):
+            changed = copy.deepcopy(data)
+            changed[where] = inner
+            yield changed
+
+
+@pytest.mark.parametrize("name", list(REAL))
+def test_no_body_made_from_a_real_one_raises(name: str) -> None:
+    text = body(name)
+    bodies = [text[:n] for n in range(len(text))]
+    bodies += [json.dumps(changed) for changed in _poisoned(json.loads(text))]
+    for changed in bodies:
+        notes = parse_message(changed)
+        assert all(isinstance(note, KINDS) for note in notes), changed
+
+
+def test_a_deeply_nested_body_is_unrecognized_not_raised() -> None:
+    (note,) = parse_message("[" * 100_000 + "]" * 100_000)
+    assert isinstance(note, Unrecognized)

@@ -1,0 +1,524 @@
+"""Spot interruptions in step(): the warning starts the final checkpoint inside the notice, no
+stop call is ever made, the instance going ends the run as interrupted, and the
+on_interruption policy asks for a bounded number of resumes."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+
+from supervisor.core.checkpoint import CommandKind, CommandResult, CommandStatus
+from supervisor.core.effects import (
+    ActOnInstance,
+    AutoResume,
+    LaunchInstance,
+    ObserveInstance,
+    ReadObject,
+    RunInstanceCommand,
+    VerifyCheckpoint,
+)
+from supervisor.core.errors import InvalidTransition
+from supervisor.core.events import (
+    Action,
+    Armed,
+    CommandFinished,
+    EffectFailed,
+    Event,
+    InstanceLaunched,
+    InstanceObserved,
+    MonitorFailed,
+    Nudge,
+    ObjectRead,
+    ResumeRequested,
+    Tick,
+    UserAction,
+    UserRequested,
+)
+from supervisor.core.machine import (
+    RESTORE_TIMEOUT_S,
+    START_TIMEOUT_S,
+    Decision,
+    checkpoint_command,
+    restore_command,
+    start_command,
+)
+from supervisor.core.run import CheckpointStatus, Outcome, Phase, Run
+from supervisor.core.values import InstanceId, InstanceState
+from tests.core.builders import (
+    DEADLINE,
+    GRACE_UNTIL,
+    LAUNCH_TEMPLATE,
+    LIST_TOP,
+    NOW,
+    checked,
+    failed,
+    finished,
+    listed,
+    make_run,
+    make_spec,
+    run_step,
+    spot_spec,
+    warning,
+)
+
+P, S, A = Phase, InstanceState, Action
+V, UV = CheckpointStatus.VERIFIED, CheckpointStatus.UNVERIFIED
+INT, C, X = Outcome.INTERRUPTED, Outcome.COMPLETED, Outcome.CANCELLED
+CP, RS, ST = CommandKind.CHECKPOINT, CommandKind.RESTORE, CommandKind.START
+MANIFEST_KEY = "exp1/run42/checkpoints/_manifest.json"
+NOT_FOUND = "exp1/run42/checkpoints/model.pt: missing in S3"
+THROTTLED = EffectFailed("SendCommand", "ThrottlingException", "rate exceeded", transient=True)
+NEW_INSTANCE = InstanceId("i-0fedcba9876543210")
+RESUME: dict[str, Any] = {"on_interruption": "resume", "launch_template": LAUNCH_TEMPLATE}
+"""A spot run that resumes itself on a new instance after an interruption."""
+
+
+def at(seconds: float) -> datetime:
+    return NOW + timedelta(seconds=seconds)
+
+
+def interrupting(tries: int = 1, *, seconds_left: float = 100, **spec: Any) -> Run:
+    """A spot run whose warning arrived at NOW while it was running: its checkpoint step is
+    under way (`tries` attempts so far) and AWS takes the instance at NOW + seconds_left."""
+    running = make_run(P.RUNNING, spec=spot_spec(**spec))
+    return run_step(running, warning(seconds_left)).run.evolve(checkpoint_tries=tries)
+
+
+def saved(**spec: Any) -> Run:
+    """An interrupting run whose checkpoint was verified 40 s after the warning."""
+    run = run_step(interrupting(**spec), finished(CP)).run
+    return run_step(run, checked(), now=at(40)).run
+
+
+def taken(run: Run, state: InstanceState = S.TERMINATED, *, now: datetime = NOW) -> Decision:
+    """The reconciler finds the interrupted instance gone."""
+    return run_step(run, InstanceObserved(state), now=now)
+
+
+def interrupted_run(
+    checkpoint: CheckpointStatus | None = V, attempt: int = 1, **spec: Any
+) -> Decision:
+    run = make_run(
+        P.INTERRUPTING, spec=spot_spec(**spec), outcome=INT, checkpoint=checkpoint,
+        attempt=attempt, interrupt_deadline=DEADLINE,
+    )  # fmt: skip
+    return taken(run)
+
+
+# -- the warning -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sigterm_timeout_s", "seconds_left", "cut", "shown"),
+    [(120, 100, 50, "50"), (30, 100, 30, "30"), (120, 7, 3.5, "3.5"), (0, 100, 0, "0"),
+     (120, 240, 120, "120")],
+)  # fmt: skip
+def test_a_warning_while_running_starts_the_checkpoint_with_the_sigterm_timeout_cut_to_fit(
+    sigterm_timeout_s: float, seconds_left: float, cut: float, shown: str
+) -> None:
+    run = make_run(P.RUNNING, spec=spot_spec(sigterm_timeout_s=sigterm_timeout_s))
+    d = run_step(run, warning(seconds_left))
+    (effect,) = d.effects
+    assert isinstance(effect, RunInstanceCommand)
+    assert effect == RunInstanceCommand(
+        checkpoint_command(run, sigterm_timeout_s=cut), seconds_left
+    )
+    assert effect.command.option("sigterm-timeout-s") == shown
+    full = checkpoint_command(run)
+    assert [o for o in effect.command.options if o[0] != "sigterm-timeout-s"] == [
+        o for o in full.options if o[0] != "sigterm-timeout-s"
+    ]
+    assert d.transition is not None and d.transition.detail["sigterm_timeout_s"] == cut
+
+
+def test_a_warning_records_its_deadline_action_and_the_time_left() -> None:
+    d = run_step(make_run(P.RUNNING, spec=spot_spec()), warning(action="stop"))
+    assert (d.run.phase, d.run.outcome, d.run.interrupt_deadline) == (P.INTERRUPTING, INT, DEADLINE)
+    assert (d.run.checkpoint_tries, d.run.checkpoint, d.run.pending_action) == (1, None, None)
+    assert d.run.reason == (
+        "spot interruption warning (stop, 100s left); saving the final checkpoint now"
+    )
+    assert d.transition is not None
+    assert d.transition.detail == {
+        "deadline": DEADLINE.isoformat(), "seconds_left": 100.0, "instance_action": "stop",
+        "sigterm_timeout_s": 50.0,
+    }  # fmt: skip
+
+
+def test_without_checkpointing_a_warning_only_asks_for_a_describe() -> None:
+    d = run_step(make_run(P.RUNNING, spec=make_spec(spot=True)), warning())
+    assert (d.run.phase, d.run.outcome, d.effects) == (P.INTERRUPTING, INT, (ObserveInstance(),))
+    assert d.run.reason.endswith("; no checkpoint step configured")
+
+
+def test_a_second_warning_is_refused_and_changes_nothing() -> None:
+    run = interrupting()
+    before = dataclasses.replace(run)
+    with pytest.raises(
+        InvalidTransition, match="is interrupting: SpotInterruptionWarning does not apply"
+    ):
+        run_step(run, warning(30), now=at(5))
+    assert run == before
+    assert (run.interrupt_deadline, run.checkpoint_tries) == (DEADLINE, 1)
+
+
+@pytest.mark.parametrize("seconds_left", [0, -0.5, -30])
+def test_a_warning_whose_deadline_has_passed_starts_no_checkpoint(seconds_left: float) -> None:
+    d = run_step(make_run(P.RUNNING, spec=spot_spec()), warning(seconds_left))
+    assert (d.run.phase, d.effects, d.run.checkpoint_tries) == (
+        P.INTERRUPTING, (ObserveInstance(),), 0,
+    )  # fmt: skip
+    assert "(terminate, 0s left)" in d.run.reason
+    assert d.transition is not None and d.transition.detail["seconds_left"] == seconds_left
+
+
+def test_a_warning_during_the_completion_checkpoint_lets_that_step_finish() -> None:
+    completing = run_step(make_run(P.RUNNING, spec=spot_spec()), listed("done")).run
+    d = run_step(completing, warning())
+    assert (d.run.phase, d.run.outcome, d.effects) == (P.INTERRUPTING, C, (ObserveInstance(),))
+    assert d.run.checkpoint_tries == 1
+    assert run_step(d.run, finished(CP)).effects == (VerifyCheckpoint("my-runs", MANIFEST_KEY),)
+
+
+# -- interrupting: never a stop call -----------------------------------------------------------
+
+
+def _entered_from_grace() -> Run:
+    grace = make_run(
+        P.GRACE, spec=spot_spec(on_complete="terminate"), checkpoint=V,
+        pending_action=A.TERMINATE, process_exited=True,
+    )  # fmt: skip
+    return run_step(grace, warning()).run
+
+
+INTERRUPTING_RUNS = [
+    pytest.param(interrupting(), id="from-running"),
+    pytest.param(interrupting(3), id="attempts-used-up"),
+    pytest.param(_entered_from_grace(), id="from-grace-with-terminate-pending"),
+    pytest.param(run_step(make_run(P.PENDING, spec=spot_spec()), warning()).run,
+                 id="from-pending"),
+]  # fmt: skip
+# fmt: off
+NEWS = [
+    Armed(), Tick(), InstanceObserved(S.RUNNING), InstanceObserved(S.PENDING),
+    InstanceObserved(S.STOPPING), InstanceObserved(S.TERMINATED), finished(CP), failed(CP),
+    checked(), checked(NOT_FOUND), THROTTLED, Nudge("prefix"), Nudge("instance"),
+    UserRequested(UserAction.DETACH), MonitorFailed("KeyError", "'Contents'"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("run", INTERRUPTING_RUNS)
+@pytest.mark.parametrize("event", NEWS, ids=lambda e: type(e).__name__)
+def test_nothing_while_interrupting_calls_stop_or_terminate(run: Run, event: Event) -> None:
+    for now in (NOW, at(40), GRACE_UNTIL):
+        d = run_step(run, event, now=now)
+        assert [e for e in d.effects if isinstance(e, ActOnInstance)] == []
+
+
+@pytest.mark.parametrize("action", [UserAction.STOP, UserAction.TERMINATE])
+def test_a_stop_or_terminate_request_while_interrupting_is_refused(action: UserAction) -> None:
+    with pytest.raises(InvalidTransition, match=f"already interrupting: cannot {action}"):
+        run_step(interrupting(), UserRequested(action))
+
+
+def test_an_interrupting_run_armed_after_a_restart_describes_its_instance() -> None:
+    d = run_step(interrupting(), Armed())
+    assert (d.effects, d.transition) == ((ObserveInstance(),), None)
+
+
+# -- interrupting: the checkpoint inside the notice --------------------------------------------
+
+
+def test_a_finished_checkpoint_step_is_verified_where_the_instance_wrote_the_manifest() -> None:
+    d = run_step(interrupting(), finished(CP))
+    assert (d.effects, d.transition, d.persist) == (
+        (VerifyCheckpoint("my-runs", MANIFEST_KEY),), None, False,
+    )  # fmt: skip
+    moved = finished(CP, manifest_key="exp1/run42/checkpoints/step-9/_manifest.json")
+    assert run_step(interrupting(), moved).effects == (
+        VerifyCheckpoint("my-runs", "exp1/run42/checkpoints/step-9/_manifest.json"),
+    )
+
+
+def test_a_verified_checkpoint_is_persisted_with_the_seconds_that_were_left() -> None:
+    run = run_step(interrupting(), finished(CP)).run
+    d = run_step(run, checked(), now=at(40))
+    assert (d.persist, d.transition, d.effects) == (True, None, ())
+    assert (d.run.phase, d.run.checkpoint, d.run.seconds_left) == (P.INTERRUPTING, V, 60.0)
+    assert d.run.version == run.version
+
+
+TIMED_OUT = CommandFinished(CP, CommandResult(CommandStatus.TIMED_OUT, None))
+ATTEMPT_FAILED = [
+    pytest.param(failed(CP), id="command-failed"),
+    pytest.param(TIMED_OUT, id="command-timed-out"),
+    pytest.param(checked(NOT_FOUND), id="not-verified"),
+]
+
+
+@pytest.mark.parametrize("event", ATTEMPT_FAILED)
+def test_a_failed_attempt_is_retried_at_once_within_the_time_left(event: Event) -> None:
+    for tries in (1, 2):
+        run = interrupting(tries)
+        d = run_step(run, event, now=at(30))
+        # The training process was signalled by the first attempt: no second SIGTERM wait.
+        retry = RunInstanceCommand(checkpoint_command(run, sigterm_timeout_s=0), 70.0)
+        assert (d.effects, d.transition, d.persist) == ((retry,), None, False)
+        assert (d.run.checkpoint_tries, d.run.checkpoint) == (tries + 1, None)
+        assert retry.command.option("sigterm-timeout-s") == "0"
+
+
+@pytest.mark.parametrize("event", ATTEMPT_FAILED)
+def test_after_the_last_attempt_the_checkpoint_is_flagged_unverified(event: Event) -> None:
+    d = run_step(interrupting(3), event, now=at(30))
+    assert (d.effects, d.transition, d.persist) == ((), None, True)
+    assert (d.run.phase, d.run.checkpoint, d.run.seconds_left) == (P.INTERRUPTING, UV, 70.0)
+
+
+@pytest.mark.parametrize("elapsed", [99, 100, 130])
+def test_with_a_second_or_less_left_a_failed_attempt_is_not_retried(elapsed: float) -> None:
+    d = run_step(interrupting(1), failed(CP), now=at(elapsed))
+    assert (d.effects, d.run.checkpoint, d.persist) == ((), UV, True)
+    assert d.run.seconds_left == 100 - elapsed
+
+
+def test_one_checkpoint_attempt_means_the_first_failure_flags_it_unverified() -> None:
+    d = run_step(interrupting(1, checkpoint_attempts=1), failed(CP), now=at(10))
+    assert (d.effects, d.run.checkpoint) == ((), UV)
+
+
+def test_after_a_daemon_restart_no_checkpoint_step_is_under_way_so_a_failure_changes_nothing() -> (
+    None
+):
+    run = interrupting()
+    kept = {f.name: getattr(run, f.name) for f in dataclasses.fields(Run) if f.compare}
+    restarted = Run(**kept)
+    assert (restarted.interrupt_deadline, restarted.checkpoint_tries) == (None, 0)
+    d = run_step(restarted, failed(CP))
+    assert (d.effects, d.run.checkpoint, d.persist) == ((), restarted.checkpoint, False)
+
+
+# -- interrupted -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("state", [S.TERMINATED, S.SHUTTING_DOWN, S.STOPPED, S.STOPPING, S.UNKNOWN])
+def test_the_instance_going_ends_the_run_as_interrupted_with_what_was_saved(
+    state: InstanceState,
+) -> None:
+    d = taken(saved(), state, now=at(70))
+    assert (d.run.phase, d.run.outcome, d.run.checkpoint, d.effects) == (P.INTERRUPTED, INT, V, ())
+    assert d.run.reason == f"spot instance {state} after the interruption warning"
+    assert d.transition is not None
+    assert d.transition.detail == {
+        "instance_state": str(state), "checkpoint": "verified", "seconds_left_when_verified": 60.0,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("run", "checkpoint"),
+    [(run_step(interrupting(3), failed(CP), now=at(30)).run, "unverified"),
+     (interrupting(), None)],
+    ids=["unverified", "never-checked"],
+)  # fmt: skip
+def test_an_interruption_without_a_verified_checkpoint_says_so_in_the_detail(
+    run: Run, checkpoint: str | None
+) -> None:
+    d = taken(run, now=at(90))
+    assert d.transition is not None
+    assert d.transition.detail["checkpoint"] == checkpoint
+    assert d.run.phase is P.INTERRUPTED
+
+
+@pytest.mark.parametrize("state", [S.RUNNING, S.PENDING])
+def test_an_instance_still_alive_does_not_end_the_interruption(state: InstanceState) -> None:
+    run = saved()
+    d = taken(run, state, now=at(50))
+    assert (d.run, d.effects, d.transition, d.persist) == (run, (), None, False)
+
+
+def test_an_observation_of_another_instance_is_stale_while_interrupting() -> None:
+    run = saved()
+    old = InstanceObserved(S.TERMINATED, source="sweep", instance_id=NEW_INSTANCE)
+    assert run_step(run, old).run.phase is P.INTERRUPTING
+
+
+@pytest.mark.parametrize("spot", [True, False], ids=["spot", "on-demand"])
+def test_a_spot_instance_that_ends_with_no_marker_is_interrupted_not_crashed(spot: bool) -> None:
+    run = make_run(P.RUNNING, spec=make_spec(spot=spot))
+    gone = run_step(run, InstanceObserved(S.TERMINATED))
+    assert (gone.effects, gone.transition) == ((LIST_TOP,), None)
+    d = run_step(gone.run, listed("logs/train.log"))
+    if spot:
+        assert (d.run.phase, d.run.outcome) == (P.INTERRUPTED, INT)
+        assert d.run.reason == "spot instance terminated without a request from the supervisor"
+    else:
+        assert (d.run.phase, d.run.outcome) == (P.CRASHED, Outcome.CRASHED)
+        assert "no completion marker" in d.run.reason
+
+
+@pytest.mark.parametrize(("state", "final"), [(S.TERMINATED, P.TERMINATED), (S.STOPPED, P.STOPPED)])
+def test_a_spot_instance_that_ends_after_its_marker_completed(
+    state: InstanceState, final: Phase
+) -> None:
+    gone = run_step(make_run(P.RUNNING, spec=make_spec(spot=True)), InstanceObserved(state)).run
+    d = run_step(gone, listed("done"))
+    assert (d.run.phase, d.run.outcome) == (final, C)
+
+
+def test_a_spot_instance_that_ends_after_a_failure_marker_crashed() -> None:
+    gone = run_step(make_run(P.RUNNING, spec=make_spec(spot=True)), InstanceObserved(S.TERMINATED))
+    d = run_step(gone.run, listed("FAILED"))
+    assert d.effects == (ReadObject("FAILED"),)
+    crashed = run_step(d.run, ObjectRead("FAILED", "NaN loss"))
+    assert (crashed.run.phase, crashed.run.outcome) == (P.CRASHED, Outcome.CRASHED)
+
+
+# -- on_interruption=resume --------------------------------------------------------------------
+
+AUTO_RESUME = [
+    pytest.param(1, 3, V, (AutoResume(from_scratch=False),), "; resuming (restart 1 of 3)",
+                 id="first-verified"),
+    pytest.param(2, 3, UV, (AutoResume(from_scratch=True),), "; resuming (restart 2 of 3)",
+                 id="unverified-from-scratch"),
+    pytest.param(3, 3, None, (AutoResume(from_scratch=True),), "; resuming (restart 3 of 3)",
+                 id="never-checked-last-restart"),
+    pytest.param(4, 3, V, (), "; not resumed: max_restarts (3) reached", id="limit-reached"),
+    pytest.param(1, 0, V, (), "; not resumed: max_restarts (0) reached", id="no-restarts"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("attempt", "max_restarts", "checkpoint", "effects", "says"), AUTO_RESUME)
+def test_the_resume_policy_asks_for_a_resume_until_max_restarts(
+    attempt: int,
+    max_restarts: int,
+    checkpoint: CheckpointStatus | None,
+    effects: tuple[AutoResume, ...],
+    says: str,
+) -> None:
+    d = interrupted_run(checkpoint, attempt, max_restarts=max_restarts, **RESUME)
+    assert (d.run.phase, d.run.outcome, d.effects) == (P.INTERRUPTED, INT, effects)
+    assert d.run.reason == f"spot instance terminated after the interruption warning{says}"
+
+
+def test_without_the_resume_policy_an_interrupted_run_waits_for_a_person() -> None:
+    d = interrupted_run(V)
+    assert (d.run.phase, d.effects) == (P.INTERRUPTED, ())
+    assert "resum" not in d.run.reason
+
+
+def test_the_resume_policy_also_covers_an_instance_that_ended_without_a_warning() -> None:
+    gone = make_run(P.RUNNING, spec=spot_spec(**RESUME), instance_ended=S.TERMINATED)
+    d = run_step(gone, listed())
+    assert (d.run.phase, d.effects) == (P.INTERRUPTED, (AutoResume(from_scratch=True),))
+
+
+@pytest.mark.parametrize(("checkpoint", "from_scratch"), [(V, False), (UV, True), (None, True)])
+def test_the_resume_the_policy_asks_for_is_accepted_by_the_interrupted_run(
+    checkpoint: CheckpointStatus | None, from_scratch: bool
+) -> None:
+    d = interrupted_run(checkpoint, **RESUME)
+    (effect,) = d.effects
+    assert isinstance(effect, AutoResume) and effect.from_scratch is from_scratch
+    resumed = run_step(d.run, ResumeRequested(from_scratch=effect.from_scratch))
+    assert (resumed.run.phase, resumed.effects) == (P.RESUMING, (ObserveInstance(),))
+    assert (resumed.run.from_scratch, resumed.run.resume_stage) == (from_scratch, "observe")
+    assert resumed.transition is not None
+    assert resumed.transition.detail == {"from_scratch": from_scratch, "attempt": 2}
+
+
+@pytest.mark.parametrize("checkpoint", [UV, None])
+def test_an_interrupted_run_without_a_verified_checkpoint_refuses_a_resume_from_it(
+    checkpoint: CheckpointStatus | None,
+) -> None:
+    run = interrupted_run(checkpoint, **RESUME).run
+    with pytest.raises(InvalidTransition, match="no verified checkpoint to resume from"):
+        run_step(run, ResumeRequested())
+
+
+def resumed(run: Run, *, now: datetime) -> Run:
+    """Carry out the AutoResume of an interrupted run: a new instance, the checkpoint restored,
+    training started again."""
+    restore = RunInstanceCommand(restore_command(run), RESTORE_TIMEOUT_S)
+    start = RunInstanceCommand(start_command(run), START_TIMEOUT_S)
+    script: list[tuple[Event, tuple[Any, ...]]] = [
+        (ResumeRequested(from_scratch=False), (ObserveInstance(),)),
+        (InstanceObserved(S.TERMINATED), (LaunchInstance(),)),
+        (InstanceLaunched(NEW_INSTANCE), (ObserveInstance(),)),
+        (InstanceObserved(S.RUNNING, instance_id=NEW_INSTANCE), (restore,)),
+        (finished(RS, files=2), (start,)),
+        (finished(ST, pid=777), (LIST_TOP,)),
+    ]
+    for event, effects in script:
+        d = run_step(run, event, now=now)
+        assert d.effects == effects, event
+        run = d.run
+    return run
+
+
+def test_a_resumed_spot_run_runs_on_a_new_instance_and_counts_against_max_restarts() -> None:
+    d = taken(saved(max_restarts=1, **RESUME), now=at(100))
+    assert d.effects == (AutoResume(from_scratch=False),)
+    later = at(130)
+    run = resumed(d.run, now=later)
+    assert (run.phase, run.attempt, run.instance_id, run.outcome, run.started_at) == (
+        P.RUNNING, 2, NEW_INSTANCE, None, later,
+    )  # fmt: skip
+    # The second interruption finds the one allowed restart used up.
+    again = run_step(run, warning(), now=later)
+    assert (again.run.phase, again.run.interrupt_deadline) == (P.INTERRUPTING, DEADLINE)
+    last = run_step(again.run, InstanceObserved(S.TERMINATED, instance_id=NEW_INSTANCE), now=later)
+    assert (last.run.phase, last.effects) == (P.INTERRUPTED, ())
+    assert last.run.reason.endswith("not resumed: max_restarts (1) reached")
+
+
+# -- found by the randomized walk, then fixed -------------------------------------------------
+
+
+def _taken_after(run: Run) -> Decision:
+    return taken(run_step(run, warning()).run)
+
+
+@pytest.mark.parametrize(
+    ("run", "outcome"),
+    [
+        (make_run(P.GRACE, spec=spot_spec(**RESUME), checkpoint=V, process_exited=True), C),
+        (make_run(P.CHECKPOINTING, spec=spot_spec(**RESUME), outcome=X, pending_action=A.STOP,
+                  checkpoint_tries=1), X),
+    ],
+    ids=["completed-in-grace", "stop-requested-by-user"],
+)  # fmt: skip
+def test_a_run_that_had_already_ended_its_training_is_not_resumed_after_an_interruption(
+    run: Run, outcome: Outcome
+) -> None:
+    d = _taken_after(run)
+    assert d.run.outcome is outcome
+    assert [e for e in d.effects if isinstance(e, AutoResume)] == []
+
+
+@pytest.mark.parametrize("event", [failed(CP), checked(NOT_FOUND)], ids=["command", "verify"])
+def test_a_failed_result_while_interrupting_without_checkpointing_changes_nothing(
+    event: Event,
+) -> None:
+    run = run_step(make_run(P.RUNNING, spec=make_spec(spot=True)), warning()).run
+    d = run_step(run, event)
+    assert (d.effects, d.run.checkpoint) == ((), None)
+
+
+def test_a_resumed_attempt_does_not_carry_the_previous_interruptions_seconds_left() -> None:
+    run = resumed(taken(saved(**RESUME), now=at(100)).run, now=at(130))
+    gone = run_step(run, InstanceObserved(S.TERMINATED, instance_id=NEW_INSTANCE), now=at(900))
+    d = run_step(gone.run, listed(), now=at(900))
+    assert d.run.phase is P.INTERRUPTED
+    assert d.transition is not None
+    assert d.transition.detail["checkpoint"] is None
+    assert d.transition.detail["seconds_left_when_verified"] is None
+
+
+def test_no_resume_is_asked_for_a_terminated_spot_instance_without_a_launch_template() -> None:
+    d = interrupted_run(V, on_interruption="resume")
+    assert d.effects == ()
+    assert "launch_template" in d.run.reason
