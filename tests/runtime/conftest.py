@@ -58,6 +58,8 @@ class Harness:
         self.store: Store | None = None
         self._task: asyncio.Task[None] | None = None
         self._stack = AsyncExitStack()
+        self.local_shell: Callable[[], InstanceShell] = LocalShell
+        """Makes the local transport's shell; a test may wrap `LocalShell` (our own port)."""
 
     def settings(self, **overrides: Any) -> Settings:
         return Settings.load(None, state_dir=self.state_dir, **{**FAST, **overrides})
@@ -78,7 +80,7 @@ class Harness:
         )
         cloud: Cloud = wrap(self.aws) if wrap else self.aws
         shells: dict[Transport, InstanceShell] = {
-            Transport.LOCAL: LocalShell(),
+            Transport.LOCAL: self.local_shell(),
             Transport.SSM: SsmShell(self.aws),
         }
         self.daemon = Daemon(settings, self.store, cloud, shells=shells, queue=self.aws)

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +26,7 @@ import pytest
 from botocore.config import Config
 
 from supervisor.adapters.aws import Aws
-from supervisor.adapters.faults import FaultPlan
-from supervisor.adapters.shell import LocalShell, SsmShell
-from supervisor.adapters.store import Store
+from supervisor.adapters.shell import LocalShell
 from supervisor.core.checkpoint import (
     CommandKind,
     CommandResult,
@@ -40,11 +38,10 @@ from supervisor.core.completion import ListRequest
 from supervisor.core.errors import InvalidTransition
 from supervisor.core.machine import Transition
 from supervisor.core.run import TERMINAL_PHASES, CheckpointStatus, Outcome, Phase, Run
-from supervisor.core.spec import LaunchTemplate, Transport
+from supervisor.core.spec import LaunchTemplate
 from supervisor.core.values import InstanceId, InstanceState, ObjectInfo
 from supervisor.runtime.daemon import Daemon
 from supervisor.runtime.monitor import Monitor
-from supervisor.runtime.ports import Cloud, InstanceShell
 from tests.conftest import AMI, BUCKET, REGION, Fleet
 from tests.runtime.conftest import Harness, wait_for
 
@@ -192,45 +189,11 @@ def trainers() -> Iterator[Trainers]:
         made.close()
 
 
-# -- a harness whose local shell the test chooses ---------------------------------------------
+# -- a harness with checkpoint helpers ---------------------------------------------------------
 
 
 class CheckpointHarness(Harness):
-    """`Harness`, with the shell of the local transport replaceable (to wrap `LocalShell`)."""
-
-    def __init__(self, fleet: Fleet, state_dir: Path) -> None:
-        super().__init__(fleet, state_dir)
-        self.local_shell: Callable[[], InstanceShell] = LocalShell
-
-    async def start(
-        self,
-        *,
-        faults: str = "",
-        wrap: Callable[[Aws], Cloud] | None = None,
-        **overrides: Any,
-    ) -> Daemon:
-        # Harness.start(), with `self.local_shell()` for the local transport.
-        await self._stack.__aenter__()
-        settings = self.settings(**overrides)
-        self.store = await Store.open(settings.db_path)
-        self._stack.push_async_callback(self.store.close)
-        self.aws = await self._stack.enter_async_context(
-            Aws(faults=FaultPlan.parse(faults) if faults else None)
-        )
-        cloud: Cloud = wrap(self.aws) if wrap else self.aws
-        shells: dict[Transport, InstanceShell] = {
-            Transport.LOCAL: self.local_shell(),
-            Transport.SSM: SsmShell(self.aws),
-        }
-        self.daemon = Daemon(settings, self.store, cloud, shells=shells)
-        ready = asyncio.Event()
-
-        async def on_ready() -> None:
-            ready.set()
-
-        self._task = asyncio.create_task(self.daemon.serve(on_ready=on_ready))
-        await asyncio.wait_for(ready.wait(), 10)
-        return self.daemon
+    """`Harness`, with helpers for checkpointed runs."""
 
     @property
     def api_daemon(self) -> Daemon:
