@@ -24,15 +24,13 @@ from supervisor.core.notifications import (
 )
 from supervisor.core.values import InstanceId, InstanceState
 
-AWS_EVENTS = Path("/work/shared/aws-events")
+AWS_EVENTS = Path(__file__).parents[1] / "fixtures" / "aws-events"  # the real AWS shapes
 """The bodies AWS documents, kept beside the project (see the README there)."""
 INSTANCE = InstanceId("i-0abcd1234ef567890")
 BUCKET = "example-runs-bucket"
 KEY = "runs/example-run/COMPLETE"
 SENT = datetime(2026, 11, 22, 12, tzinfo=UTC)
 KINDS: tuple[type[Any], ...] = get_args(Notification)
-
-pytestmark = pytest.mark.skipif(not AWS_EVENTS.is_dir(), reason=f"{AWS_EVENTS} is not here")
 
 
 def body(name: str) -> str:

@@ -1,5 +1,5 @@
 """The deployment files: the CloudFormation template (cfn-lint, its shape against the real
-event samples in shared/aws-events, and deployed on moto), the IAM and SSM JSON documents,
+event samples in tests/fixtures/aws-events, and deployed on moto), the IAM and SSM JSON documents,
 the README's snippets, and the user-data script, whose exit trap runs for real against the
 moto server through a stand-in `aws` command (and the real AWS CLI where one is installed)."""
 
@@ -42,7 +42,7 @@ README = DEPLOY / "README.md"
 VENV_BIN = Path(sys.executable).parent
 CFN_LINT = VENV_BIN / "cfn-lint"
 # shared/ sits beside the checkout (in CI too); the samples are what AWS really sends.
-EVENTS_DIR = REPO.parent / "shared" / "aws-events"
+EVENTS_DIR = REPO / "tests" / "fixtures" / "aws-events"  # copies of shared/aws-events
 
 RULE_SAMPLES = {
     "Ec2StateChangeRule": "ec2-state-change.json",
@@ -74,7 +74,7 @@ def resources(template: Json, kind: str) -> dict[str, Json]:
 def sample(name: str) -> Json:
     path = EVENTS_DIR / name
     if not path.is_file():
-        pytest.skip(f"{path} is missing: the AWS event samples live in shared/aws-events")
+        raise AssertionError(f"{path} is missing: the AWS event samples are part of the repo")
     return cast(Json, json.loads(path.read_text()))
 
 
