@@ -4,7 +4,6 @@ instance program), `SsmShell` against the real aiobotocore SSM client with botoc
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -151,10 +150,6 @@ async def test_a_program_that_cannot_start_is_a_permanent_error(tmp_path: Path) 
         await shell.run(INSTANCE, REGION, CHECKPOINT, timeout_s=5, comment="c")
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("supervisor.instance") is None,
-    reason="supervisor/instance.py is not written yet",
-)
 async def test_the_default_program_is_the_instance_program(tmp_path: Path) -> None:
     command = InstanceCommand(CommandKind.CHECKPOINT, options=(("no-such-option", "x"),))
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from supervisor.runtime.settings import Settings
 from tests.conftest import Fleet
 
 BIN_DIR = Path(sys.executable).parent
@@ -90,21 +91,26 @@ class Cli:
 
     # -- paths --------------------------------------------------------------------------------
 
+    # The daemon's own Settings name its files, so the tests can never disagree with it.
+    @property
+    def settings(self) -> Settings:
+        return Settings.load(None, state_dir=self.state_dir)
+
     @property
     def db_path(self) -> Path:
-        return self.state_dir / "supervisor.db"
+        return self.settings.db_path
 
     @property
     def socket_path(self) -> Path:
-        return self.state_dir / "supervisord.sock"
+        return self.settings.socket_path
 
     @property
     def pid_path(self) -> Path:
-        return self.state_dir / "supervisord.pid"
+        return self.settings.pid_path
 
     @property
     def log_path(self) -> Path:
-        return self.state_dir / "supervisord.log"
+        return self.settings.log_path
 
     # -- commands -----------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,8 @@ from supervisor.runtime.daemon import Daemon
 from supervisor.runtime.ports import Cloud, InstanceShell
 from supervisor.runtime.settings import Settings
 from tests.conftest import Fleet
+from tests.runtime.trainers import Trainers
+from tests.runtime.waiting import wait_for
 
 FAST = {
     "poll_initial_s": 0.05,
@@ -36,17 +38,6 @@ FAST = {
     "retry_base_s": 0.01,
     "shutdown_timeout_s": 2.0,
 }
-
-
-async def wait_for(
-    condition: Callable[[], Awaitable[bool]], *, within_s: float = 10.0, what: str = "condition"
-) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while not await condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {within_s}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 class Harness:
@@ -135,3 +126,13 @@ async def harness(fleet: Fleet) -> AsyncIterator[Harness]:
     finally:
         await h.stop()
         shutil.rmtree(state_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def trainers() -> Iterator[Trainers]:
+    """Real training processes; every one (and any a resume started) is killed at teardown."""
+    made = Trainers()
+    try:
+        yield made
+    finally:
+        made.close()

@@ -8,16 +8,11 @@ checkpoint to moto and writes the manifest that the daemon then verifies with He
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,150 +38,18 @@ from supervisor.core.values import InstanceId, InstanceState, ObjectInfo
 from supervisor.runtime.daemon import Daemon
 from supervisor.runtime.monitor import Monitor
 from tests.conftest import AMI, BUCKET, REGION, Fleet
-from tests.runtime.conftest import Harness, wait_for
+from tests.runtime.conftest import Harness
+from tests.runtime.trainers import Trainer, Trainers, clear, is_running, is_trainer, pid_in
+from tests.runtime.waiting import wait_for
 
 P = Phase
-TRAINER = Path(__file__).resolve().parents[1] / "instance" / "trainer.py"
 END_S = 30.0  # the longest any run here may take to reach its end
 
 pytestmark = pytest.mark.timeout(60)
 
 
-# -- the stand-in trainer -------------------------------------------------------------------
-
-
-@dataclass
-class Trainer:
-    checkpoint_dir: Path
-    pid_file: Path
-    process: subprocess.Popen[bytes] | None = None
-
-    def spec(self, **overrides: Any) -> dict[str, Any]:
-        """Spec fields for a checkpointed run of this trainer over the local transport."""
-        fields: dict[str, Any] = {
-            "transport": "local",
-            "checkpoint_dir": str(self.checkpoint_dir),
-            "pid_file": str(self.pid_file),
-            "sigterm_timeout_s": 5.0,
-            "quiet_s": 0.3,
-            "grace_s": 30.0,
-            "on_complete": "stop",
-        }
-        return {**fields, **overrides}
-
-    def resume_command(self) -> list[str]:
-        return [
-            sys.executable,
-            str(TRAINER),
-            "--checkpoint-dir",
-            str(self.checkpoint_dir),
-            "--pid-file",
-            str(self.pid_file),
-        ]
-
-    def checkpoints(self) -> list[Path]:
-        return sorted(self.checkpoint_dir.glob("step_*.pt"))
-
-    def exit_code(self, timeout_s: float = 10.0) -> int:
-        assert self.process is not None
-        return self.process.wait(timeout=timeout_s)
-
-    async def started(self, checkpoints: int = 2, within_s: float = 10.0) -> None:
-        """Wait until the trainer wrote its pid file and some checkpoints."""
-
-        async def ready() -> bool:
-            return self.pid_file.exists() and len(self.checkpoints()) >= checkpoints
-
-        await wait_for(ready, within_s=within_s, what=f"trainer in {self.checkpoint_dir}")
-
-
-@dataclass
-class Trainers:
-    """Makes trainers under one validated temporary directory; `close()` kills every trainer
-    started here or recorded in one of their pid files (a resumed one), then removes it all."""
-
-    root: Path = field(
-        default_factory=lambda: Path(tempfile.mkdtemp(prefix="ck", dir="/tmp")).resolve()
-    )
-    made: list[Trainer] = field(default_factory=list)
-
-    def make(self, name: str) -> Trainer:
-        base = self.root / name
-        base.mkdir()
-        trainer = Trainer(base / "ckpt", base / "train.pid")
-        self.made.append(trainer)
-        return trainer
-
-    def start(
-        self,
-        name: str,
-        *,
-        ignore_sigterm: bool = False,
-        step_s: float = 0.1,
-        size: int = 4096,
-    ) -> Trainer:
-        trainer = self.make(name)
-        argv = [
-            *trainer.resume_command(),
-            "--step-s",
-            str(step_s),
-            "--size",
-            str(size),
-            *(["--ignore-sigterm"] if ignore_sigterm else []),
-        ]
-        trainer.process = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        return trainer
-
-    def close(self) -> None:
-        for trainer in self.made:
-            if trainer.process is not None and trainer.process.poll() is None:
-                trainer.process.kill()
-                trainer.process.wait(timeout=10)
-            pid = pid_in(trainer.pid_file)
-            # Only one of our trainers for this very pid file, never a reused pid.
-            if pid is not None and is_trainer(pid, trainer.pid_file):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-def pid_in(pid_file: Path) -> int | None:
-    try:
-        return int(pid_file.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def is_trainer(pid: int, pid_file: Path) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return str(TRAINER).encode() in cmdline and str(pid_file).encode() in cmdline
-
-
-def is_running(pid: int) -> bool:
-    """Alive and not a zombie (an orphaned trainer's reaper may be slow)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
-
-
 def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture
-def trainers() -> Iterator[Trainers]:
-    made = Trainers()
-    try:
-        yield made
-    finally:
-        made.close()
 
 
 # -- a harness with checkpoint helpers ---------------------------------------------------------
@@ -552,14 +415,6 @@ async def test_a_persons_stop_saves_the_checkpoint_first(
 
 
 # -- 8, 9 (and 6): resume; terminate with a verified checkpoint -----------------------------
-
-
-def clear(directory: Path) -> None:
-    for path in directory.iterdir():
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
 
 
 def assert_restored(trainer: Trainer, manifest: Manifest) -> None:

@@ -25,7 +25,8 @@ from supervisor.core.run import Outcome, Phase, Run
 from supervisor.core.spec import RunSpec
 from supervisor.core.values import InstanceState, ObjectInfo
 from tests.conftest import BUCKET, REGION
-from tests.runtime.conftest import Harness, wait_for
+from tests.runtime.conftest import Harness
+from tests.runtime.waiting import wait_for
 
 P = Phase
 

@@ -10,20 +10,12 @@ bucket, key and time replaced.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -37,10 +29,11 @@ from supervisor.runtime.daemon import Daemon
 from supervisor.runtime.events import EventConsumer
 from supervisor.runtime.ports import SystemClock
 from tests.conftest import AMI, BUCKET, REGION, Fleet
-from tests.runtime.conftest import Harness, wait_for
+from tests.runtime.conftest import Harness
+from tests.runtime.trainers import TRAINER, Trainers, clear, is_trainer, pid_in
+from tests.runtime.waiting import wait_for
 
 P = Phase
-TRAINER = Path(__file__).resolve().parents[1] / "instance" / "trainer.py"
 SLOW: dict[str, Any] = {"poll_initial_s": 60.0, "poll_max_s": 60.0, "reconcile_interval_s": 30.0}
 REACT_S = 5.0  # an event must have its effect within this, with polling at 60 s
 FAKE_INSTANCE = "i-0fedcba9876543210"  # no run owns it (and moto never made it)
@@ -326,132 +319,6 @@ async def checkpoint_verified(harness: Harness, run_id: str, within_s: float = 1
 def commands_sent(daemon: Daemon, run_id: str) -> list[str]:
     monitor = daemon.monitors[run_id]
     return [e.fields["kind"] for e in monitor.recent if e.event == "command_sent"]
-
-
-# -- the stand-in trainer (the pattern of test_checkpoint_flow.py) ------------------------------
-
-
-@dataclass
-class Trainer:
-    checkpoint_dir: Path
-    pid_file: Path
-    process: subprocess.Popen[bytes] | None = None
-
-    def spec(self, **overrides: Any) -> dict[str, Any]:
-        fields: dict[str, Any] = {
-            "transport": "local",
-            "checkpoint_dir": str(self.checkpoint_dir),
-            "pid_file": str(self.pid_file),
-            "sigterm_timeout_s": 5.0,
-            "quiet_s": 0.3,
-            "grace_s": 30.0,
-            "on_complete": "stop",
-        }
-        return {**fields, **overrides}
-
-    def resume_command(self) -> list[str]:
-        return [
-            sys.executable,
-            str(TRAINER),
-            "--checkpoint-dir",
-            str(self.checkpoint_dir),
-            "--pid-file",
-            str(self.pid_file),
-        ]
-
-    def checkpoints(self) -> list[Path]:
-        return sorted(self.checkpoint_dir.glob("step_*.pt"))
-
-    async def started(self, checkpoints: int = 2, within_s: float = 10.0) -> None:
-        async def ready() -> bool:
-            return self.pid_file.exists() and len(self.checkpoints()) >= checkpoints
-
-        await wait_for(ready, within_s=within_s, what=f"trainer in {self.checkpoint_dir}")
-
-    async def exited(self, within_s: float = REACT_S) -> int:
-        process = self.process
-        assert process is not None
-
-        async def gone() -> bool:
-            return process.poll() is not None
-
-        await wait_for(gone, within_s=within_s, what=f"trainer {process.pid} to exit")
-        code = process.poll()
-        assert code is not None
-        return code
-
-
-@dataclass
-class Trainers:
-    """Trainers under one temporary directory; `close()` kills every trainer started here or
-    recorded in one of their pid files (a resumed one), then removes the directory."""
-
-    root: Path = field(
-        default_factory=lambda: Path(tempfile.mkdtemp(prefix="ck", dir="/tmp")).resolve()
-    )
-    made: list[Trainer] = field(default_factory=list)
-
-    def start(self, name: str, *, ignore_sigterm: bool = False) -> Trainer:
-        base = self.root / name
-        base.mkdir()
-        trainer = Trainer(base / "ckpt", base / "train.pid")
-        self.made.append(trainer)
-        argv = [
-            *trainer.resume_command(),
-            "--step-s",
-            "0.1",
-            "--size",
-            "4096",
-            *(["--ignore-sigterm"] if ignore_sigterm else []),
-        ]
-        trainer.process = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        return trainer
-
-    def close(self) -> None:
-        for trainer in self.made:
-            if trainer.process is not None and trainer.process.poll() is None:
-                trainer.process.kill()
-                trainer.process.wait(timeout=10)
-            pid = pid_in(trainer.pid_file)
-            if pid is not None and is_trainer(pid, trainer.pid_file):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-def pid_in(pid_file: Path) -> int | None:
-    try:
-        return int(pid_file.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def is_trainer(pid: int, pid_file: Path) -> bool:
-    """Only one of our trainers for this very pid file, never a reused pid."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return str(TRAINER).encode() in cmdline and str(pid_file).encode() in cmdline
-
-
-def clear(directory: Path) -> None:
-    for path in directory.iterdir():
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-
-
-@pytest.fixture
-def trainers() -> Iterator[Trainers]:
-    made = Trainers()
-    try:
-        yield made
-    finally:
-        made.close()
 
 
 # -- 1, 3: completion markers through the queue; duplicates; out of order ----------------------
