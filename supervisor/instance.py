@@ -3,7 +3,8 @@ cannot do from outside it.
 
 - `checkpoint`: end training gracefully (SIGTERM the process named by a pid file, wait, then
   SIGKILL or leave it), find the newest checkpoint, hash it, upload it to S3 with SHA-256
-  checksums that S3 itself verifies, and write `_manifest.json` last.
+  checksums that S3 itself verifies, and write `_manifest.json` last. With `--mode early`
+  (a spot rebalance recommendation) training is left running and only the upload is done.
 - `restore`: download a checkpoint by its manifest, verify every file, then move it in place.
 - `start`: start the training command detached from this program, recording its pid.
 
@@ -325,6 +326,14 @@ def wait_gone(pid: int, timeout_s: float) -> bool:
             return False
         time.sleep(POLL_S)
     return True
+
+
+def training_fate(pid_file: Path | None) -> ProcessFate:
+    """For an early checkpoint: whether training runs, without signalling it."""
+    record = read_pid_file(pid_file) if pid_file is not None else None
+    if record is None or is_reused(record) or not is_alive(record.pid):
+        return ProcessFate(pid=record.pid if record else None)
+    return ProcessFate(pid=record.pid, was_running=True, exited=False)
 
 
 def end_training(pid_file: Path | None, timeout_s: float, on_timeout: str) -> ProcessFate:
@@ -675,7 +684,10 @@ def cmd_checkpoint(args: argparse.Namespace) -> dict[str, object]:
     location: S3Location = args.s3_url
     directory = Path(args.checkpoint_dir)
     pid_file = Path(args.pid_file) if args.pid_file else None
-    process = end_training(pid_file, args.sigterm_timeout_s, args.on_timeout)
+    if args.mode == "early":  # a rebalance recommendation: upload, and let training go on
+        process = training_fate(pid_file)
+    else:
+        process = end_training(pid_file, args.sigterm_timeout_s, args.on_timeout)
     stopped = time.monotonic()
     try:
         if not directory.is_dir():
@@ -926,6 +938,13 @@ def build_parser() -> Parser:
     checkpoint.add_argument("--pid-file", type=instance_path)
     checkpoint.add_argument("--sigterm-timeout-s", type=seconds, default=120.0)
     checkpoint.add_argument("--on-timeout", choices=("kill", "leave"), default="kill")
+    checkpoint.add_argument(
+        "--mode",
+        choices=("final", "early"),
+        default="final",
+        help="final: end training first (default); early: upload the newest checkpoint and "
+        "leave training running (a spot rebalance recommendation)",
+    )
     checkpoint.add_argument("--region", type=region)
     checkpoint.add_argument("--upload-attempts", type=int_in(1, 10), default=3)
     checkpoint.add_argument("--multipart-threshold-mb", type=int_in(1, 5 * 1024), default=64)

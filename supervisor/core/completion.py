@@ -46,7 +46,8 @@ Verdict = Completed | FailureMarked | NotYet
 
 
 def watched_keys(spec: RunSpec) -> tuple[str, ...]:
-    return (*spec.markers, spec.failure_marker, *spec.expect)
+    heartbeat = (spec.heartbeat_file,) if spec.stall_timeout_s is not None else ()
+    return (*spec.markers, spec.failure_marker, *spec.expect, *heartbeat)
 
 
 def listing_request(spec: RunSpec) -> ListRequest:

@@ -41,7 +41,13 @@ class WakeAt:
 
 @dataclass(frozen=True, slots=True)
 class ObserveInstance:
-    """Ask for a prompt, batched describe of the instance (the reconciler's next sweep)."""
+    """Ask for a prompt, batched describe of the instance (the reconciler's next sweep).
+
+    `direct`: describe this one instance now instead (one call), answering with
+    `InstanceObserved`; for an event from the queue, whose message is deleted only once what
+    it caused is committed."""
+
+    direct: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +56,9 @@ class RunInstanceCommand:
 
     command: InstanceCommand
     timeout_s: float
+    background: bool = False
+    """Run it beside the run's other events (an early checkpoint): the result arrives later
+    as an event, and leaving running/stalled cancels it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +67,8 @@ class VerifyCheckpoint:
 
     bucket: str
     manifest_key: str
+    early: bool = False
+    """An early checkpoint: its files must sit under the spec's early location."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +83,13 @@ class AutoResume:
     from_scratch: bool
 
 
+@dataclass(frozen=True, slots=True)
+class AttachCrashReport:
+    """Look for the job's crash report under the run prefix; attach its tail to the run."""
+
+    key: str
+
+
 Effect = (
     ListPrefix
     | ReadObject
@@ -82,4 +100,5 @@ Effect = (
     | VerifyCheckpoint
     | LaunchInstance
     | AutoResume
+    | AttachCrashReport
 )

@@ -89,6 +89,8 @@ class CommandFinished:
 
     kind: CommandKind
     result: CommandResult
+    early: bool = False
+    """The result of an early checkpoint (`checkpoint --mode early`), not of the final one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +128,11 @@ class SpotInterruptionWarning:
     action: str = "terminate"
 
 
+@dataclass(frozen=True, slots=True)
+class RebalanceRecommended:
+    """EC2 says the spot instance is at elevated risk of interruption (no deadline yet)."""
+
+
 Event = (
     Armed
     | Tick
@@ -142,4 +149,5 @@ Event = (
     | InstanceLaunched
     | Nudge
     | SpotInterruptionWarning
+    | RebalanceRecommended
 )

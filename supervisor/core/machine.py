@@ -35,11 +35,13 @@ from supervisor.core.completion import (
     Completed,
     FailureMarked,
     ListRequest,
+    OutputSnapshot,
     evaluate,
     listing_request,
 )
 from supervisor.core.effects import (
     ActOnInstance,
+    AttachCrashReport,
     AutoResume,
     Effect,
     LaunchInstance,
@@ -65,6 +67,7 @@ from supervisor.core.events import (
     Nudge,
     ObjectRead,
     PrefixListed,
+    RebalanceRecommended,
     ResumeRequested,
     SpotInterruptionWarning,
     Tick,
@@ -77,27 +80,35 @@ from supervisor.core.spec import (
     GraceMode,
     OnComplete,
     OnInterruption,
+    OnRebalance,
+    OnStall,
     RunSpec,
 )
-from supervisor.core.values import InstanceState
+from supervisor.core.values import InstanceState, ObjectInfo
 
 P = Phase
 
 _ALWAYS: frozenset[type[Any]] = frozenset(
-    {Armed, Tick, InstanceObserved, UserRequested, MonitorFailed, Nudge}
+    {Armed, Tick, InstanceObserved, UserRequested, MonitorFailed, Nudge, RebalanceRecommended}
 )
 _RESUMABLE = (P.STOPPED, P.TERMINATED, P.CRASHED, P.INTERRUPTED)
+_WATCHING = _ALWAYS | {
+    PrefixListed, ObjectRead, EffectFailed, SpotInterruptionWarning,
+    CommandFinished, CheckpointChecked,  # a rebalance's early checkpoint
+}  # fmt: skip
 
 ACCEPTS: Mapping[Phase, frozenset[type[Any]]] = {
     P.PENDING: _ALWAYS | {SpotInterruptionWarning},
-    P.RUNNING: _ALWAYS | {PrefixListed, ObjectRead, EffectFailed, SpotInterruptionWarning},
+    P.RUNNING: _WATCHING,
+    P.STALLED: _WATCHING,
     P.CHECKPOINTING: _ALWAYS
     | {CommandFinished, CheckpointChecked, EffectFailed, SpotInterruptionWarning},
     P.GRACE: _ALWAYS | {PrefixListed, EffectFailed, SpotInterruptionWarning},
-    P.INTERRUPTING: _ALWAYS | {CommandFinished, CheckpointChecked, EffectFailed},
+    P.INTERRUPTING: _ALWAYS | {CommandFinished, CheckpointChecked, EffectFailed, PrefixListed},
     P.STOPPING: _ALWAYS | {ActionSucceeded, EffectFailed},
     P.TERMINATING: _ALWAYS | {ActionSucceeded, EffectFailed},
-    P.RESUMING: _ALWAYS | {ActionSucceeded, InstanceLaunched, CommandFinished, EffectFailed},
+    P.RESUMING: _ALWAYS
+    | {ActionSucceeded, InstanceLaunched, CommandFinished, EffectFailed, SpotInterruptionWarning},
     **{phase: frozenset() for phase in TERMINAL_PHASES},
     **{phase: frozenset({ResumeRequested}) for phase in _RESUMABLE},
 }
@@ -105,6 +116,7 @@ ACCEPTS: Mapping[Phase, frozenset[type[Any]]] = {
 _ACTIVE = (
     P.PENDING,
     P.RUNNING,
+    P.STALLED,
     P.CHECKPOINTING,
     P.GRACE,
     P.STOPPING,
@@ -113,7 +125,7 @@ _ACTIVE = (
     P.INTERRUPTING,
 )
 
-EDGES: frozenset[tuple[Phase, Phase]] = frozenset(
+_EDGES = frozenset(
     {
         (P.PENDING, P.RUNNING),
         (P.PENDING, P.CRASHED),
@@ -138,9 +150,17 @@ EDGES: frozenset[tuple[Phase, Phase]] = frozenset(
         (P.TERMINATING, P.TERMINATED),
         (P.RESUMING, P.RUNNING),
         # spot: the warning starts the checkpoint at once; the instance going ends it
-        *((p, P.INTERRUPTING) for p in (P.PENDING, P.RUNNING, P.CHECKPOINTING, P.GRACE)),
+        *(
+            (p, P.INTERRUPTING)
+            for p in (P.PENDING, P.RUNNING, P.CHECKPOINTING, P.GRACE, P.RESUMING)
+        ),
         (P.INTERRUPTING, P.INTERRUPTED),
         (P.RUNNING, P.INTERRUPTED),
+        # ... unless AWS never takes the instance (see `_interrupt_overdue`)
+        *((P.INTERRUPTING, p) for p in (P.RUNNING, P.STOPPING, P.TERMINATING, P.DONE)),
+        # the heartbeat: stale -> stalled, fresh again -> running
+        (P.RUNNING, P.STALLED),
+        (P.STALLED, P.RUNNING),
         # a person's request, from any phase that has not yet acted
         *((p, P.STOPPING) for p in (P.PENDING, P.RUNNING, P.GRACE, P.RESUMING)),
         *((p, P.TERMINATING) for p in (P.PENDING, P.RUNNING, P.RESUMING)),
@@ -150,6 +170,10 @@ EDGES: frozenset[tuple[Phase, Phase]] = frozenset(
         *((p, P.FAILED) for p in _ACTIVE),
     }
 )
+# A stalled run is still watched: it can go wherever a running one can.
+EDGES: frozenset[tuple[Phase, Phase]] = _EDGES | {
+    (P.STALLED, to) for (at, to) in _EDGES if at is P.RUNNING and to is not P.STALLED
+}
 
 _FINAL_PHASE = {Action.STOP: P.STOPPED, Action.TERMINATE: P.TERMINATED}
 _ACTING_PHASE = {Action.STOP: P.STOPPING, Action.TERMINATE: P.TERMINATING}
@@ -165,6 +189,11 @@ START_TIMEOUT_S = 120.0
 # How long a resume waits for a new instance's SSM agent: AGENT_WAIT_TRIES x AGENT_WAIT_S.
 AGENT_WAIT_TRIES = 20
 AGENT_WAIT_S = 15.0
+# After a spot warning's deadline, how long the instance may stay before AWS is taken not to
+# be coming for it (see `_interrupt_overdue`).
+INTERRUPT_OVERDUE_S = 300.0
+# S3 keeps whole seconds: a LastModified may be up to 1 s older than the write.
+S3_CLOCK_SLACK = timedelta(seconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,20 +251,26 @@ def step(run: Run, event: Event, *, now: datetime, policy: Policy, rng: random.R
     return decision
 
 
-def checkpoint_command(run: Run, *, sigterm_timeout_s: float | None = None) -> InstanceCommand:
+def checkpoint_command(
+    run: Run, *, sigterm_timeout_s: float | None = None, early: bool = False
+) -> InstanceCommand:
     """Pure. The instance command that ends training and uploads the newest checkpoint.
-    `sigterm_timeout_s` cuts the spec's timeout to fit a spot interruption's notice."""
+    `sigterm_timeout_s` cuts the spec's timeout to fit a spot interruption's notice; `early`
+    uploads the newest checkpoint and leaves training running (a rebalance recommendation)."""
     spec = run.spec
     assert spec.checkpoint_dir is not None
     sigterm = spec.sigterm_timeout_s if sigterm_timeout_s is None else sigterm_timeout_s
+    location = spec.early_checkpoint_location if early else spec.checkpoint_location
     options: list[tuple[str, str]] = [
         ("run-id", spec.run_id),
         ("checkpoint-dir", spec.checkpoint_dir),
-        ("s3-url", str(spec.checkpoint_location)),
+        ("s3-url", str(location)),
         ("sigterm-timeout-s", f"{sigterm:g}"),
         ("on-timeout", str(spec.on_sigterm_timeout)),
         ("region", spec.region),
     ]
+    if early:
+        options.append(("mode", "early"))
     options += [("pattern", pattern) for pattern in spec.checkpoint_pattern]
     if spec.pid_file:
         options.append(("pid-file", spec.pid_file))
@@ -243,12 +278,13 @@ def checkpoint_command(run: Run, *, sigterm_timeout_s: float | None = None) -> I
 
 
 def restore_command(run: Run) -> InstanceCommand:
+    """Pure. Download the newest verified checkpoint (final, or a rebalance's early one)."""
     spec = run.spec
     assert spec.checkpoint_dir is not None
     return InstanceCommand(
         CommandKind.RESTORE,
         (
-            ("s3-url", str(spec.checkpoint_location)),
+            ("s3-url", run.verified_location or str(spec.checkpoint_location)),
             ("checkpoint-dir", spec.checkpoint_dir),
             ("region", spec.region),
         ),
@@ -284,6 +320,8 @@ class _Ctx:
         detail: Mapping[str, Any] | None = None,
         **changes: Any,
     ) -> Decision:
+        if to not in (P.RUNNING, P.STALLED):
+            changes.setdefault("early_checkpoint", False)  # its step is cancelled on leaving
         run = self.run.evolve(
             phase=to, version=self.run.version + 1, phase_since=self.now, reason=reason, **changes
         )
@@ -336,16 +374,23 @@ class _Ctx:
 def _on_armed(c: _Ctx, _: Armed) -> Decision:
     run = c.run
     match run.phase:
-        case P.RUNNING:
+        case P.RUNNING | P.STALLED:
             # After a restart, spread first checks over one initial interval.
             at = c.now + timedelta(seconds=c.rng.uniform(0, c.policy.poll.initial_s))
             return c.stay(WakeAt(at), checks=0, next_check_at=at)
         case P.GRACE:
             assert run.grace_until is not None
+            if _until_quiet(run):  # it may be quiet already: look now, not at the limit
+                prefix = run.spec.prefix
+                listing = ListPrefix(ListRequest(prefix.bucket, prefix.prefix, None))
+                return c.stay(WakeAt(run.grace_until), listing)
             return c.stay(WakeAt(run.grace_until))
         case P.CHECKPOINTING:
             # The step is idempotent (the process is already gone, the upload is redone).
             return c.stay(c.run_checkpoint(1), checkpoint_tries=1)
+        case P.INTERRUPTING if run.interrupt_deadline is not None:
+            overdue = run.interrupt_deadline + timedelta(seconds=INTERRUPT_OVERDUE_S)
+            return c.stay(WakeAt(overdue), ObserveInstance())
         case _:
             # pending: look for the instance; stopping/terminating/resuming: describe first.
             return c.stay(ObserveInstance())
@@ -353,10 +398,14 @@ def _on_armed(c: _Ctx, _: Armed) -> Decision:
 
 def _on_tick(c: _Ctx, _: Tick) -> Decision:
     run = c.run
-    if run.phase is P.RUNNING:
+    if run.phase is P.STALLED and run.spec.on_stall is not OnStall.NOTIFY:
+        return _apply_stall_policy(c)
+    if run.phase in (P.RUNNING, P.STALLED):
         if run.next_check_at is not None and c.now < run.next_check_at:
             return c.stay(WakeAt(run.next_check_at))
         return c.stay(c.check_prefix())
+    if run.phase is P.INTERRUPTING and _overdue(c):
+        return c.stay(ObserveInstance())
     if run.phase is P.RESUMING and run.resume_stage == "wait-agent":
         return c.stay(ObserveInstance(), resume_stage="observe")
     if run.phase is P.GRACE:
@@ -417,13 +466,8 @@ def _on_instance(c: _Ctx, event: InstanceObserved) -> Decision:
                 )  # fmt: skip
             if state is InstanceState.PENDING:
                 return c.stay()
-            return c.move(
-                P.CRASHED,
-                f"instance ended before training started (instance {state})",
-                detail=detail,
-                outcome=Outcome.CRASHED,
-            )
-        case P.RUNNING:
+            return _crashed(c, f"instance ended before training started (instance {state})", detail)
+        case P.RUNNING | P.STALLED:
             if state.is_alive or run.instance_ended is not None:
                 return c.stay()
             # Level-triggered: one last look at the prefix decides completed or crashed.
@@ -458,8 +502,11 @@ def _on_instance(c: _Ctx, event: InstanceObserved) -> Decision:
             return _resume_observed(c, state)
         case P.INTERRUPTING:
             if state.is_alive:
+                return _interrupt_overdue(c, state) if _overdue(c) else c.stay()
+            if run.instance_ended is not None:
                 return c.stay()
-            return _interrupted(c, f"spot instance {state} after the interruption warning", state)
+            # One last look: a marker written just before the warning means training completed.
+            return c.stay(c.check_prefix(), instance_ended=state)
     raise AssertionError(f"unhandled phase {run.phase}")  # ACCEPTS keeps terminal phases out
 
 
@@ -468,6 +515,15 @@ def _on_listed(c: _Ctx, event: PrefixListed) -> Decision:
     if run.phase is P.GRACE:
         return _quiet_listed(c, event) if _until_quiet(run) else c.stay()
     verdict = evaluate(run.spec, event.objects, run.outputs_seen, since=_cutoff(run))
+    if run.phase is P.INTERRUPTING:
+        if run.instance_ended is None:
+            return c.stay()
+        # A failure marker here is most likely the shutdown killing the job: not evidence.
+        why = f"spot instance {run.instance_ended} after the interruption warning"
+        if isinstance(verdict, Completed):
+            why = f"{verdict.evidence}; {why}"
+            return _interrupted(c, why, run.instance_ended, outcome=Outcome.COMPLETED)
+        return _interrupted(c, why, run.instance_ended)
     if isinstance(verdict, FailureMarked):
         return c.stay(ReadObject(verdict.key))
     if isinstance(verdict, Completed):
@@ -495,13 +551,82 @@ def _on_listed(c: _Ctx, event: PrefixListed) -> Decision:
                 f"spot instance {run.instance_ended} without a request from the supervisor",
                 run.instance_ended,
             )
-        return c.move(
-            P.CRASHED,
+        return _crashed(
+            c,
             f"instance {run.instance_ended} without a request from the supervisor, "
             "and no completion marker",
-            outcome=Outcome.CRASHED,
         )
-    return c.schedule_next_check(outputs_seen=verdict.outputs)
+    return _heartbeat(c, event.objects, verdict.outputs)
+
+
+def _crashed(c: _Ctx, reason: str, detail: Mapping[str, Any] | None = None) -> Decision:
+    """The run crashed: record it, and attach the job's crash report if it left one."""
+    return c.move(P.CRASHED, reason, AttachCrashReport(c.run.spec.crash_report),
+                  detail=detail, outcome=Outcome.CRASHED)  # fmt: skip
+
+
+# -- the heartbeat --------------------------------------------------------------------------
+
+
+def _heartbeat(
+    c: _Ctx, objects: tuple[ObjectInfo, ...], outputs: OutputSnapshot | None
+) -> Decision:
+    """No verdict yet: judge the heartbeat, then schedule the next check."""
+    run, spec = c.run, c.run.spec
+    age = _heartbeat_age(run, objects, c.now)
+    timeout = spec.stall_timeout_s
+    scheduled = c.schedule_next_check(outputs_seen=outputs)
+    if age is None or timeout is None:
+        return scheduled
+    detail = {"heartbeat_age_s": round(age, 3), "stall_timeout_s": timeout}
+    if run.phase is P.STALLED and age <= timeout:
+        return c.move(P.RUNNING, f"heartbeat {spec.heartbeat_file} is fresh again ({age:.0f}s old)",
+                      *scheduled.effects, detail=detail, **_polling(scheduled.run))  # fmt: skip
+    if run.phase is P.RUNNING and age > timeout:
+        reason = (
+            f"heartbeat {spec.heartbeat_file} is {age:.0f}s old (stall timeout {timeout:g}s) "
+            f"while the instance runs; on_stall={spec.on_stall}"
+        )
+        if spec.on_stall is OnStall.NOTIFY:
+            return c.move(P.STALLED, reason, *scheduled.effects, detail=detail,
+                          **_polling(scheduled.run))  # fmt: skip
+        # Record the stall, then act on it at once (the next tick applies the policy).
+        return c.move(P.STALLED, reason, WakeAt(c.now), detail=detail, outputs_seen=outputs)
+    return scheduled
+
+
+def _polling(run: Run) -> dict[str, Any]:
+    return {
+        "checks": run.checks,
+        "next_check_at": run.next_check_at,
+        "outputs_seen": run.outputs_seen,
+    }
+
+
+def _heartbeat_age(run: Run, objects: tuple[ObjectInfo, ...], now: datetime) -> float | None:
+    """Seconds since the job last wrote its heartbeat (this attempt's), or None."""
+    if run.spec.stall_timeout_s is None:
+        return None
+    cutoff = _cutoff(run)
+    for obj in objects:
+        if obj.key == run.spec.heartbeat_file:
+            if cutoff is not None and obj.last_modified < cutoff.replace(microsecond=0):
+                return None  # an earlier attempt's heartbeat
+            return max(0.0, (now - obj.last_modified - S3_CLOCK_SLACK).total_seconds())
+    return None
+
+
+def _apply_stall_policy(c: _Ctx) -> Decision:
+    spec = c.run.spec
+    action = Action.STOP if spec.on_stall is OnStall.CHECKPOINT_STOP else Action.TERMINATE
+    why = f"stalled; on_stall={spec.on_stall}"
+    if spec.checkpointing:
+        return c.move(
+            P.CHECKPOINTING, f"{why}: saving the final checkpoint, then {action}",
+            c.run_checkpoint(1), outcome=Outcome.STALLED, pending_action=action,
+            checkpoint_tries=1,
+        )  # fmt: skip
+    return c.act(action, f"{why}: {action} requested", outcome=Outcome.STALLED)
 
 
 def _cutoff(run: Run) -> datetime | None:
@@ -514,7 +639,7 @@ def _quiet_listed(c: _Ctx, event: PrefixListed) -> Decision:
     assert run.grace_until is not None
     quiet = timedelta(seconds=run.spec.quiet_s)
     newest = max((o.last_modified for o in event.objects), default=None)
-    if newest is None or c.now - newest >= quiet:
+    if newest is None or c.now - newest >= quiet + S3_CLOCK_SLACK:
         saved = max(0.0, (run.grace_until - c.now).total_seconds())
         return _end_grace(
             c,
@@ -522,7 +647,7 @@ def _quiet_listed(c: _Ctx, event: PrefixListed) -> Decision:
             f"prefix quiet for {run.spec.quiet_s:g}s ({saved:.0f}s of grace saved)",
             {"grace_saved_s": round(saved, 3)},
         )
-    return c.stay(WakeAt(min(run.grace_until, newest + quiet)))
+    return c.stay(WakeAt(min(run.grace_until, newest + quiet + S3_CLOCK_SLACK)))
 
 
 def _on_read(c: _Ctx, event: ObjectRead) -> Decision:
@@ -530,13 +655,16 @@ def _on_read(c: _Ctx, event: ObjectRead) -> Decision:
         return c.stay()
     body = event.body.strip()
     summary = body[:500] or "(empty)"
-    return c.move(
-        P.CRASHED, f"failure marker {event.key}: {summary}",
-        detail={"failure_marker_body": body[:4000]}, outcome=Outcome.CRASHED,
-    )  # fmt: skip
+    return _crashed(
+        c, f"failure marker {event.key}: {summary}", {"failure_marker_body": body[:4000]}
+    )
 
 
 def _on_command(c: _Ctx, event: CommandFinished) -> Decision:
+    if c.run.phase in (P.RUNNING, P.STALLED):
+        return _early_command_finished(c, event)
+    if event.early:
+        return c.stay()  # leaving running cancelled the early step: a late result is stale
     if c.run.phase is P.RESUMING:
         return _resume_command_finished(c, event)
     if c.run.phase is P.INTERRUPTING:
@@ -583,6 +711,8 @@ def _checkpoint_failed(c: _Ctx, why: str, detail: Mapping[str, Any]) -> Decision
 def _on_checked(c: _Ctx, event: CheckpointChecked) -> Decision:
     if c.run.phase is P.INTERRUPTING:
         return _interrupt_checked(c, event)
+    if c.run.phase in (P.RUNNING, P.STALLED):
+        return _early_checked(c, event)
     run, v = c.run, event.verification
     detail: dict[str, Any] = {
         "files": v.files, "bytes": v.bytes, "verify_s": round(event.seconds, 3),
@@ -596,10 +726,14 @@ def _on_checked(c: _Ctx, event: CheckpointChecked) -> Decision:
         detail["problems"] = list(v.problems)
         return _checkpoint_attempt_failed(c, f"checkpoint not verified: {v.summary()}", detail)
     reason = f"checkpoint verified: {v.summary()}"
+    verified = {
+        "checkpoint": CheckpointStatus.VERIFIED, "verified_attempt": run.attempt,
+        "verified_location": str(run.spec.checkpoint_location),
+    }  # fmt: skip
     if run.outcome is Outcome.COMPLETED:
-        return _enter_grace(c, reason, detail, checkpoint=CheckpointStatus.VERIFIED)
+        return _enter_grace(c, reason, detail, **verified)
     return c.act(run.pending_action or Action.STOP, f"{reason}; acting on the request",
-                 detail, checkpoint=CheckpointStatus.VERIFIED)  # fmt: skip
+                 detail, **verified)  # fmt: skip
 
 
 def _on_action_succeeded(c: _Ctx, event: ActionSucceeded) -> Decision:
@@ -627,12 +761,17 @@ def _on_effect_failed(c: _Ctx, event: EffectFailed) -> Decision:
         # A failed quiet check only costs the early end: wait for the grace limit.
         assert c.run.grace_until is not None
         return c.stay(WakeAt(c.run.grace_until))
+    if phase is P.INTERRUPTING and c.run.instance_ended is not None:
+        # The last look at the prefix failed; the instance is gone all the same.
+        why = f"spot instance {c.run.instance_ended} after the interruption warning"
+        return _interrupted(c, f"{why} (last look at the prefix failed: {event.code})",
+                            c.run.instance_ended)  # fmt: skip
     if not event.transient:
         return c.move(
             P.FAILED, f"{event.operation} failed: {event.code}: {event.message}",
             detail=detail, error_code=event.code,
         )  # fmt: skip
-    if phase is P.RUNNING:
+    if phase in (P.RUNNING, P.STALLED):
         return c.schedule_next_check()
     if phase is P.CHECKPOINTING:
         return _checkpoint_attempt_failed(c, f"{event.operation}: {event.code}", detail)
@@ -655,13 +794,14 @@ def _on_user(c: _Ctx, event: UserRequested) -> Decision:
     if run.phase is P.CHECKPOINTING:
         # The checkpoint step is already under way; act on the request once it is done.
         return c.stay(persist=True, pending_action=action, outcome=outcome)
-    if run.phase is P.RUNNING and run.spec.checkpointing:
+    if run.phase in (P.RUNNING, P.STALLED) and run.spec.checkpointing:
         return c.move(
             P.CHECKPOINTING, f"{action} requested by user; saving the final checkpoint first",
             c.run_checkpoint(1), outcome=outcome, pending_action=action, checkpoint_tries=1,
         )  # fmt: skip
     target = _ACTING_PHASE[_allowed(run, action)]
-    if (run.phase, target) not in EDGES:
+    # (An interrupting run has edges to stopping only for an instance AWS did not take.)
+    if (run.phase, target) not in EDGES or run.phase is P.INTERRUPTING:
         why = (
             ""
             if target is _ACTING_PHASE[action]
@@ -696,8 +836,8 @@ def _on_nudge(c: _Ctx, event: Nudge) -> Decision:
     """An event says something changed: look now (level-triggered: the look decides)."""
     run = c.run
     if event.target == "instance":
-        return c.stay(ObserveInstance())
-    if run.phase is P.RUNNING:
+        return c.stay(ObserveInstance(direct=True))
+    if run.phase in (P.RUNNING, P.STALLED):
         return c.stay(c.check_prefix())
     if run.phase is P.GRACE and _until_quiet(run):
         prefix = run.spec.prefix
@@ -716,21 +856,62 @@ def _on_spot_warning(c: _Ctx, event: SpotInterruptionWarning) -> Decision:
         "instance_action": event.action,
     }  # fmt: skip
     why = f"spot interruption warning ({event.action}, {max(remaining, 0):.0f}s left)"
-    if run.phase is P.RUNNING and spec.checkpointing and remaining > 0:
+    overdue = WakeAt(event.deadline + timedelta(seconds=INTERRUPT_OVERDUE_S))
+    if run.phase in (P.RUNNING, P.STALLED) and spec.checkpointing and remaining > 0:
         # No grace and no stop call: AWS takes the instance; the notice is for the checkpoint.
         sigterm = max(0.0, min(spec.sigterm_timeout_s, remaining / 2))
         detail["sigterm_timeout_s"] = round(sigterm, 3)
         command = RunInstanceCommand(checkpoint_command(run, sigterm_timeout_s=sigterm), remaining)
         return c.move(
-            P.INTERRUPTING, f"{why}; saving the final checkpoint now", command, detail=detail,
-            interrupt_deadline=event.deadline, checkpoint_tries=1,
-            outcome=run.outcome or Outcome.INTERRUPTED,
+            P.INTERRUPTING, f"{why}; saving the final checkpoint now", overdue, command,
+            detail=detail, interrupt_deadline=event.deadline, checkpoint_tries=1,
+            outcome=run.outcome or Outcome.INTERRUPTED, early_checkpoint=False,
         )  # fmt: skip
     note = "no checkpoint step configured" if not spec.checkpointing else f"during {run.phase}"
+    changes: dict[str, Any] = {}
+    if run.phase is P.RESUMING:
+        # The resume's attempt has begun (it has its instance) and ends here, before training
+        # restarted: it counts against max_restarts, and its final checkpoint is none.
+        note = f"during resuming, before training restarted (attempt {run.attempt + 1})"
+        changes = {"attempt": run.attempt + 1, "started_at": c.now, "checkpoint": None}
     return c.move(
-        P.INTERRUPTING, f"{why}; {note}", ObserveInstance(), detail=detail,
+        P.INTERRUPTING, f"{why}; {note}", overdue, ObserveInstance(), detail=detail,
         interrupt_deadline=event.deadline, outcome=run.outcome or Outcome.INTERRUPTED,
+        early_checkpoint=False, **changes,
     )  # fmt: skip
+
+
+def _overdue(c: _Ctx) -> bool:
+    deadline = c.run.interrupt_deadline
+    return deadline is not None and c.now >= deadline + timedelta(seconds=INTERRUPT_OVERDUE_S)
+
+
+def _interrupt_overdue(c: _Ctx, state: InstanceState) -> Decision:
+    """AWS did not take the instance back: don't leave the run (and the bill) hanging."""
+    run = c.run
+    assert run.interrupt_deadline is not None
+    late = (c.now - run.interrupt_deadline).total_seconds()
+    why = f"instance still {state} {late:.0f}s after the interruption deadline"
+    if run.outcome is Outcome.COMPLETED:
+        return _end_grace(c, f"{why}; training had completed")
+    idle = ""
+    if _warned_while_resuming(run):
+        idle = "the resume had not restarted training"
+    elif run.spec.checkpointing:
+        idle = "training was ended for the checkpoint"  # (or would have been, had it started)
+    if idle:
+        return c.act(run.pending_action or Action.STOP, f"{why}; {idle}: stopping the idle "
+                     "instance (resume it with `supervisorctl resume`)")  # fmt: skip
+    return c.move(
+        P.RUNNING, f"{why}; AWS did not take it back: watching the run again", c.check_prefix(),
+        outcome=None, interrupt_deadline=None, checks=0, next_check_at=None,
+    )  # fmt: skip
+
+
+def _warned_while_resuming(run: Run) -> bool:
+    """An interruption that began during a resume: that warning started the attempt, so the
+    attempt's start and the phase's start are the same moment (both persisted)."""
+    return run.phase is P.INTERRUPTING and run.started_at == run.phase_since
 
 
 def _seconds_left(c: _Ctx) -> float | None:
@@ -762,10 +943,14 @@ def _interrupt_retry_or_give_up(c: _Ctx) -> Decision:
 def _interrupt_checked(c: _Ctx, event: CheckpointChecked) -> Decision:
     if not event.verification.ok:
         return _interrupt_retry_or_give_up(c)
-    return c.stay(persist=True, checkpoint=CheckpointStatus.VERIFIED, seconds_left=_seconds_left(c))
+    return c.stay(persist=True, checkpoint=CheckpointStatus.VERIFIED,
+                  verified_attempt=c.run.attempt, seconds_left=_seconds_left(c),
+                  verified_location=str(c.run.spec.checkpoint_location))  # fmt: skip
 
 
-def _interrupted(c: _Ctx, reason: str, state: InstanceState) -> Decision:
+def _interrupted(
+    c: _Ctx, reason: str, state: InstanceState, *, outcome: Outcome | None = None
+) -> Decision:
     run, spec = c.run, c.run.spec
     detail: dict[str, Any] = {
         "instance_state": str(state),
@@ -773,15 +958,15 @@ def _interrupted(c: _Ctx, reason: str, state: InstanceState) -> Decision:
         "seconds_left_when_verified": run.seconds_left,
     }
     effects: tuple[Effect, ...] = ()
-    outcome = run.outcome or Outcome.INTERRUPTED
+    outcome = outcome or run.outcome or Outcome.INTERRUPTED
     training_cut_short = outcome is Outcome.INTERRUPTED and run.pending_action is None
     if spec.on_interruption is OnInterruption.RESUME and training_cut_short:
         restarts = run.attempt - 1
         if state.is_gone and spec.launch_template is None:
             reason += "; not resumed: the instance is gone and the spec has no launch_template"
         elif restarts < spec.max_restarts:
-            verified = run.checkpoint is CheckpointStatus.VERIFIED
-            effects = (AutoResume(from_scratch=not verified),)
+            # The newest verified checkpoint, of this attempt or an earlier one.
+            effects = (AutoResume(from_scratch=run.verified_attempt is None),)
             reason += f"; resuming (restart {restarts + 1} of {spec.max_restarts})"
         else:
             reason += f"; not resumed: max_restarts ({spec.max_restarts}) reached"
@@ -799,7 +984,7 @@ def _on_resume(c: _Ctx, event: ResumeRequested) -> Decision:
             f"{who} has no resume_command: it is part of the run spec, given at attach "
             "(--resume-command or resume_command in --spec)"
         )
-    if not event.from_scratch and run.checkpoint is not CheckpointStatus.VERIFIED:
+    if not event.from_scratch and run.verified_attempt is None:
         raise InvalidTransition(
             f"{who} has no verified checkpoint to resume from: use `supervisorctl resume "
             f"{spec.run_id} --from-scratch` to start it without one"
@@ -824,7 +1009,7 @@ def _resume_observed(c: _Ctx, state: InstanceState) -> Decision:
         return c.stay()  # restore/start in progress or waiting for the agent
     if state is InstanceState.RUNNING:
         # Only a verified checkpoint is restored (also after a restart lost `from_scratch`).
-        verified = run.spec.checkpointing and run.checkpoint is CheckpointStatus.VERIFIED
+        verified = run.spec.checkpointing and run.verified_attempt is not None
         if run.from_scratch or not verified:
             return c.stay(RunInstanceCommand(start_command(run), START_TIMEOUT_S),
                           resume_stage="start")  # fmt: skip
@@ -879,8 +1064,47 @@ def _resume_command_finished(c: _Ctx, event: CommandFinished) -> Decision:
         attempt=attempt, started_at=c.now, outcome=None, checkpoint=None, pending_action=None,
         grace_until=None, action_acked_at=None, error_code=None, checks=0, next_check_at=None,
         outputs_seen=None, instance_ended=None, process_exited=False, resume_stage="",
-        interrupt_deadline=None, seconds_left=None,
+        interrupt_deadline=None, seconds_left=None, early_checkpoint=False,
     )  # fmt: skip
+
+
+# -- rebalance recommendations: an early checkpoint, training goes on ---------------------------
+
+
+def _on_rebalance(c: _Ctx, _: RebalanceRecommended) -> Decision:
+    run, spec = c.run, c.run.spec
+    if (
+        run.phase not in (P.RUNNING, P.STALLED)
+        or spec.on_rebalance is not OnRebalance.CHECKPOINT
+        or run.early_checkpoint
+    ):
+        return c.stay()  # ignored by policy, already under way, or past running
+    command = checkpoint_command(run, early=True)
+    # In the background: a spot warning during the upload must start the final step at once.
+    effect = RunInstanceCommand(command, CHECKPOINT_UPLOAD_BUDGET_S, background=True)
+    return c.stay(effect, early_checkpoint=True)
+
+
+def _early_command_finished(c: _Ctx, event: CommandFinished) -> Decision:
+    run, result = c.run, event.result
+    if event.kind is not CommandKind.CHECKPOINT or not run.early_checkpoint:
+        return c.stay()
+    if not result.ok:
+        return c.stay(early_checkpoint=False)  # training goes on; the final step is unchanged
+    location = run.spec.early_checkpoint_location
+    key = str(result.result.get("manifest_key") or location.key(MANIFEST_NAME))
+    return c.stay(VerifyCheckpoint(location.bucket, key, early=True))
+
+
+def _early_checked(c: _Ctx, event: CheckpointChecked) -> Decision:
+    if not c.run.early_checkpoint:
+        return c.stay()
+    if not event.verification.ok:
+        return c.stay(early_checkpoint=False)
+    # A resume can restore it; the final checkpoint (and the terminate rule) is unchanged.
+    location = str(c.run.spec.early_checkpoint_location)
+    return c.stay(persist=True, early_checkpoint=False, verified_attempt=c.run.attempt,
+                  verified_location=location)  # fmt: skip
 
 
 _HANDLERS: Mapping[type[Any], Callable[[_Ctx, Any], Decision]] = {
@@ -899,4 +1123,5 @@ _HANDLERS: Mapping[type[Any], Callable[[_Ctx, Any], Decision]] = {
     InstanceLaunched: _on_launched,
     Nudge: _on_nudge,
     SpotInterruptionWarning: _on_spot_warning,
+    RebalanceRecommended: _on_rebalance,
 }

@@ -18,6 +18,7 @@ class Phase(enum.StrEnum):
 
     PENDING = "pending"  # attached; instance not yet seen running
     RUNNING = "running"  # instance running; the run prefix is polled with backoff
+    STALLED = "stalled"  # running, but the job's heartbeat is older than the stall timeout
     CHECKPOINTING = "checkpointing"  # training asked to end; final checkpoint saved, verified
     GRACE = "grace"  # completed; waiting before acting on the instance
     STOPPING = "stopping"  # stop intent committed; StopInstances issued or to be re-driven
@@ -62,6 +63,7 @@ class Outcome(enum.StrEnum):
     CRASHED = "crashed"
     CANCELLED = "cancelled"
     INTERRUPTED = "interrupted"
+    STALLED = "stalled"  # the heartbeat stopped and the stall policy ended the run
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +94,15 @@ class Run:
     """1 for the first instance's training, +1 for each resume."""
     started_at: datetime | None = None
     """When training (re)started: markers older than this belong to an earlier attempt."""
+    process_exited: bool = False
+    """The checkpoint step found the training process gone (grace may end early)."""
+    verified_attempt: int | None = None
+    """The attempt whose checkpoint was last verified in S3 (final or early): what a resume
+    restores. `checkpoint` is only ever about the current attempt's final checkpoint."""
+    verified_location: str | None = None
+    """Where that checkpoint is (s3://...): the final location, or its `early/` folder."""
+    interrupt_deadline: datetime | None = None
+    """A spot warning's deadline (warning + 2 min - margin), while interrupting."""
 
     # -- volatile state, not persisted (rebuilt after a restart) --
     checks: int = field(default=0, compare=False)
@@ -100,10 +111,10 @@ class Run:
     instance_ended: InstanceState | None = field(default=None, compare=False)
     """Set when the instance was found ended while running: the next listing is the last."""
     checkpoint_tries: int = field(default=0, compare=False)
-    process_exited: bool = field(default=False, compare=False)
+    early_checkpoint: bool = field(default=False, compare=False)
+    """A rebalance recommendation's checkpoint (training goes on) is under way."""
     resume_stage: str = field(default="", compare=False)
     command_tries: int = field(default=0, compare=False)
-    interrupt_deadline: datetime | None = field(default=None, compare=False)
     seconds_left: float | None = field(default=None, compare=False)
     from_scratch: bool = field(default=False, compare=False)
 

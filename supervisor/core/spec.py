@@ -77,6 +77,21 @@ class OnInterruption(enum.StrEnum):
     NONE = "none"
 
 
+class OnStall(enum.StrEnum):
+    """What to do when the job's heartbeat (`status.json`) is older than the stall timeout."""
+
+    NOTIFY = "notify"  # phase stalled; keep watching (a fresh heartbeat makes it running again)
+    CHECKPOINT_STOP = "checkpoint-stop"  # save the final checkpoint (if configured), then stop
+    TERMINATE = "terminate"  # checkpoint (if configured), then terminate
+
+
+class OnRebalance(enum.StrEnum):
+    """After an EC2 rebalance recommendation: take an early checkpoint, or do nothing."""
+
+    CHECKPOINT = "checkpoint"  # upload the newest checkpoint; training goes on
+    IGNORE = "ignore"
+
+
 class GraceMode(enum.StrEnum):
     UNTIL_QUIET = "until-quiet"  # end early once verified, process exited, prefix quiet
     FIXED = "fixed"  # always wait the whole grace period
@@ -129,10 +144,21 @@ class RunSpec(BaseModel):
     resume_cwd: str | None = None
     launch_template: LaunchTemplate | None = None
 
+    # -- heartbeat and crash data (the job's reports under the run prefix) --
+    heartbeat_file: str = "status.json"
+    stall_timeout_s: float | None = Field(None, gt=0, le=MAX_GRACE_S, allow_inf_nan=False)
+    """Heartbeat older than this while the instance runs: the run is stalled. None: off."""
+    on_stall: OnStall = OnStall.NOTIFY
+    crash_report: str = "crash/error.log"
+    """Attached to the run when it crashes, if the job (or user-data) wrote it."""
+
     # -- spot --
     spot: bool = False
     on_interruption: OnInterruption = OnInterruption.NONE
+    on_rebalance: OnRebalance = OnRebalance.IGNORE
     max_restarts: int = Field(3, ge=0, le=100)
+    tag_instance: bool = False
+    """Tag the instance `supervisor:run-id` at attach, so IAM can be scoped to tagged ones."""
 
     @model_validator(mode="before")
     @classmethod
@@ -164,6 +190,15 @@ class RunSpec(BaseModel):
             raise InvalidInput(
                 "on_interruption=resume needs resume_command (and pid_file): the command "
                 "that restarts training on the next attempt"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _early_checkpoint_needs_a_directory(self) -> RunSpec:
+        if self.on_rebalance is OnRebalance.CHECKPOINT and not self.checkpointing:
+            raise InvalidInput(
+                "on_rebalance=checkpoint needs checkpoint_dir: the directory the early "
+                "checkpoint is uploaded from"
             )
         return self
 
@@ -229,6 +264,16 @@ class RunSpec(BaseModel):
     def _failure_marker(cls, value: str) -> str:
         return parse_relative_key(value, what="failure marker")
 
+    @field_validator("heartbeat_file")
+    @classmethod
+    def _heartbeat_file(cls, value: str) -> str:
+        return parse_relative_key(value, what="heartbeat file")
+
+    @field_validator("crash_report")
+    @classmethod
+    def _crash_report(cls, value: str) -> str:
+        return parse_relative_key(value, what="crash report")
+
     @property
     def prefix(self) -> S3Prefix:
         return S3Prefix.parse(self.s3_prefix)
@@ -245,6 +290,13 @@ class RunSpec(BaseModel):
             return S3Prefix.parse(self.checkpoint_s3)
         prefix = self.prefix
         return S3Prefix(prefix.bucket, prefix.key("checkpoints/"))
+
+    @property
+    def early_checkpoint_location(self) -> S3Prefix:
+        """Where a rebalance's early checkpoint goes: apart from the final one, so the two can
+        never overwrite each other's files or manifest."""
+        location = self.checkpoint_location
+        return S3Prefix(location.bucket, location.key("early/"))
 
     @classmethod
     def build(cls, **fields: Any) -> RunSpec:

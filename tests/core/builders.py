@@ -20,7 +20,7 @@ from supervisor.core.events import (
     SpotInterruptionWarning,
 )
 from supervisor.core.machine import Decision, Policy, new_run, step
-from supervisor.core.run import Outcome, Phase, Run
+from supervisor.core.run import CheckpointStatus, Outcome, Phase, Run
 from supervisor.core.spec import RunSpec
 from supervisor.core.values import ObjectInfo
 
@@ -75,6 +75,9 @@ def make_run(phase: Phase = Phase.PENDING, *, spec: RunSpec | None = None, **cha
     defaults: dict[str, Any] = {}
     if phase is Phase.GRACE:
         defaults = {"outcome": Outcome.COMPLETED, "grace_until": GRACE_UNTIL}
+    if changes.get("checkpoint") is CheckpointStatus.VERIFIED:
+        # As in step(): verifying the final checkpoint also makes it the one a resume restores.
+        defaults["verified_attempt"] = changes.get("attempt", run.attempt)
     return run.evolve(phase=phase, version=3, **{**defaults, **changes})
 
 
@@ -84,6 +87,12 @@ def obj(key: str, etag: str = "e1", size: int = 10, *, at: datetime = NOW) -> Ob
 
 def listed(*keys: str) -> PrefixListed:
     return PrefixListed(tuple(obj(k) for k in keys))
+
+
+def heartbeat(age_s: float, *keys: str, key: str = "status.json") -> PrefixListed:
+    """A listing of `keys` beside the job's heartbeat, last written `age_s` before `NOW`."""
+    beat = obj(key, at=NOW - timedelta(seconds=age_s))
+    return PrefixListed((*(obj(k) for k in keys), beat))
 
 
 def finished(kind: CommandKind, *, exited: bool = True, **result: object) -> CommandFinished:

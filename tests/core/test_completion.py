@@ -13,6 +13,7 @@ from supervisor.core.completion import (
     NotYet,
     evaluate,
     listing_request,
+    watched_keys,
 )
 from supervisor.core.spec import DEFAULT_MARKERS
 from supervisor.core.values import ObjectInfo
@@ -131,3 +132,31 @@ def test_with_since_a_stale_failure_marker_or_stale_output_is_ignored_too() -> N
 def test_with_since_a_fresh_marker_wins_over_a_stale_one_of_another_name() -> None:
     listing = [obj("FAILED", at=NOW - timedelta(hours=1)), obj("COMPLETE", at=NOW)]
     assert evaluate(SPEC, listing, None, since=NOW) == Completed("completion marker COMPLETE found")
+
+
+# -- the heartbeat ------------------------------------------------------------------------------
+
+
+def test_the_heartbeat_is_watched_only_with_a_stall_timeout() -> None:
+    assert "status.json" not in watched_keys(SPEC)
+    assert watched_keys(make_spec(stall_timeout_s=60))[-1] == "status.json"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "delimiter"),
+    [
+        ({"heartbeat_file": "logs/status.json"}, "/"),
+        ({"heartbeat_file": "logs/status.json", "stall_timeout_s": 60}, None),
+        ({"stall_timeout_s": 60}, "/"),
+    ],
+    ids=["nested-but-off", "nested-and-on", "top-and-on"],
+)
+def test_a_nested_heartbeat_makes_the_listing_recursive_only_when_it_is_watched(
+    overrides: dict[str, object], delimiter: str | None
+) -> None:
+    assert listing_request(make_spec(**overrides)).delimiter == delimiter
+
+
+def test_a_heartbeat_is_never_a_verdict() -> None:
+    spec = make_spec(stall_timeout_s=60)
+    assert evaluate(spec, [obj("status.json")], None) == NotYet(None)

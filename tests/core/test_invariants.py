@@ -19,7 +19,7 @@ from supervisor.core.checkpoint import (
     CommandStatus,
     Verification,
 )
-from supervisor.core.effects import ActOnInstance, AutoResume, Effect
+from supervisor.core.effects import ActOnInstance, AttachCrashReport, AutoResume, Effect
 from supervisor.core.errors import InvalidTransition
 from supervisor.core.events import (
     Action,
@@ -35,13 +35,14 @@ from supervisor.core.events import (
     Nudge,
     ObjectRead,
     PrefixListed,
+    RebalanceRecommended,
     ResumeRequested,
     SpotInterruptionWarning,
     Tick,
     UserAction,
     UserRequested,
 )
-from supervisor.core.machine import ACCEPTS, EDGES, Decision, new_run, step
+from supervisor.core.machine import ACCEPTS, EDGES, INTERRUPT_OVERDUE_S, Decision, new_run, step
 from supervisor.core.run import CheckpointStatus, Outcome, Phase, Run
 from supervisor.core.spec import RunSpec
 from supervisor.core.values import InstanceId, InstanceState, ObjectInfo
@@ -74,14 +75,26 @@ def check_decision(before: Run, d: Decision, now: datetime) -> None:
     if terminates(d.effects):
         assert V in (before.checkpoint, after.checkpoint), "terminate without a verified checkpoint"
     if P.INTERRUPTING in (before.phase, after.phase):
-        # AWS takes a spot instance back by itself: the supervisor never calls stop on it.
+        # AWS takes a spot instance back by itself: the supervisor never calls stop on it,
+        # unless the instance outlived the interruption deadline by INTERRUPT_OVERDUE_S.
         acts = [e for e in d.effects if isinstance(e, ActOnInstance)]
-        assert acts == [], "acted on an instance that is being interrupted"
+        deadline = before.interrupt_deadline
+        overdue = deadline is not None and now >= deadline + timedelta(seconds=INTERRUPT_OVERDUE_S)
+        assert acts == [] or overdue, "acted on an instance that is being interrupted"
     resumes = [e for e in d.effects if isinstance(e, AutoResume)]
     if resumes:
         assert d.transition is not None and after.phase is P.INTERRUPTED, "resume not by policy"
         assert before.attempt - 1 < before.spec.max_restarts, "resumed beyond max_restarts"
-        assert resumes == [AutoResume(from_scratch=after.checkpoint is not V)]
+        # From the newest verified checkpoint, of this attempt or an earlier one.
+        assert resumes == [AutoResume(from_scratch=after.verified_attempt is None)]
+    if after.verified_attempt is not None:
+        assert after.verified_attempt <= after.attempt
+    if after.verified_attempt != before.verified_attempt:
+        # Only a checkpoint of the attempt under way is ever verified; nothing forgets one.
+        assert after.verified_attempt == after.attempt == before.attempt, "verified a stale one"
+    if {before.phase, after.phase} <= {P.RUNNING, P.STALLED}:
+        # An early (rebalance) checkpoint is never taken for the final one.
+        assert after.checkpoint == before.checkpoint, "an early checkpoint became the final one"
     t = d.transition
     if t is None:
         assert (after.phase, after.version) == (before.phase, before.version)
@@ -92,12 +105,14 @@ def check_decision(before: Run, d: Decision, now: datetime) -> None:
     assert (after.phase_since, after.reason) == (now, t.reason)
     if after.phase is P.TERMINATING:
         assert after.checkpoint is V, "entered terminating without a verified checkpoint"
+    if after.phase is P.CRASHED:
+        assert AttachCrashReport(after.spec.crash_report) in d.effects, "crash report left out"
 
 
 # -- the random walk ---------------------------------------------------------------------------
 
 Maker = Callable[[random.Random, datetime], Event]
-KEYS = ("done", "logs/train.log", "checkpoints/model.pt", "FAILED", "events.out")
+KEYS = ("done", "logs/train.log", "checkpoints/model.pt", "FAILED", "events.out", "status.json")
 AGES_S = (0, 5, 29, 30, 120, 3600)
 
 
@@ -107,6 +122,12 @@ def _listing(rng: random.Random, now: datetime) -> PrefixListed:
         obj(key, at=now - timedelta(seconds=rng.choice(AGES_S))) for key in keys
     ]
     return PrefixListed(tuple(objects))
+
+
+def _progress(rng: random.Random, now: datetime) -> PrefixListed:
+    """A listing while training goes on: no verdict, a growing log, a fresh or stale heartbeat."""
+    age = timedelta(seconds=rng.choice(AGES_S))
+    return PrefixListed((obj("logs/train.log", at=now), obj("status.json", at=now - age)))
 
 
 def _observed(rng: random.Random, _: datetime) -> InstanceObserved:
@@ -154,6 +175,7 @@ MAKERS: list[tuple[float, type[Any], Maker]] = [
     (4, Tick, lambda rng, now: Tick()),
     (4, InstanceObserved, _observed),
     (4, PrefixListed, _listing),
+    (3, PrefixListed, _progress),
     (1, ObjectRead, lambda rng, now: ObjectRead(rng.choice(["FAILED", "x"]), "out of memory")),
     (2, ActionSucceeded, _acted),
     (1, EffectFailed, _failed),
@@ -166,14 +188,16 @@ MAKERS: list[tuple[float, type[Any], Maker]] = [
     (1, InstanceLaunched, lambda rng, now: InstanceLaunched(InstanceId("i-0fedcba9876543210"))),
     (1, Nudge, lambda rng, now: Nudge(rng.choice(["prefix", "instance"]))),
     (0.6, SpotInterruptionWarning, _warning),
+    (0.4, RebalanceRecommended, lambda rng, now: RebalanceRecommended()),
 ]  # fmt: skip
-SEEDS = range(300)
+SEEDS = range(400)
 STEPS = 40
 
 
 def walk_spec(rng: random.Random) -> RunSpec:
-    """Checkpointing on, on_complete=terminate; the other checkpoint and spot knobs drawn at
-    random."""
+    """Checkpointing on, on_complete=terminate; the other checkpoint, spot, stall and
+    rebalance knobs drawn at random (on_interruption=resume twice as often as none, so that
+    walks go round interrupted -> resuming)."""
     return checkpoint_spec(
         on_complete="terminate",
         grace_mode=rng.choice(["until-quiet", "fixed"]),
@@ -181,8 +205,11 @@ def walk_spec(rng: random.Random) -> RunSpec:
         checkpoint_attempts=rng.randint(1, 3),
         launch_template=rng.choice([LAUNCH_TEMPLATE, None]),
         spot=rng.random() < 0.5,
-        on_interruption=rng.choice(["resume", "none"]),
+        on_interruption=rng.choice(["resume", "resume", "none"]),
         max_restarts=rng.randint(0, 2),
+        stall_timeout_s=rng.choice([None, 60.0, 600.0]),
+        on_stall=rng.choice(["notify", "checkpoint-stop", "terminate"]),
+        on_rebalance=rng.choice(["checkpoint", "ignore"]),
     )
 
 
@@ -192,7 +219,18 @@ def next_event(rng: random.Random, run: Run, now: datetime) -> Event:
     makers = MAKERS if rng.random() < 0.2 else [m for m in MAKERS if m[1] in taken]
     weights = [weight for weight, _, _ in makers]
     make = rng.choices([make for _, _, make in makers], weights)[0]
-    return make(rng, now)
+    event = make(rng, now)
+    deadline = run.interrupt_deadline
+    if (
+        isinstance(event, InstanceObserved)
+        and run.phase is P.INTERRUPTING
+        and deadline is not None
+        and now >= deadline
+        and rng.random() < 0.6
+    ):
+        # AWS mostly takes a warned instance back by its deadline (the rest is overdue).
+        return InstanceObserved(rng.choice([S.SHUTTING_DOWN, S.TERMINATED, S.STOPPING, S.STOPPED]))
+    return event
 
 
 @dataclass
@@ -245,6 +283,8 @@ def test_no_random_walk_terminates_unverified_or_leaves_the_edges_table() -> Non
         (P.STOPPED, P.RESUMING), (P.RESUMING, P.RUNNING), (P.TERMINATING, P.TERMINATED),
         (P.RUNNING, P.INTERRUPTING), (P.CHECKPOINTING, P.INTERRUPTING), (P.GRACE, P.INTERRUPTING),
         (P.INTERRUPTING, P.INTERRUPTED), (P.RUNNING, P.INTERRUPTED), (P.INTERRUPTED, P.RESUMING),
+        (P.RUNNING, P.STALLED), (P.STALLED, P.RUNNING), (P.STALLED, P.CHECKPOINTING),
+        (P.RESUMING, P.INTERRUPTING), (P.INTERRUPTING, P.STOPPING),
     }  # fmt: skip
     assert {edge for edge in must_reach if stats.edges[edge] < 3} == set()
     assert stats.terminates >= 20 and stats.downgrades >= 20 and stats.auto_resumes >= 10
@@ -262,7 +302,10 @@ def user(action: UserAction) -> UserRequested:
     return UserRequested(action)
 
 
-X = Outcome.CANCELLED
+X, C = Outcome.CANCELLED, Outcome.COMPLETED
+OVERDUE = NOW - timedelta(seconds=INTERRUPT_OVERDUE_S)
+"""An interruption deadline that AWS let pass INTERRUPT_OVERDUE_S ago without taking the
+instance."""
 QUIET_LISTING = PrefixListed((obj("checkpoints/_manifest.json"),))
 LATER = NOW + timedelta(seconds=60)
 # fmt: off
@@ -293,6 +336,18 @@ TERMINATE_PATHS = [
                  id="resuming-user"),
     pytest.param(ckpt_run(P.RESUMING, None, from_scratch=True), user(UserAction.TERMINATE), NOW,
                  P.STOPPING, id="resuming-from-scratch-user"),
+    # an earlier attempt's (or an early) verified checkpoint is for resuming, not for terminating
+    pytest.param(ckpt_run(P.RESUMING, UV, verified_attempt=1), user(UserAction.TERMINATE), NOW,
+                 P.STOPPING, id="resuming-from-an-early-checkpoint-user"),
+    pytest.param(ckpt_run(P.INTERRUPTING, V, outcome=C, interrupt_deadline=OVERDUE),
+                 InstanceObserved(S.RUNNING), NOW, P.TERMINATING, id="interrupting-overdue"),
+    pytest.param(ckpt_run(P.INTERRUPTING, UV, outcome=C, interrupt_deadline=OVERDUE),
+                 InstanceObserved(S.RUNNING), NOW, P.STOPPING,
+                 id="interrupting-overdue-unverified"),
+    pytest.param(ckpt_run(P.INTERRUPTING, None, outcome=C, interrupt_deadline=OVERDUE,
+                          verified_attempt=1),
+                 InstanceObserved(S.RUNNING), NOW, P.STOPPING,
+                 id="interrupting-overdue-early-checkpoint-only"),
 ]
 # fmt: on
 

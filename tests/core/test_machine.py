@@ -21,6 +21,7 @@ from supervisor.core.checkpoint import (
 )
 from supervisor.core.effects import (
     ActOnInstance,
+    AttachCrashReport,
     Effect,
     LaunchInstance,
     ObserveInstance,
@@ -43,6 +44,7 @@ from supervisor.core.events import (
     Nudge,
     ObjectRead,
     PrefixListed,
+    RebalanceRecommended,
     ResumeRequested,
     Tick,
     UserAction,
@@ -54,6 +56,7 @@ from supervisor.core.machine import (
     AGENT_WAIT_TRIES,
     CHECKPOINT_UPLOAD_BUDGET_S,
     EDGES,
+    INTERRUPT_OVERDUE_S,
     RESTORE_TIMEOUT_S,
     START_TIMEOUT_S,
     Policy,
@@ -82,6 +85,7 @@ from tests.core.builders import (
     checkpoint_spec,
     failed,
     finished,
+    heartbeat,
     listed,
     make_run,
     make_spec,
@@ -96,10 +100,12 @@ STOP, TERMINATE = ActOnInstance(Action.STOP), ActOnInstance(Action.TERMINATE)
 DENIED = EffectFailed("StopInstances", "UnauthorizedOperation", "not authorized", transient=False)
 THROTTLED = EffectFailed("ListObjectsV2", "SlowDown", "reduce your request rate", transient=True)
 ACTIVE = (
-    P.PENDING, P.RUNNING, P.CHECKPOINTING, P.GRACE, P.STOPPING, P.TERMINATING, P.RESUMING,
-    P.INTERRUPTING,
+    P.PENDING, P.RUNNING, P.STALLED, P.CHECKPOINTING, P.GRACE, P.STOPPING, P.TERMINATING,
+    P.RESUMING, P.INTERRUPTING,
 )  # fmt: skip
-EFFECTFUL = (P.RUNNING, P.CHECKPOINTING, P.STOPPING, P.TERMINATING, P.RESUMING, P.INTERRUPTING)
+EFFECTFUL = (
+    P.RUNNING, P.STALLED, P.CHECKPOINTING, P.STOPPING, P.TERMINATING, P.RESUMING, P.INTERRUPTING,
+)  # fmt: skip
 RESUMABLE = (P.STOPPED, P.TERMINATED, P.CRASHED, P.INTERRUPTED)
 CRASH = MonitorFailed("KeyError", "'Contents'")
 CF = CHECKPOINT_FIELDS
@@ -107,7 +113,18 @@ V, UV = CheckpointStatus.VERIFIED, CheckpointStatus.UNVERIFIED
 CP, RS, ST = CommandKind.CHECKPOINT, CommandKind.RESTORE, CommandKind.START
 QUIET = timedelta(seconds=30)
 """The default quiet_s of an until-quiet grace."""
+SLACK = timedelta(seconds=1)
+"""S3 keeps whole seconds: a LastModified may be up to a second older than the write."""
 NEW_INSTANCE = InstanceId("i-0fedcba9876543210")
+CRASH_REPORT = AttachCrashReport("crash/error.log")
+"""The default spec's crash report, attached on every move to crashed."""
+OVERDUE = DEADLINE + timedelta(seconds=INTERRUPT_OVERDUE_S)
+"""When an instance still there after the default spot warning's deadline is overdue."""
+WAKE_OVERDUE = WakeAt(OVERDUE)
+FIRST_CHECK = WakeAt(NOW + timedelta(seconds=delay(0, POLICY.poll, seeded())))
+"""The next check a run with no checks yet schedules after a listing without a verdict."""
+STALL: dict[str, Any] = {"stall_timeout_s": 60}
+"""A heartbeat older than a minute (and S3's second of slack) is a stall."""
 
 
 def checkpoint_step(**spec: Any) -> RunInstanceCommand:
@@ -185,11 +202,11 @@ A, PO = Action, P.PENDING
 EDGE_CASES = [
     _edge(PO, seen(S.RUNNING), P.RUNNING, None, "instance running", LIST_TOP),
     _edge(PO, seen(S.TERMINATED), P.CRASHED, Outcome.CRASHED,
-          "instance ended before training started (instance terminated)"),
+          "instance ended before training started (instance terminated)", CRASH_REPORT),
     _edge(P.RUNNING, listed("done"), P.GRACE, C, "completion marker done found",
           WakeAt(GRACE_UNTIL), fields={"grace_until": GRACE_UNTIL}),
     _edge(P.RUNNING, ObjectRead("FAILED", "CUDA out of memory\n"), P.CRASHED, Outcome.CRASHED,
-          "failure marker FAILED: CUDA out of memory"),
+          "failure marker FAILED: CUDA out of memory", CRASH_REPORT),
     _edge(P.RUNNING, listed("done"), P.STOPPED, C, "instance was already stopped",
           instance_ended=S.STOPPED),
     _edge(P.RUNNING, listed("done"), P.TERMINATED, C, "instance was already terminated",
@@ -249,17 +266,39 @@ EDGE_CASES = [
     _edge(P.RESUMING, user(U.STOP), P.STOPPING, X, "stop requested by user", STOP, spec=CF),
     # spot: the warning starts the checkpoint inside the notice; the instance going ends it
     _edge(PO, warning(), P.INTERRUPTING, INT, f"{WARNED}; no checkpoint step configured",
-          ObserveInstance(), fields={"interrupt_deadline": DEADLINE}),
+          WAKE_OVERDUE, ObserveInstance(), fields={"interrupt_deadline": DEADLINE}),
     _edge(P.RUNNING, warning(), P.INTERRUPTING, INT, f"{WARNED}; saving the final checkpoint now",
-          SPOT_CKPT, spec=CF, fields={"interrupt_deadline": DEADLINE, "checkpoint_tries": 1}),
+          WAKE_OVERDUE, SPOT_CKPT, spec=CF,
+          fields={"interrupt_deadline": DEADLINE, "checkpoint_tries": 1}),
     _edge(P.CHECKPOINTING, warning(), P.INTERRUPTING, C, f"{WARNED}; during checkpointing",
-          ObserveInstance(), spec=CF, outcome=C, checkpoint_tries=2,
+          WAKE_OVERDUE, ObserveInstance(), spec=CF, outcome=C, checkpoint_tries=2,
           fields={"checkpoint_tries": 2, "interrupt_deadline": DEADLINE}),
-    _edge(P.GRACE, warning(), P.INTERRUPTING, C, f"{WARNED}; during grace", ObserveInstance(),
-          spec=CF, checkpoint=V, fields={"checkpoint": V}),
-    _edge(P.INTERRUPTING, seen(S.TERMINATED), P.INTERRUPTED, INT,
+    _edge(P.GRACE, warning(), P.INTERRUPTING, C, f"{WARNED}; during grace", WAKE_OVERDUE,
+          ObserveInstance(), spec=CF, checkpoint=V, fields={"checkpoint": V}),
+    _edge(P.RESUMING, warning(), P.INTERRUPTING, INT, f"{WARNED}; during resuming", WAKE_OVERDUE,
+          ObserveInstance(), spec={**CF, "spot": True}, resume_stage="starting",
+          fields={"interrupt_deadline": DEADLINE}),
+    _edge(P.INTERRUPTING, listed("logs.txt"), P.INTERRUPTED, INT,
           "spot instance terminated after the interruption warning", spec={**CF, "spot": True},
-          outcome=INT, checkpoint=V, fields={"checkpoint": V}),
+          outcome=INT, checkpoint=V, instance_ended=S.TERMINATED, fields={"checkpoint": V}),
+    # ... unless AWS never takes the instance back
+    _edge(P.INTERRUPTING, seen(S.RUNNING), P.RUNNING, None,
+          "instance still running 300s after the interruption deadline; AWS did not take it "
+          "back: watching the run again", LIST_TOP, now=OVERDUE, spec={"spot": True},
+          outcome=INT, interrupt_deadline=DEADLINE,
+          fields={"interrupt_deadline": None, "checks": 0}),
+    _edge(P.INTERRUPTING, seen(S.RUNNING), P.STOPPING, INT,
+          "instance still running 300s after the interruption deadline; training was ended for "
+          "the checkpoint: stopping the idle instance", STOP, now=OVERDUE,
+          spec={**CF, "spot": True}, outcome=INT, checkpoint=V, interrupt_deadline=DEADLINE),
+    _edge(P.INTERRUPTING, seen(S.RUNNING), P.TERMINATING, C,
+          "instance still running 300s after the interruption deadline; training had completed; "
+          "terminate requested (on_complete=terminate)", TERMINATE, now=OVERDUE,
+          spec={**CF, "spot": True, "on_complete": "terminate"}, outcome=C, checkpoint=V,
+          interrupt_deadline=DEADLINE),
+    _edge(P.INTERRUPTING, seen(S.RUNNING), P.DONE, C,
+          "training had completed; on_complete=none leaves the instance running", now=OVERDUE,
+          spec={"spot": True, "on_complete": "none"}, outcome=C, interrupt_deadline=DEADLINE),
     _edge(P.RUNNING, listed("logs.txt"), P.INTERRUPTED, INT,
           "spot instance terminated without a request from the supervisor",
           spec={"spot": True}, instance_ended=S.TERMINATED),
@@ -269,6 +308,40 @@ EDGE_CASES = [
           fields={"from_scratch": True, "resume_stage": "observe"}),
     _edge(P.RESUMING, user(U.TERMINATE), P.TERMINATING, X, "terminate requested by user",
           TERMINATE),
+    # the heartbeat: a stale one stalls the run, a fresh one makes it running again
+    _edge(P.RUNNING, heartbeat(120), P.STALLED, None,
+          "heartbeat status.json is 119s old (stall timeout 60s) while the instance runs; "
+          "on_stall=notify", FIRST_CHECK, spec=STALL,
+          fields={"checks": 1, "next_check_at": FIRST_CHECK.at}),
+    _edge(P.STALLED, heartbeat(10), P.RUNNING, None,
+          "heartbeat status.json is fresh again (9s old)", FIRST_CHECK, spec=STALL,
+          fields={"checks": 1, "next_check_at": FIRST_CHECK.at}),
+    # ... and the stall policy ends it, through the final checkpoint when there is one
+    _edge(P.STALLED, Tick(), P.CHECKPOINTING, Outcome.STALLED,
+          "stalled; on_stall=checkpoint-stop: saving the final checkpoint, then stop", CKPT,
+          spec={**CF, **STALL, "on_stall": "checkpoint-stop"},
+          fields={"pending_action": A.STOP, "checkpoint_tries": 1}),
+    _edge(P.STALLED, Tick(), P.STOPPING, Outcome.STALLED,
+          "stalled; on_stall=checkpoint-stop: stop requested", STOP,
+          spec={**STALL, "on_stall": "checkpoint-stop"}),
+    _edge(P.STALLED, Tick(), P.TERMINATING, Outcome.STALLED,
+          "stalled; on_stall=terminate: terminate requested", TERMINATE,
+          spec={**STALL, "on_stall": "terminate"}),
+    # a stalled run is still watched: it goes wherever a running one goes
+    _edge(P.STALLED, listed("done"), P.GRACE, C, "completion marker done found",
+          WakeAt(GRACE_UNTIL), spec=STALL, fields={"grace_until": GRACE_UNTIL}),
+    _edge(P.STALLED, ObjectRead("FAILED", "hung in NCCL\n"), P.CRASHED, Outcome.CRASHED,
+          "failure marker FAILED: hung in NCCL", CRASH_REPORT, spec=STALL),
+    _edge(P.STALLED, listed("done"), P.STOPPED, C, "instance was already stopped", spec=STALL,
+          instance_ended=S.STOPPED),
+    _edge(P.STALLED, listed("done"), P.TERMINATED, C, "instance was already terminated",
+          spec=STALL, instance_ended=S.TERMINATED),
+    _edge(P.STALLED, warning(), P.INTERRUPTING, INT, f"{WARNED}; saving the final checkpoint now",
+          WAKE_OVERDUE, SPOT_CKPT, spec={**CF, **STALL},
+          fields={"interrupt_deadline": DEADLINE, "checkpoint_tries": 1}),
+    _edge(P.STALLED, listed("logs.txt"), P.INTERRUPTED, INT,
+          "spot instance terminated without a request from the supervisor",
+          spec={**STALL, "spot": True}, instance_ended=S.TERMINATED),
     *(_edge(p, user(U.DETACH), P.DETACHED, kept(p), "detached by user request") for p in ACTIVE),
     # A crashed monitor fails the run from any active phase (DESIGN invariant 6); a permanent
     # effect error does so in the phases that issue effects.
@@ -309,6 +382,7 @@ ONE_OF_EACH: list[Event] = [
     Armed(), Tick(), seen(S.RUNNING), listed("done"), ObjectRead("FAILED", "boom"),
     ActionSucceeded(A.STOP, S.STOPPED), DENIED, user(U.DETACH), CRASH, finished(CP), checked(),
     ResumeRequested(), InstanceLaunched(NEW_INSTANCE), Nudge("prefix"), warning(),
+    RebalanceRecommended(),
 ]
 REFUSED = [
     pytest.param(phase, event, id=f"{phase}:{type(event).__name__}")
@@ -411,6 +485,26 @@ ENDED = [
 ]  # fmt: skip
 
 
+CRASHES = [
+    pytest.param(P.PENDING, seen(S.TERMINATED), {}, id="instance-ended-before-training"),
+    pytest.param(P.RUNNING, ObjectRead("FAILED", "boom"), {}, id="failure-marker"),
+    pytest.param(P.STALLED, ObjectRead("FAILED", "boom"), {}, id="failure-marker-while-stalled"),
+    pytest.param(P.RUNNING, listed(), {"instance_ended": S.TERMINATED}, id="instance-ended"),
+]
+
+
+@pytest.mark.parametrize(("phase", "event", "changes"), CRASHES)
+def test_every_crash_attaches_the_jobs_crash_report(
+    phase: Phase, event: Event, changes: dict[str, Any]
+) -> None:
+    spec = make_spec(crash_report="logs/traceback.txt")
+    d = run_step(make_run(phase, spec=spec, **changes), event)
+    assert (d.run.phase, d.run.outcome) == (P.CRASHED, Outcome.CRASHED)
+    assert d.effects == (AttachCrashReport("logs/traceback.txt"),)
+    default = run_step(make_run(phase, **changes), event)
+    assert default.effects == (CRASH_REPORT,)
+
+
 @pytest.mark.parametrize(("state", "final"), ENDED)
 def test_running_instance_ended_takes_one_last_look_at_the_prefix(
     state: InstanceState, final: Phase
@@ -498,6 +592,7 @@ USER_TABLE = [
     for p, row in {
         P.PENDING: (P.STOPPING, P.TERMINATING, P.DETACHED),
         P.RUNNING: (P.STOPPING, P.TERMINATING, P.DETACHED),
+        P.STALLED: (P.STOPPING, P.TERMINATING, P.DETACHED),
         P.GRACE: (P.STOPPING, P.TERMINATING, P.DETACHED),
         P.STOPPING: (None, P.TERMINATING, P.DETACHED),
         P.TERMINATING: (None, None, P.DETACHED),
@@ -781,14 +876,25 @@ def test_fixed_grace_with_a_verified_checkpoint_first_wakes_at_grace_until() -> 
 
 
 def test_a_prefix_quiet_for_quiet_s_ends_grace_early_saying_how_much_was_saved() -> None:
-    later = NOW + QUIET
+    later = NOW + QUIET + SLACK
     d = run_step(verified_grace(), PrefixListed((obj("checkpoints/_manifest.json"),)), now=later)
     assert (d.run.phase, d.effects) == (P.STOPPING, (STOP,))
     assert d.run.reason.startswith(
         "grace ended early: checkpoint verified, training process exited, prefix quiet for 30s "
-        "(570s of grace saved); stop requested (on_complete=stop)"
+        "(569s of grace saved); stop requested (on_complete=stop)"
     )
-    assert d.transition is not None and d.transition.detail == {"grace_saved_s": 570.0}
+    assert d.transition is not None and d.transition.detail == {"grace_saved_s": 569.0}
+
+
+@pytest.mark.parametrize(
+    ("quiet_for", "phase"),
+    [(QUIET, P.GRACE), (QUIET + SLACK / 2, P.GRACE), (QUIET + SLACK, P.STOPPING)],
+)
+def test_the_prefix_is_quiet_only_a_second_after_quiet_s_as_s3_keeps_whole_seconds(
+    quiet_for: timedelta, phase: Phase
+) -> None:
+    listing = PrefixListed((obj("checkpoints/_manifest.json"),))
+    assert run_step(verified_grace(), listing, now=NOW + quiet_for).run.phase is phase
 
 
 def test_an_empty_prefix_is_quiet() -> None:
@@ -796,14 +902,15 @@ def test_an_empty_prefix_is_quiet() -> None:
 
 
 QUIET_LISTINGS = [
-    (NOW + QUIET, NOW + timedelta(seconds=20), WakeAt(NOW + timedelta(seconds=50))),
-    (NOW + QUIET, NOW + QUIET, WakeAt(NOW + 2 * QUIET)),
+    (NOW + QUIET, NOW + timedelta(seconds=20), WakeAt(NOW + timedelta(seconds=51))),
+    (NOW + QUIET, NOW + QUIET, WakeAt(NOW + 2 * QUIET + SLACK)),
+    (NOW + QUIET, NOW, WakeAt(NOW + QUIET + SLACK)),
     (GRACE_UNTIL - timedelta(seconds=5), GRACE_UNTIL - timedelta(seconds=10), WakeAt(GRACE_UNTIL)),
 ]
 
 
 @pytest.mark.parametrize(("now", "newest", "wake"), QUIET_LISTINGS)
-def test_a_newer_object_in_the_prefix_waits_until_it_is_quiet_s_old_bounded_by_grace_until(
+def test_a_newer_object_in_the_prefix_waits_until_it_is_quiet_s_and_a_second_old_bounded_by_grace(
     now: datetime, newest: datetime, wake: WakeAt
 ) -> None:
     listing = PrefixListed((obj("logs/train.log", at=NOW), obj("events.out", at=newest)))
@@ -827,15 +934,23 @@ def test_until_quiet_grace_still_ends_at_grace_until() -> None:
 
 
 @pytest.mark.parametrize("phase", ACTIVE)
-def test_an_instance_nudge_asks_for_a_prompt_describe_in_every_active_phase(phase: Phase) -> None:
+def test_an_instance_nudge_describes_this_one_instance_now_in_every_active_phase(
+    phase: Phase,
+) -> None:
+    # Direct: the queue message is deleted only once the observation it caused is committed.
     run = make_run(phase)
     d = run_step(run, Nudge("instance"))
-    assert (d.effects, d.transition, d.persist, d.run) == ((ObserveInstance(),), None, False, run)
+    assert (d.effects, d.transition, d.persist, d.run) == (
+        (ObserveInstance(direct=True),), None, False, run,
+    )  # fmt: skip
 
 
-def test_a_prefix_nudge_lists_a_running_prefix_now_without_waiting_for_the_next_check() -> None:
+@pytest.mark.parametrize("phase", [P.RUNNING, P.STALLED])
+def test_a_prefix_nudge_lists_a_running_prefix_now_without_waiting_for_the_next_check(
+    phase: Phase,
+) -> None:
     due = NOW + timedelta(minutes=10)
-    run = make_run(P.RUNNING, checks=4, next_check_at=due)
+    run = make_run(phase, checks=4, next_check_at=due)
     assert run_step(run, Tick()).effects == (WakeAt(due),)
     d = run_step(run, Nudge("prefix"))
     assert (d.effects, d.transition) == ((LIST_TOP,), None)
@@ -848,7 +963,7 @@ def test_a_prefix_nudge_lists_the_whole_prefix_in_a_grace_that_may_end_early() -
 
 
 PREFIX_NUDGE_IGNORED = [
-    pytest.param(make_run(p), id=str(p)) for p in ACTIVE if p is not P.RUNNING
+    pytest.param(make_run(p), id=str(p)) for p in ACTIVE if p not in (P.RUNNING, P.STALLED)
 ] + [
     pytest.param(verified_grace(exited=False), id="grace-process-alive"),
     pytest.param(verified_grace(grace_mode="fixed"), id="grace-fixed"),
@@ -1061,6 +1176,7 @@ def test_a_started_resume_is_running_again_as_a_new_attempt_with_a_clean_slate()
     run = resuming("start").evolve(
         attempt=2, pending_action=A.STOP, grace_until=GRACE_UNTIL, action_acked_at=NOW,
         error_code="X", checks=7, process_exited=True, started_at=NOW - timedelta(days=1),
+        interrupt_deadline=DEADLINE, early_checkpoint=True,
     )  # fmt: skip
     later = NOW + timedelta(minutes=5)
     d = run_step(run, finished(ST, pid=777), now=later)
@@ -1072,6 +1188,9 @@ def test_a_started_resume_is_running_again_as_a_new_attempt_with_a_clean_slate()
     )  # fmt: skip
     assert (d.run.action_acked_at, d.run.error_code, d.run.checks) == (None, None, 0)
     assert (d.run.process_exited, d.run.from_scratch) == (False, False)
+    assert (d.run.interrupt_deadline, d.run.early_checkpoint) == (None, False)
+    # The checkpoint it restored stays the one a later resume restores, until a newer one.
+    assert d.run.verified_attempt == 1
     assert d.transition is not None
     assert d.transition.detail == {
         "attempt": 3, "instance_id": INSTANCE, "pid": 777, "from_scratch": False,
@@ -1140,6 +1259,48 @@ def test_a_from_scratch_resume_still_starts_from_scratch_after_a_daemon_restart(
     run = run_step(ended(checkpoint=UV), ResumeRequested(from_scratch=True)).run
     after = run_step(restarted(run), Armed()).run
     assert run_step(after, seen(S.RUNNING)).effects == (START,)
+
+
+# -- the checkpoint a resume restores: the newest verified one, of any attempt -----------------
+
+
+def test_verifying_the_final_checkpoint_makes_it_the_one_a_resume_restores() -> None:
+    run = checkpointing(outcome=X).evolve(attempt=3, verified_attempt=2)
+    d = run_step(run, checked())
+    assert (d.run.checkpoint, d.run.verified_attempt) == (V, 3)
+    failed_ = run_step(checkpointing(3, outcome=X).evolve(verified_attempt=1), failed(CP))
+    assert (failed_.run.checkpoint, failed_.run.verified_attempt) == (UV, 1)
+
+
+@pytest.mark.parametrize("checkpoint", [None, UV])
+def test_a_resume_restores_an_earlier_attempts_checkpoint_when_this_one_has_none(
+    checkpoint: CheckpointStatus | None,
+) -> None:
+    run = ended(checkpoint=checkpoint).evolve(attempt=2, verified_attempt=1)
+    d = run_step(run, ResumeRequested())
+    assert (d.run.phase, d.run.from_scratch) == (P.RESUMING, False)
+    assert d.run.reason == "resume requested from its verified checkpoint (attempt 3)"
+    assert run_step(d.run, seen(S.RUNNING)).effects == (RESTORE,)
+    # After a daemon restart too: what is restored is persisted.
+    assert run_step(restarted(d.run), seen(S.RUNNING)).effects == (RESTORE,)
+
+
+def test_a_resume_without_any_verified_checkpoint_starts_training_from_scratch() -> None:
+    run = make_run(
+        P.RESUMING, spec=checkpoint_spec(), outcome=C, checkpoint=UV, resume_stage="observe"
+    )
+    assert run.verified_attempt is None
+    assert run_step(run, seen(S.RUNNING)).effects == (START,)
+
+
+# -- process_exited is persisted ---------------------------------------------------------------
+
+
+def test_an_until_quiet_grace_can_still_end_early_after_a_daemon_restart() -> None:
+    run = restarted(verified_grace())
+    assert run.process_exited is True
+    d = run_step(run, PrefixListed(()), now=NOW + QUIET + SLACK)
+    assert d.run.phase is P.STOPPING
 
 
 RESUME_TRANSIENT = [

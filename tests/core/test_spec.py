@@ -7,7 +7,15 @@ from typing import Any
 import pytest
 
 from supervisor.core.errors import InvalidInput
-from supervisor.core.spec import DEFAULT_MARKERS, GraceMode, OnComplete, OnInterruption, RunSpec
+from supervisor.core.spec import (
+    DEFAULT_MARKERS,
+    GraceMode,
+    OnComplete,
+    OnInterruption,
+    OnRebalance,
+    OnStall,
+    RunSpec,
+)
 from supervisor.core.values import S3Prefix
 from tests.core.builders import SPEC_FIELDS, make_spec
 
@@ -57,6 +65,14 @@ BAD_FIELDS = [
     ({"max_restarts": -1}, "max_restarts", "-1"),
     ({"max_restarts": 101}, "max_restarts", "101"),
     ({"max_restarts": 2.5}, "max_restarts", "2.5"),
+    ({"stall_timeout_s": 0}, "stall_timeout_s", "0"),
+    ({"stall_timeout_s": -60}, "stall_timeout_s", "-60"),
+    ({"stall_timeout_s": float("inf")}, "stall_timeout_s", "inf"),
+    ({"stall_timeout_s": 1e9}, "stall_timeout_s", "1000000000"),
+    ({"on_stall": "panic"}, "on_stall", "'panic'"),
+    ({"heartbeat_file": "../status.json"}, "heartbeat file", "'../status.json'"),
+    ({"crash_report": "/var/log/crash.log"}, "crash report", "'/var/log/crash.log'"),
+    ({"on_rebalance": "pray"}, "on_rebalance", "'pray'"),
 ]
 
 
@@ -195,4 +211,33 @@ def test_a_spot_spec_round_trips_through_json() -> None:
         spot=True, on_interruption="resume", max_restarts=7, **CHECKPOINTED, **RESUMABLE,
         launch_template={"id": "lt-0123456789abcdef0"},
     )  # fmt: skip
+    assert RunSpec.model_validate_json(spec.model_dump_json()) == spec
+
+
+# -- heartbeat, crash report, rebalance --------------------------------------------------------
+
+
+def test_the_heartbeat_is_off_and_a_crash_report_is_looked_for_unless_the_spec_says_otherwise() -> (
+    None
+):
+    spec = make_spec()
+    assert (spec.heartbeat_file, spec.stall_timeout_s, spec.on_stall) == (
+        "status.json", None, OnStall.NOTIFY,
+    )  # fmt: skip
+    assert (spec.crash_report, spec.on_rebalance) == ("crash/error.log", OnRebalance.IGNORE)
+
+
+def test_on_rebalance_checkpoint_without_a_checkpoint_dir_is_refused() -> None:
+    with pytest.raises(InvalidInput, match=r"^on_rebalance=checkpoint needs checkpoint_dir"):
+        make_spec(spot=True, on_rebalance="checkpoint")
+    spec = make_spec(spot=True, on_rebalance="checkpoint", **CHECKPOINTED)
+    assert spec.on_rebalance is OnRebalance.CHECKPOINT
+
+
+def test_a_heartbeat_and_rebalance_spec_round_trips_through_json() -> None:
+    spec = make_spec(
+        spot=True, on_rebalance="checkpoint", stall_timeout_s=900, on_stall="checkpoint-stop",
+        heartbeat_file="out/status.json", crash_report="out/traceback.txt", **CHECKPOINTED,
+    )  # fmt: skip
+    assert (spec.stall_timeout_s, spec.on_stall) == (900.0, OnStall.CHECKPOINT_STOP)
     assert RunSpec.model_validate_json(spec.model_dump_json()) == spec

@@ -1,6 +1,8 @@
 """Spot interruptions in step(): the warning starts the final checkpoint inside the notice, no
-stop call is ever made, the instance going ends the run as interrupted, and the
-on_interruption policy asks for a bounded number of resumes."""
+stop call is made before the deadline is long past, the instance going ends the run as
+interrupted (or completed, if the last look at the prefix finds a marker), and the
+on_interruption policy asks for a bounded number of resumes from the newest verified
+checkpoint."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from supervisor.core.effects import (
     ReadObject,
     RunInstanceCommand,
     VerifyCheckpoint,
+    WakeAt,
 )
 from supervisor.core.errors import InvalidTransition
 from supervisor.core.events import (
@@ -32,12 +35,16 @@ from supervisor.core.events import (
     MonitorFailed,
     Nudge,
     ObjectRead,
+    PrefixListed,
+    RebalanceRecommended,
     ResumeRequested,
+    SpotInterruptionWarning,
     Tick,
     UserAction,
     UserRequested,
 )
 from supervisor.core.machine import (
+    INTERRUPT_OVERDUE_S,
     RESTORE_TIMEOUT_S,
     START_TIMEOUT_S,
     Decision,
@@ -49,16 +56,18 @@ from supervisor.core.run import CheckpointStatus, Outcome, Phase, Run
 from supervisor.core.values import InstanceId, InstanceState
 from tests.core.builders import (
     DEADLINE,
-    GRACE_UNTIL,
     LAUNCH_TEMPLATE,
     LIST_TOP,
     NOW,
+    PID_FILE,
+    RESUME_COMMAND,
     checked,
     failed,
     finished,
     listed,
     make_run,
     make_spec,
+    obj,
     run_step,
     spot_spec,
     warning,
@@ -74,6 +83,12 @@ THROTTLED = EffectFailed("SendCommand", "ThrottlingException", "rate exceeded", 
 NEW_INSTANCE = InstanceId("i-0fedcba9876543210")
 RESUME: dict[str, Any] = {"on_interruption": "resume", "launch_template": LAUNCH_TEMPLATE}
 """A spot run that resumes itself on a new instance after an interruption."""
+OVERDUE_S = 100 + INTERRUPT_OVERDUE_S
+"""Seconds after NOW when an instance still there after the default warning is overdue."""
+WAKE_OVERDUE = WakeAt(NOW + timedelta(seconds=OVERDUE_S))
+NOTHING = PrefixListed(())
+"""An empty listing: no marker of any kind."""
+STOP, TERMINATE = ActOnInstance(A.STOP), ActOnInstance(A.TERMINATE)
 
 
 def at(seconds: float) -> datetime:
@@ -93,19 +108,37 @@ def saved(**spec: Any) -> Run:
     return run_step(run, checked(), now=at(40)).run
 
 
-def taken(run: Run, state: InstanceState = S.TERMINATED, *, now: datetime = NOW) -> Decision:
-    """The reconciler finds the interrupted instance gone."""
-    return run_step(run, InstanceObserved(state), now=now)
+def taken(
+    run: Run,
+    state: InstanceState = S.TERMINATED,
+    *,
+    now: datetime = NOW,
+    last_look: PrefixListed | EffectFailed = NOTHING,
+) -> Decision:
+    """The reconciler finds the interrupted instance gone; the one last look at the prefix that
+    this asks for finds `last_look` (by default, nothing)."""
+    gone = run_step(run, InstanceObserved(state), now=now)
+    assert (gone.effects, gone.transition, gone.run.instance_ended) == ((LIST_TOP,), None, state)
+    return run_step(gone.run, last_look, now=now)
 
 
 def interrupted_run(
-    checkpoint: CheckpointStatus | None = V, attempt: int = 1, **spec: Any
+    checkpoint: CheckpointStatus | None = V,
+    attempt: int = 1,
+    *,
+    verified: int | None = None,
+    last_look: PrefixListed | EffectFailed = NOTHING,
+    **spec: Any,
 ) -> Decision:
+    """An interrupting run (of attempt `attempt`, its final checkpoint `checkpoint`, and the
+    checkpoint of attempt `verified` the newest verified one) whose instance AWS took."""
     run = make_run(
         P.INTERRUPTING, spec=spot_spec(**spec), outcome=INT, checkpoint=checkpoint,
         attempt=attempt, interrupt_deadline=DEADLINE,
     )  # fmt: skip
-    return taken(run)
+    if verified is not None:
+        run = run.evolve(verified_attempt=verified)
+    return taken(run, last_look=last_look)
 
 
 # -- the warning -------------------------------------------------------------------------------
@@ -121,7 +154,8 @@ def test_a_warning_while_running_starts_the_checkpoint_with_the_sigterm_timeout_
 ) -> None:
     run = make_run(P.RUNNING, spec=spot_spec(sigterm_timeout_s=sigterm_timeout_s))
     d = run_step(run, warning(seconds_left))
-    (effect,) = d.effects
+    (wake, effect) = d.effects
+    assert wake == WakeAt(at(seconds_left + INTERRUPT_OVERDUE_S))
     assert isinstance(effect, RunInstanceCommand)
     assert effect == RunInstanceCommand(
         checkpoint_command(run, sigterm_timeout_s=cut), seconds_left
@@ -150,7 +184,8 @@ def test_a_warning_records_its_deadline_action_and_the_time_left() -> None:
 
 def test_without_checkpointing_a_warning_only_asks_for_a_describe() -> None:
     d = run_step(make_run(P.RUNNING, spec=make_spec(spot=True)), warning())
-    assert (d.run.phase, d.run.outcome, d.effects) == (P.INTERRUPTING, INT, (ObserveInstance(),))
+    assert (d.run.phase, d.run.outcome) == (P.INTERRUPTING, INT)
+    assert d.effects == (WAKE_OVERDUE, ObserveInstance())
     assert d.run.reason.endswith("; no checkpoint step configured")
 
 
@@ -168,8 +203,9 @@ def test_a_second_warning_is_refused_and_changes_nothing() -> None:
 @pytest.mark.parametrize("seconds_left", [0, -0.5, -30])
 def test_a_warning_whose_deadline_has_passed_starts_no_checkpoint(seconds_left: float) -> None:
     d = run_step(make_run(P.RUNNING, spec=spot_spec()), warning(seconds_left))
+    overdue = WakeAt(at(seconds_left + INTERRUPT_OVERDUE_S))
     assert (d.run.phase, d.effects, d.run.checkpoint_tries) == (
-        P.INTERRUPTING, (ObserveInstance(),), 0,
+        P.INTERRUPTING, (overdue, ObserveInstance()), 0,
     )  # fmt: skip
     assert "(terminate, 0s left)" in d.run.reason
     assert d.transition is not None and d.transition.detail["seconds_left"] == seconds_left
@@ -178,12 +214,13 @@ def test_a_warning_whose_deadline_has_passed_starts_no_checkpoint(seconds_left: 
 def test_a_warning_during_the_completion_checkpoint_lets_that_step_finish() -> None:
     completing = run_step(make_run(P.RUNNING, spec=spot_spec()), listed("done")).run
     d = run_step(completing, warning())
-    assert (d.run.phase, d.run.outcome, d.effects) == (P.INTERRUPTING, C, (ObserveInstance(),))
+    assert (d.run.phase, d.run.outcome) == (P.INTERRUPTING, C)
+    assert d.effects == (WAKE_OVERDUE, ObserveInstance())
     assert d.run.checkpoint_tries == 1
     assert run_step(d.run, finished(CP)).effects == (VerifyCheckpoint("my-runs", MANIFEST_KEY),)
 
 
-# -- interrupting: never a stop call -----------------------------------------------------------
+# -- interrupting: no stop call before the deadline is long past -------------------------------
 
 
 def _entered_from_grace() -> Run:
@@ -206,17 +243,22 @@ NEWS = [
     Armed(), Tick(), InstanceObserved(S.RUNNING), InstanceObserved(S.PENDING),
     InstanceObserved(S.STOPPING), InstanceObserved(S.TERMINATED), finished(CP), failed(CP),
     checked(), checked(NOT_FOUND), THROTTLED, Nudge("prefix"), Nudge("instance"),
-    UserRequested(UserAction.DETACH), MonitorFailed("KeyError", "'Contents'"),
+    UserRequested(UserAction.DETACH), MonitorFailed("KeyError", "'Contents'"), listed(),
+    listed("done"), listed("FAILED"), RebalanceRecommended(),
 ]
 # fmt: on
 
 
 @pytest.mark.parametrize("run", INTERRUPTING_RUNS)
 @pytest.mark.parametrize("event", NEWS, ids=lambda e: type(e).__name__)
-def test_nothing_while_interrupting_calls_stop_or_terminate(run: Run, event: Event) -> None:
-    for now in (NOW, at(40), GRACE_UNTIL):
+def test_nothing_while_interrupting_calls_stop_or_terminate_until_it_is_overdue(
+    run: Run, event: Event
+) -> None:
+    for now in (NOW, at(40), at(100), at(OVERDUE_S - 1)):
         d = run_step(run, event, now=now)
         assert [e for e in d.effects if isinstance(e, ActOnInstance)] == []
+        gone = run_step(run.evolve(instance_ended=S.TERMINATED), event, now=now)
+        assert [e for e in gone.effects if isinstance(e, ActOnInstance)] == []
 
 
 @pytest.mark.parametrize("action", [UserAction.STOP, UserAction.TERMINATE])
@@ -225,9 +267,11 @@ def test_a_stop_or_terminate_request_while_interrupting_is_refused(action: UserA
         run_step(interrupting(), UserRequested(action))
 
 
-def test_an_interrupting_run_armed_after_a_restart_describes_its_instance() -> None:
-    d = run_step(interrupting(), Armed())
-    assert (d.effects, d.transition) == ((ObserveInstance(),), None)
+def test_an_interrupting_run_armed_after_a_restart_describes_its_instance_and_rearms_overdue() -> (
+    None
+):
+    d = run_step(restarted(interrupting()), Armed(), now=at(30))
+    assert (d.effects, d.transition) == ((WAKE_OVERDUE, ObserveInstance()), None)
 
 
 # -- interrupting: the checkpoint inside the notice --------------------------------------------
@@ -291,15 +335,19 @@ def test_one_checkpoint_attempt_means_the_first_failure_flags_it_unverified() ->
     assert (d.effects, d.run.checkpoint) == ((), UV)
 
 
+def restarted(run: Run) -> Run:
+    """The run as the store returns it after a daemon restart: persisted fields only."""
+    return Run(**{f.name: getattr(run, f.name) for f in dataclasses.fields(Run) if f.compare})
+
+
 def test_after_a_daemon_restart_no_checkpoint_step_is_under_way_so_a_failure_changes_nothing() -> (
     None
 ):
-    run = interrupting()
-    kept = {f.name: getattr(run, f.name) for f in dataclasses.fields(Run) if f.compare}
-    restarted = Run(**kept)
-    assert (restarted.interrupt_deadline, restarted.checkpoint_tries) == (None, 0)
-    d = run_step(restarted, failed(CP))
-    assert (d.effects, d.run.checkpoint, d.persist) == ((), restarted.checkpoint, False)
+    run = restarted(interrupting())
+    # The deadline is persisted (the overdue check needs it); the step under way is not.
+    assert (run.interrupt_deadline, run.checkpoint_tries) == (DEADLINE, 0)
+    d = run_step(run, failed(CP))
+    assert (d.effects, d.run.checkpoint, d.persist) == ((), run.checkpoint, False)
 
 
 # -- interrupted -------------------------------------------------------------------------------
@@ -336,8 +384,9 @@ def test_an_interruption_without_a_verified_checkpoint_says_so_in_the_detail(
 @pytest.mark.parametrize("state", [S.RUNNING, S.PENDING])
 def test_an_instance_still_alive_does_not_end_the_interruption(state: InstanceState) -> None:
     run = saved()
-    d = taken(run, state, now=at(50))
-    assert (d.run, d.effects, d.transition, d.persist) == (run, (), None, False)
+    for now in (at(50), at(OVERDUE_S - 1)):
+        d = run_step(run, InstanceObserved(state), now=now)
+        assert (d.run, d.effects, d.transition, d.persist) == (run, (), None, False)
 
 
 def test_an_observation_of_another_instance_is_stale_while_interrupting() -> None:
@@ -377,29 +426,236 @@ def test_a_spot_instance_that_ends_after_a_failure_marker_crashed() -> None:
     assert (crashed.run.phase, crashed.run.outcome) == (P.CRASHED, Outcome.CRASHED)
 
 
+# -- interrupting: one last look at the prefix once the instance is gone ---------------------
+
+LIST_FAILED = EffectFailed("ListObjectsV2", "SlowDown", "reduce your request rate", transient=True)
+LIST_DENIED = EffectFailed("ListObjectsV2", "AccessDenied", "denied", transient=False)
+GONE = "spot instance terminated after the interruption warning"
+RESUMING_1 = "; resuming (restart 1 of 3)"
+# fmt: off
+LAST_LOOKS = [
+    pytest.param(listed(), INT, (AutoResume(from_scratch=False),), f"{GONE}{RESUMING_1}",
+                 id="nothing"),
+    pytest.param(listed("logs/train.log"), INT, (AutoResume(from_scratch=False),),
+                 f"{GONE}{RESUMING_1}", id="no-marker"),
+    pytest.param(listed("done"), C, (), f"completion marker done found; {GONE}",
+                 id="completion-marker"),
+    pytest.param(listed("training_complete.txt", "FAILED"), C, (),
+                 f"completion marker training_complete.txt found; {GONE}",
+                 id="completion-beside-failure-marker"),
+    # the shutdown killing the job may leave a failure marker: it is not evidence here
+    pytest.param(listed("FAILED"), INT, (AutoResume(from_scratch=False),), f"{GONE}{RESUMING_1}",
+                 id="failure-marker-ignored"),
+    pytest.param(LIST_FAILED, INT, (AutoResume(from_scratch=False),),
+                 f"{GONE} (last look at the prefix failed: SlowDown){RESUMING_1}",
+                 id="listing-failed"),
+    pytest.param(LIST_DENIED, INT, (AutoResume(from_scratch=False),),
+                 f"{GONE} (last look at the prefix failed: AccessDenied){RESUMING_1}",
+                 id="listing-denied"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("last_look", "outcome", "effects", "reason"), LAST_LOOKS)
+def test_the_last_look_at_the_prefix_decides_interrupted_or_completed(
+    last_look: PrefixListed | EffectFailed,
+    outcome: Outcome,
+    effects: tuple[AutoResume, ...],
+    reason: str,
+) -> None:
+    # A completed run is not resumed: its training is over.
+    d = interrupted_run(V, last_look=last_look, **RESUME)
+    assert (d.run.phase, d.run.outcome, d.effects) == (P.INTERRUPTED, outcome, effects)
+    assert d.run.reason == reason
+    assert d.transition is not None and d.transition.detail["instance_state"] == "terminated"
+
+
+def test_a_completion_marker_of_an_earlier_attempt_is_not_evidence_in_the_last_look() -> None:
+    run = make_run(
+        P.INTERRUPTING, spec=spot_spec(**RESUME), outcome=INT, attempt=2, started_at=at(-60),
+        interrupt_deadline=DEADLINE,
+    )  # fmt: skip
+    d = taken(run, last_look=PrefixListed((obj("done", at=at(-3600)),)))
+    assert (d.run.phase, d.run.outcome) == (P.INTERRUPTED, INT)
+    fresh = taken(run, last_look=PrefixListed((obj("done", at=at(-30)),)))
+    assert (fresh.run.phase, fresh.run.outcome) == (P.INTERRUPTED, C)
+
+
+def test_a_gone_instance_seen_again_while_the_last_look_is_under_way_lists_nothing_more() -> None:
+    gone = run_step(saved(), InstanceObserved(S.TERMINATED), now=at(100)).run
+    again = run_step(gone, InstanceObserved(S.SHUTTING_DOWN), now=at(101))
+    assert (again.run, again.effects, again.transition) == (gone, (), None)
+
+
+@pytest.mark.parametrize("event", [listed("done"), listed("FAILED")], ids=["done", "FAILED"])
+def test_a_listing_before_the_instance_is_gone_decides_nothing(event: PrefixListed) -> None:
+    run = saved()
+    d = run_step(run, event, now=at(50))
+    assert (d.run, d.effects, d.transition, d.persist) == (run, (), None, False)
+
+
+# -- interrupting: an instance AWS never took back ---------------------------------------------
+
+
+def _warned(run: Run) -> Run:
+    return run_step(run, warning()).run
+
+
+def _warned_in_grace(checkpoint: CheckpointStatus | None, **spec: Any) -> Run:
+    grace = make_run(P.GRACE, spec=spot_spec(**spec), checkpoint=checkpoint, process_exited=True)
+    return _warned(grace)
+
+
+LATE = "instance still running 300s after the interruption deadline"
+# fmt: off
+OVERDUE_CASES = [
+    pytest.param(saved(), P.STOPPING, INT, (STOP,),
+                 f"{LATE}; training was ended for the checkpoint: stopping the idle instance "
+                 "(resume it with `supervisorctl resume`)", id="checkpoint-step-ended-training"),
+    pytest.param(_warned(make_run(P.PENDING, spec=spot_spec())), P.STOPPING, INT, (STOP,),
+                 "training was ended for the checkpoint", id="from-pending-with-checkpointing"),
+    pytest.param(_warned(make_run(P.RUNNING, spec=make_spec(spot=True))), P.RUNNING, None,
+                 (LIST_TOP,), f"{LATE}; AWS did not take it back: watching the run again",
+                 id="no-checkpoint-step-training-goes-on"),
+    pytest.param(_warned_in_grace(V), P.STOPPING, C, (STOP,),
+                 f"{LATE}; training had completed; stop requested (on_complete=stop)",
+                 id="completed-on-complete-stop"),
+    pytest.param(_entered_from_grace(), P.TERMINATING, C, (TERMINATE,),
+                 f"{LATE}; training had completed; terminate requested (on_complete=terminate)",
+                 id="completed-terminate-verified"),
+    pytest.param(_warned_in_grace(UV, on_complete="terminate"), P.STOPPING, C, (STOP,),
+                 "terminate requested (on_complete=terminate); downgraded to stop",
+                 id="completed-terminate-unverified"),
+    pytest.param(_warned_in_grace(None, checkpoint_dir=None, on_complete="none"), P.DONE, C, (),
+                 f"{LATE}; training had completed; on_complete=none leaves the instance running",
+                 id="completed-on-complete-none"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("run", "to", "outcome", "effects", "reason"), OVERDUE_CASES)
+@pytest.mark.parametrize("state", [S.RUNNING, S.PENDING])
+def test_an_instance_still_there_long_after_the_deadline_is_not_left_hanging(
+    run: Run,
+    to: Phase,
+    outcome: Outcome | None,
+    effects: tuple[Any, ...],
+    reason: str,
+    state: InstanceState,
+) -> None:
+    late = reason.replace("still running", f"still {state}")
+    assert run.interrupt_deadline == DEADLINE
+    d = run_step(run, InstanceObserved(state), now=at(OVERDUE_S))
+    assert (d.run.phase, d.run.outcome, d.effects) == (to, outcome, effects)
+    assert late in d.run.reason
+
+
+def test_an_overdue_run_back_to_running_watches_it_again_from_a_fresh_start() -> None:
+    run = _warned(make_run(P.RUNNING, spec=make_spec(spot=True), checks=6))
+    d = run_step(run, InstanceObserved(S.RUNNING), now=at(OVERDUE_S + 30))
+    assert (d.run.phase, d.run.outcome, d.run.interrupt_deadline) == (P.RUNNING, None, None)
+    assert (d.run.checks, d.run.next_check_at) == (0, None)
+    # A later warning is a new interruption, with a deadline of its own.
+    later = SpotInterruptionWarning(at(OVERDUE_S + 160))
+    again = run_step(d.run, later, now=at(OVERDUE_S + 60))
+    assert (again.run.phase, again.run.interrupt_deadline) == (P.INTERRUPTING, later.deadline)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "effects"), [(OVERDUE_S - 1, ()), (OVERDUE_S, (ObserveInstance(),))]
+)
+def test_the_overdue_wake_up_asks_for_a_describe_and_the_observation_decides(
+    seconds: float, effects: tuple[ObserveInstance, ...]
+) -> None:
+    run = saved()
+    d = run_step(run, Tick(), now=at(seconds))
+    assert (d.run, d.effects, d.transition) == (run, effects, None)
+
+
+def test_a_stop_or_terminate_request_is_refused_even_when_overdue() -> None:
+    for action in (UserAction.STOP, UserAction.TERMINATE):
+        with pytest.raises(InvalidTransition, match="already interrupting"):
+            run_step(saved(), UserRequested(action), now=at(OVERDUE_S))
+
+
+# -- interrupting: a warning while resuming ----------------------------------------------------
+
+
+def test_a_warning_while_resuming_starts_no_checkpoint_and_waits_for_aws() -> None:
+    run = make_run(
+        P.RESUMING, spec=spot_spec(**RESUME), outcome=INT, checkpoint=V, resume_stage="starting",
+    )  # fmt: skip
+    d = run_step(run, warning())
+    assert (d.run.phase, d.run.outcome, d.effects) == (
+        P.INTERRUPTING, INT, (WAKE_OVERDUE, ObserveInstance()),
+    )  # fmt: skip
+    # The resume's attempt (2) began with its instance and ends here, before training restarted.
+    assert (d.run.checkpoint_tries, d.run.attempt, d.run.checkpoint) == (0, 2, None)
+    assert d.run.reason.endswith("; during resuming, before training restarted (attempt 2)")
+    # The next restart comes from the same (attempt 1) checkpoint.
+    end = taken(d.run, now=at(100))
+    assert (end.run.phase, end.effects) == (P.INTERRUPTED, (AutoResume(from_scratch=False),))
+    assert end.run.reason.endswith("; resuming (restart 2 of 3)")
+
+
+def test_an_overdue_interruption_that_began_during_a_resume_does_not_claim_training_runs() -> None:
+    spec = make_spec(
+        spot=True, pid_file=PID_FILE, resume_command=RESUME_COMMAND, **RESUME
+    )  # no checkpoint_dir: resumes start from scratch
+    run = make_run(P.RESUMING, spec=spec, outcome=INT, resume_stage="starting", from_scratch=True)
+    warned = run_step(run, warning())
+    # The resume's attempt began with its instance and ends here: it counts against the limit.
+    assert (warned.run.attempt, warned.run.started_at, warned.run.checkpoint) == (2, NOW, None)
+    assert "during resuming, before training restarted (attempt 2)" in warned.run.reason
+    d = run_step(warned.run, InstanceObserved(S.RUNNING), now=at(OVERDUE_S))
+    assert (d.run.phase, d.effects) == (P.STOPPING, (ActOnInstance(A.STOP),))
+    assert "the resume had not restarted training: stopping the idle instance" in d.run.reason
+
+
+def test_an_interruption_during_a_resume_counts_against_max_restarts() -> None:
+    spec = spot_spec(max_restarts=1, **RESUME)
+    run = make_run(P.RESUMING, spec=spec, outcome=INT, resume_stage="starting", verified_attempt=1)
+    warned = run_step(run, warning()).run
+    gone = run_step(warned, InstanceObserved(S.TERMINATED), now=at(10)).run
+    end = run_step(gone, listed(), now=at(10))
+    assert (end.run.phase, end.effects) == (P.INTERRUPTED, ())
+    assert end.run.reason.endswith("; not resumed: max_restarts (1) reached")
+
+
 # -- on_interruption=resume --------------------------------------------------------------------
 
 AUTO_RESUME = [
-    pytest.param(1, 3, V, (AutoResume(from_scratch=False),), "; resuming (restart 1 of 3)",
+    pytest.param(1, 3, V, None, (AutoResume(from_scratch=False),), "; resuming (restart 1 of 3)",
                  id="first-verified"),
-    pytest.param(2, 3, UV, (AutoResume(from_scratch=True),), "; resuming (restart 2 of 3)",
-                 id="unverified-from-scratch"),
-    pytest.param(3, 3, None, (AutoResume(from_scratch=True),), "; resuming (restart 3 of 3)",
-                 id="never-checked-last-restart"),
-    pytest.param(4, 3, V, (), "; not resumed: max_restarts (3) reached", id="limit-reached"),
-    pytest.param(1, 0, V, (), "; not resumed: max_restarts (0) reached", id="no-restarts"),
+    pytest.param(2, 3, UV, None, (AutoResume(from_scratch=True),),
+                 "; resuming (restart 2 of 3)", id="unverified-from-scratch"),
+    pytest.param(3, 3, None, None, (AutoResume(from_scratch=True),),
+                 "; resuming (restart 3 of 3)", id="never-checked-last-restart"),
+    # the newest verified checkpoint is restored, whichever attempt (or early step) made it
+    pytest.param(2, 3, None, 1, (AutoResume(from_scratch=False),),
+                 "; resuming (restart 2 of 3)", id="never-checked-earlier-attempt-verified"),
+    pytest.param(3, 3, UV, 2, (AutoResume(from_scratch=False),),
+                 "; resuming (restart 3 of 3)", id="unverified-earlier-attempt-verified"),
+    pytest.param(2, 3, None, 2, (AutoResume(from_scratch=False),),
+                 "; resuming (restart 2 of 3)", id="early-checkpoint-verified"),
+    pytest.param(4, 3, V, None, (), "; not resumed: max_restarts (3) reached",
+                 id="limit-reached"),
+    pytest.param(1, 0, V, None, (), "; not resumed: max_restarts (0) reached", id="no-restarts"),
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("attempt", "max_restarts", "checkpoint", "effects", "says"), AUTO_RESUME)
+@pytest.mark.parametrize(
+    ("attempt", "max_restarts", "checkpoint", "verified", "effects", "says"), AUTO_RESUME
+)
 def test_the_resume_policy_asks_for_a_resume_until_max_restarts(
     attempt: int,
     max_restarts: int,
     checkpoint: CheckpointStatus | None,
+    verified: int | None,
     effects: tuple[AutoResume, ...],
     says: str,
 ) -> None:
-    d = interrupted_run(checkpoint, attempt, max_restarts=max_restarts, **RESUME)
+    d = interrupted_run(checkpoint, attempt, verified=verified, max_restarts=max_restarts, **RESUME)
     assert (d.run.phase, d.run.outcome, d.effects) == (P.INTERRUPTED, INT, effects)
     assert d.run.reason == f"spot instance terminated after the interruption warning{says}"
 
@@ -428,6 +684,16 @@ def test_the_resume_the_policy_asks_for_is_accepted_by_the_interrupted_run(
     assert (resumed.run.from_scratch, resumed.run.resume_stage) == (from_scratch, "observe")
     assert resumed.transition is not None
     assert resumed.transition.detail == {"from_scratch": from_scratch, "attempt": 2}
+
+
+@pytest.mark.parametrize(("checkpoint", "verified"), [(UV, 1), (None, 1)])
+def test_an_interrupted_run_whose_earlier_checkpoint_was_verified_accepts_a_resume_from_it(
+    checkpoint: CheckpointStatus | None, verified: int
+) -> None:
+    run = interrupted_run(checkpoint, 2, verified=verified, **RESUME).run
+    d = run_step(run, ResumeRequested())
+    assert (d.run.phase, d.run.from_scratch) == (P.RESUMING, False)
+    assert d.run.reason == "resume requested from its verified checkpoint (attempt 3)"
 
 
 @pytest.mark.parametrize("checkpoint", [UV, None])
@@ -470,9 +736,24 @@ def test_a_resumed_spot_run_runs_on_a_new_instance_and_counts_against_max_restar
     # The second interruption finds the one allowed restart used up.
     again = run_step(run, warning(), now=later)
     assert (again.run.phase, again.run.interrupt_deadline) == (P.INTERRUPTING, DEADLINE)
-    last = run_step(again.run, InstanceObserved(S.TERMINATED, instance_id=NEW_INSTANCE), now=later)
+    gone = run_step(again.run, InstanceObserved(S.TERMINATED, instance_id=NEW_INSTANCE), now=later)
+    last = run_step(gone.run, listed(), now=later)
     assert (last.run.phase, last.effects) == (P.INTERRUPTED, ())
     assert last.run.reason.endswith("not resumed: max_restarts (1) reached")
+
+
+def test_a_second_interruption_before_its_own_checkpoint_resumes_from_the_first_ones() -> None:
+    first = taken(saved(**RESUME), now=at(100))
+    run = resumed(first.run, now=at(130))
+    assert (run.attempt, run.checkpoint, run.verified_attempt) == (2, None, 1)
+    # Attempt 2's instance goes without a warning, so without a checkpoint of its own.
+    gone = run_step(run, InstanceObserved(S.TERMINATED, instance_id=NEW_INSTANCE), now=at(900))
+    d = run_step(gone.run, listed(), now=at(900))
+    assert (d.run.phase, d.effects) == (P.INTERRUPTED, (AutoResume(from_scratch=False),))
+    assert d.run.reason.endswith("; resuming (restart 2 of 3)")
+    # ... and the resume restores attempt 1's checkpoint (`resumed` checks the restore step).
+    again = resumed(d.run, now=at(930))
+    assert (again.phase, again.attempt, again.verified_attempt) == (P.RUNNING, 3, 1)
 
 
 # -- found by the randomized walk, then fixed -------------------------------------------------

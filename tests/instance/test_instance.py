@@ -103,6 +103,27 @@ class TestCheckpoint:
         assert outcome.result["process"] == fate.model_dump()
         assert set(manifest.timings) == {"stop_s", "hash_s", "upload_s", "total_s"}
 
+    def test_an_early_checkpoint_uploads_the_newest_and_leaves_training_running(
+        self, program: Program, fleet: Fleet, start_trainer: Callable[..., Trainer]
+    ) -> None:
+        trainer = start_trainer()
+        outcome = run_checkpoint(
+            program, trainer.checkpoint_dir, "--pid-file", str(trainer.pid_file), "--mode", "early"
+        )
+
+        manifest = verified(fleet, outcome)
+        fate = manifest.process
+        assert (fate.pid, fate.was_running, fate.signalled, fate.exited) == (
+            trainer.pid,
+            True,
+            False,
+            False,
+        )
+        assert trainer.process.poll() is None, "an early checkpoint must not end training"
+        assert not list(trainer.checkpoint_dir.glob("step_*_final.pt"))
+        trainer.process.terminate()
+        trainer.process.wait(timeout=5)
+
     def test_a_trainer_ignoring_sigterm_is_killed_after_the_timeout(
         self, program: Program, fleet: Fleet, start_trainer: Callable[..., Trainer]
     ) -> None:
