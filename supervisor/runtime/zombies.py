@@ -1,0 +1,354 @@
+"""The zombie sweep: finds instances still running after their run ended, or tagged
+`supervisor:run-id` with no active run to own them, records them, and (with auto-terminate)
+terminates them after the wait, never twice within the cooldown.
+
+Every decision is the pure core's (`supervisor.core.zombies`); this module only gathers what
+they need, carries out the calls and commits the results. Per sweep and region it makes one
+filtered DescribeInstances per 1000 tagged instances, plus one per 1000 other candidates (the
+instances of runs ended within the lookback, and open zombies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import structlog
+
+from supervisor.adapters.protocol import ReportDayView, ReportView, ZombieView
+from supervisor.adapters.store import FleetReport, Store
+from supervisor.core.errors import ExternalError, NotFoundError
+from supervisor.core.events import Action
+from supervisor.core.run import Run
+from supervisor.core.values import InstanceId
+from supervisor.core.zombies import (
+    RUN_TAG,
+    Accepted,
+    Act,
+    CallFailed,
+    CallResult,
+    Gone,
+    InstanceSeen,
+    Leave,
+    NotZombie,
+    Wait,
+    Zombie,
+    ZombiePolicy,
+    attempted,
+    begin,
+    classify,
+    clear,
+    decide,
+    mark,
+    observe_ended,
+    span,
+)
+from supervisor.runtime.ports import Clock, Cloud
+from supervisor.runtime.retry import GaveUp, call_with_retries
+
+log = structlog.get_logger("supervisor.zombies")
+
+LOOKBACK = timedelta(days=7)
+"""Runs that ended longer ago than this are not looked at by id any more (a tagged instance
+is still found by its tag)."""
+CONCURRENCY = 8
+"""Attempts carried out at once in one sweep."""
+
+_Key = tuple[InstanceId, str]
+_OPERATION = {Action.TERMINATE: "TerminateInstances", Action.STOP: "StopInstances"}
+
+
+@dataclass(frozen=True, slots=True)
+class SweepResult:
+    """What one sweep did: instances looked at, zombies open after it, and how many were
+    marked, cleared or confirmed, and acted on."""
+
+    seen: int = 0
+    zombies: int = 0
+    marked: int = 0
+    resolved: int = 0
+    acted: int = 0
+
+
+class ZombieWatch:
+    def __init__(
+        self,
+        store: Store,
+        cloud: Cloud,
+        clock: Clock,
+        *,
+        policy: ZombiePolicy,
+        interval_s: float,
+        retry_base_s: float,
+        lookback: timedelta = LOOKBACK,
+    ) -> None:
+        self._store = store
+        self._cloud = cloud
+        self._clock = clock
+        self.policy = policy
+        self.interval_s = interval_s
+        self._retry_base_s = retry_base_s
+        self._lookback = lookback
+        self._limit = asyncio.Semaphore(CONCURRENCY)
+        self.sweeps = 0
+
+    def __repr__(self) -> str:
+        return f"<ZombieWatch sweeps={self.sweeps} {self.policy}>"
+
+    async def run_forever(self) -> None:
+        """Sweep every `interval_s`, the first one interval after start: nothing here is
+        urgent (a zombie waits `wait_s` before anything is done), and the start-up belongs to
+        the runs' own sweep."""
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("zombie_sweep_failed")
+
+    async def sweep(self) -> SweepResult:
+        now = self._clock.now()
+        self.sweeps += 1
+        open_zombies = {(z.instance_id, z.region): z for z in await self._store.zombies()}
+        seen = await self._look(open_zombies)
+        alive = [s for s in seen.values() if s.state.is_alive]
+        runs = await self._store.runs_on_instances(
+            {s.instance_id for s in alive},
+            {s.tags[RUN_TAG] for s in alive if RUN_TAG in s.tags},
+        )
+        by_instance: dict[str, list[Run]] = defaultdict(list)
+        by_run_id: dict[str, Run] = {}
+        for run in runs:
+            by_instance[run.instance_id].append(run)
+            by_run_id[run.spec.run_id] = run
+
+        marked = resolved = 0
+        zombies: list[Zombie] = []
+        for key, instance in seen.items():
+            existing = open_zombies.get(key)
+            if not instance.state.is_alive:
+                if existing is not None:
+                    ended, line = observe_ended(existing, instance.state, now=now)
+                    await self._store.save_zombie(ended, line)
+                    self._resolved(ended)
+                    resolved += 1
+                continue
+            relevant = list(by_instance.get(instance.instance_id, ()))
+            named = by_run_id.get(instance.tags.get(RUN_TAG, ""))
+            if named is not None:
+                relevant.append(named)
+            verdict = classify(instance, relevant)
+            if isinstance(verdict, NotZombie):
+                if existing is not None:
+                    cleared = clear(existing, verdict.why, now=now)
+                    await self._store.save_zombie(cleared)
+                    self._resolved(cleared)
+                    resolved += 1
+                continue
+            zombie = mark(instance, verdict, existing, now=now)
+            if zombie != existing:
+                await self._store.save_zombie(zombie)
+                if existing is None:
+                    marked += 1
+                    log.warning(
+                        "zombie_marked",
+                        instance_id=zombie.instance_id,
+                        region=zombie.region,
+                        run_id=zombie.run_id,
+                        kind=str(zombie.cause.kind),
+                        reason=zombie.reason(now),
+                    )
+            zombies.append(zombie)
+
+        due = [
+            (zombie, plan.action)
+            for zombie in zombies
+            if isinstance(plan := decide(zombie, now=now, policy=self.policy), Act)
+        ]
+        await asyncio.gather(*(self._act(zombie, action) for zombie, action in due))
+        return SweepResult(
+            seen=len(seen),
+            zombies=len(zombies),
+            marked=marked,
+            resolved=resolved,
+            acted=len(due),
+        )
+
+    async def _look(self, open_zombies: dict[_Key, Zombie]) -> dict[_Key, InstanceSeen]:
+        """Describe the candidates: tagged instances by filter, per region; then, by id, the
+        instances of recently ended runs and the open zombies not seen that way."""
+        since = self._clock.now() - self._lookback
+        by_id: list[_Key] = [*await self._store.ended_run_instances(since=since), *open_zombies]
+        regions = await self._store.run_regions() | {region for _, region in by_id}
+        if self._cloud.default_region:
+            regions.add(self._cloud.default_region)
+        seen: dict[_Key, InstanceSeen] = {}
+        unreachable: set[str] = set()
+        for region in sorted(regions):
+            try:
+                tagged = await self._cloud.describe_tagged(RUN_TAG, region)
+            except ExternalError as exc:
+                self._describe_failed(region, exc, "tagged")
+                unreachable.add(region)
+                continue
+            for instance in tagged:
+                seen[(instance.instance_id, region)] = instance
+        wanted: dict[str, list[InstanceId]] = defaultdict(list)
+        for instance_id, region in dict.fromkeys(by_id):
+            if (instance_id, region) not in seen and region not in unreachable:
+                wanted[region].append(instance_id)
+        for region, ids in sorted(wanted.items()):
+            try:
+                states = await self._cloud.describe_instances(ids, region)
+            except ExternalError as exc:
+                self._describe_failed(region, exc, "by-id")
+                continue
+            for instance_id, state in states.items():
+                seen[(instance_id, region)] = InstanceSeen(instance_id, region, state)
+        return seen
+
+    @staticmethod
+    def _describe_failed(region: str, exc: ExternalError, what: str) -> None:
+        log.warning(
+            "zombie_describe_failed", region=region, lookup=what, code=exc.code, message=exc.message
+        )
+
+    def _resolved(self, zombie: Zombie) -> None:
+        log.info(
+            "zombie_resolved",
+            instance_id=zombie.instance_id,
+            region=zombie.region,
+            run_id=zombie.run_id,
+            state=str(zombie.state),
+            note=zombie.note,
+        )
+
+    async def _act(self, zombie: Zombie, action: Action) -> None:
+        async with self._limit:
+            try:
+                await self._attempt(zombie, action)
+            except Exception:  # one zombie's trouble must not stop the others'
+                log.exception(
+                    "zombie_attempt_crashed", instance_id=zombie.instance_id, action=str(action)
+                )
+
+    async def _attempt(self, zombie: Zombie, action: Action) -> None:
+        # An attach since the sweep looked would make this instance a run's again.
+        owner = await self._store.active_owner(zombie.instance_id, zombie.region)
+        if owner is not None:
+            cleared = clear(zombie, f"run {owner} owns it now", now=self._clock.now())
+            await self._store.save_zombie(cleared)
+            self._resolved(cleared)
+            return
+        operation = _OPERATION[action]
+        call = {
+            Action.TERMINATE: self._cloud.terminate_instance,
+            Action.STOP: self._cloud.stop_instance,
+        }[action]
+        zombie = begin(zombie, action, now=self._clock.now())
+        await self._store.save_zombie(zombie)  # intent before effect
+        log.info(
+            "zombie_action_requested",
+            instance_id=zombie.instance_id,
+            region=zombie.region,
+            run_id=zombie.run_id,
+            operation=operation,
+            attempt=zombie.attempts + 1,
+        )
+
+        def on_retry(error: ExternalError, attempt: int, wait_s: float) -> None:
+            log.warning(
+                "zombie_action_retrying",
+                instance_id=zombie.instance_id,
+                operation=operation,
+                attempt=attempt,
+                code=error.code,
+                wait_s=round(wait_s, 3),
+            )
+
+        result: CallResult
+        try:
+            state, calls = await call_with_retries(
+                lambda: call(zombie.instance_id, zombie.region),
+                base_s=self._retry_base_s,
+                on_retry=on_retry,
+            )
+            result = Accepted(state, calls)
+        except GaveUp as gave_up:
+            error = gave_up.error
+            if isinstance(error, NotFoundError):
+                result = Gone(error.code, error.message, gave_up.attempts)
+            else:
+                result = CallFailed(error.code, error.message, gave_up.attempts)
+        after, line = attempted(zombie, action, result, now=self._clock.now())
+        await self._store.save_zombie(after, line)
+        level = "warning" if line.error_code and line.outcome != "not-found" else "info"
+        getattr(log, level)(
+            "zombie_" + line.outcome.replace("-", "_"),
+            instance_id=zombie.instance_id,
+            region=zombie.region,
+            run_id=zombie.run_id,
+            operation=operation,
+            calls=line.calls,
+            state=str(after.state),
+            code=line.error_code,
+            message=line.message,
+        )
+
+
+def zombie_view(zombie: Zombie, *, now: datetime, policy: ZombiePolicy) -> ZombieView:
+    next_action: Action | None
+    next_at: datetime | None
+    match decide(zombie, now=now, policy=policy):
+        case Act(action=action, why=why):
+            next_action, next_at, text = action, None, f"{action} at the next sweep ({why})"
+        case Wait(action=action, until=until, why=why):
+            next_action, next_at = action, until
+            text = f"{action} in {span((until - now).total_seconds())} ({why})"
+        case Leave(why=why):
+            next_action, next_at, text = None, None, why
+    return ZombieView(
+        instance_id=zombie.instance_id,
+        region=zombie.region,
+        run_id=zombie.run_id,
+        kind=zombie.cause.kind,
+        reason=zombie.reason(now),
+        state=zombie.state,
+        marked_at=zombie.marked_at,
+        age_s=round(zombie.age_s(now), 3),
+        attempts=zombie.attempts,
+        action=zombie.action,
+        last_attempt_at=zombie.last_attempt_at,
+        last_error=zombie.last_error,
+        next_action=next_action,
+        next_at=next_at,
+        plan=text,
+    )
+
+
+def report_view(report: FleetReport, *, until: datetime) -> ReportView:
+    return ReportView(
+        since=report.since,
+        until=until,
+        days=[
+            ReportDayView(
+                day=d.day,
+                terminations=d.terminations,
+                stops=d.stops,
+                attempts=d.attempts,
+                succeeded=d.succeeded,
+                failed_attempts=d.failed_attempts,
+                success_rate=d.success_rate,
+                mean_s_to_terminated=d.mean_s_to_terminated,
+            )
+            for d in report.days
+        ],
+        runs_by_outcome=dict(sorted(report.runs_by_outcome.items())),
+        runs=sum(report.runs_by_outcome.values()),
+        crash_rate=report.crash_rate,
+        open_zombies=report.open_zombies,
+    )
