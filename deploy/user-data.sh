@@ -11,7 +11,9 @@
 # 3. On exit, whatever the reason, writes the failure marker FAILED under RUN_PREFIX with the
 #    exit code and the last 50 lines of the log, unless a completion marker is already there
 #    (or a FAILED the job wrote itself, whose reason is better than ours). The supervisor then
-#    records the run as crashed, with that text as the reason.
+#    records the run as crashed, with that text as the reason. Before FAILED, the last
+#    CRASH_LOG_LINES lines of the log go to CRASH_REPORT under RUN_PREFIX (unless the job wrote
+#    one), which the supervisor attaches to the crashed run.
 #
 # Edit the settings below. Each can also be set from the environment, and the training command
 # given as arguments (`bash user-data.sh CMD ARG...`), which is how tests run this file.
@@ -29,6 +31,8 @@ set -euo pipefail
 : "${LOG_FILE:=/var/log/train.log}"
 : "${COMPLETION_MARKERS:=training_complete.txt COMPLETE done}" # = spec.DEFAULT_MARKERS
 : "${FAILURE_MARKER:=FAILED}"                                  # = spec.DEFAULT_FAILURE_MARKER
+: "${CRASH_REPORT:=crash/error.log}"                           # = the spec's crash_report
+: "${CRASH_LOG_LINES:=2000}"
 : "${AWS_TIMEOUT_S:=60}" # per AWS CLI call, so a dying network cannot hang the exit
 # The training command, one array element per argument: no shell ever re-parses it.
 TRAIN_CMD=(python3 train.py --config /opt/train/config.yaml)
@@ -75,6 +79,14 @@ on_exit() {
   if [ "$rc" -gt 128 ]; then reason+=" (killed by SIG$(kill -l "$rc" 2>/dev/null))"; fi
   if [ "$rc" -eq 0 ]; then reason+=", without writing a completion marker"; fi
   if [ -n "$signal_name" ]; then reason+="; user data received SIG$signal_name"; fi
+  if [ -s "$LOG_FILE" ] && ! s3_has "$CRASH_REPORT"; then
+    if tail -n "$CRASH_LOG_LINES" -- "$LOG_FILE" |
+      timeout "$AWS_TIMEOUT_S" aws s3 cp - "s3://$run_bucket/$run_keys$CRASH_REPORT"; then
+      log "wrote the log's tail to $RUN_PREFIX$CRASH_REPORT"
+    else
+      log "could not write $RUN_PREFIX$CRASH_REPORT"
+    fi
+  fi
   log "$reason: writing $RUN_PREFIX$FAILURE_MARKER"
   if {
     printf '%s\n' "$reason"

@@ -43,6 +43,7 @@ from supervisor.core.errors import (
 )
 from supervisor.core.spec import LaunchTemplate
 from supervisor.core.values import InstanceId, InstanceState, ObjectInfo
+from supervisor.core.zombies import InstanceSeen
 
 DESCRIBE_BATCH = 1000  # DescribeInstances takes at most 1000 instance ids
 
@@ -239,6 +240,26 @@ class Aws:
             raise
         return data.decode("utf-8", errors="replace")
 
+    async def read_tail(
+        self, bucket: str, key: str, region: str, *, limit: int = 65536
+    ) -> tuple[str, int]:
+        """The last `limit` bytes of an object (decoded, invalid bytes replaced) and its size.
+        Raises `NotFoundError` when there is no such object."""
+        s3 = await self.client("s3", region)
+        try:
+            with _translated("GetObject"):
+                response = await s3.get_object(Bucket=bucket, Key=key, Range=f"bytes=-{limit}")
+                async with response["Body"] as body:
+                    data: bytes = await body.read()
+        except PermanentError as exc:
+            if exc.code == "InvalidRange":  # an empty object
+                return "", 0
+            raise
+        content_range = str(response.get("ContentRange") or "")
+        total = content_range.rpartition("/")[2]
+        size = int(total) if total.isdigit() else len(data)
+        return data.decode("utf-8", errors="replace"), size
+
     async def head_object(self, bucket: str, key: str, region: str) -> StoredObject | None:
         """Size and SHA-256 checksum of an object as S3 stores it, or None if it is missing."""
         s3 = await self.client("s3", region)
@@ -304,6 +325,36 @@ class Aws:
                 return seen
             kwargs["NextToken"] = token
 
+    async def describe_tagged(self, tag_key: str, region: str) -> list[InstanceSeen]:
+        """Every pending or running instance in `region` carrying the tag `tag_key`, with its
+        tags: one DescribeInstances per 1000 instances (filtered by AWS, paginated)."""
+        ec2 = await self.client("ec2", region)
+        kwargs: dict[str, Any] = {
+            "Filters": [
+                {"Name": "tag-key", "Values": [tag_key]},
+                {"Name": "instance-state-name", "Values": ["pending", "running"]},
+            ],
+            "MaxResults": DESCRIBE_BATCH,
+        }
+        found: list[InstanceSeen] = []
+        with _translated("DescribeInstances"):
+            while True:
+                page = await ec2.describe_instances(**kwargs)
+                for reservation in page.get("Reservations", ()):
+                    for instance in reservation.get("Instances", ()):
+                        found.append(
+                            InstanceSeen(
+                                instance_id=InstanceId(instance["InstanceId"]),
+                                region=region,
+                                state=_state(instance["State"]["Name"]),
+                                tags={t["Key"]: t["Value"] for t in instance.get("Tags", ())},
+                            )
+                        )
+                token = page.get("NextToken")
+                if not token:
+                    return found
+                kwargs["NextToken"] = token
+
     async def stop_instance(self, instance_id: InstanceId, region: str) -> InstanceState:
         ec2 = await self.client("ec2", region)
         with _translated("StopInstances"):
@@ -343,6 +394,16 @@ class Aws:
                 TagSpecifications=[{"ResourceType": "instance", "Tags": tag_list}],
             )
         return InstanceId(response["Instances"][0]["InstanceId"])
+
+    async def create_tags(
+        self, instance_id: InstanceId, tags: Mapping[str, str], region: str
+    ) -> None:
+        """Tag one instance (CreateTags). AWS answers `InvalidInstanceID.NotFound` for an
+        instance it does not know, and `UnauthorizedOperation` without ec2:CreateTags."""
+        ec2 = await self.client("ec2", region)
+        tag_list = [{"Key": k, "Value": v} for k, v in tags.items()]
+        with _translated("CreateTags"):
+            await ec2.create_tags(Resources=[instance_id], Tags=tag_list)
 
     # -- SQS ----------------------------------------------------------------------------------
 

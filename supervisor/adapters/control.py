@@ -25,9 +25,11 @@ from supervisor.adapters.protocol import (
     DaemonStatus,
     ErrorKind,
     ErrorReply,
+    ReportView,
     RunDetail,
     RunView,
     TailItem,
+    ZombieList,
 )
 from supervisor.core.errors import (
     InvalidInput,
@@ -52,6 +54,8 @@ class ControlHandler(Protocol):
     async def request(self, run_id: str, action: str, *, from_scratch: bool = False) -> RunView: ...
     def tail(self, run_id: str, *, follow: bool) -> AsyncIterator[TailItem]: ...
     async def status(self) -> DaemonStatus: ...
+    async def zombies(self) -> ZombieList: ...
+    async def report(self, since_days: float) -> ReportView: ...
 
 
 _ERROR_STATUS: list[tuple[type[Exception], int, ErrorKind]] = [
@@ -105,6 +109,8 @@ class ControlServer:
                 web.get("/v1/runs/{run_id}", self._detail),
                 web.post("/v1/runs/{run_id}/{action}", self._act),
                 web.get("/v1/runs/{run_id}/tail", self._tail),
+                web.get("/v1/zombies", self._zombies),
+                web.get("/v1/report", self._report),
             ]
         )
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -152,6 +158,12 @@ class ControlServer:
                 request.match_info["run_id"], action, from_scratch=from_scratch
             )
         )
+
+    async def _zombies(self, _: web.Request) -> web.Response:
+        return _json(await self._handler.zombies())
+
+    async def _report(self, request: web.Request) -> web.Response:
+        return _json(await self._handler.report(parse_since_days(request.query.get("since", "7"))))
 
     async def _tail(self, request: web.Request) -> web.StreamResponse:
         follow = request.query.get("follow") == "1"
@@ -255,6 +267,13 @@ class ControlClient:
         async with self._call("POST", f"/v1/runs/{run_id}/{action}", None, **params) as response:
             return RunView.model_validate_json(await response.read())
 
+    async def zombies(self) -> ZombieList:
+        return await self._get(ZombieList, "GET", "/v1/zombies")
+
+    async def report(self, since_days: float) -> ReportView:
+        async with self._call("GET", "/v1/report", None, since=repr(since_days)) as response:
+            return ReportView.model_validate_json(await response.read())
+
     async def tail(self, run_id: str, *, follow: bool) -> AsyncIterator[TailItem]:
         async with self._call(
             "GET", f"/v1/runs/{run_id}/tail", follow="1" if follow else "0"
@@ -262,6 +281,25 @@ class ControlClient:
             async for line in response.content:
                 if line.strip():
                     yield TailItem.model_validate(json.loads(line))
+
+
+MAX_REPORT_DAYS = 3660.0
+
+
+def parse_since_days(text: str) -> float:
+    """`report --since DAYS`: a number of days above 0 (fractions allowed), up to ten years."""
+    try:
+        days = float(text)
+    except ValueError:
+        raise InvalidInput(
+            f"{text!r} is not a number of days: give how many days back to report, e.g. --since 7"
+        ) from None
+    if not 0 < days <= MAX_REPORT_DAYS:  # also refuses nan
+        raise InvalidInput(
+            f"{text!r} days is out of range: give more than 0 and at most "
+            f"{MAX_REPORT_DAYS:g}, e.g. --since 7"
+        )
+    return days
 
 
 def jsonable(model: BaseModel | list[Any]) -> Any:

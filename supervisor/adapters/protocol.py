@@ -27,6 +27,10 @@ class AttachRequest(_Message):
     markers: list[str] | None = None
     expect: list[str] | None = None
     failure_marker: str | None = None
+    heartbeat_file: str | None = None
+    stall_timeout_s: float | None = None
+    on_stall: str | None = None
+    crash_report: str | None = None
     checkpoint_dir: str | None = None
     checkpoint_s3: str | None = None
     checkpoint_pattern: list[str] | None = None
@@ -43,7 +47,9 @@ class AttachRequest(_Message):
     launch_template: dict[str, str] | None = None
     spot: bool | None = None
     on_interruption: str | None = None
+    on_rebalance: str | None = None
     max_restarts: int | None = None
+    tag_instance: bool | None = None
 
 
 class RunView(_Message):
@@ -62,6 +68,8 @@ class RunView(_Message):
     error_code: str | None = None
     checkpoint: str | None = None
     attempt: int = 1
+    verified_attempt: int | None = None
+    """The attempt whose checkpoint a resume would restore (None: nothing verified yet)."""
 
 
 class TransitionView(_Message):
@@ -90,11 +98,20 @@ class InstanceView(_Message):
     source: str
 
 
+class AttachmentView(_Message):
+    kind: str
+    uri: str
+    added_at: datetime
+    size: int | None = None
+    excerpt: str | None = None
+
+
 class RunDetail(RunView):
     spec: dict[str, Any]
     transitions: list[TransitionView]
     actions: list[ActionView] = Field(default_factory=list)
     instances: list[InstanceView] = Field(default_factory=list)
+    attachments: list[AttachmentView] = Field(default_factory=list)
 
 
 class MonitorEventView(_Message):
@@ -131,3 +148,61 @@ ErrorKind = Literal["invalid_input", "unknown_run", "conflict", "shutting_down",
 class ErrorReply(_Message):
     error: str
     kind: ErrorKind
+
+
+class ZombieView(_Message):
+    """An instance still running after its run ended, or tagged with no active run to own it."""
+
+    instance_id: str
+    region: str
+    run_id: str | None
+    kind: str
+    """run-ended | unowned"""
+    reason: str
+    state: str
+    """marked | stopping | terminating"""
+    marked_at: datetime
+    age_s: float
+    """Seconds since it was marked."""
+    attempts: int = 0
+    action: str | None = None
+    last_attempt_at: datetime | None = None
+    last_error: str | None = None
+    next_action: str | None = None
+    """terminate, or stop (checkpoint invariant); None: nothing will be done."""
+    next_at: datetime | None = None
+    """When `next_action` is due; None with an action: at the next sweep."""
+    plan: str
+    """The plan in words: what will happen, when and why."""
+
+
+class ZombieList(_Message):
+    auto_terminate: bool
+    wait_s: float
+    cooldown_s: float
+    zombies: list[ZombieView]
+
+
+class ReportDayView(_Message):
+    """One UTC day of zombie terminations."""
+
+    day: str
+    terminations: int
+    stops: int
+    attempts: int
+    succeeded: int
+    failed_attempts: int
+    success_rate: float | None
+    mean_s_to_terminated: float | None
+
+
+class ReportView(_Message):
+    since: datetime
+    until: datetime
+    days: list[ReportDayView]
+    runs_by_outcome: dict[str, int]
+    """Runs attached in the window, by outcome ("none": no outcome yet, or none recorded)."""
+    runs: int
+    crash_rate: float | None
+    """Crashed runs among those with an outcome."""
+    open_zombies: int

@@ -423,7 +423,13 @@ class SsmShell:
         # SSM may take the delivery timeout to deliver it, then timeout_s to run it.
         deadline = started + delivery_timeout_s(timeout_s) + timeout_s + _REPORT_GRACE_S
         while True:
-            await self._sleep(self._poll_s)
+            try:
+                await self._sleep(self._poll_s)
+            except asyncio.CancelledError:
+                # The supervisor stopped waiting (an early checkpoint overtaken by the final
+                # one): the command must not go on uploading on the instance.
+                await asyncio.shield(self._cancel(ssm, instance_id, command_id, fields))
+                raise
             try:
                 reply = await _call(
                     "GetCommandInvocation",

@@ -25,12 +25,26 @@ from supervisor.core.events import Action
 from supervisor.core.machine import Decision, Transition
 from supervisor.core.run import TERMINAL_PHASES, CheckpointStatus, Outcome, Phase, Run
 from supervisor.core.spec import RunSpec
+from supervisor.core.values import InstanceId
+from supervisor.core.zombies import (
+    SUCCESSFUL_OUTCOMES,
+    TERMINATED_OUTCOMES,
+    ZOMBIE_PHASES,
+    AttemptOutcome,
+    Cause,
+    Termination,
+    Zombie,
+    ZombieKind,
+    ZombieState,
+)
 
 _RUN_COLUMNS = (
     "run_id, spec_json, phase, outcome, instance_id, region, reason, version, phase_since, "
     "grace_until, action_acked_at, error_code, created_at, updated_at, pending_action, "
-    "checkpoint, attempt, started_at"
+    "checkpoint, attempt, started_at, process_exited, verified_attempt, verified_location, "
+    "interrupt_deadline"
 )
+_RUN_PLACEHOLDERS = ", ".join("?" for _ in _RUN_COLUMNS.split(","))
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +73,18 @@ class ActionRecord:
     outcome: str
     error_code: str | None = None
     message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentRecord:
+    """A file or link attached to a run: a crash report found under its prefix, for one."""
+
+    run_id: str
+    kind: str
+    uri: str
+    added_at: datetime
+    size: int | None = None
+    excerpt: str | None = None
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -172,8 +198,7 @@ class Store:
             await self._write(
                 [
                     (
-                        f"INSERT INTO runs ({_RUN_COLUMNS}) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({_RUN_PLACEHOLDERS})",
                         (
                             spec.run_id,
                             spec.model_dump_json(),
@@ -193,6 +218,10 @@ class Store:
                             run.checkpoint,
                             run.attempt,
                             _iso(run.started_at),
+                            run.process_exited,
+                            run.verified_attempt,
+                            run.verified_location,
+                            _iso(run.interrupt_deadline),
                         ),
                     ),
                     _insert_transition(spec.run_id, run.version, t),
@@ -220,7 +249,9 @@ class Store:
         update = (
             "UPDATE runs SET phase = ?, outcome = ?, reason = ?, version = ?, phase_since = ?, "
             "grace_until = ?, action_acked_at = ?, error_code = ?, updated_at = ?, "
-            "instance_id = ?, pending_action = ?, checkpoint = ?, attempt = ?, started_at = ? "
+            "instance_id = ?, pending_action = ?, checkpoint = ?, attempt = ?, started_at = ?, "
+            "process_exited = ?, verified_attempt = ?, verified_location = ?, "
+            "interrupt_deadline = ? "
             "WHERE run_id = ? AND version = ?",
             (
                 run.phase,
@@ -237,6 +268,10 @@ class Store:
                 run.checkpoint,
                 run.attempt,
                 _iso(run.started_at),
+                run.process_exited,
+                run.verified_attempt,
+                run.verified_location,
+                _iso(run.interrupt_deadline),
                 run.spec.run_id,
                 before.version,
             ),
@@ -272,6 +307,27 @@ class Store:
                         record.outcome,
                         record.error_code,
                         record.message,
+                    ),
+                )
+            ]
+        )
+
+    async def attach(self, record: AttachmentRecord) -> None:
+        """Attach a file or link to a run; attaching the same one again refreshes it."""
+        await self._write(
+            [
+                (
+                    "INSERT INTO attachments (run_id, kind, uri, size, excerpt, added_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, kind, uri) DO UPDATE SET "
+                    "size = excluded.size, excerpt = excluded.excerpt, "
+                    "added_at = excluded.added_at",
+                    (
+                        record.run_id,
+                        record.kind,
+                        record.uri,
+                        record.size,
+                        record.excerpt,
+                        _iso(record.added_at),
                     ),
                 )
             ]
@@ -355,6 +411,25 @@ class Store:
         """The run's instance history: the attached one, then any a resume launched."""
         return await _instances(self._reader, run_id)
 
+    async def attachments(self, run_id: str) -> list[AttachmentRecord]:
+        async with self._reader.execute(
+            "SELECT run_id, kind, uri, size, excerpt, added_at FROM attachments "
+            "WHERE run_id = ? ORDER BY id",
+            (run_id,),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [
+            AttachmentRecord(
+                run_id=r["run_id"],
+                kind=r["kind"],
+                uri=r["uri"],
+                size=r["size"],
+                excerpt=r["excerpt"],
+                added_at=datetime.fromisoformat(r["added_at"]),
+            )
+            for r in rows
+        ]
+
     async def actions(self, run_id: str) -> list[ActionRecord]:
         async with self._reader.execute(
             "SELECT run_id, instance_id, action, at, attempts, outcome, error_code, message "
@@ -375,6 +450,132 @@ class Store:
             )
             for r in rows
         ]
+
+    # -- zombies and terminations --------------------------------------------------------------
+
+    async def save_zombie(self, zombie: Zombie, termination: Termination | None = None) -> None:
+        """Upsert the zombie's row and append its terminations-log line, in one transaction."""
+        statements: list[tuple[str, tuple[Any, ...]]] = [_upsert_zombie(zombie)]
+        if termination is not None:
+            statements.append(_insert_termination(termination))
+        await self._write(statements)
+
+    async def zombies(self, *, open_only: bool = True) -> list[Zombie]:
+        """Zombie records, oldest mark first; by default only open ones (still zombies)."""
+        sql = f"SELECT {_ZOMBIE_COLUMNS} FROM zombies"
+        params: tuple[Any, ...] = ()
+        if open_only:
+            states = sorted(s for s in ZombieState if s.open)
+            sql += f" WHERE state IN ({', '.join('?' * len(states))})"
+            params = tuple(states)
+        async with self._reader.execute(sql + " ORDER BY marked_at, instance_id", params) as cur:
+            rows = await cur.fetchall()
+        return [_zombie(row) for row in rows]
+
+    async def terminations(self, *, since: datetime | None = None) -> list[Termination]:
+        """The terminations log, oldest first."""
+        async with self._reader.execute(
+            f"SELECT {_TERMINATION_COLUMNS} FROM terminations WHERE at >= ? ORDER BY id",
+            (_iso(since) if since is not None else "",),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [_termination(row) for row in rows]
+
+    async def ended_run_instances(self, *, since: datetime) -> list[tuple[InstanceId, str]]:
+        """(instance id, region) of the current instance of every run that entered a zombie
+        phase (`ZOMBIE_PHASES`) at or after `since`."""
+        phases = sorted(ZOMBIE_PHASES)
+        async with self._reader.execute(
+            "SELECT DISTINCT instance_id, region FROM runs "
+            f"WHERE phase IN ({', '.join('?' * len(phases))}) AND phase_since >= ?",
+            (*phases, _iso(since)),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [(InstanceId(r["instance_id"]), r["region"]) for r in rows]
+
+    async def runs_on_instances(
+        self, instance_ids: Iterable[str], run_ids: Iterable[str] = ()
+    ) -> list[Run]:
+        """Every run, in any phase, whose current instance is one of `instance_ids`, and every
+        run named in `run_ids`."""
+        found: dict[str, Run] = {}
+        for column, values in (("instance_id", instance_ids), ("run_id", run_ids)):
+            unique = sorted(set(values))
+            for start in range(0, len(unique), _IN_CHUNK):
+                chunk = unique[start : start + _IN_CHUNK]
+                async with self._reader.execute(
+                    f"SELECT {_RUN_COLUMNS} FROM runs "
+                    f"WHERE {column} IN ({', '.join('?' * len(chunk))})",
+                    tuple(chunk),
+                ) as cur:
+                    rows = await cur.fetchall()
+                for row in rows:
+                    run = _run_record(row).run
+                    found[run.spec.run_id] = run
+        return list(found.values())
+
+    async def active_owner(self, instance_id: str, region: str) -> str | None:
+        """The active run whose current instance this is, if there is one."""
+        terminal = sorted(TERMINAL_PHASES)
+        async with self._reader.execute(
+            "SELECT run_id FROM runs WHERE instance_id = ? AND region = ? "
+            f"AND phase NOT IN ({', '.join('?' * len(terminal))}) LIMIT 1",
+            (instance_id, region, *terminal),
+        ) as cur:
+            row = await cur.fetchone()
+        return str(row["run_id"]) if row else None
+
+    async def run_regions(self) -> set[str]:
+        async with self._reader.execute("SELECT DISTINCT region FROM runs") as cur:
+            rows = await cur.fetchall()
+        return {str(r["region"]) for r in rows}
+
+    async def fleet_report(self, *, since: datetime) -> FleetReport:
+        """Terminations per UTC day since `since`; runs attached since then, by outcome."""
+        terminated = _sql_list(TERMINATED_OUTCOMES)
+        succeeded = _sql_list(SUCCESSFUL_OUTCOMES)
+        failed = _sql_list({AttemptOutcome.UNAUTHORIZED, AttemptOutcome.FAILED})
+        async with self._reader.execute(
+            "SELECT substr(at, 1, 10) AS day, "
+            f"SUM(action = 'terminate' AND outcome IN ({terminated})) AS terminations, "
+            f"SUM(action = 'stop' AND outcome IN ({terminated})) AS stops, "
+            "SUM(calls > 0) AS attempts, "
+            f"SUM(calls > 0 AND outcome IN ({succeeded})) AS succeeded, "
+            f"SUM(outcome IN ({failed})) AS failed, "
+            f"AVG(CASE WHEN action = 'terminate' AND outcome IN ({terminated}) "
+            "THEN seconds_since_marked END) AS mean_s "
+            "FROM terminations WHERE at >= ? GROUP BY day ORDER BY day",
+            (_iso(since),),
+        ) as cur:
+            day_rows = await cur.fetchall()
+        async with self._reader.execute(
+            "SELECT outcome, COUNT(*) AS n FROM runs WHERE created_at >= ? GROUP BY outcome",
+            (_iso(since),),
+        ) as cur:
+            outcome_rows = await cur.fetchall()
+        open_states = sorted(s for s in ZombieState if s.open)
+        async with self._reader.execute(
+            f"SELECT COUNT(*) FROM zombies WHERE state IN ({', '.join('?' * len(open_states))})",
+            tuple(open_states),
+        ) as cur:
+            count = await cur.fetchone()
+        return FleetReport(
+            since=since,
+            days=tuple(
+                TerminationDay(
+                    day=r["day"],
+                    terminations=int(r["terminations"]),
+                    stops=int(r["stops"]),
+                    attempts=int(r["attempts"]),
+                    succeeded=int(r["succeeded"]),
+                    failed_attempts=int(r["failed"]),
+                    mean_s_to_terminated=r["mean_s"],
+                )
+                for r in day_rows
+            ),
+            runs_by_outcome={r["outcome"] or "none": int(r["n"]) for r in outcome_rows},
+            open_zombies=int(count[0]) if count else 0,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,7 +635,150 @@ def _run_record(row: aiosqlite.Row) -> RunRecord:
         checkpoint=CheckpointStatus(row["checkpoint"]) if row["checkpoint"] else None,
         attempt=row["attempt"],
         started_at=_dt(row["started_at"]),
+        process_exited=bool(row["process_exited"]),
+        verified_attempt=row["verified_attempt"],
+        verified_location=row["verified_location"],
+        interrupt_deadline=_dt(row["interrupt_deadline"]),
     )
     created, updated = _dt(row["created_at"]), _dt(row["updated_at"])
     assert created is not None and updated is not None
     return RunRecord(run=run, created_at=created, updated_at=updated)
+
+
+# -- zombies and terminations ---------------------------------------------------------------------
+
+_ZOMBIE_COLUMNS = (
+    "instance_id, region, kind, run_id, run_phase, run_ended_at, keep_data, state, marked_at, "
+    "action, attempts, last_attempt_at, last_error, resolved_at, note"
+)
+_TERMINATION_COLUMNS = (
+    "at, instance_id, region, run_id, action, outcome, calls, error_code, message, "
+    "seconds_since_marked"
+)
+_IN_CHUNK = 500  # ids per `IN (...)`: well under SQLite's limit on bound parameters
+
+
+@dataclass(frozen=True, slots=True)
+class TerminationDay:
+    """One UTC day of the terminations log."""
+
+    day: str
+    """YYYY-MM-DD (UTC)."""
+    terminations: int
+    """Zombies confirmed terminated (NotFound included)."""
+    stops: int
+    """Zombies stopped instead, under the checkpoint invariant."""
+    attempts: int
+    succeeded: int
+    failed_attempts: int
+    mean_s_to_terminated: float | None
+    """Mean seconds from marking to the confirmed termination."""
+
+    @property
+    def success_rate(self) -> float | None:
+        return self.succeeded / self.attempts if self.attempts else None
+
+
+@dataclass(frozen=True, slots=True)
+class FleetReport:
+    since: datetime
+    days: tuple[TerminationDay, ...]
+    runs_by_outcome: dict[str, int]
+    """Runs attached since `since`, by outcome; "none" for runs without one (yet)."""
+    open_zombies: int
+
+    @property
+    def crash_rate(self) -> float | None:
+        """Crashed runs among the runs with an outcome."""
+        ended = sum(n for outcome, n in self.runs_by_outcome.items() if outcome != "none")
+        return self.runs_by_outcome.get(Outcome.CRASHED, 0) / ended if ended else None
+
+
+def _sql_list(values: Iterable[str]) -> str:
+    """Our own enum values as an SQL list literal (never user input)."""
+    return ", ".join(f"'{value}'" for value in sorted(values))
+
+
+def _upsert_zombie(z: Zombie) -> tuple[str, tuple[Any, ...]]:
+    columns = [c.strip() for c in _ZOMBIE_COLUMNS.split(",")]
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns[2:])
+    return (
+        f"INSERT INTO zombies ({_ZOMBIE_COLUMNS}) VALUES ({', '.join('?' * len(columns))}) "
+        f"ON CONFLICT (instance_id, region) DO UPDATE SET {updates}",
+        (
+            z.instance_id,
+            z.region,
+            z.cause.kind,
+            z.cause.run_id,
+            z.cause.run_phase,
+            _iso(z.cause.run_ended_at),
+            int(z.cause.keep_data),
+            z.state,
+            _iso(z.marked_at),
+            z.action,
+            z.attempts,
+            _iso(z.last_attempt_at),
+            z.last_error,
+            _iso(z.resolved_at),
+            z.note,
+        ),
+    )
+
+
+def _zombie(row: aiosqlite.Row) -> Zombie:
+    marked_at = _dt(row["marked_at"])
+    assert marked_at is not None
+    return Zombie(
+        instance_id=InstanceId(row["instance_id"]),
+        region=row["region"],
+        cause=Cause(
+            kind=ZombieKind(row["kind"]),
+            run_id=row["run_id"],
+            run_phase=Phase(row["run_phase"]) if row["run_phase"] else None,
+            run_ended_at=_dt(row["run_ended_at"]),
+            keep_data=bool(row["keep_data"]),
+        ),
+        marked_at=marked_at,
+        state=ZombieState(row["state"]),
+        action=Action(row["action"]) if row["action"] else None,
+        attempts=row["attempts"],
+        last_attempt_at=_dt(row["last_attempt_at"]),
+        last_error=row["last_error"],
+        resolved_at=_dt(row["resolved_at"]),
+        note=row["note"],
+    )
+
+
+def _insert_termination(t: Termination) -> tuple[str, tuple[Any, ...]]:
+    return (
+        f"INSERT INTO terminations ({_TERMINATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            _iso(t.at),
+            t.instance_id,
+            t.region,
+            t.run_id,
+            t.action,
+            t.outcome,
+            t.calls,
+            t.error_code,
+            t.message,
+            t.seconds_since_marked,
+        ),
+    )
+
+
+def _termination(row: aiosqlite.Row) -> Termination:
+    at = _dt(row["at"])
+    assert at is not None
+    return Termination(
+        at=at,
+        instance_id=InstanceId(row["instance_id"]),
+        region=row["region"],
+        run_id=row["run_id"],
+        action=Action(row["action"]),
+        outcome=AttemptOutcome(row["outcome"]),
+        calls=row["calls"],
+        seconds_since_marked=row["seconds_since_marked"],
+        error_code=row["error_code"],
+        message=row["message"],
+    )

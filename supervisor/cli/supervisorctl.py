@@ -12,10 +12,25 @@ from pathlib import Path
 from typing import Any
 
 from supervisor import __version__
-from supervisor.adapters.control import ControlClient, ControlError, DaemonNotRunning, jsonable
-from supervisor.adapters.protocol import AttachRequest, RunDetail, RunView, TailItem
-from supervisor.cli.common import EXIT_OK, EXIT_USAGE, ago, fail, load_settings
+from supervisor.adapters.control import (
+    ControlClient,
+    ControlError,
+    DaemonNotRunning,
+    jsonable,
+    parse_since_days,
+)
+from supervisor.adapters.protocol import (
+    AttachRequest,
+    ReportView,
+    RunDetail,
+    RunView,
+    TailItem,
+    ZombieList,
+)
+from supervisor.cli.common import EXIT_OK, EXIT_USAGE, ago, duration, fail, load_settings
+from supervisor.core.errors import InvalidInput
 from supervisor.core.spec import DEFAULT_FAILURE_MARKER, DEFAULT_MARKERS
+from supervisor.core.zombies import RUN_TAG
 
 DESCRIPTION = """\
 Control the training-run supervisor (supervisord): attach runs, see their phase, follow them.
@@ -196,10 +211,53 @@ def _parser() -> argparse.ArgumentParser:
         "template when the instance is terminated) or leave it (none)",
     )
     sp.add_argument(
+        "--on-rebalance",
+        choices=("checkpoint", "ignore"),
+        help="on an EC2 rebalance recommendation: upload the newest checkpoint while "
+        "training goes on, so a later resume has a recent one (needs --checkpoint-dir), or "
+        "ignore it (the default)",
+    )
+    sp.add_argument(
         "--max-restarts",
         type=int,
         metavar="N",
         help="how many times --on-interruption resume may restart the run (3)",
+    )
+    hb = attach.add_argument_group(
+        "heartbeat and crash data",
+        "Reports the job writes under the run prefix (no network path to the control box).",
+    )
+    hb.add_argument(
+        "--stall-timeout-s",
+        type=float,
+        metavar="S",
+        help="a heartbeat (--heartbeat-file) older than this while the instance runs makes "
+        "the run stalled (off by default; only a job that writes a heartbeat can stall)",
+    )
+    hb.add_argument(
+        "--on-stall",
+        choices=("notify", "checkpoint-stop", "terminate"),
+        help="when stalled: notify (phase stalled, keep watching; the default), "
+        "checkpoint-stop (final checkpoint if configured, then stop), or terminate "
+        "(checkpoint first if configured)",
+    )
+    hb.add_argument(
+        "--heartbeat-file",
+        metavar="KEY",
+        help="the heartbeat's key under the prefix (status.json)",
+    )
+    hb.add_argument(
+        "--crash-report",
+        metavar="KEY",
+        help="attached to the run when it crashes, if present (crash/error.log)",
+    )
+    attach.add_argument(
+        "--tag-instance",
+        action="store_true",
+        default=None,
+        help="tag the instance supervisor:run-id=RUN_ID before watching it, so the daemon's "
+        "IAM policy (deploy/iam-policy.json) can allow stop, terminate and SendCommand on "
+        "tagged instances only; needs ec2:CreateTags",
     )
     attach.add_argument(
         "--spec",
@@ -245,7 +303,60 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text)
         sub.add_argument("run_id", metavar="RUN_ID")
         sub.add_argument("--json", action="store_true", help="print the run as JSON")
+
+    zombies = commands.add_parser(
+        "zombies",
+        help="instances left running after their run ended, or tagged with no run",
+        description=ZOMBIES_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    zombies.add_argument("--json", action="store_true", help="machine-readable output")
+
+    report = commands.add_parser(
+        "report",
+        help="zombie terminations per day, runs by outcome, crash rate",
+        description=REPORT_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    report.add_argument(
+        "--since",
+        type=_since_days,
+        default=7.0,
+        metavar="DAYS",
+        help="how many days back to report, counted from now (default 7; fractions allowed)",
+    )
+    report.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
+
+
+ZOMBIES_DESCRIPTION = f"""\
+List zombie instances, with their age (since the daemon marked them) and the reason:
+
+  - an instance still running after its run ended (stopped, terminated, crashed or
+    interrupted; not a run with --on-complete none, a detached one or a failed one);
+  - an instance tagged {RUN_TAG} that no active run has as its instance.
+
+With SUPERVISOR_AUTO_TERMINATE=true the daemon terminates each zombie
+SUPERVISOR_ZOMBIE_WAIT_S (300) seconds after marking it, with attempts at least
+SUPERVISOR_TERMINATION_COOLDOWN_S (300) seconds apart. A zombie of a run with
+--checkpoint-dir and no verified checkpoint is stopped instead, never terminated (its EBS
+volume keeps the data). Without it (the default) zombies are only listed. Every attempt is
+recorded: `supervisorctl report` sums them up.
+"""
+
+REPORT_DESCRIPTION = """\
+Per UTC day: zombies terminated (confirmed, or already gone), zombies stopped instead,
+attempts and their success rate, mean time from marking to confirmed termination, and
+failed attempts. Then the runs attached in the window by outcome, and the crash rate
+(crashed among the runs with an outcome).
+"""
+
+
+def _since_days(text: str) -> float:
+    try:
+        return parse_since_days(text)
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -272,6 +383,10 @@ async def _run(args: argparse.Namespace, socket_path: Path) -> int:
         elif args.command == "tail":
             async for item in client.tail(args.run_id, follow=args.follow):
                 print(_tail_line(item), flush=True)
+        elif args.command == "zombies":
+            _print_zombies(await client.zombies(), as_json=args.json)
+        elif args.command == "report":
+            _print_report(await client.report(args.since), days=args.since, as_json=args.json)
         elif args.command == "resume":
             run = await client.request(args.run_id, "resume", from_scratch=args.from_scratch)
             _print_run(run, as_json=args.json, verb="resume requested")
@@ -308,7 +423,13 @@ def _attach_request(args: argparse.Namespace) -> AttachRequest:
         "resume_cwd": args.resume_cwd,
         "spot": args.spot,
         "on_interruption": args.on_interruption,
+        "on_rebalance": args.on_rebalance,
+        "stall_timeout_s": args.stall_timeout_s,
+        "on_stall": args.on_stall,
+        "heartbeat_file": args.heartbeat_file,
+        "crash_report": args.crash_report,
         "max_restarts": args.max_restarts,
+        "tag_instance": args.tag_instance,
     }
     template = {
         key: value
@@ -399,6 +520,14 @@ def _print_detail(run: RunDetail, *, as_json: bool) -> None:
     if run.attempt > 1 or len(run.instances) > 1:
         history = ", ".join(f"{i.instance_id} ({i.source})" for i in run.instances)
         print(f"  attempt    {run.attempt}; instances: {history}")
+    if run.verified_attempt is not None and run.verified_attempt != run.attempt:
+        print(f"  resume     from the checkpoint verified in attempt {run.verified_attempt}")
+    for attached in run.attachments:
+        size = f", {attached.size} bytes" if attached.size is not None else ""
+        print(f"  attached   {attached.kind}: {attached.uri}{size}")
+        if attached.excerpt:
+            for line in attached.excerpt.rstrip().splitlines()[-CRASH_LINES:]:
+                print(f"             | {line}")
     print("  transitions:")
     for t in run.transitions:
         print(f"    {t.at:%Y-%m-%d %H:%M:%S}  {t.from_ or '-':>11} -> {t.to:<11} {t.reason}")
@@ -408,6 +537,9 @@ def _print_detail(run: RunDetail, *, as_json: bool) -> None:
             f"  action {a.action} at {a.at:%H:%M:%S}: {a.outcome} after {a.attempts} "
             f"attempt(s){error}"
         )
+
+
+CRASH_LINES = 10  # the last lines of a crash report shown by `status RUN_ID`
 
 
 def _checkpoint_facts(run: RunDetail) -> str:
@@ -435,6 +567,83 @@ def _tail_line(item: TailItem) -> str:
     e = item.event
     fields = " ".join(f"{k}={v}" for k, v in e.fields.items())
     return f"{e.at:%Y-%m-%dT%H:%M:%S}Z  · {e.event} {fields}".rstrip()
+
+
+def _print_zombies(found: ZombieList, *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(jsonable(found), indent=2))
+        return
+    if found.auto_terminate:
+        print(
+            f"auto-terminate on: a zombie is terminated {duration(found.wait_s)} after it was "
+            f"marked, attempts at least {duration(found.cooldown_s)} apart"
+        )
+    else:
+        print("auto-terminate off: zombies are listed, never touched (SUPERVISOR_AUTO_TERMINATE)")
+    if not found.zombies:
+        print("no zombie instances")
+        return
+    rows = [("INSTANCE", "REGION", "RUN", "STATE", "AGE", "ATTEMPTS", "NEXT")]
+    for z in found.zombies:
+        if z.next_action is None:
+            upcoming = "-"
+        elif z.next_at is None:
+            upcoming = f"{z.next_action} now"
+        else:
+            upcoming = f"{z.next_action} in {ago(z.next_at)}"
+        rows.append(
+            (
+                z.instance_id,
+                z.region,
+                z.run_id or "-",
+                z.state,
+                duration(z.age_s),
+                str(z.attempts),
+                upcoming,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    print("  ".join(cell.ljust(w) for cell, w in zip(rows[0], widths, strict=True)).rstrip())
+    for row, z in zip(rows[1:], found.zombies, strict=True):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        print(f"    {z.reason}")
+        if z.last_error:
+            print(f"    last attempt failed: {z.last_error}")
+
+
+def _print_report(report: ReportView, *, days: float, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(jsonable(report), indent=2))
+        return
+    print(f"since {report.since:%Y-%m-%d %H:%M} UTC ({days:g} days)")
+    if not report.days:
+        print("zombie terminations: no attempts")
+    else:
+        rows = [
+            ("DAY", "TERMINATED", "STOPPED", "ATTEMPTS", "SUCCESS", "MEAN TO TERMINATED", "FAILED")
+        ]
+        for d in report.days:
+            rate = f"{d.success_rate:.0%}" if d.success_rate is not None else "-"
+            mean = duration(d.mean_s_to_terminated) if d.mean_s_to_terminated is not None else "-"
+            rows.append(
+                (
+                    d.day,
+                    str(d.terminations),
+                    str(d.stops),
+                    str(d.attempts),
+                    rate,
+                    mean,
+                    str(d.failed_attempts),
+                )
+            )
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    outcomes = ", ".join(f"{outcome} {n}" for outcome, n in report.runs_by_outcome.items())
+    print(f"runs attached: {report.runs}" + (f" ({outcomes})" if outcomes else ""))
+    crash = f"{report.crash_rate:.0%}" if report.crash_rate is not None else "- (no run ended)"
+    print(f"crash rate: {crash}")
+    print(f"open zombies: {report.open_zombies}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """`python -m supervisor.demo` (`make demo`): the supervisor end to end, in well under a minute,
 with nothing but this machine.
 
-A local moto server stands in for EC2 and S3. The real daemon (`supervisord start`) watches
-four runs attached with the real CLI (`supervisorctl attach`), each on an instance launched in
-moto, with its timings compressed (polls 1 s doubling to 4 s, grace 2 s):
+A local moto server stands in for EC2, S3 and SQS. The real daemon (`supervisord start`)
+watches five runs attached with the real CLI (`supervisorctl attach`), each on an instance
+launched in moto, with its timings compressed (polls 1 s doubling to 4 s, grace 2 s), and
+consumes an SQS queue of EC2 events (SUPERVISOR_EVENTS_QUEUE_URL):
 
   demo-stop        a job (a local process) finishes and writes COMPLETE to its run prefix;
                    the supervisor waits out the grace period and stops the instance.
@@ -17,8 +18,19 @@ moto, with its timings compressed (polls 1 s doubling to 4 s, grace 2 s):
                    instance program uploads it with its SHA-256, the daemon verifies it in S3,
                    and only then terminates the instance, ending the 30 s grace early once
                    the prefix is quiet.
+  demo-spot        a spot interruption, attached with --spot --on-interruption resume. While
+                   its job trains (writing step_N.pt), the demo plays AWS: it puts the real
+                   "EC2 Spot Instance Interruption Warning" JSON on the queue. The supervisor
+                   SIGTERMs the job and verifies its final checkpoint in S3 inside the
+                   two-minute notice (interrupting). The demo then terminates the instance in
+                   moto, as AWS would, and queues the state-change JSON: the run is
+                   interrupted, with the seconds that were left. It resumes by itself on a new
+                   instance launched from a moto launch template: the checkpoint is restored
+                   from S3 into the emptied directory, the job restarts from it (attempt 2),
+                   finishes, and the new instance is terminated once its final checkpoint is
+                   verified.
 
-The demo waits until all four runs have ended (75 s deadline), shows what the supervisor
+The demo waits until all five runs have ended (75 s deadline), shows what the supervisor
 recorded, what EC2 says and what S3 holds, then stops everything it started and removes its
 state directory. It exits 0 only if every run ended as expected.
 """
@@ -44,6 +56,7 @@ import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
@@ -52,6 +65,7 @@ import boto3
 from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
+from supervisor.demo.events import spot_warning, state_change
 from supervisor.runtime.service import process_alive
 
 if TYPE_CHECKING:
@@ -71,6 +85,13 @@ TERMINAL = frozenset({"stopped", "terminated", "crashed", "done", "failed", "det
 CHECKPOINT_GRACE_S = 30
 QUIET_S = 1
 SIGTERM_TIMEOUT_S = 10
+# demo-spot: the events queue the daemon consumes, where its resumed attempt comes from, and
+# how many checkpoints its job writes before AWS (the demo) sends the interruption warning.
+QUEUE = "demo-events"
+LAUNCH_TEMPLATE = "demo-spot-resume"
+CHECKPOINTS_BEFORE_WARNING = 2
+
+SPOT_MARGIN_S = 15  # SUPERVISOR_SPOT_MARGIN_S, the default
 
 DAEMON_SETTINGS = {
     "SUPERVISOR_POLL_INITIAL_S": "1",
@@ -78,6 +99,7 @@ DAEMON_SETTINGS = {
     "SUPERVISOR_GRACE_S": "2",
     "SUPERVISOR_RECONCILE_INTERVAL_S": "1",
     "SUPERVISOR_RETRY_BASE_S": "0.2",
+    "SUPERVISOR_SPOT_MARGIN_S": str(SPOT_MARGIN_S),
 }
 
 
@@ -126,7 +148,16 @@ CHECKPOINT = Plan(
     "terminated",
     checkpoint="verified",
 )
-PLANS = (STOP, TERMINATE, CRASH, CHECKPOINT)
+SPOT = Plan(
+    "demo-spot",
+    "terminate",
+    8,
+    "terminated",
+    "completed",
+    "terminated",
+    checkpoint="verified",
+)
+PLANS = (STOP, TERMINATE, CRASH, CHECKPOINT, SPOT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +250,77 @@ def _checkpoint_problems(plan: Plan, facts: CheckpointFacts) -> list[str]:
     return problems
 
 
+@dataclass(slots=True)
+class SpotFacts:
+    """demo-spot after the end: the supervisor's record, EC2's, and the job's log in S3."""
+
+    detail: dict[str, Any]
+    """`supervisorctl status demo-spot --json`."""
+    instances: dict[str, dict[str, Any]]
+    """Each of the run's instances as DescribeInstances shows it, by id."""
+    log: list[str]
+    """The job's logs/train.log in S3, both attempts."""
+    template_id: str
+    problems: list[str] = field(default_factory=list)
+
+
+SPOT_PHASES = ["pending", "running", "interrupting", "interrupted", "resuming", "running"]
+"""How demo-spot's record must begin: interrupted on attempt 1, resumed as attempt 2."""
+RESUMED_FROM = re.compile(r"resumed: .*from (step_\d+_final\.pt)")
+
+
+def _tags(instance: dict[str, Any]) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+
+
+def _spot_problems(plan: Plan, facts: SpotFacts) -> list[str]:
+    """Every way demo-spot's interruption and resume differ from the story."""
+    who, detail = plan.run_id, facts.detail
+    problems = []
+    if detail.get("attempt") != 2:
+        problems.append(
+            f"{who}: expected attempt 2 (resumed once, on a new instance), got attempt "
+            f"{detail.get('attempt')}: the spot run was not resumed"
+        )
+    transitions = detail.get("transitions", [])
+    phases = [t.get("to") for t in transitions]
+    if phases[: len(SPOT_PHASES)] != SPOT_PHASES:
+        problems.append(f"{who}: expected the phases to begin {SPOT_PHASES}, got {phases}")
+    interrupted = [t for t in transitions if t.get("to") == "interrupted"]
+    if interrupted:
+        facts_of = interrupted[0].get("detail", {})
+        left = facts_of.get("seconds_left_when_verified")
+        if facts_of.get("checkpoint") != "verified" or not left or left <= 0:
+            problems.append(
+                f"{who}: the checkpoint was not verified inside the notice "
+                f"(checkpoint {facts_of.get('checkpoint')}, seconds left {left})"
+            )
+    resumed = [t for t in transitions[1:] if t.get("from") == "resuming"]
+    if resumed and resumed[0].get("detail", {}).get("from_scratch") is not False:
+        problems.append(f"{who}: attempt 2 did not start from the restored checkpoint")
+    used = [(i.get("instance_id"), i.get("source")) for i in detail.get("instances", [])]
+    if [source for _, source in used] != ["attached", "launched"] or used[0][0] == used[1][0]:
+        problems.append(f"{who}: expected the attached instance, then a launched one: {used}")
+    else:
+        second = facts.instances.get(str(used[1][0]), {})
+        tags = _tags(second)
+        if tags.get(RUN_TAG) != who or tags.get("aws:ec2launchtemplate:id") != facts.template_id:
+            problems.append(
+                f"{who}: the new instance {used[1][0]} is not tagged {RUN_TAG}={who} and "
+                f"launched from {facts.template_id}: {tags}"
+            )
+        for instance_id, _ in used:
+            state = facts.instances.get(str(instance_id), {}).get("State", {}).get("Name")
+            if state != "terminated":
+                problems.append(f"{who}: expected {instance_id} terminated, EC2 says {state}")
+    if not any(RESUMED_FROM.search(line) for line in facts.log):
+        problems.append(
+            f"{who}: the job's log has no 'resumed ... from step_N_final.pt': attempt 2 did "
+            "not find the restored checkpoint"
+        )
+    return problems
+
+
 class DemoError(Exception):
     """The demo cannot go on; the message says why."""
 
@@ -250,6 +352,12 @@ class Demo:
         self.instances: dict[str, str] = {}
         self.ec2: EC2Client | None = None
         self.s3: S3Client | None = None
+        self.sqs: Any = None
+        self.queue_url = ""
+        self.template_id = ""
+        self.spot_stage = "training"
+        """Where demo-spot's story is: training, warned, gone (instance taken), resumed."""
+        self.spot_warned_at = 0.0
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -265,20 +373,23 @@ class Demo:
         for plan in (STOP, TERMINATE):
             self.attach_and_train(plan)
         self.attach_and_train_with_checkpoints(CHECKPOINT)
+        self.attach_spot(SPOT)
         final = self.wait_for_runs()
         self.wait_for_jobs()
         self.show_results()
         facts = self.inspect_checkpoint(CHECKPOINT)
         self.show_checkpoint(CHECKPOINT, facts)
+        spot = self.inspect_spot(SPOT)
+        self.show_spot(SPOT, spot)
         heading("the daemon itself: supervisord status")
         self.cli("supervisord", "status", check=False)
-        problems = self.compare(final) + facts.problems
+        problems = self.compare(final) + facts.problems + spot.problems
         heading("supervisord: stopping the daemon (it finishes in-flight transitions first)")
         self.stop_daemon()
         return problems
 
     def start_aws(self) -> None:
-        heading("AWS: starting a moto server on 127.0.0.1 to stand in for EC2 and S3")
+        heading("AWS: starting a moto server on 127.0.0.1 to stand in for EC2, S3 and SQS")
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
         self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.moto.start()
@@ -300,24 +411,51 @@ class Demo:
         )
         self.ec2 = boto3.client("ec2")
         self.s3 = boto3.client("s3")
+        self.sqs = boto3.client("sqs")
+        self.queue_url = self.sqs.create_queue(QueueName=QUEUE)["QueueUrl"]
+        print(f"events queue (on AWS, EventBridge rules feed it): {self.queue_url}")
 
     def start_daemon(self) -> None:
         self.state_dir = Path(tempfile.mkdtemp(prefix="supervisor-demo-", dir="/tmp"))
-        self.env = {**os.environ, "SUPERVISOR_STATE_DIR": str(self.state_dir), **DAEMON_SETTINGS}
+        self.env = {
+            **os.environ,
+            "SUPERVISOR_STATE_DIR": str(self.state_dir),
+            **DAEMON_SETTINGS,
+            "SUPERVISOR_EVENTS_QUEUE_URL": self.queue_url,
+        }
         timings = ", ".join(
             f"{k.removeprefix('SUPERVISOR_')}={v}" for k, v in DAEMON_SETTINGS.items()
         )
         heading("supervisord: starting the real daemon in the background, timings compressed")
         print(f"state directory {self.state_dir}; {timings}")
+        print(f"and EVENTS_QUEUE_URL={self.queue_url}: it long-polls the queue for EC2 events")
         result = self.cli("supervisord", "start", timeout=45)
         match = re.search(r"pid (\d+)", result.stdout)
         self.daemon_pid = int(match.group(1)) if match else self.pid_from_file()
 
     def launch_instances(self) -> None:
         assert self.ec2 is not None and self.s3 is not None
-        heading(f"AWS: creating bucket {BUCKET} and launching one instance per run")
+        heading(
+            f"AWS: creating bucket {BUCKET} and a launch template, and launching one instance "
+            "per run"
+        )
         self.s3.create_bucket(Bucket=BUCKET)
+        self.template_id = self.ec2.create_launch_template(
+            LaunchTemplateName=LAUNCH_TEMPLATE,
+            LaunchTemplateData={
+                "ImageId": AMI,
+                "InstanceType": "t3.micro",
+                "InstanceMarketOptions": {"MarketType": "spot"},
+            },
+        )["LaunchTemplate"]["LaunchTemplateId"]
+        print(
+            f"launch template {LAUNCH_TEMPLATE} ({self.template_id}): where {SPOT.run_id} gets "
+            "a new instance when it resumes"
+        )
         for plan in PLANS:
+            spot: dict[str, Any] = {}
+            if plan is SPOT:
+                spot = {"InstanceMarketOptions": {"MarketType": "spot"}}
             reply = self.ec2.run_instances(
                 ImageId=AMI,
                 MinCount=1,
@@ -325,10 +463,12 @@ class Demo:
                 TagSpecifications=[
                     {"ResourceType": "instance", "Tags": [{"Key": RUN_TAG, "Value": plan.run_id}]}
                 ],
+                **spot,
             )
             instance_id = reply["Instances"][0]["InstanceId"]
             self.instances[plan.run_id] = instance_id
-            print(f"{plan.run_id:<16} {instance_id}  tagged {RUN_TAG}={plan.run_id}")
+            kind = " (a spot instance)" if spot else ""
+            print(f"{plan.run_id:<16} {instance_id}  tagged {RUN_TAG}={plan.run_id}{kind}")
 
     def crash_before_start(self, plan: Plan) -> None:
         assert self.ec2 is not None
@@ -377,6 +517,43 @@ class Demo:
         )
         self.start_job(plan, "--checkpoint-dir", str(directory), "--pid-file", str(pid_file))
 
+    def attach_spot(self, plan: Plan) -> None:
+        heading(
+            f"{plan.run_id}: a spot run that is interrupted, then resumes by itself on a new "
+            "instance (--spot --on-interruption resume)"
+        )
+        directory, pid_file = self.checkpoint_dir(plan), self.pid_file(plan)
+        training = ("--checkpoint-dir", str(directory), "--pid-file", str(pid_file))
+        print(
+            f"its job trains like {CHECKPOINT.run_id}'s; once it has written "
+            f"{CHECKPOINTS_BEFORE_WARNING} checkpoints, the demo plays AWS and sends the\n"
+            "interruption warning. --resume-command starts attempt 2's training (the local "
+            "transport runs it here,\nas if on the new instance); the job resumes from the "
+            "newest checkpoint it finds in its directory."
+        )
+        self.attach(
+            plan,
+            "--spot",
+            "--on-interruption",
+            "resume",
+            "--max-restarts",
+            "1",
+            "--launch-template-id",
+            self.template_id,
+            "--resume-command",
+            shlex.join(self.job_command(plan, *training)),
+            "--transport",
+            "local",
+            *training,
+            "--grace-s",
+            str(CHECKPOINT_GRACE_S),
+            "--quiet-s",
+            str(QUIET_S),
+            "--sigterm-timeout-s",
+            str(SIGTERM_TIMEOUT_S),
+        )
+        self.start_job(plan, *training)
+
     def checkpoint_dir(self, plan: Plan) -> Path:
         # Paths on the "instance" must match [A-Za-z0-9_.-/]+; mkdtemp's names do.
         assert self.state_dir is not None
@@ -386,10 +563,9 @@ class Demo:
         assert self.state_dir is not None
         return self.state_dir / plan.run_id / "train.pid"
 
-    def start_job(self, plan: Plan, *extra: str) -> None:
-        assert plan.steps is not None and self.state_dir is not None
-        log_path = self.state_dir / f"job-{plan.run_id}.log"
-        command = [
+    def job_command(self, plan: Plan, *extra: str) -> list[str]:
+        assert plan.steps is not None
+        return [
             sys.executable,
             "-m",
             "supervisor.demo.job",
@@ -405,6 +581,11 @@ class Demo:
             "complete",
             *extra,
         ]
+
+    def start_job(self, plan: Plan, *extra: str) -> None:
+        assert self.state_dir is not None
+        log_path = self.state_dir / f"job-{plan.run_id}.log"
+        command = self.job_command(plan, *extra)
         print(f"$ python -m supervisor.demo.job {shlex.join(command[3:])}  (log: {log_path})")
         with open(log_path, "wb") as log_file:
             self.jobs[plan.run_id] = subprocess.Popen(
@@ -432,30 +613,130 @@ class Demo:
 
     def wait_for_runs(self) -> dict[str, dict[str, Any]]:
         heading(
-            f"waiting for all four runs to end (deadline {DEADLINE_S:.0f}s): the daemon polls "
+            f"waiting for all five runs to end (deadline {DEADLINE_S:.0f}s): the daemon polls "
             "each run prefix 1s→4s, then waits the 2s grace"
         )
         print(
             f"({CHECKPOINT.run_id}: the checkpoint step first, then a {CHECKPOINT_GRACE_S}s grace "
-            f"that ends once the prefix has been quiet for {QUIET_S}s)"
+            f"that ends once the prefix has been quiet for {QUIET_S}s;\n {SPOT.run_id}: the demo "
+            "plays AWS as it goes, with the messages on the events queue)"
         )
         last_print = 0.0
         last_phases: tuple[str, ...] = ()
         while True:
             runs = self.runs()
-            phases = tuple(str(runs.get(p.run_id, {}).get("phase", "?")) for p in PLANS)
+            seen = [runs.get(p.run_id, {}) for p in PLANS]
+            phases = tuple(f"{run.get('phase', '?')}/{run.get('attempt')}" for run in seen)
             now = time.monotonic()
             if phases != last_phases or now - last_print >= PROGRESS_EVERY_S:
                 print(self.progress_line(runs))
                 last_print, last_phases = now, phases
-            if all(phase in TERMINAL for phase in phases):
+            if self.drive_spot(runs.get(SPOT.run_id, {})):
+                continue  # what it did shows at once: look again without waiting
+            if all(phase.partition("/")[0] in TERMINAL for phase in phases):
                 return runs
             if self.elapsed() > DEADLINE_S:
                 raise DemoError(
                     f"the runs did not all end within {DEADLINE_S:.0f}s of the demo's start: "
                     + ", ".join(f"{p.run_id} {ph}" for p, ph in zip(PLANS, phases, strict=True))
+                    + " (phase/attempt)"
                 )
             time.sleep(1.0)
+
+    # -- demo-spot: the demo plays AWS ----------------------------------------------------------
+
+    def drive_spot(self, run: dict[str, Any]) -> bool:
+        """Take demo-spot's next step once its moment has come: the interruption warning while
+        the job trains, AWS taking the instance back once the checkpoint is verified, then the
+        report of the resume. True if it did something."""
+        phase = run.get("phase")
+        if phase == "failed":
+            raise DemoError(f"{SPOT.run_id} failed: {run.get('reason')}")
+        if self.spot_stage == "training":
+            written = list(self.checkpoint_dir(SPOT).glob("step_*.pt"))
+            if phase == "running" and len(written) >= CHECKPOINTS_BEFORE_WARNING:
+                self.send_spot_warning(SPOT)
+                self.spot_stage = "warned"
+                return True
+        elif self.spot_stage == "warned":
+            if run.get("checkpoint") == "unverified":
+                raise DemoError(f"{SPOT.run_id}: the checkpoint inside the notice was not verified")
+            if phase == "interrupting" and run.get("checkpoint") == "verified":
+                self.take_instance_back(SPOT)
+                self.spot_stage = "gone"
+                return True
+        elif self.spot_stage == "gone" and (run.get("attempt") or 1) >= 2 and phase != "resuming":
+            self.report_resume(SPOT)
+            self.spot_stage = "resumed"
+            return True
+        return False
+
+    def say(self, text: str) -> None:
+        print(f"  [{self.elapsed():5.1f}s] {text}")
+
+    def queue(self, body: dict[str, Any]) -> None:
+        self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=json.dumps(body))
+
+    def send_spot_warning(self, plan: Plan) -> None:
+        instance_id = self.instances[plan.run_id]
+        body = spot_warning(instance_id, region=REGION, at=datetime.now(UTC))
+        self.queue(body)
+        self.spot_warned_at = time.monotonic()
+        self.say(
+            f"{plan.run_id}: AWS (the demo) reclaims the spot capacity: the interruption "
+            f"warning for {instance_id} goes on the queue, as EventBridge delivers it:"
+        )
+        print(indent(json.dumps(body, indent=2), "             "))
+
+    def take_instance_back(self, plan: Plan) -> None:
+        assert self.ec2 is not None
+        took = time.monotonic() - self.spot_warned_at
+        detail = self.ctl_json("status", plan.run_id, "--json")
+        warned = [t for t in detail["transitions"] if t["to"] == "interrupting"][-1]["detail"]
+        self.say(
+            f"{plan.run_id}: seen {took:.1f}s after the warning was queued: the supervisor has "
+            "SIGTERMed the job and verified its final\n"
+            f"           checkpoint in S3 (deadline: the warning's time + 120s - {SPOT_MARGIN_S}s "
+            f"margin, {warned['seconds_left']:.0f}s away when the warning came)"
+        )
+        directory = self.checkpoint_dir(plan)
+        names = sorted(path.name for path in directory.iterdir())
+        for path in directory.iterdir():
+            if path.is_file():
+                path.unlink()
+        instance_id = self.instances[plan.run_id]
+        self.ec2.terminate_instances(InstanceIds=[instance_id])
+        self.queue(state_change(instance_id, "terminated", region=REGION, at=datetime.now(UTC)))
+        self.say(
+            f"{plan.run_id}: AWS (the demo) takes {instance_id} back: terminated in moto, and "
+            "its state-change event goes on the queue\n"
+            f"           (the new instance's disk starts empty: {', '.join(names)} removed from "
+            f"{directory})"
+        )
+
+    def report_resume(self, plan: Plan) -> None:
+        detail = self.ctl_json("status", plan.run_id, "--json")
+        transitions = detail["transitions"]
+        interrupted = [t for t in transitions if t["to"] == "interrupted"][-1]
+        facts = interrupted["detail"]
+        left = facts.get("seconds_left_when_verified")
+        self.say(
+            f"{plan.run_id}: interrupted: checkpoint {facts.get('checkpoint')} with "
+            f"{left if left is None else round(left)}s of the notice left; "
+            f"{interrupted['reason'].rpartition('; ')[2]}"
+        )
+        resumed = [t for t in transitions if t["from"] == "resuming"][-1]
+        self.say(
+            f"{plan.run_id}: attempt {detail['attempt']} running on {detail['instance_id']}, "
+            f"launched from {LAUNCH_TEMPLATE}; the checkpoint restored from S3, the job "
+            f"restarted\n           with --resume-command (pid {resumed['detail'].get('pid')})"
+        )
+        assert self.s3 is not None
+        with contextlib.suppress(ClientError):
+            body = self.s3.get_object(Bucket=BUCKET, Key=plan.prefix_key + "logs/train.log")
+            lines = body["Body"].read().decode(errors="replace").splitlines()
+            for line in (line for line in lines if RESUMED_FROM.search(line)):
+                print(f"           the job's log: {line}")
 
     def progress_line(self, runs: dict[str, dict[str, Any]]) -> str:
         parts = []
@@ -464,18 +745,21 @@ class Demo:
             text = f"{plan.run_id.removeprefix('demo-')} {run.get('phase', '?')}"
             if run.get("outcome"):
                 text += f"/{run['outcome']}"
-            job = self.job_step(plan)
+            if (run.get("attempt") or 1) > 1:
+                text += f" attempt {run['attempt']}"
+            job = self.job_step(plan, run)
             if job:
                 text += f" (job {job})"
             parts.append(text)
         return f"  [{self.elapsed():5.1f}s] " + " | ".join(parts)
 
-    def job_step(self, plan: Plan) -> str:
+    def job_step(self, plan: Plan, run: dict[str, Any]) -> str:
         """The job's progress from its heartbeat, as the supervisor would see it in S3."""
         job = self.jobs.get(plan.run_id)
         if job is None or self.s3 is None:
             return ""
-        if job.poll() is not None:
+        resumed = (run.get("attempt") or 1) > 1  # a job this demo did not start: the daemon did
+        if job.poll() is not None and not resumed:
             return f"exited {job.returncode}"
         try:
             body = self.s3.get_object(Bucket=BUCKET, Key=plan.prefix_key + "status.json")["Body"]
@@ -590,6 +874,43 @@ class Demo:
             print(f"          manifest       {entry.get('sha256', '(not in the manifest)')}")
             agree = len(sizes) == 1 and len(hashes) == 1
             print("          " + ("the same bytes everywhere" if agree else "DIFFERENT"))
+
+    def inspect_spot(self, plan: Plan) -> SpotFacts:
+        """What the supervisor recorded for demo-spot, its instances in EC2 and the job's log,
+        with every way they differ from the story."""
+        assert self.ec2 is not None and self.s3 is not None
+        detail = self.ctl_json("status", plan.run_id, "--json")
+        ids = [i["instance_id"] for i in detail.get("instances", [])]
+        reservations = self.ec2.describe_instances(InstanceIds=ids)["Reservations"] if ids else []
+        instances = {str(i["InstanceId"]): dict(i) for r in reservations for i in r["Instances"]}
+        log: list[str] = []
+        with contextlib.suppress(ClientError):
+            body = self.s3.get_object(Bucket=BUCKET, Key=plan.prefix_key + "logs/train.log")
+            log = body["Body"].read().decode(errors="replace").splitlines()
+        facts = SpotFacts(detail, instances, log, self.template_id)
+        facts.problems = _spot_problems(plan, facts)
+        return facts
+
+    def show_spot(self, plan: Plan, facts: SpotFacts) -> None:
+        heading(
+            f"{plan.run_id}: what the supervisor recorded (supervisorctl status {plan.run_id}): "
+            "interrupted, resumed, completed on attempt 2"
+        )
+        self.cli("supervisorctl", "status", plan.run_id)
+        heading(f"{plan.run_id}: its two instances in EC2 (moto)")
+        for used in facts.detail.get("instances", []):
+            instance = facts.instances.get(used["instance_id"], {})
+            tags = ", ".join(f"{k}={v}" for k, v in sorted(_tags(instance).items()))
+            lifecycle = instance.get("InstanceLifecycle")
+            print(
+                f"  {used['instance_id']}  {instance.get('State', {}).get('Name', '?'):<11} "
+                f"{used['source']}{f' ({lifecycle})' if lifecycle else ''}; tags: {tags or '-'}"
+            )
+        heading(
+            f"{plan.run_id}: the job's log in S3 ({plan.s3_prefix}logs/train.log): attempt 1, "
+            "the SIGTERM, attempt 2 from the restored checkpoint"
+        )
+        print(indent("\n".join(facts.log) or "(no log)"))
 
     def instance_states(self) -> list[str]:
         assert self.ec2 is not None

@@ -9,7 +9,9 @@ to `--pid-file`, writes `step_N.pt` into the checkpoint directory every step (ke
 two), and after writing COMPLETE it keeps running, like a job that finished its epochs but
 still holds the GPU (evaluating, say). On SIGTERM, at any point, it writes a final checkpoint
 `step_N_final.pt` and exits 0: the supervisor's instance program sends that SIGTERM, then
-uploads the newest checkpoint.
+uploads the newest checkpoint. Started again (a resume) with checkpoints in the directory, as
+the supervisor's restore leaves them, it goes on from the newest one's step and appends to the
+log the earlier attempt left under the prefix.
 
 Standard library and boto3 only, like the instance-side code. AWS settings (endpoint, region,
 credentials) come from the standard AWS chain, e.g. AWS_ENDPOINT_URL for a moto server.
@@ -25,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -34,12 +37,14 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 import boto3
+from botocore.exceptions import ClientError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 SLICE_S = 0.05
 """How often a checkpointing job looks for a stop request while it waits."""
+CHECKPOINT_NAME = re.compile(r"^step_(\d+)(_final)?\.pt$")
 
 
 class Stopped(Exception):
@@ -114,6 +119,14 @@ class Job:
             Body=body.encode(),
             ContentType=content_type,
         )
+
+    def continue_log(self) -> None:
+        """Start from the log an earlier attempt left under the prefix, if any."""
+        try:
+            body = self.s3.get_object(Bucket=self.bucket, Key=self.prefix + "logs/train.log")
+        except ClientError:
+            return
+        self.log_lines = body["Body"].read().decode(errors="replace").splitlines()
 
     def log(self, message: str) -> None:
         line = f"{_now()} {message}"
@@ -210,6 +223,16 @@ def _checkpoint(directory: Path, name: str, step: int, size: int) -> Path:
     return path
 
 
+def _newest_checkpoint(directory: Path) -> tuple[int, str] | None:
+    """(step, file name) of the newest step_N.pt or step_N_final.pt in the directory."""
+    found = [
+        (int(match.group(1)), path.name)
+        for path in directory.iterdir()
+        if (match := CHECKPOINT_NAME.match(path.name)) and path.is_file()
+    ]
+    return max(found) if found else None
+
+
 def _train_with_checkpoints(args: argparse.Namespace) -> int:
     stop = StopRequest()
     signal.signal(signal.SIGTERM, stop)
@@ -221,11 +244,18 @@ def _train_with_checkpoints(args: argparse.Namespace) -> int:
     job = Job(boto3.client("s3"), args.bucket, args.prefix)
     steps, size = max(args.steps, 1), max(args.checkpoint_kb, 1) * 1024
     step, loss = 0, 2.5
-    job.heartbeat(0, steps, "starting", None)
-    job.log(
-        f"training started: pid {os.getpid()}, {steps} steps of {args.step_s}s, "
-        f"checkpoints in {directory}"
-    )
+    resumed = _newest_checkpoint(directory)
+    if resumed is None:
+        job.heartbeat(0, steps, "starting", None)
+        job.log(
+            f"training started: pid {os.getpid()}, {steps} steps of {args.step_s}s, "
+            f"checkpoints in {directory}"
+        )
+    else:
+        step, name = resumed
+        job.continue_log()
+        job.heartbeat(step, steps, "resuming", None)
+        job.log(f"resumed: pid {os.getpid()}, from {name} in {directory}, at step {step}/{steps}")
     while step < steps and not stop.wait(args.step_s):
         step += 1
         loss = _loss(step, steps)

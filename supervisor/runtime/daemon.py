@@ -1,5 +1,5 @@
-"""The daemon: one TaskGroup holding the control server, the reconciler and a guarded monitor
-task per run; the control API; two-phase shutdown.
+"""The daemon: one TaskGroup holding the control server, the reconciler, the zombie sweep and
+a guarded monitor task per run; the control API; two-phase shutdown.
 
 Start-up re-adopts every non-terminal run from SQLite with no AWS call per run; runs whose
 intent was open are re-driven through one batched describe.
@@ -12,35 +12,49 @@ import os
 import random
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 
 from supervisor import __version__
 from supervisor.adapters.aws import queue_region
-from supervisor.adapters.control import ControlServer
+from supervisor.adapters.control import ControlServer, parse_since_days
 from supervisor.adapters.protocol import (
     ActionView,
+    AttachmentView,
     AttachRequest,
     DaemonStatus,
     InstanceView,
+    ReportView,
     RunDetail,
     RunView,
     TailItem,
     TransitionView,
+    ZombieList,
 )
 from supervisor.adapters.store import RunRecord, Store
-from supervisor.core.errors import InvalidInput, InvalidTransition, ShuttingDown, UnknownRun
+from supervisor.core.errors import (
+    ExternalError,
+    InvalidInput,
+    InvalidTransition,
+    NotFoundError,
+    ShuttingDown,
+    TransientError,
+    UnknownRun,
+)
 from supervisor.core.events import MonitorFailed, ResumeRequested, UserAction, UserRequested
 from supervisor.core.machine import Policy, new_run, step
 from supervisor.core.run import TERMINAL_PHASES, Run
 from supervisor.core.spec import RunSpec, Transport
+from supervisor.core.zombies import RUN_TAG
 from supervisor.runtime.events import EventConsumer, Queue
 from supervisor.runtime.monitor import Monitor, MonitorDeps
 from supervisor.runtime.ports import Clock, Cloud, InstanceShell, SystemClock
 from supervisor.runtime.reconciler import Reconciler
+from supervisor.runtime.retry import GaveUp, call_with_retries
 from supervisor.runtime.settings import Settings
+from supervisor.runtime.zombies import ZombieWatch, report_view, zombie_view
 
 log = structlog.get_logger("supervisor.daemon")
 
@@ -90,6 +104,14 @@ class Daemon:
         self.policy = self._deps.policy
         self.rng = self._deps.rng
         self.shells = self._deps.shells
+        self.zombie_watch = ZombieWatch(
+            store,
+            cloud,
+            self.clock,
+            policy=settings.zombie_policy,
+            interval_s=settings.zombie_interval_s,
+            retry_base_s=settings.retry_base_s,
+        )
         self.started_at = self.clock.now()
         self.accepting = False
         self._stop = asyncio.Event()
@@ -124,6 +146,7 @@ class Daemon:
             for record in active:
                 self.spawn(record.run)
             self._start(guard(self.reconciler.run_forever(), "reconciler"), "reconciler")
+            self._start(guard(self.zombie_watch.run_forever(), "zombies"), "zombies")
             if self.consumer is not None:
                 self._start(guard(self.consumer.run_forever(), "events"), "events")
             await self.server.start()
@@ -222,6 +245,7 @@ def run_view(run: Run) -> RunView:
         error_code=run.error_code,
         checkpoint=run.checkpoint,
         attempt=run.attempt,
+        verified_attempt=run.verified_attempt,
     )
 
 
@@ -231,6 +255,7 @@ class ControlApi:
     def __init__(self, daemon: Daemon) -> None:
         self._d = daemon
         self._resume_lock = asyncio.Lock()
+        self._attach_lock = asyncio.Lock()
 
     def _live(self, record: RunRecord) -> Run:
         monitor = self._d.monitors.get(record.run.spec.run_id)
@@ -262,24 +287,62 @@ class ControlApi:
                 f"transport {spec.transport!r} is not available in this daemon: "
                 f"use one of {', '.join(sorted(d.shells)) or '(none)'}"
             )
-        for monitor in d.monitors.values():
-            other = monitor.run
-            if other.instance_id == spec.instance_id and other.spec.region == spec.region:
-                raise InvalidInput(
-                    f"instance {spec.instance_id} is already watched by run "
-                    f"{other.spec.run_id!r}: detach that run first"
-                )
-        decision = new_run(spec, now=d.clock.now())
-        await d.store.create_run(decision)
+        # One attach at a time: the checks below, the tag and the insert must not interleave
+        # with another attach of the same run id or instance.
+        async with self._attach_lock:
+            for monitor in d.monitors.values():
+                other = monitor.run
+                if other.instance_id == spec.instance_id and other.spec.region == spec.region:
+                    raise InvalidInput(
+                        f"instance {spec.instance_id} is already watched by run "
+                        f"{other.spec.run_id!r}: detach that run first"
+                    )
+            if spec.tag_instance:
+                await self._tag_instance(spec)
+            decision = new_run(spec, now=d.clock.now())
+            await d.store.create_run(decision)
+            log.info(
+                "run_attached",
+                run_id=spec.run_id,
+                instance_id=spec.instance_id,
+                s3_prefix=spec.s3_prefix,
+                on_complete=spec.on_complete,
+            )
+            d.spawn(decision.run)
+        return run_view(decision.run)
+
+    async def _tag_instance(self, spec: RunSpec) -> None:
+        """Tag the instance `supervisor:run-id` before the run exists, so a failure stores
+        nothing. A run id already taken is refused first: a tag naming another run's id would
+        make this instance look like a zombie of that run."""
+        d = self._d
+        existing = await d.store.get_run(spec.run_id)
+        if existing is not None:
+            raise InvalidInput(
+                f"run {spec.run_id!r} is already attached (phase {existing.run.phase}): "
+                "choose another run id, or `supervisorctl detach` the old one first"
+            )
+        try:
+            _, attempts = await call_with_retries(
+                lambda: d.cloud.create_tags(spec.instance_id, {RUN_TAG: spec.run_id}, spec.region),
+                base_s=d.settings.retry_base_s,
+            )
+        except GaveUp as gave_up:
+            log.warning(
+                "instance_tag_failed",
+                run_id=spec.run_id,
+                instance_id=spec.instance_id,
+                code=gave_up.error.code,
+                attempts=gave_up.attempts,
+            )
+            raise InvalidInput(_tag_failure(spec, gave_up.error, gave_up.attempts)) from None
         log.info(
-            "run_attached",
+            "instance_tagged",
             run_id=spec.run_id,
             instance_id=spec.instance_id,
-            s3_prefix=spec.s3_prefix,
-            on_complete=spec.on_complete,
+            tag=RUN_TAG,
+            attempts=attempts,
         )
-        d.spawn(decision.run)
-        return run_view(decision.run)
 
     async def list_runs(self) -> list[RunView]:
         return [run_view(self._live(record)) for record in await self._d.store.runs()]
@@ -289,6 +352,7 @@ class ControlApi:
         transitions = await self._d.store.transitions(run_id)
         actions = await self._d.store.actions(run_id)
         instances = await self._d.store.instances(run_id)
+        attachments = await self._d.store.attachments(run_id)
         run = self._live(record)
         return RunDetail(
             **run_view(run).model_dump(),
@@ -326,6 +390,12 @@ class ControlApi:
                     source=i.source,
                 )
                 for i in instances
+            ],
+            attachments=[
+                AttachmentView(
+                    kind=a.kind, uri=a.uri, added_at=a.added_at, size=a.size, excerpt=a.excerpt
+                )
+                for a in attachments
             ],
         )
 
@@ -415,5 +485,46 @@ class ControlApi:
             aws_calls=counter.snapshot() if counter is not None else {},
         )
 
+    async def zombies(self) -> ZombieList:
+        d = self._d
+        now, policy = d.clock.now(), d.zombie_watch.policy
+        return ZombieList(
+            auto_terminate=policy.auto_terminate,
+            wait_s=policy.wait_s,
+            cooldown_s=policy.cooldown_s,
+            zombies=[zombie_view(z, now=now, policy=policy) for z in await d.store.zombies()],
+        )
+
+    async def report(self, since_days: float) -> ReportView:
+        days = parse_since_days(str(since_days))
+        until = self._d.clock.now()
+        report = await self._d.store.fleet_report(since=until - timedelta(days=days))
+        return report_view(report, until=until)
+
 
 _TERMINAL_NAMES = frozenset(str(phase) for phase in TERMINAL_PHASES)
+
+TAG_STATEMENT = "TagAttachedInstancesWithTheRunIdOnly"
+"""The statement of deploy/iam-policy.json that allows `attach --tag-instance`."""
+_DENIED_CODES = frozenset({"UnauthorizedOperation", "AccessDenied", "AccessDeniedException"})
+
+
+def _tag_failure(spec: RunSpec, error: ExternalError, attempts: int) -> str:
+    """What went wrong tagging the instance at attach, and what to do about it."""
+    where = f"instance {spec.instance_id} in {spec.region}"
+    if isinstance(error, NotFoundError):
+        advice = f"{where} does not exist: check --instance-id and --region"
+    elif error.code in _DENIED_CODES:
+        advice = (
+            f"supervisord's AWS identity may not tag {where}: allow ec2:CreateTags for the "
+            f"{RUN_TAG} key (statement {TAG_STATEMENT} in deploy/iam-policy.json), or attach "
+            "without --tag-instance"
+        )
+    elif isinstance(error, TransientError):
+        advice = f"AWS did not answer after {attempts} attempts: attach again in a while"
+    else:
+        advice = "AWS refused the call: fix what the error names, then attach again"
+    return (
+        f"could not tag {where} with {RUN_TAG}={spec.run_id} "
+        f"(CreateTags: {error.code}: {error.message}); {advice}. Nothing was attached."
+    )

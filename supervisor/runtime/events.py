@@ -21,7 +21,7 @@ import structlog
 
 from supervisor.adapters.aws import QueueMessage
 from supervisor.core.errors import ExternalError, InvalidTransition
-from supervisor.core.events import Event, Nudge, SpotInterruptionWarning
+from supervisor.core.events import Event, Nudge, RebalanceRecommended, SpotInterruptionWarning
 from supervisor.core.notifications import (
     Ec2StateChange,
     Notification,
@@ -32,6 +32,7 @@ from supervisor.core.notifications import (
     Unrecognized,
     parse_message,
 )
+from supervisor.core.spec import OnRebalance
 from supervisor.runtime.monitor import Monitor
 from supervisor.runtime.ports import Clock
 
@@ -150,13 +151,22 @@ class EventConsumer:
                     self._by_instance(instance_id), warning, note, message, subject=instance_id
                 )
             case RebalanceRecommendation(instance_id=instance_id):
-                await self._record(
-                    "rebalance-ignored",
-                    instance_id,
-                    message,
-                    reason="on_rebalance is not supported yet; the sweep and "
-                    "the interruption warning still protect the run",
-                )
+                owners = self._by_instance(instance_id)
+                ignoring = [m for m in owners if m.run.spec.on_rebalance is OnRebalance.IGNORE]
+                for monitor in ignoring:
+                    await self._record(
+                        "rebalance-ignored", instance_id, message, run_id=monitor.run_id,
+                        reason="on_rebalance=ignore; the interruption warning still "
+                        "starts the final checkpoint",
+                    )  # fmt: skip
+                if ignoring and len(ignoring) == len(owners):
+                    return
+                # An early checkpoint is best effort and may take minutes: the message goes
+                # once it has started, not when the upload is done (the queue would redeliver).
+                await self._deliver(
+                    [m for m in owners if m not in ignoring], RebalanceRecommended(), note,
+                    message, subject=instance_id, settle=False,
+                )  # fmt: skip
             case ObjectCreated(bucket=bucket, key=key):
                 owners = [
                     m
@@ -192,6 +202,7 @@ class EventConsumer:
         message: QueueMessage,
         *,
         subject: str,
+        settle: bool = True,
         **fields: Any,
     ) -> None:
         if not monitors:
@@ -201,7 +212,7 @@ class EventConsumer:
             return
         for monitor in monitors:
             try:
-                await monitor.request(event, settle=True)
+                await monitor.request(event, settle=settle)
             except InvalidTransition as exc:  # a repeat, or late for the run's phase
                 log.info(
                     "event_refused", run_id=monitor.run_id, kind=type(event).__name__, why=str(exc)

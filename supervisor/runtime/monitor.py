@@ -4,6 +4,11 @@ A monitor handles one event at a time, so an effect's result is applied before a
 event of the run is looked at: a stop call in flight cannot be duplicated by an observation
 that arrives meanwhile. Order within one event: the decision is committed (intent), and only
 then are its effects carried out.
+
+One exception: an instance command marked `background` (a rebalance's early checkpoint, which
+may upload for many minutes) runs as a task in the monitor's TaskGroup and sends its result
+back as an event, so a spot warning meanwhile is handled at once. Leaving running/stalled
+cancels it.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import structlog
 from pydantic import ValidationError
 
 from supervisor.adapters.protocol import MonitorEventView, TailItem, TransitionView
-from supervisor.adapters.store import ActionRecord, Store
+from supervisor.adapters.store import ActionRecord, AttachmentRecord, Store
 from supervisor.core.checkpoint import (
     CommandResult,
     CommandStatus,
@@ -34,6 +39,7 @@ from supervisor.core.checkpoint import (
 )
 from supervisor.core.effects import (
     ActOnInstance,
+    AttachCrashReport,
     AutoResume,
     Effect,
     LaunchInstance,
@@ -61,7 +67,7 @@ from supervisor.core.events import (
     Tick,
 )
 from supervisor.core.machine import Decision, Policy, step
-from supervisor.core.run import Run
+from supervisor.core.run import Phase, Run
 from supervisor.core.spec import Transport
 from supervisor.core.values import InstanceState
 from supervisor.runtime.ports import Clock, Cloud, InstanceShell
@@ -75,8 +81,11 @@ _OPERATION = {
     Action.START: "StartInstances",
 }
 MANIFEST_LIMIT = 16 * 1024 * 1024
+CRASH_TAIL_BYTES = 64 * 1024  # the end of a crash report, where the traceback is
 HEAD_CONCURRENCY = 16
 RECENT_EVENTS = 50
+_BACKGROUND_PHASES = frozenset({Phase.RUNNING, Phase.STALLED})
+"""Phases in which a background command (an early checkpoint) may go on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +133,8 @@ class Monitor:
         self.recent: deque[MonitorEventView] = deque(maxlen=RECENT_EVENTS)
         self._subscribers: set[asyncio.Queue[TailItem]] = set()
         self._log = log.bind(run_id=run.spec.run_id)
+        self._tasks: asyncio.TaskGroup | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def run_id(self) -> str:
@@ -183,11 +194,21 @@ class Monitor:
 
     async def run_forever(self) -> None:
         try:
-            await self._handle(Armed(), None)
-            while not self.run.phase.is_terminal:
-                event, reply = await self._next()
-                await self._handle(event, reply)
+            async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
+                await self._handle(Armed(), None)
+                while not self.run.phase.is_terminal:
+                    event, reply = await self._next()
+                    await self._handle(event, reply)
+                self._cancel_background()
+        except BaseExceptionGroup as group:
+            # The loop's own error (or a background task's), not the group wrapping it: the
+            # daemon records its type and message on the run.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
         finally:
+            self._tasks = None
             self._finished = True
             for _, reply in self._items:
                 if reply is not None and not reply.done():
@@ -258,6 +279,8 @@ class Monitor:
         await self._deps.store.commit(before, decision, now=self._deps.clock.now())
         self.run = decision.run
         t = decision.transition
+        if t is not None and t.to_phase not in _BACKGROUND_PHASES:
+            self._cancel_background()
         if t is not None:
             self._log.info(
                 "run_transitioned",
@@ -294,8 +317,13 @@ class Monitor:
             case WakeAt(at=at):
                 self._wake_at = at
                 return None
-            case ObserveInstance():
+            case ObserveInstance(direct=False):
                 self._deps.observe()
+                return None
+            case ObserveInstance(direct=True):
+                return await self._describe()
+            case AttachCrashReport(key=key):
+                await self._attach_crash_report(key)
                 return None
             case ListPrefix(request=request):
                 try:
@@ -327,10 +355,13 @@ class Monitor:
                 return ObjectRead(key, body)
             case ActOnInstance(action=action):
                 return await self._act(action)
+            case RunInstanceCommand(command=command, timeout_s=timeout_s, background=True):
+                self._start_background(command, timeout_s)
+                return None
             case RunInstanceCommand(command=command, timeout_s=timeout_s):
                 return await self._run_command(command, timeout_s)
-            case VerifyCheckpoint(bucket=bucket, manifest_key=key):
-                return await self._verify_checkpoint(bucket, key)
+            case VerifyCheckpoint(bucket=bucket, manifest_key=key, early=early):
+                return await self._verify_checkpoint(bucket, key, early=early)
             case LaunchInstance():
                 return await self._launch()
             case AutoResume(from_scratch=from_scratch):
@@ -338,7 +369,71 @@ class Monitor:
                 return ResumeRequested(from_scratch=from_scratch)
         raise AssertionError(f"unknown effect {effect!r}")
 
-    async def _run_command(self, command: InstanceCommand, timeout_s: float) -> Event:
+    def _start_background(self, command: InstanceCommand, timeout_s: float) -> None:
+        assert self._tasks is not None
+        task = self._tasks.create_task(self._in_background(command, timeout_s))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _in_background(self, command: InstanceCommand, timeout_s: float) -> None:
+        early = command.option("mode") == "early"
+        try:
+            finished = await self._run_command(command, timeout_s)
+        except asyncio.CancelledError:
+            self._note("command_cancelled", kind=str(command.kind), early=early)
+            raise
+        except Exception as exc:  # it must not take the monitor down with it
+            self._log.exception("background_command_failed")
+            result = CommandResult(CommandStatus.FAILED, None, result={"ok": False,
+                                   "error": f"{type(exc).__name__}: {exc}"})  # fmt: skip
+            finished = CommandFinished(command.kind, result)
+        self.deliver(replace(finished, early=early))
+
+    def _cancel_background(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+
+    async def _describe(self) -> Event | None:
+        """Describe this run's instance now (an event said it changed)."""
+        run = self.run
+        try:
+            states = await self._deps.cloud.describe_instances([run.instance_id], run.spec.region)
+        except ExternalError as exc:
+            self._note("describe_failed", level="warning", code=exc.code, message=exc.message)
+            self._deps.observe()  # the next sweep looks instead
+            return None
+        state = states.get(run.instance_id, InstanceState.UNKNOWN)
+        return InstanceObserved(state, source="event", instance_id=run.instance_id)
+
+    async def _attach_crash_report(self, key: str) -> None:
+        """Attach the job's crash report, with its last lines, if the job left one."""
+        spec = self.run.spec
+        prefix = spec.prefix
+        uri = f"s3://{prefix.bucket}/{prefix.key(key)}"
+        try:
+            text, size = await self._deps.cloud.read_tail(
+                prefix.bucket, prefix.key(key), spec.region, limit=CRASH_TAIL_BYTES
+            )
+        except NotFoundError:
+            self._note("crash_report_absent", level="debug", uri=uri)
+            return
+        except ExternalError as exc:
+            self._note("crash_report_unread", level="warning", uri=uri, code=exc.code)
+            return
+        if size > len(text.encode()):
+            text = text.partition("\n")[2]  # drop the partial first line of the tail
+        record = AttachmentRecord(
+            run_id=spec.run_id,
+            kind="crash-log",
+            uri=uri,
+            added_at=self._deps.clock.now(),
+            size=size,
+            excerpt=text,
+        )
+        await self._deps.store.attach(record)
+        self._note("crash_report_attached", uri=uri, bytes=size)
+
+    async def _run_command(self, command: InstanceCommand, timeout_s: float) -> CommandFinished:
         run, spec = self.run, self.run.spec
         shell = self._deps.shells[spec.transport]
         # The unique part first: SSM keeps 100 characters and run ids may be long.
@@ -371,10 +466,10 @@ class Monitor:
         )
         return CommandFinished(command.kind, result)
 
-    async def _verify_checkpoint(self, bucket: str, key: str) -> Event:
+    async def _verify_checkpoint(self, bucket: str, key: str, *, early: bool) -> Event:
         spec = self.run.spec
         started = time.monotonic()
-        location = spec.checkpoint_location
+        location = spec.early_checkpoint_location if early else spec.checkpoint_location
 
         def failed(problem: str) -> CheckpointChecked:
             verification = Verification(False, 0, 0, (problem,))

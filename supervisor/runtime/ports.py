@@ -11,6 +11,7 @@ from supervisor.core.checkpoint import CommandResult, InstanceCommand, StoredObj
 from supervisor.core.completion import ListRequest
 from supervisor.core.spec import LaunchTemplate
 from supervisor.core.values import InstanceId, InstanceState, ObjectInfo
+from supervisor.core.zombies import InstanceSeen
 
 
 class Cloud(Protocol):
@@ -23,9 +24,15 @@ class Cloud(Protocol):
 
     async def read_object(self, bucket: str, key: str, region: str, *, limit: int = ...) -> str: ...
 
+    async def read_tail(
+        self, bucket: str, key: str, region: str, *, limit: int = ...
+    ) -> tuple[str, int]: ...
+
     async def describe_instances(
         self, ids: Sequence[InstanceId], region: str
     ) -> dict[InstanceId, InstanceState]: ...
+
+    async def describe_tagged(self, tag_key: str, region: str) -> list[InstanceSeen]: ...
 
     async def stop_instance(self, instance_id: InstanceId, region: str) -> InstanceState: ...
 
@@ -38,6 +45,10 @@ class Cloud(Protocol):
     async def launch_from_template(
         self, template: LaunchTemplate, tags: Mapping[str, str], region: str, *, token: str
     ) -> InstanceId: ...
+
+    async def create_tags(
+        self, instance_id: InstanceId, tags: Mapping[str, str], region: str
+    ) -> None: ...
 
 
 class InstanceShell(Protocol):

@@ -19,6 +19,7 @@ from pydantic_settings import (
 
 from supervisor.core.backoff import BackoffPolicy
 from supervisor.core.errors import InvalidInput
+from supervisor.core.zombies import ZombiePolicy
 
 ENV_PREFIX = "SUPERVISOR_"
 _SECRET_HINTS = ("secret", "token", "password", "key")
@@ -45,6 +46,14 @@ class Settings(BaseSettings):
     Without it the supervisor polls and sweeps only."""
     spot_margin_s: float = Field(15.0, ge=0, le=110)
     """Safety margin taken off a spot warning's two minutes for the checkpoint deadline."""
+    auto_terminate: bool = False
+    """Terminate zombie instances (stop them under the checkpoint invariant); off: list only."""
+    zombie_wait_s: float = Field(300.0, ge=0, allow_inf_nan=False)
+    """From marking a zombie to the first attempt to terminate it."""
+    termination_cooldown_s: float = Field(300.0, ge=0, allow_inf_nan=False)
+    """The least time between two attempts on the same zombie."""
+    zombie_interval_s: float = Field(60.0, gt=0, allow_inf_nan=False)
+    """How often the zombie sweep looks for zombies (its first sweep one interval after start)."""
     faults: str = ""
     """Testing only: a fault plan for AWS calls (see supervisor.adapters.faults)."""
 
@@ -109,6 +118,14 @@ class Settings(BaseSettings):
     @property
     def poll_policy(self) -> BackoffPolicy:
         return BackoffPolicy(initial_s=self.poll_initial_s, max_s=self.poll_max_s)
+
+    @property
+    def zombie_policy(self) -> ZombiePolicy:
+        return ZombiePolicy(
+            auto_terminate=self.auto_terminate,
+            wait_s=self.zombie_wait_s,
+            cooldown_s=self.termination_cooldown_s,
+        )
 
 
 def _describe(exc: ValidationError, config_file: Path | None) -> str:

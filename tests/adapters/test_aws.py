@@ -235,6 +235,37 @@ async def test_acting_on_an_unknown_instance_raises_not_found(aws: Aws, action: 
     assert caught.value.code == "InvalidInstanceID.NotFound"
 
 
+# -- EC2: tags --------------------------------------------------------------------------------
+
+
+def tags_of(fleet: Fleet, instance: str) -> dict[str, str]:
+    reply = fleet.ec2.describe_instances(InstanceIds=[instance])
+    found = reply["Reservations"][0]["Instances"][0].get("Tags", [])
+    return {t["Key"]: t["Value"] for t in found}
+
+
+async def test_create_tags_puts_the_tag_on_the_instance_in_one_call(aws: Aws, fleet: Fleet) -> None:
+    [instance, other] = ids(*fleet.launch(2))
+
+    await aws.create_tags(instance, {"supervisor:run-id": "exp1"}, REGION)
+
+    assert tags_of(fleet, instance) == {"supervisor:run-id": "exp1"}
+    assert tags_of(fleet, other) == {}
+    assert aws.counter.count("CreateTags") == 1
+
+
+async def test_create_tags_without_permission_raises_a_permanent_error(fleet: Fleet) -> None:
+    [instance] = ids(*fleet.launch(1))
+
+    async with Aws(faults=FaultPlan.parse("CreateTags=UnauthorizedOperation")) as aws:
+        with pytest.raises(PermanentError) as caught:
+            await aws.create_tags(instance, {"supervisor:run-id": "exp1"}, REGION)
+
+    assert type(caught.value) is PermanentError
+    assert (caught.value.code, caught.value.operation) == ("UnauthorizedOperation", "CreateTags")
+    assert tags_of(fleet, instance) == {}
+
+
 # -- translate --------------------------------------------------------------------------------
 
 

@@ -26,10 +26,14 @@ from supervisor.adapters.protocol import (
     AttachRequest,
     DaemonStatus,
     MonitorEventView,
+    ReportDayView,
+    ReportView,
     RunDetail,
     RunView,
     TailItem,
     TransitionView,
+    ZombieList,
+    ZombieView,
 )
 from supervisor.core.errors import InvalidInput, InvalidTransition, ShuttingDown, UnknownRun
 from tests.core.builders import INSTANCE, NOW
@@ -93,6 +97,49 @@ TAIL = [
 ]
 
 
+ZOMBIES = ZombieList(
+    auto_terminate=True,
+    wait_s=300,
+    cooldown_s=300,
+    zombies=[
+        ZombieView(
+            instance_id=INSTANCE,
+            region="us-east-1",
+            run_id="r9",
+            kind="unowned",
+            reason="tagged supervisor:run-id=r9; no active run owns it",
+            state="marked",
+            marked_at=NOW,
+            age_s=42.0,
+            next_action="terminate",
+            next_at=NOW + timedelta(seconds=300),
+            plan="terminate in 258 s",
+        )
+    ],
+)
+
+REPORT = ReportView(
+    since=NOW - timedelta(days=7),
+    until=NOW,
+    days=[
+        ReportDayView(
+            day="2026-11-22",
+            terminations=2,
+            stops=0,
+            attempts=3,
+            succeeded=2,
+            failed_attempts=1,
+            success_rate=2 / 3,
+            mean_s_to_terminated=512.5,
+        )
+    ],
+    runs_by_outcome={"completed": 3, "crashed": 1},
+    runs=4,
+    crash_rate=0.25,
+    open_zombies=1,
+)
+
+
 class FakeHandler:
     """Canned replies; `ghost` is unknown, `taken` cannot attach, `finished` refuses a stop,
     `closing` meets a daemon shutting down and `boom` breaks the handler."""
@@ -101,6 +148,7 @@ class FakeHandler:
         self.attached: list[AttachRequest] = []
         self.requests: list[tuple[str, str]] = []
         self.tails: list[tuple[str, bool]] = []
+        self.reports: list[float] = []
 
     async def attach(self, request: AttachRequest) -> RunView:
         if request.run_id == "taken":
@@ -135,6 +183,13 @@ class FakeHandler:
 
     async def status(self) -> DaemonStatus:
         return STATUS
+
+    async def zombies(self) -> ZombieList:
+        return ZOMBIES
+
+    async def report(self, since_days: float) -> ReportView:
+        self.reports.append(since_days)
+        return REPORT
 
     @staticmethod
     def _check(run_id: str) -> None:
@@ -385,3 +440,47 @@ async def test_a_socket_nobody_listens_on_says_the_daemon_is_not_running(
     async with ControlClient(socket_path) as client:
         with pytest.raises(DaemonNotRunning, match="supervisord is not running"):
             await client.runs()
+
+
+# -- zombies and the report -------------------------------------------------------------------
+
+
+async def test_zombies_round_trip(client: ControlClient) -> None:
+    assert await client.zombies() == ZOMBIES
+
+
+async def test_report_passes_the_days_and_round_trips(
+    client: ControlClient, handler: FakeHandler
+) -> None:
+    assert await client.report(0.5) == REPORT
+    assert await client.report(30) == REPORT
+    assert handler.reports == [0.5, 30]
+
+
+async def test_report_without_since_covers_seven_days(
+    server: ControlServer, handler: FakeHandler
+) -> None:
+    async with (
+        raw_session(server.socket_path) as session,
+        session.get("http://d/v1/report") as reply,
+    ):
+        assert reply.status == 200
+    assert handler.reports == [7]
+
+
+@pytest.mark.parametrize(
+    ("since", "says"),
+    [("0", "out of range"), ("-3", "out of range"), ("nan", "out of range"), ("soon", "number")],
+)
+async def test_a_bad_since_is_refused_with_what_to_give(
+    server: ControlServer, handler: FakeHandler, since: str, says: str
+) -> None:
+    async with (
+        raw_session(server.socket_path) as session,
+        session.get("http://d/v1/report", params={"since": since}) as reply,
+    ):
+        body = json.loads(await reply.read())
+    assert reply.status == 400
+    assert body["kind"] == "invalid_input"
+    assert says in body["error"] and repr(since) in body["error"] and "--since 7" in body["error"]
+    assert handler.reports == []

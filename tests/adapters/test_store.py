@@ -393,3 +393,141 @@ async def test_a_write_cancelled_while_beginning_its_transaction_leaves_the_stor
 
     record = await store.get_run("after")
     assert record is not None and record.run.version == 1
+
+
+# -- migration 0004 and attachments -----------------------------------------------------------
+
+_V3_RUNS = (
+    # run_id, phase, outcome, checkpoint, attempt
+    ("verified", "stopped", "completed", "verified", 2),
+    ("unverified", "stopped", "completed", "unverified", 1),
+    ("plain", "running", None, None, 1),
+)
+_OLD_RUN_COLUMNS = (
+    "run_id, spec_json, phase, outcome, instance_id, region, reason, version, phase_since, "
+    "grace_until, action_acked_at, error_code, created_at, updated_at, pending_action, "
+    "checkpoint, attempt, started_at"
+)
+
+
+def _database_at_version_3(path: Path) -> None:
+    """The file as the release before migration 0004 left it, with a row in every table."""
+    db = sqlite3.connect(path)
+    try:
+        for sql_file in sorted((REPO / "supervisor" / "adapters" / "migrations").glob("*.sql")):
+            if int(sql_file.name.split("_", 1)[0]) <= 3:
+                db.executescript(sql_file.read_text(encoding="utf-8"))
+        at = NOW.isoformat()
+        for run_id, phase, outcome, checkpoint, attempt in _V3_RUNS:
+            spec = make_spec(run_id=run_id).model_dump_json()
+            db.execute(
+                f"INSERT INTO runs ({_OLD_RUN_COLUMNS}) VALUES "
+                "(?, ?, ?, ?, 'i-0123456789abcdef0', 'us-east-1', 'moved by test', 2, ?, NULL, "
+                "NULL, NULL, ?, ?, NULL, ?, ?, ?)",
+                (run_id, spec, phase, outcome, at, at, at, checkpoint, attempt, at),
+            )
+            for seq, (before, after) in enumerate(((None, "pending"), ("pending", phase)), 1):
+                db.execute(
+                    "INSERT INTO transitions (run_id, seq, from_phase, to_phase, at, reason) "
+                    "VALUES (?, ?, ?, ?, ?, 'moved by test')",
+                    (run_id, seq, before, after, at),
+                )
+            db.execute(
+                "INSERT INTO instances (run_id, instance_id, region, attached_at) "
+                "VALUES (?, 'i-0123456789abcdef0', 'us-east-1', ?)",
+                (run_id, at),
+            )
+        db.execute(
+            "INSERT INTO actions (run_id, instance_id, action, at, attempts, outcome) "
+            "VALUES ('verified', 'i-0123456789abcdef0', 'stop', ?, 1, 'accepted')",
+            (at,),
+        )
+        db.execute(
+            "INSERT INTO audit (at, source, kind, subject) VALUES (?, 'sqs', 'unowned', 'i-0')",
+            (at,),
+        )
+        db.execute("PRAGMA user_version = 3")
+        db.commit()
+    finally:
+        db.close()
+
+
+def _rows(path: Path) -> dict[str, list[tuple[object, ...]]]:
+    db = sqlite3.connect(path)
+    try:
+        return {
+            "runs": db.execute(f"SELECT {_OLD_RUN_COLUMNS} FROM runs ORDER BY run_id").fetchall(),
+            **{
+                table: db.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+                for table in ("transitions", "instances", "actions", "audit")
+            },
+        }
+    finally:
+        db.close()
+
+
+async def test_migration_4_keeps_every_row_and_makes_a_verified_checkpoint_the_resumable_one(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v3.db"
+    _database_at_version_3(path)
+    before = _rows(path)
+
+    store = await Store.open(path)
+    try:
+        records = {run_id: await store.get_run(run_id) for run_id, *_ in _V3_RUNS}
+        attachments = await store.attachments("verified")
+    finally:
+        await store.close()
+
+    assert raw_count(path, "PRAGMA user_version") == SCHEMA_VERSION
+    assert _rows(path) == before
+    restored = {
+        run_id: (r.run.verified_attempt, r.run.process_exited, r.run.interrupt_deadline)
+        for run_id, r in records.items()
+        if r is not None
+    }
+    assert restored == {
+        "verified": (2, False, None),
+        "unverified": (None, False, None),
+        "plain": (None, False, None),
+    }
+    verified = records["verified"]
+    assert verified is not None
+    assert (verified.run.checkpoint, verified.run.attempt) == ("verified", 2)
+    assert attachments == []
+
+
+async def test_attachments_round_trip_in_order_and_attaching_again_refreshes_the_row(
+    store: Store,
+) -> None:
+    from supervisor.adapters.store import AttachmentRecord
+
+    await attach(store)
+    crash_log = AttachmentRecord(
+        run_id="run-42",
+        kind="crash-log",
+        uri="s3://my-runs/exp1/run42/crash/error.log",
+        added_at=NOW,
+        size=70_000,
+        excerpt="Traceback (most recent call last):\nValueError: nan loss\n",
+    )
+    notes = AttachmentRecord("run-42", "analysis", "https://example.com/run-42", NOW)
+
+    await store.attach(crash_log)
+    await store.attach(notes)
+    assert await store.attachments("run-42") == [crash_log, notes]
+
+    refreshed = AttachmentRecord(
+        run_id="run-42",
+        kind="crash-log",
+        uri=crash_log.uri,
+        added_at=NOW + timedelta(minutes=5),
+        size=80_000,
+        excerpt="RuntimeError: CUDA error\n",
+    )
+    await store.attach(refreshed)
+
+    assert await store.attachments("run-42") == [refreshed, notes]
+    assert raw_count(store.path, "SELECT COUNT(*) FROM attachments") == 2
+    assert await store.attachments("other") == []

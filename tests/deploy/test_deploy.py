@@ -30,7 +30,8 @@ import pytest
 from botocore.exceptions import ClientError
 from cfnlint.decode import cfn_yaml  # type: ignore[import-untyped]
 
-from supervisor.core.spec import DEFAULT_FAILURE_MARKER, DEFAULT_MARKERS
+from supervisor.core.spec import DEFAULT_FAILURE_MARKER, DEFAULT_MARKERS, RunSpec
+from supervisor.runtime.daemon import TAG_STATEMENT
 from supervisor.runtime.settings import ENV_PREFIX, Settings
 from tests.conftest import BUCKET, Fleet
 
@@ -371,6 +372,23 @@ def test_every_action_the_daemon_policy_grants_is_used_by_the_code() -> None:
     assert unused == [], f"granted but never called: {unused}"
 
 
+def test_create_tags_is_granted_only_for_the_run_id_key() -> None:
+    policy = json.loads((DEPLOY / "iam-policy.json").read_text())
+    tagging = {st["Sid"]: st for st in policy["Statement"] if "CreateTags" in str(st["Action"])}
+    # The statement that `attach --tag-instance` failures point people to.
+    assert set(tagging) == {"TagOnlyInstancesItLaunches", TAG_STATEMENT}
+    for statement in tagging.values():
+        assert statement["Action"] == "ec2:CreateTags"
+        assert statement["Resource"] == "arn:aws:ec2:*:*:instance/*"
+        keys = statement["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"]
+        assert keys == ["supervisor:run-id"]
+    on_launch = tagging["TagOnlyInstancesItLaunches"]["Condition"]
+    assert on_launch["StringEquals"] == {"ec2:CreateAction": "RunInstances"}
+    # ForAllValues holds for a request with no tags at all: the run tag must be in it.
+    on_attach = tagging[TAG_STATEMENT]["Condition"]
+    assert on_attach["Null"] == {"aws:RequestTag/supervisor:run-id": "false"}
+
+
 def test_readme_deploy_command_names_the_template_and_parameters() -> None:
     section = readme_events_section()
     assert "--template-file deploy/cloudformation.yaml" in section
@@ -429,6 +447,7 @@ def test_user_data_markers_are_the_supervisors() -> None:
     script = USER_DATA.read_text()
     assert tuple(setting(script, "COMPLETION_MARKERS").split()) == DEFAULT_MARKERS
     assert setting(script, "FAILURE_MARKER") == DEFAULT_FAILURE_MARKER
+    assert setting(script, "CRASH_REPORT") == RunSpec.model_fields["crash_report"].default
 
 
 def test_user_data_is_strict_and_never_evals() -> None:
@@ -634,6 +653,10 @@ def test_failed_with_exit_code_and_log_tail(instance: Instance) -> None:
     assert "from the training command" in first
     tail = [line for line in rest if line.startswith("line ")]
     assert tail == [f"line {i}" for i in range(11, 61)]  # the last 50 lines of the log
+    # The whole log (within CRASH_LOG_LINES) went to the crash report the supervisor attaches.
+    report = instance.marker("crash/error.log")
+    assert report is not None, output
+    assert report.splitlines() == [f"line {i}" for i in range(1, 61)]
     # The pid file named the training process, which ran in WORK_DIR.
     trainer_pid = (instance.root / "work" / "trainer.pid").read_text()
     assert instance.pid_file.read_text().strip() == trainer_pid

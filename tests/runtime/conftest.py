@@ -37,6 +37,9 @@ FAST = {
     "reconcile_interval_s": 0.1,
     "retry_base_s": 0.01,
     "shutdown_timeout_s": 2.0,
+    # The zombie sweep's describes would blur the counts of the reconciler's: only the tests
+    # of zombies (tests/runtime/test_zombies.py) turn it on, with their own interval.
+    "zombie_interval_s": 3600.0,
 }
 
 

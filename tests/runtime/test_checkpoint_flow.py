@@ -35,6 +35,7 @@ from supervisor.core.machine import Transition
 from supervisor.core.run import TERMINAL_PHASES, CheckpointStatus, Outcome, Phase, Run
 from supervisor.core.spec import LaunchTemplate
 from supervisor.core.values import InstanceId, InstanceState, ObjectInfo
+from supervisor.core.zombies import InstanceSeen
 from supervisor.runtime.daemon import Daemon
 from supervisor.runtime.monitor import Monitor
 from tests.conftest import AMI, BUCKET, REGION, Fleet
@@ -570,10 +571,18 @@ class SlowLaunch:
     async def read_object(self, bucket: str, key: str, region: str, *, limit: int = 65536) -> str:
         return await self._aws.read_object(bucket, key, region, limit=limit)
 
+    async def read_tail(
+        self, bucket: str, key: str, region: str, *, limit: int = 65536
+    ) -> tuple[str, int]:
+        return await self._aws.read_tail(bucket, key, region, limit=limit)
+
     async def describe_instances(
         self, ids: Sequence[InstanceId], region: str
     ) -> dict[InstanceId, InstanceState]:
         return await self._aws.describe_instances(ids, region)
+
+    async def describe_tagged(self, tag_key: str, region: str) -> list[InstanceSeen]:
+        return await self._aws.describe_tagged(tag_key, region)
 
     async def stop_instance(self, instance_id: InstanceId, region: str) -> InstanceState:
         return await self._aws.stop_instance(instance_id, region)
@@ -592,6 +601,11 @@ class SlowLaunch:
     ) -> InstanceId:
         await asyncio.sleep(self._delay_s)
         return await self._aws.launch_from_template(template, tags, region, token=token)
+
+    async def create_tags(
+        self, instance_id: InstanceId, tags: Mapping[str, str], region: str
+    ) -> None:
+        await self._aws.create_tags(instance_id, tags, region)
 
 
 async def test_a_stale_sweep_of_the_old_instance_does_not_launch_a_second_one(
