@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
+from supervisor.core.reports import report_keys
 from supervisor.core.spec import RunSpec
 from supervisor.core.values import ObjectInfo
 
@@ -46,8 +47,8 @@ Verdict = Completed | FailureMarked | NotYet
 
 
 def watched_keys(spec: RunSpec) -> tuple[str, ...]:
-    heartbeat = (spec.heartbeat_file,) if spec.stall_timeout_s is not None else ()
-    return (*spec.markers, spec.failure_marker, *spec.expect, *heartbeat)
+    """Every key a check must see: markers, expected outputs, and the job's reports."""
+    return (*spec.markers, spec.failure_marker, *spec.expect, *report_keys(spec.heartbeat_file))
 
 
 def listing_request(spec: RunSpec) -> ListRequest:

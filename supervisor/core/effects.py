@@ -84,6 +84,16 @@ class AutoResume:
 
 
 @dataclass(frozen=True, slots=True)
+class IngestReport:
+    """GET a report file the job wrote (its ETag changed), parse and store it; answers
+    `ReportIngested`."""
+
+    key: str
+    etag: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
 class AttachCrashReport:
     """Look for the job's crash report under the run prefix; attach its tail to the run."""
 
@@ -101,4 +111,5 @@ Effect = (
     | LaunchInstance
     | AutoResume
     | AttachCrashReport
+    | IngestReport
 )

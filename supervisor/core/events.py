@@ -133,6 +133,15 @@ class RebalanceRecommended:
     """EC2 says the spot instance is at elevated risk of interruption (no deadline yet)."""
 
 
+@dataclass(frozen=True, slots=True)
+class ReportIngested:
+    """A report file was read (or found unreadable, with `error`): don't read this ETag again."""
+
+    key: str
+    etag: str
+    error: str | None = None
+
+
 Event = (
     Armed
     | Tick
@@ -150,4 +159,5 @@ Event = (
     | Nudge
     | SpotInterruptionWarning
     | RebalanceRecommended
+    | ReportIngested
 )

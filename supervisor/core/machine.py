@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -44,6 +44,7 @@ from supervisor.core.effects import (
     AttachCrashReport,
     AutoResume,
     Effect,
+    IngestReport,
     LaunchInstance,
     ListPrefix,
     ObserveInstance,
@@ -68,12 +69,14 @@ from supervisor.core.events import (
     ObjectRead,
     PrefixListed,
     RebalanceRecommended,
+    ReportIngested,
     ResumeRequested,
     SpotInterruptionWarning,
     Tick,
     UserAction,
     UserRequested,
 )
+from supervisor.core.reports import report_keys
 from supervisor.core.run import TERMINAL_PHASES, CheckpointStatus, Outcome, Phase, Run
 from supervisor.core.spec import (
     CheckpointFailure,
@@ -89,8 +92,11 @@ from supervisor.core.values import InstanceState, ObjectInfo
 P = Phase
 
 _ALWAYS: frozenset[type[Any]] = frozenset(
-    {Armed, Tick, InstanceObserved, UserRequested, MonitorFailed, Nudge, RebalanceRecommended}
-)
+    {
+        Armed, Tick, InstanceObserved, UserRequested, MonitorFailed, Nudge,
+        RebalanceRecommended, ReportIngested,
+    }
+)  # fmt: skip
 _RESUMABLE = (P.STOPPED, P.TERMINATED, P.CRASHED, P.INTERRUPTED)
 _WATCHING = _ALWAYS | {
     PrefixListed, ObjectRead, EffectFailed, SpotInterruptionWarning,
@@ -511,6 +517,25 @@ def _on_instance(c: _Ctx, event: InstanceObserved) -> Decision:
 
 
 def _on_listed(c: _Ctx, event: PrefixListed) -> Decision:
+    """Judge the listing; and read each report file the job changed since it was last read."""
+    decision = _judge_listing(c, event)
+    seen = dict(c.run.report_etags)
+    keys = report_keys(c.run.spec.heartbeat_file)
+    ingest = tuple(
+        IngestReport(o.key, o.etag, o.size)
+        for o in event.objects
+        if o.key in keys and seen.get(o.key) != o.etag
+    )
+    return replace(decision, effects=ingest + decision.effects) if ingest else decision
+
+
+def _on_report(c: _Ctx, event: ReportIngested) -> Decision:
+    etags = dict(c.run.report_etags)
+    etags[event.key] = event.etag
+    return c.stay(persist=True, report_etags=tuple(sorted(etags.items())))
+
+
+def _judge_listing(c: _Ctx, event: PrefixListed) -> Decision:
     run = c.run
     if run.phase is P.GRACE:
         return _quiet_listed(c, event) if _until_quiet(run) else c.stay()
@@ -1124,4 +1149,5 @@ _HANDLERS: Mapping[type[Any], Callable[[_Ctx, Any], Decision]] = {
     Nudge: _on_nudge,
     SpotInterruptionWarning: _on_spot_warning,
     RebalanceRecommended: _on_rebalance,
+    ReportIngested: _on_report,
 }

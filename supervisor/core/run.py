@@ -103,6 +103,8 @@ class Run:
     """Where that checkpoint is (s3://...): the final location, or its `early/` folder."""
     interrupt_deadline: datetime | None = None
     """A spot warning's deadline (warning + 2 min - margin), while interrupting."""
+    report_etags: tuple[tuple[str, str], ...] = ()
+    """(key, ETag) of each report file already read: read again only when it changes."""
 
     # -- volatile state, not persisted (rebuilt after a restart) --
     checks: int = field(default=0, compare=False)

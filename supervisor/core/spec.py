@@ -7,6 +7,8 @@ that names it, before anything is stored or sent.
 from __future__ import annotations
 
 import enum
+import json
+import re
 from typing import Any
 
 from pydantic import (
@@ -26,6 +28,7 @@ from supervisor.core.checkpoint import (
     parse_pattern,
 )
 from supervisor.core.errors import InvalidInput
+from supervisor.core.reports import FINAL_METRICS, HISTORY
 from supervisor.core.values import (
     InstanceId,
     RunId,
@@ -97,6 +100,52 @@ class GraceMode(enum.StrEnum):
     FIXED = "fixed"  # always wait the whole grace period
 
 
+class Direction(enum.StrEnum):
+    MIN = "min"
+    MAX = "max"
+
+
+_METRIC_NAME = r"^[A-Za-z0-9_.\-/:]{1,128}$"
+_TAG_KEY = r"^[A-Za-z0-9_.\-/:]{1,128}$"
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
+class Objective(BaseModel):
+    """A metric the run is judged by: its final value, and which way is better."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=_METRIC_NAME)
+    direction: Direction = Direction.MIN
+    weight: float = Field(1.0, gt=0, allow_inf_nan=False)
+
+    @classmethod
+    def parse(cls, text: str) -> Objective:
+        """`NAME:min|max[:WEIGHT]`, as `--objective` takes it."""
+        # From the right: a metric name may itself hold ':' (eval:loss:min).
+        name, _, direction = text.rpartition(":")
+        fields: dict[str, Any] = {"name": name, "direction": direction}
+        if direction not in ("min", "max"):
+            name, _, direction = name.rpartition(":")
+            fields = {"name": name, "direction": direction, "weight": text.rpartition(":")[2]}
+        if not name or direction not in ("min", "max"):
+            raise InvalidInput(
+                f"objective {text!r} is not valid: give NAME:min or NAME:max, optionally "
+                "with :WEIGHT (e.g. val_loss:min or accuracy:max:2)"
+            )
+        if "weight" in fields:
+            try:
+                fields["weight"] = float(fields["weight"])
+            except ValueError:
+                raise InvalidInput(
+                    f"objective {text!r}: weight {fields['weight']!r} is not a number"
+                ) from None
+        try:
+            return cls.model_validate(fields)
+        except ValidationError as exc:
+            raise InvalidInput(f"objective {text!r}: {describe_validation_error(exc)}") from None
+
+
 class LaunchTemplate(BaseModel):
     """Where a resumed run gets a new instance when its old one is gone."""
 
@@ -151,6 +200,16 @@ class RunSpec(BaseModel):
     on_stall: OnStall = OnStall.NOTIFY
     crash_report: str = "crash/error.log"
     """Attached to the run when it crashes, if the job (or user-data) wrote it."""
+
+    # -- the run database: what the run is, for queries and comparisons --
+    name: str | None = Field(None, min_length=1, max_length=200)
+    project: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+    tags: dict[str, str] = Field(default_factory=dict)
+    config: dict[str, Any] | None = None
+    """The full training config (a JSON object), from `--config-file`."""
+    objectives: tuple[Objective, ...] = ()
+    wandb_project: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-/]{1,128}$")
+    instance_type: str | None = Field(None, pattern=r"^[a-z][a-z0-9\-]*\.[a-z0-9]+$")
 
     # -- spot --
     spot: bool = False
@@ -264,10 +323,54 @@ class RunSpec(BaseModel):
     def _failure_marker(cls, value: str) -> str:
         return parse_relative_key(value, what="failure marker")
 
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, text in value.items():
+            if not re.fullmatch(_TAG_KEY, key):
+                raise InvalidInput(
+                    f"tag key {key!r} is not valid: use 1-128 letters, digits, '_', '.', "
+                    "'-', '/' or ':'"
+                )
+            if len(text) > 256:
+                raise InvalidInput(f"tag {key}: the value is longer than 256 characters")
+        return value
+
+    @field_validator("config")
+    @classmethod
+    def _config(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        try:
+            size = len(json.dumps(value, allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"config is not plain JSON: {exc}") from None
+        if size > MAX_CONFIG_BYTES:
+            raise InvalidInput(f"config is {size} bytes as JSON; the limit is {MAX_CONFIG_BYTES}")
+        return value
+
+    @field_validator("objectives", mode="before")
+    @classmethod
+    def _objectives(cls, value: object) -> object:
+        if isinstance(value, list | tuple):
+            return tuple(Objective.parse(v) if isinstance(v, str) else v for v in value)
+        return value
+
+    @model_validator(mode="after")
+    def _objective_names_unique(self) -> RunSpec:
+        names = [o.name for o in self.objectives]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise InvalidInput(f"objectives: {', '.join(repeated)} given more than once")
+        return self
+
     @field_validator("heartbeat_file")
     @classmethod
     def _heartbeat_file(cls, value: str) -> str:
-        return parse_relative_key(value, what="heartbeat file")
+        key = parse_relative_key(value, what="heartbeat file")
+        if key in (FINAL_METRICS, HISTORY):
+            raise InvalidInput(f"heartbeat file {key!r} is the name of another report file")
+        return key
 
     @field_validator("crash_report")
     @classmethod

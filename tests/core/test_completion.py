@@ -81,16 +81,18 @@ def test_a_missing_expected_output_forgets_the_snapshot() -> None:
     ("overrides", "request_"),
     [
         ({}, ListRequest("my-runs", "exp1/run42/", "/")),
+        ({"expect": ("out/model.pt",)}, ListRequest("my-runs", "exp1/run42/", None)),
+        # The reports sit at the top of the run prefix: markers in a subfolder need it all.
         (
             {"markers": ("out/done",), "failure_marker": "out/FAILED", "expect": ("out/m.pt",)},
-            ListRequest("my-runs", "exp1/run42/out/", "/"),
+            ListRequest("my-runs", "exp1/run42/", None),
         ),
-        ({"expect": ("out/model.pt",)}, ListRequest("my-runs", "exp1/run42/", None)),
         ({"s3_prefix": "s3://my-runs"}, ListRequest("my-runs", "", "/")),
         ({"s3_prefix": "s3://my-runs", "markers": ("a/done",)}, ListRequest("my-runs", "", None)),
     ],
-    ids=["top-folder", "one-subfolder", "two-folders", "bucket-root", "bucket-root-recursive"],
-)
+    ids=["top-folder", "two-folders", "subfolder-beside-reports", "bucket-root",
+         "bucket-root-recursive"],
+)  # fmt: skip
 def test_listing_uses_a_delimiter_only_when_every_watched_key_shares_one_folder(
     overrides: dict[str, object], request_: ListRequest
 ) -> None:
@@ -134,29 +136,40 @@ def test_with_since_a_fresh_marker_wins_over_a_stale_one_of_another_name() -> No
     assert evaluate(SPEC, listing, None, since=NOW) == Completed("completion marker COMPLETE found")
 
 
-# -- the heartbeat ------------------------------------------------------------------------------
+# -- the job's reports: the heartbeat, final metrics and history -------------------------------
 
 
-def test_the_heartbeat_is_watched_only_with_a_stall_timeout() -> None:
-    assert "status.json" not in watched_keys(SPEC)
-    assert watched_keys(make_spec(stall_timeout_s=60))[-1] == "status.json"
+REPORTS = ("status.json", "final_metrics.json", "history.json")
+
+
+@pytest.mark.parametrize("overrides", [{}, {"stall_timeout_s": 60}], ids=["off", "on"])
+def test_the_reports_are_watched_whether_or_not_the_heartbeat_is_judged(
+    overrides: dict[str, object],
+) -> None:
+    assert watched_keys(make_spec(**overrides))[-3:] == REPORTS
+
+
+def test_a_configured_heartbeat_file_is_the_report_watched_in_place_of_status_json() -> None:
+    keys = watched_keys(make_spec(heartbeat_file="logs/hb.json"))
+    assert keys[-3:] == ("logs/hb.json", "final_metrics.json", "history.json")
+    assert "status.json" not in keys
 
 
 @pytest.mark.parametrize(
     ("overrides", "delimiter"),
     [
-        ({"heartbeat_file": "logs/status.json"}, "/"),
+        ({"heartbeat_file": "logs/status.json"}, None),
         ({"heartbeat_file": "logs/status.json", "stall_timeout_s": 60}, None),
         ({"stall_timeout_s": 60}, "/"),
     ],
-    ids=["nested-but-off", "nested-and-on", "top-and-on"],
+    ids=["nested-not-judged", "nested-and-judged", "top-and-judged"],
 )
-def test_a_nested_heartbeat_makes_the_listing_recursive_only_when_it_is_watched(
+def test_a_nested_heartbeat_makes_the_listing_recursive_whether_or_not_it_is_judged(
     overrides: dict[str, object], delimiter: str | None
 ) -> None:
     assert listing_request(make_spec(**overrides)).delimiter == delimiter
 
 
-def test_a_heartbeat_is_never_a_verdict() -> None:
-    spec = make_spec(stall_timeout_s=60)
-    assert evaluate(spec, [obj("status.json")], None) == NotYet(None)
+@pytest.mark.parametrize("report", REPORTS)
+def test_a_report_file_is_never_a_verdict(report: str) -> None:
+    assert evaluate(make_spec(stall_timeout_s=60), [obj(report)], None) == NotYet(None)

@@ -1,6 +1,7 @@
 """Invariants of step() that hold for every run, checked on random walks and on each path into
 terminating: a run with checkpointing is never terminated without a verified checkpoint, every
-transition is an edge of the table, and each one bumps the version by exactly one."""
+transition is an edge of the table, each one bumps the version by exactly one, and a report
+file is read only when its ETag is new."""
 
 from __future__ import annotations
 
@@ -19,7 +20,13 @@ from supervisor.core.checkpoint import (
     CommandStatus,
     Verification,
 )
-from supervisor.core.effects import ActOnInstance, AttachCrashReport, AutoResume, Effect
+from supervisor.core.effects import (
+    ActOnInstance,
+    AttachCrashReport,
+    AutoResume,
+    Effect,
+    IngestReport,
+)
 from supervisor.core.errors import InvalidTransition
 from supervisor.core.events import (
     Action,
@@ -36,6 +43,7 @@ from supervisor.core.events import (
     ObjectRead,
     PrefixListed,
     RebalanceRecommended,
+    ReportIngested,
     ResumeRequested,
     SpotInterruptionWarning,
     Tick,
@@ -43,6 +51,7 @@ from supervisor.core.events import (
     UserRequested,
 )
 from supervisor.core.machine import ACCEPTS, EDGES, INTERRUPT_OVERDUE_S, Decision, new_run, step
+from supervisor.core.reports import report_keys
 from supervisor.core.run import CheckpointStatus, Outcome, Phase, Run
 from supervisor.core.spec import RunSpec
 from supervisor.core.values import InstanceId, InstanceState, ObjectInfo
@@ -95,6 +104,7 @@ def check_decision(before: Run, d: Decision, now: datetime) -> None:
     if {before.phase, after.phase} <= {P.RUNNING, P.STALLED}:
         # An early (rebalance) checkpoint is never taken for the final one.
         assert after.checkpoint == before.checkpoint, "an early checkpoint became the final one"
+    check_reports(before, d)
     t = d.transition
     if t is None:
         assert (after.phase, after.version) == (before.phase, before.version)
@@ -109,25 +119,50 @@ def check_decision(before: Run, d: Decision, now: datetime) -> None:
         assert AttachCrashReport(after.spec.crash_report) in d.effects, "crash report left out"
 
 
+def check_reports(before: Run, d: Decision) -> None:
+    """Reports are read first, each only when its ETag is one the run has not read; a read
+    records one key's ETag at a time, persisted, and no key is ever forgotten."""
+    reads = [e for e in d.effects if isinstance(e, IngestReport)]
+    assert list(d.effects[: len(reads)]) == reads, "a report read after another effect"
+    read, now_read = dict(before.report_etags), dict(d.run.report_etags)
+    keys = report_keys(before.spec.heartbeat_file)
+    for e in reads:
+        assert e.key in keys and read.get(e.key) != e.etag, f"{e.key} read again at {e.etag}"
+    if now_read != read:
+        assert now_read.keys() >= read.keys(), "a read report was forgotten"
+        assert len(now_read.items() - read.items()) == 1, "more than one report recorded"
+        assert d.persist and d.transition is None, "a read ETag recorded but not persisted"
+
+
 # -- the random walk ---------------------------------------------------------------------------
 
 Maker = Callable[[random.Random, datetime], Event]
 KEYS = ("done", "logs/train.log", "checkpoints/model.pt", "FAILED", "events.out", "status.json")
+REPORTS = report_keys("status.json")
 AGES_S = (0, 5, 29, 30, 120, 3600)
+
+
+def written(key: str, at: datetime) -> ObjectInfo:
+    """An object last written `at`: rewriting it changes its ETag, as in S3."""
+    return obj(key, f"{at:%H%M%S}", at=at)
 
 
 def _listing(rng: random.Random, now: datetime) -> PrefixListed:
     keys = rng.sample(KEYS, rng.randint(0, len(KEYS)))
     objects: list[ObjectInfo] = [
-        obj(key, at=now - timedelta(seconds=rng.choice(AGES_S))) for key in keys
+        written(key, now - timedelta(seconds=rng.choice(AGES_S))) for key in keys
     ]
     return PrefixListed(tuple(objects))
 
 
 def _progress(rng: random.Random, now: datetime) -> PrefixListed:
-    """A listing while training goes on: no verdict, a growing log, a fresh or stale heartbeat."""
+    """A listing while training goes on: no verdict, a growing log and history, a fresh or
+    stale heartbeat, and the final metrics of an earlier attempt."""
     age = timedelta(seconds=rng.choice(AGES_S))
-    return PrefixListed((obj("logs/train.log", at=now), obj("status.json", at=now - age)))
+    return PrefixListed((
+        obj("logs/train.log", at=now), written("history.json", now),
+        written("status.json", now - age), written("final_metrics.json", NOW),
+    ))  # fmt: skip
 
 
 def _observed(rng: random.Random, _: datetime) -> InstanceObserved:
@@ -165,6 +200,14 @@ def _warning(rng: random.Random, now: datetime) -> SpotInterruptionWarning:
     )
 
 
+def _ingested(rng: random.Random, _: datetime) -> ReportIngested:
+    """A stray answer to a read (late, repeated, or of an ETag never listed), now and then of
+    a report found unreadable."""
+    key = rng.choice(REPORTS)
+    error = f"{key} is not JSON: Expecting value" if rng.random() < 0.2 else None
+    return ReportIngested(key, f"{rng.randint(0, 9)}", error)
+
+
 def _failed(rng: random.Random, _: datetime) -> EffectFailed:
     operation = rng.choice(["ListObjectsV2", "StopInstances", "SendCommand", "RunInstances"])
     return EffectFailed(operation, "Code", "message", transient=rng.random() < 0.85)
@@ -189,8 +232,11 @@ MAKERS: list[tuple[float, type[Any], Maker]] = [
     (1, Nudge, lambda rng, now: Nudge(rng.choice(["prefix", "instance"]))),
     (0.6, SpotInterruptionWarning, _warning),
     (0.4, RebalanceRecommended, lambda rng, now: RebalanceRecommended()),
+    (1, ReportIngested, _ingested),
 ]  # fmt: skip
-SEEDS = range(400)
+SEEDS = range(800)
+"""Enough walks that each edge below is reached a few times (a stall a notified run recovers
+from is the rarest)."""
 STEPS = 40
 
 
@@ -239,6 +285,7 @@ class WalkStats:
     terminates: int = 0
     downgrades: int = 0
     auto_resumes: int = 0
+    reads: int = 0
 
 
 def walk(seed: int, stats: WalkStats) -> None:
@@ -249,21 +296,31 @@ def walk(seed: int, stats: WalkStats) -> None:
         if not ACCEPTS[run.phase]:
             break  # done, failed or detached: nothing can happen to this run any more
         now += timedelta(seconds=rng.choice((0, 1, 10, 31, 120, 700)))
-        event = next_event(rng, run, now)
-        try:
-            d = step(run, event, now=now, policy=POLICY, rng=random.Random(seed))
-        except InvalidTransition:
-            continue
-        try:
-            check_decision(run, d, now)
-        except AssertionError as exc:
-            raise AssertionError(f"seed {seed}: {run!r} + {event!r} -> {d!r}: {exc}") from exc
-        if d.transition is not None:
-            stats.edges[(d.transition.from_phase, d.transition.to_phase)] += 1
-            stats.downgrades += "downgraded" in d.transition.detail
-        stats.terminates += terminates(d.effects)
-        stats.auto_resumes += any(isinstance(e, AutoResume) for e in d.effects)
-        run = d.run
+        run = apply(seed, run, next_event(rng, run, now), now, stats)
+
+
+def apply(seed: int, run: Run, event: Event, now: datetime, stats: WalkStats) -> Run:
+    """Step one event, check the decision, and answer its report reads as the executor does
+    (outside the walk's own draws, so that they do not thin out its other events)."""
+    try:
+        d = step(run, event, now=now, policy=POLICY, rng=random.Random(seed))
+    except InvalidTransition:
+        return run
+    try:
+        check_decision(run, d, now)
+    except AssertionError as exc:
+        raise AssertionError(f"seed {seed}: {run!r} + {event!r} -> {d!r}: {exc}") from exc
+    if d.transition is not None:
+        stats.edges[(d.transition.from_phase, d.transition.to_phase)] += 1
+        stats.downgrades += "downgraded" in d.transition.detail
+    stats.terminates += terminates(d.effects)
+    stats.auto_resumes += any(isinstance(e, AutoResume) for e in d.effects)
+    run = d.run
+    for read in (e for e in d.effects if isinstance(e, IngestReport)):
+        stats.reads += 1
+        error = None if stats.reads % 5 else f"{read.key} is not JSON: Expecting value"
+        run = apply(seed, run, ReportIngested(read.key, read.etag, error), now, stats)
+    return run
 
 
 def test_the_walk_draws_from_every_event_type() -> None:
@@ -288,6 +345,7 @@ def test_no_random_walk_terminates_unverified_or_leaves_the_edges_table() -> Non
     }  # fmt: skip
     assert {edge for edge in must_reach if stats.edges[edge] < 3} == set()
     assert stats.terminates >= 20 and stats.downgrades >= 20 and stats.auto_resumes >= 10
+    assert stats.reads >= 500  # and each was answered, now and then as unreadable
 
 
 # -- every path into terminating ---------------------------------------------------------------

@@ -23,6 +23,7 @@ from supervisor.core.effects import (
     ActOnInstance,
     AttachCrashReport,
     Effect,
+    IngestReport,
     LaunchInstance,
     ObserveInstance,
     ReadObject,
@@ -45,6 +46,7 @@ from supervisor.core.events import (
     ObjectRead,
     PrefixListed,
     RebalanceRecommended,
+    ReportIngested,
     ResumeRequested,
     Tick,
     UserAction,
@@ -125,6 +127,8 @@ FIRST_CHECK = WakeAt(NOW + timedelta(seconds=delay(0, POLICY.poll, seeded())))
 """The next check a run with no checks yet schedules after a listing without a verdict."""
 STALL: dict[str, Any] = {"stall_timeout_s": 60}
 """A heartbeat older than a minute (and S3's second of slack) is a stall."""
+READ_HEARTBEAT = IngestReport("status.json", "e1", 10)
+"""A `heartbeat()` listing's heartbeat, read (first) by a run that has not read it yet."""
 
 
 def checkpoint_step(**spec: Any) -> RunInstanceCommand:
@@ -311,10 +315,10 @@ EDGE_CASES = [
     # the heartbeat: a stale one stalls the run, a fresh one makes it running again
     _edge(P.RUNNING, heartbeat(120), P.STALLED, None,
           "heartbeat status.json is 119s old (stall timeout 60s) while the instance runs; "
-          "on_stall=notify", FIRST_CHECK, spec=STALL,
+          "on_stall=notify", READ_HEARTBEAT, FIRST_CHECK, spec=STALL,
           fields={"checks": 1, "next_check_at": FIRST_CHECK.at}),
     _edge(P.STALLED, heartbeat(10), P.RUNNING, None,
-          "heartbeat status.json is fresh again (9s old)", FIRST_CHECK, spec=STALL,
+          "heartbeat status.json is fresh again (9s old)", READ_HEARTBEAT, FIRST_CHECK, spec=STALL,
           fields={"checks": 1, "next_check_at": FIRST_CHECK.at}),
     # ... and the stall policy ends it, through the final checkpoint when there is one
     _edge(P.STALLED, Tick(), P.CHECKPOINTING, Outcome.STALLED,
@@ -382,7 +386,7 @@ ONE_OF_EACH: list[Event] = [
     Armed(), Tick(), seen(S.RUNNING), listed("done"), ObjectRead("FAILED", "boom"),
     ActionSucceeded(A.STOP, S.STOPPED), DENIED, user(U.DETACH), CRASH, finished(CP), checked(),
     ResumeRequested(), InstanceLaunched(NEW_INSTANCE), Nudge("prefix"), warning(),
-    RebalanceRecommended(),
+    RebalanceRecommended(), ReportIngested("status.json", "e1"),
 ]
 REFUSED = [
     pytest.param(phase, event, id=f"{phase}:{type(event).__name__}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -9,7 +10,10 @@ import pytest
 from supervisor.core.errors import InvalidInput
 from supervisor.core.spec import (
     DEFAULT_MARKERS,
+    MAX_CONFIG_BYTES,
+    Direction,
     GraceMode,
+    Objective,
     OnComplete,
     OnInterruption,
     OnRebalance,
@@ -73,6 +77,16 @@ BAD_FIELDS = [
     ({"heartbeat_file": "../status.json"}, "heartbeat file", "'../status.json'"),
     ({"crash_report": "/var/log/crash.log"}, "crash report", "'/var/log/crash.log'"),
     ({"on_rebalance": "pray"}, "on_rebalance", "'pray'"),
+    ({"name": ""}, "name", "''"),
+    ({"project": "-exp"}, "project", "'-exp'"),
+    ({"tags": {"bad key": "x"}}, "tag key", "'bad key'"),
+    ({"tags": {"team": 5}}, "tags.team", "5"),
+    ({"tags": ["team"]}, "tags", "['team']"),
+    ({"config": [1, 2]}, "config", "[1, 2]"),
+    ({"objectives": ["val_loss"]}, "objective", "'val_loss'"),
+    ({"objectives": "val_loss:min"}, "objectives", "'val_loss:min'"),
+    ({"wandb_project": "my project"}, "wandb_project", "'my project'"),
+    ({"instance_type": "G5.xlarge"}, "instance_type", "'G5.xlarge'"),
 ]
 
 
@@ -241,3 +255,190 @@ def test_a_heartbeat_and_rebalance_spec_round_trips_through_json() -> None:
     )  # fmt: skip
     assert (spec.stall_timeout_s, spec.on_stall) == (900.0, OnStall.CHECKPOINT_STOP)
     assert RunSpec.model_validate_json(spec.model_dump_json()) == spec
+
+
+# -- the run database: what the run is, for queries and comparisons -----------------------------
+
+
+def test_a_spec_says_nothing_about_the_run_unless_told() -> None:
+    spec = make_spec()
+    assert (spec.name, spec.project, spec.tags, spec.config, spec.objectives) == (
+        None, None, {}, None, (),
+    )  # fmt: skip
+    assert (spec.wandb_project, spec.instance_type) == (None, None)
+
+
+@pytest.mark.parametrize("key", ["team", "a/b:c", "v1.2-rc_3", "k" * 128])
+def test_a_tag_key_of_letters_digits_and_punctuation_up_to_128_is_kept(key: str) -> None:
+    assert make_spec(tags={key: "nlp"}).tags == {key: "nlp"}
+
+
+@pytest.mark.parametrize("key", ["", "bad key", "k" * 129, "café", "a=b", "x\ty"])
+def test_a_tag_key_with_other_characters_or_too_long_is_refused_saying_what_is_allowed(
+    key: str,
+) -> None:
+    with pytest.raises(InvalidInput) as info:
+        make_spec(tags={"team": "nlp", key: "x"})
+    assert str(info.value) == (
+        f"tag key {key!r} is not valid: use 1-128 letters, digits, '_', '.', '-', '/' or ':'"
+    )
+
+
+def test_a_tag_value_may_be_empty_or_up_to_256_characters_but_no_longer() -> None:
+    assert make_spec(tags={"a": "", "b": "v" * 256}).tags == {"a": "", "b": "v" * 256}
+    with pytest.raises(InvalidInput, match=r"^tag b: the value is longer than 256 characters$"):
+        make_spec(tags={"b": "v" * 257})
+
+
+CONFIG: dict[str, Any] = {
+    "model": {"layers": 24, "width": 1024, "activation": "gelu"},
+    "optimizer": {"name": "adamw", "lr": 3e-4, "betas": [0.9, 0.95]},
+    "gradient_method": "adam",
+    "seed": None,
+    "bf16": True,
+}
+
+
+def test_a_config_is_kept_as_given_and_stored_as_a_json_object() -> None:
+    spec = make_spec(config=CONFIG)
+    assert spec.config == CONFIG
+    # The run database queries it with json_extract(spec_json, '$.config.gradient_method').
+    assert json.loads(spec.model_dump_json())["config"]["gradient_method"] == "adam"
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [({1, 2}, "set"), (b"\x00", "bytes"), (float("nan"), "Out of range"),
+     (float("inf"), "Out of range"), (object(), "object")],
+    ids=["set", "bytes", "nan", "inf", "object"],
+)  # fmt: skip
+def test_a_config_that_is_not_plain_json_is_refused(value: object, why: str) -> None:
+    with pytest.raises(InvalidInput, match=rf"^config is not plain JSON: .*{why}"):
+        make_spec(config={"optimizer": {"lr": value}})
+
+
+def test_a_config_up_to_one_mib_of_json_is_kept_and_a_byte_more_is_refused() -> None:
+    overhead = len(json.dumps({"blob": ""}))
+    largest = {"blob": "x" * (MAX_CONFIG_BYTES - overhead)}
+    assert make_spec(config=largest).config == largest
+    with pytest.raises(InvalidInput) as info:
+        make_spec(config={"blob": "x" * (MAX_CONFIG_BYTES - overhead + 1)})
+    assert str(info.value) == "config is 1048577 bytes as JSON; the limit is 1048576"
+
+
+@pytest.mark.parametrize(
+    ("text", "objective"),
+    [
+        ("val_loss:min", Objective(name="val_loss", direction=Direction.MIN, weight=1.0)),
+        ("accuracy:max", Objective(name="accuracy", direction=Direction.MAX)),
+        ("accuracy:max:2", Objective(name="accuracy", direction=Direction.MAX, weight=2.0)),
+        ("eval/loss:min:0.25", Objective(name="eval/loss", weight=0.25)),
+        ("loss:min:1e-3", Objective(name="loss", weight=0.001)),
+    ],
+)
+def test_an_objective_is_parsed_from_name_direction_and_optional_weight(
+    text: str, objective: Objective
+) -> None:
+    assert Objective.parse(text) == objective
+
+
+FORM = "give NAME:min or NAME:max, optionally with :WEIGHT (e.g. val_loss:min or accuracy:max:2)"
+BAD_OBJECTIVES = [
+    ("val_loss", f"objective 'val_loss' is not valid: {FORM}"),
+    ("val_loss:down", f"objective 'val_loss:down' is not valid: {FORM}"),
+    ("val_loss:MIN", f"objective 'val_loss:MIN' is not valid: {FORM}"),
+    ("val_loss:min:1:2", f"objective 'val_loss:min:1:2' is not valid: {FORM}"),
+    ("val_loss:min:heavy", "objective 'val_loss:min:heavy': weight 'heavy' is not a number"),
+    ("val_loss:min:0", "objective 'val_loss:min:0': weight: input should be greater than 0"),
+    ("val_loss:min:-1", "objective 'val_loss:min:-1': weight: input should be greater than 0"),
+    ("val_loss:min:inf", "objective 'val_loss:min:inf': weight: input should be a finite"),
+    ("val_loss:min:nan", "objective 'val_loss:min:nan': weight: input should be a finite"),
+    (":min", "objective ':min' is not valid: give NAME:min or NAME:max"),
+    ("val loss:min", "objective 'val loss:min': name: string should match pattern"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_OBJECTIVES)
+def test_a_bad_objective_is_refused_naming_it_as_given(text: str, message: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        Objective.parse(text)
+    assert str(info.value).startswith(message)
+    with pytest.raises(InvalidInput) as in_spec:
+        make_spec(objectives=["accuracy:max", text])
+    assert str(in_spec.value).startswith(message)
+
+
+def test_objectives_are_taken_as_text_as_stored_objects_or_as_objectives_in_order() -> None:
+    spec = make_spec(
+        objectives=["val_loss:min", {"name": "accuracy", "direction": "max", "weight": 2},
+                    Objective(name="tokens_per_s", direction=Direction.MAX), {"name": "ppl"}],
+    )  # fmt: skip
+    assert spec.objectives == (
+        Objective(name="val_loss"),
+        Objective(name="accuracy", direction=Direction.MAX, weight=2.0),
+        Objective(name="tokens_per_s", direction=Direction.MAX),
+        Objective(name="ppl", direction=Direction.MIN, weight=1.0),
+    )
+
+
+def test_a_stored_objective_with_an_unknown_field_is_refused() -> None:
+    with pytest.raises(InvalidInput, match=r"objectives\.0\.goal: extra inputs are not permitted"):
+        make_spec(objectives=[{"name": "loss", "goal": "min"}])
+
+
+def test_an_objective_named_twice_is_refused_naming_each_repeated_name_once() -> None:
+    with pytest.raises(InvalidInput) as info:
+        make_spec(objectives=["loss:min", "acc:max", "loss:max:2", "acc:max", "ppl:min"])
+    assert str(info.value) == "objectives: acc, loss given more than once"
+
+
+@pytest.mark.parametrize(
+    "instance_type", ["g5.xlarge", "p4d.24xlarge", "trn1n.32xlarge", "u-6tb1.metal", "t3.micro"]
+)
+def test_an_ec2_instance_type_is_kept(instance_type: str) -> None:
+    assert make_spec(instance_type=instance_type).instance_type == instance_type
+
+
+@pytest.mark.parametrize(
+    "instance_type", ["g5", "G5.xlarge", "g5.", ".xlarge", "g5 .xlarge", "g5.xlarge; reboot"]
+)
+def test_anything_else_as_an_instance_type_is_refused_naming_it(instance_type: str) -> None:
+    with pytest.raises(InvalidInput, match=r"^instance_type: ") as info:
+        make_spec(instance_type=instance_type)
+    assert repr(instance_type) in str(info.value)
+
+
+def test_a_spec_with_every_run_database_field_round_trips_through_json() -> None:
+    spec = make_spec(
+        name="gpt-small lr sweep #3", project="llm-pretrain", tags={"team": "nlp", "sweep": "lr"},
+        config=CONFIG, objectives=["val_loss:min", "accuracy:max:0.5"],
+        wandb_project="acme/llm", instance_type="p4d.24xlarge",
+    )  # fmt: skip
+    stored = json.loads(spec.model_dump_json())
+    assert stored["objectives"] == [
+        {"name": "val_loss", "direction": "min", "weight": 1.0},
+        {"name": "accuracy", "direction": "max", "weight": 0.5},
+    ]
+    assert RunSpec.model_validate_json(spec.model_dump_json()) == spec
+
+
+@pytest.mark.parametrize("key", ["final_metrics.json", "history.json"])
+def test_a_heartbeat_file_that_names_another_report_is_refused(key: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        make_spec(heartbeat_file=key)
+    assert key in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "name", "direction", "weight"),
+    [
+        ("eval:loss:min", "eval:loss", "min", 1.0),
+        ("eval:loss:max:2", "eval:loss", "max", 2.0),
+        ("val_loss:min:0.5", "val_loss", "min", 0.5),
+    ],
+)
+def test_an_objective_name_may_hold_colons(
+    text: str, name: str, direction: str, weight: float
+) -> None:
+    objective = Objective.parse(text)
+    assert (objective.name, objective.direction, objective.weight) == (name, direction, weight)

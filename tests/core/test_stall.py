@@ -66,6 +66,9 @@ TIMEOUT_S = 60.0
 NEXT_CHECK = NOW + timedelta(seconds=delay(0, POLICY.poll, seeded()))
 """The check a run with no checks yet schedules after a listing without a verdict."""
 THROTTLED = EffectFailed("ListObjectsV2", "SlowDown", "reduce your request rate", transient=True)
+READ = (("status.json", "e1"),)
+"""The heartbeat ETag of `heartbeat()` listings, already read: they ask for no IngestReport
+(reading reports is tested in test_reports.py)."""
 
 
 def stall_spec(on_stall: str = "notify", *, checkpointing: bool = False, **spec: Any) -> RunSpec:
@@ -74,9 +77,14 @@ def stall_spec(on_stall: str = "notify", *, checkpointing: bool = False, **spec:
     return build(stall_timeout_s=TIMEOUT_S, on_stall=on_stall, **spec)
 
 
+def watching(spec: RunSpec, **changes: Any) -> Run:
+    """A running run that has read the heartbeat of `heartbeat()` listings already."""
+    return make_run(P.RUNNING, spec=spec, report_etags=READ, **changes)
+
+
 def stalled(on_stall: str = "notify", *, checkpointing: bool = False, **spec: Any) -> Run:
-    """A run that became stalled at NOW on a heartbeat two minutes old."""
-    run = make_run(P.RUNNING, spec=stall_spec(on_stall, checkpointing=checkpointing, **spec))
+    """A run that became stalled at NOW on a heartbeat two minutes old (already read)."""
+    run = watching(stall_spec(on_stall, checkpointing=checkpointing, **spec))
     d = run_step(run, heartbeat(120))
     assert d.run.phase is P.STALLED
     return d.run
@@ -126,7 +134,7 @@ NOT_JUDGED = [
 def test_without_a_stall_timeout_or_a_heartbeat_the_run_is_never_stalled(
     spec: RunSpec, listing: PrefixListed
 ) -> None:
-    d = run_step(make_run(P.RUNNING, spec=spec), listing)
+    d = run_step(watching(spec), listing)
     assert (d.run.phase, d.transition, d.effects) == (P.RUNNING, None, (WakeAt(NEXT_CHECK),))
 
 
@@ -171,7 +179,7 @@ def test_a_resumed_attempt_is_judged_only_on_a_heartbeat_written_since_it_starte
 
 
 def test_a_notified_stall_keeps_polling_with_backoff() -> None:
-    run = make_run(P.RUNNING, spec=stall_spec(), checks=2)
+    run = watching(stall_spec(), checks=2)
     d = run_step(run, heartbeat(120))
     at = NOW + timedelta(seconds=delay(2, POLICY.poll, seeded()))
     assert (d.run.phase, d.effects) == (P.STALLED, (WakeAt(at),))
@@ -268,7 +276,7 @@ def test_a_stall_is_recorded_first_then_the_next_tick_applies_the_policy(
     pending: Action | None,
     reason: str,
 ) -> None:
-    run = make_run(P.RUNNING, spec=stall_spec(on_stall, checkpointing=checkpointing))
+    run = watching(stall_spec(on_stall, checkpointing=checkpointing))
     d = run_step(run, heartbeat(120))
     assert (d.run.phase, d.run.outcome, d.effects) == (P.STALLED, None, (WakeAt(NOW),))
     assert d.run.reason.endswith(f"; on_stall={on_stall}")
