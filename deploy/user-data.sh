@@ -132,7 +132,8 @@ mkdir -p -- "$WORK_DIR" "$(dirname -- "$PID_FILE")" "$(dirname -- "$LOG_FILE")"
 cd -- "$WORK_DIR"
 log "starting ${TRAIN_CMD[0]} (${#TRAIN_CMD[@]} words) in $WORK_DIR; output in $LOG_FILE"
 stage="from the training command"
-"${TRAIN_CMD[@]}" >>"$LOG_FILE" 2>&1 </dev/null &
+# supervisor.report (the job's reporter) writes under the run prefix it finds here.
+SUPERVISOR_RUN_PREFIX="$RUN_PREFIX" "${TRAIN_CMD[@]}" >>"$LOG_FILE" 2>&1 </dev/null &
 train_pid=$!
 printf '%s\n' "$train_pid" >"$PID_FILE.tmp"
 mv -f -- "$PID_FILE.tmp" "$PID_FILE"

@@ -118,6 +118,8 @@ class Plan:
     """A text the run's final reason must contain, if any."""
     checkpoint: str | None = None
     """The run's checkpoint status at the end; set: checkpoint safety is on for the run."""
+    method: str = "mgda"
+    """The gradient method it "trains" with: a tag, and what `compare` groups by at the end."""
 
     @property
     def prefix_key(self) -> str:
@@ -138,6 +140,7 @@ CRASH = Plan(
     "crashed",
     "terminated",
     reason="instance ended before training started",
+    method="pcgrad",
 )
 CHECKPOINT = Plan(
     "demo-checkpoint",
@@ -147,6 +150,7 @@ CHECKPOINT = Plan(
     "completed",
     "terminated",
     checkpoint="verified",
+    method="imtlg",
 )
 SPOT = Plan(
     "demo-spot",
@@ -156,6 +160,7 @@ SPOT = Plan(
     "completed",
     "terminated",
     checkpoint="verified",
+    method="pcgrad",
 )
 PLANS = (STOP, TERMINATE, CRASH, CHECKPOINT, SPOT)
 
@@ -383,6 +388,11 @@ class Demo:
         self.show_spot(SPOT, spot)
         heading("the daemon itself: supervisord status")
         self.cli("supervisord", "status", check=False)
+        heading(
+            "the run database: the jobs reported through supervisor.report; which gradient "
+            "method did best?"
+        )
+        self.cli("supervisorctl", "compare", "--by", "tag.method", "--metric", "val_loss")
         problems = self.compare(final) + facts.problems + spot.problems
         heading("supervisord: stopping the daemon (it finishes in-flight transitions first)")
         self.stop_daemon()
@@ -579,6 +589,8 @@ class Demo:
             str(STEP_S),
             "--outcome",
             "complete",
+            "--method",
+            plan.method,
             *extra,
         ]
 
@@ -609,6 +621,7 @@ class Demo:
         ]
         if plan.on_complete is not None:
             args += ["--on-complete", plan.on_complete]
+        args += ["--tag", f"method={plan.method}", "--objective", "val_loss:min"]
         self.cli("supervisorctl", *args, *extra)
 
     def wait_for_runs(self) -> dict[str, dict[str, Any]]:
@@ -766,9 +779,10 @@ class Demo:
             status = json.loads(body.read())
         except (ClientError, ValueError):  # not written yet: nothing to show
             return "starting"
-        text = f"{status.get('step')}/{status.get('steps')}"
-        phase = status.get("phase")
-        return text if phase == "training" else f"{text} {phase}"
+        # status.json as supervisor.report writes it: {"state": "started"|"running", "step", ...}
+        if status.get("state") != "running":
+            return str(status.get("state"))
+        return f"{status.get('step')}/{plan.steps}"
 
     def wait_for_jobs(self) -> None:
         for job in self.jobs.values():

@@ -1,8 +1,12 @@
-"""A simulated training job that talks to its run prefix the way a real one does.
+"""A simulated training job that talks to its run prefix the way a real one does: it reports
+through `supervisor.report`, and rewrites `logs/train.log` every step.
 
-Every step it rewrites `status.json` (the heartbeat) and `logs/train.log`; at the end it writes
-`final_metrics.json` and then the completion marker `COMPLETE`, or the failure marker `FAILED`
-whose body is the reason. The supervisor never talks to the job: it only reads the prefix.
+`started()` when it starts; every step `heartbeat()` (status.json) and `log()` with the loss;
+at the end `completed()` with final metrics (final_metrics.json, history.json, then the
+completion marker `COMPLETE`), or with `--outcome fail`, `failed()` (crash/error.log, then the
+failure marker `FAILED` whose body is the reason). The supervisor never talks to the job: it
+only reads the prefix. The final metrics (train_loss, val_loss, accuracy) are a deterministic
+function of --lr and --method, so runs that differ in them can be compared.
 
 With `--checkpoint-dir` it acts as a training process for checkpoint safety: it writes its pid
 to `--pid-file`, writes `step_N.pt` into the checkpoint directory every step (keeping the last
@@ -13,10 +17,11 @@ uploads the newest checkpoint. Started again (a resume) with checkpoints in the 
 the supervisor's restore leaves them, it goes on from the newest one's step and appends to the
 log the earlier attempt left under the prefix.
 
-Standard library and boto3 only, like the instance-side code. AWS settings (endpoint, region,
-credentials) come from the standard AWS chain, e.g. AWS_ENDPOINT_URL for a moto server.
+Standard library, boto3 and `supervisor.report` (itself standard library and boto3) only,
+like the instance-side code. AWS settings (endpoint, region, credentials) come from the
+standard AWS chain, e.g. AWS_ENDPOINT_URL for a moto server.
 
-    python -m supervisor.demo.job --bucket demo-runs --prefix runs/exp1/ --steps 8
+    python -m supervisor.demo.job --bucket demo-runs --prefix runs/exp1/ --steps 8 --method mgda
     python -m supervisor.demo.job --bucket demo-runs --prefix runs/exp2/ --steps 6 \\
         --checkpoint-dir /tmp/exp2/ckpt --pid-file /tmp/exp2/train.pid
 """
@@ -24,7 +29,7 @@ credentials) come from the standard AWS chain, e.g. AWS_ENDPOINT_URL for a moto 
 from __future__ import annotations
 
 import argparse
-import json
+import hashlib
 import math
 import os
 import re
@@ -38,6 +43,8 @@ from typing import TYPE_CHECKING
 
 import boto3
 from botocore.exceptions import ClientError
+
+from supervisor.report import Reporter
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -64,10 +71,30 @@ def _parser() -> argparse.ArgumentParser:
         "--step-s", type=float, default=0.5, metavar="SECONDS", help="seconds per step (0.5)"
     )
     parser.add_argument(
+        "--lr",
+        type=float,
+        default=0.01,
+        help="learning rate: how fast the simulated loss falls (0.01)",
+    )
+    parser.add_argument(
+        "--method",
+        default="baseline",
+        help="a method name (e.g. a gradient method: mgda, pcgrad): it shifts val_loss and "
+        "accuracy by a fixed amount of its own (baseline)",
+    )
+    parser.add_argument(
+        "--log-file",
+        type=Path,
+        metavar="FILE",
+        help="also append the log to this local file; with --outcome fail its tail goes into "
+        "crash/error.log",
+    )
+    parser.add_argument(
         "--outcome",
         choices=("complete", "fail"),
         default="complete",
-        help="write COMPLETE at the end, or FAILED with --fail-reason as its body",
+        help="report completed() at the end (COMPLETE), or failed() with --fail-reason "
+        "(FAILED, whose body is the reason)",
     )
     parser.add_argument(
         "--fail-reason",
@@ -106,11 +133,16 @@ def _now() -> str:
 
 
 class Job:
-    def __init__(self, s3: S3Client, bucket: str, prefix: str) -> None:
+    def __init__(self, s3: S3Client, args: argparse.Namespace) -> None:
         self.s3 = s3
-        self.bucket = bucket
-        self.prefix = prefix if prefix.endswith("/") else prefix + "/"
+        self.bucket: str = args.bucket
+        self.prefix: str = args.prefix if args.prefix.endswith("/") else args.prefix + "/"
+        self.steps: int = max(args.steps, 1)
+        self.lr: float = args.lr
+        self.method: str = args.method
+        self.log_file: Path | None = args.log_file
         self.log_lines: list[str] = []
+        self.report = Reporter(f"s3://{self.bucket}/{self.prefix}", client=s3)
 
     def put(self, key: str, body: str, content_type: str = "text/plain") -> None:
         self.s3.put_object(
@@ -132,26 +164,46 @@ class Job:
         line = f"{_now()} {message}"
         print(line, flush=True)
         self.log_lines.append(line)
+        if self.log_file is not None:
+            with self.log_file.open("a") as local:
+                local.write(line + "\n")
         # S3 has no append: a real job uploads its log file periodically; rewrite it whole.
         self.put("logs/train.log", "\n".join(self.log_lines) + "\n")
 
-    def heartbeat(self, step: int, steps: int, phase: str, loss: float | None) -> None:
-        status = {"step": step, "steps": steps, "phase": phase, "loss": loss, "at": _now()}
-        self.put("status.json", json.dumps(status), "application/json")
+    def loss(self, step: int) -> float:
+        return round(2.5 * math.exp(-step / self.steps * 150 * self.lr) + 0.1, 4)
 
-    def complete(self, steps: int, loss: float) -> None:
-        self.put(
-            "final_metrics.json",
-            json.dumps({"steps": steps, "final_loss": round(loss, 4)}),
-            "application/json",
-        )
-        self.heartbeat(steps, steps, "complete", round(loss, 4))
-        self.log("training complete; writing COMPLETE")
-        self.put("COMPLETE", f"steps={steps} final_loss={loss:.4f}\n")
+    def trained(self, step: int) -> float:
+        """Step `step` is done: report it (heartbeat and history) and return its loss."""
+        loss = self.loss(step)
+        self.report.heartbeat(step, loss=loss)
+        self.report.log(step, loss=loss)
+        return loss
 
+    def resumed(self, step: int) -> None:
+        """Rebuild the history an earlier attempt logged: the loss is a function of the step."""
+        for earlier in range(1, step + 1):
+            self.report.log(earlier, loss=self.loss(earlier))
 
-def _loss(step: int, steps: int) -> float:
-    return 2.5 * math.exp(-step / steps * 1.5) + 0.1
+    def final_metrics(self) -> dict[str, float]:
+        train_loss = self.loss(self.steps)
+        # Each method's own fixed offset: a stable hash, so every run of it gets the same.
+        offset = hashlib.sha256(self.method.encode()).digest()[0] / 255
+        val_loss = round(train_loss * (1.05 + 0.25 * offset), 4)
+        return {
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "accuracy": round(1 / (1 + val_loss), 4),
+        }
+
+    def complete(self) -> None:
+        metrics = self.final_metrics()
+        self.log(f"training complete: {metrics}; reporting completed (writes COMPLETE)")
+        self.report.completed(metrics, total_steps=self.steps)
+
+    def fail(self, reason: str) -> None:
+        self.log(f"training failed: {reason}")
+        self.report.failed(reason, log_file=self.log_file)
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -165,23 +217,19 @@ def main(argv: list[str] | None = None) -> int:
             _parser().error("--checkpoint-dir and --pid-file go together")
         return _train_with_checkpoints(args)
     signal.signal(signal.SIGTERM, _on_sigterm)
-    job = Job(boto3.client("s3"), args.bucket, args.prefix)
-    steps = max(args.steps, 1)
-    loss = 2.5
+    job = Job(boto3.client("s3"), args)
+    steps = job.steps
     try:
-        job.heartbeat(0, steps, "starting", None)
-        job.log(f"training started: {steps} steps of {args.step_s}s")
+        job.report.started()
+        job.log(f"training started: {steps} steps of {args.step_s}s, lr {job.lr}, {job.method}")
         for step in range(1, steps + 1):
             time.sleep(args.step_s)
-            loss = _loss(step, steps)
-            job.heartbeat(step, steps, "training", round(loss, 4))
+            loss = job.trained(step)
             job.log(f"step {step}/{steps} loss={loss:.4f}")
         if args.outcome == "fail":
-            job.heartbeat(steps, steps, "failed", round(loss, 4))
-            job.log(f"training failed: {args.fail_reason}")
-            job.put("FAILED", args.fail_reason + "\n")
+            job.fail(args.fail_reason)
             return 1
-        job.complete(steps, loss)
+        job.complete()
         return 0
     except (Stopped, KeyboardInterrupt):
         print(f"{_now()} stopped by a signal before finishing", flush=True)
@@ -241,12 +289,12 @@ def _train_with_checkpoints(args: argparse.Namespace) -> int:
     directory.mkdir(parents=True, exist_ok=True)
     args.pid_file.parent.mkdir(parents=True, exist_ok=True)
     _write_atomically(args.pid_file, f"{os.getpid()}\n".encode())
-    job = Job(boto3.client("s3"), args.bucket, args.prefix)
-    steps, size = max(args.steps, 1), max(args.checkpoint_kb, 1) * 1024
-    step, loss = 0, 2.5
+    job = Job(boto3.client("s3"), args)
+    steps, size = job.steps, max(args.checkpoint_kb, 1) * 1024
+    step = 0
     resumed = _newest_checkpoint(directory)
+    job.report.started()
     if resumed is None:
-        job.heartbeat(0, steps, "starting", None)
         job.log(
             f"training started: pid {os.getpid()}, {steps} steps of {args.step_s}s, "
             f"checkpoints in {directory}"
@@ -254,24 +302,21 @@ def _train_with_checkpoints(args: argparse.Namespace) -> int:
     else:
         step, name = resumed
         job.continue_log()
-        job.heartbeat(step, steps, "resuming", None)
+        job.resumed(step)
         job.log(f"resumed: pid {os.getpid()}, from {name} in {directory}, at step {step}/{steps}")
     while step < steps and not stop.wait(args.step_s):
         step += 1
-        loss = _loss(step, steps)
         _checkpoint(directory, f"step_{step}.pt", step, size)
         (directory / f"step_{step - 2}.pt").unlink(missing_ok=True)  # keep the last two
-        job.heartbeat(step, steps, "training", round(loss, 4))
+        loss = job.trained(step)
         job.log(f"step {step}/{steps} loss={loss:.4f}; wrote step_{step}.pt ({size} bytes)")
     if stop.signal is None:
-        job.complete(steps, loss)
-        job.heartbeat(steps, steps, "evaluating", round(loss, 4))
+        job.complete()
         job.log("evaluating: the process keeps running (and holding the GPU) until told to stop")
         if not stop.wait(args.hold_s):
             job.log(f"nobody stopped the job within {args.hold_s:g}s; exiting without a checkpoint")
             return 1
     final = _checkpoint(directory, f"step_{step}_final.pt", step, size)
-    job.heartbeat(step, steps, "stopped", round(loss, 4))
     job.log(
         f"{stop.signal} received: saved final checkpoint {final.name} ({size} bytes); exiting 0"
     )

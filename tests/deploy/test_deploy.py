@@ -748,3 +748,12 @@ def test_sigterm_is_passed_on_and_reported(instance: Instance) -> None:
     assert "exit code 7 from the training command" in body
     assert "received SIGTERM" in body
     assert "training; waiting for SIGTERM" in body
+
+
+def test_the_training_command_gets_the_run_prefix_for_its_reporter(instance: Instance) -> None:
+    # supervisor.report finds the run prefix in SUPERVISOR_RUN_PREFIX: no setup on the instance.
+    code, output = instance.run(
+        *python("import os; open('prefix', 'w').write(os.environ['SUPERVISOR_RUN_PREFIX'])")
+    )
+    assert code == 0, output
+    assert (instance.root / "work" / "prefix").read_text() == f"s3://{BUCKET}/{RUN_KEYS}"
