@@ -1,0 +1,302 @@
+"""The read-only query adapter over a real run database file, built by the real `Store`:
+filters compiled to SQL, one run in full, comparisons with known values, flat records, and
+reading while the daemon's store has the file open."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from supervisor.adapters.query import (
+    _COLUMN_SQL,
+    _SPEC_COLUMNS,
+    CRASH_LOG_LINES,
+    DatabaseUnavailable,
+    RunDatabase,
+    RunRow,
+    UnknownRun,
+)
+from supervisor.adapters.store import Store
+from supervisor.core.compare import Group
+from supervisor.core.errors import InvalidInput
+from supervisor.core.filters import COLUMNS
+from supervisor.core.spec import Direction
+from tests.adapters.run_database import HISTORY, NOW, SEEDS, WANDB, method, seed
+
+
+@pytest.fixture(scope="module")
+def db_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("query") / "supervisor.db"
+    asyncio.run(seed(path, SEEDS))
+    return path
+
+
+@pytest.fixture
+def db(db_path: Path) -> Iterator[RunDatabase]:
+    with RunDatabase(db_path) as opened:
+        yield opened
+
+
+def ids(runs: list[RunRow]) -> set[str]:
+    return {r.run_id for r in runs}
+
+
+# -- filters ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        (["metrics.val_loss<0.3"], {"mgda-2", "pcgrad-2"}),
+        (["metrics.val_loss<=0.3"], {"mgda-1", "mgda-2", "pcgrad-2"}),
+        (["metrics.acc>=0.88"], {"pcgrad-1", "imtlg-1"}),
+        (["metrics.eval/top-1>0.5"], {"mgda-2"}),
+        (["config.gradient_method=mgda"], {"mgda-1", "mgda-2", "mgda-3"}),
+        # a run without the field never matches, whatever the operator
+        (["config.gradient_method!=mgda"], {"pcgrad-1", "pcgrad-2", "imtlg-1", "imtlg-2"}),
+        (["config.optimizer.lr=0.0003", "config.gradient_method=imtlg"], {"imtlg-1", "imtlg-2"}),
+        (["config.optimizer.lr>1e-3"], set()),
+        (["config.amp=true", "metrics.val_loss>0.45"], {"baseline-1"}),
+        (["tag.seed=1"], {"mgda-1"}),  # numeric against the text "1"
+        (["tag.seed>=2"], {"mgda-3", "pcgrad-2"}),  # 10 >= 2 as numbers, not as text
+        (['tag.seed="10"'], {"mgda-3"}),
+        (["tag.team=vision"], {"mgda-1"}),
+        (["outcome=crashed"], {"mgda-3"}),
+        (["phase=running", "step<100"], {"imtlg-2"}),
+        (["step>=1000", "total_steps=1000"], {"mgda-1"}),
+        (["spot=true", "instance_type=p4d.24xlarge", "name=deco hop bs96 mgda"], {"mgda-1"}),
+        (["wandb_run_id=w8x2k", "wandb_project=deco"], {"mgda-1"}),
+        (["run_id>=pcgrad"], {"pcgrad-1", "pcgrad-2"}),
+        (["config.gradient_method=mgda'; DROP TABLE runs; --"], set()),  # bound, never SQL
+    ],
+)
+def test_where_filters_select_the_matching_runs(
+    db: RunDatabase, where: list[str], expected: set[str]
+) -> None:
+    assert ids(db.runs(*where)) == expected
+
+
+def test_phase_outcome_and_since_select_too(db: RunDatabase) -> None:
+    assert ids(db.runs(phase="crashed")) == {"mgda-3"}
+    assert ids(db.runs(outcome=["crashed", "none"])) == {"mgda-3", "imtlg-2"}
+    assert ids(db.runs(since="2d", now=NOW)) == ids(db.runs()) - {"pcgrad-1", "imtlg-1"}
+    assert ids(db.runs(since=timedelta(days=5), now=NOW)) == ids(db.runs()) - {"imtlg-1"}
+
+
+def test_runs_come_oldest_first(db: RunDatabase) -> None:
+    assert [r.run_id for r in db.runs()][:2] == ["imtlg-1", "pcgrad-1"]
+
+
+def test_a_bad_filter_is_refused_naming_it(db: RunDatabase) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        db.runs("metrics.val_loss=<0.3")
+    assert "filter 'metrics.val_loss=<0.3'" in str(caught.value)
+    with pytest.raises(InvalidInput, match="unknown field 'gradient_method'"):
+        db.runs("gradient_method=mgda")
+
+
+def test_every_column_a_filter_may_name_has_a_place_in_sql_and_on_the_row() -> None:
+    assert set(COLUMNS) == {*_COLUMN_SQL, *_SPEC_COLUMNS, "wandb_project"}
+    assert set(COLUMNS) <= set(RunRow.model_fields)
+
+
+# -- rows ---------------------------------------------------------------------------------
+
+
+def test_a_run_row_carries_spec_config_objectives_metrics_and_wandb(db: RunDatabase) -> None:
+    (run,) = db.runs("run_id=mgda-1")
+    assert (run.name, run.instance_type, run.spot) == ("deco hop bs96 mgda", "p4d.24xlarge", True)
+    assert (run.phase, run.outcome, run.step, run.total_steps) == ("grace", "completed", 1000, 1000)
+    assert run.config == {
+        "gradient_method": "mgda",
+        "optimizer": {"lr": 3e-4, "betas": [0.9, 0.99]},
+        "amp": True,
+    }
+    assert [(o.name, o.direction, o.final) for o in run.objectives] == [
+        ("val_loss", Direction.MIN, 0.30),
+        ("acc", Direction.MAX, 0.80),
+    ]
+    assert (run.wandb_url, run.wandb_run_id, run.wandb_project) == (
+        WANDB["url"],
+        WANDB["run_id"],
+        "deco",
+    )
+    assert run.get("config.optimizer.lr") == 3e-4
+    assert run.get("metrics.missing") is None
+
+
+def test_records_are_flat_dicts_for_a_dataframe(db: RunDatabase) -> None:
+    records = db.records("run_id=mgda-1")
+    assert len(records) == 1
+    record = records[0]
+    assert list(record)[: len(COLUMNS)] == list(COLUMNS)
+    assert {k: v for k, v in record.items() if "." in k} == {
+        "config.gradient_method": "mgda",
+        "config.optimizer.lr": 3e-4,
+        "config.optimizer.betas": [0.9, 0.99],
+        "config.amp": True,
+        "tag.seed": "1",
+        "tag.team": "vision",
+        "metrics.acc": 0.80,
+        "metrics.grad_norm": 2.0,
+        "metrics.val_loss": 0.30,
+    }
+    assert record["created_at"] == NOW - timedelta(hours=1)
+
+
+def test_one_run_in_full_with_history_transitions_and_the_crash_log_tail(
+    db: RunDatabase,
+) -> None:
+    full = db.run("mgda-1")
+    assert full.history == HISTORY
+    assert full.status == {"state": "running", "step": 1000}
+    assert full.wandb == WANDB
+    assert full.spec["s3_prefix"] == "s3://my-runs/runs/mgda-1/"
+    assert [(t.from_, t.to) for t in full.transitions] == [
+        (None, "pending"),
+        ("pending", "running"),
+        ("running", "grace"),
+    ]
+    assert [(i.instance_id, i.source) for i in full.instances] == [(full.instance_id, "attached")]
+    assert full.crash_log is None
+    dumped = full.model_dump(mode="json", by_alias=True)
+    assert dumped["transitions"][0]["from"] is None
+
+    crashed = db.run("mgda-3")
+    assert crashed.crash_log is not None
+    assert crashed.crash_log.uri == "s3://my-runs/runs/mgda-3/crash/error.log"
+    assert crashed.crash_log.lines == tuple(f"trace line {i}" for i in range(11, 31))
+    assert len(crashed.crash_log.lines) == CRASH_LOG_LINES
+    assert [a.kind for a in crashed.attachments] == ["crash-log"]
+
+
+def test_an_unknown_run_is_refused_naming_it(db: RunDatabase) -> None:
+    with pytest.raises(UnknownRun, match="no run 'nope' in the run database"):
+        db.run("nope")
+
+
+# -- compare ------------------------------------------------------------------------------
+
+
+def table(groups: tuple[Group, ...]) -> list[tuple[object, ...]]:
+    return [
+        (
+            g.value,
+            g.runs,
+            g.completed,
+            g.crashed,
+            g.measured,
+            None if g.mean is None else round(g.mean, 6),
+            g.min,
+            g.max,
+            g.best_run,
+        )
+        for g in groups
+    ]
+
+
+def test_compare_by_method_gives_the_known_table_lower_loss_best(db: RunDatabase) -> None:
+    found = db.compare("config.gradient_method", "val_loss")
+    assert (found.direction, found.direction_source) == (Direction.MIN, "objective")
+    assert table(found.groups) == [
+        ("mgda", 3, 2, 1, 2, 0.275, 0.25, 0.30, "mgda-2"),
+        ("pcgrad", 2, 2, 0, 2, 0.3, 0.20, 0.40, "pcgrad-2"),
+        ("imtlg", 2, 1, 0, 1, 0.35, 0.35, 0.35, "imtlg-1"),
+        (None, 1, 1, 0, 1, 0.5, 0.5, 0.5, "baseline-1"),
+    ]
+
+
+def test_compare_respects_a_max_objective(db: RunDatabase) -> None:
+    found = db.compare("config.gradient_method", "metrics.acc")
+    assert (found.direction, found.direction_source) == (Direction.MAX, "objective")
+    assert table(found.groups) == [
+        ("imtlg", 2, 1, 0, 1, 0.88, 0.88, 0.88, "imtlg-1"),
+        ("mgda", 3, 2, 1, 2, 0.825, 0.80, 0.85, "mgda-2"),
+        ("pcgrad", 2, 2, 0, 2, 0.8, 0.70, 0.90, "pcgrad-1"),
+        (None, 1, 1, 0, 0, None, None, None, None),
+    ]
+
+
+def test_compare_without_an_objective_assumes_min_and_says_so(db: RunDatabase) -> None:
+    found = db.compare("config.gradient_method", "grad_norm", "config.gradient_method=mgda")
+    assert found.direction_source == "default"
+    assert "no run declares grad_norm as an objective" in found.direction_note
+    assert table(found.groups) == [("mgda", 3, 2, 1, 1, 2.0, 2.0, 2.0, "mgda-1")]
+    given = db.compare("config.gradient_method", "val_loss", direction="max")
+    assert given.direction_source == "given"
+    assert [g.best_run for g in given.groups] == [
+        "baseline-1",
+        "imtlg-1",
+        "pcgrad-1",
+        "mgda-1",
+    ]
+
+
+def test_compare_groups_by_any_field_and_takes_filters(db: RunDatabase) -> None:
+    found = db.compare("outcome", "val_loss", "config.amp=true", since="2d", now=NOW)
+    assert [(g.value, g.runs) for g in found.groups] == [
+        ("completed", 4),
+        ("crashed", 1),
+        (None, 1),
+    ]
+
+
+# -- the file -----------------------------------------------------------------------------
+
+
+def test_it_reads_while_the_daemons_store_has_the_file_open_and_sees_new_commits(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "supervisor.db"
+    asyncio.run(seed(path, [method("first", "mgda")]))
+
+    async def while_open() -> set[str]:
+        store = await Store.open(path)  # the daemon's writer keeps the file open, in WAL mode
+        try:
+            with RunDatabase(path) as reader:
+                before = ids(reader.runs())
+                await seed(path, [method("second", "pcgrad")])  # committed meanwhile
+                return before | {f"after:{r}" for r in ids(reader.runs())}
+        finally:
+            await store.close()
+
+    assert asyncio.run(while_open()) == {"first", "after:first", "after:second"}
+
+
+def test_it_never_writes(db_path: Path) -> None:
+    with RunDatabase(db_path) as db, pytest.raises(sqlite3.OperationalError, match="readonly"):
+        db._db.execute("DELETE FROM runs")
+
+
+def test_a_missing_or_old_database_is_explained(tmp_path: Path) -> None:
+    with pytest.raises(DatabaseUnavailable) as caught:
+        RunDatabase(tmp_path / "supervisor.db")
+    assert str(caught.value).startswith(f"no run database at {tmp_path / 'supervisor.db'} yet")
+
+    old = tmp_path / "old.db"
+    with sqlite3.connect(old) as raw:
+        raw.execute("PRAGMA user_version = 5")
+    raw.close()
+    with pytest.raises(DatabaseUnavailable, match="schema version 5; queries need 6"):
+        RunDatabase(old)
+
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not sqlite at all" * 100)
+    with pytest.raises(DatabaseUnavailable, match="is not a run database"):
+        RunDatabase(junk)
+
+
+def test_the_public_api_opens_the_daemons_database_from_its_settings(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from supervisor.query import open_database
+
+    monkeypatch.setenv("SUPERVISOR_STATE_DIR", str(db_path.parent))
+    with open_database() as db:
+        assert db.path == db_path
+        assert len(db.runs()) == len(SEEDS)
