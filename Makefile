@@ -5,6 +5,9 @@ PYTHON      ?= python3
 VENV        := .venv
 BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.installed
+# Test processes (pytest-xdist): both cores of the reference machine. TEST_WORKERS=0 runs
+# everything in this process (easier to debug).
+TEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := test
@@ -32,7 +35,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 test: $(STAMP)
-	$(BIN)/pytest -q --timeout=300 $(PYTEST_ARGS)
+	$(BIN)/pytest -q --timeout=300 -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/python -m supervisor.demo

@@ -17,7 +17,7 @@ from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import aioboto3
 from botocore.config import Config
@@ -46,6 +46,7 @@ from supervisor.core.values import InstanceId, InstanceState, ObjectInfo
 from supervisor.core.zombies import InstanceSeen
 
 DESCRIBE_BATCH = 1000  # DescribeInstances takes at most 1000 instance ids
+READ_RANGE_LIMIT = 1 << 20  # bytes per ranged GetObject of a log
 
 _TRANSIENT_CODES = frozenset(
     {
@@ -81,6 +82,23 @@ _CONNECTION_ERRORS = (
 _INSTANCE_ID_IN_TEXT = re.compile(r"i-[0-9a-f]{8,17}")
 
 
+ErrorClass = Literal["transient", "not_found", "permanent"]
+_ERROR_TYPES: dict[ErrorClass, type[ExternalError]] = {
+    "transient": TransientError,
+    "not_found": NotFoundError,
+    "permanent": PermanentError,
+}
+
+
+def error_class(code: str, status: int) -> ErrorClass:
+    """How an AWS error reply is handled: retried, taken as "already gone", or not retried."""
+    if code in _NOT_FOUND_CODES:
+        return "not_found"
+    if code in _TRANSIENT_CODES or status >= 500:
+        return "transient"
+    return "permanent"
+
+
 def translate(exc: BaseException, operation: str) -> ExternalError:
     """Map a botocore/aiohttp exception to transient, not-found or permanent."""
     if isinstance(exc, ClientError):
@@ -88,11 +106,8 @@ def translate(exc: BaseException, operation: str) -> ExternalError:
         code = str(error.get("Code", "Unknown"))
         message = str(error.get("Message", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        if code in _NOT_FOUND_CODES:
-            return NotFoundError(code, message, operation=operation)
-        if code in _TRANSIENT_CODES or status >= 500:
-            return TransientError(code, message, operation=operation)
-        return PermanentError(code, message, operation=operation)
+        error_type = _ERROR_TYPES[error_class(code, status)]
+        return error_type(code, message, operation=operation)
     if isinstance(exc, (*_CONNECTION_ERRORS, asyncio.TimeoutError, OSError)):
         return TransientError(type(exc).__name__, str(exc), operation=operation)
     if isinstance(exc, NoCredentialsError):
@@ -121,15 +136,58 @@ def _translated(operation: str) -> Iterator[None]:
         raise
 
 
+_CALL = "supervisor_call"
+"""Where the before-call hook leaves (service, operation) in botocore's request context, for
+the after-call hooks (`after-call-error` is not given the operation model)."""
+
+
 class CallCounter:
-    """AWS calls by (service, operation), counted by a botocore `before-call` hook."""
+    """AWS calls by (service, operation), counted by a botocore `before-call` hook, and by
+    (service, operation, outcome) once each call has ended: `ok`, or the error's class
+    (`transient`, `not_found`, `permanent`; see `error_class`). A call cancelled in flight
+    has no outcome."""
 
     def __init__(self) -> None:
         self.calls: Counter[tuple[str, str]] = Counter()
+        self.outcomes: Counter[tuple[str, str, str]] = Counter()
 
-    def hook(self, *, model: Any = None, **_: Any) -> None:
+    def register(self, events: Any) -> None:
+        """Count the calls of one client (its `meta.events`)."""
+        events.register("before-call.*.*", self.hook)
+        events.register("after-call.*.*", self.after_call)
+        events.register("after-call-error.*.*", self.after_call_error)
+
+    def hook(self, *, model: Any = None, context: Any = None, **_: Any) -> None:
         if model is not None:
-            self.calls[(model.service_model.service_name, model.name)] += 1
+            key = (model.service_model.service_name, model.name)
+            self.calls[key] += 1
+            if isinstance(context, dict):
+                context[_CALL] = key
+
+    def after_call(
+        self, *, http_response: Any = None, parsed: Any = None, context: Any = None, **_: Any
+    ) -> None:
+        """A reply came back: 2xx is `ok`; an error reply is classed by its code and status."""
+        key = context.get(_CALL) if isinstance(context, dict) else None
+        if key is None:
+            return
+        status = int(getattr(http_response, "status_code", 0) or 0)
+        outcome: str = "ok"
+        if status >= 300:
+            error = parsed.get("Error", {}) if isinstance(parsed, dict) else {}
+            outcome = error_class(str(error.get("Code", status)), status)
+        self.outcomes[(*key, outcome)] += 1
+
+    def after_call_error(
+        self, *, exception: BaseException | None = None, context: Any = None, **_: Any
+    ) -> None:
+        """No reply: a connection error, a timeout, or an injected fault."""
+        key = context.get(_CALL) if isinstance(context, dict) else None
+        if key is None or exception is None:
+            return
+        error = translate(exception, key[1])
+        outcome = next(c for c, t in _ERROR_TYPES.items() if isinstance(error, t))
+        self.outcomes[(*key, outcome)] += 1
 
     def count(self, operation: str) -> int:
         return sum(n for (_, op), n in self.calls.items() if op == operation)
@@ -187,7 +245,7 @@ class Aws:
                 created = await self._stack.enter_async_context(
                     self._session.client(service, region_name=region, config=self._config)
                 )
-                created.meta.events.register("before-call.*.*", self.counter.hook)
+                self.counter.register(created.meta.events)
                 if self._faults:
                     created.meta.events.register("before-send.*.*", self._faults.before_send)
                 self._clients[key] = created
@@ -259,6 +317,41 @@ class Aws:
         total = content_range.rpartition("/")[2]
         size = int(total) if total.isdigit() else len(data)
         return data.decode("utf-8", errors="replace"), size
+
+    async def read_range(
+        self, bucket: str, key: str, region: str, start: int, *, limit: int = READ_RANGE_LIMIT
+    ) -> tuple[bytes, int]:
+        """Up to `limit` bytes of an object from byte `start` (with a negative `start`, its
+        last `-start` bytes, at most `limit`), and the object's size now: one GetObject.
+
+        From the end or past it there are no bytes, and the size still comes back, so a
+        reader following a growing log tells "nothing new" (size == start) from "truncated or
+        replaced" (size < start). Raises `NotFoundError` when there is no such object."""
+        if start < 0:
+            wanted = f"bytes=-{min(-start, limit)}"
+        else:
+            wanted = f"bytes={start}-{start + limit - 1}"
+        s3 = await self.client("s3", region)
+        with _translated("GetObject"):
+            try:
+                response = await s3.get_object(Bucket=bucket, Key=key, Range=wanted)
+            except ClientError as exc:
+                error = exc.response.get("Error", {})
+                if error.get("Code") != "InvalidRange":
+                    raise
+                # S3 answers a range past the end with 416 and the object's size.
+                actual = str(error.get("ActualObjectSize", ""))
+                if actual.isdigit():
+                    return b"", int(actual)
+                stored = await self.head_object(bucket, key, region)
+                if stored is None:
+                    raise NotFoundError("NoSuchKey", key, operation="GetObject") from None
+                return b"", stored.size
+            async with response["Body"] as body:
+                data: bytes = await body.read()
+        total = str(response.get("ContentRange") or "").rpartition("/")[2]
+        # No Content-Range: S3 sent the whole object (a suffix range on an empty one).
+        return data, int(total) if total.isdigit() else len(data)
 
     async def head_object(self, bucket: str, key: str, region: str) -> StoredObject | None:
         """Size and SHA-256 checksum of an object as S3 stores it, or None if it is missing."""

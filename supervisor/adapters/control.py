@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
@@ -20,7 +20,12 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from supervisor.adapters.metrics_http import Exposition, metrics_handler
 from supervisor.adapters.protocol import (
+    DEFAULT_TRAINING_LOG,
+    DEFAULT_TRAINING_LOG_BYTES,
+    AttachFileRequest,
+    AttachmentView,
     AttachRequest,
     DaemonStatus,
     ErrorKind,
@@ -29,6 +34,7 @@ from supervisor.adapters.protocol import (
     RunDetail,
     RunView,
     TailItem,
+    TrainingLogItem,
     ZombieList,
 )
 from supervisor.core.errors import (
@@ -53,9 +59,14 @@ class ControlHandler(Protocol):
     async def run_detail(self, run_id: str) -> RunDetail: ...
     async def request(self, run_id: str, action: str, *, from_scratch: bool = False) -> RunView: ...
     def tail(self, run_id: str, *, follow: bool) -> AsyncIterator[TailItem]: ...
+    async def attach_file(self, run_id: str, request: AttachFileRequest) -> AttachmentView: ...
+    def training_log(
+        self, run_id: str, *, key: str, offset: int | None, last: int, follow: bool
+    ) -> AsyncIterator[TrainingLogItem]: ...
     async def status(self) -> DaemonStatus: ...
     async def zombies(self) -> ZombieList: ...
     async def report(self, since_days: float) -> ReportView: ...
+    async def metrics(self, accept: str) -> Exposition: ...
 
 
 _ERROR_STATUS: list[tuple[type[Exception], int, ErrorKind]] = [
@@ -107,10 +118,14 @@ class ControlServer:
                 web.get("/v1/runs", self._list),
                 web.post("/v1/runs", self._attach),
                 web.get("/v1/runs/{run_id}", self._detail),
+                # Before `{action}`, which would take "attachments" for an action.
+                web.post("/v1/runs/{run_id}/attachments", self._attach_file),
                 web.post("/v1/runs/{run_id}/{action}", self._act),
                 web.get("/v1/runs/{run_id}/tail", self._tail),
+                web.get("/v1/runs/{run_id}/training-log", self._training_log),
                 web.get("/v1/zombies", self._zombies),
                 web.get("/v1/report", self._report),
+                web.get("/metrics", metrics_handler(handler)),
             ]
         )
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -178,6 +193,43 @@ class ControlServer:
         await response.write_eof()
         return response
 
+    async def _attach_file(self, request: web.Request) -> web.Response:
+        body = AttachFileRequest.model_validate_json(await request.read())
+        return _json(await self._handler.attach_file(request.match_info["run_id"], body), 201)
+
+    async def _training_log(self, request: web.Request) -> web.StreamResponse:
+        query = request.query
+        offset = _byte_count(query, "offset")
+        last = _byte_count(query, "last")
+        if offset is not None and last is not None:
+            raise InvalidInput("give offset= or last=, not both")
+        items = self._handler.training_log(
+            request.match_info["run_id"],
+            key=query.get("key", DEFAULT_TRAINING_LOG),
+            offset=offset,
+            last=DEFAULT_TRAINING_LOG_BYTES if last is None else last,
+            follow=query.get("follow") == "1",
+        )
+        first = await anext(items, None)  # errors (unknown run, bad key) surface first
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        if first is not None:
+            await response.write(first.model_dump_json().encode() + b"\n")
+            async for item in items:
+                await response.write(item.model_dump_json().encode() + b"\n")
+        await response.write_eof()
+        return response
+
+
+def _byte_count(query: Mapping[str, str], name: str) -> int | None:
+    """A query parameter that counts bytes: absent, or an integer from 0."""
+    text = query.get(name)
+    if text is None:
+        return None
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        raise InvalidInput(f"{name}={text!r} is not valid: give a number of bytes from 0")
+    return int(text)
+
 
 class DaemonNotRunning(SupervisorError):
     def __init__(self, socket_path: Path) -> None:
@@ -198,7 +250,9 @@ class ControlError(SupervisorError):
 class ControlClient:
     """`async with ControlClient(path) as client:` then call the daemon's endpoints."""
 
-    def __init__(self, socket_path: Path, *, timeout_s: float = 60.0) -> None:
+    def __init__(self, socket_path: Path, *, timeout_s: float | None = 60.0) -> None:
+        """`timeout_s`: the longest wait for the daemon's next bytes; None for a followed
+        stream, which may be quiet for long (a log that stops growing for a while)."""
         self.socket_path = socket_path
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=timeout_s)
         self._session: aiohttp.ClientSession | None = None
@@ -274,6 +328,11 @@ class ControlClient:
         async with self._call("GET", "/v1/report", None, since=repr(since_days)) as response:
             return ReportView.model_validate_json(await response.read())
 
+    async def metrics(self) -> str:
+        """The Prometheus text of `GET /metrics`."""
+        async with self._call("GET", "/metrics") as response:
+            return await response.text()
+
     async def tail(self, run_id: str, *, follow: bool) -> AsyncIterator[TailItem]:
         async with self._call(
             "GET", f"/v1/runs/{run_id}/tail", follow="1" if follow else "0"
@@ -281,6 +340,35 @@ class ControlClient:
             async for line in response.content:
                 if line.strip():
                     yield TailItem.model_validate(json.loads(line))
+
+    async def attach_file(self, run_id: str, kind: str, uri: str) -> AttachmentView:
+        return await self._get(
+            AttachmentView,
+            "POST",
+            f"/v1/runs/{run_id}/attachments",
+            AttachFileRequest(kind=kind, uri=uri),
+        )
+
+    async def training_log(
+        self,
+        run_id: str,
+        *,
+        key: str = DEFAULT_TRAINING_LOG,
+        follow: bool = False,
+        offset: int | None = None,
+        last: int | None = None,
+    ) -> AsyncIterator[TrainingLogItem]:
+        """The run's training log: from byte `offset`, or from its last `last` bytes (the
+        daemon's default when both are None); with `follow`, until the run has ended."""
+        params = {"key": key, "follow": "1" if follow else "0"}
+        if offset is not None:
+            params["offset"] = str(offset)
+        if last is not None:
+            params["last"] = str(last)
+        async with self._call("GET", f"/v1/runs/{run_id}/training-log", None, **params) as response:
+            async for line in response.content:
+                if line.strip():
+                    yield TrainingLogItem.model_validate_json(line)
 
 
 MAX_REPORT_DAYS = 3660.0

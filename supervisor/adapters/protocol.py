@@ -50,6 +50,13 @@ class AttachRequest(_Message):
     on_rebalance: str | None = None
     max_restarts: int | None = None
     tag_instance: bool | None = None
+    name: str | None = None
+    project: str | None = None
+    tags: dict[str, str] | None = None
+    config: dict[str, Any] | None = None
+    objectives: list[str | dict[str, Any]] | None = None
+    wandb_project: str | None = None
+    instance_type: str | None = None
 
 
 class RunView(_Message):
@@ -106,6 +113,15 @@ class AttachmentView(_Message):
     excerpt: str | None = None
 
 
+class AttachFileRequest(_Message):
+    """`supervisorctl attach-file`: a file or link to record with a run."""
+
+    kind: str
+    """crash-log | analysis | conversation | other"""
+    uri: str
+    """s3://BUCKET/KEY, or an http(s) link"""
+
+
 class RunDetail(RunView):
     spec: dict[str, Any]
     transitions: list[TransitionView]
@@ -131,6 +147,25 @@ class TailItem(_Message):
     event: MonitorEventView | None = None
 
 
+DEFAULT_TRAINING_LOG = "logs/train.log"
+"""The training log's key under the run prefix, unless `tail --training --key` says otherwise."""
+DEFAULT_TRAINING_LOG_BYTES = 8192
+"""How much of the end of the training log `tail --training` shows first."""
+
+
+class TrainingLogItem(_Message):
+    """One piece of `supervisorctl tail --training`: text of the log, or a word about it."""
+
+    kind: Literal["lines", "notice", "error"]
+    """lines: text of the log; notice: what the reader is doing (waiting for the log,
+    starting again after a truncation, the end); error: why it stopped without the log."""
+    text: str = ""
+    """lines: whole lines, each ending in a newline; only the last piece, at the end, may be
+    a partial line. notice and error: the message."""
+    offset: int
+    """Bytes of the log read up to the end of this item: pass it as `offset=` to go on."""
+
+
 class DaemonStatus(_Message):
     pid: int
     version: str
@@ -140,6 +175,8 @@ class DaemonStatus(_Message):
     runs_by_phase: dict[str, int]
     monitors: int
     aws_calls: dict[str, int]
+    metrics_url: str | None = None
+    """The TCP `/metrics` listener (SUPERVISOR_METRICS_ADDR) as bound, if there is one."""
 
 
 ErrorKind = Literal["invalid_input", "unknown_run", "conflict", "shutting_down", "internal"]

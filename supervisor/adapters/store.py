@@ -23,6 +23,7 @@ import aiosqlite
 from supervisor.core.errors import InvalidInput, StaleVersion
 from supervisor.core.events import Action
 from supervisor.core.machine import Decision, Transition
+from supervisor.core.reports import FinalMetrics, History, Report, StatusReport
 from supervisor.core.run import TERMINAL_PHASES, CheckpointStatus, Outcome, Phase, Run
 from supervisor.core.spec import RunSpec
 from supervisor.core.values import InstanceId
@@ -42,7 +43,7 @@ _RUN_COLUMNS = (
     "run_id, spec_json, phase, outcome, instance_id, region, reason, version, phase_since, "
     "grace_until, action_acked_at, error_code, created_at, updated_at, pending_action, "
     "checkpoint, attempt, started_at, process_exited, verified_attempt, verified_location, "
-    "interrupt_deadline"
+    "interrupt_deadline, report_etags"
 )
 _RUN_PLACEHOLDERS = ", ".join("?" for _ in _RUN_COLUMNS.split(","))
 
@@ -73,6 +74,23 @@ class ActionRecord:
     outcome: str
     error_code: str | None = None
     message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunDataRecord:
+    """What the job reported: its heartbeat, final metrics and history (table run_data)."""
+
+    run_id: str
+    updated_at: datetime
+    status: dict[str, Any] | None = None
+    status_at: datetime | None = None
+    step: int | None = None
+    wandb_run_id: str | None = None
+    wandb_url: str | None = None
+    final_metrics: dict[str, float] | None = None
+    wandb: dict[str, Any] | None = None
+    history: list[dict[str, Any]] | None = None
+    total_steps: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +240,7 @@ class Store:
                             run.verified_attempt,
                             run.verified_location,
                             _iso(run.interrupt_deadline),
+                            json.dumps(dict(run.report_etags)),
                         ),
                     ),
                     _insert_transition(spec.run_id, run.version, t),
@@ -251,7 +270,7 @@ class Store:
             "grace_until = ?, action_acked_at = ?, error_code = ?, updated_at = ?, "
             "instance_id = ?, pending_action = ?, checkpoint = ?, attempt = ?, started_at = ?, "
             "process_exited = ?, verified_attempt = ?, verified_location = ?, "
-            "interrupt_deadline = ? "
+            "interrupt_deadline = ?, report_etags = ? "
             "WHERE run_id = ? AND version = ?",
             (
                 run.phase,
@@ -272,6 +291,7 @@ class Store:
                 run.verified_attempt,
                 run.verified_location,
                 _iso(run.interrupt_deadline),
+                json.dumps(dict(run.report_etags)),
                 run.spec.run_id,
                 before.version,
             ),
@@ -331,6 +351,80 @@ class Store:
                     ),
                 )
             ]
+        )
+
+    async def record_report(
+        self, run_id: str, report: Report, *, read_at: datetime, now: datetime
+    ) -> None:
+        """Store what the job reported (one file's content), replacing that file's last one."""
+        match report:
+            case StatusReport():
+                sets = {
+                    "status_json": report.model_dump_json(),
+                    "status_at": _iso(read_at),
+                    "step": report.step,
+                    "wandb_run_id": report.wandb_run_id,
+                    "wandb_url": report.wandb_url,
+                }
+            case FinalMetrics():
+                wandb = report.wandb
+                sets = {
+                    "final_metrics_json": json.dumps(
+                        {
+                            "metrics": report.metrics,
+                            "wandb": wandb.model_dump() if wandb else None,
+                        }
+                    ),
+                    "total_steps": report.total_steps,
+                }
+                if wandb is not None and wandb.run_id:
+                    sets |= {"wandb_run_id": wandb.run_id, "wandb_url": wandb.url}
+            case History():
+                sets = {"history_json": json.dumps(report.records)}
+                if report.last_step is not None:
+                    sets["history_last_step"] = report.last_step
+        # total_steps: the final metrics' own count wins over the history's last step.
+        last_step = sets.pop("history_last_step", None)
+        columns = [*sets, "updated_at"]
+        values = [*sets.values(), _iso(now)]
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns)
+        statements: list[tuple[str, tuple[Any, ...]]] = [
+            (
+                f"INSERT INTO run_data (run_id, {', '.join(columns)}) "
+                f"VALUES (?, {', '.join('?' * len(columns))}) "
+                f"ON CONFLICT (run_id) DO UPDATE SET {updates}",
+                (run_id, *values),
+            )
+        ]
+        if last_step is not None:
+            statements.append(
+                (
+                    "UPDATE run_data SET total_steps = ? WHERE run_id = ? AND total_steps IS NULL",
+                    (last_step, run_id),
+                )
+            )
+        await self._write(statements)
+
+    async def run_data(self, run_id: str) -> RunDataRecord | None:
+        async with self._reader.execute(
+            "SELECT * FROM run_data WHERE run_id = ?", (run_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        final = json.loads(row["final_metrics_json"]) if row["final_metrics_json"] else None
+        return RunDataRecord(
+            run_id=row["run_id"],
+            status=json.loads(row["status_json"]) if row["status_json"] else None,
+            status_at=_dt(row["status_at"]),
+            step=row["step"],
+            wandb_run_id=row["wandb_run_id"],
+            wandb_url=row["wandb_url"],
+            final_metrics=final["metrics"] if final else None,
+            wandb=final["wandb"] if final else None,
+            history=json.loads(row["history_json"]) if row["history_json"] else None,
+            total_steps=row["total_steps"],
+            updated_at=datetime.fromisoformat(row["updated_at"]),
         )
 
     async def record_audit(
@@ -525,6 +619,13 @@ class Store:
             row = await cur.fetchone()
         return str(row["run_id"]) if row else None
 
+    async def runs_by_phase_and_outcome(self) -> dict[tuple[str, str | None], int]:
+        """How many runs are in each (phase, outcome): one GROUP BY, for `/metrics`."""
+        async with self._reader.execute(
+            "SELECT phase, outcome, COUNT(*) FROM runs GROUP BY phase, outcome"
+        ) as cur:
+            return {(str(phase), outcome): int(n) for phase, outcome, n in await cur.fetchall()}
+
     async def run_regions(self) -> set[str]:
         async with self._reader.execute("SELECT DISTINCT region FROM runs") as cur:
             rows = await cur.fetchall()
@@ -639,6 +740,7 @@ def _run_record(row: aiosqlite.Row) -> RunRecord:
         verified_attempt=row["verified_attempt"],
         verified_location=row["verified_location"],
         interrupt_deadline=_dt(row["interrupt_deadline"]),
+        report_etags=tuple(sorted(json.loads(row["report_etags"]).items())),
     )
     created, updated = _dt(row["created_at"]), _dt(row["updated_at"])
     assert created is not None and updated is not None

@@ -20,6 +20,8 @@ from supervisor.adapters.control import (
     parse_since_days,
 )
 from supervisor.adapters.protocol import (
+    DEFAULT_TRAINING_LOG,
+    DEFAULT_TRAINING_LOG_BYTES,
     AttachRequest,
     ReportView,
     RunDetail,
@@ -28,9 +30,12 @@ from supervisor.adapters.protocol import (
     ZombieList,
 )
 from supervisor.cli.common import EXIT_OK, EXIT_USAGE, ago, duration, fail, load_settings
+from supervisor.cli.queries import QUERY_COMMANDS, add_query_commands, run_query
+from supervisor.core.attachments import AttachmentKind
 from supervisor.core.errors import InvalidInput
 from supervisor.core.spec import DEFAULT_FAILURE_MARKER, DEFAULT_MARKERS
 from supervisor.core.zombies import RUN_TAG
+from supervisor.runconfig import load_config_file
 
 DESCRIPTION = """\
 Control the training-run supervisor (supervisord): attach runs, see their phase, follow them.
@@ -49,6 +54,7 @@ examples:
   supervisorctl status                  table of runs
   supervisorctl status exp1-lr3e-4 --json
   supervisorctl tail -f exp1-lr3e-4     follow transitions until the run ends
+  supervisorctl tail --training -f exp1-lr3e-4   follow the job's log (logs/train.log)
   supervisorctl stop exp1-lr3e-4        stop its instance now, through the same safe path
 
 completion: any of the markers {", ".join(DEFAULT_MARKERS)} (change with --marker)
@@ -58,7 +64,7 @@ A {DEFAULT_FAILURE_MARKER} marker means the job crashed; its text is recorded as
 exit codes: 0 success, 1 error, 2 usage.
 """
 
-_SPEC_KEYS = set(AttachRequest.model_fields)
+_SPEC_KEYS = set(AttachRequest.model_fields) | {"config_file"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -251,6 +257,35 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY",
         help="attached to the run when it crashes, if present (crash/error.log)",
     )
+    db = attach.add_argument_group(
+        "the run database",
+        "What the run is, for `supervisorctl runs`, `show` and `compare` (each flag is also a "
+        "key of --spec; config_file there is read relative to the spec file).",
+    )
+    db.add_argument("--name", help="a human name for the run")
+    db.add_argument("--project", help="the project it belongs to (letters, digits, _ . -)")
+    db.add_argument(
+        "--tag",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a tag, e.g. --tag method=mgda (repeat for more)",
+    )
+    db.add_argument(
+        "--config-file",
+        type=Path,
+        metavar="FILE",
+        help="the full training config (.json, .yaml or .toml), stored as JSON: query it "
+        "with --where config.KEY=VALUE",
+    )
+    db.add_argument(
+        "--objective",
+        action="append",
+        metavar="NAME:min|max[:WEIGHT]",
+        help="a metric the run is judged by, e.g. val_loss:min (repeat for more); its final "
+        "value comes from the job's final_metrics.json",
+    )
+    db.add_argument("--wandb-project", metavar="PROJECT", help="the W&B project of the run")
+    db.add_argument("--instance-type", metavar="TYPE", help="e.g. p4d.24xlarge")
     attach.add_argument(
         "--tag-instance",
         action="store_true",
@@ -271,7 +306,12 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("run_id", nargs="?", metavar="RUN_ID", help="one run, with transitions")
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
-    tail = commands.add_parser("tail", help="a run's transitions and monitor events")
+    tail = commands.add_parser(
+        "tail",
+        help="a run's transitions and monitor events, or with --training its training log",
+        description=TAIL_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     tail.add_argument("run_id", metavar="RUN_ID")
     tail.add_argument(
         "-f",
@@ -279,6 +319,46 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep following until the run ends (Ctrl-C to leave)",
     )
+    training = tail.add_argument_group("the training log (--training)")
+    training.add_argument(
+        "--training",
+        action="store_true",
+        help="the job's training log from the run prefix instead of the transitions",
+    )
+    training.add_argument(
+        "--key",
+        metavar="KEY",
+        help=f"the log's key under the run prefix (default {DEFAULT_TRAINING_LOG})",
+    )
+    start = training.add_mutually_exclusive_group()
+    start.add_argument(
+        "--bytes",
+        type=_byte_count,
+        metavar="N",
+        help=f"begin N bytes before the end of the log, at the next whole line (default "
+        f"{DEFAULT_TRAINING_LOG_BYTES}); 0 prints only what is appended from now",
+    )
+    start.add_argument(
+        "--from-start", action="store_true", help="print the whole log from its first byte"
+    )
+
+    attach_file = commands.add_parser(
+        "attach-file",
+        help="attach a crash log, an analysis, a conversation or a link to a run",
+        description=ATTACH_FILE_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    attach_file.add_argument("run_id", metavar="RUN_ID")
+    attach_file.add_argument(
+        "--kind",
+        required=True,
+        choices=[kind.value for kind in AttachmentKind],
+        help="what it is",
+    )
+    attach_file.add_argument(
+        "uri", metavar="URI", help="s3://BUCKET/KEY or an http(s):// link (not a local path)"
+    )
+    attach_file.add_argument("--json", action="store_true", help="print the attachment as JSON")
 
     resume = commands.add_parser(
         "resume",
@@ -326,6 +406,7 @@ def _parser() -> argparse.ArgumentParser:
         help="how many days back to report, counted from now (default 7; fractions allowed)",
     )
     report.add_argument("--json", action="store_true", help="machine-readable output")
+    add_query_commands(commands)  # runs, show, compare, export: the run database, read-only
     return parser
 
 
@@ -352,6 +433,48 @@ failed attempts. Then the runs attached in the window by outcome, and the crash 
 """
 
 
+TAIL_DESCRIPTION = f"""\
+Without --training: the run's transitions and monitor events; -f follows them until the run
+ends.
+
+With --training: the job's log object under the run prefix ({DEFAULT_TRAINING_LOG} unless
+--key says otherwise), read by the daemon with ranged GETs, so this machine needs no AWS
+credentials. It starts {DEFAULT_TRAINING_LOG_BYTES} bytes before the end (change with --bytes or
+--from-start). With -f the daemon reads on every SUPERVISOR_TRAINING_LOG_POLL_S (2) seconds
+from where it stopped, and each new whole line is printed once, until the run has ended and
+the log stopped growing. A log not written yet is waited for; a log that comes back shorter
+was truncated or replaced and is printed again from its start. Notes like these go to
+stderr, the log to stdout.
+
+examples:
+  supervisorctl tail --training -f exp1-lr3e-4
+  supervisorctl tail --training --key logs/rank0.log --from-start exp1-lr3e-4 > rank0.log
+"""
+
+ATTACH_FILE_DESCRIPTION = """\
+Record where a file or page about the run is kept: `status RUN_ID` lists it, and
+for a crash log also shows its last lines. URI is one of:
+
+  s3://BUCKET/KEY   an object; it must exist. Its size is recorded (and a crash log's last
+                    lines) when the daemon may read it.
+  https://HOST/...  a link (http:// too: it is only recorded, never fetched); no user name
+                    or password in it.
+
+A local path is refused: upload the file first (aws s3 cp FILE s3://BUCKET/KEY).
+Attaching the same kind and URI again refreshes it.
+
+examples:
+  supervisorctl attach-file exp1 --kind crash-log s3://my-runs/exp1/dmesg.txt
+  supervisorctl attach-file exp1 --kind analysis https://docs.example.com/exp1-postmortem
+"""
+
+
+def _byte_count(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of bytes (0 or more)")
+    return int(text)
+
+
 def _since_days(text: str) -> float:
     try:
         return parse_since_days(text)
@@ -362,6 +485,8 @@ def _since_days(text: str) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = load_settings(args.config)
+    if args.command in QUERY_COMMANDS:  # read the database file: no daemon needed
+        return run_query(args, settings.db_path)
     try:
         return asyncio.run(_run(args, settings.socket_path))
     except (ControlError, DaemonNotRunning) as exc:
@@ -371,7 +496,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _run(args: argparse.Namespace, socket_path: Path) -> int:
-    async with ControlClient(socket_path) as client:
+    if args.command == "tail" and not args.training:
+        flags = {"--key": args.key, "--bytes": args.bytes, "--from-start": args.from_start or None}
+        given = [flag for flag, value in flags.items() if value is not None]
+        if given:
+            fail(f"{', '.join(given)}: only with --training (the training log)", EXIT_USAGE)
+    follow = args.command == "tail" and args.follow
+    # A followed stream may be quiet for minutes (no check due, a log not growing).
+    async with ControlClient(socket_path, timeout_s=None if follow else 60.0) as client:
         if args.command == "attach":
             run = await client.attach(_attach_request(args))
             _print_run(run, as_json=args.json, verb="attached")
@@ -380,9 +512,18 @@ async def _run(args: argparse.Namespace, socket_path: Path) -> int:
                 _print_detail(await client.run(args.run_id), as_json=args.json)
             else:
                 _print_table(await client.runs(), as_json=args.json)
+        elif args.command == "tail" and args.training:
+            await _tail_training(client, args)
         elif args.command == "tail":
             async for item in client.tail(args.run_id, follow=args.follow):
                 print(_tail_line(item), flush=True)
+        elif args.command == "attach-file":
+            attached = await client.attach_file(args.run_id, args.kind, args.uri)
+            if args.json:
+                print(json.dumps(jsonable(attached), indent=2))
+            else:
+                size = f", {attached.size} bytes" if attached.size is not None else ""
+                print(f"{args.run_id}: attached {attached.kind}: {attached.uri}{size}")
         elif args.command == "zombies":
             _print_zombies(await client.zombies(), as_json=args.json)
         elif args.command == "report":
@@ -394,6 +535,28 @@ async def _run(args: argparse.Namespace, socket_path: Path) -> int:
             run = await client.request(args.run_id, args.command)
             _print_run(run, as_json=args.json, verb=f"{args.command} requested")
     return EXIT_OK
+
+
+async def _tail_training(client: ControlClient, args: argparse.Namespace) -> None:
+    """The log to stdout as it comes; the daemon's notes about it to stderr."""
+    line_open = False
+    async for item in client.training_log(
+        args.run_id,
+        key=args.key or DEFAULT_TRAINING_LOG,
+        follow=args.follow,
+        offset=0 if args.from_start else None,
+        last=args.bytes,
+    ):
+        if item.kind == "lines":
+            sys.stdout.write(item.text)
+            sys.stdout.flush()
+            line_open = not item.text.endswith("\n")
+        elif item.kind == "notice":
+            print(f"supervisorctl: {item.text}", file=sys.stderr, flush=True)
+        else:
+            fail(item.text)
+    if line_open:
+        print()
 
 
 def _attach_request(args: argparse.Namespace) -> AttachRequest:
@@ -430,7 +593,17 @@ def _attach_request(args: argparse.Namespace) -> AttachRequest:
         "crash_report": args.crash_report,
         "max_restarts": args.max_restarts,
         "tag_instance": args.tag_instance,
+        "name": args.name,
+        "project": args.project,
+        "tags": _tags(args.tag) if args.tag else None,
+        "config": _config(args.config_file) if args.config_file else None,
+        "objectives": args.objective,
+        "wandb_project": args.wandb_project,
+        "instance_type": args.instance_type,
     }
+    if "config_file" in fields:  # from --spec, relative to the spec file
+        spec_dir = args.spec.parent if args.spec else Path()
+        fields["config"] = _config(spec_dir / str(fields.pop("config_file")))
     template = {
         key: value
         for key, value in (
@@ -451,6 +624,23 @@ def _attach_request(args: argparse.Namespace) -> AttachRequest:
     if missing:
         fail(f"attach needs {', '.join(missing)} (as arguments or in --spec)", EXIT_USAGE)
     return AttachRequest.model_validate(fields)
+
+
+def _tags(pairs: list[str]) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            fail(f"--tag {pair!r}: give KEY=VALUE, e.g. --tag method=mgda", EXIT_USAGE)
+        tags[key] = value
+    return tags
+
+
+def _config(path: Path) -> dict[str, Any]:
+    try:
+        return load_config_file(path)
+    except InvalidInput as exc:
+        fail(str(exc), EXIT_USAGE)
 
 
 def _read_spec(path: Path) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from supervisor import __version__
 from supervisor.adapters.control import ControlClient, DaemonNotRunning
 from supervisor.cli.common import EXIT_ERROR, EXIT_OK, ago, fail, load_settings
+from supervisor.core.errors import InvalidInput
 from supervisor.runtime.service import (
     AlreadyRunning,
     lock_is_held,
@@ -38,6 +39,10 @@ EPILOG = """\
 settings: SUPERVISOR_* environment variables, over a TOML file given with --config
 (see config/supervisord.example.toml), over defaults. AWS credentials, region and endpoint
 come from the standard AWS chain (AWS_PROFILE, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL).
+
+metrics: Prometheus text at GET /metrics on the control socket; set
+SUPERVISOR_METRICS_ADDR=127.0.0.1:9464 to serve it over TCP as well (loopback unless you
+give another host: the listener has no authentication).
 
 examples:
   supervisord start                  start in the background, return once it answers
@@ -93,7 +98,7 @@ def _start(settings: Settings, config: Path | None, *, foreground: bool, console
     if foreground:
         try:
             run_foreground(settings, console=console)
-        except AlreadyRunning as exc:
+        except (AlreadyRunning, InvalidInput) as exc:
             fail(str(exc))
         return EXIT_OK
     prepare_state_dir(settings.state_dir)
@@ -188,6 +193,8 @@ def _status(settings: Settings, *, as_json: bool) -> int:
         print(f"state directory: {status.state_dir}")
         print(f"monitors: {status.monitors}; runs: {phases}")
         print(f"AWS calls since start: {calls}")
+        if status.metrics_url:
+            print(f"metrics: {status.metrics_url}")
         return EXIT_OK
 
     try:

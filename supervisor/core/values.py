@@ -101,6 +101,37 @@ class S3Prefix:
 
 
 @dataclass(frozen=True, slots=True)
+class S3Object:
+    """`s3://bucket/key`: one object (a file attached to a run, a training log)."""
+
+    bucket: str
+    key: str
+
+    @classmethod
+    def parse(cls, url: str) -> S3Object:
+        hint = "expected s3://BUCKET/KEY (e.g. s3://my-runs/exp1/run42/crash/error.log)"
+        if not url.startswith("s3://"):
+            raise InvalidInput(f"S3 URI {url!r} is not valid: {hint}")
+        bucket, _, key = url[len("s3://") :].partition("/")
+        if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+            raise InvalidInput(f"S3 URI {url!r} has an invalid bucket name {bucket!r}: {hint}")
+        if not key or key.endswith("/"):
+            raise InvalidInput(
+                f"S3 URI {url!r} names no object (its key is empty or ends with '/'): {hint}"
+            )
+        parts = key.split("/")
+        if not _REL_KEY.fullmatch(key) or "" in parts or ".." in parts:
+            raise InvalidInput(
+                f"S3 URI {url!r} has an invalid key {key!r}: use letters, digits, '_', '.', "
+                "'-' and '/', without '..' or empty path segments"
+            )
+        return cls(bucket=bucket, key=key)
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+@dataclass(frozen=True, slots=True)
 class ObjectInfo:
     """One entry of a prefix listing. `key` is relative to the listed run prefix."""
 

@@ -20,8 +20,10 @@ import structlog
 from supervisor import __version__
 from supervisor.adapters.aws import queue_region
 from supervisor.adapters.control import ControlServer, parse_since_days
+from supervisor.adapters.metrics_http import Exposition, MetricsServer
 from supervisor.adapters.protocol import (
     ActionView,
+    AttachFileRequest,
     AttachmentView,
     AttachRequest,
     DaemonStatus,
@@ -30,10 +32,16 @@ from supervisor.adapters.protocol import (
     RunDetail,
     RunView,
     TailItem,
+    TrainingLogItem,
     TransitionView,
     ZombieList,
 )
-from supervisor.adapters.store import RunRecord, Store
+from supervisor.adapters.store import AttachmentRecord, RunRecord, Store
+from supervisor.core.attachments import (
+    AttachmentKind,
+    parse_attachment_kind,
+    parse_attachment_uri,
+)
 from supervisor.core.errors import (
     ExternalError,
     InvalidInput,
@@ -47,13 +55,16 @@ from supervisor.core.events import MonitorFailed, ResumeRequested, UserAction, U
 from supervisor.core.machine import Policy, new_run, step
 from supervisor.core.run import TERMINAL_PHASES, Run
 from supervisor.core.spec import RunSpec, Transport
+from supervisor.core.values import S3Object, parse_relative_key
 from supervisor.core.zombies import RUN_TAG
 from supervisor.runtime.events import EventConsumer, Queue
-from supervisor.runtime.monitor import Monitor, MonitorDeps
+from supervisor.runtime.metrics import Metrics
+from supervisor.runtime.monitor import CRASH_TAIL_BYTES, Monitor, MonitorDeps
 from supervisor.runtime.ports import Clock, Cloud, InstanceShell, SystemClock
 from supervisor.runtime.reconciler import Reconciler
 from supervisor.runtime.retry import GaveUp, call_with_retries
 from supervisor.runtime.settings import Settings
+from supervisor.runtime.training_log import LogSource, stream_log
 from supervisor.runtime.zombies import ZombieWatch, report_view, zombie_view
 
 log = structlog.get_logger("supervisor.daemon")
@@ -88,6 +99,13 @@ class Daemon:
         self.cloud = cloud
         self.clock = clock or SystemClock()
         self.monitors: dict[str, Monitor] = {}
+        counter = getattr(cloud, "counter", None)  # the AWS adapter's CallCounter
+        self.metrics = Metrics(
+            self.clock,
+            runs=store.runs_by_phase_and_outcome,
+            monitors=lambda: len(self.monitors),
+            aws_calls=(lambda: counter.outcomes) if counter is not None else None,
+        )
         self.reconciler = Reconciler(
             cloud, lambda: list(self.monitors.values()), interval_s=settings.reconcile_interval_s
         )
@@ -100,6 +118,7 @@ class Daemon:
             retry_base_s=settings.retry_base_s,
             observe=self.reconciler.kick,
             shells=dict(shells or {}),
+            metrics=self.metrics,
         )
         self.policy = self._deps.policy
         self.rng = self._deps.rng
@@ -111,6 +130,7 @@ class Daemon:
             policy=settings.zombie_policy,
             interval_s=settings.zombie_interval_s,
             retry_base_s=settings.retry_base_s,
+            metrics=self.metrics,
         )
         self.started_at = self.clock.now()
         self.accepting = False
@@ -120,6 +140,8 @@ class Daemon:
         self.consumer = self._consumer(queue) if settings.events_queue_url else None
         self.api = ControlApi(self)
         self.server = ControlServer(self.api, settings.socket_path)
+        address = settings.metrics_address
+        self.metrics_server = MetricsServer(self.metrics, *address) if address is not None else None
 
     def __repr__(self) -> str:
         return f"<Daemon monitors={len(self.monitors)} accepting={self.accepting}>"
@@ -140,6 +162,8 @@ class Daemon:
 
     async def serve(self, *, on_ready: Callable[[], Awaitable[None]] | None = None) -> None:
         """Run until `request_shutdown()`; then shut down in two phases and return."""
+        if self.metrics_server is not None:  # first: a bad address fails before anything runs
+            await self.metrics_server.start()
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             active = await self.store.runs(active_only=True)
@@ -162,6 +186,11 @@ class Daemon:
             await self._stop.wait()
             await self._shutdown()
 
+    @property
+    def closing(self) -> asyncio.Event:
+        """Set once shutdown is requested: long-lived streams (a followed log) end on it."""
+        return self._stop
+
     def request_shutdown(self, reason: str) -> None:
         log.info("shutdown_requested", reason=reason)
         self._stop.set()
@@ -180,6 +209,8 @@ class Daemon:
         busy = [m.run_id for m in self.monitors.values() if m.busy]
         # Phase 2: cancel the rest. Idle monitors lose nothing: their state is in SQLite.
         await self.server.close()
+        if self.metrics_server is not None:
+            await self.metrics_server.close()
         for task in list(self._tasks):
             task.cancel()
         log.info("daemon_stopped", monitors=len(self.monitors), cancelled_in_flight=busy)
@@ -223,6 +254,7 @@ class Daemon:
                 rng=self._deps.rng,
             )
             await self.store.commit(record.run, decision, now=self.clock.now())
+            self.metrics.transitioned(record.run, decision)
         except Exception:
             log.exception("run_fail_not_recorded", run_id=run_id)
 
@@ -301,6 +333,7 @@ class ControlApi:
                 await self._tag_instance(spec)
             decision = new_run(spec, now=d.clock.now())
             await d.store.create_run(decision)
+            d.metrics.transitioned(None, decision)
             log.info(
                 "run_attached",
                 run_id=spec.run_id,
@@ -431,6 +464,7 @@ class ControlApi:
                 policy=d.policy, rng=d.rng,
             )  # fmt: skip
             await d.store.commit(run, decision, now=d.clock.now())
+            d.metrics.transitioned(run, decision)
             log.info("run_resume_requested", run_id=run.spec.run_id, from_scratch=from_scratch)
             d.spawn(decision.run)
         return run_view(decision.run)
@@ -457,18 +491,112 @@ class ControlApi:
             # transition committed meanwhile is either replayed here or arrives on the queue.
             if queue is None or ended:
                 return
-            while True:
-                item = await queue.get()
-                if item.transition is not None:
-                    if item.transition.seq <= last_seq:
-                        continue
-                    last_seq = item.transition.seq
-                yield item
-                if item.transition is not None and item.transition.to in _TERMINAL_NAMES:
-                    return
+            closing = asyncio.ensure_future(self._d.closing.wait())
+            try:
+                while True:
+                    # A follower must not hold the daemon's shutdown: the stream ends with it.
+                    getting = asyncio.ensure_future(queue.get())
+                    await asyncio.wait({getting, closing}, return_when=asyncio.FIRST_COMPLETED)
+                    if not getting.done():
+                        getting.cancel()
+                        return
+                    item = getting.result()
+                    if item.transition is not None:
+                        if item.transition.seq <= last_seq:
+                            continue
+                        last_seq = item.transition.seq
+                    yield item
+                    if item.transition is not None and item.transition.to in _TERMINAL_NAMES:
+                        return
+            finally:
+                closing.cancel()
         finally:
             if queue is not None and monitor is not None:
                 monitor.unsubscribe(queue)
+
+    async def attach_file(self, run_id: str, request: AttachFileRequest) -> AttachmentView:
+        """Record a file or link with a run, in any phase. An S3 object must exist: its size
+        is recorded, and for a crash log its last lines, when the daemon may read it."""
+        d = self._d
+        record = await self._record(run_id)
+        kind = parse_attachment_kind(request.kind)
+        target = parse_attachment_uri(request.uri)
+        size: int | None = None
+        excerpt: str | None = None
+        if target.s3 is not None:
+            size, excerpt = await self._inspect(target.s3, kind, record.run.spec.region)
+        attached = AttachmentRecord(
+            run_id=run_id,
+            kind=kind.value,
+            uri=target.uri,
+            added_at=d.clock.now(),
+            size=size,
+            excerpt=excerpt,
+        )
+        await d.store.attach(attached)
+        log.info("file_attached", run_id=run_id, kind=kind.value, uri=target.uri, size=size)
+        return AttachmentView(
+            kind=attached.kind,
+            uri=attached.uri,
+            added_at=attached.added_at,
+            size=size,
+            excerpt=excerpt,
+        )
+
+    async def _inspect(
+        self, target: S3Object, kind: AttachmentKind, region: str
+    ) -> tuple[int | None, str | None]:
+        """The object's size (and a crash log's last lines); refused when it does not exist.
+        Any other failure (no permission outside the runs prefix, AWS down) attaches it
+        without them."""
+        cloud = self._d.cloud
+        try:
+            if kind is AttachmentKind.CRASH_LOG:
+                text, size = await cloud.read_tail(
+                    target.bucket, target.key, region, limit=CRASH_TAIL_BYTES
+                )
+                if size > len(text.encode()):
+                    text = text.partition("\n")[2]  # drop the partial first line of the tail
+                return size, text
+            stored = await cloud.head_object(target.bucket, target.key, region)
+            if stored is not None:
+                return stored.size, None
+        except NotFoundError:
+            pass
+        except ExternalError as exc:
+            log.warning("attachment_unread", uri=str(target), code=exc.code)
+            return None, None
+        raise InvalidInput(
+            f"there is no object {target}: check the bucket and key (aws s3 ls {target}); "
+            "nothing was attached"
+        )
+
+    async def training_log(
+        self, run_id: str, *, key: str, offset: int | None, last: int, follow: bool
+    ) -> AsyncIterator[TrainingLogItem]:
+        """The job's log under the run prefix (see `runtime.training_log`); with `follow`,
+        until the run has ended and the log stopped growing."""
+        d = self._d
+        spec = (await self._record(run_id)).run.spec
+        relative = parse_relative_key(key, what="training log key")
+        location = S3Object(bucket=spec.prefix.bucket, key=spec.prefix.key(relative))
+        source = LogSource(d.cloud, location, spec.region, d.settings.retry_base_s)
+
+        async def run_ended() -> str | None:
+            monitor = d.monitors.get(run_id)
+            run = monitor.run if monitor is not None else (await self._record(run_id)).run
+            return str(run.phase) if run.phase.is_terminal else None
+
+        async for item in stream_log(
+            source,
+            offset=offset,
+            last=last,
+            follow=follow,
+            poll_s=d.settings.training_log_poll_s,
+            run_ended=run_ended,
+            closing=d.closing,
+        ):
+            yield item
 
     async def status(self) -> DaemonStatus:
         d = self._d
@@ -483,7 +611,11 @@ class ControlApi:
             runs_by_phase=dict(sorted(by_phase.items())),
             monitors=len(d.monitors),
             aws_calls=counter.snapshot() if counter is not None else {},
+            metrics_url=d.metrics_server.url if d.metrics_server is not None else None,
         )
+
+    async def metrics(self, accept: str) -> Exposition:
+        return await self._d.metrics.metrics(accept)
 
     async def zombies(self) -> ZombieList:
         d = self._d

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -42,6 +42,7 @@ from supervisor.core.effects import (
     AttachCrashReport,
     AutoResume,
     Effect,
+    IngestReport,
     LaunchInstance,
     ListPrefix,
     ObserveInstance,
@@ -50,7 +51,13 @@ from supervisor.core.effects import (
     VerifyCheckpoint,
     WakeAt,
 )
-from supervisor.core.errors import ExternalError, InvalidTransition, NotFoundError, TransientError
+from supervisor.core.errors import (
+    ExternalError,
+    InvalidInput,
+    InvalidTransition,
+    NotFoundError,
+    TransientError,
+)
 from supervisor.core.events import (
     Action,
     ActionSucceeded,
@@ -63,13 +70,16 @@ from supervisor.core.events import (
     InstanceObserved,
     ObjectRead,
     PrefixListed,
+    ReportIngested,
     ResumeRequested,
     Tick,
 )
 from supervisor.core.machine import Decision, Policy, step
+from supervisor.core.reports import MAX_REPORT_BYTES, MAX_STATUS_BYTES, parse_report
 from supervisor.core.run import Phase, Run
 from supervisor.core.spec import Transport
 from supervisor.core.values import InstanceState
+from supervisor.runtime.metrics import MetricsSink
 from supervisor.runtime.ports import Clock, Cloud, InstanceShell
 from supervisor.runtime.retry import GaveUp, call_with_retries
 
@@ -101,6 +111,7 @@ class MonitorDeps:
     observe: Callable[[], None]
     """Ask the reconciler for a prompt, batched describe."""
     shells: Mapping[Transport, InstanceShell]
+    metrics: MetricsSink = field(default_factory=MetricsSink)
 
 
 def transition_view(seq: int, decision: Decision) -> TransitionView:
@@ -278,6 +289,7 @@ class Monitor:
         before = self.run
         await self._deps.store.commit(before, decision, now=self._deps.clock.now())
         self.run = decision.run
+        self._deps.metrics.transitioned(before, decision)
         t = decision.transition
         if t is not None and t.to_phase not in _BACKGROUND_PHASES:
             self._cancel_background()
@@ -325,6 +337,8 @@ class Monitor:
             case AttachCrashReport(key=key):
                 await self._attach_crash_report(key)
                 return None
+            case IngestReport(key=key, etag=etag, size=size):
+                return await self._ingest(key, etag, size)
             case ListPrefix(request=request):
                 try:
                     objects = await self._deps.cloud.list_objects(request, spec.region)
@@ -404,6 +418,33 @@ class Monitor:
             return None
         state = states.get(run.instance_id, InstanceState.UNKNOWN)
         return InstanceObserved(state, source="event", instance_id=run.instance_id)
+
+    async def _ingest(self, key: str, etag: str, size: int) -> Event | None:
+        """Read one report file the job changed, and store what it says."""
+        spec = self.run.spec
+        prefix = spec.prefix
+        limit = MAX_STATUS_BYTES if key == spec.heartbeat_file else MAX_REPORT_BYTES
+        if size > limit:
+            why = f"{key} is {size} bytes; reports over {limit} bytes are not read"
+            self._note("report_skipped", level="warning", key=key, why=why)
+            return ReportIngested(key, etag, error=why)
+        try:
+            text = await self._deps.cloud.read_object(
+                prefix.bucket, prefix.key(key), spec.region, limit=limit
+            )
+            report = parse_report(key, text, heartbeat_file=spec.heartbeat_file)
+        except NotFoundError:
+            return ReportIngested(key, etag, error="deleted before it was read")
+        except TransientError as exc:  # read it at the next check
+            self._note("report_unread", level="warning", key=key, code=exc.code)
+            return None
+        except (ExternalError, InvalidInput) as exc:
+            self._note("report_invalid", level="warning", key=key, error=str(exc)[:300])
+            return ReportIngested(key, etag, error=str(exc)[:300])
+        now = self._deps.clock.now()
+        await self._deps.store.record_report(spec.run_id, report, read_at=now, now=now)
+        self._note("report_ingested", key=key, etag=etag, bytes=size)
+        return ReportIngested(key, etag)
 
     async def _attach_crash_report(self, key: str) -> None:
         """Attach the job's crash report, with its last lines, if the job left one."""
@@ -501,6 +542,7 @@ class Monitor:
         verification = verify(
             manifest, stored, bucket=location.bucket, prefix=location.prefix, run_id=spec.run_id
         )
+        self._deps.metrics.checkpoint_checked(verification, early=early)
         self._note(
             "checkpoint_checked",
             ok=verification.ok,
@@ -558,6 +600,7 @@ class Monitor:
                 "gone" if gone else "gave-up" if isinstance(error, TransientError) else ("failed")
             )
             await self._record(action, gave_up.attempts, outcome, error)
+            self._deps.metrics.instance_acted("run", action, outcome, run_id=spec.run_id)
             self._note(
                 "action_" + outcome.replace("-", "_"),
                 level="warning",
@@ -574,6 +617,7 @@ class Monitor:
                 )
             return _failed(operation, error)
         await self._record(action, attempts, "accepted", None)
+        self._deps.metrics.instance_acted("run", action, "accepted", run_id=spec.run_id)
         self._note("action_accepted", operation=operation, attempts=attempts, state=str(state))
         return ActionSucceeded(action, state)
 

@@ -9,7 +9,8 @@ import tomllib
 from pathlib import Path
 from typing import Any, Self
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -54,8 +55,21 @@ class Settings(BaseSettings):
     """The least time between two attempts on the same zombie."""
     zombie_interval_s: float = Field(60.0, gt=0, allow_inf_nan=False)
     """How often the zombie sweep looks for zombies (its first sweep one interval after start)."""
+    training_log_poll_s: float = Field(2.0, gt=0, allow_inf_nan=False)
+    """How often `tail --training -f` reads the training log again (one ranged GET each)."""
+    metrics_addr: str | None = None
+    """HOST:PORT (or :PORT, or PORT: host 127.0.0.1) for Prometheus `/metrics` over TCP;
+    port 0 takes a free one. Unset: `/metrics` is on the control socket only."""
     faults: str = ""
     """Testing only: a fault plan for AWS calls (see supervisor.adapters.faults)."""
+
+    @field_validator("metrics_addr")
+    @classmethod
+    def _metrics_addr(cls, value: str | None) -> str | None:
+        if value is not None and value.strip():
+            parse_metrics_addr(value)
+            return value.strip()
+        return None
 
     @model_validator(mode="after")
     def _poll_order(self) -> Self:
@@ -116,6 +130,11 @@ class Settings(BaseSettings):
         return self.state_dir / "supervisord.log"
 
     @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """(host, port) of the metrics listener, or None without one."""
+        return parse_metrics_addr(self.metrics_addr) if self.metrics_addr else None
+
+    @property
     def poll_policy(self) -> BackoffPolicy:
         return BackoffPolicy(initial_s=self.poll_initial_s, max_s=self.poll_max_s)
 
@@ -126,6 +145,24 @@ class Settings(BaseSettings):
             wait_s=self.zombie_wait_s,
             cooldown_s=self.termination_cooldown_s,
         )
+
+
+METRICS_HOST = "127.0.0.1"
+
+
+def parse_metrics_addr(text: str) -> tuple[str, int]:
+    """`HOST:PORT`, `:PORT` or `PORT` (host 127.0.0.1); `[::1]:PORT` for an IPv6 host."""
+    host, colon, port = text.strip().rpartition(":")
+    if not colon:
+        host = ""
+    host = host.removeprefix("[").removesuffix("]") if host.startswith("[") else host
+    if not port.isdigit() or int(port) > 65535 or (":" in host and not text.startswith("[")):
+        raise PydanticCustomError(
+            "metrics_addr",
+            "expected HOST:PORT, :PORT or PORT with a port from 0 to 65535 (an IPv6 host in "
+            "brackets: [::1]:9464), e.g. 127.0.0.1:9464",
+        )
+    return host or METRICS_HOST, int(port)
 
 
 def _describe(exc: ValidationError, config_file: Path | None) -> str:

@@ -45,6 +45,7 @@ from supervisor.core.zombies import (
     observe_ended,
     span,
 )
+from supervisor.runtime.metrics import MetricsSink
 from supervisor.runtime.ports import Clock, Cloud
 from supervisor.runtime.retry import GaveUp, call_with_retries
 
@@ -83,6 +84,7 @@ class ZombieWatch:
         interval_s: float,
         retry_base_s: float,
         lookback: timedelta = LOOKBACK,
+        metrics: MetricsSink | None = None,
     ) -> None:
         self._store = store
         self._cloud = cloud
@@ -91,6 +93,7 @@ class ZombieWatch:
         self.interval_s = interval_s
         self._retry_base_s = retry_base_s
         self._lookback = lookback
+        self._metrics = metrics or MetricsSink()
         self._limit = asyncio.Semaphore(CONCURRENCY)
         self.sweeps = 0
 
@@ -134,6 +137,8 @@ class ZombieWatch:
                 if existing is not None:
                     ended, line = observe_ended(existing, instance.state, now=now)
                     await self._store.save_zombie(ended, line)
+                    if line is not None:
+                        self._metrics.instance_acted("zombie", line.action, line.outcome)
                     self._resolved(ended)
                     resolved += 1
                 continue
@@ -286,6 +291,7 @@ class ZombieWatch:
                 result = CallFailed(error.code, error.message, gave_up.attempts)
         after, line = attempted(zombie, action, result, now=self._clock.now())
         await self._store.save_zombie(after, line)
+        self._metrics.instance_acted("zombie", action, line.outcome)
         level = "warning" if line.error_code and line.outcome != "not-found" else "info"
         getattr(log, level)(
             "zombie_" + line.outcome.replace("-", "_"),

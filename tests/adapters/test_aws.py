@@ -145,6 +145,55 @@ async def test_read_object_of_a_missing_key_raises_not_found(aws: Aws) -> None:
     assert caught.value.code == "NoSuchKey"
 
 
+# -- S3: read_range ---------------------------------------------------------------------------
+
+LOG = PREFIX + "logs/train.log"
+
+
+async def test_read_range_returns_the_bytes_from_the_offset_and_the_size(
+    aws: Aws, fleet: Fleet
+) -> None:
+    fleet.put(LOG, b"step 1\nstep 2\n")
+
+    assert await aws.read_range(BUCKET, LOG, REGION, 7) == (b"step 2\n", 14)
+    assert await aws.read_range(BUCKET, LOG, REGION, 0, limit=4) == (b"step", 14)
+    assert aws.counter.count("GetObject") == 2
+
+
+async def test_read_range_with_a_negative_start_returns_the_last_bytes(
+    aws: Aws, fleet: Fleet
+) -> None:
+    fleet.put(LOG, b"step 1\nstep 2\n")
+
+    assert await aws.read_range(BUCKET, LOG, REGION, -7) == (b"step 2\n", 14)
+    assert await aws.read_range(BUCKET, LOG, REGION, -100) == (b"step 1\nstep 2\n", 14)
+
+
+@pytest.mark.parametrize("start", [14, 20], ids=["at-the-end", "past-the-end"])
+async def test_read_range_at_or_past_the_end_returns_no_bytes_and_the_size_in_one_call(
+    aws: Aws, fleet: Fleet, start: int
+) -> None:
+    fleet.put(LOG, b"step 1\nstep 2\n")
+
+    assert await aws.read_range(BUCKET, LOG, REGION, start) == (b"", 14)
+    assert aws.counter.count("GetObject") == 1
+    assert aws.counter.count("HeadObject") == 0
+
+
+@pytest.mark.parametrize("start", [0, -10])
+async def test_read_range_of_an_empty_object_returns_nothing_and_size_zero(
+    aws: Aws, fleet: Fleet, start: int
+) -> None:
+    fleet.put(LOG, b"")
+
+    assert await aws.read_range(BUCKET, LOG, REGION, start) == (b"", 0)
+
+
+async def test_read_range_of_a_missing_key_raises_not_found(aws: Aws) -> None:
+    with pytest.raises(NotFoundError):
+        await aws.read_range(BUCKET, LOG, REGION, 0)
+
+
 # -- EC2: describe_instances ------------------------------------------------------------------
 
 
@@ -364,6 +413,50 @@ def test_fault_plan_parse_rejects_a_malformed_rule(text: str) -> None:
 def test_an_empty_fault_plan_is_falsy() -> None:
     assert not FaultPlan.parse(" ; ")
     assert FaultPlan.parse("DescribeInstances=InternalError")
+
+
+# -- call outcomes ----------------------------------------------------------------------------
+
+
+async def test_every_ended_call_is_counted_by_its_outcome_class(fleet: Fleet) -> None:
+    [instance] = ids(*fleet.launch(1))
+    fleet.put(PREFIX + "COMPLETE")
+    plan = "StopInstances=RequestLimitExceeded*1; StopInstances=UnauthorizedOperation*1"
+
+    async with Aws(faults=FaultPlan.parse(plan)) as aws:
+        for expected in (TransientError, PermanentError):
+            with pytest.raises(expected):
+                await aws.stop_instance(instance, REGION)
+        await aws.stop_instance(instance, REGION)
+        await aws.list_objects(ListRequest(BUCKET, PREFIX, "/"), REGION)
+        assert await aws.head_object(BUCKET, PREFIX + "missing", REGION) is None
+        with pytest.raises(NotFoundError):
+            await aws.stop_instance(InstanceId("i-0123456789abcdef0"), REGION)
+
+        assert dict(aws.counter.outcomes) == {
+            ("ec2", "StopInstances", "transient"): 1,
+            ("ec2", "StopInstances", "permanent"): 1,
+            ("ec2", "StopInstances", "ok"): 1,
+            ("ec2", "StopInstances", "not_found"): 1,
+            ("s3", "ListObjectsV2", "ok"): 1,
+            ("s3", "HeadObject", "not_found"): 1,
+        }
+        assert aws.counter.count("StopInstances") == 4
+
+
+async def test_a_call_that_never_reached_aws_is_counted_transient(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed_port}")
+
+    async with Aws() as aws:
+        with pytest.raises(TransientError):
+            await aws.describe_instances(ids("i-0123456789abcdef0"), REGION)
+
+        assert dict(aws.counter.outcomes) == {("ec2", "DescribeInstances", "transient"): 1}
 
 
 # -- clients ----------------------------------------------------------------------------------

@@ -22,7 +22,11 @@ from supervisor.adapters.control import (
     ControlServer,
     DaemonNotRunning,
 )
+from supervisor.adapters.metrics_http import Exposition
 from supervisor.adapters.protocol import (
+    DEFAULT_TRAINING_LOG_BYTES,
+    AttachFileRequest,
+    AttachmentView,
     AttachRequest,
     DaemonStatus,
     MonitorEventView,
@@ -31,6 +35,7 @@ from supervisor.adapters.protocol import (
     RunDetail,
     RunView,
     TailItem,
+    TrainingLogItem,
     TransitionView,
     ZombieList,
     ZombieView,
@@ -139,6 +144,19 @@ REPORT = ReportView(
     open_zombies=1,
 )
 
+METRICS = Exposition(
+    b"# HELP supervisor_monitors Runs watched.\n# TYPE supervisor_monitors gauge\n"
+    b"supervisor_monitors 3.0\n",
+    "text/plain; version=0.0.4; charset=utf-8",
+)
+
+
+TRAINING_LOG = [
+    TrainingLogItem(kind="notice", text="no training log yet: waiting for the job", offset=0),
+    TrainingLogItem(kind="lines", text="step 1 loss 2.3\nstep 2 loss 2.1\n", offset=32),
+    TrainingLogItem(kind="lines", text="ünïcode \u2713\n", offset=48),
+]
+
 
 class FakeHandler:
     """Canned replies; `ghost` is unknown, `taken` cannot attach, `finished` refuses a stop,
@@ -149,6 +167,9 @@ class FakeHandler:
         self.requests: list[tuple[str, str]] = []
         self.tails: list[tuple[str, bool]] = []
         self.reports: list[float] = []
+        self.accepts: list[str] = []
+        self.files: list[tuple[str, AttachFileRequest]] = []
+        self.logs: list[dict[str, object]] = []
 
     async def attach(self, request: AttachRequest) -> RunView:
         if request.run_id == "taken":
@@ -190,6 +211,25 @@ class FakeHandler:
     async def report(self, since_days: float) -> ReportView:
         self.reports.append(since_days)
         return REPORT
+
+    async def metrics(self, accept: str) -> Exposition:
+        self.accepts.append(accept)
+        return METRICS
+
+    async def attach_file(self, run_id: str, request: AttachFileRequest) -> AttachmentView:
+        self._check(run_id)
+        if not request.uri.startswith("s3://"):
+            raise InvalidInput(f"attachment URI {request.uri!r} is not valid")
+        self.files.append((run_id, request))
+        return AttachmentView(kind=request.kind, uri=request.uri, added_at=NOW, size=42)
+
+    async def training_log(
+        self, run_id: str, *, key: str, offset: int | None, last: int, follow: bool
+    ) -> AsyncIterator[TrainingLogItem]:
+        self._check(run_id)
+        self.logs.append({"key": key, "offset": offset, "last": last, "follow": follow})
+        for item in TRAINING_LOG:
+            yield item
 
     @staticmethod
     def _check(run_id: str) -> None:
@@ -484,3 +524,125 @@ async def test_a_bad_since_is_refused_with_what_to_give(
     assert body["kind"] == "invalid_input"
     assert says in body["error"] and repr(since) in body["error"] and "--since 7" in body["error"]
     assert handler.reports == []
+
+
+async def test_metrics_are_served_on_the_socket_as_the_handler_renders_them(
+    server: ControlServer, handler: FakeHandler
+) -> None:
+    accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+    async with (
+        raw_session(server.socket_path) as session,
+        session.get("http://supervisord/metrics", headers={"Accept": accept}) as reply,
+    ):
+        assert reply.status == 200
+        assert reply.headers["Content-Type"] == METRICS.content_type
+        assert await reply.read() == METRICS.body
+    assert handler.accepts == [accept]
+
+
+async def test_the_client_returns_the_metrics_text(client: ControlClient) -> None:
+    assert await client.metrics() == METRICS.body.decode()
+
+
+# -- attach-file ------------------------------------------------------------------------------
+
+
+async def test_attach_file_delivers_kind_and_uri_and_returns_the_attachment(
+    client: ControlClient, handler: FakeHandler
+) -> None:
+    attached = await client.attach_file("run-42", "analysis", "s3://my-runs/run-42/notes.md")
+
+    assert attached == AttachmentView(
+        kind="analysis", uri="s3://my-runs/run-42/notes.md", added_at=NOW, size=42
+    )
+    assert handler.files == [
+        ("run-42", AttachFileRequest(kind="analysis", uri="s3://my-runs/run-42/notes.md"))
+    ]
+
+
+async def test_attach_file_is_not_taken_for_an_action_and_answers_201(
+    server: ControlServer, handler: FakeHandler
+) -> None:
+    body = {"kind": "other", "uri": "s3://my-runs/x.txt"}
+    async with (
+        raw_session(server.socket_path) as session,
+        session.post("http://supervisord/v1/runs/run-42/attachments", json=body) as response,
+    ):
+        assert response.status == 201
+    assert handler.requests == []
+    assert len(handler.files) == 1
+
+
+@pytest.mark.parametrize(
+    ("run_id", "uri", "kind", "says"),
+    [
+        ("ghost", "s3://my-runs/x.txt", "unknown_run", "no run 'ghost' is attached"),
+        ("run-42", "/tmp/x.txt", "invalid_input", "'/tmp/x.txt' is not valid"),
+    ],
+)
+async def test_attach_file_refusals_come_back_with_their_kind(
+    client: ControlClient, run_id: str, uri: str, kind: str, says: str
+) -> None:
+    with pytest.raises(ControlError) as caught:
+        await client.attach_file(run_id, "other", uri)
+
+    assert caught.value.kind == kind
+    assert says in str(caught.value)
+
+
+# -- training log -----------------------------------------------------------------------------
+
+
+async def test_training_log_streams_each_item_and_passes_the_query_on(
+    client: ControlClient, handler: FakeHandler
+) -> None:
+    items = [
+        item
+        async for item in client.training_log(
+            "run-42", key="logs/rank0.log", follow=True, offset=100
+        )
+    ]
+
+    assert items == TRAINING_LOG
+    assert handler.logs == [
+        {"key": "logs/rank0.log", "offset": 100, "last": DEFAULT_TRAINING_LOG_BYTES, "follow": True}
+    ]
+
+
+async def test_training_log_defaults_to_the_default_key_and_the_end_of_the_log(
+    client: ControlClient, handler: FakeHandler
+) -> None:
+    _ = [item async for item in client.training_log("run-42", last=0)]
+
+    assert handler.logs == [{"key": "logs/train.log", "offset": None, "last": 0, "follow": False}]
+
+
+@pytest.mark.parametrize(
+    ("params", "says"),
+    [
+        ({"offset": "-1"}, "offset='-1' is not valid: give a number of bytes from 0"),
+        ({"last": "lots"}, "last='lots' is not valid: give a number of bytes from 0"),
+        ({"offset": "0", "last": "10"}, "give offset= or last=, not both"),
+    ],
+)
+async def test_a_bad_training_log_query_is_invalid_input_before_any_read(
+    server: ControlServer, handler: FakeHandler, params: dict[str, str], says: str
+) -> None:
+    async with (
+        raw_session(server.socket_path) as session,
+        session.get("http://supervisord/v1/runs/run-42/training-log", params=params) as response,
+    ):
+        assert response.status == 400
+        body = await response.json()
+
+    assert body == {"error": says, "kind": "invalid_input"}
+    assert handler.logs == []
+
+
+async def test_an_unknown_runs_training_log_is_refused_before_streaming(
+    client: ControlClient,
+) -> None:
+    with pytest.raises(ControlError) as caught:
+        _ = [item async for item in client.training_log("ghost")]
+
+    assert caught.value.kind == "unknown_run"

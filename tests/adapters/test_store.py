@@ -531,3 +531,32 @@ async def test_attachments_round_trip_in_order_and_attaching_again_refreshes_the
     assert await store.attachments("run-42") == [refreshed, notes]
     assert raw_count(store.path, "SELECT COUNT(*) FROM attachments") == 2
     assert await store.attachments("other") == []
+
+
+async def test_migration_6_keeps_every_row_and_starts_with_no_reports_read(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v5.db"
+    _database_at_version_3(path)
+    db = sqlite3.connect(path)
+    try:  # the release before the run database: migrations 4 and 5 applied as they were
+        for sql_file in sorted((REPO / "supervisor" / "adapters" / "migrations").glob("*.sql")):
+            if int(sql_file.name.split("_", 1)[0]) in (4, 5):
+                db.executescript(sql_file.read_text(encoding="utf-8"))
+        db.execute("PRAGMA user_version = 5")
+        db.commit()
+    finally:
+        db.close()
+    before = _rows(path)
+
+    store = await Store.open(path)
+    try:
+        records = [await store.get_run(run_id) for run_id, *_ in _V3_RUNS]
+        data = [await store.run_data(run_id) for run_id, *_ in _V3_RUNS]
+    finally:
+        await store.close()
+
+    assert raw_count(path, "PRAGMA user_version") == SCHEMA_VERSION == 6
+    assert _rows(path) == before
+    assert [r.run.report_etags for r in records if r is not None] == [()] * len(_V3_RUNS)
+    assert data == [None] * len(_V3_RUNS)

@@ -576,6 +576,11 @@ class SlowLaunch:
     ) -> tuple[str, int]:
         return await self._aws.read_tail(bucket, key, region, limit=limit)
 
+    async def read_range(
+        self, bucket: str, key: str, region: str, start: int, *, limit: int = 1 << 20
+    ) -> tuple[bytes, int]:
+        return await self._aws.read_range(bucket, key, region, start, limit=limit)
+
     async def describe_instances(
         self, ids: Sequence[InstanceId], region: str
     ) -> dict[InstanceId, InstanceState]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -313,3 +314,22 @@ async def test_attach_refuses_an_instance_already_watched_by_another_run(
         await harness.attach("second", instance)
     assert harness.store is not None
     assert await harness.store.get_run("second") is None
+
+
+async def test_a_tail_follower_does_not_hold_the_shutdown(harness: Harness) -> None:
+    (instance,) = harness.fleet.launch(1)
+    daemon = await harness.start()
+    await harness.attach("followed", instance)
+    await harness.wait_phase("followed", P.RUNNING)
+    items: list[object] = []
+
+    async def follow() -> None:
+        async for item in daemon.api.tail("followed", follow=True):
+            items.append(item)
+
+    follower = asyncio.create_task(follow())
+    await asyncio.sleep(0.2)  # replaying the history; then it waits for news
+    assert not follower.done() and items
+    daemon.request_shutdown("test")
+    await asyncio.wait_for(follower, 5)  # the stream ended with the daemon, not at a timeout
+    await harness.stop()

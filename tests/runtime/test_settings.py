@@ -96,3 +96,37 @@ def test_a_missing_or_broken_config_file_is_named(tmp_path: Path) -> None:
 def test_the_example_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     example = Path(__file__).parents[2] / "config" / "supervisord.example.toml"
     assert Settings.load(example).grace_s >= 0
+
+
+@pytest.mark.parametrize(
+    ("text", "address"),
+    [
+        ("9464", ("127.0.0.1", 9464)),
+        (":9464", ("127.0.0.1", 9464)),
+        ("0.0.0.0:9464", ("0.0.0.0", 9464)),
+        ("[::1]:0", ("::1", 0)),
+        ("metrics.internal:80", ("metrics.internal", 80)),
+    ],
+)
+def test_the_metrics_address_defaults_its_host_to_loopback(
+    monkeypatch: pytest.MonkeyPatch, text: str, address: tuple[str, int]
+) -> None:
+    monkeypatch.setenv("SUPERVISOR_METRICS_ADDR", text)
+    assert Settings.load().metrics_address == address
+
+
+def test_without_a_metrics_address_there_is_no_listener(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SUPERVISOR_METRICS_ADDR", raising=False)
+    assert Settings.load().metrics_address is None
+
+
+@pytest.mark.parametrize("text", ["metrics", "127.0.0.1:", "127.0.0.1:65536", "::1:9464"])
+def test_a_bad_metrics_address_is_named_with_the_forms_it_takes(
+    monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    monkeypatch.setenv("SUPERVISOR_METRICS_ADDR", text)
+    with pytest.raises(InvalidInput) as caught:
+        Settings.load()
+    message = str(caught.value)
+    assert message.startswith("bad setting SUPERVISOR_METRICS_ADDR: expected HOST:PORT")
+    assert f"(got {text!r})" in message
