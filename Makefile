@@ -11,7 +11,7 @@ TEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := test
-.PHONY: install lint format test demo clean
+.PHONY: install lint format test bench demo clean
 
 install: $(STAMP)
 
@@ -36,6 +36,11 @@ format: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest -q --timeout=300 -n $(TEST_WORKERS) $(PYTEST_ARGS)
+
+# Issue 6's figures that need no AWS (store transitions/s, restart re-arm time); about 2
+# minutes on 2 cores. Prints a table and writes bench-results.json (see BENCHMARKS.md).
+bench: $(STAMP)
+	$(BIN)/python -m tests.bench $(BENCH_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/python -m supervisor.demo
