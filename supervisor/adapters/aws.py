@@ -302,7 +302,8 @@ class Aws:
         self, bucket: str, key: str, region: str, *, limit: int = 65536
     ) -> tuple[str, int]:
         """The last `limit` bytes of an object (decoded, invalid bytes replaced) and its size.
-        Raises `NotFoundError` when there is no such object."""
+        When the object is longer, the tail starts at its first whole line. Raises
+        `NotFoundError` when there is no such object."""
         s3 = await self.client("s3", region)
         try:
             with _translated("GetObject"):
@@ -316,6 +317,8 @@ class Aws:
         content_range = str(response.get("ContentRange") or "")
         total = content_range.rpartition("/")[2]
         size = int(total) if total.isdigit() else len(data)
+        if size > len(data):
+            data = data.partition(b"\n")[2]  # drop the partial first line of the tail
         return data.decode("utf-8", errors="replace"), size
 
     async def read_range(

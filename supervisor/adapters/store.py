@@ -620,7 +620,8 @@ class Store:
         return str(row["run_id"]) if row else None
 
     async def runs_by_phase_and_outcome(self) -> dict[tuple[str, str | None], int]:
-        """How many runs are in each (phase, outcome): one GROUP BY, for `/metrics`."""
+        """How many runs are in each (phase, outcome): one GROUP BY, for `/metrics` and
+        `supervisord status` (no run is loaded)."""
         async with self._reader.execute(
             "SELECT phase, outcome, COUNT(*) FROM runs GROUP BY phase, outcome"
         ) as cur:

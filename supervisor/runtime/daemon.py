@@ -555,8 +555,6 @@ class ControlApi:
                 text, size = await cloud.read_tail(
                     target.bucket, target.key, region, limit=CRASH_TAIL_BYTES
                 )
-                if size > len(text.encode()):
-                    text = text.partition("\n")[2]  # drop the partial first line of the tail
                 return size, text
             stored = await cloud.head_object(target.bucket, target.key, region)
             if stored is not None:
@@ -600,7 +598,9 @@ class ControlApi:
 
     async def status(self) -> DaemonStatus:
         d = self._d
-        by_phase = Counter(str(record.run.phase) for record in await d.store.runs())
+        by_phase: Counter[str] = Counter()
+        for (phase, _), count in (await d.store.runs_by_phase_and_outcome()).items():
+            by_phase[phase] += count
         counter = getattr(d.cloud, "counter", None)
         return DaemonStatus(
             pid=os.getpid(),

@@ -461,8 +461,6 @@ class Monitor:
         except ExternalError as exc:
             self._note("crash_report_unread", level="warning", uri=uri, code=exc.code)
             return
-        if size > len(text.encode()):
-            text = text.partition("\n")[2]  # drop the partial first line of the tail
         record = AttachmentRecord(
             run_id=spec.run_id,
             kind="crash-log",
