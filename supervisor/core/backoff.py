@@ -35,6 +35,21 @@ def base_delay(attempt: int, policy: BackoffPolicy) -> float:
     return min(policy.initial_s * policy.multiplier ** min(attempt, 64), policy.max_s)
 
 
+def checks_made(elapsed_s: float, policy: BackoffPolicy) -> int:
+    """How many checks the un-jittered schedule has made `elapsed_s` after it started: where a
+    restart picks the schedule up again, so a run watched for hours is not checked as if new."""
+    made, total = 0, 0.0
+    while made < 64:
+        wait = base_delay(made, policy)
+        if wait >= policy.max_s or wait <= 0:  # at the cap (or no wait): plain division
+            return made + (int((elapsed_s - total) // wait) if wait > 0 else 0)
+        if total + wait > elapsed_s:
+            return made
+        total += wait
+        made += 1
+    return made
+
+
 def delay(attempt: int, policy: BackoffPolicy, rng: random.Random) -> float:
     """The jittered delay before the next check: base_delay(attempt) ± jitter."""
     base = base_delay(attempt, policy)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from supervisor.core.backoff import BackoffPolicy, delay
+from supervisor.core.backoff import BackoffPolicy, base_delay, checks_made, delay
 from supervisor.core.checkpoint import (
     MANIFEST_NAME,
     CommandKind,
@@ -381,9 +381,17 @@ def _on_armed(c: _Ctx, _: Armed) -> Decision:
     run = c.run
     match run.phase:
         case P.RUNNING | P.STALLED:
-            # After a restart, spread first checks over one initial interval.
-            at = c.now + timedelta(seconds=c.rng.uniform(0, c.policy.poll.initial_s))
-            return c.stay(WakeAt(at), checks=0, next_check_at=at)
+            # After a restart, the backoff goes on where its schedule would be after this long
+            # in the phase, and the first check falls anywhere within one interval at that
+            # level: ten thousand runs at the cap are checked at the steady rate from the
+            # start, not all within the first 30 s. A check persisted as due sooner is kept.
+            checks = checks_made((c.now - run.phase_since).total_seconds(), c.policy.poll)
+            interval = timedelta(seconds=base_delay(checks, c.policy.poll))
+            due = run.next_check_at
+            if due is not None and c.now < due <= c.now + interval:
+                return c.stay(WakeAt(due), checks=checks)
+            at = c.now + interval * c.rng.random()
+            return c.stay(WakeAt(at), checks=checks, next_check_at=at)
         case P.GRACE:
             assert run.grace_until is not None
             if _until_quiet(run):  # it may be quiet already: look now, not at the limit

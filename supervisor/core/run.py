@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Self
 
@@ -71,8 +71,8 @@ class Run:
     """Everything the core knows about one run.
 
     The fields above the marker are persisted with every transition; the polling state below
-    it is rebuilt after a restart (a first check soon, then backoff again), so a check costs no
-    database write.
+    it is rebuilt after a restart (the backoff resumes at the level its schedule has reached
+    after that long in the phase), so a check costs no database write.
     """
 
     spec: RunSpec
@@ -125,7 +125,17 @@ class Run:
             object.__setattr__(self, "instance_id", self.spec.instance_id)
 
     def evolve(self, **changes: object) -> Self:
-        return replace(self, **changes)  # type: ignore[arg-type]
+        """A copy with `changes`. Every step makes one, so this skips `dataclasses.replace`'s
+        per-call field introspection (five times slower); unknown names still raise."""
+        new = object.__new__(type(self))
+        for name in _FIELD_NAMES:
+            value = changes.pop(name) if name in changes else getattr(self, name)
+            object.__setattr__(new, name, value)
+        if changes:
+            raise TypeError(f"Run has no field(s) {', '.join(sorted(changes))}")
+        if not new.instance_id:
+            object.__setattr__(new, "instance_id", new.spec.instance_id)
+        return new
 
     def __repr__(self) -> str:
         return (
@@ -133,3 +143,6 @@ class Run:
             f"{'/' + self.outcome if self.outcome else ''} v{self.version}"
             f" instance={self.instance_id}>"
         )
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(Run))

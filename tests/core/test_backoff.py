@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from supervisor.core.backoff import BackoffPolicy, base_delay, delay, retry_delays
+from supervisor.core.backoff import BackoffPolicy, base_delay, checks_made, delay, retry_delays
 
 DEFAULT = BackoffPolicy()
 
@@ -60,3 +60,22 @@ def test_retry_delays_double_from_the_base() -> None:
 def test_invalid_policy_is_refused_when_built(fields: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="need"):
         BackoffPolicy(**fields)
+
+
+@pytest.mark.parametrize(
+    ("elapsed_s", "made"),
+    [(-5, 0), (0, 0), (29.9, 0), (30, 1), (89, 1), (90, 2), (210, 3), (449, 3), (450, 4),
+     (749, 4), (750, 5), (7200, 26)],
+)  # fmt: skip
+def test_checks_made_counts_the_unjittered_schedule(elapsed_s: float, made: int) -> None:
+    assert checks_made(elapsed_s, DEFAULT) == made
+
+
+@pytest.mark.parametrize("elapsed_s", [0.0, 1.0, 44.0, 300.0, 1234.5, 86_400.0])
+@pytest.mark.parametrize("policy", [DEFAULT, BackoffPolicy(5, 5), BackoffPolicy(1, 1000, 3)])
+def test_checks_made_is_where_the_schedule_is_after_that_long(
+    elapsed_s: float, policy: BackoffPolicy
+) -> None:
+    made = checks_made(elapsed_s, policy)
+    before = sum(base_delay(i, policy) for i in range(made))
+    assert before <= elapsed_s < before + base_delay(made, policy)

@@ -11,7 +11,7 @@ from typing import Any, get_args
 
 import pytest
 
-from supervisor.core.backoff import delay
+from supervisor.core.backoff import checks_made, delay
 from supervisor.core.checkpoint import (
     CommandKind,
     CommandResult,
@@ -440,14 +440,54 @@ def test_pending_instance_still_pending_is_a_stay_without_effects() -> None:
 # -- running -----------------------------------------------------------------------------------
 
 
-def test_running_armed_staggers_the_first_check_within_one_initial_interval() -> None:
+def test_running_armed_right_after_it_started_checks_within_one_initial_interval() -> None:
     for seed in range(20):
-        run = make_run(P.RUNNING, checks=4)
+        run = make_run(P.RUNNING, phase_since=NOW, checks=4)
         d = step(run, Armed(), now=NOW, policy=POLICY, rng=random.Random(seed))
         (wake,) = d.effects
         assert isinstance(wake, WakeAt)
         assert NOW <= wake.at <= NOW + timedelta(seconds=POLICY.poll.initial_s)
         assert (d.run.checks, d.run.next_check_at, d.transition) == (0, wake.at, None)
+
+
+def test_running_armed_after_hours_resumes_the_backoff_at_its_cap() -> None:
+    """A restart must not check ten thousand long-running runs within 30 s: each run's first
+    check falls anywhere in one interval at the level its schedule has reached."""
+    run = make_run(P.RUNNING, phase_since=NOW - timedelta(hours=2), next_check_at=None)
+    wakes = []
+    for seed in range(40):
+        d = step(run, Armed(), now=NOW, policy=POLICY, rng=random.Random(seed))
+        (wake,) = d.effects
+        assert isinstance(wake, WakeAt)
+        assert NOW <= wake.at <= NOW + timedelta(seconds=POLICY.poll.max_s)
+        assert (d.run.checks, d.run.next_check_at, d.transition) == (
+            checks_made(7200, POLICY.poll), wake.at, None,
+        )  # fmt: skip
+        wakes.append((wake.at - NOW).total_seconds())
+        armed, first_check = d.run, wake.at
+    assert max(wakes) > 4 * POLICY.poll.initial_s, "first checks are spread over the cap"
+    # The check after that one waits a whole capped interval, not the initial 30 s.
+    ticked = run_step(armed, Tick(), now=first_check)
+    assert ticked.effects == (LIST_TOP,)
+    listed_ = run_step(ticked.run, listed("logs.txt"), now=first_check)
+    (next_wake,) = listed_.effects
+    assert isinstance(next_wake, WakeAt)
+    assert (next_wake.at - first_check).total_seconds() >= POLICY.poll.max_s * 0.9
+
+
+@pytest.mark.parametrize(
+    ("due_in_s", "kept"), [(45.0, True), (POLICY.poll.max_s + 60, False), (-10.0, False)]
+)
+def test_running_armed_keeps_a_persisted_check_due_within_the_interval(
+    due_in_s: float, kept: bool
+) -> None:
+    due = NOW + timedelta(seconds=due_in_s)
+    run = make_run(P.RUNNING, phase_since=NOW - timedelta(hours=2), next_check_at=due)
+    d = step(run, Armed(), now=NOW, policy=POLICY, rng=random.Random(1))
+    (wake,) = d.effects
+    assert isinstance(wake, WakeAt)
+    assert (wake.at == due) is kept
+    assert NOW <= wake.at <= NOW + timedelta(seconds=POLICY.poll.max_s)
 
 
 def test_running_listing_without_evidence_schedules_the_next_check_with_backoff() -> None:

@@ -221,7 +221,7 @@ def test_a_stalled_run_armed_after_a_restart_staggers_its_first_check() -> None:
         d = step(run, Armed(), now=NOW, policy=POLICY, rng=random.Random(7))
         (wake,) = d.effects
         assert isinstance(wake, WakeAt)
-        assert NOW <= wake.at <= NOW + timedelta(seconds=POLICY.poll.initial_s)
+        assert NOW <= wake.at <= NOW + timedelta(seconds=POLICY.poll.max_s)
         assert (d.run.phase, d.transition) == (P.STALLED, None)
 
 
