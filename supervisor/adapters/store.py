@@ -719,11 +719,14 @@ def _insert_transition(run_id: str, seq: int, t: Transition) -> tuple[str, tuple
     )
 
 
-def _run_record(row: aiosqlite.Row) -> RunRecord:
+def _run_record(sql_row: aiosqlite.Row) -> RunRecord:
+    # A plain dict first: each lookup by name in a sqlite3.Row scans its column names, which
+    # cost more than the rest of this function when a restart loads ten thousand runs.
+    row = dict(zip(sql_row.keys(), sql_row, strict=True))
     phase_since = _dt(row["phase_since"])
     assert phase_since is not None
     run = Run(
-        spec=RunSpec.model_validate_json(row["spec_json"]),
+        spec=RunSpec.from_stored(row["spec_json"]),
         phase=Phase(row["phase"]),
         outcome=Outcome(row["outcome"]) if row["outcome"] else None,
         version=row["version"],

@@ -157,7 +157,7 @@ class Daemon:
             )
         return EventConsumer(
             queue, url, region, lambda: list(self.monitors.values()), self.store, self.clock,
-            spot_margin_s=self.settings.spot_margin_s,
+            spot_margin_s=self.settings.spot_margin_s, wait_s=self.settings.events_wait_s,
         )  # fmt: skip
 
     async def serve(self, *, on_ready: Callable[[], Awaitable[None]] | None = None) -> None:
@@ -200,7 +200,7 @@ class Daemon:
         self.accepting = False
         for monitor in self.monitors.values():
             monitor.close()
-        in_flight = [m.idle.wait() for m in self.monitors.values() if m.busy]
+        in_flight = [m.wait_idle() for m in self.monitors.values() if m.busy]
         if in_flight:
             waiters = [asyncio.ensure_future(w) for w in in_flight]
             _, still_busy = await asyncio.wait(waiters, timeout=self.settings.shutdown_timeout_s)

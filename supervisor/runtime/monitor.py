@@ -14,6 +14,7 @@ cancels it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 import uuid
@@ -130,35 +131,58 @@ def transition_view(seq: int, decision: Decision) -> TransitionView:
 
 
 class Monitor:
+    """One run's event loop. Ten thousand of these live in one process, so what each holds is
+    kept small: no per-monitor asyncio.Event (a future exists only while someone waits), and
+    the logger, the recent-event ring and the subscriber set are made on first use."""
+
     def __init__(self, run: Run, deps: MonitorDeps) -> None:
         self.run = run
         self._deps = deps
-        self._items: deque[tuple[Event, asyncio.Future[Decision] | None]] = deque()
-        self._ready = asyncio.Event()
+        self._items: list[tuple[Event, asyncio.Future[Decision] | None]] = []
+        """Queued inputs, oldest first (a list: it is nearly always empty, and an empty deque
+        costs ten times the memory)."""
+        self._waiter: asyncio.Future[None] | None = None
+        """Set while the loop waits for an input; resolved by `_wake`."""
         self._wake_at: datetime | None = None
-        self.idle = asyncio.Event()
-        self.idle.set()
+        self.busy = False
+        """Handling an event (a decision, its commit and its effects)."""
+        self._idle_waiters: list[asyncio.Future[None]] = []
         self._settle: dict[int, bool] = {}
         self._finished = False
         self._closing = False
-        self.recent: deque[MonitorEventView] = deque(maxlen=RECENT_EVENTS)
-        self._subscribers: set[asyncio.Queue[TailItem]] = set()
-        self._log = log.bind(run_id=run.spec.run_id)
+        self._recent: deque[MonitorEventView] | None = None
+        self._subscribers: set[asyncio.Queue[TailItem]] | None = None
         self._tasks: asyncio.TaskGroup | None = None
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: list[asyncio.Task[None]] = []
 
     @property
     def run_id(self) -> str:
         return self.run.spec.run_id
 
+    @functools.cached_property
+    def _log(self) -> Any:
+        return log.bind(run_id=self.run_id)
+
     @property
-    def busy(self) -> bool:
-        return not self.idle.is_set()
+    def recent(self) -> tuple[MonitorEventView, ...]:
+        """The last monitor events (at most `RECENT_EVENTS`), oldest first."""
+        return tuple(self._recent or ())
+
+    async def wait_idle(self) -> None:
+        """Return once the event in hand (if any) is handled."""
+        if self.busy:
+            waiter = asyncio.get_running_loop().create_future()
+            self._idle_waiters.append(waiter)
+            await waiter
 
     def close(self) -> None:
         """Take no further events; the one in hand (if any) is finished."""
         self._closing = True
-        self._ready.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def __repr__(self) -> str:
         state = "busy" if self.busy else "idle"
@@ -177,7 +201,7 @@ class Monitor:
                 self._items[-1] = (event, None)
                 return
         self._items.append((event, None))
-        self._ready.set()
+        self._wake()
 
     async def request(self, event: Event, *, settle: bool = False) -> Decision:
         """Queue a request; return once its decision is committed, or raise
@@ -190,16 +214,19 @@ class Monitor:
         reply: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
         self._items.append((event, reply))
         self._settle[id(reply)] = settle
-        self._ready.set()
+        self._wake()
         return await reply
 
     def subscribe(self) -> asyncio.Queue[TailItem]:
         queue: asyncio.Queue[TailItem] = asyncio.Queue(maxsize=1000)
+        if self._subscribers is None:
+            self._subscribers = set()
         self._subscribers.add(queue)
         return queue
 
     def unsubscribe(self, queue: asyncio.Queue[TailItem]) -> None:
-        self._subscribers.discard(queue)
+        if self._subscribers is not None:
+            self._subscribers.discard(queue)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -235,19 +262,20 @@ class Monitor:
                     self._wake_at = None
                     return Tick(), None
             if self._items:
-                return self._items.popleft()
-            self._ready.clear()
-            if self._wake_at is None:
-                await self._ready.wait()
-                continue
+                return self._items.pop(0)
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            timer = None
+            if self._wake_at is not None:
+                timer = asyncio.get_running_loop().call_later(remaining, self._wake)
             try:
-                async with asyncio.timeout(remaining):
-                    await self._ready.wait()
-            except TimeoutError:
-                pass
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
 
     async def _handle(self, event: Event, reply: asyncio.Future[Decision] | None) -> None:
-        self.idle.clear()
+        self.busy = True
         settle = self._settle.pop(id(reply), False) if reply is not None else False
         last: Decision | None = None
         try:
@@ -283,7 +311,11 @@ class Monitor:
                 reply.set_exception(exc)
             raise
         finally:
-            self.idle.set()
+            self.busy = False
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     async def _commit(self, decision: Decision) -> None:
         before = self.run
@@ -313,11 +345,13 @@ class Monitor:
         view = MonitorEventView(
             at=self._deps.clock.now(), run_id=self.run_id, event=name, fields=fields
         )
-        self.recent.append(view)
+        if self._recent is None:
+            self._recent = deque(maxlen=RECENT_EVENTS)
+        self._recent.append(view)
         self._publish(TailItem(kind="event", event=view))
 
     def _publish(self, item: TailItem) -> None:
-        for queue in self._subscribers:
+        for queue in self._subscribers or ():
             if not queue.full():
                 queue.put_nowait(item)
 
@@ -386,8 +420,8 @@ class Monitor:
     def _start_background(self, command: InstanceCommand, timeout_s: float) -> None:
         assert self._tasks is not None
         task = self._tasks.create_task(self._in_background(command, timeout_s))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._background.append(task)
+        task.add_done_callback(self._background.remove)
 
     async def _in_background(self, command: InstanceCommand, timeout_s: float) -> None:
         early = command.option("mode") == "early"

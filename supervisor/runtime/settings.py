@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     events_queue_url: str | None = None
     """SQS queue with EventBridge EC2 events and S3 notifications (deploy/cloudformation.yaml).
     Without it the supervisor polls and sweeps only."""
+    poll_max_with_events_s: float = Field(1800.0, gt=0, allow_inf_nan=False)
+    """With `events_queue_url` set, the completion check backs off to this instead of
+    `poll_max_s`: S3 notifications bring completion in seconds, and the listing is only the
+    safety net for a lost notification. Set it to `poll_max_s` if the queue gets no S3
+    notifications (EC2 events only)."""
+    events_wait_s: int = Field(20, ge=1, le=20)
+    """SQS long-poll wait of the events consumer (AWS allows 1 to 20 s)."""
     spot_margin_s: float = Field(15.0, ge=0, le=110)
     """Safety margin taken off a spot warning's two minutes for the checkpoint deadline."""
     auto_terminate: bool = False
@@ -73,11 +80,15 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _poll_order(self) -> Self:
-        if self.poll_max_s < self.poll_initial_s:
-            raise ValueError(
-                f"poll_max_s ({self.poll_max_s}) must be at least poll_initial_s "
-                f"({self.poll_initial_s})"
-            )
+        caps = (
+            ("poll_max_s", "poll_max_with_events_s") if self.events_queue_url else ("poll_max_s",)
+        )
+        for name in caps:
+            if getattr(self, name) < self.poll_initial_s:
+                raise ValueError(
+                    f"{name} ({getattr(self, name)}) must be at least poll_initial_s "
+                    f"({self.poll_initial_s})"
+                )
         return self
 
     @classmethod
@@ -136,7 +147,10 @@ class Settings(BaseSettings):
 
     @property
     def poll_policy(self) -> BackoffPolicy:
-        return BackoffPolicy(initial_s=self.poll_initial_s, max_s=self.poll_max_s)
+        """The completion check's backoff: up to `poll_max_s`, or with an events queue (S3
+        notifications are the fast path) up to `poll_max_with_events_s`."""
+        longest = self.poll_max_with_events_s if self.events_queue_url else self.poll_max_s
+        return BackoffPolicy(initial_s=self.poll_initial_s, max_s=longest)
 
     @property
     def zombie_policy(self) -> ZombiePolicy:

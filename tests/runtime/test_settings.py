@@ -130,3 +130,40 @@ def test_a_bad_metrics_address_is_named_with_the_forms_it_takes(
     message = str(caught.value)
     assert message.startswith("bad setting SUPERVISOR_METRICS_ADDR: expected HOST:PORT")
     assert f"(got {text!r})" in message
+
+
+def test_the_example_config_names_every_setting() -> None:
+    example = Path(__file__).parents[2] / "config" / "supervisord.example.toml"
+    text = example.read_text(encoding="utf-8")
+    testing_only = {"faults"}  # a fault plan for the soak and the tests, not for users
+    missing = [
+        name
+        for name in Settings.model_fields
+        if f"# {name} =" not in text and name not in testing_only
+    ]
+    assert missing == [], f"config/supervisord.example.toml does not show {missing}"
+
+
+def test_with_an_events_queue_the_check_backs_off_further(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("SUPERVISOR_EVENTS_QUEUE_URL", raising=False)
+    assert Settings.load(poll_max_s=300).poll_policy.max_s == 300
+    with_events = Settings.load(
+        poll_max_s=300, poll_max_with_events_s=1800, events_queue_url="https://sqs/q"
+    )
+    assert with_events.poll_policy.max_s == 1800
+    assert with_events.poll_policy.initial_s == with_events.poll_initial_s
+
+
+def test_the_events_backoff_cap_may_not_undercut_the_first_check() -> None:
+    with pytest.raises(InvalidInput, match=r"poll_max_with_events_s \(5.0\) must be at least"):
+        Settings.load(poll_initial_s=30, poll_max_with_events_s=5, events_queue_url="https://q")
+    # Without a queue the cap is not used, so it is not held against the first check.
+    assert Settings.load(poll_initial_s=30, poll_max_with_events_s=5).poll_policy.max_s == 300
+
+
+@pytest.mark.parametrize("wait", [0, 21])
+def test_the_sqs_wait_is_within_what_aws_allows(wait: int) -> None:
+    with pytest.raises(InvalidInput, match="SUPERVISOR_EVENTS_WAIT_S"):
+        Settings.load(events_wait_s=wait)
