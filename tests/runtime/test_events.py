@@ -747,3 +747,15 @@ async def test_spot_warnings_for_two_runs_start_both_checkpoints_at_once(
     _, took_a = await phase_within(harness, "a", P.INTERRUPTING, since=sent, within_s=10)
     _, took_b = await phase_within(harness, "b", P.INTERRUPTING, since=sent, within_s=10)
     assert max(took_a, took_b) < 2.0, f"interrupting after {took_a:.1f}s and {took_b:.1f}s"
+
+
+async def test_with_a_queue_the_check_backs_off_to_the_events_cap_and_polls_with_its_wait(
+    harness: Harness,
+) -> None:
+    events = Events(harness.fleet, "ev-settings")
+    daemon = await harness.start(
+        events_queue_url=events.url, poll_max_s=60.0, poll_max_with_events_s=900.0,
+        events_wait_s=3,
+    )  # fmt: skip
+    assert consumer_of(daemon)._wait_s == 3
+    assert daemon.policy.poll.max_s == 900.0
