@@ -340,14 +340,22 @@ class Monitor:
             )
 
     def _note(self, name: str, *, level: str = "info", **fields: Any) -> None:
-        """A monitor event: logged, kept in the recent ring, streamed to `tail -f`."""
+        """A monitor event: logged, kept in the recent ring, streamed to `tail -f`.
+
+        A debug event (a routine prefix check) goes to live `tail -f` followers only: kept in
+        the ring it would push out what matters, and ten thousand rings of routine checks
+        would cost hundreds of megabytes."""
         getattr(self._log, level)(name, **fields)
+        routine = level == "debug"
+        if routine and not self._subscribers:
+            return
         view = MonitorEventView(
             at=self._deps.clock.now(), run_id=self.run_id, event=name, fields=fields
         )
-        if self._recent is None:
-            self._recent = deque(maxlen=RECENT_EVENTS)
-        self._recent.append(view)
+        if not routine:
+            if self._recent is None:
+                self._recent = deque(maxlen=RECENT_EVENTS)
+            self._recent.append(view)
         self._publish(TailItem(kind="event", event=view))
 
     def _publish(self, item: TailItem) -> None:

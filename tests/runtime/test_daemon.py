@@ -333,3 +333,26 @@ async def test_a_tail_follower_does_not_hold_the_shutdown(harness: Harness) -> N
     daemon.request_shutdown("test")
     await asyncio.wait_for(follower, 5)  # the stream ended with the daemon, not at a timeout
     await harness.stop()
+
+
+async def test_routine_checks_reach_live_followers_but_stay_out_of_the_recent_ring(
+    harness: Harness,
+) -> None:
+    """Ten thousand rings full of routine checks would cost hundreds of megabytes, and would
+    push out the events a person looks for."""
+    daemon = await harness.start()
+    (instance,) = harness.fleet.launch(1)
+    await harness.attach("ring", instance)
+    await harness.wait_phase("ring", Phase.RUNNING)
+    monitor = daemon.monitors["ring"]
+    follower = monitor.subscribe()
+    lists = harness.calls("ListObjectsV2")
+
+    async def checked_thrice() -> bool:
+        return harness.calls("ListObjectsV2") >= lists + 3
+
+    await wait_for(checked_thrice, within_s=10.0, what="three more prefix checks")
+    monitor.unsubscribe(follower)
+    followed = [follower.get_nowait() for _ in range(follower.qsize())]
+    assert any(i.event is not None and i.event.event == "prefix_checked" for i in followed)
+    assert [e for e in monitor.recent if e.event == "prefix_checked"] == []
