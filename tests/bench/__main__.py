@@ -1,8 +1,16 @@
-"""`make bench`: figures 4 (restart) and 5 (store) of issue 6, printed as a table and written
-to bench-results.json at the repo root. Each figure is measured `--repeat` times; the table
-gives the median and the spread (min-max).
+"""`make bench`: the measured figures of issue 6, printed as a table and written to
+bench-results.json at the repo root. Each figure is measured `--repeat` times (figure 3: one
+window cut in three); the table gives the median and the spread (min - max).
 
-Usage: python -m tests.bench [--repeat N] [--store-runs N] [--restart-runs N] [--out FILE]
+  1, 2  AWS calls per run-hour and completion-to-stop latency: a simulated fleet against a
+        moto server, watched by the naive baseline, by the daemon polling only, and by the
+        daemon with its events queue (tests/bench/fleet_figures.py)
+  3     the daemon's CPU per run-hour and resident memory at the default schedule
+        (tests/bench/daemon_cost.py)
+  4     restart re-arm time (tests/bench/restart_figure.py)
+  5     store commits/s (tests/bench/store_figure.py)
+
+Usage: python -m tests.bench [--only 1,2,3,4,5] [--repeat N] [options]  (see --help)
 """
 
 from __future__ import annotations
@@ -14,16 +22,18 @@ import json
 import os
 import platform
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tests.bench import restart_figure, store_figure
+from tests.bench import daemon_cost, fleet_figures, restart_figure, store_figure
+from tests.bench.moto_world import MotoWorld
+from tests.bench.table import row, spread
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,8 +41,30 @@ ROOT = Path(__file__).resolve().parents[2]
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tests.bench",
-        description="Measure the store's transitions/s (figure 5) and the restart's re-arm "
-        "time (figure 4) with no AWS; print a table and write a JSON file.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Measure issue 6's figures; print a table (median, min - max) and write "
+        "a JSON file with the command, the machine and every sample.",
+        epilog="""figures:
+  1  AWS calls per run-hour by operation: the naive baseline (per run, every 60 s: one
+     HeadObject per marker name + one DescribeInstances), the daemon polling only, the
+     daemon with its SQS events queue; and the ratios baseline / ours.
+  2  completion-to-stop-call latency p50/p95/max (grace 0) for the same three modes.
+     1 and 2 come from the same runs: a fleet of --fleet-runs moto instances per daemon
+     mode (--baseline-runs for the baseline), jobs that write a completion marker after
+     0.5 to 1 x --fleet-hours simulated hours; every daemon interval and the baseline's
+     period are divided by --factor through the settings (SUPERVISOR_*), never by code.
+  3  the daemon's own CPU seconds per run-hour, % of one core and resident memory, at the
+     default schedule, with each of --cost-runs runs seeded in `running` (2 h old).
+  4  restart: time to re-arm --restart-runs monitors (no AWS).
+  5  store: commits/s through the real Store (no AWS).
+
+examples:
+  python -m tests.bench                          # everything, about 9 minutes on 2 cores
+  python -m tests.bench --only 1,2 --repeat 5    # the fleet figures only, 5 repetitions
+  python -m tests.bench --only 3 --cost-runs 1000 --cost-window 120""",
+    )
+    parser.add_argument(
+        "--only", default="1,2,3,4,5", help="figures to measure, e.g. 1,2 or 3 (default all)"
     )
     parser.add_argument("--repeat", type=int, default=3, help="runs of each figure (default 3)")
     parser.add_argument(
@@ -40,6 +72,58 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--restart-runs", type=int, default=10000, help="active runs the daemon re-adopts"
+    )
+    parser.add_argument(
+        "--fleet-runs",
+        type=int,
+        default=20,
+        help="runs (moto instances) per daemon mode for figures 1-2 (default 20; moto's "
+        "DescribeInstances cost grows with the ids asked, which bounds this)",
+    )
+    parser.add_argument(
+        "--baseline-runs",
+        type=int,
+        default=10,
+        help="runs watched by the naive baseline (default 10: it makes 4 calls per run per "
+        "period, which moto serves without falling behind at --factor 120)",
+    )
+    parser.add_argument(
+        "--fleet-hours",
+        type=float,
+        default=1.0,
+        help="simulated hours of the longest job (they end from half of it to all of it)",
+    )
+    parser.add_argument(
+        "--factor",
+        type=float,
+        default=120.0,
+        help="time compression of figures 1-2: 30 s poll -> 30/factor s (default 120)",
+    )
+    parser.add_argument(
+        "--fleet-sequential",
+        action="store_true",
+        help="run the two daemon modes one after the other, not side by side",
+    )
+    parser.add_argument(
+        "--cost-runs", default="1000,10000", help="watched runs for figure 3, comma-separated"
+    )
+    parser.add_argument(
+        "--cost-instances",
+        type=int,
+        default=1000,
+        help="moto instances for figure 3; runs beyond it share instances (default 1000)",
+    )
+    parser.add_argument(
+        "--cost-window",
+        type=float,
+        default=60.0,
+        help="seconds measured per figure-3 size, cut in 3 parts (default 60: one sweep)",
+    )
+    parser.add_argument(
+        "--cost-settle",
+        type=float,
+        default=10.0,
+        help="seconds from the daemon answering to the figure-3 window (default 10)",
     )
     parser.add_argument(
         "--out", type=Path, default=ROOT / "bench-results.json", help="where the JSON goes"
@@ -52,14 +136,8 @@ def _positive(parser: argparse.ArgumentParser, name: str, value: int) -> None:
         parser.error(f"--{name} {value}: must be at least 1")
 
 
-def _spread(values: Sequence[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
-def _row(name: str, values: Sequence[float], unit: str, fmt: str = "{:.1f}") -> str:
-    s = _spread(values)
-    median, low, high = (fmt.format(s[k]) for k in ("median", "min", "max"))
-    return f"  {name:<44} {median:>10} {unit:<8} ({low} - {high})"
+_spread = spread
+_row = row
 
 
 def _restart_once(seeded: Path, state_dir: Path, runs: int) -> dict[str, Any]:
@@ -67,10 +145,143 @@ def _restart_once(seeded: Path, state_dir: Path, runs: int) -> dict[str, Any]:
     restart_figure.prepare(seeded, state_dir)
     done = subprocess.run(
         [sys.executable, "-m", "tests.bench", "--restart-once", str(state_dir), str(runs)],
-        cwd=ROOT, check=True, capture_output=True, text=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
+
+
+def _fleet(args: argparse.Namespace, world: MotoWorld) -> tuple[list[str], dict[str, Any]]:
+    """Figures 1 and 2: `--repeat` repetitions of the three modes."""
+    reps: list[dict[str, fleet_figures.ModeResult]] = []
+    for i in range(args.repeat):
+        world.reset()  # moto's describe cost grows with the instances it holds
+        rep = asyncio.run(
+            fleet_figures.repetition(
+                world,
+                i,
+                args.fleet_runs,
+                args.baseline_runs,
+                args.fleet_hours,
+                args.factor,
+                concurrent=not args.fleet_sequential,
+            )
+        )
+        reps.append(rep)
+        totals = ", ".join(f"{m} {fleet_figures.total_per_run_hour(r):.1f}" for m, r in rep.items())
+        print(f"  fleet {i + 1}/{args.repeat}: calls/run-hour {totals}")
+    return fleet_figures.report(reps, args)
+
+
+def _cost(
+    args: argparse.Namespace, world: MotoWorld, sizes: list[int]
+) -> tuple[list[str], dict[str, Any]]:
+    """Figure 3 at each size, on one set of moto instances."""
+    world.reset()
+    instances = world.launch(min(args.cost_instances, max(sizes)))
+    world.bucket(daemon_cost.BUCKET)
+    samples = []
+    with tempfile.TemporaryDirectory(prefix="sv", dir="/tmp") as folder:
+        for runs in sizes:
+            sample = asyncio.run(
+                daemon_cost.measure(
+                    world,
+                    instances,
+                    runs,
+                    Path(folder),
+                    settle_s=args.cost_settle,
+                    window_s=args.cost_window,
+                )
+            )
+            samples.append(sample)
+            print(
+                f"  cost {runs} runs: {sample.core_percent:.1f}% of a core, {sample.rss_mb:.0f} MB"
+            )
+    return daemon_cost.report(samples, args)
+
+
+def _store_and_restart(
+    args: argparse.Namespace, figures: set[int]
+) -> tuple[list[str], dict[str, Any]]:
+    """Figures 5 and 4: the table's lines and the JSON."""
+    lines: list[str] = []
+    results: dict[str, Any] = {}
+
+    def col(samples: list[dict[str, Any]], key: str) -> list[float]:
+        return [float(s[key]) for s in samples]
+
+    if 5 in figures:
+        store: dict[str, list[dict[str, Any]]] = {"FULL": [], "OFF": []}
+        for i in range(args.repeat):
+            for mode in ("FULL", "OFF"):
+                sample = asyncio.run(store_figure.measure(args.store_runs, synchronous=mode))
+                store[mode].append(dataclasses.asdict(sample))
+                print(
+                    f"  store {i + 1}/{args.repeat} synchronous={mode}: "
+                    f"{sample.per_second:.0f} writes/s"
+                )
+        full_rate, off_rate = col(store["FULL"], "per_second"), col(store["OFF"], "per_second")
+        ratios = [off / full for off, full in zip(off_rate, full_rate, strict=True)]
+        lines += [
+            f"Figure 5: store, {args.store_runs} runs x 6 commits, {args.repeat} runs "
+            "(median, min - max)",
+            _row("commits/s, synchronous=FULL (production)", full_rate, "/s", "{:.0f}"),
+            _row("commit p50, FULL", col(store["FULL"], "p50_ms"), "ms", "{:.2f}"),
+            _row("commit p95, FULL", col(store["FULL"], "p95_ms"), "ms", "{:.2f}"),
+            _row("commits/s, synchronous=OFF (baseline)", off_rate, "/s", "{:.0f}"),
+            _row("commit p50, OFF", col(store["OFF"], "p50_ms"), "ms", "{:.2f}"),
+            _row("commit p95, OFF", col(store["OFF"], "p95_ms"), "ms", "{:.2f}"),
+            _row("OFF / FULL (what durability costs)", ratios, "x", "{:.2f}"),
+            "",
+        ]
+        results["store"] = {
+            "runs": args.store_runs,
+            "samples": store,
+            "full_per_second": _spread(full_rate),
+            "off_per_second": _spread(off_rate),
+            "off_over_full": _spread(ratios),
+        }
+    if 4 in figures:
+        restarts: list[dict[str, Any]] = []
+        with tempfile.TemporaryDirectory(prefix="bench-") as folder:
+            (Path(folder) / "seed").mkdir()
+            seeded = asyncio.run(restart_figure.seed(Path(folder) / "seed", args.restart_runs))
+            for i in range(args.repeat):
+                restarts.append(_restart_once(seeded, Path(folder) / f"r{i}", args.restart_runs))
+                print(f"  restart {i + 1}/{args.repeat}: {restarts[-1]['seconds']:.2f} s")
+        startup_calls = [
+            float(sum(n for op, n in s["aws_calls"].items() if op != "ListObjectsV2"))
+            for s in restarts
+        ]
+        lines += [
+            f"Figure 4: restart with {args.restart_runs} active runs, {args.repeat} runs",
+            _row(
+                "serve() start to all monitors spawned", col(restarts, "spawned_s"), "s", "{:.2f}"
+            ),
+            _row("serve() start to all monitors re-armed", col(restarts, "seconds"), "s", "{:.2f}"),
+            _row("start-up AWS calls (sweeps, not checks)", startup_calls, "calls", "{:.0f}"),
+            _row("instance ids in those calls", col(restarts, "described_ids"), "ids", "{:.0f}"),
+            _row(
+                "first checks due meanwhile (ListObjectsV2)",
+                [float(s["aws_calls"].get("ListObjectsV2", 0)) for s in restarts],
+                "calls",
+                "{:.0f}",
+            ),
+            _row("resident memory after re-arming (VmRSS)", col(restarts, "rss_mb"), "MB"),
+            "",
+        ]
+        results["restart"] = {
+            "runs": args.restart_runs,
+            "samples": restarts,
+            "rearmed_seconds": _spread(col(restarts, "seconds")),
+            "spawned_seconds": _spread(col(restarts, "spawned_s")),
+            "startup_aws_calls": _spread(startup_calls),
+            "rss_mb": _spread(col(restarts, "rss_mb")),
+        }
+    return lines, results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,8 +293,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     parser = _parser()
     args = parser.parse_args(args_list)
-    for name in ("repeat", "store_runs", "restart_runs"):
+    for name in (
+        "repeat",
+        "store_runs",
+        "restart_runs",
+        "fleet_runs",
+        "baseline_runs",
+        "cost_instances",
+    ):
         _positive(parser, name.replace("_", "-"), getattr(args, name))
+    try:
+        figures = {int(f) for f in args.only.split(",") if f.strip()}
+        cost_runs = [int(n) for n in args.cost_runs.split(",") if n.strip()]
+    except ValueError:
+        parser.error("--only and --cost-runs take comma-separated integers, e.g. 1,2,3")
+    if not figures <= {1, 2, 3, 4, 5}:
+        parser.error(f"--only {args.only}: the figures are 1 to 5")
+    if args.factor <= 0 or args.fleet_hours <= 0 or args.cost_window <= 0:
+        parser.error("--factor, --fleet-hours and --cost-window must be positive")
     command = shlex.join(["python", "-m", "tests.bench", *args_list])
     machine = {
         "cpu_count": os.cpu_count(),
@@ -93,74 +320,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     print(f"command: {command}")
     print(f"machine: {machine}")
-
-    store: dict[str, list[dict[str, Any]]] = {"FULL": [], "OFF": []}
-    for i in range(args.repeat):
-        for mode in ("FULL", "OFF"):
-            sample = asyncio.run(store_figure.measure(args.store_runs, synchronous=mode))
-            store[mode].append(dataclasses.asdict(sample))
-            print(f"  store {i + 1}/{args.repeat} synchronous={mode}: "
-                  f"{sample.per_second:.0f} writes/s")  # fmt: skip
-
-    restarts: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="bench-") as folder:
-        (Path(folder) / "seed").mkdir()
-        seeded = asyncio.run(restart_figure.seed(Path(folder) / "seed", args.restart_runs))
-        for i in range(args.repeat):
-            restarts.append(_restart_once(seeded, Path(folder) / f"r{i}", args.restart_runs))
-            print(f"  restart {i + 1}/{args.repeat}: {restarts[-1]['seconds']:.2f} s")
-
-    def col(samples: list[dict[str, Any]], key: str) -> list[float]:
-        return [float(s[key]) for s in samples]
-
-    full_rate, off_rate = col(store["FULL"], "per_second"), col(store["OFF"], "per_second")
-    ratios = [off / full for off, full in zip(off_rate, full_rate, strict=True)]
-    startup_calls = [
-        float(sum(n for op, n in s["aws_calls"].items() if op != "ListObjectsV2")) for s in restarts
-    ]
+    started = time.monotonic()
+    lines, results = _store_and_restart(args, figures)
+    if figures & {1, 2, 3}:
+        with MotoWorld() as world:
+            if figures & {1, 2}:
+                fleet_lines, results["fleet"] = _fleet(args, world)
+                lines += fleet_lines
+            if 3 in figures:
+                cost_lines, results["cost"] = _cost(args, world, cost_runs)
+                lines += cost_lines
     print()
-    print(f"Figure 5: store, {args.store_runs} runs x 6 commits, {args.repeat} runs "
-          "(median, min - max)")  # fmt: skip
-    print(_row("commits/s, synchronous=FULL (production)", full_rate, "/s", "{:.0f}"))
-    print(_row("commit p50, FULL", col(store["FULL"], "p50_ms"), "ms", "{:.2f}"))
-    print(_row("commit p95, FULL", col(store["FULL"], "p95_ms"), "ms", "{:.2f}"))
-    print(_row("commits/s, synchronous=OFF (baseline)", off_rate, "/s", "{:.0f}"))
-    print(_row("commit p50, OFF", col(store["OFF"], "p50_ms"), "ms", "{:.2f}"))
-    print(_row("commit p95, OFF", col(store["OFF"], "p95_ms"), "ms", "{:.2f}"))
-    print(_row("OFF / FULL (what durability costs)", ratios, "x", "{:.2f}"))
-    print()
-    print(f"Figure 4: restart with {args.restart_runs} active runs, {args.repeat} runs")
-    print(_row("serve() start to all monitors spawned", col(restarts, "spawned_s"), "s", "{:.2f}"))
-    print(_row("serve() start to all monitors re-armed", col(restarts, "seconds"), "s", "{:.2f}"))
-    print(_row("start-up AWS calls (sweeps, not checks)", startup_calls, "calls", "{:.0f}"))
-    print(_row("instance ids in those calls", col(restarts, "described_ids"), "ids", "{:.0f}"))
-    print(_row("first checks due meanwhile (ListObjectsV2)",
-               [float(s["aws_calls"].get("ListObjectsV2", 0)) for s in restarts], "calls",
-               "{:.0f}"))  # fmt: skip
-    print(_row("resident memory after re-arming (VmRSS)", col(restarts, "rss_mb"), "MB"))
-
-    results = {
+    print("\n".join(lines).rstrip())
+    elapsed = time.monotonic() - started
+    print(f"\ntotal time: {elapsed:.0f} s")
+    document = {
         "command": command,
         "machine": machine,
         "at": datetime.now(UTC).isoformat(),
-        "store": {
-            "runs": args.store_runs,
-            "samples": store,
-            "full_per_second": _spread(full_rate),
-            "off_per_second": _spread(off_rate),
-            "off_over_full": _spread(ratios),
-        },
-        "restart": {
-            "runs": args.restart_runs,
-            "samples": restarts,
-            "rearmed_seconds": _spread(col(restarts, "seconds")),
-            "spawned_seconds": _spread(col(restarts, "spawned_s")),
-            "startup_aws_calls": _spread(startup_calls),
-            "rss_mb": _spread(col(restarts, "rss_mb")),
-        },
+        "seconds": elapsed,
+        **results,
     }
-    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(f"\nwrote {args.out}")
+    args.out.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
     return 0
 
 
