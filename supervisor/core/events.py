@@ -115,9 +115,14 @@ class InstanceLaunched:
 @dataclass(frozen=True, slots=True)
 class Nudge:
     """An event from the queue says something changed: look now instead of at the next
-    scheduled check. `target` is "prefix" (an S3 object appeared) or "instance" (EC2 state)."""
+    scheduled check. `target` is "prefix" (an S3 object appeared) or "instance" (EC2 state).
+
+    `key` is the object's full key (a prefix nudge), `state` the state the event reports (an
+    instance nudge): the core uses them only to skip a look that could show nothing new."""
 
     target: str
+    key: str | None = None
+    state: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ from supervisor.core.completion import (
     OutputSnapshot,
     evaluate,
     listing_request,
+    watched_keys,
 )
 from supervisor.core.effects import (
     ActOnInstance,
@@ -865,12 +866,27 @@ def _on_monitor_failed(c: _Ctx, event: MonitorFailed) -> Decision:
     )  # fmt: skip
 
 
+_STATES_ALREADY_KNOWN = frozenset({(P.STOPPING, "stopping"), (P.TERMINATING, "shutting-down")})
+"""(phase, reported state) pairs an accepted stop/terminate call already told us about."""
+
+
 def _on_nudge(c: _Ctx, event: Nudge) -> Decision:
-    """An event says something changed: look now (level-triggered: the look decides)."""
+    """An event says something changed: look now (level-triggered: the look decides).
+
+    Two looks are skipped, as they could show nothing new: an instance event reporting the
+    very state our own accepted stop/terminate call already returned (the next event, or
+    sweep, brings the end state), and, while running, an object that is not one of the keys a
+    check watches (a job's checkpoints and logs would otherwise cost a listing each)."""
     run = c.run
     if event.target == "instance":
+        if (run.phase, event.state) in _STATES_ALREADY_KNOWN and run.action_acked_at:
+            return c.stay()
         return c.stay(ObserveInstance(direct=True))
     if run.phase in (P.RUNNING, P.STALLED):
+        if event.key is not None and run.spec.prefix.relative(event.key) not in watched_keys(
+            run.spec
+        ):
+            return c.stay()
         return c.stay(c.check_prefix())
     if run.phase is P.GRACE and _until_quiet(run):
         prefix = run.spec.prefix

@@ -138,7 +138,7 @@ class EventConsumer:
             case Ec2StateChange(instance_id=instance_id, state=state):
                 await self._deliver(
                     self._by_instance(instance_id),
-                    Nudge("instance"),
+                    Nudge("instance", state=str(state)),
                     note,
                     message,
                     subject=instance_id,
@@ -174,7 +174,7 @@ class EventConsumer:
                     if _owns_key(m, bucket, key) and not m.run.phase.is_terminal
                 ]
                 await self._deliver(
-                    owners, Nudge("prefix"), note, message, subject=f"s3://{bucket}/{key}"
+                    owners, Nudge("prefix", key=key), note, message, subject=f"s3://{bucket}/{key}"
                 )
             case S3TestEvent(bucket=bucket):
                 await self._record("s3-test-event", bucket, message)

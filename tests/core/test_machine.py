@@ -1006,6 +1006,53 @@ def test_a_prefix_nudge_lists_the_whole_prefix_in_a_grace_that_may_end_early() -
     assert (d.effects, d.transition) == ((LIST_ALL,), None)
 
 
+@pytest.mark.parametrize(
+    ("key", "looks"),
+    [
+        ("exp1/run42/COMPLETE", True),
+        ("exp1/run42/FAILED", True),
+        ("exp1/run42/status.json", True),  # the heartbeat: a report to read
+        ("exp1/run42/final_metrics.json", True),
+        ("exp1/run42/checkpoints/step-900/model.pt", False),
+        ("exp1/run42/logs/train.log", False),
+        ("exp1/run42/done.tmp", False),
+    ],
+)
+def test_a_prefix_nudge_while_running_lists_only_for_a_key_a_check_watches(
+    key: str, looks: bool
+) -> None:
+    """A job writing checkpoints and logs must not cost a listing per object it writes."""
+    d = run_step(make_run(P.RUNNING), Nudge("prefix", key=key))
+    assert d.effects == ((LIST_TOP,) if looks else ())
+    assert d.transition is None
+
+
+def test_a_prefix_nudge_in_a_grace_until_quiet_lists_for_any_key() -> None:
+    """There any new object means the job is still writing: the quiet clock restarts."""
+    nudge = Nudge("prefix", key="exp1/run42/checkpoints/step-900/model.pt")
+    d = run_step(verified_grace(), nudge, now=NOW + timedelta(seconds=5))
+    assert d.effects == (LIST_ALL,)
+
+
+@pytest.mark.parametrize(
+    ("phase", "state", "acked", "looks"),
+    [
+        (P.STOPPING, "stopping", True, False),  # what our StopInstances call returned
+        (P.STOPPING, "stopped", True, True),
+        (P.STOPPING, "stopping", False, True),  # our call has not been answered yet
+        (P.TERMINATING, "shutting-down", True, False),
+        (P.TERMINATING, "terminated", True, True),
+        (P.RUNNING, "stopping", False, True),  # someone else stopped it
+    ],
+)
+def test_an_instance_nudge_skips_only_the_state_our_own_call_already_returned(
+    phase: Phase, state: str, acked: bool, looks: bool
+) -> None:
+    run = make_run(phase, action_acked_at=NOW if acked else None)
+    d = run_step(run, Nudge("instance", state=state))
+    assert d.effects == ((ObserveInstance(direct=True),) if looks else ())
+
+
 PREFIX_NUDGE_IGNORED = [
     pytest.param(make_run(p), id=str(p)) for p in ACTIVE if p not in (P.RUNNING, P.STALLED)
 ] + [
