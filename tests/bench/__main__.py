@@ -270,6 +270,12 @@ def _store_and_restart(
                 "calls",
                 "{:.0f}",
             ),
+            _row(
+                "first checks within 30 s of start (runs 2 h in)",
+                col(restarts, "first_checks_within_30s"),
+                "checks",
+                "{:.0f}",
+            ),
             _row("resident memory after re-arming (VmRSS)", col(restarts, "rss_mb"), "MB"),
             "",
         ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from supervisor.adapters.store import Store
 from supervisor.core.events import (
@@ -46,9 +46,11 @@ def lifecycle() -> list[Event]:
     ]
 
 
-def decisions(spec: RunSpec, events: list[Event]) -> tuple[Decision, list[tuple[Run, Decision]]]:
+def decisions(
+    spec: RunSpec, events: list[Event], *, now: datetime | None = None
+) -> tuple[Decision, list[tuple[Run, Decision]]]:
     """The run's creation and each later decision with the run it was taken on (pure core)."""
-    now = datetime.now(UTC)
+    now = now or datetime.now(UTC)
     rng = random.Random(0)
     first = new_run(spec, now=now)
     run = first.run
@@ -60,12 +62,13 @@ def decisions(spec: RunSpec, events: list[Event]) -> tuple[Decision, list[tuple[
     return first, later
 
 
-async def seed_running(store: Store, count: int) -> None:
-    """`count` runs committed up to `running` (the state a restart re-adopts)."""
+async def seed_running(store: Store, count: int, *, running_for: timedelta = timedelta()) -> None:
+    """`count` runs committed up to `running` (the state a restart re-adopts), each in it
+    since `running_for` ago."""
     running: list[Event] = [InstanceObserved(InstanceState.RUNNING)]
-    now = datetime.now(UTC)
+    now = datetime.now(UTC) - running_for
     for i in range(count):
-        first, later = decisions(spec(i), running)
+        first, later = decisions(spec(i), running, now=now)
         await store.create_run(first)
         for before, decision in later:
             await store.commit(before, decision, now=now)
