@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -478,6 +478,18 @@ class Store:
         async with self._reader.execute(sql + " ORDER BY created_at, run_id", params) as cur:
             rows = await cur.fetchall()
         return [_run_record(row) for row in rows]
+
+    async def active_runs(self, *, page: int = 500) -> AsyncIterator[list[RunRecord]]:
+        """Every run not in a terminal phase, `page` at a time: a restart starts each page's
+        monitors while the next is read, and never holds all the rows at once."""
+        terminal = sorted(TERMINAL_PHASES)
+        sql = (
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE phase NOT IN "
+            f"({', '.join('?' * len(terminal))}) ORDER BY created_at, run_id"
+        )
+        async with self._reader.execute(sql, tuple(terminal)) as cur:
+            while rows := await cur.fetchmany(page):
+                yield [_run_record(row) for row in rows]
 
     async def transitions(self, run_id: str, *, after_seq: int = 0) -> list[TransitionRecord]:
         async with self._reader.execute(

@@ -166,9 +166,11 @@ class Daemon:
             await self.metrics_server.start()
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
-            active = await self.store.runs(active_only=True)
-            for record in active:
-                self.spawn(record.run)
+            readopted = 0
+            async for page in self.store.active_runs():
+                for record in page:
+                    self.spawn(record.run)
+                readopted += len(page)
             self._start(guard(self.reconciler.run_forever(), "reconciler"), "reconciler")
             self._start(guard(self.zombie_watch.run_forever(), "zombies"), "zombies")
             if self.consumer is not None:
@@ -178,7 +180,7 @@ class Daemon:
             log.info(
                 "daemon_started",
                 pid=os.getpid(),
-                readopted=len(active),
+                readopted=readopted,
                 socket=str(self.settings.socket_path),
             )
             if on_ready is not None:

@@ -236,6 +236,21 @@ async def test_active_only_leaves_out_runs_in_terminal_phases(store: Store) -> N
     assert len(await store.runs()) == 2
 
 
+async def test_active_runs_come_in_pages_in_attach_order_without_the_ended_ones(
+    store: Store,
+) -> None:
+    """What a restart re-adopts: the same runs as `runs(active_only=True)`, a page at a time."""
+    runs = [await attach(store, f"r{i}") for i in range(7)]
+    detach = step(runs[3], UserRequested(UserAction.DETACH), now=NOW, policy=POLICY, rng=seeded())
+    await store.commit(runs[3], detach, now=NOW)
+
+    pages = [[r.run.spec.run_id for r in page] async for page in store.active_runs(page=2)]
+    assert pages == [["r0", "r1"], ["r2", "r4"], ["r5", "r6"]]
+    assert [r.run for r in await store.runs(active_only=True)] == [
+        r.run async for page in store.active_runs(page=4) for r in page
+    ]
+
+
 # -- the log is append-only -------------------------------------------------------------------
 
 
