@@ -32,6 +32,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from supervisor import __version__
 from supervisor.adapters.faults import FaultPlan
 from supervisor.core.checkpoint import StoredObject
 from supervisor.core.completion import ListRequest
@@ -44,6 +45,8 @@ from supervisor.core.errors import (
 from supervisor.core.spec import LaunchTemplate
 from supervisor.core.values import InstanceId, InstanceState, ObjectInfo
 from supervisor.core.zombies import InstanceSeen
+
+USER_AGENT = f"ec2-run-supervisor/{__version__}"
 
 DESCRIBE_BATCH = 1000  # DescribeInstances takes at most 1000 instance ids
 READ_RANGE_LIMIT = 1 << 20  # bytes per ranged GetObject of a log
@@ -209,6 +212,10 @@ class Aws:
         self._session = session or aioboto3.Session()
         self._faults = faults
         self._config = Config(
+            # Our own User-Agent: CloudTrail and S3 access logs name this tool, and botocore
+            # skips rebuilding its default one twice per request (a quarter of the client's
+            # CPU per prefix check).
+            user_agent=USER_AGENT,
             retries={"total_max_attempts": 1},
             max_pool_connections=max_pool_connections,
             connect_timeout=10,

@@ -18,7 +18,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from supervisor.adapters.aws import Aws, translate
+from supervisor.adapters.aws import USER_AGENT, Aws, translate
 from supervisor.adapters.faults import FaultPlan
 from supervisor.core.completion import ListRequest
 from supervisor.core.errors import (
@@ -107,6 +107,20 @@ async def test_one_listing_of_a_small_prefix_is_one_list_objects_call(
 
     assert aws.counter.count("ListObjectsV2") == 1
     assert aws.counter.snapshot() == {"s3:ListObjectsV2": 1}
+
+
+async def test_requests_name_this_tool_as_their_user_agent(aws: Aws) -> None:
+    """CloudTrail and S3 access logs then show which calls the supervisor made."""
+    sent: list[str] = []
+    s3 = await aws.client("s3", REGION)
+    s3.meta.events.register(
+        "before-send.s3.ListObjectsV2",
+        lambda request, **_: sent.append(bytes(request.headers["User-Agent"]).decode()),
+    )
+    await aws.list_objects(ListRequest(BUCKET, "runs/none/", "/"), REGION)
+    assert len(sent) == 1
+    assert sent[0].startswith(f"{USER_AGENT} "), sent  # botocore appends its own version
+    assert USER_AGENT.startswith("ec2-run-supervisor/")
 
 
 # -- S3: read_object --------------------------------------------------------------------------
