@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tests.bench import daemon_cost, fleet_figures, restart_figure, store_figure
+from tests.bench import client_cost, daemon_cost, fleet_figures, restart_figure, store_figure
 from tests.bench.moto_world import MotoWorld
 from tests.bench.table import row, spread
 
@@ -200,7 +200,15 @@ def _cost(
             print(
                 f"  cost {runs} runs: {sample.core_percent:.1f}% of a core, {sample.rss_mb:.0f} MB"
             )
-    return daemon_cost.report(samples, args)
+    lines, document = daemon_cost.report(samples, args)
+    client = client_cost.measure(world)
+    lines[-1:-1] = [
+        f"  client CPU per prefix check, {client.calls} calls, least of 3 rounds:",
+        f"    straight to moto (a new TCP connection per call) {client.moto_ms:8.2f} ms",
+        f"    kept-alive connections (the proxy, as S3)         {client.keep_alive_ms:8.2f} ms",
+    ]
+    document["client_cpu_per_check_ms"] = dataclasses.asdict(client)
+    return lines, document
 
 
 def _store_and_restart(

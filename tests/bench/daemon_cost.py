@@ -6,9 +6,11 @@ The runs are seeded into a fresh SQLite file before the daemon starts (with
 re-armed run resumes its backoff at the 300 s cap with its first check anywhere in the next
 300 s: the steady state from the start. Each run's prefix is empty (no marker: nothing ends).
 
-Measured on the daemon process alone: /proc/PID/stat (utime + stime, all its threads) and
-/proc/PID/status (VmRSS), at the edges of a window that starts `settle_s` after the daemon
-answers, cut into three equal parts (the spread). AWS calls come from its `/metrics`.
+The daemon reaches moto through a keep-alive proxy (tests/bench/keepalive_proxy.py): moto's
+server closes every connection, S3 does not. Measured on the daemon process alone:
+/proc/PID/stat (utime + stime, all its threads) and /proc/PID/status (VmRSS), at the edges
+of a window that starts `settle_s` after the daemon answers, cut into three equal parts (the
+spread). AWS calls come from its `/metrics`.
 
 moto's limit: DescribeInstances in moto costs about 5 s for 1,000 ids, and launching costs
 about 10 s per 1,000 instances, so the fleet has at most 1,000 moto instances; at 10,000 runs
@@ -36,6 +38,7 @@ from supervisor.core.machine import Policy, new_run, step
 from supervisor.core.spec import RunSpec
 from supervisor.core.values import InstanceState
 from tests.bench.daemon_process import DaemonProcess, daemon_env, running
+from tests.bench.keepalive_proxy import KeepAliveProxy
 from tests.bench.moto_world import REGION, RUNS_PREFIX, MotoWorld
 
 RUNNING_FOR = timedelta(hours=2)
@@ -107,7 +110,22 @@ async def measure(
     state_dir = workdir / f"cost-{runs}"
     state_dir.mkdir(parents=True, mode=0o700)
     await seed(state_dir / "supervisor.db", instances, runs)
-    daemon = DaemonProcess(state_dir, daemon_env(world.aws_env, state_dir, {}))
+    # Through the keep-alive proxy: moto closes every connection, S3 keeps them open, and
+    # what is measured here is the daemon's own CPU.
+    with KeepAliveProxy(world.url) as proxy:
+        aws = {**world.aws_env, "AWS_ENDPOINT_URL": proxy.url}
+        return await _measure(DaemonProcess(state_dir, daemon_env(aws, state_dir, {})),
+                              runs, instances, settle_s=settle_s, window_s=window_s)  # fmt: skip
+
+
+async def _measure(
+    daemon: DaemonProcess,
+    runs: int,
+    instances: list[str],
+    *,
+    settle_s: float,
+    window_s: float,
+) -> CostSample:
     with running(daemon):
         await daemon.wait_ready()
         await asyncio.sleep(settle_s)
