@@ -11,7 +11,7 @@ TEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := test
-.PHONY: install lint format test bench demo clean
+.PHONY: install lint format test bench soak demo clean
 
 install: $(STAMP)
 
@@ -41,6 +41,9 @@ test: $(STAMP)
 # minutes on 2 cores. Prints a table and writes bench-results.json (see BENCHMARKS.md).
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
+
+soak: $(STAMP)
+	$(BIN)/python -m tests.soak $(SOAK_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/python -m supervisor.demo

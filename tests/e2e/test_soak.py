@@ -1,0 +1,173 @@
+"""The short fault soak that `make test` runs: the harness of `make soak` (tests/soak/) with 40
+runs and 5 SIGKILLs of the real daemon, in 35-70 s depending on the machine's load (100 s is
+only its bound), as its own process: it starts a moto server, the daemon, trainers and the
+instance program, and nothing of it stays in this one. Below it, the checks themselves are
+shown to catch what they are for, on made-up evidence."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.soak import checks
+from tests.soak.aws import Ec2Call
+from tests.soak.plan import RunPlan, Story
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+SHORT = ("--runs", "40", "--kills", "5", "--seed", "2", "--budget-s", "100", "--active-s", "25")
+
+
+@pytest.mark.timeout(150)
+def test_a_short_fault_soak_ends_every_run_as_its_story_says_without_a_violation() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.soak", *SHORT],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=140,
+        check=False,
+    )
+
+    output = f"{done.stdout}\n--- stderr (tail) ---\n{done.stderr[-4000:]}"
+    summaries = [line for line in done.stdout.splitlines() if line.startswith("soak: seed=")]
+    assert len(summaries) == 1, f"expected one summary line:\n{output}"
+    figures = dict(re.findall(r"(\w+)=(\S+)", summaries[0]))
+    assert done.returncode == 0 and figures["violations"] == "0", output
+    assert figures["attached"] == "40", output
+    assert int(figures["kills"]) >= 5 and int(figures["restarts"]) >= 5, output
+    assert int(figures["faults"]) > 0 and int(figures["sqs_duplicates"]) > 0, output
+
+
+# -- the checks catch what they are for (synthetic evidence, no processes) ----------------------
+
+T0 = 1_800_000_000.0
+
+
+def iso(offset_s: float) -> str:
+    return datetime.fromtimestamp(T0 + offset_s, UTC).isoformat()
+
+
+def stopped_run(**plan_changes: Any) -> tuple[RunPlan, dict[str, list[dict[str, Any]]]]:
+    """A completed run with on_complete=stop, as the daemon records it: the stop intent at
+    3 s, the call's success recorded (action_acked_at) at 4 s, stopped at 5 s."""
+    plan = RunPlan("r1", Story.COMPLETE, attach_at=0, act_after=1, instance_id="i-1")
+    plan.attached = True
+    for key, value in plan_changes.items():
+        setattr(plan, key, value)
+    path = [(None, "pending"), ("pending", "running"), ("running", "grace")]
+    path += [("grace", "stopping"), ("stopping", "stopped")]
+    transitions = [
+        {"id": seq, "run_id": "r1", "seq": seq, "from_phase": a, "to_phase": b,
+         "at": iso(seq - 1), "reason": "because"}
+        for seq, (a, b) in enumerate(path, start=1)
+    ]  # fmt: skip
+    run = {
+        "run_id": "r1",
+        "phase": "stopped",
+        "version": 5,
+        "instance_id": "i-1",
+        "reason": "instance stopped",
+        "checkpoint": None,
+        "action_acked_at": iso(3.5),
+    }
+    tables: dict[str, list[dict[str, Any]]] = {
+        "runs": [run],
+        "transitions": transitions,
+        "instances": [{"run_id": "r1", "instance_id": "i-1"}],
+        "actions": [],
+        "zombies": [],
+        "terminations": [],
+    }
+    return plan, tables
+
+
+def stop_at(offset_s: float, operation: str = "StopInstances") -> Ec2Call:
+    return Ec2Call(T0 + offset_s, "daemon", operation, ("i-1",), 200)
+
+
+def violations(
+    plan: RunPlan,
+    tables: dict[str, list[dict[str, Any]]],
+    calls: list[Ec2Call],
+    state: str = "stopped",
+) -> tuple[list[str], Counter[str]]:
+    found = checks.evidence([plan], tables, {"i-1": state}, calls)
+    return checks.run_all(found), found.counts
+
+
+def test_a_clean_history_passes_every_check() -> None:
+    plan, tables = stopped_run()
+
+    found, counts = violations(plan, tables, [stop_at(3.2)])
+
+    assert found == []
+    assert (counts["stops"], counts["redrives"]) == (1, 0)
+
+
+def test_a_second_stop_after_the_success_was_recorded_is_a_violation() -> None:
+    plan, tables = stopped_run()
+
+    found, _ = violations(plan, tables, [stop_at(3.2), stop_at(3.7)])
+
+    assert len(found) == 1 and "succeeded again" in found[0] and "run r1 seq 4" in found[0]
+
+
+def test_a_stop_redriven_before_its_success_was_recorded_is_counted_not_flagged() -> None:
+    plan, tables = stopped_run()
+
+    found, counts = violations(plan, tables, [stop_at(3.1), stop_at(3.3)])
+
+    assert found == []
+    assert counts["redrives"] == 1
+
+
+def test_a_stop_no_intent_explains_is_a_violation() -> None:
+    plan, tables = stopped_run()
+
+    found, _ = violations(plan, tables, [stop_at(1.5), stop_at(3.2)])
+
+    assert len(found) == 1 and "no intent explains it" in found[0]
+
+
+def test_a_terminate_of_a_checkpointed_run_without_a_verified_checkpoint_is_a_violation() -> None:
+    plan, tables = stopped_run(checkpoint=True, on_complete="terminate")
+    tables["transitions"][3]["to_phase"] = "terminating"
+    tables["transitions"][4].update(from_phase="terminating", to_phase="terminated")
+    tables["runs"][0].update(phase="terminated", checkpoint="unverified")
+
+    found, _ = violations(plan, tables, [stop_at(3.2, "TerminateInstances")], state="terminated")
+
+    assert any(v.startswith("checkpoint: i-1") for v in found), found
+    assert any("is terminated with checkpoint unverified" in v for v in found), found
+    assert any(v.startswith("phase: r1") and "expected stopped" in v for v in found), found
+
+
+def test_a_gap_in_the_transitions_is_a_broken_chain() -> None:
+    plan, tables = stopped_run()
+    del tables["transitions"][2]
+
+    found, _ = violations(plan, tables, [stop_at(3.2)])
+
+    assert any(v.startswith("chain: r1 seq is not") for v in found), found
+
+
+def test_a_wrong_phase_a_running_instance_and_a_lost_run_are_violations() -> None:
+    plan, tables = stopped_run()
+    lost = RunPlan("r2", Story.SPOT, attach_at=0, act_after=1, instance_id="i-2")
+    lost.attached = True
+
+    found = checks.run_all(
+        checks.evidence([plan, lost], tables, {"i-1": "running", "i-2": "terminated"}, [])
+    )
+
+    assert any("instance: i-1 is running, expected stopped/stopping" in v for v in found)
+    assert any("r2 was attached but is not in the database (lost)" in v for v in found)
