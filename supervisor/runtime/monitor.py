@@ -494,14 +494,17 @@ class Monitor:
         prefix = spec.prefix
         uri = f"s3://{prefix.bucket}/{prefix.key(key)}"
         try:
-            text, size = await self._deps.cloud.read_tail(
-                prefix.bucket, prefix.key(key), spec.region, limit=CRASH_TAIL_BYTES
+            (text, size), _ = await call_with_retries(
+                lambda: self._deps.cloud.read_tail(
+                    prefix.bucket, prefix.key(key), spec.region, limit=CRASH_TAIL_BYTES
+                ),
+                base_s=self._deps.retry_base_s,
             )
-        except NotFoundError:
-            self._note("crash_report_absent", level="debug", uri=uri)
-            return
-        except ExternalError as exc:
-            self._note("crash_report_unread", level="warning", uri=uri, code=exc.code)
+        except GaveUp as gave_up:  # the run has ended: nothing would read the report later
+            if isinstance(gave_up.error, NotFoundError):
+                self._note("crash_report_absent", level="debug", uri=uri)
+            else:
+                self._note("crash_report_unread", level="warning", uri=uri, code=gave_up.error.code)
             return
         record = AttachmentRecord(
             run_id=spec.run_id,
@@ -556,29 +559,45 @@ class Monitor:
             verification = Verification(False, 0, 0, (problem,))
             return CheckpointChecked(verification, None, time.monotonic() - started)
 
+        # Reads are retried like actions: a throttled HEAD is not a missing file, and a
+        # verification that fails for nothing reruns the whole checkpoint step.
+        base_s = self._deps.retry_base_s
         try:
-            text = await self._deps.cloud.read_object(
-                bucket, key, spec.region, limit=MANIFEST_LIMIT
+            text, _ = await call_with_retries(
+                lambda: self._deps.cloud.read_object(
+                    bucket, key, spec.region, limit=MANIFEST_LIMIT
+                ),
+                base_s=base_s,
             )
             manifest = Manifest.model_validate_json(text)
-        except NotFoundError:
-            return failed(f"no manifest at s3://{bucket}/{key}")
-        except ExternalError as exc:
-            return failed(f"could not read the manifest: {exc.code}: {exc.message}")
+        except GaveUp as gave_up:
+            error = gave_up.error
+            if isinstance(error, NotFoundError):
+                return failed(f"no manifest at s3://{bucket}/{key}")
+            return failed(f"could not read the manifest: {error.code}: {error.message}")
         except ValidationError as exc:
             return failed(f"the manifest is not valid: {exc.error_count()} problem(s)")
         limit = asyncio.Semaphore(HEAD_CONCURRENCY)
+        unchecked: dict[str, str] = {}
 
         async def head(file_key: str) -> tuple[str, StoredObject | None]:
             async with limit:
                 try:
-                    return file_key, await self._deps.cloud.head_object(
-                        manifest.bucket, file_key, spec.region
+                    found, _ = await call_with_retries(
+                        lambda: self._deps.cloud.head_object(
+                            manifest.bucket, file_key, spec.region
+                        ),
+                        base_s=base_s,
                     )
-                except ExternalError:
+                except GaveUp as gave_up:
+                    unchecked[file_key] = gave_up.error.code
                     return file_key, None
+                return file_key, found
 
         stored = dict(await asyncio.gather(*(head(f.key) for f in manifest.files)))
+        if unchecked:
+            codes = ", ".join(sorted(set(unchecked.values())))
+            return failed(f"could not check {len(unchecked)} file(s) in S3 ({codes})")
         verification = verify(
             manifest, stored, bucket=location.bucket, prefix=location.prefix, run_id=spec.run_id
         )

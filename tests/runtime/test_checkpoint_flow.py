@@ -640,3 +640,18 @@ async def test_a_stale_sweep_of_the_old_instance_does_not_launch_a_second_one(
     alive = [i["InstanceId"] for r in reply["Reservations"] for i in r["Instances"]]
     assert alive == [run.instance_id], f"launched and left running: {alive}"
     assert ck.calls("RunInstances") == 1
+
+
+async def test_throttled_reads_while_verifying_are_retried_not_taken_for_a_missing_file(
+    ck: CheckpointHarness, trainers: Trainers
+) -> None:
+    """Found by the soak: a throttled HEAD read as "missing in S3" and reran the whole
+    checkpoint step (and, after three, downgraded a terminate to a stop)."""
+    trainer = trainers.start("t-throttled")
+    await ck.start(faults="HeadObject=Throttling*2;GetObject=SlowDown*1")
+    run = await complete(ck, "r-throttled", trainer)
+
+    assert (run.phase, run.checkpoint) == (P.STOPPED, CheckpointStatus.VERIFIED), run.reason
+    grace = only(await ck.history("r-throttled"), P.GRACE)
+    assert grace.detail["checkpoint_attempt"] == 1  # verified on the first checkpoint step
+    assert ck.calls("HeadObject") == 3  # one file: two throttled, then read

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from supervisor.adapters.aws import Aws
+from supervisor.adapters.faults import FaultPlan
 from supervisor.adapters.shell import SsmShell
 from supervisor.adapters.store import AttachmentRecord, Store
 from supervisor.core.machine import Transition
@@ -87,13 +88,14 @@ class ClockedHarness(Harness):
         super().__init__(fleet, state_dir)
         self.clock = MovableClock()
 
-    async def start(self, **overrides: Any) -> Daemon:
-        """`Harness.start` with the clock injected (no faults or wrapped cloud here)."""
+    async def start(self, faults: str | None = None, **overrides: Any) -> Daemon:
+        """`Harness.start` with the clock injected (no wrapped cloud here)."""
         await self._stack.__aenter__()
         settings = self.settings(**overrides)
         self.store = await Store.open(settings.db_path)
         self._stack.push_async_callback(self.store.close)
-        self.aws = await self._stack.enter_async_context(Aws())
+        plan = FaultPlan.parse(faults) if faults else None
+        self.aws = await self._stack.enter_async_context(Aws(faults=plan))
         shells: dict[Transport, InstanceShell] = {
             Transport.LOCAL: self.local_shell(),
             Transport.SSM: SsmShell(self.aws),
@@ -382,6 +384,23 @@ async def test_an_instance_gone_before_training_crashes_the_run_with_its_report_
         size=len(report),
         excerpt=report,
     )
+
+
+async def test_a_throttled_crash_report_read_is_retried_not_lost(timed: ClockedHarness) -> None:
+    """Found by the soak: the run has ended when the report is read, so a read lost to
+    throttling was never tried again."""
+    (instance,) = timed.fleet.launch()
+    timed.fleet.terminate(instance)
+    timed.fleet.put("runs/throttled/crash/error.log", "RuntimeError: CUDA out of memory\n")
+    await timed.start(faults="GetObject=Throttling*2")
+
+    await timed.attach("throttled", instance)
+    run = await timed.settled("throttled")
+
+    assert run.phase is P.CRASHED
+    (attached,) = await timed.attachments("throttled")
+    assert attached.excerpt == "RuntimeError: CUDA out of memory\n"
+    assert timed.calls("GetObject") == 3
 
 
 # -- what a restart keeps ---------------------------------------------------------------------
