@@ -517,6 +517,17 @@ class Store:
         """The run's instance history: the attached one, then any a resume launched."""
         return await _instances(self._reader, run_id)
 
+    async def crashed_without_crash_log(self, *, since: datetime) -> list[RunRecord]:
+        """Runs that crashed at `since` or later and have no crash log attached: a daemon
+        killed between the crash's commit and reading the report leaves these."""
+        sql = (
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE phase = ? AND phase_since >= ? AND NOT "
+            "EXISTS (SELECT 1 FROM attachments a WHERE a.run_id = runs.run_id AND "
+            "a.kind = 'crash-log') ORDER BY phase_since"
+        )
+        async with self._reader.execute(sql, (Phase.CRASHED.value, _iso(since))) as cur:
+            return [_run_record(row) for row in await cur.fetchall()]
+
     async def attachments(self, run_id: str) -> list[AttachmentRecord]:
         async with self._reader.execute(
             "SELECT run_id, kind, uri, size, excerpt, added_at FROM attachments "

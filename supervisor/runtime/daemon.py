@@ -59,7 +59,7 @@ from supervisor.core.values import S3Object, parse_relative_key
 from supervisor.core.zombies import RUN_TAG
 from supervisor.runtime.events import EventConsumer, Queue
 from supervisor.runtime.metrics import Metrics
-from supervisor.runtime.monitor import CRASH_TAIL_BYTES, Monitor, MonitorDeps
+from supervisor.runtime.monitor import CRASH_TAIL_BYTES, Monitor, MonitorDeps, read_crash_report
 from supervisor.runtime.ports import Clock, Cloud, InstanceShell, SystemClock
 from supervisor.runtime.reconciler import Reconciler
 from supervisor.runtime.retry import GaveUp, call_with_retries
@@ -68,6 +68,8 @@ from supervisor.runtime.training_log import LogSource, stream_log
 from supervisor.runtime.zombies import ZombieWatch, report_view, zombie_view
 
 log = structlog.get_logger("supervisor.daemon")
+CRASH_REPORT_LOOKBACK = timedelta(days=1)
+"""How far back a start looks for crashed runs whose crash report was never read."""
 
 
 async def guard(coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -171,6 +173,7 @@ class Daemon:
                 for record in page:
                     self.spawn(record.run)
                 readopted += len(page)
+            self._start(self._attach_missed_crash_reports(), "crash-reports")
             self._start(guard(self.reconciler.run_forever(), "reconciler"), "reconciler")
             self._start(guard(self.zombie_watch.run_forever(), "zombies"), "zombies")
             if self.consumer is not None:
@@ -187,6 +190,30 @@ class Daemon:
                 await on_ready()
             await self._stop.wait()
             await self._shutdown()
+
+    async def _attach_missed_crash_reports(self) -> None:
+        """Once at start: a daemon killed between a crash's commit and reading the job's crash
+        report lost that read, and an ended run is never looked at again. Read the reports
+        of runs that crashed in the last day and have none attached (one GET each)."""
+        since = self.clock.now() - CRASH_REPORT_LOOKBACK
+        try:
+            missed = await self.store.crashed_without_crash_log(since=since)
+            for record in missed:
+                spec = record.run.spec
+                try:
+                    attachment = await read_crash_report(
+                        self.cloud, spec, spec.crash_report, now=self.clock.now(),
+                        retry_base_s=self.settings.retry_base_s,
+                    )  # fmt: skip
+                except GaveUp as gave_up:
+                    log.warning("crash_report_unread", run_id=spec.run_id, code=gave_up.error.code)
+                    continue
+                if attachment is not None:
+                    await self.store.attach(attachment)
+                    log.info("crash_report_attached", run_id=spec.run_id, uri=attachment.uri,
+                             bytes=attachment.size, late=True)  # fmt: skip
+        except Exception:  # a best-effort pass: it must not take the daemon down
+            log.exception("crash_report_pass_failed")
 
     @property
     def closing(self) -> asyncio.Event:

@@ -78,7 +78,7 @@ from supervisor.core.events import (
 from supervisor.core.machine import Decision, Policy, step
 from supervisor.core.reports import MAX_REPORT_BYTES, MAX_STATUS_BYTES, parse_report
 from supervisor.core.run import Phase, Run
-from supervisor.core.spec import Transport
+from supervisor.core.spec import RunSpec, Transport
 from supervisor.core.values import InstanceState
 from supervisor.runtime.metrics import MetricsSink
 from supervisor.runtime.ports import Clock, Cloud, InstanceShell
@@ -491,31 +491,20 @@ class Monitor:
     async def _attach_crash_report(self, key: str) -> None:
         """Attach the job's crash report, with its last lines, if the job left one."""
         spec = self.run.spec
-        prefix = spec.prefix
-        uri = f"s3://{prefix.bucket}/{prefix.key(key)}"
+        uri = f"s3://{spec.prefix.bucket}/{spec.prefix.key(key)}"
+        deps = self._deps
         try:
-            (text, size), _ = await call_with_retries(
-                lambda: self._deps.cloud.read_tail(
-                    prefix.bucket, prefix.key(key), spec.region, limit=CRASH_TAIL_BYTES
-                ),
-                base_s=self._deps.retry_base_s,
+            record = await read_crash_report(
+                deps.cloud, spec, key, now=deps.clock.now(), retry_base_s=deps.retry_base_s
             )
-        except GaveUp as gave_up:  # the run has ended: nothing would read the report later
-            if isinstance(gave_up.error, NotFoundError):
-                self._note("crash_report_absent", level="debug", uri=uri)
-            else:
-                self._note("crash_report_unread", level="warning", uri=uri, code=gave_up.error.code)
+        except GaveUp as gave_up:  # the run has ended: only a restart looks again
+            self._note("crash_report_unread", level="warning", uri=uri, code=gave_up.error.code)
             return
-        record = AttachmentRecord(
-            run_id=spec.run_id,
-            kind="crash-log",
-            uri=uri,
-            added_at=self._deps.clock.now(),
-            size=size,
-            excerpt=text,
-        )
-        await self._deps.store.attach(record)
-        self._note("crash_report_attached", uri=uri, bytes=size)
+        if record is None:
+            self._note("crash_report_absent", level="debug", uri=uri)
+            return
+        await deps.store.attach(record)
+        self._note("crash_report_attached", uri=uri, bytes=record.size)
 
     async def _run_command(self, command: InstanceCommand, timeout_s: float) -> CommandFinished:
         run, spec = self.run, self.run.spec
@@ -696,6 +685,34 @@ class Monitor:
                 message=error.message if error else None,
             )
         )
+
+
+async def read_crash_report(
+    cloud: Cloud, spec: RunSpec, key: str, *, now: datetime, retry_base_s: float
+) -> AttachmentRecord | None:
+    """The job's crash report under the run prefix as a `crash-log` attachment (its last
+    64 KiB, from a whole line), or None if the job left none. Reads are retried; raises
+    `GaveUp` if S3 would not say."""
+    prefix = spec.prefix
+    try:
+        (text, size), _ = await call_with_retries(
+            lambda: cloud.read_tail(
+                prefix.bucket, prefix.key(key), spec.region, limit=CRASH_TAIL_BYTES
+            ),
+            base_s=retry_base_s,
+        )
+    except GaveUp as gave_up:
+        if isinstance(gave_up.error, NotFoundError):
+            return None
+        raise
+    return AttachmentRecord(
+        run_id=spec.run_id,
+        kind="crash-log",
+        uri=f"s3://{prefix.bucket}/{prefix.key(key)}",
+        added_at=now,
+        size=size,
+        excerpt=text,
+    )
 
 
 def _failed(operation: str, error: ExternalError) -> EffectFailed:

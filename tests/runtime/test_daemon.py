@@ -356,3 +356,37 @@ async def test_routine_checks_reach_live_followers_but_stay_out_of_the_recent_ri
     followed = [follower.get_nowait() for _ in range(follower.qsize())]
     assert any(i.event is not None and i.event.event == "prefix_checked" for i in followed)
     assert [e for e in monitor.recent if e.event == "prefix_checked"] == []
+
+
+async def test_a_start_attaches_the_crash_report_a_killed_daemon_never_read(
+    harness: Harness,
+) -> None:
+    """The report is read after the crash is committed; a daemon killed in between (the soak
+    does it) would lose it for good, as an ended run is not watched again."""
+    await harness.start()
+    (instance,) = harness.fleet.launch(1)
+    harness.fleet.terminate(instance)
+    await harness.attach("late", instance)
+    await harness.wait_phase("late", Phase.CRASHED)
+    assert harness.store is not None
+    await wait_for(lambda: _idle(harness), within_s=10.0, what="the crash to be handled")
+    assert await harness.store.attachments("late") == []  # the job had left no report yet
+    await harness.stop()
+
+    # As if the report had been there and the daemon killed before it read it.
+    harness.fleet.put("runs/late/crash/error.log", "ValueError: nan loss\n")
+    await harness.start()
+    assert harness.store is not None
+    store = harness.store
+
+    async def attached() -> bool:
+        return bool(await store.attachments("late"))
+
+    await wait_for(attached, within_s=10.0, what="the late crash report to be attached")
+    (report,) = await store.attachments("late")
+    assert (report.kind, report.excerpt) == ("crash-log", "ValueError: nan loss\n")
+
+
+async def _idle(harness: Harness) -> bool:
+    assert harness.daemon is not None
+    return "late" not in harness.daemon.monitors
