@@ -48,7 +48,8 @@ from supervisor.core.zombies import InstanceSeen
 
 USER_AGENT = f"ec2-run-supervisor/{__version__}"
 
-DESCRIBE_BATCH = 1000  # DescribeInstances takes at most 1000 instance ids
+DESCRIBE_BATCH = 1000  # DescribeInstances returns at most 1000 instances a page
+STATUS_BATCH = 100  # DescribeInstanceStatus takes at most 100 instance ids
 READ_RANGE_LIMIT = 1 << 20  # bytes per ranged GetObject of a log
 
 _TRANSIENT_CODES = frozenset(
@@ -382,12 +383,17 @@ class Aws:
     async def describe_instances(
         self, ids: Sequence[InstanceId], region: str
     ) -> dict[InstanceId, InstanceState]:
-        """States of the given instances, ≤1000 ids per call. Ids AWS does not know are
-        `UNKNOWN` (AWS forgets terminated instances after about an hour)."""
+        """States of the given instances: one DescribeInstanceStatus per 100 ids. Ids AWS
+        does not know are `UNKNOWN` (AWS forgets terminated instances after about an hour).
+
+        Not DescribeInstances (1,000 ids a call): its reply describes every instance whole
+        (network interfaces, volumes, tags...), and parsing 1,000 of them costs ~0.9 s of
+        CPU, ~15% of a core for 10,000 runs swept each minute. The status reply is the state
+        and little else: ten times the calls, an eightieth of the CPU (make bench)."""
         states: dict[InstanceId, InstanceState] = {}
         unique = list(dict.fromkeys(ids))
-        for start in range(0, len(unique), DESCRIBE_BATCH):
-            batch = unique[start : start + DESCRIBE_BATCH]
+        for start in range(0, len(unique), STATUS_BATCH):
+            batch = unique[start : start + STATUS_BATCH]
             async for instance_id, state in self._describe_batch(batch, region):
                 states[instance_id] = state
         return states
@@ -399,7 +405,7 @@ class Aws:
         remaining = list(batch)
         while remaining:
             try:
-                with _translated("DescribeInstances"):
+                with _translated("DescribeInstanceStatus"):
                     seen = await self._describe_pages(ec2, remaining)
             except NotFoundError as exc:
                 # The whole call fails if one id is unknown; the message names the ids.
@@ -417,12 +423,11 @@ class Aws:
     @staticmethod
     async def _describe_pages(ec2: Any, ids: list[InstanceId]) -> dict[str, InstanceState]:
         seen: dict[str, InstanceState] = {}
-        kwargs: dict[str, Any] = {"InstanceIds": ids}
+        kwargs: dict[str, Any] = {"InstanceIds": ids, "IncludeAllInstances": True}
         while True:
-            page = await ec2.describe_instances(**kwargs)
-            for reservation in page.get("Reservations", ()):
-                for instance in reservation.get("Instances", ()):
-                    seen[instance["InstanceId"]] = _state(instance["State"]["Name"])
+            page = await ec2.describe_instance_status(**kwargs)
+            for status in page.get("InstanceStatuses", ()):
+                seen[status["InstanceId"]] = _state(status["InstanceState"]["Name"])
             token = page.get("NextToken")
             if not token:
                 return seen

@@ -1,4 +1,4 @@
-"""The reconcile sweep: one batched DescribeInstances per ≤1000 watched instances, the states
+"""The reconcile sweep: one batched DescribeInstanceStatus per ≤100 watched instances, the states
 fed to the monitors. Runs every `interval_s`, and soon after a monitor asks (`kick`), with kicks
 that arrive together coalesced into one sweep."""
 

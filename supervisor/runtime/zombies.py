@@ -4,8 +4,8 @@ terminates them after the wait, never twice within the cooldown.
 
 Every decision is the pure core's (`supervisor.core.zombies`); this module only gathers what
 they need, carries out the calls and commits the results. Per sweep and region it makes one
-filtered DescribeInstances per 1000 tagged instances, plus one per 1000 other candidates (the
-instances of runs ended within the lookback, and open zombies).
+filtered DescribeInstances per 1000 tagged instances, plus one DescribeInstanceStatus per 100
+other candidates (the instances of runs ended within the lookback, and open zombies).
 """
 
 from __future__ import annotations

@@ -122,7 +122,7 @@ def test_a_plan_of_a_seed_only_is_falsy_and_a_random_rule_is_not() -> None:
 
 async def test_random_faults_reach_real_calls_and_are_counted(fleet: Fleet) -> None:
     [instance] = [InstanceId(i) for i in fleet.launch(1)]
-    plan = FaultPlan.parse("DescribeInstances=Throttling@1x2")
+    plan = FaultPlan.parse("DescribeInstanceStatus=Throttling@1x2")
 
     async with Aws(faults=plan) as aws:
         for _ in range(2):
@@ -133,7 +133,7 @@ async def test_random_faults_reach_real_calls_and_are_counted(fleet: Fleet) -> N
         with pytest.raises(TransientError):
             await aws.describe_instances([instance], REGION)
 
-    assert plan.injected == Counter({("DescribeInstances", "Throttling"): 3})
+    assert plan.injected == Counter({("DescribeInstanceStatus", "Throttling"): 3})
     assert plan.total_injected == 3
 
     async with Aws(faults=FaultPlan.parse("StopInstances=Throttling@1")) as aws:

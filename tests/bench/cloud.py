@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
+from supervisor.adapters.aws import STATUS_BATCH
 from supervisor.core.checkpoint import StoredObject
 from supervisor.core.completion import ListRequest
 from supervisor.core.spec import LaunchTemplate
@@ -49,7 +50,8 @@ class CountingCloud:
     async def describe_instances(
         self, ids: Sequence[InstanceId], region: str
     ) -> dict[InstanceId, InstanceState]:
-        self.calls["DescribeInstances"] += 1
+        # As the real adapter: one DescribeInstanceStatus per 100 distinct ids.
+        self.calls["DescribeInstanceStatus"] += -(-len(set(ids)) // STATUS_BATCH)
         self.described_ids += len(ids)
         return dict.fromkeys(ids, InstanceState.RUNNING)
 

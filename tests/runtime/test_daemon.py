@@ -195,10 +195,10 @@ async def test_one_sweep_describes_every_watched_instance_in_one_call(harness: H
     for i in range(20):  # the sweep that attach asks for has run; none is pending now
         await harness.wait_phase(f"r{i}", P.RUNNING)
     assert harness.daemon is not None
-    before = harness.calls("DescribeInstances")
+    before = harness.calls("DescribeInstanceStatus")
     described = await harness.daemon.reconciler.sweep()
     assert described == 20
-    assert harness.calls("DescribeInstances") - before == 1
+    assert harness.calls("DescribeInstanceStatus") - before == 1
 
 
 async def _store_run_at(store: Store, spec: RunSpec, events: list[Event]) -> Run:
@@ -245,10 +245,10 @@ async def test_restart_readopts_runs_without_an_aws_call_per_run(harness: Harnes
     assert spread.total_seconds() > 10  # spread over the 30 s initial interval
 
     async def swept() -> bool:
-        return harness.calls("DescribeInstances") >= 1
+        return harness.calls("DescribeInstanceStatus") >= 1
 
     await wait_for(swept, what="the start-up sweep")
-    assert harness.calls("DescribeInstances") == 1
+    assert harness.calls("DescribeInstanceStatus") == 1
 
 
 async def test_restart_redrives_an_open_stop_intent_once_and_only_if_needed(

@@ -233,7 +233,7 @@ async def handled(daemon: Daemon, count: int, within_s: float = REACT_S) -> None
 
 
 class Describes:
-    """Counts DescribeInstances replies the daemon received (a botocore after-call hook on
+    """Counts DescribeInstanceStatus replies the daemon received (a botocore after-call hook on
     its shared EC2 client): a sweep asked for by an event has happened once this grows."""
 
     def __init__(self) -> None:
@@ -244,7 +244,7 @@ class Describes:
         assert harness.aws is not None
         counter = cls()
         ec2 = await harness.aws.client("ec2", REGION)
-        ec2.meta.events.register("after-call.ec2.DescribeInstances", counter.hook)
+        ec2.meta.events.register("after-call.ec2.DescribeInstanceStatus", counter.hook)
         return counter
 
     def hook(self, **_: Any) -> None:
@@ -434,7 +434,7 @@ async def test_gone_instances_end_runs_at_once_and_junk_is_audited_and_acknowled
     # AWS ends two instances; each state-change event has its instance described at once.
     harness.fleet.terminate(ondemand)
     harness.fleet.terminate(spot)
-    describes = harness.calls("DescribeInstances")
+    describes = harness.calls("DescribeInstanceStatus")
     sent = clock()
     events.send(state_change(ondemand, "terminated"))
     events.send(state_change(spot, "terminated"))
@@ -446,7 +446,7 @@ async def test_gone_instances_end_runs_at_once_and_junk_is_audited_and_acknowled
     assert took < REACT_S
     assert (run.phase, run.outcome) == (P.INTERRUPTED, Outcome.INTERRUPTED), run.reason
     assert run.reason.startswith("spot instance terminated without a request")
-    assert harness.calls("DescribeInstances") >= describes + 2
+    assert harness.calls("DescribeInstanceStatus") >= describes + 2
     await handled(daemon, 7)
     await events.drained()
     assert phases(await history(harness, "spot"))[-2:] == [P.RUNNING, P.INTERRUPTED]

@@ -131,7 +131,7 @@ async def test_a_checkpointed_run_completed_and_stopped_moves_every_counter(
         "StopInstances"
     )
     assert aws_calls(after, "s3", "ListObjectsV2", "ok") >= 2
-    assert aws_calls(after, "ec2", "DescribeInstances", "ok") >= 1
+    assert aws_calls(after, "ec2", "DescribeInstanceStatus", "ok") >= 1
     body = harness.fleet.s3.get_object(Bucket=BUCKET, Key="runs/r1/checkpoints/_manifest.json")
     manifest = Manifest.model_validate_json(body["Body"].read())
     assert aws_calls(after, "s3", "HeadObject", "ok") == len(manifest.files)

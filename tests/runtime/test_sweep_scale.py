@@ -1,7 +1,7 @@
 """The reconcile sweep at scale: 1,500 runs watched by one in-process daemon, against the real
 moto server and a real SQLite file.
 
-Every sweep describes all 1,500 instances with at most two DescribeInstances calls (1,000 ids
+Every sweep describes all 1,500 instances with fifteen DescribeInstanceStatus calls (100 ids
 per call), counted by the adapter's own CallCounter. An instance terminated directly in moto,
 with no event, ends its run at the first sweep after it went (on-demand: `crashed`; spot:
 `interrupted`), while the other runs stay `running`, untouched.
@@ -49,7 +49,7 @@ pytestmark = pytest.mark.timeout(120)
 
 @dataclass(frozen=True, slots=True)
 class Sweep:
-    """One sweep's describe: how many instances, the DescribeInstances calls it cost, when."""
+    """One sweep's describe: how many instances, the DescribeInstanceStatus calls it cost, when."""
 
     instances: int
     calls: int
@@ -73,9 +73,9 @@ class SweepLog:
     async def describe_instances(
         self, ids: Sequence[InstanceId], region: str
     ) -> dict[InstanceId, InstanceState]:
-        before, started = self._aws.counter.count("DescribeInstances"), datetime.now(UTC)
+        before, started = self._aws.counter.count("DescribeInstanceStatus"), datetime.now(UTC)
         states = await self._aws.describe_instances(ids, region)
-        calls = self._aws.counter.count("DescribeInstances") - before
+        calls = self._aws.counter.count("DescribeInstanceStatus") - before
         self.sweeps.append(Sweep(len(ids), calls, started, datetime.now(UTC)))
         return states
 
@@ -130,7 +130,7 @@ async def launch_and_store_running_runs(harness: Harness) -> list[str]:
     return instances
 
 
-async def test_1500_runs_cost_two_describes_per_sweep_and_a_vanished_instance_ends_its_run(
+async def test_1500_runs_cost_fifteen_status_calls_per_sweep_and_a_vanished_instance_ends_its_run(
     harness: Harness,
 ) -> None:
     instances = await launch_and_store_running_runs(harness)
@@ -153,7 +153,7 @@ async def test_1500_runs_cost_two_describes_per_sweep_and_a_vanished_instance_en
 
     await wait_for(swept, within_s=60, what="the first sweep")
     (first,) = sweeps
-    assert (first.instances, first.calls) == (RUNS, 2)
+    assert (first.instances, first.calls) == (RUNS, 15)
 
     # AWS ends two instances, and nobody sends an event.
     harness.fleet.ec2.terminate_instances(InstanceIds=instances[:2])
@@ -179,13 +179,13 @@ async def test_1500_runs_cost_two_describes_per_sweep_and_a_vanished_instance_en
     gaps = [(b.started - a.ended).total_seconds() for a, b in itertools.pairwise(sweeps)]
     assert all(gap < INTERVAL_S + SLACK_S for gap in gaps), gaps
 
-    # Every sweep described every watched instance, with one call per 1,000 of them.
-    calls, done = harness.calls("DescribeInstances"), list(sweeps)
+    # Every sweep described every watched instance, with one call per 100 of them.
+    calls, done = harness.calls("DescribeInstanceStatus"), list(sweeps)
     assert all(RUNS - 2 <= s.instances <= RUNS for s in done), done
-    assert [s.calls for s in done] == [math.ceil(s.instances / 1000) for s in done]
-    assert max(s.calls for s in done) == 2
+    assert [s.calls for s in done] == [math.ceil(s.instances / 100) for s in done]
+    assert max(s.calls for s in done) == 15
     # No describe of its own by any run: every call was a sweep's (one may be under way).
-    assert sum(s.calls for s in done) <= calls <= sum(s.calls for s in done) + 2
+    assert sum(s.calls for s in done) <= calls <= sum(s.calls for s in done) + 15
     assert (harness.calls("StopInstances"), harness.calls("TerminateInstances")) == (0, 0)
 
     # The other 1,498 runs: still running, without a transition more.
