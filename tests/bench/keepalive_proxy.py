@@ -13,15 +13,12 @@ signatures); responses come back without hop-by-hop headers.
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
-from types import TracebackType
 
 import aiohttp
 from aiohttp import web
+
+from tests.bench.local_server import LocalServer
 
 _HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade", "te"}
@@ -62,45 +59,18 @@ class KeepAliveProxy:
     """The proxy as a process of its own, in front of `upstream`. A context manager."""
 
     def __init__(self, upstream: str, start_timeout_s: float = 30.0) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.bench.keepalive_proxy", str(port), upstream],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        self._server = LocalServer(
+            lambda port: [sys.executable, "-m", "tests.bench.keepalive_proxy", str(port), upstream],
+            name="the keep-alive proxy",
+            start_timeout_s=start_timeout_s,
         )
-        deadline = time.monotonic() + start_timeout_s
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/moto-api/data.json", timeout=5):
-                    return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.close()
-                    raise RuntimeError(
-                        f"the keep-alive proxy did not start on {self.url}"
-                    ) from None
-                time.sleep(0.1)
+        self.url = self._server.url
 
     def __enter__(self) -> KeepAliveProxy:
         return self
 
-    def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+    def __exit__(self, *_: object) -> None:
+        self._server.close()
 
 
 def main(argv: list[str]) -> None:

@@ -11,15 +11,14 @@ interpreter lock with moto halved what either could do on this 2-core machine.
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from typing import Any
 
 import boto3
+
+from tests.bench.local_server import LocalServer
 
 REGION = "us-east-1"
 AMI = "ami-12c6146b"
@@ -32,26 +31,12 @@ class MotoWorld:
     """A started moto server and boto3 clients to arrange it. Use as a context manager."""
 
     def __init__(self, start_timeout_s: float = 60.0) -> None:
-        with socket.socket() as probe:  # a free port (moto's CLI has no port 0)
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        self._server = LocalServer(
+            lambda port: [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            name="moto",
+            start_timeout_s=start_timeout_s,
         )
-        self.url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + start_timeout_s
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/moto-api/data.json", timeout=5):
-                    break
-            except (urllib.error.URLError, OSError):
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.close()
-                    raise RuntimeError(f"moto did not start on {self.url}") from None
-                time.sleep(0.1)
+        self.url = self._server.url
         kwargs: dict[str, Any] = {
             "endpoint_url": self.url,
             "region_name": REGION,
@@ -69,13 +54,7 @@ class MotoWorld:
         self.close()
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        self._server.close()
 
     @property
     def aws_env(self) -> dict[str, str]:
