@@ -105,6 +105,11 @@ class AttachmentRecord:
     excerpt: str | None = None
 
 
+_TERMINAL = tuple(sorted(TERMINAL_PHASES))
+_ACTIVE = f" WHERE phase NOT IN ({', '.join('?' * len(_TERMINAL))})"
+"""The runs a daemon watches (parameters: `_TERMINAL`)."""
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat() if value is not None else None
 
@@ -472,9 +477,8 @@ class Store:
         sql = f"SELECT {_RUN_COLUMNS} FROM runs"
         params: tuple[Any, ...] = ()
         if active_only:
-            terminal = sorted(TERMINAL_PHASES)
-            sql += f" WHERE phase NOT IN ({', '.join('?' * len(terminal))})"
-            params = tuple(terminal)
+            sql += _ACTIVE
+            params = _TERMINAL
         async with self._reader.execute(sql + " ORDER BY created_at, run_id", params) as cur:
             rows = await cur.fetchall()
         return [_run_record(row) for row in rows]
@@ -482,12 +486,8 @@ class Store:
     async def active_runs(self, *, page: int = 500) -> AsyncIterator[list[RunRecord]]:
         """Every run not in a terminal phase, `page` at a time: a restart starts each page's
         monitors while the next is read, and never holds all the rows at once."""
-        terminal = sorted(TERMINAL_PHASES)
-        sql = (
-            f"SELECT {_RUN_COLUMNS} FROM runs WHERE phase NOT IN "
-            f"({', '.join('?' * len(terminal))}) ORDER BY created_at, run_id"
-        )
-        async with self._reader.execute(sql, tuple(terminal)) as cur:
+        sql = f"SELECT {_RUN_COLUMNS} FROM runs{_ACTIVE} ORDER BY created_at, run_id"
+        async with self._reader.execute(sql, _TERMINAL) as cur:
             while rows := await cur.fetchmany(page):
                 yield [_run_record(row) for row in rows]
 
@@ -633,11 +633,9 @@ class Store:
 
     async def active_owner(self, instance_id: str, region: str) -> str | None:
         """The active run whose current instance this is, if there is one."""
-        terminal = sorted(TERMINAL_PHASES)
         async with self._reader.execute(
-            "SELECT run_id FROM runs WHERE instance_id = ? AND region = ? "
-            f"AND phase NOT IN ({', '.join('?' * len(terminal))}) LIMIT 1",
-            (instance_id, region, *terminal),
+            f"SELECT run_id FROM runs{_ACTIVE} AND instance_id = ? AND region = ? LIMIT 1",
+            (*_TERMINAL, instance_id, region),
         ) as cur:
             row = await cur.fetchone()
         return str(row["run_id"]) if row else None
