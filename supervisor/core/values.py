@@ -67,6 +67,16 @@ def parse_relative_key(value: str, *, what: str) -> str:
     return value
 
 
+def _split_s3_url(url: str, what: str, hint: str) -> tuple[str, str]:
+    """(bucket, the rest) of `s3://bucket/rest`, the bucket name checked."""
+    if not url.startswith("s3://"):
+        raise InvalidInput(f"{what} {url!r} is not valid: {hint}")
+    bucket, _, rest = url[len("s3://") :].partition("/")
+    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+        raise InvalidInput(f"{what} {url!r} has an invalid bucket name {bucket!r}: {hint}")
+    return bucket, rest
+
+
 @dataclass(frozen=True, slots=True)
 class S3Prefix:
     """`s3://bucket/prefix/`: the run's mailbox. `prefix` is empty or ends with '/'."""
@@ -77,11 +87,7 @@ class S3Prefix:
     @classmethod
     def parse(cls, url: str) -> S3Prefix:
         hint = "expected s3://BUCKET/PREFIX/ (e.g. s3://my-runs/exp1/run42/)"
-        if not url.startswith("s3://"):
-            raise InvalidInput(f"S3 prefix {url!r} is not valid: {hint}")
-        bucket, _, prefix = url[len("s3://") :].partition("/")
-        if not _BUCKET.fullmatch(bucket) or ".." in bucket:
-            raise InvalidInput(f"S3 prefix {url!r} has an invalid bucket name {bucket!r}: {hint}")
+        bucket, prefix = _split_s3_url(url, "S3 prefix", hint)
         if prefix and not prefix.endswith("/"):
             prefix += "/"
         if prefix and (
@@ -110,11 +116,7 @@ class S3Object:
     @classmethod
     def parse(cls, url: str) -> S3Object:
         hint = "expected s3://BUCKET/KEY (e.g. s3://my-runs/exp1/run42/crash/error.log)"
-        if not url.startswith("s3://"):
-            raise InvalidInput(f"S3 URI {url!r} is not valid: {hint}")
-        bucket, _, key = url[len("s3://") :].partition("/")
-        if not _BUCKET.fullmatch(bucket) or ".." in bucket:
-            raise InvalidInput(f"S3 URI {url!r} has an invalid bucket name {bucket!r}: {hint}")
+        bucket, key = _split_s3_url(url, "S3 URI", hint)
         if not key or key.endswith("/"):
             raise InvalidInput(
                 f"S3 URI {url!r} names no object (its key is empty or ends with '/'): {hint}"

@@ -79,7 +79,7 @@ from supervisor.core.machine import Decision, Policy, step
 from supervisor.core.reports import MAX_REPORT_BYTES, MAX_STATUS_BYTES, parse_report
 from supervisor.core.run import Phase, Run
 from supervisor.core.spec import RunSpec, Transport
-from supervisor.core.values import InstanceState
+from supervisor.core.values import InstanceState, S3Object
 from supervisor.runtime.metrics import MetricsSink
 from supervisor.runtime.ports import Clock, Cloud, InstanceShell
 from supervisor.runtime.retry import GaveUp, call_with_retries
@@ -491,7 +491,7 @@ class Monitor:
     async def _attach_crash_report(self, key: str) -> None:
         """Attach the job's crash report, with its last lines, if the job left one."""
         spec = self.run.spec
-        uri = f"s3://{spec.prefix.bucket}/{spec.prefix.key(key)}"
+        uri = str(S3Object(spec.prefix.bucket, spec.prefix.key(key)))
         deps = self._deps
         try:
             record = await read_crash_report(
@@ -708,7 +708,7 @@ async def read_crash_report(
     return AttachmentRecord(
         run_id=spec.run_id,
         kind="crash-log",
-        uri=f"s3://{prefix.bucket}/{prefix.key(key)}",
+        uri=str(S3Object(prefix.bucket, prefix.key(key))),
         added_at=now,
         size=size,
         excerpt=text,
