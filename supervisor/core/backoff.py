@@ -1,4 +1,4 @@
-"""Backoff schedules: the poll interval of a completion check and the waits between retries.
+"""Backoff schedules: the poll interval of a completion check.
 
 Pure: the random source is passed in, so a seeded `random.Random` makes schedules repeatable.
 """
@@ -54,8 +54,3 @@ def delay(attempt: int, policy: BackoffPolicy, rng: random.Random) -> float:
     """The jittered delay before the next check: base_delay(attempt) ± jitter."""
     base = base_delay(attempt, policy)
     return base * (1.0 + policy.jitter * (2.0 * rng.random() - 1.0))
-
-
-def retry_delays(base_s: float, retries: int = 3) -> tuple[float, ...]:
-    """Waits between attempts of a retried call: base, 2·base, 4·base... (2, 4, 8 s by default)."""
-    return tuple(base_s * 2**i for i in range(retries))

@@ -58,12 +58,14 @@ def _events(outcome: str | None) -> list[Event]:
     return running
 
 
-async def seed(path: Path, seeds: list[Seed]) -> None:
-    """Create the database at `path` (migrated by `Store.open`) holding `seeds`."""
+async def seed(path: Path, seeds: list[Seed], *, now: datetime = NOW) -> None:
+    """Create the database at `path` (migrated by `Store.open`) holding `seeds`, each attached
+    its `age` before `now`. Tests that query through the real CLI, whose `--since` reads the
+    wall clock, pass the current time: a fixed date would age out of their window."""
     store = await Store.open(path)
     try:
         for number, s in enumerate(seeds):
-            at = NOW - s.age
+            at = now - s.age
             spec_fields: dict[str, Any] = {
                 "run_id": s.run_id,
                 "instance_id": f"i-{number:017x}",

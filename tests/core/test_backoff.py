@@ -1,4 +1,4 @@
-"""Backoff: the poll schedule, its jitter, the retry waits, and policy validation."""
+"""Backoff: the poll schedule, its jitter, and policy validation."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from supervisor.core.backoff import BackoffPolicy, base_delay, checks_made, delay, retry_delays
+from supervisor.core.backoff import BackoffPolicy, base_delay, checks_made, delay
 
 DEFAULT = BackoffPolicy()
 
@@ -39,12 +39,6 @@ def test_jittered_schedule_is_repeatable_with_the_same_seed() -> None:
 def test_zero_jitter_gives_exactly_the_base_delay() -> None:
     policy = BackoffPolicy(jitter=0)
     assert [delay(n, policy, random.Random(1)) for n in range(3)] == [30, 60, 120]
-
-
-def test_retry_delays_double_from_the_base() -> None:
-    assert retry_delays(2) == (2, 4, 8)
-    assert retry_delays(0.5, retries=2) == (0.5, 1.0)
-    assert retry_delays(2, retries=0) == ()
 
 
 @pytest.mark.parametrize(

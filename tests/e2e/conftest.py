@@ -46,8 +46,8 @@ TIMINGS = {
     "SUPERVISOR_SHUTDOWN_TIMEOUT_S": "2",
     "SUPERVISOR_TRAINING_LOG_POLL_S": "0.1",
 }
-COMMAND_TIMEOUT_S = 30.0
-WAIT_TIMEOUT_S = 15.0
+COMMAND_TIMEOUT_S = 60.0
+WAIT_TIMEOUT_S = 60.0
 POLL_S = 0.05
 TABLES = ("runs", "transitions", "actions", "instances")
 TERMINAL = frozenset({"stopped", "terminated", "done", "crashed", "failed", "detached"})

@@ -4,7 +4,6 @@ retried AWS errors. Each test drives `supervisord` and `supervisorctl` as subpro
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pytest
@@ -122,17 +121,16 @@ def test_kill_9_between_stop_intent_and_stop_call_is_repaired_once(cli: Cli, fle
 
 def test_sigterm_exits_promptly_and_restart_readopts_runs(cli: Cli, fleet: Fleet) -> None:
     (instance,) = fleet.launch()
-    pid = cli.start_daemon()
+    # An idle monitor has nothing in flight, so the stop must not wait out the shutdown timeout:
+    # an hour here, far beyond the command timeout `supervisord stop` runs under in `cli`.
+    hour = {"SUPERVISOR_SHUTDOWN_TIMEOUT_S": "3600"}
+    pid = cli.start_daemon(**hour)
     cli.attach("exp1", instance, fleet.prefix("exp1"))
     cli.wait_db_phase("exp1", "running")
 
-    started = time.monotonic()
-    done = cli.supervisord("stop")
-    elapsed = time.monotonic() - started
+    done = cli.supervisord("stop", **hour)
     assert done.returncode == 0, done.stderr
     assert f"pid {pid}" in done.stdout
-    # An idle monitor has nothing in flight: no waiting out SUPERVISOR_SHUTDOWN_TIMEOUT_S (2 s).
-    assert elapsed < 5, f"supervisord stop took {elapsed:.1f}s"
     wait_for(lambda: not pid_alive(pid), 2, f"pid {pid} to be gone after supervisord stop")
     assert not cli.socket_path.exists()
     assert fleet.state(instance) == "running"

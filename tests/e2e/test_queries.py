@@ -8,7 +8,7 @@ import csv
 import io
 import json
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -35,7 +35,7 @@ def offline() -> Iterator[Cli]:
     """A state directory with a run database and no daemon (nor any AWS) behind it."""
     with cli_for({}) as helper:
         runs: list[Seed] = [*SEEDS, REPORTED]
-        asyncio.run(seed(helper.db_path, runs))
+        asyncio.run(seed(helper.db_path, runs, now=datetime.now(UTC)))
         assert helper.daemon_pid() is None and not helper.socket_path.exists()
         yield helper
 

@@ -1,8 +1,9 @@
 """The short fault soak that `make test` runs: the harness of `make soak` (tests/soak/) with 40
-runs and 5 SIGKILLs of the real daemon, in 35-70 s depending on the machine's load (100 s is
-only its bound), as its own process: it starts a moto server, the daemon, trainers and the
-instance program, and nothing of it stays in this one. Below it, the checks themselves are
-shown to catch what they are for, on made-up evidence."""
+runs and 5 SIGKILLs of the real daemon, as its own process: it starts a moto server, the daemon,
+trainers and the instance program, and nothing of it stays in this one. It takes 35-70 s on an
+idle machine; its budget is far wider (a loaded 2-core machine must not fail it for being slow:
+the checks judge what happened, not how fast). Below it, the checks themselves are shown to catch
+what they are for, on made-up evidence."""
 
 from __future__ import annotations
 
@@ -23,17 +24,21 @@ from tests.soak.plan import RunPlan, Story
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-SHORT = ("--runs", "40", "--kills", "5", "--seed", "2", "--budget-s", "100", "--active-s", "25")
+BUDGET_S = 420
+SHORT = (
+    *("--runs", "40", "--kills", "5", "--seed", "2"),
+    *("--budget-s", str(BUDGET_S), "--active-s", "25"),
+)
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(BUDGET_S + 60)
 def test_a_short_fault_soak_ends_every_run_as_its_story_says_without_a_violation() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "tests.soak", *SHORT],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=140,
+        timeout=BUDGET_S + 30,
         check=False,
     )
 

@@ -28,7 +28,7 @@ from supervisor.runtime.ports import Cloud, InstanceShell
 from supervisor.runtime.settings import Settings
 from tests.conftest import Fleet
 from tests.runtime.trainers import Trainers
-from tests.runtime.waiting import wait_for
+from tests.runtime.waiting import WAIT_S, wait_for
 
 FAST = {
     "poll_initial_s": 0.05,
@@ -108,7 +108,7 @@ class Harness:
         assert record is not None, f"run {run_id} not in the store"
         return record.run
 
-    async def wait_phase(self, run_id: str, *phases: Phase, within_s: float = 10.0) -> Run:
+    async def wait_phase(self, run_id: str, *phases: Phase, within_s: float = WAIT_S) -> Run:
         async def reached() -> bool:
             return (await self.run(run_id)).phase in phases
 

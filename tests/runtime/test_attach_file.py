@@ -10,8 +10,6 @@ from supervisor.core.errors import InvalidInput, UnknownRun
 from tests.conftest import BUCKET
 from tests.runtime.conftest import Harness
 
-pytestmark = pytest.mark.timeout(60)
-
 
 async def test_an_object_it_may_not_read_is_attached_without_its_size_and_again_refreshes(
     harness: Harness,

@@ -351,7 +351,7 @@ async def test_routine_checks_reach_live_followers_but_stay_out_of_the_recent_ri
     async def checked_thrice() -> bool:
         return harness.calls("ListObjectsV2") >= lists + 3
 
-    await wait_for(checked_thrice, within_s=10.0, what="three more prefix checks")
+    await wait_for(checked_thrice, what="three more prefix checks")
     monitor.unsubscribe(follower)
     followed = [follower.get_nowait() for _ in range(follower.qsize())]
     assert any(i.event is not None and i.event.event == "prefix_checked" for i in followed)
@@ -369,7 +369,7 @@ async def test_a_start_attaches_the_crash_report_a_killed_daemon_never_read(
     await harness.attach("late", instance)
     await harness.wait_phase("late", Phase.CRASHED)
     assert harness.store is not None
-    await wait_for(lambda: _idle(harness), within_s=10.0, what="the crash to be handled")
+    await wait_for(lambda: _idle(harness), what="the crash to be handled")
     assert await harness.store.attachments("late") == []  # the job had left no report yet
     await harness.stop()
 
@@ -382,7 +382,7 @@ async def test_a_start_attaches_the_crash_report_a_killed_daemon_never_read(
     async def attached() -> bool:
         return bool(await store.attachments("late"))
 
-    await wait_for(attached, within_s=10.0, what="the late crash report to be attached")
+    await wait_for(attached, what="the late crash report to be attached")
     (report,) = await store.attachments("late")
     assert (report.kind, report.excerpt) == ("crash-log", "ValueError: nan loss\n")
 

@@ -35,10 +35,8 @@ from tests.runtime.waiting import wait_for
 
 P = Phase
 SLOW: dict[str, Any] = {"poll_initial_s": 60.0, "poll_max_s": 60.0, "reconcile_interval_s": 30.0}
-REACT_S = 5.0  # an event must have its effect within this, with polling at 60 s
+REACT_S = 20.0  # an event must have its effect within this; polling is at 60 s, sweeps at 30
 FAKE_INSTANCE = "i-0fedcba9876543210"  # no run owns it (and moto never made it)
-
-pytestmark = pytest.mark.timeout(90)
 
 
 # -- the real message bodies ----------------------------------------------------------------
@@ -725,7 +723,8 @@ async def test_a_completed_run_interrupted_during_grace_stays_completed_and_is_n
 async def test_spot_warnings_for_two_runs_start_both_checkpoints_at_once(
     harness: Harness, trainers: Trainers
 ) -> None:
-    # Trainers that ignore SIGTERM: each checkpoint step takes its whole SIGTERM timeout (4 s).
+    # Trainers that ignore SIGTERM: each checkpoint step takes its whole SIGTERM timeout (15 s),
+    # so steps taken one after the other would put the second run in interrupting 15 s late.
     first, second = (
         trainers.start("a", ignore_sigterm=True),
         trainers.start("b", ignore_sigterm=True),
@@ -735,8 +734,8 @@ async def test_spot_warnings_for_two_runs_start_both_checkpoints_at_once(
     await first.started()
     await second.started()
     a, b = harness.fleet.launch(2)
-    await harness.attach("a", a, **first.spec(spot=True, sigterm_timeout_s=4.0))
-    await harness.attach("b", b, **second.spec(spot=True, sigterm_timeout_s=4.0))
+    await harness.attach("a", a, **first.spec(spot=True, sigterm_timeout_s=15.0))
+    await harness.attach("b", b, **second.spec(spot=True, sigterm_timeout_s=15.0))
     await harness.wait_phase("a", P.RUNNING)
     await harness.wait_phase("b", P.RUNNING)
 
@@ -746,7 +745,7 @@ async def test_spot_warnings_for_two_runs_start_both_checkpoints_at_once(
     events.send(spot_warning(b))
     _, took_a = await phase_within(harness, "a", P.INTERRUPTING, since=sent, within_s=10)
     _, took_b = await phase_within(harness, "b", P.INTERRUPTING, since=sent, within_s=10)
-    assert max(took_a, took_b) < 2.0, f"interrupting after {took_a:.1f}s and {took_b:.1f}s"
+    assert max(took_a, took_b) < 10.0, f"interrupting after {took_a:.1f}s and {took_b:.1f}s"
 
 
 async def test_with_a_queue_the_check_backs_off_to_the_events_cap_and_polls_with_its_wait(

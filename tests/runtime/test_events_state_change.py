@@ -33,8 +33,6 @@ from tests.runtime.test_events import (
 
 P = Phase
 
-pytestmark = pytest.mark.timeout(60)
-
 
 class HeldDeletes:
     """The real queue adapter, whose deletes wait until `release()`; each records what the

@@ -35,7 +35,7 @@ async def checks_made(harness: Harness, count: int) -> None:
     async def listed() -> bool:
         return harness.calls("ListObjectsV2") >= before + count
 
-    await wait_for(listed, within_s=10, what=f"{count} more prefix checks")
+    await wait_for(listed, what=f"{count} more prefix checks")
 
 
 async def test_each_report_is_read_once_per_etag_change_and_stored(harness: Harness) -> None:
@@ -51,14 +51,14 @@ async def test_each_report_is_read_once_per_etag_change_and_stored(harness: Harn
         data = await harness.store.run_data("rep")  # type: ignore[union-attr]
         return data is not None and data.step == step
 
-    await wait_for(lambda: stored_step(10), within_s=10, what="status.json stored")
+    await wait_for(lambda: stored_step(10), what="status.json stored")
     first = gets(harness, "rep")
     assert first == 1
     await checks_made(harness, 5)  # checks go on; the unchanged heartbeat is not read again
     assert gets(harness, "rep") == first
 
     harness.fleet.put(prefix + "status.json", status(20, 0.5))  # a new ETag
-    await wait_for(lambda: stored_step(20), within_s=10, what="the new status.json stored")
+    await wait_for(lambda: stored_step(20), what="the new status.json stored")
     assert gets(harness, "rep") == first + 1
     data = await harness.store.run_data("rep")
     assert data is not None and data.status is not None
@@ -93,7 +93,7 @@ async def test_a_restart_does_not_read_an_unchanged_report_again(harness: Harnes
     async def read() -> bool:
         return (await harness.run("again")).report_etags != ()
 
-    await wait_for(read, within_s=10, what="status.json read and its ETag committed")
+    await wait_for(read, what="status.json read and its ETag committed")
     await harness.stop()
 
     await harness.start()
@@ -113,7 +113,7 @@ async def test_a_malformed_report_is_noted_once_and_does_not_stop_the_run(
     async def noted() -> bool:
         return (await harness.run("bad")).report_etags != ()
 
-    await wait_for(noted, within_s=10, what="the bad file noted")
+    await wait_for(noted, what="the bad file noted")
     await checks_made(harness, 3)
     assert harness.calls("GetObject") == 1  # not read again until it changes
     assert harness.daemon is not None

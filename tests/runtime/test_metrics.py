@@ -31,7 +31,6 @@ from tests.runtime.trainers import Trainers
 from tests.runtime.waiting import wait_for
 
 P = Phase
-pytestmark = pytest.mark.timeout(60)
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from supervisor.adapters.shell import LocalShell
 from supervisor.core.checkpoint import CommandResult, InstanceCommand
 from supervisor.core.run import Phase, Run
@@ -42,8 +40,6 @@ P = Phase
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "aws-events"
 MANIFEST_KEY = "runs/rb/checkpoints/early/_manifest.json"  # apart from the final one
 
-pytestmark = pytest.mark.timeout(60)
-
 
 def rebalance_recommendation(instance_id: str) -> dict[str, Any]:
     body: dict[str, Any] = json.loads(
@@ -67,6 +63,8 @@ class GatedShell:
         """Early checkpoint steps started."""
         self.under_way = 0
         self.most_at_once = 0
+        self.cancelled = 0
+        """Early checkpoint steps cancelled while they waited or ran."""
 
     async def run(
         self,
@@ -89,6 +87,9 @@ class GatedShell:
             return await self._inner.run(
                 instance_id, region, command, timeout_s=timeout_s, comment=comment
             )
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
         finally:
             self.under_way -= 1
 
@@ -231,7 +232,13 @@ async def test_a_spot_warning_during_an_early_checkpoint_starts_the_final_one_at
 
     events.send(spot_warning(instance))  # the upload is still under way
 
-    await harness.wait_phase("rb", P.INTERRUPTING, within_s=3.0)
+    await harness.wait_phase("rb", P.INTERRUPTING, within_s=REACT_S)
+
+    async def early_step_cancelled() -> bool:
+        return shell.cancelled == 1 and shell.under_way == 0
+
+    await wait_for(early_step_cancelled, within_s=REACT_S, what="the early step to be cancelled")
+    assert shell.early == 1
 
 
 async def test_a_repeat_received_during_an_early_checkpoint_starts_no_second_one(

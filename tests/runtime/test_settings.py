@@ -93,9 +93,31 @@ def test_a_missing_or_broken_config_file_is_named(tmp_path: Path) -> None:
         Settings.load(broken)
 
 
-def test_the_example_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
-    example = Path(__file__).parents[2] / "config" / "supervisord.example.toml"
-    assert Settings.load(example).grace_s >= 0
+EXAMPLE = Path(__file__).parents[2] / "config" / "supervisord.example.toml"
+ILLUSTRATED = {"state_dir", "events_queue_url", "metrics_addr"}
+"""Keys the example shows with a sample value, as its comments say, not the default."""
+
+
+def test_the_example_config_shows_valid_values_that_are_the_defaults(tmp_path: Path) -> None:
+    """Uncommented, every `# key = value` line loads, and shows the default it claims to."""
+    lines = [line.removeprefix("# ") for line in EXAMPLE.read_text(encoding="utf-8").splitlines()]
+    shown = {
+        key: line
+        for line in lines
+        if (key := line.split(" = ", 1)[0]) in Settings.model_fields and " = " in line
+    }
+    uncommented = tmp_path / "example.toml"
+    uncommented.write_text("\n".join(shown.values()) + "\n", encoding="utf-8")
+
+    loaded, defaults = Settings.load(uncommented), Settings.load()
+
+    differ = [
+        name
+        for name in shown
+        if name not in ILLUSTRATED and getattr(loaded, name) != getattr(defaults, name)
+    ]
+    assert differ == [], f"config/supervisord.example.toml shows non-default values for {differ}"
+    assert str(loaded.state_dir) != str(defaults.state_dir)  # the sample value was read
 
 
 @pytest.mark.parametrize(
@@ -133,8 +155,7 @@ def test_a_bad_metrics_address_is_named_with_the_forms_it_takes(
 
 
 def test_the_example_config_names_every_setting() -> None:
-    example = Path(__file__).parents[2] / "config" / "supervisord.example.toml"
-    text = example.read_text(encoding="utf-8")
+    text = EXAMPLE.read_text(encoding="utf-8")
     testing_only = {"faults"}  # a fault plan for the soak and the tests, not for users
     missing = [
         name

@@ -52,8 +52,6 @@ CHECK_STEP = timedelta(seconds=0.25)
 """Moves a frozen clock past the next prefix check (the harness polls at most 0.2 s apart)."""
 END_S = 30.0
 
-pytestmark = pytest.mark.timeout(90)
-
 
 # -- the injected clock -----------------------------------------------------------------------
 
@@ -493,6 +491,6 @@ async def test_a_restarted_until_quiet_grace_ends_early_without_an_event(
 
     timed.clock.jump_to(timed.clock.now() + timedelta(seconds=60))  # quiet for 30 s and more
     await timed.start()
-    run = await timed.settled("graced", within_s=3.0)  # a quiet check takes well under 1 s
+    run = await timed.settled("graced", within_s=20.0)  # the first check ends it, not 600 s
 
     assert (run.phase, run.outcome) == (P.STOPPED, Outcome.COMPLETED), run.reason

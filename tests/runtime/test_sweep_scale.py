@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
-import pytest
-
 from supervisor.adapters.aws import Aws
 from supervisor.adapters.store import Store
 from supervisor.core.events import InstanceObserved
@@ -43,8 +41,6 @@ INTERVAL_S = 3.0
 look and commit between two sweeps, which keep moto busy for seconds each."""
 SLACK_S = 2.0
 """For committing what a sweep showed, on a machine busy serving moto."""
-
-pytestmark = pytest.mark.timeout(120)
 
 
 @dataclass(frozen=True, slots=True)

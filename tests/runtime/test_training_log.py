@@ -24,8 +24,6 @@ from tests.runtime.waiting import wait_for
 POLL_S = 0.05
 KEY = "logs/train.log"
 
-pytestmark = pytest.mark.timeout(60)
-
 
 class Log:
     """The job's side: it re-uploads the whole log as it grows, as `aws s3 cp` would."""

@@ -40,8 +40,6 @@ from tests.conftest import AMI, BUCKET, REGION, Fleet
 from tests.runtime.conftest import Harness
 from tests.runtime.waiting import wait_for
 
-pytestmark = pytest.mark.timeout(60)
-
 
 class FakeClock:
     """The injected clock: time moves only when a test says so."""

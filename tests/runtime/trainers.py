@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.runtime.waiting import wait_for
+from tests.runtime.waiting import WAIT_S, wait_for
 
 TRAINER = Path(__file__).resolve().parents[1] / "instance" / "trainer.py"
 
@@ -56,7 +56,7 @@ class Trainer:
         assert self.process is not None
         return self.process.wait(timeout=timeout_s)
 
-    async def exited(self, within_s: float = 5.0) -> int:
+    async def exited(self, within_s: float = WAIT_S) -> int:
         process = self.process
         assert process is not None
 
@@ -68,7 +68,7 @@ class Trainer:
         assert code is not None
         return code
 
-    async def started(self, checkpoints: int = 2, within_s: float = 10.0) -> None:
+    async def started(self, checkpoints: int = 2, within_s: float = WAIT_S) -> None:
         """Wait until the trainer wrote its pid file and some checkpoints."""
 
         async def ready() -> bool:
