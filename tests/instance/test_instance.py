@@ -184,8 +184,10 @@ class TestCheckpoint:
         self, program: Program, fleet: Fleet, start_trainer: Callable[..., Trainer]
     ) -> None:
         trainer = start_trainer("--step-s", "1")
-        an_hour_ago = time.time() - 3600
-        os.utime(trainer.pid_file, (an_hour_ago, an_hour_ago))
+        # An hour before it was written, by the file system's own clock (not time.time(): under
+        # faketime the two differ, and the program compares the file with the process's start).
+        an_hour_before = trainer.pid_file.stat().st_mtime - 3600
+        os.utime(trainer.pid_file, (an_hour_before, an_hour_before))
 
         outcome = run_checkpoint(
             program, trainer.checkpoint_dir, "--pid-file", str(trainer.pid_file)
