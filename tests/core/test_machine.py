@@ -466,6 +466,24 @@ def test_pending_instance_still_pending_is_a_stay_without_effects() -> None:
     assert run_step(run, seen(S.PENDING)).run == run
 
 
+@pytest.mark.parametrize("event", [listed("done"), listed("FAILED"), THROTTLED, DENIED], ids=repr)
+@pytest.mark.parametrize("spot", [True, False], ids=["spot", "on-demand"])
+def test_a_listing_or_failure_while_pending_with_the_instance_not_gone_changes_nothing(
+    event: Event, spot: bool
+) -> None:
+    run = make_run(P.PENDING, spec=make_spec(spot=spot))
+    d = run_step(run, event)
+    assert (d.run.phase, d.transition, d.persist) == (P.PENDING, None, False)
+    assert [e for e in d.effects if not isinstance(e, IngestReport)] == []
+
+
+def test_a_pending_spot_runs_last_look_that_fails_still_ends_it_interrupted() -> None:
+    gone = run_step(make_run(P.PENDING, spec=make_spec(spot=True)), seen(S.TERMINATED)).run
+    d = run_step(gone, DENIED)
+    assert (d.run.phase, d.run.outcome) == (P.INTERRUPTED, INT)
+    assert d.run.reason.endswith("(last look at the prefix failed: UnauthorizedOperation)")
+
+
 # -- running -----------------------------------------------------------------------------------
 
 
