@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,29 @@ async def test_a_spot_warning_through_sns_or_without_a_time_starts_the_checkpoin
     assert interrupting.detail["instance_action"] == "terminate"
     assert await audit(harness) == []  # nothing malformed, nothing unowned
     assert (harness.calls("StopInstances"), harness.calls("TerminateInstances")) == (0, 0)
+
+
+async def test_a_warning_that_says_when_the_instance_goes_counts_its_deadline_from_then(
+    harness: Harness,
+) -> None:
+    events = Events(harness.fleet, "ev-action-at")
+    daemon = await harness.start(events_queue_url=events.url, **SLOW)
+    (instance,) = harness.fleet.launch()
+    await harness.attach("spot", instance, spot=True)
+    await harness.wait_phase("spot", P.RUNNING)
+
+    # The instance metadata's shape of instance-action: the action and when it happens.
+    goes_at = datetime.now(UTC) + timedelta(seconds=60)
+    warning = spot_warning(instance)
+    warning["detail"]["instance-action"] = {
+        "action": "stop", "time": goes_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }  # fmt: skip
+    events.send(warning)
+    await harness.wait_phase("spot", P.INTERRUPTING, within_s=REACT_S)
+    await handled(daemon, 1)
+    interrupting = only(await history(harness, "spot"), P.INTERRUPTING)
+    assert interrupting.detail["instance_action"] == "stop"
+    assert 60 - 15 - REACT_S < interrupting.detail["seconds_left"] <= 60 - 15
 
 
 @pytest.mark.parametrize("raw", [False, True], ids=["sns-notification", "sns-raw-delivery"])
