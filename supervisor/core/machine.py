@@ -105,7 +105,8 @@ _WATCHING = _ALWAYS | {
 }  # fmt: skip
 
 ACCEPTS: Mapping[Phase, frozenset[type[Any]]] = {
-    P.PENDING: _ALWAYS | {SpotInterruptionWarning},
+    # (a spot instance gone while pending: one last look at the prefix, as from running)
+    P.PENDING: _ALWAYS | {SpotInterruptionWarning, PrefixListed, EffectFailed},
     P.RUNNING: _WATCHING,
     P.STALLED: _WATCHING,
     P.CHECKPOINTING: _ALWAYS
@@ -136,6 +137,7 @@ _EDGES = frozenset(
     {
         (P.PENDING, P.RUNNING),
         (P.PENDING, P.CRASHED),
+        (P.PENDING, P.INTERRUPTED),  # a spot instance taken back before training started
         (P.RUNNING, P.GRACE),
         (P.RUNNING, P.CHECKPOINTING),
         (P.RUNNING, P.CRASHED),
@@ -156,11 +158,9 @@ _EDGES = frozenset(
         (P.STOPPING, P.TERMINATING),
         (P.TERMINATING, P.TERMINATED),
         (P.RESUMING, P.RUNNING),
-        # spot: the warning starts the checkpoint at once; the instance going ends it
-        *(
-            (p, P.INTERRUPTING)
-            for p in (P.PENDING, P.RUNNING, P.CHECKPOINTING, P.GRACE, P.RESUMING)
-        ),
+        # spot: the warning starts the checkpoint at once; the instance going ends it (in
+        # grace the training is over: the warning ends the grace instead)
+        *((p, P.INTERRUPTING) for p in (P.PENDING, P.RUNNING, P.CHECKPOINTING, P.RESUMING)),
         (P.INTERRUPTING, P.INTERRUPTED),
         (P.RUNNING, P.INTERRUPTED),
         # ... unless AWS never takes the instance (see `_interrupt_overdue`)
@@ -481,6 +481,10 @@ def _on_instance(c: _Ctx, event: InstanceObserved) -> Decision:
                 )  # fmt: skip
             if state is InstanceState.PENDING:
                 return c.stay()
+            if run.spec.spot:
+                # Level-triggered: a spot instance that goes was taken back, whether its warning
+                # came first or not; the same last look as after a warning decides.
+                return c.stay(c.check_prefix(), instance_ended=state)
             return _crashed(c, f"instance ended before training started (instance {state})", detail)
         case P.RUNNING | P.STALLED:
             if state.is_alive or run.instance_ended is not None:
@@ -549,11 +553,11 @@ def _judge_listing(c: _Ctx, event: PrefixListed) -> Decision:
     if run.phase is P.GRACE:
         return _quiet_listed(c, event) if _until_quiet(run) else c.stay()
     verdict = evaluate(run.spec, event.objects, run.outputs_seen, since=_cutoff(run))
-    if run.phase is P.INTERRUPTING:
+    if run.phase in (P.INTERRUPTING, P.PENDING):
         if run.instance_ended is None:
             return c.stay()
         # A failure marker here is most likely the shutdown killing the job: not evidence.
-        why = f"spot instance {run.instance_ended} after the interruption warning"
+        why = _taken_back(run)
         if isinstance(verdict, Completed):
             why = f"{verdict.evidence}; {why}"
             return _interrupted(c, why, run.instance_ended, outcome=Outcome.COMPLETED)
@@ -591,6 +595,16 @@ def _judge_listing(c: _Ctx, event: PrefixListed) -> Decision:
             "and no completion marker",
         )
     return _heartbeat(c, event.objects, verdict.outputs)
+
+
+def _taken_back(run: Run) -> str:
+    """Why a spot run whose instance went, while interrupting or still pending, is over."""
+    if run.phase is P.PENDING:
+        return (
+            f"spot instance {run.instance_ended} before training started, "
+            "without a request from the supervisor"
+        )
+    return f"spot instance {run.instance_ended} after the interruption warning"
 
 
 def _crashed(c: _Ctx, reason: str, detail: Mapping[str, Any] | None = None) -> Decision:
@@ -795,11 +809,13 @@ def _on_effect_failed(c: _Ctx, event: EffectFailed) -> Decision:
         # A failed quiet check only costs the early end: wait for the grace limit.
         assert c.run.grace_until is not None
         return c.stay(WakeAt(c.run.grace_until))
-    if phase is P.INTERRUPTING and c.run.instance_ended is not None:
+    if phase in (P.INTERRUPTING, P.PENDING) and c.run.instance_ended is not None:
         # The last look at the prefix failed; the instance is gone all the same.
-        why = f"spot instance {c.run.instance_ended} after the interruption warning"
+        why = _taken_back(c.run)
         return _interrupted(c, f"{why} (last look at the prefix failed: {event.code})",
                             c.run.instance_ended)  # fmt: skip
+    if phase is P.PENDING:
+        return c.stay()  # a failed describe: the next observation decides
     if not event.transient:
         return c.move(
             P.FAILED, f"{event.operation} failed: {event.code}: {event.message}",
@@ -905,6 +921,11 @@ def _on_spot_warning(c: _Ctx, event: SpotInterruptionWarning) -> Decision:
         "instance_action": event.action,
     }  # fmt: skip
     why = f"spot interruption warning ({event.action}, {max(remaining, 0):.0f}s left)"
+    if run.phase is P.GRACE:
+        # Training completed and its checkpoint step is done: the rest of the grace would only
+        # leave the instance to AWS (or, if AWS never takes it, idle until the deadline has
+        # long passed). Act now, as the grace's end would, under the checkpoint invariant.
+        return _end_grace(c, f"{why}; training had completed: grace ended", detail)
     overdue = WakeAt(event.deadline + timedelta(seconds=INTERRUPT_OVERDUE_S))
     if run.phase in (P.RUNNING, P.STALLED) and spec.checkpointing and remaining > 0:
         # No grace and no stop call: AWS takes the instance; the notice is for the checkpoint.

@@ -1,6 +1,7 @@
 """Messages from the events queue, parsed: EventBridge envelopes for EC2 (state change, spot
 interruption warning, rebalance recommendation) and S3 (Object Created), S3's own event
-notifications (including `s3:TestEvent`). Pure: a message body in, typed notifications out.
+notifications (including `s3:TestEvent`), and any of these delivered through an SNS topic
+(wrapped in an SNS notification, or raw). Pure: a message body in, typed notifications out.
 
 Anything else is `Unrecognized` with the reason, never an exception: a bad message must not
 stop the consumer.
@@ -28,7 +29,12 @@ class Ec2StateChange:
 class SpotWarning:
     instance_id: InstanceId
     action: str  # terminate | stop | hibernate
-    time: datetime
+    time: datetime | None
+    """When EC2 sent the warning; None if the event has no time (empty or missing): the
+    consumer then takes the time it received it, as aws-node-termination-handler does."""
+    action_at: datetime | None = None
+    """When the instance will be taken, if the event says so (the instance metadata's
+    `{"action": ..., "time": ...}` shape of `instance-action`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +79,26 @@ def _time(value: object) -> datetime:
     return moment
 
 
+def _optional_time(value: object) -> datetime | None:
+    """A time that may be absent: missing, null or blank is None; anything else must parse."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return _time(value)
+
+
+def _spot_warning(body: dict[str, Any], detail: dict[str, Any]) -> SpotWarning:
+    sent = _optional_time(body.get("time"))
+    action = detail.get("instance-action", "terminate")
+    if isinstance(action, dict):  # {"action": "stop", "time": "..."}, as the metadata says it
+        return SpotWarning(
+            _instance(detail),
+            str(action.get("action") or "terminate"),
+            sent,
+            _optional_time(action.get("time")),
+        )
+    return SpotWarning(_instance(detail), str(action), sent)
+
+
 def _instance(detail: dict[str, Any]) -> InstanceId:
     value = detail.get("instance-id")
     if not isinstance(value, str) or not value.startswith("i-"):
@@ -85,15 +111,14 @@ def _eventbridge(body: dict[str, Any]) -> tuple[Notification, ...]:
     detail = body.get("detail")
     if not isinstance(detail, dict):
         raise ValueError("EventBridge envelope without a detail object")
+    if source == "aws.ec2" and kind == "EC2 Spot Instance Interruption Warning":
+        return (_spot_warning(body, detail),)
     time = _time(body.get("time"))
     if source == "aws.ec2" and kind == "EC2 Instance State-change Notification":
         state = InstanceState(str(detail.get("state")))
         if state is InstanceState.UNKNOWN:  # the supervisor's own word, never EC2's
             raise ValueError("'unknown' is not an EC2 instance state")
         return (Ec2StateChange(_instance(detail), state, time),)
-    if source == "aws.ec2" and kind == "EC2 Spot Instance Interruption Warning":
-        action = str(detail.get("instance-action", "terminate"))
-        return (SpotWarning(_instance(detail), action, time),)
     if source == "aws.ec2" and kind == "EC2 Instance Rebalance Recommendation":
         return (RebalanceRecommendation(_instance(detail), time),)
     if source == "aws.s3" and kind == "Object Created":
@@ -121,18 +146,38 @@ def _s3_records(records: list[Any]) -> tuple[Notification, ...]:
     return tuple(found)
 
 
+def _notifications(data: dict[str, Any]) -> tuple[Notification, ...]:
+    if data.get("Event") == "s3:TestEvent":
+        return (S3TestEvent(str(data.get("Bucket", ""))),)
+    if "Records" in data and isinstance(data["Records"], list):
+        return _s3_records(data["Records"])
+    if "detail-type" in data:
+        return _eventbridge(data)
+    return (Unrecognized("neither an EventBridge envelope nor an S3 notification"),)
+
+
+def _sns_message(data: dict[str, Any]) -> tuple[Notification, ...]:
+    """An SNS notification (EventBridge or S3 -> SNS -> SQS without raw delivery): its
+    `Message` is the event, as a JSON string. One level only: SNS never wraps SNS."""
+    message = data.get("Message")
+    if not isinstance(message, str):
+        raise ValueError("SNS notification without a Message string")
+    inner = json.loads(message)
+    if not isinstance(inner, dict):
+        return (Unrecognized("SNS notification whose Message is not a JSON object"),)
+    return _notifications(inner)
+
+
 def parse_message(body: str) -> tuple[Notification, ...]:
     """Pure. Every notification in one SQS message body (S3 may batch several records)."""
     try:
         data = json.loads(body)
         if not isinstance(data, dict):
             return (Unrecognized("message body is not a JSON object"),)
-        if data.get("Event") == "s3:TestEvent":
-            return (S3TestEvent(str(data.get("Bucket", ""))),)
-        if "Records" in data and isinstance(data["Records"], list):
-            return _s3_records(data["Records"])
-        if "detail-type" in data:
-            return _eventbridge(data)
-        return (Unrecognized("neither an EventBridge envelope nor an S3 notification"),)
+        if "TopicArn" in data and "Type" in data:  # an SNS envelope
+            if data["Type"] != "Notification":  # e.g. a SubscriptionConfirmation
+                return (Unrecognized(f"SNS {str(data['Type'])[:50]} message, not a notification"),)
+            return _sns_message(data)
+        return _notifications(data)
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         return (Unrecognized(f"malformed message: {type(exc).__name__}: {exc}"[:300]),)

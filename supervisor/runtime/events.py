@@ -5,9 +5,11 @@ decisions still rest on observed state, and the reconcile sweep remains the safe
 
 A message is deleted only after what it caused is committed (`Monitor.request(settle=True)`).
 The same message twice, or messages out of order, cause no second transition: a nudge leads
-to a look, and the transition table refuses a repeated warning. A message that names no
-active run, or cannot be parsed, is recorded in the audit log and deleted; the consumer never
-dies of a message (a failure to handle one leaves it on the queue for redelivery).
+to a look, and the transition table refuses a repeated warning. Whatever causes nothing is
+recorded in the audit log and deleted: a message that cannot be parsed, one that names no
+active run (against the run that ended on that instance within `ENDED_RECENTLY`, if any),
+and an event a run's phase refused (a repeat, or one too late). The consumer never dies of a
+message (a failure to handle one leaves it on the queue for redelivery).
 """
 
 from __future__ import annotations
@@ -32,14 +34,19 @@ from supervisor.core.notifications import (
     Unrecognized,
     parse_message,
 )
+from supervisor.core.run import Run
 from supervisor.core.spec import OnRebalance
 from supervisor.runtime.monitor import Monitor
 from supervisor.runtime.ports import Clock
+from supervisor.runtime.zombies import LOOKBACK
 
 log = structlog.get_logger("supervisor.events")
 
 SPOT_NOTICE_S = 120.0  # AWS's two-minute warning
 MAX_IN_FLIGHT = 100  # messages being handled at once; polling waits beyond this
+ENDED_RECENTLY = LOOKBACK
+"""An event for the instance of a run that ended this recently is recorded against that run
+(the same window in which the zombie sweep still looks at such instances)."""
 
 
 class Queue(Protocol):
@@ -51,9 +58,15 @@ class Queue(Protocol):
 
 
 class Audit(Protocol):
+    """The audit log, and the runs it names (the store)."""
+
     async def record_audit(
         self, *, at: datetime, source: str, kind: str, subject: str | None, detail: dict[str, Any]
     ) -> None: ...
+
+    async def runs_on_instances(
+        self, instance_ids: Iterable[str], run_ids: Iterable[str] = ()
+    ) -> list[Run]: ...
 
 
 class EventConsumer:
@@ -145,7 +158,13 @@ class EventConsumer:
                     state=str(state),
                 )
             case SpotWarning(instance_id=instance_id, action=action, time=time):
-                deadline = time + timedelta(seconds=SPOT_NOTICE_S) - self._margin
+                if note.action_at is not None:
+                    deadline = note.action_at - self._margin
+                else:
+                    if time is None:  # as aws-node-termination-handler: the time received
+                        time = self._clock.now()
+                        log.info("spot_warning_untimed", instance_id=instance_id)
+                    deadline = time + timedelta(seconds=SPOT_NOTICE_S) - self._margin
                 warning = SpotInterruptionWarning(deadline=deadline, action=action)
                 await self._deliver(
                     self._by_instance(instance_id), warning, note, message, subject=instance_id
@@ -206,6 +225,14 @@ class EventConsumer:
         **fields: Any,
     ) -> None:
         if not monitors:
+            ended = await self._ended_run(note)
+            if ended is not None:
+                await self._record(
+                    "ended-run", subject, message, notification=type(note).__name__,
+                    run_id=ended.spec.run_id, phase=str(ended.phase), outcome=ended.outcome,
+                    ended_at=ended.phase_since.isoformat(), **fields,
+                )  # fmt: skip
+                return
             await self._record(
                 "unowned", subject, message, notification=type(note).__name__, **fields
             )
@@ -214,9 +241,10 @@ class EventConsumer:
             try:
                 await monitor.request(event, settle=settle)
             except InvalidTransition as exc:  # a repeat, or late for the run's phase
-                log.info(
-                    "event_refused", run_id=monitor.run_id, kind=type(event).__name__, why=str(exc)
-                )
+                await self._record(
+                    "refused", subject, message, run_id=monitor.run_id,
+                    event=type(event).__name__, why=str(exc), **fields,
+                )  # fmt: skip
             else:
                 log.info(
                     "event_routed",
@@ -225,6 +253,19 @@ class EventConsumer:
                     message_id=message.message_id,
                     **fields,
                 )
+
+    async def _ended_run(self, note: Notification) -> Run | None:
+        """The run that most recently ended on the instance an EC2 event names, if it ended
+        within `ENDED_RECENTLY`."""
+        if not isinstance(note, Ec2StateChange | SpotWarning | RebalanceRecommendation):
+            return None
+        since = self._clock.now() - ENDED_RECENTLY
+        ended = [
+            run
+            for run in await self._audit.runs_on_instances([note.instance_id])
+            if run.phase.is_terminal and run.phase_since >= since
+        ]
+        return max(ended, key=lambda run: run.phase_since, default=None)
 
     async def _record(
         self, kind: str, subject: str | None, message: QueueMessage, **detail: Any

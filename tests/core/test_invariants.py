@@ -66,6 +66,7 @@ from tests.core.builders import (
     make_run,
     obj,
     run_step,
+    warning,
 )
 
 P, S, A = Phase, InstanceState, Action
@@ -338,7 +339,7 @@ def test_no_random_walk_terminates_unverified_or_leaves_the_edges_table() -> Non
         (P.RUNNING, P.CHECKPOINTING), (P.CHECKPOINTING, P.GRACE), (P.CHECKPOINTING, P.STOPPING),
         (P.CHECKPOINTING, P.TERMINATING), (P.GRACE, P.TERMINATING), (P.GRACE, P.STOPPING),
         (P.STOPPED, P.RESUMING), (P.RESUMING, P.RUNNING), (P.TERMINATING, P.TERMINATED),
-        (P.RUNNING, P.INTERRUPTING), (P.CHECKPOINTING, P.INTERRUPTING), (P.GRACE, P.INTERRUPTING),
+        (P.RUNNING, P.INTERRUPTING), (P.CHECKPOINTING, P.INTERRUPTING),
         (P.INTERRUPTING, P.INTERRUPTED), (P.RUNNING, P.INTERRUPTED), (P.INTERRUPTED, P.RESUMING),
         (P.RUNNING, P.STALLED), (P.STALLED, P.RUNNING), (P.STALLED, P.CHECKPOINTING),
         (P.RESUMING, P.INTERRUPTING), (P.INTERRUPTING, P.STOPPING),
@@ -375,6 +376,9 @@ TERMINATE_PATHS = [
                  P.TERMINATING, id="grace-quiet"),
     pytest.param(ckpt_run(P.GRACE, UV), QUIET_LISTING, LATER, P.GRACE,
                  id="grace-listing-unverified"),  # a quiet listing counts only once verified
+    pytest.param(ckpt_run(P.GRACE, V), warning(), NOW, P.TERMINATING, id="grace-spot-warning"),
+    pytest.param(ckpt_run(P.GRACE, UV), warning(), NOW, P.STOPPING,
+                 id="grace-spot-warning-unverified"),
     pytest.param(ckpt_run(P.GRACE, V), user(UserAction.TERMINATE), NOW, P.TERMINATING,
                  id="grace-user"),
     pytest.param(ckpt_run(P.GRACE, UV), user(UserAction.TERMINATE), NOW, P.STOPPING,

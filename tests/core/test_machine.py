@@ -277,8 +277,17 @@ EDGE_CASES = [
     _edge(P.CHECKPOINTING, warning(), P.INTERRUPTING, C, f"{WARNED}; during checkpointing",
           WAKE_OVERDUE, ObserveInstance(), spec=CF, outcome=C, checkpoint_tries=2,
           fields={"checkpoint_tries": 2, "interrupt_deadline": DEADLINE}),
-    _edge(P.GRACE, warning(), P.INTERRUPTING, C, f"{WARNED}; during grace", WAKE_OVERDUE,
-          ObserveInstance(), spec=CF, checkpoint=V, fields={"checkpoint": V}),
+    # in grace the training is over: the warning ends the grace at once
+    _edge(P.GRACE, warning(), P.TERMINATING, C,
+          f"{WARNED}; training had completed: grace ended; terminate requested "
+          "(on_complete=terminate)", TERMINATE, spec={**CF, "on_complete": "terminate"},
+          outcome=C, checkpoint=V, fields={"checkpoint": V}),
+    _edge(P.GRACE, warning(), P.STOPPING, C,
+          f"{WARNED}; training had completed: grace ended; stop requested (on_complete=stop)",
+          STOP, spec=CF, outcome=C, checkpoint=V),
+    _edge(P.GRACE, warning(), P.DONE, C,
+          f"{WARNED}; training had completed: grace ended; on_complete=none leaves the "
+          "instance running", spec={"on_complete": "none"}, outcome=C),
     _edge(P.RESUMING, warning(), P.INTERRUPTING, INT, f"{WARNED}; during resuming", WAKE_OVERDUE,
           ObserveInstance(), spec={**CF, "spot": True}, resume_stage="starting",
           fields={"interrupt_deadline": DEADLINE}),
@@ -306,6 +315,9 @@ EDGE_CASES = [
     _edge(P.RUNNING, listed("logs.txt"), P.INTERRUPTED, INT,
           "spot instance terminated without a request from the supervisor",
           spec={"spot": True}, instance_ended=S.TERMINATED),
+    _edge(PO, listed("logs.txt"), P.INTERRUPTED, INT,
+          "spot instance terminated before training started, without a request from the "
+          "supervisor", spec={"spot": True}, instance_ended=S.TERMINATED),
     _edge(P.INTERRUPTED, ResumeRequested(from_scratch=True), P.RESUMING, INT,
           "resume requested from scratch (attempt 2)", ObserveInstance(),
           spec={**CF, "spot": True}, outcome=INT, checkpoint=UV,
@@ -429,16 +441,51 @@ def test_new_run_is_pending_at_version_1_with_an_attached_transition() -> None:
     assert (d.transition.from_phase, d.transition.to_phase) == (None, P.PENDING)
 
 
-@pytest.mark.parametrize("state", [S.STOPPING, S.STOPPED, S.SHUTTING_DOWN, S.TERMINATED, S.UNKNOWN])
+NOT_ALIVE = [S.STOPPING, S.STOPPED, S.SHUTTING_DOWN, S.TERMINATED, S.UNKNOWN]
+
+
+@pytest.mark.parametrize("state", NOT_ALIVE)
 def test_pending_instance_that_ends_is_crashed_before_training(state: InstanceState) -> None:
     d = run_step(make_run(P.PENDING), seen(state))
     assert (d.run.phase, d.run.outcome) == (P.CRASHED, Outcome.CRASHED)
     assert d.run.reason.startswith("instance ended before training started")
 
 
+@pytest.mark.parametrize("state", NOT_ALIVE)
+def test_a_pending_spot_instance_that_ends_is_interrupted_after_one_look_at_the_prefix(
+    state: InstanceState,
+) -> None:
+    gone = run_step(make_run(P.PENDING, spec=make_spec(spot=True)), seen(state))
+    assert (gone.run.phase, gone.transition, gone.effects) == (P.PENDING, None, (LIST_TOP,))
+    assert gone.run.instance_ended is state
+    d = run_step(gone.run, listed("logs.txt"))
+    assert (d.run.phase, d.run.outcome, d.effects) == (P.INTERRUPTED, INT, ())
+    assert d.run.reason == (
+        f"spot instance {state} before training started, without a request from the supervisor"
+    )
+
+
 def test_pending_instance_still_pending_is_a_stay_without_effects() -> None:
     run = make_run(P.PENDING)
     assert run_step(run, seen(S.PENDING)).run == run
+
+
+@pytest.mark.parametrize("event", [listed("done"), listed("FAILED"), THROTTLED, DENIED], ids=repr)
+@pytest.mark.parametrize("spot", [True, False], ids=["spot", "on-demand"])
+def test_a_listing_or_failure_while_pending_with_the_instance_not_gone_changes_nothing(
+    event: Event, spot: bool
+) -> None:
+    run = make_run(P.PENDING, spec=make_spec(spot=spot))
+    d = run_step(run, event)
+    assert (d.run.phase, d.transition, d.persist) == (P.PENDING, None, False)
+    assert [e for e in d.effects if not isinstance(e, IngestReport)] == []
+
+
+def test_a_pending_spot_runs_last_look_that_fails_still_ends_it_interrupted() -> None:
+    gone = run_step(make_run(P.PENDING, spec=make_spec(spot=True)), seen(S.TERMINATED)).run
+    d = run_step(gone, DENIED)
+    assert (d.run.phase, d.run.outcome) == (P.INTERRUPTED, INT)
+    assert d.run.reason.endswith("(last look at the prefix failed: UnauthorizedOperation)")
 
 
 # -- running -----------------------------------------------------------------------------------

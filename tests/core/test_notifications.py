@@ -88,7 +88,7 @@ def test_each_real_body_gives_its_typed_notification(name: str, expected: Notifi
 @pytest.mark.parametrize("name", [n for n, e in REAL.items() if hasattr(e, "time")])
 def test_times_are_aware_utc_datetimes(name: str) -> None:
     (note,) = parse_message(body(name))
-    assert not isinstance(note, S3TestEvent | Unrecognized)
+    assert not isinstance(note, S3TestEvent | Unrecognized) and note.time is not None
     assert note.time.tzinfo is not None and note.time.utcoffset() == timedelta(0)
 
 
@@ -109,10 +109,108 @@ def test_a_spot_warning_without_an_instance_action_means_terminate() -> None:
     assert parse_message(text) == (SpotWarning(INSTANCE, "terminate", SENT),)
 
 
+@pytest.mark.parametrize("time", [None, "", "  "], ids=["missing", "empty", "blank"])
+def test_a_spot_warning_without_a_time_leaves_it_to_the_receiver(time: str | None) -> None:
+    text = edited("ec2-spot-interruption-warning.json", time=time)
+    if time is None:
+        assert "time" not in json.loads(text)
+    assert parse_message(text) == (SpotWarning(INSTANCE, "terminate", None),)
+
+
+def test_a_spot_warning_with_a_time_that_is_not_one_is_still_malformed() -> None:
+    (note,) = parse_message(edited("ec2-spot-interruption-warning.json", time="yesterday"))
+    assert isinstance(note, Unrecognized) and "ValueError" in note.reason
+
+
+@pytest.mark.parametrize(
+    ("instance_action", "expected"),
+    [({"action": "stop", "time": "2026-11-22T12:02:00Z"},
+      SpotWarning(INSTANCE, "stop", SENT, SENT + timedelta(minutes=2))),
+     ({"action": "hibernate", "time": ""}, SpotWarning(INSTANCE, "hibernate", SENT)),
+     ({"action": "terminate"}, SpotWarning(INSTANCE, "terminate", SENT)),
+     ({}, SpotWarning(INSTANCE, "terminate", SENT))],
+    ids=["with-time", "empty-time", "no-time", "empty"],
+)  # fmt: skip
+def test_an_instance_action_in_the_metadata_shape_gives_its_action_and_time(
+    instance_action: dict[str, str], expected: SpotWarning
+) -> None:
+    text = edited(
+        "ec2-spot-interruption-warning.json", **{"detail__instance-action": instance_action}
+    )
+    assert parse_message(text) == (expected,)
+
+
 def test_an_envelope_time_with_an_offset_is_kept_as_that_instant() -> None:
     text = edited("ec2-state-change.json", time="2026-11-22T13:00:00+01:00")
     (note,) = parse_message(text)
     assert isinstance(note, Ec2StateChange) and note.time == SENT
+
+
+# -- through SNS --------------------------------------------------------------------------------
+
+
+def sns_notification(message: str) -> str:
+    """What SQS receives from an SNS topic subscription without raw message delivery."""
+    return json.dumps(
+        {
+            "Type": "Notification",
+            "MessageId": "22b80b92-fdea-4c2c-8f9d-bdfb0c7bf324",
+            "TopicArn": "arn:aws:sns:us-east-1:123456789012:supervisor-events",
+            "Subject": None,
+            "Message": message,
+            "Timestamp": "2026-11-22T12:00:01.000Z",
+            "SignatureVersion": "1",
+            "Signature": "EXAMPLEpH+DcEwjAPg8O9mY8dReBSwksfg2S7WKQcikcNKWLQjwu6A4Vbe",
+            "SigningCertURL": "https://sns.us-east-1.amazonaws.com/SimpleNotificationService.pem",
+            "UnsubscribeURL": "https://sns.us-east-1.amazonaws.com/?Action=Unsubscribe",
+        }
+    )
+
+
+@pytest.mark.parametrize(("name", "expected"), REAL.items(), ids=list(REAL))
+def test_a_real_body_wrapped_in_an_sns_notification_gives_the_same_notification(
+    name: str, expected: Notification
+) -> None:
+    assert parse_message(sns_notification(body(name))) == (expected,)
+
+
+def test_an_sns_wrapped_spot_warning_with_an_empty_time_leaves_it_to_the_receiver() -> None:
+    text = sns_notification(edited("ec2-spot-interruption-warning.json", time=""))
+    assert parse_message(text) == (SpotWarning(INSTANCE, "terminate", None),)
+
+
+SNS_MALFORMED = [
+    pytest.param(json.dumps({"Type": "Notification", "TopicArn": "arn:x", "Message": 5}),
+                 "SNS notification without a Message string", id="message-not-a-string"),
+    pytest.param(json.dumps({"Type": "Notification", "TopicArn": "arn:x"}),
+                 "SNS notification without a Message string", id="no-message"),
+    pytest.param(sns_notification("not json"), "malformed message: JSONDecodeError",
+                 id="message-not-json"),
+    pytest.param(sns_notification("[1]"), "SNS notification whose Message is not a JSON object",
+                 id="message-a-list"),
+    pytest.param(sns_notification("{}"), "neither an EventBridge envelope", id="message-empty"),
+    pytest.param(sns_notification(sns_notification(body("ec2-state-change.json"))),
+                 "neither an EventBridge envelope", id="sns-in-sns"),
+    pytest.param(json.dumps({"Type": "SubscriptionConfirmation", "TopicArn": "arn:x",
+                             "Message": "You have chosen to subscribe"}),
+                 "SNS SubscriptionConfirmation message, not a notification", id="confirmation"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "reason"), SNS_MALFORMED)
+def test_an_sns_message_that_carries_no_known_event_is_unrecognized(text: str, reason: str) -> None:
+    (note,) = parse_message(text)
+    assert isinstance(note, Unrecognized)
+    assert reason in note.reason
+
+
+def test_no_sns_body_made_from_a_real_one_raises() -> None:
+    text = sns_notification(body("ec2-spot-interruption-warning.json"))
+    bodies = [text[:n] for n in range(0, len(text), 7)]
+    bodies += [json.dumps(changed) for changed in _poisoned(json.loads(text))]
+    for changed in bodies:
+        notes = parse_message(changed)
+        assert all(isinstance(note, KINDS) for note in notes), changed
 
 
 # -- S3 notifications --------------------------------------------------------------------------

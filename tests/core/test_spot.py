@@ -26,6 +26,7 @@ from supervisor.core.effects import (
 from supervisor.core.errors import InvalidTransition
 from supervisor.core.events import (
     Action,
+    ActionSucceeded,
     Armed,
     CommandFinished,
     EffectFailed,
@@ -219,18 +220,19 @@ def test_a_warning_during_the_completion_checkpoint_lets_that_step_finish() -> N
 # -- interrupting: no stop call before the deadline is long past -------------------------------
 
 
-def _entered_from_grace() -> Run:
-    grace = make_run(
-        P.GRACE, spec=spot_spec(on_complete="terminate"), checkpoint=V,
-        pending_action=A.TERMINATE, process_exited=True,
+def _entered_after_completion() -> Run:
+    """Warned during the completion checkpoint, with a terminate to do once it is verified."""
+    completing = make_run(
+        P.CHECKPOINTING, spec=spot_spec(on_complete="terminate"), outcome=C,
+        pending_action=A.TERMINATE, checkpoint_tries=1,
     )  # fmt: skip
-    return run_step(grace, warning()).run
+    return run_step(completing, warning()).run
 
 
 INTERRUPTING_RUNS = [
     pytest.param(interrupting(), id="from-running"),
     pytest.param(interrupting(3), id="attempts-used-up"),
-    pytest.param(_entered_from_grace(), id="from-grace-with-terminate-pending"),
+    pytest.param(_entered_after_completion(), id="from-completion-with-terminate-pending"),
     pytest.param(run_step(make_run(P.PENDING, spec=spot_spec()), warning()).run,
                  id="from-pending"),
 ]  # fmt: skip
@@ -497,9 +499,13 @@ def _warned(run: Run) -> Run:
     return run_step(run, warning()).run
 
 
-def _warned_in_grace(checkpoint: CheckpointStatus | None, **spec: Any) -> Run:
-    grace = make_run(P.GRACE, spec=spot_spec(**spec), checkpoint=checkpoint, process_exited=True)
-    return _warned(grace)
+def _completed_and_warned(checkpoint: CheckpointStatus | None, **spec: Any) -> Run:
+    """Training had completed when the warning came (during the completion checkpoint, whose
+    result is `checkpoint`; before a warning in grace ended the grace, also from grace)."""
+    return make_run(
+        P.INTERRUPTING, spec=spot_spec(**spec), outcome=C, checkpoint=checkpoint,
+        interrupt_deadline=DEADLINE, process_exited=True,
+    )  # fmt: skip
 
 
 LATE = "instance still running 300s after the interruption deadline"
@@ -513,16 +519,18 @@ OVERDUE_CASES = [
     pytest.param(_warned(make_run(P.RUNNING, spec=make_spec(spot=True))), P.RUNNING, None,
                  (LIST_TOP,), f"{LATE}; AWS did not take it back: watching the run again",
                  id="no-checkpoint-step-training-goes-on"),
-    pytest.param(_warned_in_grace(V), P.STOPPING, C, (STOP,),
+    pytest.param(_completed_and_warned(V), P.STOPPING, C, (STOP,),
                  f"{LATE}; training had completed; stop requested (on_complete=stop)",
                  id="completed-on-complete-stop"),
-    pytest.param(_entered_from_grace(), P.TERMINATING, C, (TERMINATE,),
+    pytest.param(run_step(_entered_after_completion(), checked()).run, P.TERMINATING, C,
+                 (TERMINATE,),
                  f"{LATE}; training had completed; terminate requested (on_complete=terminate)",
                  id="completed-terminate-verified"),
-    pytest.param(_warned_in_grace(UV, on_complete="terminate"), P.STOPPING, C, (STOP,),
+    pytest.param(_completed_and_warned(UV, on_complete="terminate"), P.STOPPING, C, (STOP,),
                  "terminate requested (on_complete=terminate); downgraded to stop",
                  id="completed-terminate-unverified"),
-    pytest.param(_warned_in_grace(None, checkpoint_dir=None, on_complete="none"), P.DONE, C, (),
+    pytest.param(_completed_and_warned(None, checkpoint_dir=None, on_complete="none"), P.DONE,
+                 C, (),
                  f"{LATE}; training had completed; on_complete=none leaves the instance running",
                  id="completed-on-complete-none"),
 ]
@@ -762,11 +770,12 @@ def _taken_after(run: Run) -> Decision:
 @pytest.mark.parametrize(
     ("run", "outcome"),
     [
-        (make_run(P.GRACE, spec=spot_spec(**RESUME), checkpoint=V, process_exited=True), C),
+        (make_run(P.CHECKPOINTING, spec=spot_spec(**RESUME), outcome=C, pending_action=A.STOP,
+                  checkpoint_tries=1), C),
         (make_run(P.CHECKPOINTING, spec=spot_spec(**RESUME), outcome=X, pending_action=A.STOP,
                   checkpoint_tries=1), X),
     ],
-    ids=["completed-in-grace", "stop-requested-by-user"],
+    ids=["completed-in-its-checkpoint-step", "stop-requested-by-user"],
 )  # fmt: skip
 def test_a_run_that_had_already_ended_its_training_is_not_resumed_after_an_interruption(
     run: Run, outcome: Outcome
@@ -799,3 +808,119 @@ def test_no_resume_is_asked_for_a_terminated_spot_instance_without_a_launch_temp
     d = interrupted_run(V, on_interruption="resume")
     assert d.effects == ()
     assert "launch_template" in d.run.reason
+
+
+# -- a warning in grace: the training is over, so the grace ends at once ----------------------
+
+# fmt: off
+GRACE_WARNED = [
+    pytest.param("terminate", V, P.TERMINATING, (TERMINATE,), "terminate requested", None,
+                 id="terminate-verified"),
+    pytest.param("terminate", UV, P.STOPPING, (STOP,), "downgraded to stop", "terminate->stop",
+                 id="terminate-unverified-becomes-stop"),
+    pytest.param("stop", V, P.STOPPING, (STOP,), "stop requested", None, id="stop"),
+    pytest.param("none", V, P.DONE, (), "on_complete=none leaves the instance running", None,
+                 id="none"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(
+    ("on_complete", "checkpoint", "to", "effects", "says", "downgraded"), GRACE_WARNED
+)
+@pytest.mark.parametrize("seconds_left", [100, 3, -20], ids=["in-time", "late", "past-deadline"])
+def test_a_warning_in_grace_carries_out_the_runs_action_at_the_moment_it_arrives(
+    on_complete: str,
+    checkpoint: CheckpointStatus,
+    to: Phase,
+    effects: tuple[ActOnInstance, ...],
+    says: str,
+    downgraded: str | None,
+    seconds_left: float,
+) -> None:
+    grace = make_run(
+        P.GRACE, spec=spot_spec(on_complete=on_complete, **RESUME), checkpoint=checkpoint,
+        process_exited=True,
+    )  # fmt: skip
+    assert grace.grace_until is not None and grace.grace_until > at(60)
+    # The warning is taken a minute into the grace, long before its end (or the deadline's).
+    d = run_step(grace, warning(seconds_left), now=at(60))
+    assert (d.run.phase, d.run.outcome, d.effects) == (to, C, effects)
+    assert d.transition is not None and d.transition.at == at(60)
+    assert d.run.reason.startswith("spot interruption warning (terminate, ")
+    assert "training had completed: grace ended" in d.run.reason and says in d.run.reason
+    assert d.transition.detail["deadline"] == at(seconds_left).isoformat()
+    assert d.transition.detail.get("downgraded") == downgraded
+    assert d.run.interrupt_deadline is None  # no overdue wait: nothing is left to AWS
+
+
+def test_a_stop_started_by_a_warning_in_grace_ends_as_the_grace_would_have() -> None:
+    grace = make_run(P.GRACE, spec=spot_spec(**RESUME), checkpoint=V, process_exited=True)
+    stopping = run_step(grace, warning(), now=at(5)).run
+    stopped = run_step(stopping, ActionSucceeded(A.STOP, S.STOPPED), now=at(6))
+    assert (stopped.run.phase, stopped.run.outcome, stopped.effects) == (P.STOPPED, C, ())
+    # AWS taking the instance instead ends it the same way, and nothing resumes a completed run.
+    taken_back = run_step(stopping, InstanceObserved(S.TERMINATED), now=at(90))
+    assert (taken_back.run.phase, taken_back.run.outcome) == (P.TERMINATED, C)
+    assert [e for e in taken_back.effects if isinstance(e, AutoResume)] == []
+
+
+# -- a spot instance gone while pending: the outcome does not depend on the order -------------
+
+
+def _fed(run: Run, *events: Event, now: datetime = NOW) -> tuple[Run, list[Any]]:
+    """Feed `events` in order, as the monitor does; an event the phase refuses changes nothing
+    (the queue consumer audits it). Returns the run and every effect asked for."""
+    effects: list[Any] = []
+    for event in events:
+        try:
+            d = run_step(run, event, now=now)
+        except InvalidTransition:
+            continue
+        run = d.run
+        effects += d.effects
+    return run, effects
+
+
+def _gone_in_order(order: str, last_look: PrefixListed | EffectFailed) -> tuple[Event, ...]:
+    """The warning, the sweep that finds the instance gone and the last look it asks for,
+    in one of the orders they can arrive in."""
+    gone = InstanceObserved(S.TERMINATED)
+    orders: dict[str, tuple[Event, ...]] = {
+        "warning-then-sweep": (warning(), gone, last_look),
+        "sweep-then-warning": (gone, last_look, warning()),
+        "warning-during-the-last-look": (gone, warning(), last_look),
+    }
+    return orders[order]
+
+
+GONE_ORDERS = ["warning-then-sweep", "sweep-then-warning", "warning-during-the-last-look"]
+PENDING_SPECS = {
+    "checkpointed": {},
+    "no-checkpoint-dir": {"checkpoint_dir": None},
+    "resume": RESUME,
+}
+LOOKS: dict[str, tuple[PrefixListed | EffectFailed, Outcome]] = {
+    "nothing": (NOTHING, INT),
+    "log-only": (listed("logs/train.log"), INT),
+    "failure-marker": (listed("FAILED"), INT),
+    "completion-marker": (listed("done"), C),
+    "listing-failed": (LIST_FAILED, INT),
+}
+
+
+@pytest.mark.parametrize("look", list(LOOKS))
+@pytest.mark.parametrize("spec", list(PENDING_SPECS))
+def test_a_pending_spot_instance_taken_back_ends_the_same_whichever_event_comes_first(
+    spec: str, look: str
+) -> None:
+    last_look, outcome = LOOKS[look]
+    pending = make_run(P.PENDING, spec=spot_spec(**PENDING_SPECS[spec]))
+    ends = {order: _fed(pending, *_gone_in_order(order, last_look)) for order in GONE_ORDERS}
+    for order, (run, effects) in ends.items():
+        assert (run.phase, run.outcome) == (P.INTERRUPTED, outcome), (order, run.reason)
+        assert [e for e in effects if isinstance(e, ActOnInstance)] == [], order
+        resumes = [e for e in effects if isinstance(e, AutoResume)]
+        expected = [AutoResume(from_scratch=True)] if spec == "resume" and outcome is INT else []
+        assert resumes == expected, order
+    assert len({(run.phase, run.outcome, run.attempt) for run, _ in ends.values()}) == 1

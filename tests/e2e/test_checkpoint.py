@@ -26,6 +26,8 @@ import pytest
 
 from tests.conftest import BUCKET, Fleet
 from tests.e2e.conftest import TERMINAL, Cli, assert_chained, pid_alive, wait_for
+from tests.runtime.test_events import Events, spot_warning, state_change
+from tests.runtime.test_events_delivery import Topic
 
 pytestmark = pytest.mark.e2e
 
@@ -429,3 +431,38 @@ def test_resume_restores_the_verified_checkpoint_and_restarts_training(
     started = run["transitions"][-1]
     assert started["detail"]["pid"] == pid
     assert started["detail"]["from_scratch"] is False
+
+
+def test_an_untimed_spot_warning_through_sns_checkpoints_the_real_daemons_run(
+    cli: Cli, fleet: Fleet, lab: Lab
+) -> None:
+    # EventBridge -> SNS -> SQS, as real moto queues and topics; the warning has an empty time.
+    events = Events(fleet, "e2e-spot-sns")
+    topic = Topic(fleet, events, raw=False)
+    cli.start_daemon(SUPERVISOR_EVENTS_QUEUE_URL=events.url, SUPERVISOR_EVENTS_WAIT_S="1")
+    trainer = lab.start_trainer()
+    (instance,) = fleet.launch()
+    flags = checkpoint_flags(trainer, "--sigterm-timeout-s", "10")
+    cli.attach("ck-spot", instance, fleet.prefix("ck-spot"), *flags, "--spot")
+    cli.wait_db_phase("ck-spot", "running")
+
+    warning = spot_warning(instance)
+    warning["time"] = ""
+    topic.publish(warning)
+    cli.wait_phase("ck-spot", "interrupting")
+    assert trainer.process.wait(timeout=15) == 0  # SIGTERM: final checkpoint saved, exited
+    wait_for(
+        lambda: cli.ctl_json("status", "ck-spot", "--json")["checkpoint"] == "verified",
+        CHECKPOINT_TIMEOUT_S,
+        "ck-spot's checkpoint to be verified",
+    )
+    fleet.terminate(instance)  # AWS taking the instance back
+    topic.publish(state_change(instance, "terminated"))
+    run = cli.wait_phase("ck-spot", "interrupted")
+    assert (run["outcome"], run["checkpoint"]) == ("interrupted", "verified")
+    assert phases(run) == ["pending", "running", "interrupting", "interrupted"]
+    interrupting = transition_to(run, "interrupting")
+    # Without a time, the notice counts from when the daemon received the warning.
+    assert 90 < interrupting["detail"]["seconds_left"] <= 120 - 15
+    (final,) = trainer.checkpoint_dir.glob("step_*_final.pt")
+    assert read_manifest(fleet, "ck-spot")["checkpoint"] == final.name

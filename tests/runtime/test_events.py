@@ -379,8 +379,16 @@ async def test_a_marker_event_ends_the_run_within_seconds_once_in_both_s3_shapes
     await events.drained()
     assert len(await history(harness, "direct")) == 5
     assert harness.calls("StopInstances") == 2
-    late = [(a["kind"], a["subject"], a["detail"]["state"]) for a in await audit(harness)]
-    assert late == [("unowned", direct, "stopped"), ("unowned", direct, "stopping")]
+    # Both came after the run ended: recorded against it (not as unowned), with its end.
+    entries = await audit(harness)
+    late = [(a["kind"], a["subject"], a["detail"]["state"]) for a in entries]
+    assert late == [("ended-run", direct, "stopped"), ("ended-run", direct, "stopping")]
+    stopped = await harness.run("direct")
+    for entry in entries:
+        assert entry["detail"]["run_id"] == "direct"
+        assert (entry["detail"]["phase"], entry["detail"]["outcome"]) == ("stopped", "completed")
+        assert entry["detail"]["ended_at"] == stopped.phase_since.isoformat()
+        assert entry["detail"]["notification"] == "Ec2StateChange"
 
 
 # -- 2, 4, 8: an instance gone; junk on the queue ---------------------------------------------

@@ -156,9 +156,13 @@ async def test_a_state_change_is_deleted_only_after_its_transition_and_a_redeliv
     assert (harness.calls("StopInstances"), harness.calls("TerminateInstances")) == (0, 0)
     assert consumer.handled == 2
     assert events.depth() == (0, 0)
-    late = [(a["kind"], a["subject"], a["detail"]["state"]) for a in await audit(harness)]
-    assert sorted(late) == sorted([("unowned", ondemand, "terminated"),
-                                   ("unowned", spot, "terminated")])  # fmt: skip
+    # The redeliveries came after the runs ended: recorded against them, not as unowned.
+    late = [
+        (a["kind"], a["subject"], a["detail"]["state"], a["detail"]["run_id"])
+        for a in await audit(harness)
+    ]
+    assert sorted(late) == sorted([("ended-run", ondemand, "terminated", "ondemand"),
+                                   ("ended-run", spot, "terminated", "spot")])  # fmt: skip
     assert (await harness.store.attachments("ondemand"))[0].uri == (
         f"s3://{BUCKET}/runs/ondemand/crash/error.log"
     )
