@@ -51,8 +51,6 @@ from tests.runtime.waiting import wait_for
 P = Phase
 NOTICE_LEFT_S = 120 - 15  # the two-minute notice less the default spot margin
 
-pytestmark = pytest.mark.timeout(90)
-
 
 class Topic:
     """A real moto SNS topic with the events queue subscribed, as EventBridge -> SNS -> SQS is
@@ -203,7 +201,7 @@ async def test_a_spot_warning_in_grace_terminates_a_verified_run_at_once_with_th
     await timed.wait_phase("r1", P.RUNNING)
     timed.fleet.put("runs/r1/COMPLETE")
     events.send(s3_put("runs/r1/COMPLETE"))
-    run = await timed.wait_phase("r1", P.GRACE, within_s=15)
+    run = await timed.wait_phase("r1", P.GRACE)
     assert (run.outcome, run.checkpoint) == (Outcome.COMPLETED, CheckpointStatus.VERIFIED)
 
     # From here the daemon's time stands still: only the warning can end the grace.

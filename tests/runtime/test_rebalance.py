@@ -34,7 +34,7 @@ from tests.runtime.test_events import (
     spot_warning,
 )
 from tests.runtime.trainers import Trainer, Trainers, pid_in
-from tests.runtime.waiting import wait_for
+from tests.runtime.waiting import WAIT_S, wait_for
 
 P = Phase
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "aws-events"
@@ -124,14 +124,14 @@ async def settled(daemon: Daemon, run_id: str) -> None:
         finished = events.count("command_finished") == events.count("command_sent")
         return finished and not monitor.busy
 
-    await wait_for(done, within_s=15, what=f"{run_id}'s commands to finish")
+    await wait_for(done, what=f"{run_id}'s commands to finish")
 
 
 async def verified_early(harness: Harness, run_id: str) -> Run:
     async def verified() -> bool:
         return (await harness.run(run_id)).verified_attempt is not None
 
-    await wait_for(verified, within_s=15, what=f"{run_id}'s early checkpoint verified")
+    await wait_for(verified, what=f"{run_id}'s early checkpoint verified")
     return await harness.run(run_id)
 
 
@@ -173,7 +173,7 @@ async def test_a_recommendation_uploads_an_early_checkpoint_while_training_goes_
     assert not manifest["checkpoint"].endswith("_final.pt"), "not a final checkpoint"
     assert not list(trainer.checkpoint_dir.glob("step_*_final.pt"))
 
-    await handled(daemon, 2, within_s=15)
+    await handled(daemon, 2, within_s=WAIT_S)
     await events.drained()
     await settled(daemon, "rb")
     assert shell.most_at_once == 1, "two early checkpoints were under way at once"
@@ -259,7 +259,7 @@ async def test_a_repeat_received_during_an_early_checkpoint_starts_no_second_one
 
     await wait_for(received, within_s=REACT_S, what="the repeat to be received")
     shell.gate.set()
-    await handled(daemon, 2, within_s=15)
+    await handled(daemon, 2, within_s=WAIT_S)
     await settled(daemon, "rb")
 
     assert shell.early == 1
