@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from supervisor.adapters.control import ControlError, DaemonNotAnswering, DaemonNotRunning
 from supervisor.core.errors import InvalidInput
 from supervisor.core.spec import describe_validation_error
-from supervisor.runtime.settings import ENV_PREFIX, Settings, find_config_file
+from supervisor.runtime.settings import CONFIG_ENV, ENV_PREFIX, Settings, find_config_file
 
 STATE_DIR_ENV = f"{ENV_PREFIX}STATE_DIR"
 
@@ -33,6 +33,10 @@ def load_settings(config: Path | None) -> Settings:
     absolute state directory: from `SUPERVISOR_STATE_DIR` relative to the working directory,
     from a config file relative to that file."""
     config_file = find_config_file(config)
+    if config is None and config_file is not None and not config_file.is_file():
+        if os.environ.get(CONFIG_ENV):
+            fail(f"{CONFIG_ENV} names {config_file}, which is not a file: fix or unset it")
+        fail(f"the default settings file {config_file} is not a file: make it one or remove it")
     try:
         settings = Settings.load(config_file)
     except InvalidInput as exc:

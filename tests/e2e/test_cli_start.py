@@ -155,6 +155,9 @@ def test_supervisorctl_finds_the_state_dir_of_the_config_file_supervisord_read(
         assert_one_line_refusal(elsewhere, str(workdir / "other-state" / "supervisord.sock"))
         flag = run(SUPERVISORCTL, "--config", str(default), "status", env=with_env, cwd=workdir)
         assert flag.returncode == 0, flag
+        missing = {**env, "SUPERVISOR_CONFIG": "missing.toml"}
+        named = run(SUPERVISORCTL, "status", env=missing, cwd=workdir)
+        assert_one_line_refusal(named, "SUPERVISOR_CONFIG", str(workdir / "missing.toml"))
 
         daemon.stop_daemon()
 
