@@ -323,6 +323,13 @@ class ControlClient:
             if isinstance(exc, aiohttp.ConnectionTimeoutError) or waited is None:
                 waited = self._timeout.sock_connect
             raise DaemonNotAnswering(self.socket_path, waited or 0.0, self._pid()) from exc
+        except aiohttp.ClientError as exc:  # the daemon closed the connection mid-answer
+            why = str(exc) or type(exc).__name__
+            raise ControlError(
+                f"supervisord closed the connection on {self.socket_path} ({why}): it may "
+                "have exited; check `supervisord status`",
+                "internal",
+            ) from exc
 
     def _pid(self) -> int | None:
         if self._pid_path is None:

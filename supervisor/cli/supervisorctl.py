@@ -68,6 +68,10 @@ completion: any of the markers {", ".join(DEFAULT_MARKERS)} (change with --marke
 under the run prefix; or every --expect key present and unchanged across two checks.
 A {DEFAULT_FAILURE_MARKER} marker means the job crashed; its text is recorded as the reason.
 
+daemon: found through its state directory: SUPERVISOR_STATE_DIR, else state_dir in the
+settings file supervisord reads (--config, else $SUPERVISOR_CONFIG, else
+~/.config/supervisor/supervisord.toml). SUPERVISOR_CLIENT_TIMEOUT_S (60) bounds the wait.
+
 exit codes: 0 success, 1 error, 2 usage.
 """
 

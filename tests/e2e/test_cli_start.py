@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import Fleet
 from tests.e2e.conftest import (
     COMMAND_TIMEOUT_S,
     SUPERVISORCTL,
@@ -194,8 +195,12 @@ def test_two_starts_at_once_one_daemon_and_the_other_names_the_lock_holder(cli: 
     assert daemons_of(cli.state_dir) == []
 
 
-def test_a_stopped_daemon_times_out_and_a_killed_one_leaves_a_stale_socket(cli: Cli) -> None:
+def test_a_stopped_daemon_times_out_and_a_killed_one_leaves_a_stale_socket(
+    cli: Cli, fleet: Fleet
+) -> None:
     pid = cli.start_daemon()
+    (instance,) = fleet.launch(1)
+    cli.attach("followed", instance, fleet.prefix("followed"))
     quick = {"SUPERVISOR_CLIENT_TIMEOUT_S": "1"}
 
     os.kill(pid, signal.SIGSTOP)
@@ -208,7 +213,25 @@ def test_a_stopped_daemon_times_out_and_a_killed_one_leaves_a_stale_socket(cli: 
         assert_one_line_refusal(done, f"pid {pid}", str(cli.socket_path), "did not answer")
     assert cli.ctl("status").returncode == 0
 
-    cli.kill_daemon()
+    follow = subprocess.Popen(
+        [SUPERVISORCTL, "tail", "-f", "followed"],
+        env=cli.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert follow.stdout is not None
+        assert "attached" in follow.stdout.readline()  # connected and streaming
+        cli.kill_daemon()
+        _, cut = follow.communicate(timeout=COMMAND_TIMEOUT_S)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            follow.kill()
+    assert follow.returncode == 1, cut
+    assert "Traceback" not in cut and len(cut.strip().splitlines()) == 1, cut
+    assert "closed the connection" in cut
+
     assert cli.socket_path.exists()
     stale = cli.ctl("status")
     assert_one_line_refusal(stale, f"stale socket {cli.socket_path} from pid {pid}")
