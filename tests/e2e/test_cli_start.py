@@ -13,6 +13,7 @@ import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -127,7 +128,9 @@ def test_relative_config_and_state_dir_are_resolved_from_the_working_directory(
         assert from_env.socket_path.is_socket()
         listed = run(SUPERVISORCTL, "status", env=env_rel, cwd=workdir)
         assert listed.returncode == 0, listed
+        assert daemons_of(workdir / "rel-state") == [pid]
         from_env.stop_daemon()
+        assert daemons_of(workdir / "rel-state") == []
 
 
 def test_supervisorctl_finds_the_state_dir_of_the_config_file_supervisord_read(
@@ -277,12 +280,14 @@ def test_bad_spec_files_and_a_state_dir_that_is_a_file_give_one_line(
     a_file = workdir / "not-a-dir"
     a_file.write_text("")
     as_file = {"SUPERVISOR_STATE_DIR": str(a_file)}
-    for program, args in (
+    commands = (
         (SUPERVISORCTL, ("status",)),
         (SUPERVISORCTL, ("runs",)),
         (SUPERVISORD, ("start",)),
         (SUPERVISORD, ("start", "--foreground")),
         (SUPERVISORD, ("status",)),
-    ):
-        done = cli._run(program, args, as_file)
+    )
+    with ThreadPoolExecutor(max_workers=2) as pool:  # each is CPU-bound start-up
+        results = list(pool.map(lambda c: cli._run(c[0], c[1], as_file), commands))
+    for done in results:
         assert_one_line_refusal(done, str(a_file), "not a directory")
