@@ -48,7 +48,15 @@ bench: $(STAMP)
 soak: $(STAMP)
 	$(BIN)/python -m tests.soak $(SOAK_ARGS)
 
-demo: $(STAMP)
+# The demo's extra only (moto), on top of the venv; `make install` has it already.
+DEMO_STAMP  := $(VENV)/.demo-installed
+
+$(DEMO_STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -c constraints.txt -e '.[demo]'
+	touch $@
+
+demo: $(DEMO_STAMP)
 	$(BIN)/python -m supervisor.demo
 
 clean:

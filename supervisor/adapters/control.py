@@ -232,10 +232,27 @@ def _byte_count(query: Mapping[str, str], name: str) -> int | None:
 
 
 class DaemonNotRunning(SupervisorError):
-    def __init__(self, socket_path: Path) -> None:
+    def __init__(self, socket_path: Path, *, stale: bool = False, pid: int | None = None) -> None:
+        """`stale`: the socket file is there but nothing listens (a daemon killed with -9);
+        `pid`: the dead daemon's, from its pid file."""
+        if stale:
+            owner = f" from pid {pid}" if pid is not None else ""
+            what = f"stale socket {socket_path}{owner}: the daemon did not exit cleanly"
+        else:
+            what = f"no socket at {socket_path}"
+        super().__init__(f"supervisord is not running ({what}): start it with `supervisord start`")
+
+
+class DaemonNotAnswering(SupervisorError):
+    """The socket accepts connections but the daemon sent nothing for `timeout_s` (stopped
+    with SIGSTOP, or stuck)."""
+
+    def __init__(self, socket_path: Path, timeout_s: float, pid: int | None) -> None:
+        owner = f"supervisord (pid {pid})" if pid is not None else "supervisord"
+        check = f"`ps -o stat= -p {pid}` (T: stopped, resume it with `kill -CONT {pid}`)"
         super().__init__(
-            f"supervisord is not running (no socket at {socket_path}): "
-            "start it with `supervisord start`"
+            f"{owner} did not answer within {timeout_s:g}s on socket {socket_path}: it may be "
+            f"stopped or stuck; check {check if pid is not None else 'its process'}"
         )
 
 
@@ -250,10 +267,14 @@ class ControlError(SupervisorError):
 class ControlClient:
     """`async with ControlClient(path) as client:` then call the daemon's endpoints."""
 
-    def __init__(self, socket_path: Path, *, timeout_s: float | None = 60.0) -> None:
+    def __init__(
+        self, socket_path: Path, *, timeout_s: float | None = 60.0, pid_path: Path | None = None
+    ) -> None:
         """`timeout_s`: the longest wait for the daemon's next bytes; None for a followed
-        stream, which may be quiet for long (a log that stops growing for a while)."""
+        stream, which may be quiet for long (a log that stops growing for a while).
+        `pid_path`: the daemon's pid file, read only to name the pid in an error."""
         self.socket_path = socket_path
+        self._pid_path = pid_path
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=timeout_s)
         self._session: aiohttp.ClientSession | None = None
 
@@ -295,7 +316,29 @@ class ControlClient:
                     raise ControlError(reply.error, reply.kind)
                 yield response
         except aiohttp.ClientConnectorError as exc:
-            raise DaemonNotRunning(self.socket_path) from exc
+            stale = isinstance(exc.os_error, ConnectionRefusedError) and self.socket_path.exists()
+            raise DaemonNotRunning(self.socket_path, stale=stale, pid=self._pid()) from exc
+        except TimeoutError as exc:  # aiohttp's read and connect timeouts are TimeoutErrors
+            waited = self._timeout.sock_read
+            if isinstance(exc, aiohttp.ConnectionTimeoutError) or waited is None:
+                waited = self._timeout.sock_connect
+            raise DaemonNotAnswering(self.socket_path, waited or 0.0, self._pid()) from exc
+        except aiohttp.ClientError as exc:  # the daemon closed the connection mid-answer
+            why = str(exc) or type(exc).__name__
+            raise ControlError(
+                f"supervisord closed the connection on {self.socket_path} ({why}): it may "
+                "have exited; check `supervisord status`",
+                "internal",
+            ) from exc
+
+    def _pid(self) -> int | None:
+        if self._pid_path is None:
+            return None
+        try:
+            text = self._pid_path.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return int(text) if text.isdigit() else None
 
     async def _get(
         self, model: type[_M], method: str, path: str, body: BaseModel | None = None

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
 
+from pydantic import ValidationError
+
+from supervisor.adapters.control import ControlError, DaemonNotAnswering, DaemonNotRunning
 from supervisor.core.errors import InvalidInput
-from supervisor.runtime.settings import Settings
+from supervisor.core.spec import describe_validation_error
+from supervisor.runtime.settings import CONFIG_ENV, ENV_PREFIX, Settings, find_config_file
+
+STATE_DIR_ENV = f"{ENV_PREFIX}STATE_DIR"
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -20,10 +29,52 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
 
 
 def load_settings(config: Path | None) -> Settings:
+    """The settings both commands share (`find_config_file` says which file), with an
+    absolute state directory: from `SUPERVISOR_STATE_DIR` relative to the working directory,
+    from a config file relative to that file."""
+    config_file = find_config_file(config)
+    if config is None and config_file is not None and not config_file.is_file():
+        if os.environ.get(CONFIG_ENV):
+            fail(f"{CONFIG_ENV} names {config_file}, which is not a file: fix or unset it")
+        fail(f"the default settings file {config_file} is not a file: make it one or remove it")
     try:
-        return Settings.load(config)
+        settings = Settings.load(config_file)
     except InvalidInput as exc:
         fail(str(exc))
+    state_dir = settings.state_dir.expanduser()
+    if not state_dir.is_absolute():
+        from_env = any(name.upper() == STATE_DIR_ENV for name in os.environ)
+        base = config_file.parent if config_file is not None and not from_env else Path.cwd()
+        state_dir = base / state_dir
+    settings = settings.model_copy(update={"state_dir": state_dir.absolute()})
+    if settings.state_dir.exists() and not settings.state_dir.is_dir():
+        fail(
+            f"state directory {settings.state_dir} is not a directory: set "
+            f"{STATE_DIR_ENV} (or state_dir in the config file) to a directory"
+        )
+    return settings
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn what a user can cause outside the argument checks into one line and an exit
+    status, never a traceback: a daemon that is down or does not answer, a file that cannot
+    be read, values a model refused, a reader that closed our output early."""
+    try:
+        yield
+    except (DaemonNotRunning, DaemonNotAnswering, ControlError) as exc:
+        fail(str(exc))
+    except ValidationError as exc:
+        fail(describe_validation_error(exc), EXIT_USAGE)
+    except BrokenPipeError:
+        # The reader (`| head -1`) is gone: point stdout at /dev/null so the interpreter's
+        # final flush does not fail again, and say why the output stopped.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        fail("output closed early (broken pipe): the rest was not written")
+    except OSError as exc:
+        name = f" {exc.filename}" if exc.filename else ""
+        fail(f"cannot use{name}: {exc.strerror or exc}")
 
 
 def ago(moment: datetime | None, now: datetime | None = None) -> str:

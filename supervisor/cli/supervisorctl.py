@@ -14,8 +14,6 @@ from typing import Any
 from supervisor import __version__
 from supervisor.adapters.control import (
     ControlClient,
-    ControlError,
-    DaemonNotRunning,
     jsonable,
     parse_since_days,
 )
@@ -29,13 +27,22 @@ from supervisor.adapters.protocol import (
     TailItem,
     ZombieList,
 )
-from supervisor.cli.common import EXIT_OK, EXIT_USAGE, ago, duration, fail, load_settings
+from supervisor.cli.common import (
+    EXIT_OK,
+    EXIT_USAGE,
+    ago,
+    duration,
+    fail,
+    load_settings,
+    user_errors,
+)
 from supervisor.cli.queries import QUERY_COMMANDS, add_query_commands, run_query
 from supervisor.core.attachments import AttachmentKind
 from supervisor.core.errors import InvalidInput
 from supervisor.core.spec import DEFAULT_FAILURE_MARKER, DEFAULT_MARKERS
 from supervisor.core.zombies import RUN_TAG
 from supervisor.runconfig import load_config_file
+from supervisor.runtime.settings import Settings
 
 DESCRIPTION = """\
 Control the training-run supervisor (supervisord): attach runs, see their phase, follow them.
@@ -61,6 +68,10 @@ completion: any of the markers {", ".join(DEFAULT_MARKERS)} (change with --marke
 under the run prefix; or every --expect key present and unchanged across two checks.
 A {DEFAULT_FAILURE_MARKER} marker means the job crashed; its text is recorded as the reason.
 
+daemon: found through its state directory: SUPERVISOR_STATE_DIR, else state_dir in the
+settings file supervisord reads (--config, else $SUPERVISOR_CONFIG, else
+~/.config/supervisor/supervisord.toml). SUPERVISOR_CLIENT_TIMEOUT_S (60) bounds the wait.
+
 exit codes: 0 success, 1 error, 2 usage.
 """
 
@@ -79,7 +90,9 @@ def _parser() -> argparse.ArgumentParser:
         "--config",
         type=Path,
         metavar="FILE",
-        help="the daemon's TOML settings file (to find its state directory)",
+        help="the daemon's TOML settings file, to find its state directory (default: "
+        "$SUPERVISOR_CONFIG, else ~/.config/supervisor/supervisord.toml if it exists: the "
+        "file supervisord reads)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -485,17 +498,16 @@ def _since_days(text: str) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = load_settings(args.config)
-    if args.command in QUERY_COMMANDS:  # read the database file: no daemon needed
-        return run_query(args, settings.db_path)
-    try:
-        return asyncio.run(_run(args, settings.socket_path))
-    except (ControlError, DaemonNotRunning) as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        return EXIT_OK
+    with user_errors():
+        if args.command in QUERY_COMMANDS:  # read the database file: no daemon needed
+            return run_query(args, settings.db_path)
+        try:
+            return asyncio.run(_run(args, settings))
+        except KeyboardInterrupt:
+            return EXIT_OK
 
 
-async def _run(args: argparse.Namespace, socket_path: Path) -> int:
+async def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "tail" and not args.training:
         flags = {"--key": args.key, "--bytes": args.bytes, "--from-start": args.from_start or None}
         given = [flag for flag, value in flags.items() if value is not None]
@@ -503,7 +515,10 @@ async def _run(args: argparse.Namespace, socket_path: Path) -> int:
             fail(f"{', '.join(given)}: only with --training (the training log)", EXIT_USAGE)
     follow = args.command == "tail" and args.follow
     # A followed stream may be quiet for minutes (no check due, a log not growing).
-    async with ControlClient(socket_path, timeout_s=None if follow else 60.0) as client:
+    timeout_s = None if follow else settings.client_timeout_s
+    async with ControlClient(
+        settings.socket_path, timeout_s=timeout_s, pid_path=settings.pid_path
+    ) as client:
         if args.command == "attach":
             run = await client.attach(_attach_request(args))
             _print_run(run, as_json=args.json, verb="attached")

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 from supervisor import __version__
-from supervisor.adapters.control import ControlClient, DaemonNotRunning
-from supervisor.cli.common import EXIT_ERROR, EXIT_OK, ago, fail, load_settings
-from supervisor.core.errors import InvalidInput
+from supervisor.adapters.control import ControlClient
+from supervisor.cli.common import EXIT_OK, STATE_DIR_ENV, ago, fail, load_settings, user_errors
+from supervisor.core.errors import InvalidInput, SupervisorError
 from supervisor.runtime.service import (
     AlreadyRunning,
     lock_is_held,
@@ -23,9 +23,10 @@ from supervisor.runtime.service import (
     read_pid,
     run_foreground,
 )
-from supervisor.runtime.settings import Settings
+from supervisor.runtime.settings import Settings, find_config_file
 
 START_TIMEOUT_S = 30.0
+LOCK_PID_WAIT_S = 5.0
 
 DESCRIPTION = """\
 The training-run supervisor daemon. It watches every attached run (supervisorctl attach),
@@ -36,9 +37,14 @@ Not Supervisor the process manager: same command names, different program.
 """
 
 EPILOG = """\
-settings: SUPERVISOR_* environment variables, over a TOML file given with --config
-(see config/supervisord.example.toml), over defaults. AWS credentials, region and endpoint
-come from the standard AWS chain (AWS_PROFILE, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL).
+settings: SUPERVISOR_* environment variables, over a TOML file (see
+config/supervisord.example.toml), over defaults. The file is --config FILE, else
+$SUPERVISOR_CONFIG, else $XDG_CONFIG_HOME/supervisor/supervisord.toml (default
+~/.config/supervisor/supervisord.toml) if it exists; supervisorctl reads the same one, so it
+finds the daemon's state directory. Relative paths: --config and SUPERVISOR_STATE_DIR from the
+current directory, state_dir in the file from the file's directory. AWS credentials, region
+and endpoint come from the standard AWS chain (AWS_PROFILE, AWS_DEFAULT_REGION,
+AWS_ENDPOINT_URL).
 
 metrics: Prometheus text at GET /metrics on the control socket; set
 SUPERVISOR_METRICS_ADDR=127.0.0.1:9464 to serve it over TCP as well (loopback unless you
@@ -77,21 +83,25 @@ def _parser() -> argparse.ArgumentParser:
             "--config",
             type=Path,
             metavar="FILE",
-            help="TOML settings file (environment variables take precedence)",
+            help="TOML settings file (default: $SUPERVISOR_CONFIG, else "
+            "~/.config/supervisor/supervisord.toml if it exists; SUPERVISOR_* environment "
+            "variables take precedence over its keys)",
         )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    settings = load_settings(args.config)
-    if args.command == "start":
-        return _start(
-            settings, args.config, foreground=args.foreground, console=not args.detached_child
-        )
-    if args.command == "stop":
-        return _stop(settings)
-    return _status(settings, as_json=args.json)
+    config = find_config_file(args.config)
+    settings = load_settings(config)
+    with user_errors():
+        if args.command == "start":
+            return _start(
+                settings, config, foreground=args.foreground, console=not args.detached_child
+            )
+        if args.command == "stop":
+            return _stop(settings)
+        return _status(settings, as_json=args.json)
 
 
 def _start(settings: Settings, config: Path | None, *, foreground: bool, console: bool) -> int:
@@ -103,8 +113,7 @@ def _start(settings: Settings, config: Path | None, *, foreground: bool, console
         return EXIT_OK
     prepare_state_dir(settings.state_dir)
     if lock_is_held(settings.pid_path):
-        pid = read_pid(settings.pid_path)
-        fail(f"supervisord is already running (pid {pid}) for state directory {settings.state_dir}")
+        fail(_already_running(settings, _lock_holder(settings)))
     command = [
         sys.executable,
         "-m",
@@ -113,9 +122,10 @@ def _start(settings: Settings, config: Path | None, *, foreground: bool, console
         "--foreground",
         "--detached-child",
     ]
+    # Both absolute (load_settings, find_config_file): the child runs from `/`.
     if config is not None:
         command += ["--config", str(config)]
-    env = {**os.environ, "SUPERVISOR_STATE_DIR": str(settings.state_dir)}
+    env = {**os.environ, STATE_DIR_ENV: str(settings.state_dir)}
     log_fd = os.open(settings.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(log_fd, "ab") as log_file:
         child = subprocess.Popen(
@@ -130,28 +140,64 @@ def _start(settings: Settings, config: Path | None, *, foreground: bool, console
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if child.poll() is not None:
+            # Another `supervisord start` may have taken the lock between our check and our
+            # child's: then that daemon is the one running, and ours had nothing to do.
+            if lock_is_held(settings.pid_path):
+                fail(_already_running(settings, _lock_holder(settings)))
             fail(
                 f"supervisord exited with status {child.returncode} before it answered; "
                 f"last lines of {settings.log_path}:\n{_tail(settings.log_path)}"
             )
-        if settings.socket_path.exists() and _answers(settings):
+        # Only our own child's answer counts: a daemon started at the same time by another
+        # `supervisord start` answers on the same socket.
+        if _answering_pid(settings) == child.pid:
             print(f"supervisord started (pid {child.pid}); socket {settings.socket_path}")
             return EXIT_OK
         time.sleep(0.05)
-    child.terminate()
+    _end(child)
     fail(f"supervisord did not answer within {START_TIMEOUT_S:.0f}s; see {settings.log_path}")
 
 
-def _answers(settings: Settings) -> bool:
-    async def probe() -> bool:
+def _already_running(settings: Settings, pid: int | None) -> str:
+    holder = f"pid {pid}" if pid is not None else "pid unknown"
+    return (
+        f"supervisord is already running ({holder}) for state directory {settings.state_dir}: "
+        f"it holds the lock on {settings.pid_path.name}; stop it with `supervisord stop` first"
+    )
+
+
+def _lock_holder(settings: Settings) -> int | None:
+    """The pid in the lock file; the holder writes it just after taking the lock, so wait a
+    little for it rather than report no pid."""
+    deadline = time.monotonic() + LOCK_PID_WAIT_S
+    while (pid := read_pid(settings.pid_path)) is None and time.monotonic() < deadline:
+        if not lock_is_held(settings.pid_path):
+            return None
+        time.sleep(0.05)
+    return pid
+
+
+def _answering_pid(settings: Settings) -> int | None:
+    """The pid of the daemon answering on the socket, or None while none answers."""
+
+    async def probe() -> int | None:
         try:
             async with ControlClient(settings.socket_path, timeout_s=2) as client:
-                await client.status()
-        except (DaemonNotRunning, OSError):
-            return False
-        return True
+                return (await client.status()).pid
+        except (SupervisorError, OSError):
+            return None
 
     return asyncio.run(probe())
+
+
+def _end(child: subprocess.Popen[bytes]) -> None:
+    """Stop a child that never answered, so no daemon is left behind that nobody knows of."""
+    child.terminate()
+    try:
+        child.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
 
 
 def _tail(path: Path, lines: int = 10) -> str:
@@ -180,7 +226,9 @@ def _stop(settings: Settings) -> int:
 
 def _status(settings: Settings, *, as_json: bool) -> int:
     async def query() -> int:
-        async with ControlClient(settings.socket_path) as client:
+        async with ControlClient(
+            settings.socket_path, timeout_s=settings.client_timeout_s, pid_path=settings.pid_path
+        ) as client:
             status = await client.status()
         if as_json:
             print(status.model_dump_json(indent=2))
@@ -197,11 +245,7 @@ def _status(settings: Settings, *, as_json: bool) -> int:
             print(f"metrics: {status.metrics_url}")
         return EXIT_OK
 
-    try:
-        return asyncio.run(query())
-    except DaemonNotRunning as exc:
-        print(f"supervisord: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+    return asyncio.run(query())
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Daemon settings (pydantic-settings): `SUPERVISOR_*` environment variables over a TOML file
-given with `--config`, over defaults. AWS credentials, region and endpoint are not here: they
-come from the standard AWS chain."""
+(`--config`, else `$SUPERVISOR_CONFIG`, else the default file: `find_config_file`), over
+defaults. AWS credentials, region and endpoint are not here: they come from the standard AWS
+chain."""
 
 from __future__ import annotations
 
@@ -29,6 +30,27 @@ _SECRET_HINTS = ("secret", "token", "password", "key")
 def default_state_dir() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "supervisor"
+
+
+CONFIG_ENV = f"{ENV_PREFIX}CONFIG"
+"""Names the settings file when `--config` is not given. Not a setting itself."""
+
+
+def default_config_file() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "supervisor" / "supervisord.toml"
+
+
+def find_config_file(given: Path | None) -> Path | None:
+    """The settings file both commands read, so `supervisorctl` finds the daemon that
+    `supervisord` started: `--config`, else `$SUPERVISOR_CONFIG`, else the default file when
+    it exists. Absolute, so a detached daemon (cwd `/`) reads the same file."""
+    if given is None and os.environ.get(CONFIG_ENV):
+        given = Path(os.environ[CONFIG_ENV])
+    if given is None:
+        default = default_config_file()
+        return default.absolute() if default.exists() else None
+    return given.absolute()
 
 
 class Settings(BaseSettings):
@@ -67,6 +89,9 @@ class Settings(BaseSettings):
     metrics_addr: str | None = None
     """HOST:PORT (or :PORT, or PORT: host 127.0.0.1) for Prometheus `/metrics` over TCP;
     port 0 takes a free one. Unset: `/metrics` is on the control socket only."""
+    client_timeout_s: float = Field(60.0, gt=0, le=3600, allow_inf_nan=False)
+    """How long `supervisorctl` and `supervisord status` wait for the daemon's answer before
+    saying it does not answer (a followed `tail -f` waits as long as it takes)."""
     faults: str = ""
     """Testing only: a fault plan for AWS calls (see supervisor.adapters.faults)."""
 

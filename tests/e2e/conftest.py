@@ -309,10 +309,18 @@ def _reap_orphans() -> None:
 
 def daemon_env(aws: dict[str, str], state_dir: Path) -> dict[str, str]:
     """This process's environment without its SUPERVISOR_* settings, plus AWS pointed at moto,
-    the compressed timings and the state directory."""
+    the compressed timings and the state directory. XDG_CONFIG_HOME names a directory that
+    does not exist, so no settings file of the machine's user is read."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("SUPERVISOR_")}
     base.pop("AWS_PROFILE", None)
-    return {**base, **aws, **TIMINGS, "SUPERVISOR_STATE_DIR": str(state_dir)}
+    no_config = str(state_dir / "no-config")
+    return {
+        **base,
+        **aws,
+        **TIMINGS,
+        "SUPERVISOR_STATE_DIR": str(state_dir),
+        "XDG_CONFIG_HOME": no_config,
+    }
 
 
 @contextlib.contextmanager
