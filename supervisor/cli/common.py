@@ -2,28 +2,60 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
+import unicodedata
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
 
 from supervisor.core.errors import InvalidInput
-from supervisor.runtime.settings import Settings
+from supervisor.core.values import parse_run_id
+from supervisor.runtime.settings import Settings, unknown_variables
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     prog = Path(sys.argv[0]).name or "supervisor"
-    print(f"{prog}: {message}", file=sys.stderr)
+    print(f"{prog}: {printable(message)}", file=sys.stderr)
     raise SystemExit(code)
 
 
 def load_settings(config: Path | None) -> Settings:
+    for warning in unknown_variables(os.environ):
+        print(f"{Path(sys.argv[0]).name or 'supervisor'}: {warning}", file=sys.stderr)
     try:
         return Settings.load(config)
     except InvalidInput as exc:
         fail(str(exc))
+
+
+def run_id_argument(text: str) -> str:
+    """An argparse `type` for RUN_ID: checked as attach checks it, so no verb sends an id that
+    could name another run or route (`x/../RUN`, `RUN?x=1`)."""
+    try:
+        return parse_run_id(text)
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(printable(str(exc))) from None
+
+
+def printable(text: str) -> str:
+    """Text a job or a person controls (a FAILED marker's body, a reason, a name, a tag), safe
+    to print: control and format characters (terminal escape sequences, newlines, bidi
+    overrides) are escaped as Python writes them (\\x1b, \\n, \\u202e), so nothing the
+    text holds can drive the terminal or break a table's line. Every printer of the CLI's
+    tables and details passes such text through here."""
+    if text.isprintable():
+        return text
+    return "".join(_escaped(ch) for ch in text)
+
+
+def _escaped(ch: str) -> str:
+    if ch == " " or unicodedata.category(ch) not in ("Cc", "Cf", "Zl", "Zp"):
+        return ch
+    return repr(ch)[1:-1] if ch.isascii() else f"\\u{ord(ch):04x}"
 
 
 def ago(moment: datetime | None, now: datetime | None = None) -> str:
