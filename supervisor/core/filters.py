@@ -52,7 +52,8 @@ NO_OUTCOME = "none"
 _KEY = re.compile(r"[^\"\\]+")  # a config key or tag key: anything a JSON path can quote
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _FILTER = re.compile(r"(?P<field>[^=!<>]*?)\s*(?P<op>==|!=|<=|>=|=|<|>)\s*(?P<value>.*)", re.S)
-_SINCE = re.compile(r"\s*(?P<amount>\d+(?:\.\d+)?)\s*(?P<unit>[smhdw]?)\s*")
+# An exponent is taken (`str()` of a small float of days has one: 1.1574074074074073e-05).
+_SINCE = re.compile(r"\s*(?P<amount>\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)\s*(?P<unit>[smhdw]?)\s*")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 MAX_SINCE = timedelta(days=3660)
 
