@@ -18,14 +18,17 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
-    prog = Path(sys.argv[0]).name or "supervisor"
-    print(f"{prog}: {printable(message)}", file=sys.stderr)
+    print(f"{_prog()}: {printable(message)}", file=sys.stderr)
     raise SystemExit(code)
+
+
+def _prog() -> str:
+    return Path(sys.argv[0]).name or "supervisor"
 
 
 def load_settings(config: Path | None) -> Settings:
     for warning in unknown_variables(os.environ):
-        print(f"{Path(sys.argv[0]).name or 'supervisor'}: {warning}", file=sys.stderr)
+        print(f"{_prog()}: {warning}", file=sys.stderr)
     try:
         return Settings.load(config)
     except InvalidInput as exc:
@@ -53,9 +56,11 @@ def printable(text: str) -> str:
 
 
 def _escaped(ch: str) -> str:
-    if ch == " " or unicodedata.category(ch) not in ("Cc", "Cf", "Zl", "Zp"):
-        return ch
-    return repr(ch)[1:-1] if ch.isascii() else f"\\u{ord(ch):04x}"
+    if unicodedata.category(ch) not in ("Cc", "Cf", "Zl", "Zp"):
+        return ch  # letters, marks, symbols and spaces of any script are shown as they are
+    if ch.isascii():
+        return repr(ch)[1:-1]
+    return f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}"
 
 
 def ago(moment: datetime | None, now: datetime | None = None) -> str:
