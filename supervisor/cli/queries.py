@@ -55,7 +55,7 @@ how filters work (all given must hold):
                           compares as a number (metrics.val_loss<0.3); quote it to compare
                           text ('tag.seed="7"'). A run without the field never matches.
   --phase, --outcome      repeat for any of several; --outcome none: not ended yet
-  --since 7d              attached within the last 7 days (units s, m, h, d, w)
+  --since 7d              attached within the last 7 days (units s, m, h, d, w; none: days)
 
 Quote filters with < or > in the shell: --where 'metrics.val_loss<0.3'.
 These commands read the database file read-only: they work while supervisord is down.
