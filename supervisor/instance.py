@@ -656,7 +656,7 @@ def snapshot(
             if checkpoint is None:
                 raise Failure(
                     f"no checkpoint matching {' '.join(patterns)} in {directory}: "
-                    "check --checkpoint-dir and --pattern"
+                    "check the run's --checkpoint-dir and --checkpoint-pattern"
                 )
             log("checkpoint_found", checkpoint=checkpoint.name, kind=checkpoint.kind)
             began = time.monotonic()

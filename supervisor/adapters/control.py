@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
+from urllib.parse import quote
 
 import aiohttp
 import structlog
@@ -45,7 +46,9 @@ from supervisor.core.errors import (
     SupervisorError,
     UnknownRun,
 )
+from supervisor.core.filters import parse_since
 from supervisor.core.spec import describe_validation_error
+from supervisor.core.values import parse_run_id
 
 log = structlog.get_logger("supervisor.control")
 
@@ -161,18 +164,15 @@ class ControlServer:
         return _json(await self._handler.attach(body), 201)
 
     async def _detail(self, request: web.Request) -> web.Response:
-        return _json(await self._handler.run_detail(request.match_info["run_id"]))
+        return _json(await self._handler.run_detail(_run_id(request)))
 
     async def _act(self, request: web.Request) -> web.Response:
         action = request.match_info["action"]
         if action not in ACTIONS:
             raise web.HTTPNotFound()
         from_scratch = request.query.get("from_scratch") == "1"
-        return _json(
-            await self._handler.request(
-                request.match_info["run_id"], action, from_scratch=from_scratch
-            )
-        )
+        run_id = _run_id(request)
+        return _json(await self._handler.request(run_id, action, from_scratch=from_scratch))
 
     async def _zombies(self, _: web.Request) -> web.Response:
         return _json(await self._handler.zombies())
@@ -182,7 +182,7 @@ class ControlServer:
 
     async def _tail(self, request: web.Request) -> web.StreamResponse:
         follow = request.query.get("follow") == "1"
-        items = self._handler.tail(request.match_info["run_id"], follow=follow)
+        items = self._handler.tail(_run_id(request), follow=follow)
         first = await anext(items, None)  # errors (unknown run) surface before streaming
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
@@ -195,7 +195,7 @@ class ControlServer:
 
     async def _attach_file(self, request: web.Request) -> web.Response:
         body = AttachFileRequest.model_validate_json(await request.read())
-        return _json(await self._handler.attach_file(request.match_info["run_id"], body), 201)
+        return _json(await self._handler.attach_file(_run_id(request), body), 201)
 
     async def _training_log(self, request: web.Request) -> web.StreamResponse:
         query = request.query
@@ -204,7 +204,7 @@ class ControlServer:
         if offset is not None and last is not None:
             raise InvalidInput("give offset= or last=, not both")
         items = self._handler.training_log(
-            request.match_info["run_id"],
+            _run_id(request),
             key=query.get("key", DEFAULT_TRAINING_LOG),
             offset=offset,
             last=DEFAULT_TRAINING_LOG_BYTES if last is None else last,
@@ -221,12 +221,16 @@ class ControlServer:
         return response
 
 
+MAX_BYTE_DIGITS = 18
+"""The longest byte count the training-log route takes (below 2**63)."""
+
+
 def _byte_count(query: Mapping[str, str], name: str) -> int | None:
     """A query parameter that counts bytes: absent, or an integer from 0."""
     text = query.get(name)
     if text is None:
         return None
-    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+    if not (text.isascii() and text.isdigit()) or len(text) > MAX_BYTE_DIGITS:
         raise InvalidInput(f"{name}={text!r} is not valid: give a number of bytes from 0")
     return int(text)
 
@@ -357,18 +361,18 @@ class ControlClient:
         return await self._get(RunView, "POST", "/v1/runs", request)
 
     async def run(self, run_id: str) -> RunDetail:
-        return await self._get(RunDetail, "GET", f"/v1/runs/{run_id}")
+        return await self._get(RunDetail, "GET", run_path(run_id))
 
     async def request(self, run_id: str, action: str, *, from_scratch: bool = False) -> RunView:
         params = {"from_scratch": "1"} if from_scratch else {}
-        async with self._call("POST", f"/v1/runs/{run_id}/{action}", None, **params) as response:
+        async with self._call("POST", run_path(run_id, action), None, **params) as response:
             return RunView.model_validate_json(await response.read())
 
     async def zombies(self) -> ZombieList:
         return await self._get(ZombieList, "GET", "/v1/zombies")
 
     async def report(self, since_days: float) -> ReportView:
-        async with self._call("GET", "/v1/report", None, since=repr(since_days)) as response:
+        async with self._call("GET", "/v1/report", None, since=since_query(since_days)) as response:
             return ReportView.model_validate_json(await response.read())
 
     async def metrics(self) -> str:
@@ -378,7 +382,7 @@ class ControlClient:
 
     async def tail(self, run_id: str, *, follow: bool) -> AsyncIterator[TailItem]:
         async with self._call(
-            "GET", f"/v1/runs/{run_id}/tail", follow="1" if follow else "0"
+            "GET", run_path(run_id, "tail"), follow="1" if follow else "0"
         ) as response:
             async for line in response.content:
                 if line.strip():
@@ -388,7 +392,7 @@ class ControlClient:
         return await self._get(
             AttachmentView,
             "POST",
-            f"/v1/runs/{run_id}/attachments",
+            run_path(run_id, "attachments"),
             AttachFileRequest(kind=kind, uri=uri),
         )
 
@@ -408,29 +412,35 @@ class ControlClient:
             params["offset"] = str(offset)
         if last is not None:
             params["last"] = str(last)
-        async with self._call("GET", f"/v1/runs/{run_id}/training-log", None, **params) as response:
+        path = run_path(run_id, "training-log")
+        async with self._call("GET", path, None, **params) as response:
             async for line in response.content:
                 if line.strip():
                     yield TrainingLogItem.model_validate_json(line)
 
 
-MAX_REPORT_DAYS = 3660.0
-
-
 def parse_since_days(text: str) -> float:
-    """`report --since DAYS`: a number of days above 0 (fractions allowed), up to ten years."""
-    try:
-        days = float(text)
-    except ValueError:
-        raise InvalidInput(
-            f"{text!r} is not a number of days: give how many days back to report, e.g. --since 7"
-        ) from None
-    if not 0 < days <= MAX_REPORT_DAYS:  # also refuses nan
-        raise InvalidInput(
-            f"{text!r} days is out of range: give more than 0 and at most "
-            f"{MAX_REPORT_DAYS:g}, e.g. --since 7"
-        )
-    return days
+    """`report --since` as a number of days: any form `runs --since` takes (7d, 12h, or a bare
+    number of days), through the same parser."""
+    return parse_since(text).total_seconds() / 86400
+
+
+def since_query(days: float) -> str:
+    """Days as the report's `since=`: fixed-point, which every `parse_since` form reads
+    (`repr` would write 1e-05)."""
+    return f"{days:.9f}".rstrip("0").rstrip(".")
+
+
+def run_path(run_id: str, *rest: str) -> str:
+    """`/v1/runs/RUN_ID[/...]` for a valid run id, quoted, so no id (`x/../RUN`, `RUN?x=1`,
+    `RUN#f`) can reach another run or another route: an invalid one is refused first."""
+    quoted = quote(parse_run_id(run_id), safe="")
+    return "/".join(("/v1/runs", quoted, *rest))
+
+
+def _run_id(request: web.Request) -> str:
+    """The route's run id, checked as attach checks it before any handler sees it."""
+    return parse_run_id(request.match_info["run_id"])
 
 
 def jsonable(model: BaseModel | list[Any]) -> Any:

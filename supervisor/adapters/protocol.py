@@ -8,7 +8,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from supervisor.core.values import check_json_value
 
 
 class _Message(BaseModel):
@@ -16,7 +18,12 @@ class _Message(BaseModel):
 
 
 class AttachRequest(_Message):
-    """Raw attach fields; the daemon validates them into a RunSpec. None means "default"."""
+    """Raw attach fields; the daemon validates them into a RunSpec. None means "default".
+
+    NaN and infinity are refused here, on both ends: JSON has no such numbers, and pydantic
+    would send one as null, which the daemon would read as "the default"."""
+
+    model_config = ConfigDict(populate_by_name=True, allow_inf_nan=False)
 
     run_id: str
     instance_id: str
@@ -57,6 +64,13 @@ class AttachRequest(_Message):
     objectives: list[str | dict[str, Any]] | None = None
     wandb_project: str | None = None
     instance_type: str | None = None
+
+    @field_validator("config", "objectives", "launch_template")
+    @classmethod
+    def _plain_json(cls, value: object, info: ValidationInfo) -> object:
+        if value is not None:
+            check_json_value(value, what=str(info.field_name))
+        return value
 
 
 class RunView(_Message):

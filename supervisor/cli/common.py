@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import sys
+import unicodedata
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +17,14 @@ from pydantic import ValidationError
 from supervisor.adapters.control import ControlError, DaemonNotAnswering, DaemonNotRunning
 from supervisor.core.errors import InvalidInput
 from supervisor.core.spec import describe_validation_error
-from supervisor.runtime.settings import CONFIG_ENV, ENV_PREFIX, Settings, find_config_file
+from supervisor.core.values import parse_run_id
+from supervisor.runtime.settings import (
+    CONFIG_ENV,
+    ENV_PREFIX,
+    Settings,
+    find_config_file,
+    unknown_variables,
+)
 
 STATE_DIR_ENV = f"{ENV_PREFIX}STATE_DIR"
 
@@ -23,9 +32,12 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
-    prog = Path(sys.argv[0]).name or "supervisor"
-    print(f"{prog}: {message}", file=sys.stderr)
+    print(f"{_prog()}: {printable(message)}", file=sys.stderr)
     raise SystemExit(code)
+
+
+def _prog() -> str:
+    return Path(sys.argv[0]).name or "supervisor"
 
 
 def load_settings(config: Path | None) -> Settings:
@@ -37,6 +49,8 @@ def load_settings(config: Path | None) -> Settings:
         if os.environ.get(CONFIG_ENV):
             fail(f"{CONFIG_ENV} names {config_file}, which is not a file: fix or unset it")
         fail(f"the default settings file {config_file} is not a file: make it one or remove it")
+    for warning in unknown_variables(os.environ):
+        print(f"{_prog()}: {warning}", file=sys.stderr)
     try:
         settings = Settings.load(config_file)
     except InvalidInput as exc:
@@ -62,7 +76,7 @@ def user_errors() -> Iterator[None]:
     be read, values a model refused, a reader that closed our output early."""
     try:
         yield
-    except (DaemonNotRunning, DaemonNotAnswering, ControlError) as exc:
+    except (DaemonNotRunning, DaemonNotAnswering, ControlError, InvalidInput) as exc:
         fail(str(exc))
     except ValidationError as exc:
         fail(describe_validation_error(exc), EXIT_USAGE)
@@ -75,6 +89,34 @@ def user_errors() -> Iterator[None]:
     except OSError as exc:
         name = f" {exc.filename}" if exc.filename else ""
         fail(f"cannot use{name}: {exc.strerror or exc}")
+
+
+def run_id_argument(text: str) -> str:
+    """An argparse `type` for RUN_ID: checked as attach checks it, so no verb sends an id that
+    could name another run or route (`x/../RUN`, `RUN?x=1`)."""
+    try:
+        return parse_run_id(text)
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(printable(str(exc))) from None
+
+
+def printable(text: str) -> str:
+    """Text a job or a person controls (a FAILED marker's body, a reason, a name, a tag), safe
+    to print: control and format characters (terminal escape sequences, newlines, bidi
+    overrides) are escaped as Python writes them (\\x1b, \\n, \\u202e), so nothing the
+    text holds can drive the terminal or break a table's line. Every printer of the CLI's
+    tables and details passes such text through here."""
+    if text.isprintable():
+        return text
+    return "".join(_escaped(ch) for ch in text)
+
+
+def _escaped(ch: str) -> str:
+    if unicodedata.category(ch) not in ("Cc", "Cf", "Zl", "Zp"):
+        return ch  # letters, marks, symbols and spaces of any script are shown as they are
+    if ch.isascii():
+        return repr(ch)[1:-1]
+    return f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}"
 
 
 def ago(moment: datetime | None, now: datetime | None = None) -> str:

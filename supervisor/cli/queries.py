@@ -25,7 +25,7 @@ from supervisor.adapters.query import (
     RunDetailRow,
     RunRow,
 )
-from supervisor.cli.common import EXIT_OK, fail
+from supervisor.cli.common import EXIT_OK, fail, printable, run_id_argument
 from supervisor.core.compare import Comparison, GroupValue
 from supervisor.core.errors import InvalidInput
 from supervisor.core.filters import (
@@ -55,7 +55,7 @@ how filters work (all given must hold):
                           compares as a number (metrics.val_loss<0.3); quote it to compare
                           text ('tag.seed="7"'). A run without the field never matches.
   --phase, --outcome      repeat for any of several; --outcome none: not ended yet
-  --since 7d              attached within the last 7 days (units s, m, h, d, w)
+  --since 7d              attached within the last 7 days (units s, m, h, d, w; none: days)
 
 Quote filters with < or > in the shell: --where 'metrics.val_loss<0.3'.
 These commands read the database file read-only: they work while supervisord is down.
@@ -113,7 +113,7 @@ def add_query_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "--phase",
         action="append",
         default=[],
-        choices=list(Phase),
+        choices=[phase.value for phase in Phase],  # plain values in argparse's refusal
         metavar="PHASE",
         help=f"one of {', '.join(Phase)} (repeat for any of several)",
     )
@@ -121,7 +121,7 @@ def add_query_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "--outcome",
         action="append",
         default=[],
-        choices=[*Outcome, NO_OUTCOME],
+        choices=[*(outcome.value for outcome in Outcome), NO_OUTCOME],
         metavar="OUTCOME",
         help=f"one of {', '.join(Outcome)}, or {NO_OUTCOME} (not ended yet)",
     )
@@ -129,7 +129,7 @@ def add_query_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "--since",
         type=_argument(parse_since),
         metavar="AGE",
-        help="attached within this long, e.g. 7d, 12h or 30m",
+        help="attached within this long, e.g. 7d, 12h or 30m (a bare number: days)",
     )
 
     runs = commands.add_parser(
@@ -155,7 +155,7 @@ def add_query_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         f"transitions, and the last {CRASH_LOG_LINES} lines of its crash log when it has one. "
         "Reads the database file: works while supervisord is down.",
     )
-    show.add_argument("run_id", metavar="RUN_ID")
+    show.add_argument("run_id", type=run_id_argument, metavar="RUN_ID")
     show.add_argument(
         "--json", action="store_true", help="all of it as JSON, with the heartbeat and history"
     )
@@ -291,6 +291,8 @@ def _print_runs(runs: list[RunRow], where: list[Filter], *, filtered: bool) -> N
 
 
 def _print_table(rows: list[list[str]]) -> None:
+    """Cells escaped (`printable`: a name or tag cannot break a line), then padded."""
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -345,10 +347,10 @@ def _print_show(run: RunDetailRow, *, as_json: bool) -> None:
     if as_json:
         print(json.dumps(run.model_dump(mode="json", by_alias=True), indent=2))
         return
-    title = f"run {run.run_id}" + (f" ({run.name})" if run.name else "")
+    title = f"run {run.run_id}" + (f" ({printable(run.name)})" if run.name else "")
     ended = f", {run.outcome}" if run.outcome and run.outcome != run.phase else ""
     print(f"{title}: {run.phase}{ended}")
-    print(f"  reason      {run.reason}")
+    print(f"  reason      {printable(run.reason)}")
 
     print("spec")
     facts = [
@@ -370,7 +372,7 @@ def _print_show(run: RunDetailRow, *, as_json: bool) -> None:
     ]
     for label, value in facts:
         if value is not None:
-            print(f"  {label:<11} {value}")
+            print(f"  {label:<11} {printable(value)}")
 
     print("config")
     if run.config:
@@ -383,7 +385,8 @@ def _print_show(run: RunDetailRow, *, as_json: bool) -> None:
         width = max(len(o.name) for o in run.objectives)
         for o in run.objectives:
             final = "not reported yet" if o.final is None else f"final {o.final:.6g}"
-            print(f"  {o.name:<{width}}  {o.direction}  weight {o.weight:<4g} {final}")
+            name = printable(o.name)
+            print(f"  {name:<{width}}  {o.direction}  weight {o.weight:<4g} {final}")
     else:
         print("  (none: attach with --objective NAME:min|max to declare them)")
 
@@ -395,18 +398,18 @@ def _print_show(run: RunDetailRow, *, as_json: bool) -> None:
 
     print("W&B")
     if run.wandb_url or run.wandb_run_id:
-        print(f"  {run.wandb_url or '-'}")
+        print(f"  {printable(run.wandb_url or '-')}")
         ids = [f"run {run.wandb_run_id}" if run.wandb_run_id else None]
         ids.append(f"project {run.wandb_project}" if run.wandb_project else None)
         if any(ids):
-            print(f"  ({', '.join(i for i in ids if i)})")
+            print(f"  ({printable(', '.join(i for i in ids if i))})")
     else:
         print("  (no W&B run reported)")
 
     print("attachments")
     for a in run.attachments:
         size = f", {a.size} bytes" if a.size is not None else ""
-        print(f"  {a.kind}: {a.uri}{size} ({_cell(a.added_at)})")
+        print(f"  {a.kind}: {printable(a.uri)}{size} ({_cell(a.added_at)})")
     if not run.attachments:
         print("  (none)")
 
@@ -416,12 +419,13 @@ def _print_show(run: RunDetailRow, *, as_json: bool) -> None:
 
     print("transitions")
     for t in run.transitions:
-        print(f"  {_cell(t.at)}  {t.from_ or '-':>13} -> {t.to:<13} {t.reason}")
+        print(f"  {_cell(t.at)}  {t.from_ or '-':>13} -> {t.to:<13} {printable(t.reason)}")
 
     if run.crash_log is not None:
-        print(f"crash log ({run.crash_log.uri}, last {len(run.crash_log.lines)} lines)")
+        uri, count = printable(run.crash_log.uri), len(run.crash_log.lines)
+        print(f"crash log ({uri}, last {count} lines)")
         for line in run.crash_log.lines:
-            print(f"  | {line}")
+            print(f"  | {printable(line)}")
 
 
 def _steps(run: RunDetailRow) -> str | None:
@@ -445,8 +449,9 @@ def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def _print_pairs(pairs: dict[str, str]) -> None:
-    width = min(max(len(k) for k in pairs), 40)
-    for key, value in pairs.items():
+    shown = {printable(key): printable(value) for key, value in pairs.items()}
+    width = min(max(len(k) for k in shown), 40)
+    for key, value in shown.items():
         print(f"  {key:<{width}}  {value}")
 
 
@@ -457,7 +462,7 @@ def _print_comparison(found: Comparison, *, as_json: bool) -> None:
     if as_json:
         print(json.dumps(dataclasses.asdict(found), indent=2))
         return
-    print(f"{found.metric} by {found.by}: {found.direction_note}")
+    print(printable(f"{found.metric} by {found.by}: {found.direction_note}"))
     if not found.groups:
         print("no runs match: nothing to compare")
         return

@@ -5,14 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from supervisor import __version__
 from supervisor.adapters.control import (
+    MAX_BYTE_DIGITS,
     ControlClient,
     jsonable,
     parse_since_days,
@@ -34,12 +38,14 @@ from supervisor.cli.common import (
     duration,
     fail,
     load_settings,
+    printable,
+    run_id_argument,
     user_errors,
 )
 from supervisor.cli.queries import QUERY_COMMANDS, add_query_commands, run_query
 from supervisor.core.attachments import AttachmentKind
 from supervisor.core.errors import InvalidInput
-from supervisor.core.spec import DEFAULT_FAILURE_MARKER, DEFAULT_MARKERS
+from supervisor.core.spec import DEFAULT_FAILURE_MARKER, DEFAULT_MARKERS, describe_validation_error
 from supervisor.core.zombies import RUN_TAG
 from supervisor.runconfig import load_config_file
 from supervisor.runtime.settings import Settings
@@ -103,7 +109,11 @@ def _parser() -> argparse.ArgumentParser:
         "is stored; flags override keys of --spec.",
     )
     attach.add_argument(
-        "run_id", nargs="?", metavar="RUN_ID", help="your name for the run (letters, digits, _ . -)"
+        "run_id",
+        nargs="?",
+        type=run_id_argument,
+        metavar="RUN_ID",
+        help="your name for the run (letters, digits, _ . -)",
     )
     attach.add_argument("--instance-id", metavar="ID", help="the EC2 instance, i-…")
     attach.add_argument("--s3-prefix", metavar="URL", help="the run prefix, s3://BUCKET/PREFIX/")
@@ -115,7 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     attach.add_argument(
         "--grace-s",
-        type=float,
+        type=_finite_seconds,
         metavar="N",
         help="seconds to wait after completion before acting (SUPERVISOR_GRACE_S)",
     )
@@ -158,7 +168,7 @@ def _parser() -> argparse.ArgumentParser:
     ck.add_argument("--pid-file", metavar="PATH", help="pid file of the training process")
     ck.add_argument(
         "--sigterm-timeout-s",
-        type=float,
+        type=_finite_seconds,
         metavar="N",
         help="how long the training process gets to exit after SIGTERM (120)",
     )
@@ -192,7 +202,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     ck.add_argument(
         "--quiet-s",
-        type=float,
+        type=_finite_seconds,
         metavar="N",
         help="seconds without new objects under the prefix that count as quiet (30)",
     )
@@ -248,7 +258,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     hb.add_argument(
         "--stall-timeout-s",
-        type=float,
+        type=_finite_seconds,
         metavar="S",
         help="a heartbeat (--heartbeat-file) older than this while the instance runs makes "
         "the run stalled (off by default; only a job that writes a heartbeat can stall)",
@@ -316,7 +326,9 @@ def _parser() -> argparse.ArgumentParser:
     attach.add_argument("--json", action="store_true", help="print the new run as JSON")
 
     status = commands.add_parser("status", help="runs and their phases")
-    status.add_argument("run_id", nargs="?", metavar="RUN_ID", help="one run, with transitions")
+    status.add_argument(
+        "run_id", nargs="?", type=run_id_argument, metavar="RUN_ID", help="one run, in detail"
+    )
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
     tail = commands.add_parser(
@@ -325,7 +337,7 @@ def _parser() -> argparse.ArgumentParser:
         description=TAIL_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    tail.add_argument("run_id", metavar="RUN_ID")
+    tail.add_argument("run_id", type=run_id_argument, metavar="RUN_ID")
     tail.add_argument(
         "-f",
         "--follow",
@@ -361,7 +373,7 @@ def _parser() -> argparse.ArgumentParser:
         description=ATTACH_FILE_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    attach_file.add_argument("run_id", metavar="RUN_ID")
+    attach_file.add_argument("run_id", type=run_id_argument, metavar="RUN_ID")
     attach_file.add_argument(
         "--kind",
         required=True,
@@ -380,7 +392,7 @@ def _parser() -> argparse.ArgumentParser:
         "launch template), restore its newest verified checkpoint, start resume_command, and "
         "return the run to running with its attempt counter increased.",
     )
-    resume.add_argument("run_id", metavar="RUN_ID")
+    resume.add_argument("run_id", type=run_id_argument, metavar="RUN_ID")
     resume.add_argument(
         "--from-scratch",
         action="store_true",
@@ -394,7 +406,7 @@ def _parser() -> argparse.ArgumentParser:
         ("detach", "stop watching the run; its instance is left as it is"),
     ):
         sub = commands.add_parser(name, help=text)
-        sub.add_argument("run_id", metavar="RUN_ID")
+        sub.add_argument("run_id", type=run_id_argument, metavar="RUN_ID")
         sub.add_argument("--json", action="store_true", help="print the run as JSON")
 
     zombies = commands.add_parser(
@@ -416,7 +428,8 @@ def _parser() -> argparse.ArgumentParser:
         type=_since_days,
         default=7.0,
         metavar="DAYS",
-        help="how many days back to report, counted from now (default 7; fractions allowed)",
+        help="how far back to report, counted from now: 7d, 12h, 30m, or a number of days "
+        "(default 7; fractions allowed)",
     )
     report.add_argument("--json", action="store_true", help="machine-readable output")
     add_query_commands(commands)  # runs, show, compare, export: the run database, read-only
@@ -483,9 +496,24 @@ examples:
 
 
 def _byte_count(text: str) -> int:
-    if not (text.isascii() and text.isdigit()):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of bytes (0 or more)")
+    """`--bytes N`: a whole number of bytes, as the daemon takes it (at most 18 digits)."""
+    if not (text.isascii() and text.isdigit()) or len(text) > MAX_BYTE_DIGITS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of bytes: give a whole number from 0 to "
+            f"{'9' * MAX_BYTE_DIGITS} (no exponent), e.g. --bytes 65536"
+        )
     return int(text)
+
+
+def _finite_seconds(text: str) -> float:
+    """A number of seconds: finite (argparse's float takes nan, inf and 1e400)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of seconds")
+    return value
 
 
 def _since_days(text: str) -> float:
@@ -538,7 +566,7 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
                 print(json.dumps(jsonable(attached), indent=2))
             else:
                 size = f", {attached.size} bytes" if attached.size is not None else ""
-                print(f"{args.run_id}: attached {attached.kind}: {attached.uri}{size}")
+                print(f"{args.run_id}: attached {attached.kind}: {printable(attached.uri)}{size}")
         elif args.command == "zombies":
             _print_zombies(await client.zombies(), as_json=args.json)
         elif args.command == "report":
@@ -567,7 +595,7 @@ async def _tail_training(client: ControlClient, args: argparse.Namespace) -> Non
             sys.stdout.flush()
             line_open = not item.text.endswith("\n")
         elif item.kind == "notice":
-            print(f"supervisorctl: {item.text}", file=sys.stderr, flush=True)
+            print(f"supervisorctl: {printable(item.text)}", file=sys.stderr, flush=True)
         else:
             fail(item.text)
     if line_open:
@@ -638,7 +666,10 @@ def _attach_request(args: argparse.Namespace) -> AttachRequest:
     ]
     if missing:
         fail(f"attach needs {', '.join(missing)} (as arguments or in --spec)", EXIT_USAGE)
-    return AttachRequest.model_validate(fields)
+    try:
+        return AttachRequest.model_validate(fields)
+    except ValidationError as exc:
+        fail(describe_validation_error(exc), EXIT_USAGE)
 
 
 def _tags(pairs: list[str]) -> dict[str, str]:
@@ -659,17 +690,22 @@ def _config(path: Path) -> dict[str, Any]:
 
 
 def _read_spec(path: Path) -> dict[str, Any]:
+    """The spec file's keys; any problem with it is a usage error (exit 2), as with
+    --config-file."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        fail(f"spec file {path} does not exist")
+        fail(f"spec file {path} does not exist", EXIT_USAGE)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        fail(f"spec file {path} is not valid TOML: {exc}")
+        fail(f"spec file {path} is not valid TOML: {exc}", EXIT_USAGE)
+    except OSError as exc:
+        fail(f"spec file {path} cannot be read: {exc.strerror or exc}", EXIT_USAGE)
     unknown = sorted(set(data) - _SPEC_KEYS)
     if unknown:
         fail(
             f"spec file {path} has unknown keys {', '.join(unknown)}; "
-            f"known keys: {', '.join(sorted(_SPEC_KEYS))}"
+            f"known keys: {', '.join(sorted(_SPEC_KEYS))}",
+            EXIT_USAGE,
         )
     return data
 
@@ -678,7 +714,7 @@ def _print_run(run: RunView, *, as_json: bool, verb: str) -> None:
     if as_json:
         print(json.dumps(jsonable(run), indent=2))
     else:
-        print(f"{run.run_id}: {verb}; phase {run.phase} ({run.reason})")
+        print(f"{run.run_id}: {verb}; phase {run.phase} ({printable(run.reason)})")
 
 
 def _print_table(runs: list[RunView], *, as_json: bool) -> None:
@@ -703,11 +739,7 @@ def _print_table(runs: list[RunView], *, as_json: bool) -> None:
                 next_check,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )
+    _print_rows(rows)
 
 
 def _print_detail(run: RunDetail, *, as_json: bool) -> None:
@@ -717,11 +749,12 @@ def _print_detail(run: RunDetail, *, as_json: bool) -> None:
     print(f"run {run.run_id}: {run.phase}" + (f" ({run.outcome})" if run.outcome else ""))
     print(f"  instance   {run.instance_id} ({run.region}), on completion: {run.on_complete}")
     print(f"  prefix     {run.s3_prefix}")
-    print(f"  reason     {run.reason}")
+    print(f"  reason     {printable(run.reason)}")
     if run.error_code:
-        print(f"  error      {run.error_code}")
+        print(f"  error      {printable(run.error_code)}")
     if run.checkpoint or run.spec.get("checkpoint_dir"):
-        print(f"  checkpoint {run.checkpoint or 'not yet taken'}{_checkpoint_facts(run)}")
+        checkpoint = printable(run.checkpoint or "not yet taken")
+        print(f"  checkpoint {checkpoint}{_checkpoint_facts(run)}")
     if run.attempt > 1 or len(run.instances) > 1:
         history = ", ".join(f"{i.instance_id} ({i.source})" for i in run.instances)
         print(f"  attempt    {run.attempt}; instances: {history}")
@@ -729,15 +762,18 @@ def _print_detail(run: RunDetail, *, as_json: bool) -> None:
         print(f"  resume     from the checkpoint verified in attempt {run.verified_attempt}")
     for attached in run.attachments:
         size = f", {attached.size} bytes" if attached.size is not None else ""
-        print(f"  attached   {attached.kind}: {attached.uri}{size}")
+        print(f"  attached   {attached.kind}: {printable(attached.uri)}{size}")
         if attached.excerpt:
             for line in attached.excerpt.rstrip().splitlines()[-CRASH_LINES:]:
-                print(f"             | {line}")
+                print(f"             | {printable(line)}")
     print("  transitions:")
     for t in run.transitions:
-        print(f"    {t.at:%Y-%m-%d %H:%M:%S}  {t.from_ or '-':>11} -> {t.to:<11} {t.reason}")
+        print(
+            f"    {t.at:%Y-%m-%d %H:%M:%S}  {t.from_ or '-':>11} -> {t.to:<11} "
+            f"{printable(t.reason)}"
+        )
     for a in run.actions:
-        error = f" {a.error_code}" if a.error_code else ""
+        error = f" {printable(a.error_code)}" if a.error_code else ""
         print(
             f"  action {a.action} at {a.at:%H:%M:%S}: {a.outcome} after {a.attempts} "
             f"attempt(s){error}"
@@ -745,6 +781,14 @@ def _print_detail(run: RunDetail, *, as_json: bool) -> None:
 
 
 CRASH_LINES = 10  # the last lines of a crash report shown by `status RUN_ID`
+
+
+def _print_rows(rows: Sequence[Sequence[str]]) -> None:
+    """A table: cells escaped (`printable`), then padded to their column's width."""
+    shown = [[printable(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in shown) for i in range(len(shown[0]))]
+    for row in shown:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _checkpoint_facts(run: RunDetail) -> str:
@@ -767,10 +811,10 @@ def _checkpoint_facts(run: RunDetail) -> str:
 def _tail_line(item: TailItem) -> str:
     if item.transition is not None:
         t = item.transition
-        return f"{t.at:%Y-%m-%dT%H:%M:%S}Z  {t.from_ or '-'} -> {t.to}  {t.reason}"
+        return f"{t.at:%Y-%m-%dT%H:%M:%S}Z  {t.from_ or '-'} -> {t.to}  {printable(t.reason)}"
     assert item.event is not None
     e = item.event
-    fields = " ".join(f"{k}={v}" for k, v in e.fields.items())
+    fields = printable(" ".join(f"{k}={v}" for k, v in e.fields.items()))
     return f"{e.at:%Y-%m-%dT%H:%M:%S}Z  · {e.event} {fields}".rstrip()
 
 
@@ -807,13 +851,14 @@ def _print_zombies(found: ZombieList, *, as_json: bool) -> None:
                 upcoming,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    print("  ".join(cell.ljust(w) for cell, w in zip(rows[0], widths, strict=True)).rstrip())
-    for row, z in zip(rows[1:], found.zombies, strict=True):
+    shown = [[printable(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in shown) for i in range(len(shown[0]))]
+    print("  ".join(cell.ljust(w) for cell, w in zip(shown[0], widths, strict=True)).rstrip())
+    for row, z in zip(shown[1:], found.zombies, strict=True):
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-        print(f"    {z.reason}")
+        print(f"    {printable(z.reason)}")
         if z.last_error:
-            print(f"    last attempt failed: {z.last_error}")
+            print(f"    last attempt failed: {printable(z.last_error)}")
 
 
 def _print_report(report: ReportView, *, days: float, as_json: bool) -> None:
@@ -841,9 +886,7 @@ def _print_report(report: ReportView, *, days: float, as_json: bool) -> None:
                     str(d.failed_attempts),
                 )
             )
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        for row in rows:
-            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        _print_rows(rows)
     outcomes = ", ".join(f"{outcome} {n}" for outcome, n in report.runs_by_outcome.items())
     print(f"runs attached: {report.runs}" + (f" ({outcomes})" if outcomes else ""))
     crash = f"{report.crash_rate:.0%}" if report.crash_rate is not None else "- (no run ended)"

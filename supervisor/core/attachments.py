@@ -9,13 +9,22 @@ a local path.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from supervisor.core.errors import InvalidInput
 from supervisor.core.values import S3Object
 
 MAX_URI_LENGTH = 2048
+_SECRET_PARAMETER = re.compile(
+    r"(.*[_-])?(token|secret|password|passwd|pwd|signature|sig|credential|key|apikey"
+    r"|api-key|auth|authorization|session|code)",
+    re.IGNORECASE,
+)
+"""Query (or fragment) parameter names that carry a credential: `token`, `access_token`,
+`X-Amz-Signature`, `X-Amz-Credential`, `X-Amz-Security-Token`, `sig` (Azure SAS),
+`key`, `api_key`, `password`, an OAuth `code`..."""
 
 
 class AttachmentKind(enum.StrEnum):
@@ -94,7 +103,25 @@ def _check_link(text: str) -> None:
             "https://wandb.ai/team/project/runs/abc123)"
         )
     if parts.username is not None or parts.password is not None:
+        shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
         raise InvalidInput(
-            f"link {text!r} has a user name or password in it: the run database would show "
-            "them to every reader; attach the link without them"
+            f"link {shown!r} (as given, with the part before '@' left out here) has a user "
+            "name or password in it: the run database would show them to every reader; "
+            "attach the link without them"
         )
+    for part in (parts.query, parts.fragment):
+        secret = sorted(
+            {name for name, _ in parse_qsl(part, keep_blank_values=True) if _is_secret(name)}
+        )
+        if secret:
+            shown = parts._replace(query="", fragment="").geturl()
+            raise InvalidInput(
+                f"link {shown!r} has what looks like a credential in its parameters "
+                f"({', '.join(secret)}): the run database would show it to every reader; "
+                "attach the link without them (a presigned URL expires anyway: attach the "
+                "s3:// URI instead)"
+            )
+
+
+def _is_secret(name: str) -> bool:
+    return _SECRET_PARAMETER.fullmatch(name) is not None

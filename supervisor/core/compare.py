@@ -56,7 +56,8 @@ class Comparison:
     direction_note: str
     """Why this direction, in a sentence fit to print above the table."""
     groups: tuple[Group, ...]
-    """Best mean first; groups without a value of the metric last."""
+    """Best mean first; groups without a value of the metric after them, and the group of
+    runs without the field (value None) last of all."""
 
 
 def resolve_direction(
@@ -101,8 +102,10 @@ def compare(
         grouped.setdefault(sample.group, []).append(sample)
     groups = [_group(value, members, chosen) for value, members in grouped.items()]
     sign = 1.0 if chosen is Direction.MIN else -1.0
+    # The runs without the field, "(none)", come last whatever their mean: they are not a
+    # value of the field to rank among the others.
     groups.sort(
-        key=lambda g: (g.mean is None, sign * (g.mean or 0.0), g.value is None, str(g.value))
+        key=lambda g: (g.value is None, g.mean is None, sign * (g.mean or 0.0), str(g.value))
     )
     return Comparison(by, metric, chosen, source, note, tuple(groups))
 

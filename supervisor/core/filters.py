@@ -52,7 +52,8 @@ NO_OUTCOME = "none"
 _KEY = re.compile(r"[^\"\\]+")  # a config key or tag key: anything a JSON path can quote
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _FILTER = re.compile(r"(?P<field>[^=!<>]*?)\s*(?P<op>==|!=|<=|>=|=|<|>)\s*(?P<value>.*)", re.S)
-_SINCE = re.compile(r"\s*(?P<amount>\d+(?:\.\d+)?)\s*(?P<unit>[smhdw])\s*")
+# An exponent is taken (`str()` of a small float of days has one: 1.1574074074074073e-05).
+_SINCE = re.compile(r"\s*(?P<amount>\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)\s*(?P<unit>[smhdw]?)\s*")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 MAX_SINCE = timedelta(days=3660)
 
@@ -184,15 +185,16 @@ def parse_filter(text: str) -> Filter:
 
 
 def parse_since(text: str) -> timedelta:
-    """`7d`, `12h`, `30m`, `90s` or `2w` (a fraction is fine: `1.5d`), above 0 and at most
-    about ten years, else `InvalidInput`."""
+    """`7d`, `12h`, `30m`, `90s` or `2w` (a fraction is fine: `1.5d`), or a bare number of days
+    (`7`), above 0 and at most about ten years, else `InvalidInput`. The one parser of every
+    `--since` (`runs`, `compare`, `export`, `report`)."""
     match = _SINCE.fullmatch(text)
     if match is None:
         raise InvalidInput(
-            f"since {text!r} is not a duration: give a number and a unit (s, m, h, d or w), "
-            "e.g. 7d, 12h or 30m"
+            f"since {text!r} is not a duration: give a number and a unit (s, m, h, d or w; "
+            "days without one), e.g. 7d, 12h or 30m"
         )
-    seconds = float(match["amount"]) * _UNITS[match["unit"]]
+    seconds = float(match["amount"]) * _UNITS[match["unit"] or "d"]
     if not 0 < seconds <= MAX_SINCE.total_seconds():
         raise InvalidInput(
             f"since {text!r} is out of range: give more than 0 and at most "

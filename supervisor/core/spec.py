@@ -10,7 +10,7 @@ import enum
 import functools
 import json
 import re
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -35,6 +35,8 @@ from supervisor.core.values import (
     InstanceId,
     RunId,
     S3Prefix,
+    check_json_value,
+    check_key_length,
     parse_instance_id,
     parse_region,
     parse_relative_key,
@@ -44,6 +46,9 @@ from supervisor.core.values import (
 DEFAULT_MARKERS: tuple[str, ...] = ("training_complete.txt", "COMPLETE", "done")
 DEFAULT_FAILURE_MARKER = "FAILED"
 MAX_GRACE_S = 7 * 24 * 3600.0
+GraceSeconds = Annotated[float, Field(ge=0, le=MAX_GRACE_S, allow_inf_nan=False)]
+"""The bounds of `grace_s`, declared once: a run's field and the daemon's default
+(SUPERVISOR_GRACE_S) both use them, so a default the daemon accepts is one every run accepts."""
 
 
 class OnComplete(enum.StrEnum):
@@ -174,7 +179,7 @@ class RunSpec(BaseModel):
     region: str
     s3_prefix: str
     on_complete: OnComplete = OnComplete.STOP
-    grace_s: float = Field(ge=0, le=MAX_GRACE_S, allow_inf_nan=False)
+    grace_s: GraceSeconds
     markers: tuple[str, ...] = DEFAULT_MARKERS
     expect: tuple[str, ...] = ()
     failure_marker: str = DEFAULT_FAILURE_MARKER
@@ -344,6 +349,10 @@ class RunSpec(BaseModel):
         if value is None:
             return None
         try:
+            check_json_value(value, what="config")
+        except InvalidInput as exc:
+            raise InvalidInput(f"config is not plain JSON: {exc}") from None
+        try:
             size = len(json.dumps(value, allow_nan=False))
         except (TypeError, ValueError) as exc:
             raise InvalidInput(f"config is not plain JSON: {exc}") from None
@@ -378,6 +387,23 @@ class RunSpec(BaseModel):
     @classmethod
     def _crash_report(cls, value: str) -> str:
         return parse_relative_key(value, what="crash report")
+
+    @model_validator(mode="after")
+    def _full_keys_fit(self) -> RunSpec:
+        """Each key under the run prefix, prefix included, within S3's 1,024 bytes."""
+        prefix = self.prefix
+        named = [("completion marker", k) for k in self.markers]
+        named += [("expected output", k) for k in self.expect]
+        named += [
+            ("failure marker", self.failure_marker),
+            ("heartbeat file", self.heartbeat_file),
+            ("crash report", self.crash_report),
+            ("report file", FINAL_METRICS),
+            ("report file", HISTORY),
+        ]
+        for what, key in named:
+            check_key_length(prefix.key(key), what=f"{what} under {prefix}")
+        return self
 
     @property
     def prefix(self) -> S3Prefix:

@@ -5,10 +5,12 @@ chain."""
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Self
+from typing import Annotated, Any, Self
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -21,10 +23,21 @@ from pydantic_settings import (
 
 from supervisor.core.backoff import BackoffPolicy
 from supervisor.core.errors import InvalidInput
+from supervisor.core.spec import MAX_GRACE_S, GraceSeconds
 from supervisor.core.zombies import ZombiePolicy
 
 ENV_PREFIX = "SUPERVISOR_"
 _SECRET_HINTS = ("secret", "token", "password", "key")
+OTHER_VARIABLES = frozenset(
+    {"SUPERVISOR_CONFIG", "SUPERVISOR_RUN_PREFIX", "SUPERVISOR_INSTANCE_PY"}
+)
+"""`SUPERVISOR_*` variables that are not settings but are read elsewhere: the settings file's
+path, the job reporter's run prefix (`supervisor.report`) and deploy/user-data.sh's copy of
+the instance program."""
+
+Seconds = Annotated[float, Field(ge=0, le=MAX_GRACE_S, allow_inf_nan=False)]
+"""A duration setting: finite, and at most a week, so no interval overflows a date."""
+PositiveSeconds = Annotated[float, Field(gt=0, le=MAX_GRACE_S, allow_inf_nan=False)]
 
 
 def default_state_dir() -> Path:
@@ -54,20 +67,23 @@ def find_config_file(given: Path | None) -> Path | None:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, allow_inf_nan=False
+    )
 
     state_dir: Path = Field(default_factory=default_state_dir)
-    poll_initial_s: float = Field(30.0, gt=0)
-    poll_max_s: float = Field(300.0, gt=0)
-    grace_s: float = Field(300.0, ge=0)
-    reconcile_interval_s: float = Field(60.0, gt=0)
-    retry_base_s: float = Field(2.0, ge=0)
-    shutdown_timeout_s: float = Field(10.0, ge=0)
+    poll_initial_s: PositiveSeconds = 30.0
+    poll_max_s: PositiveSeconds = 300.0
+    grace_s: GraceSeconds = 300.0
+    """The default of a run's `grace_s`: within the run field's own bounds (one declaration)."""
+    reconcile_interval_s: PositiveSeconds = 60.0
+    retry_base_s: Seconds = 2.0
+    shutdown_timeout_s: Seconds = 10.0
     log_level: str = Field("info", pattern=r"^(?i)(debug|info|warning|error)$")
     events_queue_url: str | None = None
     """SQS queue with EventBridge EC2 events and S3 notifications (deploy/cloudformation.yaml).
     Without it the supervisor polls and sweeps only."""
-    poll_max_with_events_s: float = Field(1800.0, gt=0, allow_inf_nan=False)
+    poll_max_with_events_s: PositiveSeconds = 1800.0
     """With `events_queue_url` set, the completion check backs off to this instead of
     `poll_max_s`: S3 notifications bring completion in seconds, and the listing is only the
     safety net for a lost notification. Set it to `poll_max_s` if the queue gets no S3
@@ -78,13 +94,13 @@ class Settings(BaseSettings):
     """Safety margin taken off a spot warning's two minutes for the checkpoint deadline."""
     auto_terminate: bool = False
     """Terminate zombie instances (stop them under the checkpoint invariant); off: list only."""
-    zombie_wait_s: float = Field(300.0, ge=0, allow_inf_nan=False)
+    zombie_wait_s: Seconds = 300.0
     """From marking a zombie to the first attempt to terminate it."""
-    termination_cooldown_s: float = Field(300.0, ge=0, allow_inf_nan=False)
+    termination_cooldown_s: Seconds = 300.0
     """The least time between two attempts on the same zombie."""
-    zombie_interval_s: float = Field(60.0, gt=0, allow_inf_nan=False)
+    zombie_interval_s: PositiveSeconds = 60.0
     """How often the zombie sweep looks for zombies (its first sweep one interval after start)."""
-    training_log_poll_s: float = Field(2.0, gt=0, allow_inf_nan=False)
+    training_log_poll_s: PositiveSeconds = 2.0
     """How often `tail --training -f` reads the training log again (one ranged GET each)."""
     metrics_addr: str | None = None
     """HOST:PORT (or :PORT, or PORT: host 127.0.0.1) for Prometheus `/metrics` over TCP;
@@ -184,6 +200,23 @@ class Settings(BaseSettings):
             wait_s=self.zombie_wait_s,
             cooldown_s=self.termination_cooldown_s,
         )
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One warning per `SUPERVISOR_*` variable that is no setting (a typo is otherwise silently
+    ignored, as an unknown key of the settings file is not), naming the likely intended one."""
+    known = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields} | OTHER_VARIABLES
+    # Compared without the prefix every name shares, which would make any two look alike.
+    suffixes = {name.removeprefix(ENV_PREFIX): name for name in known}
+    warnings = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known:
+            continue
+        close = difflib.get_close_matches(upper.removeprefix(ENV_PREFIX), sorted(suffixes), n=1)
+        hint = f": did you mean {suffixes[close[0]]}?" if close else ": no setting has this name"
+        warnings.append(f"warning: ignoring unknown variable {name}{hint}")
+    return warnings
 
 
 METRICS_HOST = "127.0.0.1"

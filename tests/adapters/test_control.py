@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import stat
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import yarl
 
 from supervisor.adapters.control import (
     ControlClient,
@@ -416,6 +418,110 @@ async def test_a_malformed_attach_body_is_invalid_input_naming_the_field(
     assert "instance_id" in reply["error"]
 
 
+# -- run ids ----------------------------------------------------------------------------------
+
+BAD_RUN_IDS = ["x/../run-42", "run-42?x=1", "run-42#f", "a b", "..", "run-42\n", ""]
+
+
+@pytest.mark.parametrize("run_id", BAD_RUN_IDS)
+async def test_the_client_refuses_a_bad_run_id_before_sending_anything(
+    client: ControlClient, handler: FakeHandler, run_id: str
+) -> None:
+    calls: list[Callable[[], Awaitable[object]]] = [
+        lambda: client.run(run_id),
+        lambda: client.request(run_id, "stop"),
+        lambda: client.attach_file(run_id, "other", "s3://my-runs/x"),
+        lambda: anext(client.tail(run_id, follow=False)),
+        lambda: anext(client.training_log(run_id)),
+    ]
+    for call in calls:
+        with pytest.raises(InvalidInput, match=f"run id {re.escape(repr(run_id))} is not valid"):
+            await call()
+    assert (handler.requests, handler.files, handler.tails, handler.logs) == ([], [], [], [])
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/runs/x%2F..%2Frun-42/stop"),
+        ("POST", "/v1/runs/..%2Frun-42/stop"),
+        ("GET", "/v1/runs/run-42%3Fx=1"),
+        ("GET", "/v1/runs/run-42%23f"),
+        ("GET", "/v1/runs/a%20b/tail"),
+        ("GET", "/v1/runs/%2E%2E/training-log"),
+        ("POST", "/v1/runs/run-42%0A/attachments"),
+    ],
+)
+async def test_the_server_refuses_a_bad_run_id_before_the_handler_sees_it(
+    server: ControlServer, handler: FakeHandler, method: str, path: str
+) -> None:
+    body = AttachFileRequest(kind="other", uri="s3://my-runs/x").model_dump_json()
+    url = yarl.URL("http://supervisord" + path, encoded=True)  # sent as written
+    async with (
+        raw_session(server.socket_path) as session,
+        session.request(method, url, data=body) as response,
+    ):
+        reply = await response.json()
+    assert response.status == 400, reply
+    assert reply["kind"] == "invalid_input" and "is not valid" in reply["error"]
+    assert (handler.requests, handler.files, handler.tails, handler.logs) == ([], [], [], [])
+
+
+async def test_a_run_id_is_quoted_so_it_reaches_its_own_route(
+    client: ControlClient, handler: FakeHandler
+) -> None:
+    assert (await client.run("run-42")).run_id == "run-42"
+    await client.request("run.42", "stop")
+    assert handler.requests == [("run.42", "stop")]
+
+
+# -- numbers ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"grace_s": float("nan")},
+        {"quiet_s": float("inf")},
+        {"stall_timeout_s": float("-inf")},
+        {"config": {"lr": float("nan")}},
+        {"config": {"opt": [1, {"eps": float("inf")}]}},
+        {"objectives": [{"name": "acc", "weight": float("nan")}]},
+    ],
+)
+def test_an_attach_request_refuses_nan_and_infinity(fields: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match=r"finite number|NaN and infinity"):
+        AttachRequest.model_validate(
+            {"run_id": "r1", "instance_id": INSTANCE, "s3_prefix": "s3://my-runs/r1/", **fields}
+        )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"run_id": "r1", "instance_id": "i-0123abcd", "s3_prefix": "s3://b-1/p/", '
+        b'"grace_s": NaN}',
+        b'{"run_id": "r1", "instance_id": "i-0123abcd", "s3_prefix": "s3://b-1/p/", '
+        b'"grace_s": Infinity}',
+        b'{"run_id": "r1", "instance_id": "i-0123abcd", "s3_prefix": "s3://b-1/p/", '
+        b'"config": {"lr": NaN}}',
+        b'{"run_id": "r1", "instance_id": "i-0123abcd", "s3_prefix": "s3://b-1/p/", '
+        b'"grace_s": 1e400}',
+    ],
+)
+async def test_the_server_refuses_nan_and_infinity_in_an_attach_body(
+    server: ControlServer, handler: FakeHandler, body: bytes
+) -> None:
+    async with (
+        raw_session(server.socket_path) as session,
+        session.post("http://supervisord/v1/runs", data=body) as response,
+    ):
+        reply = await response.json()
+    assert response.status == 400, reply
+    assert reply["kind"] == "invalid_input"
+    assert handler.attached == []
+
+
 # -- tail -------------------------------------------------------------------------------------
 
 
@@ -510,8 +616,9 @@ async def test_report_without_since_covers_seven_days(
 
 @pytest.mark.parametrize(
     ("since", "says"),
-    [("0", "out of range"), ("-3", "out of range"), ("nan", "out of range"), ("soon", "number")],
-)
+    [("0", "out of range"), ("-3", "not a duration"), ("nan", "not a duration"),
+     ("soon", "not a duration"), ("99999", "out of range")],
+)  # fmt: skip
 async def test_a_bad_since_is_refused_with_what_to_give(
     server: ControlServer, handler: FakeHandler, since: str, says: str
 ) -> None:
@@ -522,8 +629,25 @@ async def test_a_bad_since_is_refused_with_what_to_give(
         body = json.loads(await reply.read())
     assert reply.status == 400
     assert body["kind"] == "invalid_input"
-    assert says in body["error"] and repr(since) in body["error"] and "--since 7" in body["error"]
+    assert says in body["error"] and repr(since) in body["error"] and "7d" in body["error"]
     assert handler.reports == []
+
+
+async def test_report_takes_every_form_of_since_that_runs_takes(
+    server: ControlServer, handler: FakeHandler
+) -> None:
+    async with raw_session(server.socket_path) as session:
+        for since in ("2", "12h", "1.5d", "1w"):
+            async with session.get("http://d/v1/report", params={"since": since}) as reply:
+                assert reply.status == 200, await reply.text()
+    assert handler.reports == [2, 0.5, 1.5, 7]
+
+
+async def test_a_tiny_since_reaches_the_daemon_as_written(
+    client: ControlClient, handler: FakeHandler
+) -> None:
+    await client.report(1 / 86400)  # `report --since 1s`: repr would send 1.1574074074074073e-05
+    assert handler.reports == [pytest.approx(1 / 86400, rel=1e-3)]
 
 
 async def test_metrics_are_served_on_the_socket_as_the_handler_renders_them(

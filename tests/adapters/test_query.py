@@ -229,11 +229,12 @@ def test_compare_without_an_objective_assumes_min_and_says_so(db: RunDatabase) -
     assert table(found.groups) == [("mgda", 3, 2, 1, 1, 2.0, 2.0, 2.0, "mgda-1")]
     given = db.compare("config.gradient_method", "val_loss", direction="max")
     assert given.direction_source == "given"
+    # The runs without a gradient_method, "(none)", come last though their mean is the best.
     assert [g.best_run for g in given.groups] == [
-        "baseline-1",
         "imtlg-1",
         "pcgrad-1",
         "mgda-1",
+        "baseline-1",
     ]
 
 

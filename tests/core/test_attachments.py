@@ -62,6 +62,7 @@ def test_an_http_or_https_link_is_recorded_as_given(uri: str) -> None:
         ("wandb.ai/team/run", "give s3://BUCKET/KEY or an https://"),
         ("", "empty"),
         ("https://x.io/" + "a" * 2100, "the limit is 2048"),
+        ("s3://my-runs/" + "é" * 513, "is 1026 bytes long as UTF-8"),
     ],
 )
 def test_a_bad_uri_is_refused_naming_what_is_wrong(uri: str, says: str) -> None:
@@ -76,3 +77,47 @@ def test_a_local_path_is_refused_with_how_to_upload_it(path: str) -> None:
 
     assert "is a local path" in str(caught.value)
     assert "aws s3 cp FILE s3://BUCKET/KEY" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("uri", "names"),
+    [
+        ("https://x.io/a?token=s3cr3t", "token"),
+        ("https://x.io/a?page=2&access_token=s3cr3t", "access_token"),
+        (
+            "https://b.s3.amazonaws.com/k?X-Amz-Credential=s3cr3t&X-Amz-Signature=s3cr3t",
+            "X-Amz-Credential, X-Amz-Signature",
+        ),
+        ("https://acct.blob.core.windows.net/c/f?sv=2024&sig=s3cr3t", "sig"),
+        ("https://x.io/a?signature=s3cr3t", "signature"),
+        ("https://x.io/a?key=s3cr3t", "key"),
+        ("https://x.io/a?api_key=s3cr3t", "api_key"),
+        ("https://x.io/a?password=s3cr3t", "password"),
+        ("https://x.io/cb#access_token=s3cr3t&state=1", "access_token"),
+    ],
+)
+def test_a_link_with_a_secret_looking_parameter_is_refused_without_echoing_it(
+    uri: str, names: str
+) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        parse_attachment_uri(uri)
+    message = str(caught.value)
+    assert f"looks like a credential in its parameters ({names})" in message
+    assert "s3cr3t" not in message
+
+
+def test_a_link_with_a_password_is_refused_without_echoing_it() -> None:
+    with pytest.raises(InvalidInput, match="user name or password") as caught:
+        parse_attachment_uri("https://me:hunter2@wandb.ai/x")
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "https://wandb.ai/team/proj/runs/abc?workspace=user-me&nw=nwuserme",
+        "https://x.io/search?q=token&sort=keyboard&monkey=1",
+    ],
+)
+def test_ordinary_parameters_are_kept(uri: str) -> None:
+    assert parse_attachment_uri(uri).uri == uri

@@ -55,6 +55,18 @@ def test_runs_without_the_field_form_their_own_group_after_the_others_when_unmea
     assert [g.value for g in compare(samples, by="tag.g", metric="m").groups] == ["g", None]
 
 
+@pytest.mark.parametrize("direction", [Direction.MIN, Direction.MAX])
+def test_the_group_without_the_field_is_last_whatever_its_mean(direction: Direction) -> None:
+    best = 0.0 if direction is Direction.MIN else 9.0
+    samples = [
+        Sample("a", "g", "completed", 5.0),
+        Sample("x", None, "completed", best),  # the best mean of all: still not a value of g
+        Sample("b", "h", "completed", None),
+    ]
+    groups = compare(samples, by="tag.g", metric="m", direction=direction).groups
+    assert [g.value for g in groups] == ["g", "h", None]
+
+
 @pytest.mark.parametrize(
     ("declared", "given", "expected", "source", "says"),
     [

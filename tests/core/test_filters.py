@@ -124,6 +124,9 @@ def test_a_bad_filter_is_refused_naming_it(text: str, says: str) -> None:
         ("2w", timedelta(weeks=2)),
         ("1.5d", timedelta(hours=36)),
         (" 3 h ", timedelta(hours=3)),
+        ("7", timedelta(days=7)),  # a bare number is days, as `report --since 7` always took
+        ("0.5", timedelta(hours=12)),
+        (str(1 / 86400), timedelta(seconds=1)),  # days as str() writes a small float
     ],
 )
 def test_since_is_a_number_and_a_unit(text: str, delta: timedelta) -> None:
@@ -133,8 +136,10 @@ def test_since_is_a_number_and_a_unit(text: str, delta: timedelta) -> None:
 @pytest.mark.parametrize(
     ("text", "says"),
     [
-        ("7", "since '7' is not a duration: give a number and a unit"),
-        ("7y", "since '7y' is not a duration"),
+        ("7y", "since '7y' is not a duration: give a number and a unit"),
+        ("nan", "since 'nan' is not a duration"),
+        ("inf", "since 'inf' is not a duration"),
+        ("1e400d", "since '1e400d' is out of range"),
         ("-1d", "since '-1d' is not a duration"),
         ("0d", "since '0d' is out of range"),
         ("99999d", "since '99999d' is out of range"),

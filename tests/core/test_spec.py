@@ -308,9 +308,9 @@ def test_a_config_is_kept_as_given_and_stored_as_a_json_object() -> None:
 
 @pytest.mark.parametrize(
     ("value", "why"),
-    [({1, 2}, "set"), (b"\x00", "bytes"), (float("nan"), "Out of range"),
-     (float("inf"), "Out of range"), (object(), "object")],
-    ids=["set", "bytes", "nan", "inf", "object"],
+    [({1, 2}, "set"), (b"\x00", "bytes"), (float("nan"), "lr is nan: NaN and infinity"),
+     (float("inf"), "lr is inf"), (object(), "object"), (2**64, "65 bits")],
+    ids=["set", "bytes", "nan", "inf", "object", "int-overflow"],
 )  # fmt: skip
 def test_a_config_that_is_not_plain_json_is_refused(value: object, why: str) -> None:
     with pytest.raises(InvalidInput, match=rf"^config is not plain JSON: .*{why}"):
@@ -442,3 +442,12 @@ def test_an_objective_name_may_hold_colons(
 ) -> None:
     objective = Objective.parse(text)
     assert (objective.name, objective.direction, objective.weight) == (name, direction, weight)
+
+
+def test_each_key_under_the_run_prefix_fits_s3s_1024_bytes() -> None:
+    prefix = "s3://my-runs/" + "p" * 1000 + "/"  # 1,001 bytes: fits alone
+    with pytest.raises(InvalidInput) as info:
+        make_spec(s3_prefix=prefix, markers=("a" * 30,))
+    assert "completion marker under s3://my-runs/ppp" in str(info.value)
+    assert "1031 bytes long as UTF-8; S3 keys are at most 1024 bytes" in str(info.value)
+    assert make_spec(s3_prefix=prefix, markers=("done",), crash_report="crash.log")

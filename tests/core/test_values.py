@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from supervisor.core.errors import InvalidInput
-from supervisor.core.values import S3Prefix, parse_instance_id, parse_relative_key
+from supervisor.core.values import (
+    MAX_JSON_NODES,
+    S3Object,
+    S3Prefix,
+    check_json_value,
+    parse_instance_id,
+    parse_relative_key,
+)
 
 
 @pytest.mark.parametrize("value", ["i-0123abcd", "i-0123456789abcdef0"])
@@ -39,8 +46,30 @@ def test_s3_prefix_gains_a_trailing_slash(url: str) -> None:
     assert str(prefix) == "s3://my-runs/exp1/run42/"
 
 
-def test_s3_prefix_of_a_whole_bucket_is_empty() -> None:
-    assert S3Prefix.parse("s3://my-runs") == S3Prefix("my-runs", "")
+@pytest.mark.parametrize("url", ["s3://my-runs", "s3://my-runs/"])
+def test_s3_prefix_of_a_whole_bucket_is_its_root(url: str) -> None:
+    # Deliberate (README, "The run prefix"): the bucket's root is the run's mailbox.
+    assert S3Prefix.parse(url) == S3Prefix("my-runs", "")
+    assert str(S3Prefix.parse(url)) == "s3://my-runs/"
+
+
+@pytest.mark.parametrize(
+    "url", ["s3://my-runs/résumé/run-1/", "s3://my-runs/実験/一/", "s3://my-runs/exp_1/Ω/"]
+)
+def test_s3_prefix_may_hold_utf8_letters_as_s3_keys_do(url: str) -> None:
+    assert str(S3Prefix.parse(url)) == url
+
+
+def test_s3_keys_are_at_most_1024_bytes_of_utf8() -> None:
+    fits = "s3://my-runs/" + "é" * 511 + "/"  # 1,023 bytes
+    assert S3Prefix.parse(fits).prefix.encode() == ("é" * 511 + "/").encode()
+    with pytest.raises(InvalidInput, match="is 1025 bytes long as UTF-8; S3 keys are at most"):
+        S3Prefix.parse("s3://my-runs/" + "é" * 512 + "/")
+    assert S3Object.parse("s3://my-runs/" + "a" * 1024).key == "a" * 1024
+    with pytest.raises(InvalidInput, match="1025 bytes"):
+        S3Object.parse("s3://my-runs/" + "a" * 1025)
+    with pytest.raises(InvalidInput, match="completion marker 'aaa"):
+        parse_relative_key("a" * 1025, what="completion marker")
 
 
 def test_s3_prefix_turns_relative_keys_into_full_keys_and_back() -> None:
@@ -76,9 +105,59 @@ def test_relative_key_of_safe_characters_is_accepted(key: str) -> None:
 
 @pytest.mark.parametrize(
     "key",
-    ["x; rm -rf /", "done\n", "a\nb", "..", "../done", "out/../done", "/done", "", "a//b", "a b"],
+    [
+        "x; rm -rf /",
+        "done\n",
+        "a\nb",
+        "..",
+        "../done",
+        "out/../done",
+        "/done",
+        "",
+        "a//b",
+        "a b",
+        "a\u00a0b",  # no-break space
+        "done\u202e",  # a bidi override
+        "a$(id)",
+    ],
 )
 def test_relative_key_that_could_escape_or_inject_is_refused(key: str) -> None:
     with pytest.raises(InvalidInput) as info:
         parse_relative_key(key, what="expected output")
     assert f"expected output {key!r} is not valid" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ({"lr": float("nan")}, "config: lr is nan: NaN and infinity"),
+        ({"opt": {"eps": float("inf")}}, "config: opt.eps is inf"),
+        ({"layers": [1, float("-inf")]}, "config: layers[1] is -inf"),
+        ({"seed": 2**64}, "config: seed is an integer of 65 bits, beyond the 64"),
+        ({1: "a"}, "config has a key 1 that is not text"),
+        ({"when": object()}, "config: when is a object, not a JSON value"),
+    ],
+)
+def test_a_json_value_json_cannot_hold_is_refused_naming_where(value: object, says: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        check_json_value(value, what="config")
+    assert says in str(caught.value)
+
+
+def test_shared_parts_count_every_time_they_appear() -> None:
+    level: list[object] = ["lol"] * 9
+    for _ in range(8):  # what a 9-level YAML alias bomb loads into: 9**9 values, shared
+        level = [level] * 9
+    with pytest.raises(InvalidInput, match=f"more than {MAX_JSON_NODES} values"):
+        check_json_value({"bomb": level}, what="config")
+
+
+def test_a_value_that_contains_itself_is_refused() -> None:
+    looped: list[object] = []
+    looped.append(looped)
+    with pytest.raises(InvalidInput, match="nested more than 64 levels deep"):
+        check_json_value({"x": looped}, what="config")
+
+
+def test_a_plain_json_value_passes() -> None:
+    check_json_value({"lr": 3e-4, "n": -(2**63), "tags": ["a", None, True], "o": {}}, what="c")

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from supervisor.core.errors import InvalidInput
-from supervisor.runtime.settings import Settings
+from supervisor.core.spec import MAX_GRACE_S
+from supervisor.runtime.settings import Settings, unknown_variables
+from tests.core.builders import make_spec
 
 
 @pytest.fixture(autouse=True)
@@ -188,3 +190,47 @@ def test_the_events_backoff_cap_may_not_undercut_the_first_check() -> None:
 def test_the_sqs_wait_is_within_what_aws_allows(wait: int) -> None:
     with pytest.raises(InvalidInput, match="SUPERVISOR_EVENTS_WAIT_S"):
         Settings.load(events_wait_s=wait)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("GRACE_S", "inf"),
+        ("GRACE_S", "nan"),
+        ("GRACE_S", "1000000"),  # over a run's limit: every attach would then be refused
+        ("POLL_INITIAL_S", "nan"),
+        ("ZOMBIE_WAIT_S", "1e400"),
+        ("RECONCILE_INTERVAL_S", "1e12"),
+    ],
+)
+def test_a_setting_out_of_a_runs_bounds_or_not_finite_is_refused_naming_it(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(f"SUPERVISOR_{name}", value)
+    with pytest.raises(InvalidInput, match=f"SUPERVISOR_{name}") as caught:
+        Settings.load()
+    assert "\n" not in str(caught.value)
+
+
+def test_the_largest_grace_the_daemon_takes_is_one_every_run_takes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SUPERVISOR_GRACE_S", str(MAX_GRACE_S))
+    assert make_spec(grace_s=Settings.load().grace_s).grace_s == MAX_GRACE_S
+
+
+def test_an_unknown_supervisor_variable_is_warned_about_with_the_likely_one() -> None:
+    environ = {
+        "SUPERVISOR_GRACE": "10",
+        "SUPERVISOR_STAT_DIR": "/x",
+        "SUPERVISOR_GRACE_S": "10",
+        "SUPERVISOR_RUN_PREFIX": "s3://b/p/",
+        "SUPERVISOR_WHATEVER_ELSE": "1",
+        "HOME": "/root",
+    }
+    assert unknown_variables(environ) == [
+        "warning: ignoring unknown variable SUPERVISOR_GRACE: did you mean SUPERVISOR_GRACE_S?",
+        "warning: ignoring unknown variable SUPERVISOR_STAT_DIR: did you mean "
+        "SUPERVISOR_STATE_DIR?",
+        "warning: ignoring unknown variable SUPERVISOR_WHATEVER_ELSE: no setting has this name",
+    ]
