@@ -718,6 +718,8 @@ def _print_detail(run: RunDetail, *, as_json: bool) -> None:
         if attached.excerpt:
             for line in attached.excerpt.rstrip().splitlines()[-CRASH_LINES:]:
                 print(f"             | {line}")
+    for problem in run.report_problems:
+        print(f"  not read   {problem.note}")
     print("  transitions:")
     for t in run.transitions:
         print(f"    {t.at:%Y-%m-%d %H:%M:%S}  {t.from_ or '-':>11} -> {t.to:<11} {t.reason}")
