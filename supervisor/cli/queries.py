@@ -391,7 +391,7 @@ def _print_show(run: RunDetailRow, *, as_json: bool) -> None:
     if run.report_problems:
         print("report files not read")
         for problem in run.report_problems:
-            print(f"  {problem.note} ({_cell(problem.noted_at)})")
+            print(f"  {_cell(problem.noted_at)}  {problem.note}")
 
     print(f"final metrics ({len(run.metrics)})" if run.metrics else "final metrics")
     if run.metrics:
