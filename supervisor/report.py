@@ -49,7 +49,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -149,6 +149,48 @@ def _step(step: object) -> int:
     return int(step)
 
 
+def _internal(name: object) -> bool:
+    """W&B's own keys (`_step`, `_runtime`, `_timestamp`, `_wandb`...): never metrics."""
+    return isinstance(name, str) and name.startswith("_")
+
+
+def _empty_cell(value: object) -> bool:
+    """What pandas writes for a metric not logged at a step: None, or NaN."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _given_history(history: object) -> list[dict[str, int | float]]:
+    """The records of a history given to `completed()`: a list of records, or a table of
+    columns of one length (`DataFrame.to_dict("list")`); W&B's `_step` is the step."""
+    if isinstance(history, Mapping):
+        columns = {name: list(cells) for name, cells in history.items()}
+        lengths = {len(cells) for cells in columns.values()}
+        if len(lengths) > 1:
+            sizes = ", ".join(f"{name!r} {len(cells)}" for name, cells in columns.items())
+            raise ValueError(f"history's columns differ in length ({sizes}): give one per step")
+        rows = lengths.pop() if lengths else 0
+        items: list[object] = [{n: cells[i] for n, cells in columns.items()} for i in range(rows)]
+    elif isinstance(history, (str, bytes)) or not hasattr(history, "__iter__"):
+        raise ValueError(
+            f"history {history!r} is not valid: give a list of records or a mapping of "
+            "columns (DataFrame.to_dict('records') or .to_dict('list'))"
+        )
+    else:
+        items = list(history)
+    records = []
+    for item in items:
+        if not isinstance(item, Mapping) or ("step" not in item and "_step" not in item):
+            raise ValueError(f"history record {item!r} is not a mapping with a 'step'")
+        step = item["step"] if "step" in item else item["_step"]
+        if isinstance(step, float) and step.is_integer():  # pandas makes a step column float
+            step = int(step)
+        values = {
+            k: v for k, v in item.items() if k != "step" and not _internal(k) and not _empty_cell(v)
+        }
+        records.append(_record(step, values))
+    return records
+
+
 def _record(step: object, values: Mapping[str, object]) -> dict[str, int | float]:
     """One history record: the step first, then its metrics."""
     if "step" in values:
@@ -156,6 +198,15 @@ def _record(step: object, values: Mapping[str, object]) -> dict[str, int | float
     record: dict[str, int | float] = {"step": _step(step)}
     record.update(_metrics(values))
     return record
+
+
+def _whole(value: object) -> int | None:
+    """W&B's `_step`, if it is a whole number of at least 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if not math.isfinite(value) or int(value) != value or value < 0:
+        return None
+    return int(value)
 
 
 def _compact(value: object) -> str:
@@ -237,25 +288,31 @@ def _text_or_none(value: object) -> str | None:
     return None if value is None else str(value)
 
 
-def _wandb_info(run: Any) -> dict[str, object]:
-    """The ids and the numbers of the summary of an active W&B run. Never raises: W&B's
-    state must not keep the completion marker from being written."""
+def _wandb_info(
+    run: Any, fresher: Mapping[str, int | float]
+) -> tuple[dict[str, object], dict[str, int | float]]:
+    """The ids and the numbers of the summary of an active W&B run, updated with `fresher`
+    values, and W&B's own numbers apart (`_step`, `_runtime`...: not metrics). Never raises:
+    W&B's state must not keep the completion marker from being written."""
     info: dict[str, object] = {"run_id": None, "url": None, "project": None, "summary": {}}
+    internal: dict[str, int | float] = {}
     try:
         info["run_id"] = _text_or_none(getattr(run, "id", None))
         info["url"] = _text_or_none(getattr(run, "url", None))
         info["project"] = _text_or_none(getattr(run, "project", None))
-        summary = dict(run.summary)
-        info["summary"] = {
+        numbers_only = {
             str(name): _number(str(name), value)
-            for name, value in summary.items()
+            for name, value in dict(run.summary).items()
             if isinstance(value, numbers.Real)
             and not isinstance(value, bool)
             and math.isfinite(value)
         }
+        summary = {k: v for k, v in numbers_only.items() if not _internal(k)}
+        info["summary"] = {**summary, **fresher}
+        internal = {k: v for k, v in numbers_only.items() if _internal(k)}
     except Exception as exc:
         _LOG.warning("could not read the W&B run's summary: %s: %s", type(exc).__name__, exc)
-    return info
+    return info, internal
 
 
 # -- writing to S3 ---------------------------------------------------------------------------
@@ -403,39 +460,54 @@ class Reporter:
     def completed(
         self,
         final_metrics: Mapping[str, float] | None = None,
-        history: list[Mapping[str, float]] | None = None,
+        history: Sequence[Mapping[str, object]] | Mapping[str, Sequence[object]] | None = None,
         *,
         total_steps: int | None = None,
     ) -> None:
         """Write final_metrics.json, history.json, then the completion marker, in that order:
         once the supervisor sees the marker, the other two are there.
 
-        `history` replaces what `log()` buffered (same records, same bound). `total_steps` is
-        by default the last step reported. With an active W&B run, its ids, project and the
-        numbers of its summary go into final_metrics.json too."""
+        `history` replaces what `log()` buffered (same records, same bound): a list of
+        records, or a table of columns (`DataFrame.to_dict("list")`); W&B's `_step` is a
+        record's step, its other `_` keys and empty cells (None, NaN) are left out.
+        W&B's own keys in `final_metrics` (`_step`, `_runtime`, ...) are not metrics either:
+        `_step` is the total steps unless `total_steps` is given. `total_steps` is by default
+        the last step reported. With an active W&B run, its ids, project and the numbers of its
+        summary go into final_metrics.json too; as W&B commits a row logged with `step=N` only
+        later, the summary is brought up to date with the last record and the final metrics."""
         if final_metrics is not None and not isinstance(final_metrics, Mapping):
             raise ValueError(
                 f"final_metrics {final_metrics!r} is not valid: give a mapping of metric names "
                 "to numbers, e.g. {'val_loss': 0.21}"
             )
-        metrics = _metrics(final_metrics or {})
+        given_metrics = dict(final_metrics or {})
+        metrics = _metrics({k: v for k, v in given_metrics.items() if not _internal(k)})
+        if total_steps is None and given_metrics.get("_step") is not None:
+            total_steps = given_metrics["_step"]  # type: ignore[assignment]
         if total_steps is not None:
             total_steps = _step(total_steps)
         given: History | None = None
         if history is not None:
             given = History()
-            for item in history:
-                if not isinstance(item, Mapping) or "step" not in item:
-                    raise ValueError(f"history record {item!r} is not a mapping with a 'step'")
-                values = {k: v for k, v in item.items() if k != "step"}
-                given.add(_record(item["step"], values))
+            for record in _given_history(history):
+                given.add(record)
         with self._lock:
             records = given if given is not None else self.history
+            last = records.records[-1] if len(records) else {}
+            known = [s for s in (self.last_step, last.get("step")) if s is not None]
+            # W&B commits a row logged with step=N only when the next one comes (or at
+            # finish): its summary lacks the last row, which the last record and the final
+            # metrics given have.
+            fresher = {**{k: v for k, v in last.items() if k != "step"}, **metrics}
+            wandb, internal = self._wandb(fresher)
+            if total_steps is None:
+                total_steps = int(max(known)) if known else _whole(internal.get("_step"))
             final = {
                 "format": FORMAT,
                 "metrics": metrics,
-                "total_steps": total_steps if total_steps is not None else self.last_step,
-                "wandb": self._wandb(),
+                "total_steps": total_steps,
+                "runtime_s": internal.get("_runtime"),
+                "wandb": wandb,
                 "time": _now(),
             }
             final_body = self._encode(FINAL_METRICS, final, MAX_REPORT_BYTES)
@@ -481,13 +553,22 @@ class Reporter:
         }
         return self._encode(STATUS, status, MAX_STATUS_BYTES)
 
-    def _wandb(self) -> dict[str, object] | None:
+    def _wandb(
+        self, fresher: Mapping[str, int | float]
+    ) -> tuple[dict[str, object] | None, dict[str, int | float]]:
+        """What final_metrics.json says of W&B, and W&B's own summary numbers apart."""
         run = _active_wandb_run()
         if run is not None:
-            return _wandb_info(run)
+            return _wandb_info(run, fresher)
         if self.wandb_run_id is None and self.wandb_url is None:
-            return None
-        return {"run_id": self.wandb_run_id, "url": self.wandb_url, "project": None, "summary": {}}
+            return None, {}
+        ids: dict[str, object] = {
+            "run_id": self.wandb_run_id,
+            "url": self.wandb_url,
+            "project": None,
+            "summary": {},
+        }
+        return ids, {}
 
     def _encode(self, key: str, document: object, limit: int) -> bytes:
         body = _compact(document).encode()
@@ -561,7 +642,7 @@ def log(step: int, **metrics: float) -> None:
 
 def completed(
     final_metrics: Mapping[str, float] | None = None,
-    history: list[Mapping[str, float]] | None = None,
+    history: Sequence[Mapping[str, object]] | Mapping[str, Sequence[object]] | None = None,
     *,
     total_steps: int | None = None,
 ) -> None:

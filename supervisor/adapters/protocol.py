@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from supervisor.core.reports import REPORT_UNREADABLE
 from supervisor.core.values import check_json_value
 
 
@@ -136,12 +137,30 @@ class AttachFileRequest(_Message):
     """s3://BUCKET/KEY, or an http(s) link"""
 
 
+class ReportProblemView(_Message):
+    """A report file the supervisor could not read (its newest version), kept with the run."""
+
+    key: str
+    note: str
+    """What is wrong with it, naming the file and where its shapes are documented."""
+    noted_at: datetime
+
+    def tail_item(self, run_id: str) -> TailItem:
+        """The note as `tail` shows it: the event the monitor noted when it read the file."""
+        fields = {"key": self.key, "error": self.note}
+        event = MonitorEventView(
+            at=self.noted_at, run_id=run_id, event=REPORT_UNREADABLE, fields=fields
+        )
+        return TailItem(kind="event", event=event)
+
+
 class RunDetail(RunView):
     spec: dict[str, Any]
     transitions: list[TransitionView]
     actions: list[ActionView] = Field(default_factory=list)
     instances: list[InstanceView] = Field(default_factory=list)
     attachments: list[AttachmentView] = Field(default_factory=list)
+    report_problems: list[ReportProblemView] = Field(default_factory=list)
 
 
 class MonitorEventView(_Message):

@@ -33,8 +33,8 @@ from supervisor.core.filters import (
 )
 from supervisor.core.spec import Direction
 
-QUERY_SCHEMA_VERSION = 6
-"""The schema version these queries need (0006 added run_data)."""
+QUERY_SCHEMA_VERSION = 7
+"""The schema version these queries need (0006 added run_data, 0007 report_problems)."""
 CRASH_LOG_LINES = 20
 """The last lines of a crash log that `run()` returns."""
 
@@ -183,6 +183,14 @@ class AttachmentRow(_Row):
     added_at: datetime
 
 
+class ReportProblemRow(_Row):
+    key: str
+    """The report file, relative to the run prefix."""
+    note: str
+    """What is wrong with it, naming the file and where its shapes are documented."""
+    noted_at: datetime
+
+
 class CrashLog(_Row):
     uri: str
     lines: tuple[str, ...]
@@ -198,6 +206,10 @@ class RunDetailRow(RunRow):
     wandb: dict[str, Any] | None
     """What the job reported about W&B with its final metrics (ids, project, summary)."""
     history: list[dict[str, Any]] | None
+    runtime_s: float | None
+    """The job's runtime, when its final metrics say (a W&B summary's `_runtime`)."""
+    report_problems: tuple[ReportProblemRow, ...]
+    """Report files that could not be read (their newest version): nothing of them is here."""
     attachments: tuple[AttachmentRow, ...]
     instances: tuple[InstanceRow, ...]
     transitions: tuple[TransitionRow, ...]
@@ -373,6 +385,16 @@ class RunDatabase:
             newest = max(crash, key=lambda a: a.added_at)
             lines = (newest.excerpt or "").rstrip("\n").splitlines()
             crash_log = CrashLog(uri=newest.uri, lines=tuple(lines[-CRASH_LOG_LINES:]))
+        report_problems = tuple(
+            ReportProblemRow(
+                key=p["key"], note=p["note"], noted_at=datetime.fromisoformat(p["noted_at"])
+            )
+            for p in self._db.execute(
+                "SELECT key, note, noted_at FROM report_problems WHERE run_id = ? "
+                "ORDER BY noted_at, key",
+                (run_id,),
+            )
+        )
         final = _json(row["final_metrics_json"]) or {}
         return RunDetailRow(
             **summary.model_dump(),
@@ -380,6 +402,8 @@ class RunDatabase:
             status=_json(row["status_json"]),
             wandb=final.get("wandb"),
             history=_json(row["history_json"]),
+            runtime_s=final.get("runtime_s"),
+            report_problems=report_problems,
             attachments=attachments,
             instances=instances,
             transitions=transitions,

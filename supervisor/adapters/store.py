@@ -94,6 +94,18 @@ class RunDataRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ReportProblemRecord:
+    """A report file that could not be read (table report_problems): the newest per file."""
+
+    run_id: str
+    key: str
+    etag: str
+    note: str
+    """The problem, naming the file and where its shapes are documented."""
+    noted_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class AttachmentRecord:
     """A file or link attached to a run: a crash report found under its prefix, for one."""
 
@@ -359,9 +371,10 @@ class Store:
         )
 
     async def record_report(
-        self, run_id: str, report: Report, *, read_at: datetime, now: datetime
+        self, run_id: str, key: str, report: Report, *, read_at: datetime, now: datetime
     ) -> None:
-        """Store what the job reported (one file's content), replacing that file's last one."""
+        """Store what the job reported (one file's content, at `key`), replacing that file's
+        last one; a note that an earlier version of the file could not be read goes."""
         match report:
             case StatusReport():
                 sets = {
@@ -378,6 +391,7 @@ class Store:
                         {
                             "metrics": report.metrics,
                             "wandb": wandb.model_dump() if wandb else None,
+                            "runtime_s": report.runtime_s,
                         }
                     ),
                     "total_steps": report.total_steps,
@@ -408,7 +422,47 @@ class Store:
                     (last_step, run_id),
                 )
             )
+        statements.append(
+            ("DELETE FROM report_problems WHERE run_id = ? AND key = ?", (run_id, key))
+        )
         await self._write(statements)
+
+    async def record_report_problem(self, problem: ReportProblemRecord) -> None:
+        """Note that a report file could not be read, replacing the note on its last version."""
+        await self._write(
+            [
+                (
+                    "INSERT INTO report_problems (run_id, key, etag, note, noted_at) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id, key) DO UPDATE SET "
+                    "etag = excluded.etag, note = excluded.note, noted_at = excluded.noted_at",
+                    (
+                        problem.run_id,
+                        problem.key,
+                        problem.etag,
+                        problem.note,
+                        _iso(problem.noted_at),
+                    ),
+                )
+            ]
+        )
+
+    async def report_problems(self, run_id: str) -> list[ReportProblemRecord]:
+        async with self._reader.execute(
+            "SELECT run_id, key, etag, note, noted_at FROM report_problems "
+            "WHERE run_id = ? ORDER BY noted_at, key",
+            (run_id,),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [
+            ReportProblemRecord(
+                run_id=r["run_id"],
+                key=r["key"],
+                etag=r["etag"],
+                note=r["note"],
+                noted_at=datetime.fromisoformat(r["noted_at"]),
+            )
+            for r in rows
+        ]
 
     async def run_data(self, run_id: str) -> RunDataRecord | None:
         async with self._reader.execute(

@@ -369,6 +369,7 @@ def _print_show(run: RunDetailRow, *, as_json: bool) -> None:
         ("created", _cell(run.created_at)),
         ("updated", _cell(run.updated_at)),
         ("step", _steps(run)),
+        ("runtime", None if run.runtime_s is None else f"{run.runtime_s:.0f}s"),
     ]
     for label, value in facts:
         if value is not None:
@@ -389,6 +390,11 @@ def _print_show(run: RunDetailRow, *, as_json: bool) -> None:
             print(f"  {name:<{width}}  {o.direction}  weight {o.weight:<4g} {final}")
     else:
         print("  (none: attach with --objective NAME:min|max to declare them)")
+
+    if run.report_problems:
+        print("report files not read")
+        for problem in run.report_problems:
+            print(f"  {_cell(problem.noted_at)}  {printable(problem.note)}")
 
     print(f"final metrics ({len(run.metrics)})" if run.metrics else "final metrics")
     if run.metrics:

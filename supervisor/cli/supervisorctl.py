@@ -766,6 +766,8 @@ def _print_detail(run: RunDetail, *, as_json: bool) -> None:
         if attached.excerpt:
             for line in attached.excerpt.rstrip().splitlines()[-CRASH_LINES:]:
                 print(f"             | {printable(line)}")
+    for problem in run.report_problems:
+        print(f"  not read   {printable(problem.note)}")
     print("  transitions:")
     for t in run.transitions:
         print(

@@ -28,6 +28,7 @@ from supervisor.adapters.protocol import (
     AttachRequest,
     DaemonStatus,
     InstanceView,
+    ReportProblemView,
     ReportView,
     RunDetail,
     RunView,
@@ -53,6 +54,7 @@ from supervisor.core.errors import (
 )
 from supervisor.core.events import MonitorFailed, ResumeRequested, UserAction, UserRequested
 from supervisor.core.machine import Policy, new_run, step
+from supervisor.core.reports import REPORT_UNREADABLE
 from supervisor.core.run import TERMINAL_PHASES, Run
 from supervisor.core.spec import RunSpec, Transport
 from supervisor.core.values import S3Object, parse_relative_key
@@ -415,6 +417,7 @@ class ControlApi:
         actions = await self._d.store.actions(run_id)
         instances = await self._d.store.instances(run_id)
         attachments = await self._d.store.attachments(run_id)
+        problems = await self._d.store.report_problems(run_id)
         run = self._live(record)
         return RunDetail(
             **run_view(run).model_dump(),
@@ -458,6 +461,9 @@ class ControlApi:
                     kind=a.kind, uri=a.uri, added_at=a.added_at, size=a.size, excerpt=a.excerpt
                 )
                 for a in attachments
+            ],
+            report_problems=[
+                ReportProblemView(key=p.key, note=p.note, noted_at=p.noted_at) for p in problems
             ],
         )
 
@@ -507,8 +513,13 @@ class ControlApi:
             history: list[tuple[datetime, TailItem]] = [
                 (t.at, TailItem(kind="transition", transition=t)) for t in detail.transitions
             ]
-            if monitor is not None:
-                history += [(e.at, TailItem(kind="event", event=e)) for e in monitor.recent]
+            if monitor is not None:  # its notes of unreadable reports are stored: replayed below
+                history += [
+                    (e.at, TailItem(kind="event", event=e))
+                    for e in monitor.recent
+                    if e.event != REPORT_UNREADABLE
+                ]
+            history += [(p.noted_at, p.tail_item(run_id)) for p in detail.report_problems]
             history.sort(key=lambda pair: pair[0])
             last_seq, ended = 0, record.run.phase.is_terminal
             for _, item in history:

@@ -28,7 +28,7 @@ import structlog
 from pydantic import ValidationError
 
 from supervisor.adapters.protocol import MonitorEventView, TailItem, TransitionView
-from supervisor.adapters.store import ActionRecord, AttachmentRecord, Store
+from supervisor.adapters.store import ActionRecord, AttachmentRecord, ReportProblemRecord, Store
 from supervisor.core.checkpoint import (
     CommandResult,
     CommandStatus,
@@ -76,7 +76,13 @@ from supervisor.core.events import (
     Tick,
 )
 from supervisor.core.machine import Decision, Policy, step
-from supervisor.core.reports import MAX_REPORT_BYTES, MAX_STATUS_BYTES, parse_report
+from supervisor.core.reports import (
+    MAX_REPORT_BYTES,
+    MAX_STATUS_BYTES,
+    REPORT_UNREADABLE,
+    parse_report,
+    unreadable_note,
+)
 from supervisor.core.run import Phase, Run
 from supervisor.core.spec import RunSpec, Transport
 from supervisor.core.values import InstanceState, S3Object
@@ -468,8 +474,7 @@ class Monitor:
         limit = MAX_STATUS_BYTES if key == spec.heartbeat_file else MAX_REPORT_BYTES
         if size > limit:
             why = f"{key} is {size} bytes; reports over {limit} bytes are not read"
-            self._note("report_skipped", level="warning", key=key, why=why)
-            return ReportIngested(key, etag, error=why)
+            return await self._report_problem(key, etag, why)
         try:
             text = await self._deps.cloud.read_object(
                 prefix.bucket, prefix.key(key), spec.region, limit=limit
@@ -481,12 +486,23 @@ class Monitor:
             self._note("report_unread", level="warning", key=key, code=exc.code)
             return None
         except (ExternalError, InvalidInput) as exc:
-            self._note("report_invalid", level="warning", key=key, error=str(exc)[:300])
-            return ReportIngested(key, etag, error=str(exc)[:300])
+            return await self._report_problem(key, etag, str(exc)[:300])
         now = self._deps.clock.now()
-        await self._deps.store.record_report(spec.run_id, report, read_at=now, now=now)
+        await self._deps.store.record_report(spec.run_id, key, report, read_at=now, now=now)
         self._note("report_ingested", key=key, etag=etag, bytes=size)
         return ReportIngested(key, etag)
+
+    async def _report_problem(self, key: str, etag: str, problem: str) -> ReportIngested:
+        """Store a note that this version of a report file could not be read: it outlives
+        the monitor (`show` and `tail` print it after the run ended)."""
+        note = unreadable_note(problem)
+        await self._deps.store.record_report_problem(
+            ReportProblemRecord(
+                run_id=self.run_id, key=key, etag=etag, note=note, noted_at=self._deps.clock.now()
+            )
+        )
+        self._note(REPORT_UNREADABLE, level="warning", key=key, error=note)
+        return ReportIngested(key, etag, error=problem)
 
     async def _attach_crash_report(self, key: str) -> None:
         """Attach the job's crash report, with its last lines, if the job left one."""

@@ -175,6 +175,35 @@ def test_one_run_in_full_with_history_transitions_and_the_crash_log_tail(
     assert [a.kind for a in crashed.attachments] == ["crash-log"]
 
 
+def test_one_run_in_full_has_its_notes_on_unreadable_reports_and_its_runtime(
+    tmp_path: Path,
+) -> None:
+    from supervisor.adapters.store import ReportProblemRecord
+    from supervisor.core.reports import FinalMetrics
+
+    path = tmp_path / "supervisor.db"
+    asyncio.run(seed(path, [method("noted", "mgda")]))
+    note = "history.json is not JSON: ... (the shapes it may take are in the README, ...)"
+
+    async def report() -> None:
+        store = await Store.open(path)
+        try:
+            final = FinalMetrics(metrics={"val_loss": 0.2}, runtime_s=3600.5)
+            await store.record_report("noted", "final_metrics.json", final, read_at=NOW, now=NOW)
+            problem = ReportProblemRecord("noted", "history.json", "e1", note, NOW)
+            await store.record_report_problem(problem)
+        finally:
+            await store.close()
+
+    asyncio.run(report())
+    with RunDatabase(path) as db:
+        full = db.run("noted")
+    assert [(p.key, p.note, p.noted_at) for p in full.report_problems] == [
+        ("history.json", note, NOW)
+    ]
+    assert (full.runtime_s, full.metrics) == (3600.5, {"val_loss": 0.2})
+
+
 def test_an_unknown_run_is_refused_naming_it(db: RunDatabase) -> None:
     with pytest.raises(UnknownRun, match="no run 'nope' in the run database"):
         db.run("nope")
@@ -283,7 +312,7 @@ def test_a_missing_or_old_database_is_explained(tmp_path: Path) -> None:
     with sqlite3.connect(old) as raw:
         raw.execute("PRAGMA user_version = 5")
     raw.close()
-    with pytest.raises(DatabaseUnavailable, match="schema version 5; queries need 6"):
+    with pytest.raises(DatabaseUnavailable, match="schema version 5; queries need 7"):
         RunDatabase(old)
 
     junk = tmp_path / "junk.db"

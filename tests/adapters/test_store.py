@@ -571,7 +571,37 @@ async def test_migration_6_keeps_every_row_and_starts_with_no_reports_read(
     finally:
         await store.close()
 
-    assert raw_count(path, "PRAGMA user_version") == SCHEMA_VERSION == 6
+    assert raw_count(path, "PRAGMA user_version") == SCHEMA_VERSION == 7
     assert _rows(path) == before
     assert [r.run.report_etags for r in records if r is not None] == [()] * len(_V3_RUNS)
     assert data == [None] * len(_V3_RUNS)
+
+
+async def test_a_note_on_an_unreadable_report_is_kept_per_file_until_a_version_reads(
+    store: Store,
+) -> None:
+    from supervisor.adapters.store import ReportProblemRecord
+    from supervisor.core.reports import FinalMetrics, History
+
+    await attach(store)
+    await attach(store, "other")
+    first = ReportProblemRecord("run-42", "history.json", "e1", "history.json is not JSON", NOW)
+    later = ReportProblemRecord(
+        "run-42", "history.json", "e2", "history.json: columns", NOW + timedelta(minutes=1)
+    )
+    final = ReportProblemRecord(
+        "run-42", "final_metrics.json", "e1", "final_metrics.json has no metrics", NOW
+    )
+    for problem in (first, later, final):
+        await store.record_report_problem(problem)
+    assert await store.report_problems("run-42") == [final, later]  # the newest per file
+    assert await store.report_problems("other") == []
+
+    # A version of a file that reads ends its note; the other file's note stays.
+    await store.record_report(
+        "run-42", "final_metrics.json", FinalMetrics(runtime_s=12.5), read_at=NOW, now=NOW
+    )
+    assert await store.report_problems("run-42") == [later]
+    await store.record_report("run-42", "history.json", History(), read_at=NOW, now=NOW)
+    assert await store.report_problems("run-42") == []
+    assert raw_count(store.path, "SELECT COUNT(*) FROM report_problems") == 0

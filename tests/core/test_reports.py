@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,6 +35,7 @@ from supervisor.core.reports import (
     WandbInfo,
     parse_report,
     report_keys,
+    unreadable_note,
 )
 from supervisor.core.run import TERMINAL_PHASES, CheckpointStatus, Outcome, Phase, Run
 from supervisor.core.values import InstanceState
@@ -116,14 +118,13 @@ def test_a_running_status_has_the_step_and_its_metrics_as_floats() -> None:
 
 
 def test_final_metrics_have_the_metrics_the_total_steps_and_the_wandb_run() -> None:
+    # W&B's own `_runtime` in the summary is not a metric: it is the run's runtime.
     assert parse(FINAL, FINAL_METRICS) == FinalMetrics(
         metrics={"val_loss": 0.21, "accuracy": 0.93},
         total_steps=5000,
+        runtime_s=3600.0,
         wandb=WandbInfo(
-            run_id="3kx9q2ab",
-            url=WANDB_URL,
-            project="llm",
-            summary={"val_loss": 0.21, "_runtime": 3600.0},
+            run_id="3kx9q2ab", url=WANDB_URL, project="llm", summary={"val_loss": 0.21}
         ),
     )
 
@@ -249,11 +250,19 @@ def test_a_file_that_is_not_json_is_refused_naming_it(key: str, text: str) -> No
         parse(key, text)
 
 
-@pytest.mark.parametrize("key", REPORTS)
+@pytest.mark.parametrize("key", [STATUS, FINAL])
 @pytest.mark.parametrize("text", ["[]", "[{}]", '"running"', "null", "42", "true"])
 def test_json_that_is_not_an_object_is_refused_naming_the_file(key: str, text: str) -> None:
     with pytest.raises(InvalidInput, match=rf"^{key} is not a JSON object$"):
         parse(key, text)
+
+
+@pytest.mark.parametrize("text", ['"running"', "null", "42", "true"])
+def test_a_history_that_is_neither_an_object_nor_a_list_is_refused_naming_its_shapes(
+    text: str,
+) -> None:
+    with pytest.raises(InvalidInput, match=r"^history\.json is not a JSON object or list: give "):
+        parse(HISTORY, text)
 
 
 BAD_SHAPES = [
@@ -296,6 +305,157 @@ def test_a_configured_heartbeat_file_is_the_status_report_and_status_json_is_not
 def test_the_report_keys_are_the_heartbeat_file_and_the_two_fixed_files() -> None:
     assert report_keys(STATUS) == REPORTS
     assert report_keys("logs/hb.json") == ("logs/hb.json", FINAL, HISTORY)
+
+
+# -- the shapes people write: a W&B summary, pandas' records and columns ------------------------
+
+WANDB_SUMMARY = {
+    "val_loss": 0.21,
+    "accuracy": 0.93,
+    "epoch": 3,
+    "_step": 4999,
+    "_runtime": 3600.5,
+    "_timestamp": 1763812800.125,
+    "_wandb": {"runtime": 3600},
+    "weights": {"_type": "histogram", "values": [1, 2], "bins": [0.0, 0.5, 1.0]},
+    "samples": {"_type": "table-file", "path": "media/table/samples.json"},
+    "best_checkpoint": "ckpt-4000",
+    "converged": True,
+}
+"""`wandb.run.summary._json_dict` of a finished run, as `json.dump` writes it."""
+
+
+def test_a_flat_wandb_summary_is_final_metrics_with_its_step_and_runtime() -> None:
+    assert parse(FINAL, WANDB_SUMMARY) == FinalMetrics(
+        metrics={"val_loss": 0.21, "accuracy": 0.93, "epoch": 3.0},
+        total_steps=4999,
+        runtime_s=3600.5,
+    )
+
+
+@pytest.mark.parametrize(
+    ("document", "final"),
+    [
+        ({"loss": 0.5}, FinalMetrics(metrics={"loss": 0.5})),
+        ({"loss": 0.5, "_step": 10.0}, FinalMetrics(metrics={"loss": 0.5}, total_steps=10)),
+        ({"loss": 0.5, "_step": 2.5}, FinalMetrics(metrics={"loss": 0.5})),
+        ({"loss": 0.5, "_step": -1}, FinalMetrics(metrics={"loss": 0.5})),
+        ({"loss": 0.5, "_runtime": "long"}, FinalMetrics(metrics={"loss": 0.5})),
+        ({"_step": 7, "note": "only steps"}, FinalMetrics(total_steps=7)),
+        ({"_private": 1.0, "loss": 0.5}, FinalMetrics(metrics={"loss": 0.5})),
+        ({"loss": 0.5, "lr": "NaN", "acc": None}, FinalMetrics(metrics={"loss": 0.5})),
+    ],
+    ids=[
+        "numbers-only", "whole-float-step", "fractional-step", "negative-step",
+        "runtime-text", "steps-only", "underscore-key", "labels-skipped",
+    ],
+)  # fmt: skip
+def test_a_flat_object_keeps_its_numbers_and_wandbs_step_and_runtime(
+    document: dict[str, object], final: FinalMetrics
+) -> None:
+    assert parse(FINAL, document) == final
+
+
+@pytest.mark.parametrize(
+    "document",
+    [{"note": "done"}, {"_wandb": {"runtime": 1}, "_timestamp": 1.0}, {"nested": {"a": 1}}],
+    ids=["labels", "only-wandb-internals", "only-nested"],
+)
+def test_a_flat_object_without_a_number_is_refused_naming_the_shapes(
+    document: dict[str, object],
+) -> None:
+    with pytest.raises(InvalidInput, match=r"^final_metrics\.json has no metrics: .*W&B summary"):
+        parse(FINAL, document)
+
+
+def test_the_reporters_object_takes_wandbs_step_and_runtime_when_it_has_none() -> None:
+    summary = {"loss": 0.5, "_step": 99, "_runtime": 60, "_timestamp": 1.0}
+    report = parse(FINAL, {"metrics": {"loss": 0.5}, "wandb": {"summary": summary}})
+    assert report == FinalMetrics(
+        metrics={"loss": 0.5},
+        total_steps=99,
+        runtime_s=60.0,
+        wandb=WandbInfo(summary={"loss": 0.5}),
+    )
+    given = parse(FINAL, {"total_steps": 100, "wandb": {"summary": summary}})
+    assert isinstance(given, FinalMetrics) and given.total_steps == 100
+
+
+def test_no_key_starting_with_an_underscore_is_a_final_metric_in_any_shape() -> None:
+    reporter = parse(FINAL, {"metrics": {"_step": 1, "_x": 2.0, "loss": 0.5}})
+    flat = parse(FINAL, {"_step": 1, "_x": 2.0, "loss": 0.5})
+    assert isinstance(reporter, FinalMetrics) and isinstance(flat, FinalMetrics)
+    assert reporter.metrics == flat.metrics == {"loss": 0.5}
+
+
+EXPECTED_RECORDS = [{"step": 0, "loss": 2.5}, {"step": 100, "loss": 1.25, "lr": 0.001}]
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"format": 1, "records": EXPECTED_RECORDS},
+        EXPECTED_RECORDS,
+        [{"_step": 0, "loss": 2.5, "lr": None}, {"_step": 100, "loss": 1.25, "lr": 0.001}],
+        {"step": [0, 100], "loss": [2.5, 1.25], "lr": [None, 0.001]},
+        {"_step": [0, 100], "loss": [2.5, 1.25], "lr": [None, 0.001], "_runtime": [1.5, 9.0]},
+        {"_step": [0.0, 100.0], "loss": [2.5, 1.25], "lr": ["NaN", 0.001]},
+    ],
+    ids=[
+        "reporter", "records", "records-wandb-step", "columns", "columns-wandb-history",
+        "columns-pandas-floats",
+    ],
+)  # fmt: skip
+def test_every_shape_of_a_history_gives_the_same_records(document: object) -> None:
+    text = json.dumps(document).replace('"NaN"', "NaN")  # pandas writes NaN for an empty cell
+    report = parse(HISTORY, text)
+    assert isinstance(report, History)
+    assert report.records == EXPECTED_RECORDS
+    assert report.last_step == 100
+
+
+def test_wandbs_own_keys_other_than_step_are_left_out_of_history_records() -> None:
+    row = {"_step": 3, "_runtime": 1.5, "_timestamp": 1763812800.0, "_wandb": {}, "loss": 1.0}
+    report = parse(HISTORY, [row])
+    assert isinstance(report, History) and report.records == [{"step": 3, "loss": 1.0}]
+
+
+def test_a_records_own_step_wins_over_wandbs() -> None:
+    report = parse(HISTORY, [{"step": 5, "_step": 2, "loss": 1.0}])
+    assert isinstance(report, History) and report.records == [{"step": 5, "loss": 1.0}]
+
+
+@pytest.mark.parametrize(
+    ("document", "problem"),
+    [
+        ({"step": [0, 1, 2], "loss": [1.0, 0.5]}, r"its columns differ in length \('step' 3"),
+        ({"step": [0, 1], "name": "run-1"}, r"'name' is not a column"),
+        ({"step": 3, "loss": 0.5}, r"'step' is not a column"),
+        ([{"step": 1}, 2], r"^history\.json: records\.1: "),
+        (["step", "loss"], r"^history\.json: records\.0: "),
+    ],
+    ids=["ragged-columns", "column-and-label", "one-record-as-object", "not-a-record", "names"],
+)
+def test_a_history_in_no_known_shape_is_refused_naming_the_problem(
+    document: object, problem: str
+) -> None:
+    with pytest.raises(InvalidInput, match=problem) as info:
+        parse(HISTORY, document)
+    assert str(info.value).startswith("history.json")
+    assert "\n" not in str(info.value)
+
+
+def test_the_note_on_an_unreadable_file_says_where_its_shapes_are_documented() -> None:
+    note = unreadable_note("history.json is not JSON: Expecting value: line 1 column 1 (char 0)")
+    assert note.startswith("history.json is not JSON: Expecting value")
+    assert 'the README, section "Report files"' in note
+
+
+def test_the_readme_has_the_section_the_notes_point_to() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    assert "\n### Report files\n" in readme
+    for shape in ('to_dict("list")', 'orient="records"', "_json_dict", "_step", "_runtime"):
+        assert shape in readme
 
 
 # -- reading them in step(): once per ETag, before anything else -------------------------------

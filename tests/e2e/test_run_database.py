@@ -4,6 +4,8 @@ heartbeats, completed with 300 metrics and a history); the real daemon ingests i
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from supervisor.report import Reporter
@@ -57,3 +59,44 @@ def test_a_reported_run_is_shown_whole_and_found_by_its_metrics(
     assert run_id in str(found)
     missed = shared.ctl_json("runs", "--where", "metrics.val_loss<0.1")
     assert run_id not in str(missed)
+
+
+WANDB_SUMMARY = {
+    "val_loss": 0.25, "accuracy": 0.91, "_step": 4999, "_runtime": 3600.5,
+    "_timestamp": 1763812800.125, "_wandb": {"runtime": 3600},
+    "weights": {"_type": "histogram", "values": [1, 2], "bins": [0.0, 0.5, 1.0]},
+}  # fmt: skip
+"""`json.dump(wandb.run.summary._json_dict, f)`: what a job without the reporter uploads."""
+
+
+def test_a_wandb_summary_and_columns_are_recorded_and_an_unreadable_file_noted_in_show(
+    shared: Cli, fleet: Fleet
+) -> None:
+    (instance,) = fleet.launch()
+    run_id = "shapes-1"
+    shared.attach(run_id, instance, fleet.prefix(run_id), "--objective", "val_loss:min")
+    shared.wait_db_phase(run_id, "running")
+    prefix = f"runs/{run_id}/"
+    fleet.put(prefix + "final_metrics.json", json.dumps(WANDB_SUMMARY))
+    fleet.put(prefix + "history.json", json.dumps({"_step": [0, 100], "loss": [2.5, 1.25]}))
+    fleet.put(prefix + "status.json", "{'state': 'running'}")  # Python's repr, not JSON
+    fleet.put(prefix + "COMPLETE")
+    shared.wait_db_phase(run_id, "stopped")
+
+    shown = shared.ctl_json("show", run_id)
+    assert shown["metrics"] == {"val_loss": 0.25, "accuracy": 0.91}
+    assert (shown["total_steps"], shown["runtime_s"]) == (4999, 3600.5)
+    assert shown["objectives"][0]["final"] == 0.25
+    assert shown["history"] == [{"step": 0, "loss": 2.5}, {"step": 100, "loss": 1.25}]
+    (problem,) = shown["report_problems"]
+    assert problem["key"] == "status.json"
+
+    # After the run ended, in the text of show, status and tail: the file, the problem, the doc.
+    done = shared.ctl_all(("show", run_id), ("status", run_id), ("tail", run_id))
+    assert [d.returncode for d in done] == [0, 0, 0], [d.stderr for d in done]
+    shown_text, status_text, tail_text = (d.stdout for d in done)
+    for text in (shown_text, status_text, tail_text):
+        assert "status.json is not JSON: Expecting property name" in text, text
+        assert 'the README, section "Report files"' in text, text
+    assert "report files not read" in shown_text
+    assert "report_unreadable key=status.json" in tail_text

@@ -206,6 +206,7 @@ class TestCompleted:
             "format": 1,
             "metrics": {"val_loss": 0.21, "accuracy": 0.93},
             "total_steps": 2,
+            "runtime_s": None,
             "wandb": None,
         }
         assert recorded.json("history.json") == {
@@ -230,6 +231,36 @@ class TestCompleted:
 
         records = recorded.json("history.json")["records"]
         assert records == [{"step": 10, "loss": 0.5}, {"step": 20}]
+
+    def test_a_history_of_columns_as_pandas_gives_them_is_written_as_records(
+        self, recorded: Recorded
+    ) -> None:
+        # DataFrame.to_dict("list") of a W&B history: `_step`, W&B's own columns, and NaN
+        # (pandas' empty cell) where a metric was not logged at that step.
+        columns = {
+            "_step": [0.0, 10.0, 20.0],
+            "loss": [2.0, 1.0, 0.5],
+            "val_loss": [math.nan, math.nan, 0.7],
+            "_runtime": [0.1, 5.0, 9.9],
+        }
+        recorded.reporter.completed({}, history=columns)
+
+        records = recorded.json("history.json")["records"]
+        assert records == [
+            {"step": 0, "loss": 2.0},
+            {"step": 10, "loss": 1.0},
+            {"step": 20, "loss": 0.5, "val_loss": 0.7},
+        ]
+        assert recorded.json("final_metrics.json")["total_steps"] == 20
+
+    def test_history_records_keyed_by_wandbs_step_are_accepted(self, recorded: Recorded) -> None:
+        rows: list[dict[str, object]] = [
+            {"_step": 1, "loss": 1.0, "_timestamp": 1.7e9},
+            {"_step": 2, "loss": None},
+        ]
+        recorded.reporter.completed({}, history=rows)
+
+        assert recorded.json("history.json")["records"] == [{"step": 1, "loss": 1.0}, {"step": 2}]
 
     def test_the_ids_given_to_started_are_kept_without_an_active_wandb_run(
         self, recorded: Recorded
@@ -268,12 +299,50 @@ class TestCompleted:
 
         assert recorded.json("status.json")["wandb_run_id"] == "w1"
         assert recorded.json("status.json")["wandb_url"] == "https://wandb.ai/team/proj/runs/w1"
-        assert recorded.json("final_metrics.json")["wandb"] == {
+        final = recorded.json("final_metrics.json")
+        assert final["wandb"] == {
             "run_id": "w1",
             "url": "https://wandb.ai/team/proj/runs/w1",
             "project": "proj",
-            "summary": {"val_loss": 0.2, "_step": 99},
+            "summary": {"val_loss": 0.2},  # W&B's own `_step` is the total steps, not a metric
         }
+        assert (final["metrics"], final["total_steps"]) == ({"val_loss": 0.2}, 99)
+
+    def test_the_wandb_summary_a_step_behind_is_brought_up_to_date_with_the_last_record(
+        self, recorded: Recorded, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # After wandb.log({...}, step=N) W&B's summary still holds step N-1: W&B commits a
+        # row only when the next step is logged, or at finish.
+        stale = {"loss": 0.6, "lr": 0.01, "_step": 98, "_runtime": 12.5, "_timestamp": 1.7e9}
+        run = SimpleNamespace(id="w1", url=None, project="proj", summary=stale)
+        monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(run=run))
+        for step in (98, 99):
+            recorded.reporter.log(step, loss=0.6 if step == 98 else 0.5)
+        recorded.reporter.completed({"val_loss": 0.2})
+
+        final = recorded.json("final_metrics.json")
+        assert final["wandb"]["summary"] == {"loss": 0.5, "lr": 0.01, "val_loss": 0.2}
+        assert final["metrics"] == {"val_loss": 0.2}
+        assert (final["total_steps"], final["runtime_s"]) == (99, 12.5)
+        parsed = parse_report(
+            "final_metrics.json", recorded.body("final_metrics.json").decode(),
+            heartbeat_file="status.json",
+        )  # fmt: skip
+        assert isinstance(parsed, FinalMetrics)
+        assert (parsed.metrics, parsed.total_steps, parsed.runtime_s) == (
+            {"val_loss": 0.2},
+            99,
+            12.5,
+        )
+
+    def test_wandbs_own_keys_in_the_final_metrics_given_are_not_metrics(
+        self, recorded: Recorded
+    ) -> None:
+        summary = {"val_loss": 0.2, "_step": 4999, "_runtime": 60.0, "_timestamp": 1.7e9}
+        recorded.reporter.completed(summary)
+
+        final = recorded.json("final_metrics.json")
+        assert (final["metrics"], final["total_steps"]) == ({"val_loss": 0.2}, 4999)
 
     def test_a_wandb_summary_that_cannot_be_read_still_completes_the_run(
         self, recorded: Recorded, monkeypatch: pytest.MonkeyPatch
@@ -327,6 +396,10 @@ class TestValidation:
             recorded.reporter.completed({}, history=[{"step": 1, "loss": math.inf}])
         with pytest.raises(ValueError, match="is not a mapping with a 'step'"):
             recorded.reporter.completed({}, history=[{"loss": 1.0}])
+        with pytest.raises(ValueError, match=r"columns differ in length \('step' 2, 'loss' 1\)"):
+            recorded.reporter.completed({}, history={"step": [1, 2], "loss": [1.0]})
+        with pytest.raises(ValueError, match="give a list of records or a mapping of columns"):
+            recorded.reporter.completed({}, history="history.json")  # type: ignore[arg-type]
 
         assert recorded.keys == []
 

@@ -118,7 +118,104 @@ async def test_a_malformed_report_is_noted_once_and_does_not_stop_the_run(
     assert harness.calls("GetObject") == 1  # not read again until it changes
     assert harness.daemon is not None
     monitor = harness.daemon.monitors["bad"]
-    invalid = [e for e in monitor.recent if e.event == "report_invalid"]
+    invalid = [e for e in monitor.recent if e.event == "report_unreadable"]
     assert len(invalid) == 1 and "final_metrics.json is not JSON" in invalid[0].fields["error"]
     harness.fleet.put("runs/bad/COMPLETE")
     assert (await harness.wait_phase("bad", P.STOPPED)).outcome is Outcome.COMPLETED
+
+
+# -- the shapes people write, and a lasting note for a file that cannot be read ---------------
+
+WANDB_SUMMARY = {
+    "val_loss": 0.25, "accuracy": 0.91, "_step": 4999, "_runtime": 3600.5,
+    "_timestamp": 1763812800.125, "_wandb": {"runtime": 3600},
+    "weights": {"_type": "histogram", "values": [1, 2], "bins": [0.0, 0.5, 1.0]},
+    "best_checkpoint": "ckpt-4000",
+}  # fmt: skip
+"""`json.dump(wandb.run.summary._json_dict, f)` at the end of a run."""
+WANDB_HISTORY = {"_step": [0, 100, 200], "loss": [2.5, 1.25, 0.75], "_runtime": [0.5, 60, 120]}
+"""`json.dump(run.history().to_dict("list"), f)`: W&B's history as columns."""
+
+
+async def test_a_wandb_summary_and_a_history_of_columns_are_recorded(harness: Harness) -> None:
+    (instance,) = harness.fleet.launch(1)
+    await harness.start()
+    await harness.attach("wb", instance)
+    await harness.wait_phase("wb", P.RUNNING)
+    harness.fleet.put("runs/wb/final_metrics.json", json.dumps(WANDB_SUMMARY))
+    harness.fleet.put("runs/wb/history.json", json.dumps(WANDB_HISTORY))
+    harness.fleet.put("runs/wb/COMPLETE")
+
+    assert (await harness.wait_phase("wb", P.STOPPED)).outcome is Outcome.COMPLETED
+    assert harness.store is not None
+    data = await harness.store.run_data("wb")
+    assert data is not None
+    assert data.final_metrics == {"val_loss": 0.25, "accuracy": 0.91}
+    assert data.total_steps == 4999
+    assert data.history == [
+        {"step": 0, "loss": 2.5}, {"step": 100, "loss": 1.25}, {"step": 200, "loss": 0.75},
+    ]  # fmt: skip
+    assert await harness.store.report_problems("wb") == []
+
+
+async def test_an_unreadable_report_leaves_a_note_that_outlives_the_monitor(
+    harness: Harness,
+) -> None:
+    (instance,) = harness.fleet.launch(1)
+    await harness.start()
+    await harness.attach("ragged", instance)
+    await harness.wait_phase("ragged", P.RUNNING)
+    harness.fleet.put("runs/ragged/history.json", json.dumps({"step": [0, 1, 2], "loss": [1.0]}))
+    harness.fleet.put("runs/ragged/final_metrics.json", json.dumps({"val_loss": 0.5}))
+    harness.fleet.put("runs/ragged/COMPLETE")
+    assert (await harness.wait_phase("ragged", P.STOPPED)).outcome is Outcome.COMPLETED
+    assert harness.daemon is not None
+    assert "ragged" not in harness.daemon.monitors  # the run ended: its monitor is gone
+
+    detail = await harness.daemon.api.run_detail("ragged")
+    (problem,) = detail.report_problems
+    assert problem.key == "history.json"
+    assert problem.note.startswith("history.json: its columns differ in length ('step' 3, ")
+    assert 'the README, section "Report files"' in problem.note
+    tailed = [item async for item in harness.daemon.api.tail("ragged", follow=False)]
+    notes = [
+        i.event for i in tailed if i.event is not None and i.event.event == "report_unreadable"
+    ]
+    assert len(notes) == 1 and notes[0].fields == {"key": "history.json", "error": problem.note}
+    data = await harness.store.run_data("ragged")  # type: ignore[union-attr]
+    assert data is not None and data.final_metrics == {"val_loss": 0.5} and data.history is None
+
+    await harness.stop()  # the note is in the database, not only in the daemon's memory
+    await harness.start()
+    assert [p.note for p in (await harness.daemon.api.run_detail("ragged")).report_problems] == [
+        problem.note
+    ]
+
+
+async def test_a_report_over_its_size_limit_is_noted_and_a_readable_version_clears_the_note(
+    harness: Harness,
+) -> None:
+    (instance,) = harness.fleet.launch(1)
+    await harness.start()
+    await harness.attach("big", instance)
+    await harness.wait_phase("big", P.RUNNING)
+    assert harness.store is not None
+    big = json.dumps({"records": [{"step": 0, "pad": "x" * (1024 * 1024)}]})
+    harness.fleet.put("runs/big/history.json", big)
+
+    async def noted() -> bool:
+        return bool(await harness.store.report_problems("big"))  # type: ignore[union-attr]
+
+    await wait_for(noted, within_s=10, what="the oversized history noted")
+    (problem,) = await harness.store.report_problems("big")
+    assert problem.note.startswith(f"history.json is {len(big)} bytes; reports over 1048576 ")
+    assert harness.calls("GetObject") == 0  # over the limit: not read at all
+
+    harness.fleet.put("runs/big/history.json", json.dumps([{"step": 1, "loss": 0.5}]))
+
+    async def cleared() -> bool:
+        return await harness.store.report_problems("big") == []  # type: ignore[union-attr]
+
+    await wait_for(cleared, within_s=10, what="the note removed once a version reads")
+    data = await harness.store.run_data("big")
+    assert data is not None and data.history == [{"step": 1, "loss": 0.5}]
