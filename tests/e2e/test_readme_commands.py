@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from supervisor.runtime.settings import ENV_PREFIX, Settings
 from tests.conftest import BUCKET, Fleet
 from tests.e2e.conftest import BIN_DIR, Cli, wait_for
 
@@ -21,17 +22,22 @@ REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
 USER_DATA = REPO / "deploy" / "user-data.sh"
 AWS_CLI = BIN_DIR / "aws"
-EXAMPLE_PREFIX = "s3://my-runs/exp1/run42/"  # the run prefix the README's example writes to
 
 
-def documented_marker_command() -> str:
-    """The one inline command in README.md that writes a COMPLETE marker with the AWS CLI."""
+def documented_marker_commands() -> list[str]:
+    """Every command in README.md (inline or a line of a block) that writes a COMPLETE marker
+    with the AWS CLI, as written."""
     text = README.read_text(encoding="utf-8")
-    commands: list[str] = re.findall(r"`(aws [^`]*/COMPLETE\b[^`]*)`", text)
-    assert len(commands) == 1, f"README.md should show one marker command, not {commands}"
-    (command,) = commands
-    assert EXAMPLE_PREFIX in command, f"the marker command left {EXAMPLE_PREFIX}: {command}"
-    return command
+    commands: list[str] = re.findall(r"(?:`|^)(aws [^`\n]*/COMPLETE\b[^`\n]*)", text, re.M)
+    assert commands, "README.md shows no `aws ... /COMPLETE` marker command"
+    return commands
+
+
+def for_prefix(command: str, prefix: str) -> str:
+    """The documented command, writing under `prefix` instead of the example's run prefix."""
+    changed, count = re.subn(r"s3://\S+/COMPLETE\b", f"{prefix}COMPLETE", command)
+    assert count == 1, f"no single s3://.../COMPLETE in {command}"
+    return changed
 
 
 def shell(command: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -50,23 +56,37 @@ def shell(command: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedP
     )
 
 
-def test_the_readmes_marker_command_completes_a_run(
-    shared: Cli, fleet: Fleet, tmp_path: Path
+@pytest.mark.parametrize("number", range(len(documented_marker_commands())))
+def test_each_marker_command_of_the_readme_completes_a_run(
+    shared: Cli, fleet: Fleet, tmp_path: Path, number: int
 ) -> None:
+    run_id = f"readme-marker-{number}"
     (instance,) = fleet.launch()
-    prefix = fleet.prefix("readme-marker")
-    shared.attach("readme-marker", instance, prefix)
-    shared.wait_db_phase("readme-marker", "running")
+    prefix = fleet.prefix(run_id)
+    shared.attach(run_id, instance, prefix)
+    shared.wait_db_phase(run_id, "running")
 
-    command = documented_marker_command().replace(EXAMPLE_PREFIX, prefix)
+    command = for_prefix(documented_marker_commands()[number], prefix)
     done = shell(command, shared.env, tmp_path)
     assert done.returncode == 0, f"`{command}` exited {done.returncode}: {done.stderr}"
-    marker = fleet.s3.head_object(Bucket=BUCKET, Key="runs/readme-marker/COMPLETE")
+    marker = fleet.s3.head_object(Bucket=BUCKET, Key=f"runs/{run_id}/COMPLETE")
     assert marker["ContentLength"] == 0
 
-    detail = shared.wait_phase("readme-marker", "stopped", timeout=30)
+    detail = shared.wait_phase(run_id, "stopped", timeout=30)
     assert detail["outcome"] == "completed"
     assert fleet.state(instance) == "stopped"
+
+
+def test_the_first_try_settings_of_the_readme_are_the_daemons() -> None:
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Running it against AWS") :]
+    section = section[: section.index("\n## ")]
+    exported = dict(re.findall(rf"\b{ENV_PREFIX}([A-Z_]+)=(\S+)", section))
+    assert exported, "the first try sets no compressed SUPERVISOR_* timings"
+    # Each is a real setting and loads: a typo would be ignored with a warning at best.
+    settings = Settings.load(None, **{name.lower(): value for name, value in exported.items()})
+    assert settings.poll_initial_s <= 5 and settings.poll_max_s <= 10
+    assert settings.grace_s <= 30 and settings.reconcile_interval_s <= 30
 
 
 def test_the_dev_null_form_the_readme_once_showed_uploads_nothing(
@@ -112,7 +132,7 @@ def test_user_data_uploads_the_training_log_that_tail_training_prints(
         "LOG_FILE": str(root / "log" / "train.log"),
         "LOG_UPLOAD_INTERVAL_S": "0.5",
     }
-    marker = documented_marker_command().replace(EXAMPLE_PREFIX, prefix)
+    marker = for_prefix(documented_marker_commands()[0], prefix)
     user_data = subprocess.Popen(
         ["bash", str(USER_DATA), sys.executable, "-c", TRAINER, marker],
         env={**env, "PATH": os.pathsep.join([str(BIN_DIR), env.get("PATH", "/usr/bin:/bin")])},
