@@ -161,7 +161,7 @@ def test_state_change_rule_takes_the_states_the_supervisor_acts_on(template: Jso
 
 def test_bucket_notifies_the_queue_for_the_runs_prefix(template: Json) -> None:
     buckets = resources(template, "AWS::S3::Bucket")
-    assert list(buckets) == ["RunsBucket"]
+    assert list(buckets) == ["RunsBucket", "AccessLogsBucket"]
     bucket = buckets["RunsBucket"]
     assert bucket["DependsOn"] == "QueuePolicy"
     props = bucket["Properties"]
@@ -183,6 +183,67 @@ def test_bucket_notifies_the_queue_for_the_runs_prefix(template: Json) -> None:
         "RestrictPublicBuckets": True,
     }
     assert props["VersioningConfiguration"] == {"Status": "Enabled"}
+
+
+def test_access_logging_is_optional_and_off_by_default(template: Json) -> None:
+    param = template["Parameters"]["AccessLogging"]
+    assert (param["Default"], param["AllowedValues"]) == ("false", ["true", "false"])
+    assert template["Parameters"]["AccessLogsRetentionDays"]["MinValue"] >= 1
+    # Only for a bucket this stack creates: it cannot configure a bucket it does not own.
+    assert template["Conditions"]["LogRunsBucketAccess"] == {
+        "Fn::And": [
+            template["Conditions"]["CreateRunsBucket"],
+            {"Fn::Equals": [ref("AccessLogging"), "true"]},
+        ]
+    }
+    logging = template["Resources"]["RunsBucket"]["Properties"]["LoggingConfiguration"]
+    assert logging == {
+        "Fn::If": [
+            "LogRunsBucketAccess",
+            {
+                "DestinationBucketName": ref("AccessLogsBucket"),
+                "LogFilePrefix": {"Fn::Sub": "${RunsBucketName}/"},
+            },
+            ref("AWS::NoValue"),
+        ]
+    }
+    for name in ("AccessLogsBucket", "AccessLogsBucketPolicy"):
+        assert template["Resources"][name]["Condition"] == "LogRunsBucketAccess"
+    assert template["Outputs"]["AccessLogsBucketName"]["Condition"] == "LogRunsBucketAccess"
+
+
+def test_the_access_logs_bucket_is_private_encrypted_and_expires_its_logs(template: Json) -> None:
+    bucket = template["Resources"]["AccessLogsBucket"]
+    assert bucket["DeletionPolicy"] == "Retain"
+    props = bucket["Properties"]
+    assert "BucketName" not in props  # generated: RunsBucketName plus a suffix may not fit
+    (rule,) = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rule["ServerSideEncryptionByDefault"] == {"SSEAlgorithm": "AES256"}
+    assert all(props["PublicAccessBlockConfiguration"].values())
+    assert len(props["PublicAccessBlockConfiguration"]) == 4
+    assert props["OwnershipControls"] == {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
+    (expiry,) = props["LifecycleConfiguration"]["Rules"]
+    assert expiry["Status"] == "Enabled"
+    assert expiry["ExpirationInDays"] == ref("AccessLogsRetentionDays")
+    assert "LoggingConfiguration" not in props
+
+
+def test_only_s3_log_delivery_for_the_runs_bucket_may_write_the_access_logs(
+    template: Json,
+) -> None:
+    props = template["Resources"]["AccessLogsBucketPolicy"]["Properties"]
+    assert props["Bucket"] == ref("AccessLogsBucket")
+    allow, deny = props["PolicyDocument"]["Statement"]
+    assert allow["Effect"] == "Allow"
+    assert allow["Principal"] == {"Service": "logging.s3.amazonaws.com"}
+    assert allow["Action"] == "s3:PutObject"
+    assert allow["Resource"] == {"Fn::Sub": "${AccessLogsBucket.Arn}/${RunsBucketName}/*"}
+    assert allow["Condition"] == {
+        "ArnEquals": {"aws:SourceArn": {"Fn::Sub": "arn:${AWS::Partition}:s3:::${RunsBucketName}"}},
+        "StringEquals": {"aws:SourceAccount": ref("AWS::AccountId")},
+    }
+    assert (deny["Effect"], deny["Principal"], deny["Action"]) == ("Deny", "*", "s3:*")
+    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
 
 
 def test_queue_policy_admits_exactly_the_rules_and_the_bucket(template: Json) -> None:
@@ -247,6 +308,40 @@ def deploy(stack_name: str, **parameters: str) -> Stack:
         {o["OutputKey"]: o["OutputValue"] for o in described["Outputs"]},
         [r["ResourceType"] for r in summaries["StackResourceSummaries"]],
     )
+
+
+# moto's CloudFormation creates the logs bucket but ignores a bucket's LoggingConfiguration and
+# AWS::S3::BucketPolicy: those are checked statically above.
+def test_stack_on_moto_with_access_logging_creates_the_logs_bucket(aws_env: dict[str, str]) -> None:
+    stack = deploy("supervisor-logged", RunsBucketName="logged-runs-bucket", AccessLogging="true")
+    assert stack.resource_types.count("AWS::S3::Bucket") == 2
+    logs_bucket = stack.outputs["AccessLogsBucketName"]
+    s3: Any = boto3.client("s3")
+    names = {b["Name"] for b in s3.list_buckets()["Buckets"]}
+    assert names == {"logged-runs-bucket", logs_bucket}
+
+
+def test_access_logging_without_a_bucket_of_the_stacks_own_creates_nothing(
+    aws_env: dict[str, str],
+) -> None:
+    s3: Any = boto3.client("s3")
+    s3.create_bucket(Bucket="existing-runs-bucket")
+    stack = deploy(
+        "supervisor-existing-logged",
+        RunsBucketName="existing-runs-bucket",
+        CreateBucket="false",
+        AccessLogging="true",
+    )
+    assert "AWS::S3::Bucket" not in stack.resource_types
+    assert "AccessLogsBucketName" not in stack.outputs
+
+
+def test_stack_on_moto_without_access_logging_has_no_logs_bucket(aws_env: dict[str, str]) -> None:
+    stack = deploy("supervisor-unlogged", RunsBucketName="unlogged-runs-bucket")
+    assert "AccessLogsBucketName" not in stack.outputs
+    assert stack.resource_types.count("AWS::S3::Bucket") == 1
+    s3: Any = boto3.client("s3")
+    assert "LoggingEnabled" not in s3.get_bucket_logging(Bucket="unlogged-runs-bucket")
 
 
 def drain(queue_url: str) -> list[Json]:
