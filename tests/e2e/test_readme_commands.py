@@ -72,7 +72,7 @@ def test_each_marker_command_of_the_readme_completes_a_run(
     marker = fleet.s3.head_object(Bucket=BUCKET, Key=f"runs/{run_id}/COMPLETE")
     assert marker["ContentLength"] == 0
 
-    detail = shared.wait_phase(run_id, "stopped", timeout=30)
+    detail = shared.wait_phase(run_id, "stopped", timeout=60)
     assert detail["outcome"] == "completed"
     assert fleet.state(instance) == "stopped"
 
@@ -148,15 +148,15 @@ def test_user_data_uploads_the_training_log_that_tail_training_prints(
             done = shared.ctl("tail", "kit-log", "--training")
             return done.returncode == 0 and done.stdout == "epoch 0 loss 2.30\n"
 
-        wait_for(tail_shows_the_first_line, timeout=60, message="the first line in S3")
+        wait_for(tail_shows_the_first_line, timeout=180, message="the first line in S3")
         (root / "work" / "go").touch()
-        output, _ = user_data.communicate(timeout=120)
+        output, _ = user_data.communicate(timeout=300)
     finally:
         if user_data.poll() is None:
             user_data.kill()
             user_data.communicate()
     assert user_data.returncode == 0, output
-    shared.wait_phase("kit-log", "stopped", timeout=30)
+    shared.wait_phase("kit-log", "stopped", timeout=60)
     # At exit the whole log went up: `tail --training` of the ended run prints all of it.
     done = shared.ctl("tail", "kit-log", "--training", "--from-start")
     assert done.returncode == 0, done.stderr
