@@ -11,7 +11,7 @@ TEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := test
-.PHONY: install lint format test bench soak demo clean
+.PHONY: install lint format test system-tools bench soak demo clean
 
 install: $(STAMP)
 
@@ -34,7 +34,13 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: $(STAMP)
+# Programs some tests run that pip cannot bring, installed from Debian when missing:
+# systemd-analyze rates deploy/supervisord.service (tests/deploy/test_service.py).
+system-tools:
+	@command -v systemd-analyze >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd; }
+
+test: $(STAMP) system-tools
 	$(BIN)/pytest -q --timeout=300 -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # Issue 6's figures: AWS calls against a naive poller and reaction time (a fleet against a

@@ -1,5 +1,5 @@
 #!/bin/bash
-# shellcheck disable=SC2317  # the functions below run from traps, which shellcheck cannot see
+# shellcheck disable=SC2317,SC2329  # functions that run from traps, which shellcheck cannot see
 # ec2-run-supervisor: user data for a training instance (cloud-init runs it once, as root, at
 # first boot, and waits for it: it lasts as long as the training does).
 #
@@ -7,7 +7,10 @@
 #    as /opt/supervisor/instance.py, mode 0755: the SSM document SupervisorInstanceCommand
 #    runs it to checkpoint, restore and start training.
 # 2. Runs the training command with its pid in PID_FILE (give the run spec the same pid file,
-#    so that `checkpoint` can SIGTERM the process) and its output appended to LOG_FILE.
+#    so that `checkpoint` can SIGTERM the process) and its output appended to LOG_FILE. While
+#    it runs, LOG_FILE is uploaded to TRAINING_LOG under RUN_PREFIX every LOG_UPLOAD_INTERVAL_S
+#    seconds when it has grown, and once more at exit: `supervisorctl tail RUN --training`
+#    follows that object, with no change to the job.
 # 3. On exit, whatever the reason, writes the failure marker FAILED under RUN_PREFIX with the
 #    exit code and the last 50 lines of the log, unless a completion marker is already there
 #    (or a FAILED the job wrote itself, whose reason is better than ours). The supervisor then
@@ -29,6 +32,8 @@ set -euo pipefail
 : "${WORK_DIR:=/opt/train}"                         # the training command's working directory
 : "${PID_FILE:=/run/train.pid}"
 : "${LOG_FILE:=/var/log/train.log}"
+: "${TRAINING_LOG:=logs/train.log}" # = supervisorctl tail --training's default key
+: "${LOG_UPLOAD_INTERVAL_S:=60}"     # seconds between uploads of a growing LOG_FILE
 : "${COMPLETION_MARKERS:=training_complete.txt COMPLETE done}" # = spec.DEFAULT_MARKERS
 : "${FAILURE_MARKER:=FAILED}"                                  # = spec.DEFAULT_FAILURE_MARKER
 : "${CRASH_REPORT:=crash/error.log}"                           # = the spec's crash_report
@@ -55,6 +60,39 @@ run_keys=${run_location#"$run_bucket"} # the key prefix: empty, or ending in '/'
 run_keys=${run_keys#/}
 if [ -n "$run_keys" ] && [ "${run_keys%/}" = "$run_keys" ]; then run_keys+=/; fi
 
+# Uploads the first SIZE bytes of LOG_FILE (a consistent snapshot of a file still being
+# written) to TRAINING_LOG, unless that size was the last one uploaded. S3 has no append: each
+# upload replaces the object, which `tail --training` reads on from where it was.
+uploaded_size=-1
+upload_log() {
+  local size
+  if [ ! -f "$LOG_FILE" ]; then return 0; fi
+  size=$(wc -c <"$LOG_FILE") || return 0
+  if [ "$size" -eq "$uploaded_size" ]; then return 0; fi
+  if head -c "$size" -- "$LOG_FILE" |
+    timeout "$AWS_TIMEOUT_S" aws s3 cp - "s3://$run_bucket/$run_keys$TRAINING_LOG" >&2; then
+    uploaded_size=$size
+  else
+    log "could not upload $LOG_FILE to $RUN_PREFIX$TRAINING_LOG"
+  fi
+}
+
+# Runs in the background while training runs. SIGTERM ends it, after an upload in flight (so
+# that no older copy can land after the final upload at exit).
+log_uploader() {
+  local sleeper=""
+  trap - EXIT HUP INT
+  trap 'if [ -n "$sleeper" ]; then kill "$sleeper" 2>/dev/null; fi; exit 0' TERM
+  while :; do
+    # Its own output closed, so a sleep outliving this loop holds no pipe of the caller's open.
+    sleep "$LOG_UPLOAD_INTERVAL_S" >/dev/null 2>&1 &
+    sleeper=$!
+    wait "$sleeper" || true
+    sleeper=""
+    upload_log
+  done
+}
+
 s3_has() { # does the object NAME exist under the run prefix? (any error counts as no)
   timeout "$AWS_TIMEOUT_S" aws s3api head-object --bucket "$run_bucket" \
     --key "$run_keys$1" >/dev/null 2>&1
@@ -63,12 +101,18 @@ s3_has() { # does the object NAME exist under the run prefix? (any error counts 
 # --- the exit trap: FAILED unless the job finished ------------------------------------------
 stage="before the training command started"
 train_pid=""
+uploader_pid=""
 signals=0
 signal_name=""
 
 on_exit() {
   local rc=$? name reason
   set +e # from here on a failing command must not cut the report short
+  if [ -n "$uploader_pid" ]; then
+    kill -s TERM "$uploader_pid" 2>/dev/null
+    wait "$uploader_pid" 2>/dev/null
+  fi
+  if [ -n "$train_pid" ]; then upload_log; fi
   for name in "${completion_markers[@]}" "$FAILURE_MARKER"; do
     if s3_has "$name"; then
       log "exit code $rc; $RUN_PREFIX$name exists, so no $FAILURE_MARKER is written"
@@ -137,6 +181,8 @@ SUPERVISOR_RUN_PREFIX="$RUN_PREFIX" "${TRAIN_CMD[@]}" >>"$LOG_FILE" 2>&1 </dev/n
 train_pid=$!
 printf '%s\n' "$train_pid" >"$PID_FILE.tmp"
 mv -f -- "$PID_FILE.tmp" "$PID_FILE"
+log_uploader &
+uploader_pid=$!
 
 # A trapped signal interrupts `wait`; wait again until the process itself has ended (bash
 # keeps its status, so the last `wait` returns the process's own exit code).

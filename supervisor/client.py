@@ -172,7 +172,7 @@ class AsyncSupervisor:
         return await self._request(run_id, "terminate")
 
     async def resume(self, run_id: str, *, from_scratch: bool = False) -> RunView:
-        """Resume a stopped, terminated or crashed run (see `supervisorctl resume`)."""
+        """Resume a stopped, terminated, crashed or interrupted run (see `supervisorctl resume`)."""
         async with self._client(run_id) as client:
             return await client.request(run_id, "resume", from_scratch=from_scratch)
 

@@ -387,7 +387,7 @@ def _parser() -> argparse.ArgumentParser:
 
     resume = commands.add_parser(
         "resume",
-        help="resume a stopped, terminated or crashed run",
+        help="resume a stopped, terminated, crashed or interrupted run",
         description="Start the run's instance again (or launch a new one from the spec's "
         "launch template), restore its newest verified checkpoint, start resume_command, and "
         "return the run to running with its attempt counter increased.",

@@ -53,9 +53,9 @@ from supervisor.core.errors import (
     UnknownRun,
 )
 from supervisor.core.events import MonitorFailed, ResumeRequested, UserAction, UserRequested
-from supervisor.core.machine import Policy, new_run, step
+from supervisor.core.machine import ACCEPTS, Policy, new_run, step
 from supervisor.core.reports import REPORT_UNREADABLE
-from supervisor.core.run import TERMINAL_PHASES, Run
+from supervisor.core.run import TERMINAL_PHASES, Phase, Run
 from supervisor.core.spec import RunSpec, Transport
 from supervisor.core.values import S3Object, parse_relative_key
 from supervisor.core.zombies import RUN_TAG
@@ -487,10 +487,12 @@ class ControlApi:
             fresh = await self._record(record.run.spec.run_id)
             run = fresh.run
             current = d.monitors.get(run.spec.run_id)
-            if current is not None and not current.run.phase.is_terminal:
+            if (current is not None and not current.run.phase.is_terminal) or (
+                ResumeRequested not in ACCEPTS[run.phase]
+            ):
                 raise InvalidTransition(
-                    f"run {run.spec.run_id!r} is {run.phase}: only a stopped, terminated or "
-                    "crashed run can be resumed"
+                    f"run {run.spec.run_id!r} is {run.phase}: only a {_RESUMABLE_NAMES} run "
+                    "can be resumed"
                 )
             if run.spec.transport not in d.shells:
                 raise InvalidInput(f"transport {run.spec.transport!r} is not available here")
@@ -675,6 +677,9 @@ class ControlApi:
 
 
 _TERMINAL_NAMES = frozenset(str(phase) for phase in TERMINAL_PHASES)
+# Named from the transition table, so the refusal lists exactly the phases a resume leaves.
+_RESUMABLE = [str(phase) for phase in Phase if ResumeRequested in ACCEPTS[phase]]
+_RESUMABLE_NAMES = f"{', '.join(_RESUMABLE[:-1])} or {_RESUMABLE[-1]}"
 
 TAG_STATEMENT = "TagAttachedInstancesWithTheRunIdOnly"
 """The statement of deploy/iam-policy.json that allows `attach --tag-instance`."""

