@@ -206,7 +206,7 @@ async def test_a_report_over_its_size_limit_is_noted_and_a_readable_version_clea
     async def noted() -> bool:
         return bool(await harness.store.report_problems("big"))  # type: ignore[union-attr]
 
-    await wait_for(noted, within_s=10, what="the oversized history noted")
+    await wait_for(noted, what="the oversized history noted")
     (problem,) = await harness.store.report_problems("big")
     assert problem.note.startswith(f"history.json is {len(big)} bytes; reports over 1048576 ")
     assert harness.calls("GetObject") == 0  # over the limit: not read at all
@@ -216,6 +216,6 @@ async def test_a_report_over_its_size_limit_is_noted_and_a_readable_version_clea
     async def cleared() -> bool:
         return await harness.store.report_problems("big") == []  # type: ignore[union-attr]
 
-    await wait_for(cleared, within_s=10, what="the note removed once a version reads")
+    await wait_for(cleared, what="the note removed once a version reads")
     data = await harness.store.run_data("big")
     assert data is not None and data.history == [{"step": 1, "loss": 0.5}]
