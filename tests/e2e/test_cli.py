@@ -49,7 +49,7 @@ def test_bad_input_is_refused_and_changes_nothing(shared: Cli, fleet: Fleet) -> 
     assert url.returncode == 1, url
     assert bad_url in url.stderr and "S3 prefix" in url.stderr
     assert duplicate.returncode == 1, duplicate
-    assert "'input-1' is already attached" in duplicate.stderr
+    assert "run id 'input-1' is taken: that run is still active" in duplicate.stderr
     assert watched.returncode == 1, watched
     assert f"instance {first} is already watched by run 'input-1'" in watched.stderr
     assert negative.returncode == 1, negative
