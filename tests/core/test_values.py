@@ -82,3 +82,19 @@ def test_relative_key_that_could_escape_or_inject_is_refused(key: str) -> None:
     with pytest.raises(InvalidInput) as info:
         parse_relative_key(key, what="expected output")
     assert f"expected output {key!r} is not valid" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "overlap"),
+    [
+        ("s3://bkt/a/", "s3://bkt/a/", True),  # the same prefix
+        ("s3://bkt/a/", "s3://bkt/a/b/", True),  # one inside the other
+        ("s3://bkt/a/b/", "s3://bkt/a/", True),  # ... either way round
+        ("s3://bkt", "s3://bkt/a/", True),  # the whole bucket holds every prefix in it
+        ("s3://bkt/a/", "s3://bkt/ab/", False),  # a shared start of a name is not nesting
+        ("s3://bkt/a/", "s3://other/a/", False),  # another bucket
+        ("s3://bkt/a/x/", "s3://bkt/a/y/", False),  # siblings
+    ],
+)
+def test_prefixes_overlap_when_one_holds_the_others_keys(a: str, b: str, overlap: bool) -> None:
+    assert S3Prefix.parse(a).overlaps(S3Prefix.parse(b)) is overlap
