@@ -10,14 +10,17 @@ import asyncio
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from supervisor.adapters.aws import Aws
+from supervisor.cli import supervisord
 from supervisor.core.backoff import BackoffPolicy
 from supervisor.core.run import Phase
 from supervisor.core.values import InstanceId, InstanceState
 from supervisor.runtime.root_tasks import RestartPolicy, RootTaskFailed, RootTasks
+from supervisor.runtime.settings import Settings
 from tests.runtime.conftest import Harness
 from tests.runtime.test_metrics import scrape_socket
 from tests.runtime.test_zombies import FakeClock
@@ -244,3 +247,21 @@ async def test_a_sweep_that_keeps_failing_ends_the_daemon_with_an_error(
     assert not daemon.accepting
     assert not daemon.settings.socket_path.exists()  # shut down the orderly way
     assert (await harness.run("r1")).phase is P.PENDING  # the run is kept for the next start
+
+
+def test_supervisord_ends_with_exit_status_1_and_one_line_when_a_root_task_gave_up(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    gave_up = RootTaskFailed("root task 'reconciler' ended 6 times within 600s (last: ...)")
+
+    def serve_until_it_gives_up(settings: Settings, *, console: bool) -> None:
+        raise gave_up  # what `run_foreground` raises once `Daemon.serve` did
+
+    monkeypatch.setattr(supervisord, "run_foreground", serve_until_it_gives_up)
+    monkeypatch.setattr("sys.argv", ["supervisord", "start", "--foreground"])
+    monkeypatch.setenv("SUPERVISOR_STATE_DIR", str(tmp_path))
+    with pytest.raises(SystemExit) as exited:
+        supervisord.main(["start", "--foreground"])
+
+    assert exited.value.code == 1  # systemd's Restart=on-failure starts it again
+    assert capsys.readouterr().err.strip().splitlines() == [f"supervisord: {gave_up}"]
