@@ -144,7 +144,9 @@ class AsyncSupervisor:
         self, run_id: str, instance_id: str, s3_prefix: str, **spec_fields: Any
     ) -> RunView:
         """Start watching a run. `spec_fields` are the keys of `supervisorctl attach --spec`
-        (`on_complete="terminate"`, `grace_s=120`, `checkpoint_dir=...`; see SPEC_FIELDS)."""
+        (`on_complete="terminate"`, `grace_s=120`, `checkpoint_dir=...`; see SPEC_FIELDS).
+        `no_verify=True` skips the daemon's checks that the instance exists and the bucket
+        answers, for a run registered before its instance exists."""
         request = attach_request(run_id, instance_id, s3_prefix, spec_fields)
         async with self._client(run_id) as client:
             return await client.attach(request)

@@ -292,6 +292,14 @@ class Aws:
                 kwargs["ContinuationToken"] = token
         return tuple(found)
 
+    async def probe_prefix(self, bucket: str, prefix: str, region: str) -> None:
+        """One ListObjectsV2 with MaxKeys=1 on the prefix: returns if the bucket answers (an
+        empty prefix is fine), raises `NotFoundError` (NoSuchBucket) or another
+        `ExternalError` (AccessDenied, a redirect to the bucket's region...) if it does not."""
+        s3 = await self.client("s3", region)
+        with _translated("ListObjectsV2"):
+            await s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+
     async def read_object(self, bucket: str, key: str, region: str, *, limit: int = 65536) -> str:
         """The first `limit` bytes of an object, decoded as UTF-8 (invalid bytes replaced)."""
         s3 = await self.client("s3", region)
@@ -432,6 +440,21 @@ class Aws:
             if not token:
                 return seen
             kwargs["NextToken"] = token
+
+    async def instance_exists(self, instance_id: InstanceId, region: str) -> bool:
+        """Whether AWS knows the instance in `region`: one DescribeInstances for its id. A
+        terminated instance still exists (for about an hour); an unknown id does not."""
+        ec2 = await self.client("ec2", region)
+        try:
+            with _translated("DescribeInstances"):
+                reply = await ec2.describe_instances(InstanceIds=[instance_id])
+        except NotFoundError:
+            return False
+        return any(
+            instance.get("InstanceId") == instance_id
+            for reservation in reply.get("Reservations", ())
+            for instance in reservation.get("Instances", ())
+        )
 
     async def describe_tagged(self, tag_key: str, region: str) -> list[InstanceSeen]:
         """Every pending or running instance in `region` carrying the tag `tag_key`, with its

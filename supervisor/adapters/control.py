@@ -183,15 +183,7 @@ class ControlServer:
     async def _tail(self, request: web.Request) -> web.StreamResponse:
         follow = request.query.get("follow") == "1"
         items = self._handler.tail(_run_id(request), follow=follow)
-        first = await anext(items, None)  # errors (unknown run) surface before streaming
-        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        await response.prepare(request)
-        if first is not None:
-            await response.write(first.model_dump_json(by_alias=True).encode() + b"\n")
-            async for item in items:
-                await response.write(item.model_dump_json(by_alias=True).encode() + b"\n")
-        await response.write_eof()
-        return response
+        return await _stream(request, items)
 
     async def _attach_file(self, request: web.Request) -> web.Response:
         body = AttachFileRequest.model_validate_json(await request.read())
@@ -210,15 +202,31 @@ class ControlServer:
             last=DEFAULT_TRAINING_LOG_BYTES if last is None else last,
             follow=query.get("follow") == "1",
         )
-        first = await anext(items, None)  # errors (unknown run, bad key) surface first
+        return await _stream(request, items)
+
+
+async def _stream(request: web.Request, items: AsyncIterator[BaseModel]) -> web.StreamResponse:
+    """Send `items` as NDJSON, one object a line. The first item is read before the reply
+    starts, so an error (unknown run, bad key) is answered with its status. A client that
+    goes away mid-stream (Ctrl-C on `tail -f`) is ordinary: a debug line, not an error, and
+    the items are closed at once (a follower stops listening to its run)."""
+    try:
+        first = await anext(items, None)
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
-        if first is not None:
-            await response.write(first.model_dump_json().encode() + b"\n")
-            async for item in items:
-                await response.write(item.model_dump_json().encode() + b"\n")
-        await response.write_eof()
+        try:
+            if first is not None:
+                await response.write(first.model_dump_json(by_alias=True).encode() + b"\n")
+                async for item in items:
+                    await response.write(item.model_dump_json(by_alias=True).encode() + b"\n")
+            await response.write_eof()
+        except ConnectionResetError:  # aiohttp's ClientConnectionResetError among them
+            log.debug("stream_client_gone", path=request.path)
         return response
+    finally:
+        close = getattr(items, "aclose", None)  # an async generator's: run its `finally`
+        if close is not None:
+            await close()
 
 
 MAX_BYTE_DIGITS = 18

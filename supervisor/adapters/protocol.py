@@ -65,6 +65,9 @@ class AttachRequest(_Message):
     objectives: list[str | dict[str, Any]] | None = None
     wandb_project: str | None = None
     instance_type: str | None = None
+    no_verify: bool | None = None
+    """Skip the checks that the instance exists and the run prefix's bucket answers, for a
+    run registered before its instance exists. Not part of the run: nothing stores it."""
 
     @field_validator("config", "objectives", "launch_template")
     @classmethod
@@ -210,6 +213,8 @@ class DaemonStatus(_Message):
     aws_calls: dict[str, int]
     metrics_url: str | None = None
     """The TCP `/metrics` listener (SUPERVISOR_METRICS_ADDR) as bound, if there is one."""
+    root_task_restarts: dict[str, int] = Field(default_factory=dict)
+    """Restarts of each root task (reconciler, zombies, events) after it failed."""
 
 
 ErrorKind = Literal["invalid_input", "unknown_run", "conflict", "shutting_down", "internal"]

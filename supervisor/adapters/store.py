@@ -22,7 +22,7 @@ import aiosqlite
 
 from supervisor.core.errors import InvalidInput, StaleVersion
 from supervisor.core.events import Action
-from supervisor.core.machine import Decision, Transition
+from supervisor.core.machine import Decision, Transition, run_id_taken
 from supervisor.core.reports import FinalMetrics, History, Report, StatusReport
 from supervisor.core.run import TERMINAL_PHASES, CheckpointStatus, Outcome, Phase, Run
 from supervisor.core.spec import RunSpec
@@ -270,10 +270,10 @@ class Store:
             )
         except aiosqlite.IntegrityError:
             existing = await self.get_run(spec.run_id)
-            phase = existing.run.phase if existing else "unknown"
             raise InvalidInput(
-                f"run {spec.run_id!r} is already attached (phase {phase}): "
-                "choose another run id, or `supervisorctl detach` the old one first"
+                run_id_taken(existing.run)
+                if existing is not None
+                else f"run id {spec.run_id!r} is taken: attach this run under a new run id"
             ) from None
 
     async def commit(self, before: Run, decision: Decision, *, now: datetime) -> None:

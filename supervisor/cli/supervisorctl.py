@@ -318,6 +318,14 @@ def _parser() -> argparse.ArgumentParser:
         "tagged instances only; needs ec2:CreateTags",
     )
     attach.add_argument(
+        "--no-verify",
+        action="store_true",
+        default=None,
+        help="attach without checking that the instance exists in the region and that the "
+        "run prefix's bucket answers (one DescribeInstances, one ListObjectsV2): for a run "
+        "registered before its instance exists",
+    )
+    attach.add_argument(
         "--spec",
         type=Path,
         metavar="FILE.toml",
@@ -636,6 +644,7 @@ def _attach_request(args: argparse.Namespace) -> AttachRequest:
         "crash_report": args.crash_report,
         "max_restarts": args.max_restarts,
         "tag_instance": args.tag_instance,
+        "no_verify": args.no_verify,
         "name": args.name,
         "project": args.project,
         "tags": _tags(args.tag) if args.tag else None,

@@ -13,8 +13,16 @@ from pathlib import Path
 
 from supervisor import __version__
 from supervisor.adapters.control import ControlClient
-from supervisor.cli.common import EXIT_OK, STATE_DIR_ENV, ago, fail, load_settings, user_errors
+from supervisor.cli.common import (
+    EXIT_OK,
+    STATE_DIR_ENV,
+    ago,
+    fail,
+    load_settings,
+    user_errors,
+)
 from supervisor.core.errors import InvalidInput, SupervisorError
+from supervisor.runtime.root_tasks import RootTaskFailed
 from supervisor.runtime.service import (
     AlreadyRunning,
     lock_is_held,
@@ -108,7 +116,7 @@ def _start(settings: Settings, config: Path | None, *, foreground: bool, console
     if foreground:
         try:
             run_foreground(settings, console=console)
-        except (AlreadyRunning, InvalidInput) as exc:
+        except (AlreadyRunning, InvalidInput, RootTaskFailed) as exc:
             fail(str(exc))
         return EXIT_OK
     prepare_state_dir(settings.state_dir)
@@ -241,6 +249,8 @@ def _status(settings: Settings, *, as_json: bool) -> int:
         print(f"state directory: {status.state_dir}")
         print(f"monitors: {status.monitors}; runs: {phases}")
         print(f"AWS calls since start: {calls}")
+        restarts = ", ".join(f"{task} {n}" for task, n in status.root_task_restarts.items())
+        print(f"root task restarts: {restarts or 'none'}")
         if status.metrics_url:
             print(f"metrics: {status.metrics_url}")
         return EXIT_OK

@@ -240,6 +240,33 @@ def new_run(spec: RunSpec, *, now: datetime) -> Decision:
     return Decision(run=run, transition=Transition(None, P.PENDING, now, "attached"))
 
 
+def run_id_taken(run: Run) -> str:
+    """Pure. Why an attach under the id of `run` (already stored) is refused, and what works
+    instead. A run id names one run for good (its transitions stay under it), so detaching
+    the old run frees nothing: the way forward is a new id, or resuming the old run."""
+    spec = run.spec
+    if run.phase.is_terminal:
+        outcome = f", outcome {run.outcome}" if run.outcome is not None else ""
+        state = f"has ended ({run.phase}{outcome})"
+    else:
+        state = f"is still active ({run.phase})"
+    ways = [f"attach this run under a new run id (e.g. {spec.run_id[:120]}-2)"]
+    # Suggest a resume only where `step` would take one, so the hint never leads to a refusal.
+    from_scratch = run.verified_attempt is None
+    try:
+        step(run, ResumeRequested(from_scratch=from_scratch), now=run.phase_since,
+             policy=Policy(), rng=random.Random(0))  # fmt: skip
+    except InvalidTransition:
+        pass
+    else:
+        flag = " --from-scratch" if from_scratch else ""
+        ways.append(f"run the old one again with `supervisorctl resume {spec.run_id}{flag}`")
+    return (
+        f"run id {spec.run_id!r} is taken: that run {state}, and a run id names one run for "
+        f"good; {', or '.join(ways)}. Nothing was attached."
+    )
+
+
 def step(run: Run, event: Event, *, now: datetime, policy: Policy, rng: random.Random) -> Decision:
     """Pure. Apply one observed event to a run; return the new run and the effects to carry out.
 

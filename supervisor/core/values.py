@@ -123,6 +123,13 @@ class S3Prefix:
     def relative(self, key: str) -> str:
         return key[len(self.prefix) :] if key.startswith(self.prefix) else key
 
+    def overlaps(self, other: S3Prefix) -> bool:
+        """True when one prefix holds the other's keys: the same prefix, or one inside the
+        other (s3://b/a/ and s3://b/a/b/). Prefixes end with '/', so a/ and ab/ do not."""
+        return self.bucket == other.bucket and (
+            self.prefix.startswith(other.prefix) or other.prefix.startswith(self.prefix)
+        )
+
     def __str__(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
 

@@ -1,5 +1,6 @@
-"""The daemon: one TaskGroup holding the control server, the reconciler, the zombie sweep and
-a guarded monitor task per run; the control API; two-phase shutdown.
+"""The daemon: one TaskGroup holding the control server, the root tasks (the reconciler, the
+zombie sweep, the event consumer: restarted when they fail, see `runtime.root_tasks`) and a
+guarded monitor task per run; the control API; two-phase shutdown.
 
 Start-up re-adopts every non-terminal run from SQLite with no AWS call per run; runs whose
 intent was open are re-driven through one batched describe.
@@ -53,7 +54,7 @@ from supervisor.core.errors import (
     UnknownRun,
 )
 from supervisor.core.events import MonitorFailed, ResumeRequested, UserAction, UserRequested
-from supervisor.core.machine import ACCEPTS, Policy, new_run, step
+from supervisor.core.machine import ACCEPTS, Policy, new_run, run_id_taken, step
 from supervisor.core.reports import REPORT_UNREADABLE
 from supervisor.core.run import TERMINAL_PHASES, Phase, Run
 from supervisor.core.spec import RunSpec, Transport
@@ -65,6 +66,7 @@ from supervisor.runtime.monitor import CRASH_TAIL_BYTES, Monitor, MonitorDeps, r
 from supervisor.runtime.ports import Clock, Cloud, InstanceShell, SystemClock
 from supervisor.runtime.reconciler import Reconciler
 from supervisor.runtime.retry import GaveUp, call_with_retries
+from supervisor.runtime.root_tasks import RestartPolicy, RootLoop, RootTasks, Sleep
 from supervisor.runtime.settings import Settings
 from supervisor.runtime.training_log import LogSource, stream_log
 from supervisor.runtime.zombies import ZombieWatch, report_view, zombie_view
@@ -72,18 +74,6 @@ from supervisor.runtime.zombies import ZombieWatch, report_view, zombie_view
 log = structlog.get_logger("supervisor.daemon")
 CRASH_REPORT_LOOKBACK = timedelta(days=1)
 """How far back a start looks for crashed runs whose crash report was never read."""
-
-
-async def guard(coro: Coroutine[Any, Any, None], name: str) -> None:
-    """Run a long-lived task: log its failure or an unexpected finish; let cancellation in."""
-    try:
-        await coro
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("task_failed", task=name)
-    else:
-        log.warning("task_finished_unexpectedly", task=name)
 
 
 class Daemon:
@@ -97,7 +87,11 @@ class Daemon:
         rng: random.Random | None = None,
         shells: Mapping[Transport, InstanceShell] | None = None,
         queue: Queue | None = None,
+        restart_policy: RestartPolicy | None = None,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
+        """`restart_policy` and `sleep`: how root tasks are restarted (tests pass a sleep that
+        returns at once, and a policy of their own)."""
         self.settings = settings
         self.store = store
         self.cloud = cloud
@@ -127,6 +121,14 @@ class Daemon:
         self.policy = self._deps.policy
         self.rng = self._deps.rng
         self.shells = self._deps.shells
+        self.root_tasks = RootTasks(
+            self.clock,
+            policy=restart_policy,
+            rng=self.rng,
+            sleep=sleep,
+            on_restart=self.metrics.root_task_restarted,
+            on_give_up=lambda failed: self.request_shutdown(str(failed)),
+        )
         self.zombie_watch = ZombieWatch(
             store,
             cloud,
@@ -165,7 +167,8 @@ class Daemon:
         )  # fmt: skip
 
     async def serve(self, *, on_ready: Callable[[], Awaitable[None]] | None = None) -> None:
-        """Run until `request_shutdown()`; then shut down in two phases and return."""
+        """Run until `request_shutdown()`; then shut down in two phases and return. Raises
+        `RootTaskFailed` after the shutdown if a root task kept failing."""
         if self.metrics_server is not None:  # first: a bad address fails before anything runs
             await self.metrics_server.start()
         async with asyncio.TaskGroup() as tg:
@@ -176,10 +179,9 @@ class Daemon:
                     self.spawn(record.run)
                 readopted += len(page)
             self._start(self._attach_missed_crash_reports(), "crash-reports")
-            self._start(guard(self.reconciler.run_forever(), "reconciler"), "reconciler")
-            self._start(guard(self.zombie_watch.run_forever(), "zombies"), "zombies")
-            if self.consumer is not None:
-                self._start(guard(self.consumer.run_forever(), "events"), "events")
+            for name, loop in self._root_loops():
+                self.metrics.root_task_started(name)
+                self._start(self.root_tasks.keep_running(name, loop), name)
             await self.server.start()
             self.accepting = True
             log.info(
@@ -192,6 +194,17 @@ class Daemon:
                 await on_ready()
             await self._stop.wait()
             await self._shutdown()
+        if self.root_tasks.failed is not None:
+            raise self.root_tasks.failed
+
+    def _root_loops(self) -> list[tuple[str, RootLoop]]:
+        loops: list[tuple[str, RootLoop]] = [
+            ("reconciler", self.reconciler.run_forever),
+            ("zombies", self.zombie_watch.run_forever),
+        ]
+        if self.consumer is not None:
+            loops.append(("events", self.consumer.run_forever))
+        return loops
 
     async def _attach_missed_crash_reports(self) -> None:
         """Once at start: a daemon killed between a crash's commit and reading the job's crash
@@ -335,6 +348,7 @@ class ControlApi:
         if not d.accepting:
             raise ShuttingDown("supervisord is shutting down: attach again once it is back")
         fields = request.model_dump(exclude_none=True)
+        verify = not fields.pop("no_verify", False)
         fields.setdefault("grace_s", d.settings.grace_s)
         if "region" not in fields:
             region = d.cloud.default_region
@@ -350,16 +364,13 @@ class ControlApi:
                 f"transport {spec.transport!r} is not available in this daemon: "
                 f"use one of {', '.join(sorted(d.shells)) or '(none)'}"
             )
+        await self._refuse_conflicts(spec)  # before any AWS call: a refusal costs nothing
+        if verify:
+            await self._verify(spec)
         # One attach at a time: the checks below, the tag and the insert must not interleave
-        # with another attach of the same run id or instance.
+        # with another attach of the same run id, instance or prefix.
         async with self._attach_lock:
-            for monitor in d.monitors.values():
-                other = monitor.run
-                if other.instance_id == spec.instance_id and other.spec.region == spec.region:
-                    raise InvalidInput(
-                        f"instance {spec.instance_id} is already watched by run "
-                        f"{other.spec.run_id!r}: detach that run first"
-                    )
+            await self._refuse_conflicts(spec)
             if spec.tag_instance:
                 await self._tag_instance(spec)
             decision = new_run(spec, now=d.clock.now())
@@ -375,17 +386,73 @@ class ControlApi:
             d.spawn(decision.run)
         return run_view(decision.run)
 
-    async def _tag_instance(self, spec: RunSpec) -> None:
-        """Tag the instance `supervisor:run-id` before the run exists, so a failure stores
-        nothing. A run id already taken is refused first: a tag naming another run's id would
-        make this instance look like a zombie of that run."""
+    async def _refuse_conflicts(self, spec: RunSpec) -> None:
+        """Refuse a run id already taken (also before a tag naming it would make this
+        instance look like a zombie of that run), an instance another active run watches,
+        and a run prefix equal to, inside or around an active run's: a marker written for
+        one would end the other."""
         d = self._d
         existing = await d.store.get_run(spec.run_id)
         if existing is not None:
-            raise InvalidInput(
-                f"run {spec.run_id!r} is already attached (phase {existing.run.phase}): "
-                "choose another run id, or `supervisorctl detach` the old one first"
+            raise InvalidInput(run_id_taken(existing.run))
+        for monitor in d.monitors.values():
+            other = monitor.run
+            if other.instance_id == spec.instance_id and other.spec.region == spec.region:
+                raise InvalidInput(
+                    f"instance {spec.instance_id} is already watched by run "
+                    f"{other.spec.run_id!r}: detach that run first"
+                )
+            if not other.phase.is_terminal and other.spec.prefix.overlaps(spec.prefix):
+                how = "is the same as" if other.spec.prefix == spec.prefix else "overlaps"
+                raise InvalidInput(
+                    f"run prefix {spec.prefix} {how} {other.spec.prefix}, the prefix of "
+                    f"active run {other.spec.run_id!r}: a marker of one run would end the "
+                    f"other; give run {spec.run_id!r} a prefix of its own, beside the other "
+                    "run's rather than inside or around it. Nothing was attached."
+                )
+
+    async def _verify(self, spec: RunSpec) -> None:
+        """The cheap checks that catch a typo before anything is stored: the instance exists
+        in the region (one DescribeInstances), the run prefix's bucket answers (one
+        ListObjectsV2, MaxKeys=1). Transient errors are retried as every AWS call is."""
+        d = self._d
+        instance, region, prefix = spec.instance_id, spec.region, spec.prefix
+        skip = "or pass --no-verify (no_verify=True) to attach a run before its instance exists"
+        try:
+            exists, _ = await call_with_retries(
+                lambda: d.cloud.instance_exists(instance, region), base_s=d.settings.retry_base_s
             )
+        except GaveUp as gave_up:
+            raise InvalidInput(
+                _unverified(f"instance {instance} in region {region}", gave_up, skip)
+            ) from None
+        if not exists:
+            raise InvalidInput(
+                f"instance {instance} not found in region {region}: check --instance-id and "
+                f"--region, {skip}. Nothing was attached."
+            )
+        try:
+            await call_with_retries(
+                lambda: d.cloud.probe_prefix(prefix.bucket, prefix.prefix, region),
+                base_s=d.settings.retry_base_s,
+            )
+        except GaveUp as gave_up:
+            error = gave_up.error
+            if isinstance(error, TransientError):
+                raise InvalidInput(_unverified(f"run prefix {prefix}", gave_up, skip)) from None
+            raise InvalidInput(
+                f"bucket {prefix.bucket} does not exist or is not reachable: {error.code} "
+                f"(ListObjectsV2 on {prefix} from region {region}): check the bucket in "
+                f"--s3-prefix, the region and supervisord's s3:ListBucket permission, or "
+                "pass --no-verify (no_verify=True) to attach without this check. "
+                "Nothing was attached."
+            ) from None
+        log.info("attach_verified", run_id=spec.run_id, instance_id=instance, s3_prefix=str(prefix))
+
+    async def _tag_instance(self, spec: RunSpec) -> None:
+        """Tag the instance `supervisor:run-id` before the run exists, so a failure stores
+        nothing."""
+        d = self._d
         try:
             _, attempts = await call_with_retries(
                 lambda: d.cloud.create_tags(spec.instance_id, {RUN_TAG: spec.run_id}, spec.region),
@@ -654,6 +721,7 @@ class ControlApi:
             monitors=len(d.monitors),
             aws_calls=counter.snapshot() if counter is not None else {},
             metrics_url=d.metrics_server.url if d.metrics_server is not None else None,
+            root_task_restarts=dict(sorted(d.root_tasks.restarts.items())),
         )
 
     async def metrics(self, accept: str) -> Exposition:
@@ -684,6 +752,24 @@ _RESUMABLE_NAMES = f"{', '.join(_RESUMABLE[:-1])} or {_RESUMABLE[-1]}"
 TAG_STATEMENT = "TagAttachedInstancesWithTheRunIdOnly"
 """The statement of deploy/iam-policy.json that allows `attach --tag-instance`."""
 _DENIED_CODES = frozenset({"UnauthorizedOperation", "AccessDenied", "AccessDeniedException"})
+
+
+def _unverified(what: str, gave_up: GaveUp, skip: str) -> str:
+    """Why attach could not verify `what`, when AWS did not give a plain no."""
+    error = gave_up.error
+    if isinstance(error, TransientError):
+        advice = f"AWS did not answer after {gave_up.attempts} attempts: attach again in a while"
+    elif error.code in _DENIED_CODES:
+        advice = (
+            f"supervisord's AWS identity may not call {error.operation} "
+            "(see deploy/iam-policy.json)"
+        )
+    else:
+        advice = "fix what the error names and attach again"
+    return (
+        f"could not verify {what} ({error.operation}: {error.code}: {error.message[:200]}); "
+        f"{advice}, {skip}. Nothing was attached."
+    )
 
 
 def _tag_failure(spec: RunSpec, error: ExternalError, attempts: int) -> str:

@@ -122,6 +122,13 @@ class Metrics(MetricsSink):
             ["kind", "result"],
             registry=self.registry,
         )
+        self._root_task_restarts = Counter(
+            "supervisor_root_task_restarts",
+            "Restarts of the daemon's root tasks (reconciler, zombies, events) after they "
+            "failed; the daemon exits once one keeps failing.",
+            ["task"],
+            registry=self.registry,
+        )
         self.registry.register(self)  # `collect`: what is counted elsewhere
 
     def __repr__(self) -> str:
@@ -161,6 +168,13 @@ class Metrics(MetricsSink):
         self._checkpoints.labels(kind, "verified" if verification.ok else "failed").inc()
         if verification.ok:
             self._checkpoint_bytes.inc(verification.bytes)
+
+    def root_task_started(self, task: str) -> None:
+        """A root task is running: its restart count is shown from 0."""
+        self._root_task_restarts.labels(task)
+
+    def root_task_restarted(self, task: str) -> None:
+        self._root_task_restarts.labels(task).inc()
 
     # -- rendering ----------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@ real ControlServer, and the real ControlClient talking to it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -16,8 +17,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import structlog
 import yarl
 
+from supervisor.adapters import control
 from supervisor.adapters.control import (
     ControlClient,
     ControlError,
@@ -172,6 +175,7 @@ class FakeHandler:
         self.accepts: list[str] = []
         self.files: list[tuple[str, AttachFileRequest]] = []
         self.logs: list[dict[str, object]] = []
+        self.endless_closed = asyncio.Event()
 
     async def attach(self, request: AttachRequest) -> RunView:
         if request.run_id == "taken":
@@ -201,6 +205,14 @@ class FakeHandler:
     async def tail(self, run_id: str, *, follow: bool) -> AsyncIterator[TailItem]:
         self._check(run_id)
         self.tails.append((run_id, follow))
+        if run_id == "endless":  # a followed run that never ends
+            try:
+                while True:
+                    for item in TAIL:
+                        yield item
+                    await asyncio.sleep(0.01)
+            finally:
+                self.endless_closed.set()
         for item in TAIL if run_id != "quiet" else []:
             yield item
 
@@ -547,6 +559,26 @@ async def test_tail_streams_one_json_object_per_line(server: ControlServer) -> N
         item.model_dump(mode="json", by_alias=True) for item in TAIL
     ]
     assert all(line.endswith(b"\n") for line in lines)
+
+
+async def test_a_follower_going_away_is_a_debug_line_and_ends_the_stream(
+    server: ControlServer, handler: FakeHandler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logged = structlog.testing.CapturingLogger()
+    monkeypatch.setattr(control, "log", logged)
+    async with raw_session(server.socket_path) as session:
+        response = await session.get(
+            "http://supervisord/v1/runs/endless/tail", params={"follow": "1"}
+        )
+        assert json.loads(await response.content.readline())["kind"] == "transition"
+        response.close()  # Ctrl-C on `supervisorctl tail -f`
+
+    await asyncio.wait_for(handler.endless_closed.wait(), 10)
+    assert [(call.method_name, call.args) for call in logged.calls] == [
+        ("debug", ("stream_client_gone",))
+    ]
+    async with ControlClient(server.socket_path) as client:  # and the server goes on
+        assert [item async for item in client.tail("run-42", follow=False)] == TAIL
 
 
 async def test_tail_of_a_run_with_nothing_to_show_ends_empty(client: ControlClient) -> None:

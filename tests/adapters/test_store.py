@@ -81,7 +81,9 @@ async def test_a_second_create_run_of_the_same_id_is_refused_and_changes_nothing
     created = await attach(store)
 
     again = new_run(make_spec(instance_id="i-0fedcba9876543210"), now=NOW + timedelta(hours=1))
-    with pytest.raises(InvalidInput, match="run 'run-42' is already attached"):
+    with pytest.raises(
+        InvalidInput, match=r"run id 'run-42' is taken: that run is still active \(pending\)"
+    ):
         await store.create_run(again)
 
     record = await store.get_run("run-42")

@@ -59,6 +59,13 @@ class CountingCloud:
         self.calls["DescribeInstances(tagged)"] += 1
         return []
 
+    async def instance_exists(self, instance_id: InstanceId, region: str) -> bool:
+        self.calls["DescribeInstances"] += 1
+        return True
+
+    async def probe_prefix(self, bucket: str, prefix: str, region: str) -> None:
+        self.calls["ListObjectsV2"] += 1
+
     async def stop_instance(self, instance_id: InstanceId, region: str) -> InstanceState:
         raise self._refuse("StopInstances")
 

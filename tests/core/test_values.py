@@ -161,3 +161,19 @@ def test_a_value_that_contains_itself_is_refused() -> None:
 
 def test_a_plain_json_value_passes() -> None:
     check_json_value({"lr": 3e-4, "n": -(2**63), "tags": ["a", None, True], "o": {}}, what="c")
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "overlap"),
+    [
+        ("s3://bkt/a/", "s3://bkt/a/", True),  # the same prefix
+        ("s3://bkt/a/", "s3://bkt/a/b/", True),  # one inside the other
+        ("s3://bkt/a/b/", "s3://bkt/a/", True),  # ... either way round
+        ("s3://bkt", "s3://bkt/a/", True),  # the whole bucket holds every prefix in it
+        ("s3://bkt/a/", "s3://bkt/ab/", False),  # a shared start of a name is not nesting
+        ("s3://bkt/a/", "s3://other/a/", False),  # another bucket
+        ("s3://bkt/a/x/", "s3://bkt/a/y/", False),  # siblings
+    ],
+)
+def test_prefixes_overlap_when_one_holds_the_others_keys(a: str, b: str, overlap: bool) -> None:
+    assert S3Prefix.parse(a).overlaps(S3Prefix.parse(b)) is overlap

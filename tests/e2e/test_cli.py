@@ -49,7 +49,7 @@ def test_bad_input_is_refused_and_changes_nothing(shared: Cli, fleet: Fleet) -> 
     assert url.returncode == 1, url
     assert bad_url in url.stderr and "S3 prefix" in url.stderr
     assert duplicate.returncode == 1, duplicate
-    assert "'input-1' is already attached" in duplicate.stderr
+    assert "run id 'input-1' is taken: that run is still active" in duplicate.stderr
     assert watched.returncode == 1, watched
     assert f"instance {first} is already watched by run 'input-1'" in watched.stderr
     assert negative.returncode == 1, negative
@@ -111,6 +111,46 @@ def test_supervisord_status_reports_pid_runs_and_calls(shared: Cli, fleet: Fleet
     assert status["pid"] == pid
     assert isinstance(status["runs_by_phase"], dict)
     assert isinstance(status["aws_calls"], dict)
+    assert {"reconciler": 0, "zombies": 0}.items() <= status["root_task_restarts"].items()
+    assert "root task restarts: " in text.stdout and "reconciler 0" in text.stdout
+
+
+def test_attach_refuses_a_typo_or_a_shared_prefix_in_one_line_and_stores_nothing(
+    shared: Cli, fleet: Fleet
+) -> None:
+    first, other = fleet.launch(2)
+    shared.attach("verify-1", first, fleet.prefix("verify-1"))
+    shared.wait_db_phase("verify-1", "running")
+    wait_for(
+        lambda: all(row[2] in TERMINAL for row in shared.db_dump()["runs"] if row[0] != "verify-1"),
+        message="the shared daemon's earlier runs to end",
+    )
+    before = shared.db_dump()
+
+    typo, inside = "i-0123456789abcdef0", fleet.prefix("verify-1") + "eval/"
+    attach = ("attach", "verify-2", "--instance-id")
+    results = shared.ctl_all(
+        (*attach, typo, "--s3-prefix", fleet.prefix("verify-2")),
+        (*attach, other, "--s3-prefix", "s3://no-such-bucket-e2e/runs/verify-2/"),
+        (*attach, other, "--s3-prefix", inside),
+        ("attach", "verify-1", "--instance-id", other, "--s3-prefix", fleet.prefix("verify-3")),
+    )
+
+    for done in results:
+        assert done.returncode == 1, done
+        assert done.stdout == "" and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    typo_said, bucket_said, inside_said, taken_said = (r.stderr for r in results)
+    assert f"instance {typo} not found in region us-east-1" in typo_said
+    assert "--no-verify" in typo_said
+    assert (
+        "bucket no-such-bucket-e2e does not exist or is not reachable: NoSuchBucket" in bucket_said
+    )
+    assert (
+        f"overlaps {fleet.prefix('verify-1')}, the prefix of active run 'verify-1'" in inside_said
+    )
+    assert "run id 'verify-1' is taken: that run is still active" in taken_said
+    assert "detach" not in taken_said
+    assert shared.db_dump() == before
 
 
 def test_stop_and_detach_requests(shared: Cli, fleet: Fleet) -> None:

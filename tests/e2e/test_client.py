@@ -130,6 +130,19 @@ def test_the_daemons_refusal_comes_back_typed_with_its_message(shared: Cli, flee
     assert "`supervisorctl status` lists the attached runs" in str(unknown.value)
 
 
+def test_no_verify_attaches_a_run_whose_instance_does_not_exist_yet(
+    shared: Cli, fleet: Fleet
+) -> None:
+    supervisor = Supervisor(shared.socket_path)
+    early = "i-0123456789abcdef1"
+
+    with pytest.raises(InvalidInput, match=f"instance {early} not found in region us-east-1"):
+        supervisor.attach("client-early", early, fleet.prefix("client-early"))
+    run = supervisor.attach("client-early", early, fleet.prefix("client-early"), no_verify=True)
+
+    assert (run.run_id, run.instance_id, run.phase) == ("client-early", early, "pending")
+
+
 def test_a_request_the_run_cannot_take_is_an_invalid_transition(shared: Cli, fleet: Fleet) -> None:
     (instance,) = fleet.launch()
     supervisor = Supervisor(shared.socket_path)

@@ -54,6 +54,8 @@ class Harness:
         self._stack = AsyncExitStack()
         self.local_shell: Callable[[], InstanceShell] = LocalShell
         """Makes the local transport's shell; a test may wrap `LocalShell` (our own port)."""
+        self.daemon_options: dict[str, Any] = {}
+        """More keyword arguments for `Daemon` (a restart policy, a sleep)."""
 
     def settings(self, **overrides: Any) -> Settings:
         return Settings.load(None, state_dir=self.state_dir, **{**FAST, **overrides})
@@ -77,7 +79,9 @@ class Harness:
             Transport.LOCAL: self.local_shell(),
             Transport.SSM: SsmShell(self.aws),
         }
-        self.daemon = Daemon(settings, self.store, cloud, shells=shells, queue=self.aws)
+        self.daemon = Daemon(
+            settings, self.store, cloud, shells=shells, queue=self.aws, **self.daemon_options
+        )
         ready = asyncio.Event()
 
         async def on_ready() -> None:
@@ -97,9 +101,8 @@ class Harness:
 
     async def attach(self, run_id: str, instance_id: str, **fields: Any) -> RunView:
         assert self.daemon is not None
-        request = AttachRequest(
-            run_id=run_id, instance_id=instance_id, s3_prefix=self.fleet.prefix(run_id), **fields
-        )
+        fields.setdefault("s3_prefix", self.fleet.prefix(run_id))
+        request = AttachRequest(run_id=run_id, instance_id=instance_id, **fields)
         return await self.daemon.api.attach(request)
 
     async def run(self, run_id: str) -> Run:

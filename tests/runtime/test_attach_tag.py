@@ -2,8 +2,9 @@
 tagged `supervisor:run-id` before the run is stored; when tagging fails, the attach fails with
 what to do about it, and nothing is stored.
 
-moto tags any well-formed instance id, known or not, so the "no such instance" case has the
-fault plan give AWS's answer to CreateTags (`InvalidInstanceID.NotFound`).
+moto tags any well-formed instance id, known or not, so the "no such instance" case skips
+attach's own check that the instance exists (`no_verify`) and has the fault plan give AWS's
+answer to CreateTags (`InvalidInstanceID.NotFound`).
 """
 
 from __future__ import annotations
@@ -71,11 +72,12 @@ async def test_a_failed_tag_fails_the_attach_with_what_to_do_and_stores_nothing(
     harness: Harness, fault: str, instance: str | None, expected: str
 ) -> None:
     instance = instance or harness.fleet.launch()[0]
+    unknown = instance == NO_SUCH_INSTANCE
     daemon = await harness.start(faults=f"CreateTags={fault}")
     assert harness.store is not None
 
     with pytest.raises(InvalidInput) as caught:
-        await harness.attach("r1", instance, tag_instance=True)
+        await harness.attach("r1", instance, tag_instance=True, no_verify=unknown)
 
     message = str(caught.value)
     assert message.startswith(f"could not tag instance {instance} in us-east-1 with {RUN_TAG}=r1")
@@ -84,10 +86,10 @@ async def test_a_failed_tag_fails_the_attach_with_what_to_do_and_stores_nothing(
     assert await harness.store.runs() == []
     assert await harness.store.transitions("r1") == []
     assert daemon.monitors == {}
-    if instance != NO_SUCH_INSTANCE:
+    if not unknown:
         assert tags_of(harness.fleet, instance) == {}
     # Nothing was left behind: the same run attaches once the cause is gone.
-    await harness.attach("r1", instance)
+    await harness.attach("r1", instance, no_verify=unknown)
     assert (await harness.run("r1")).phase is P.PENDING
 
 
@@ -98,7 +100,7 @@ async def test_a_run_id_already_attached_is_refused_before_any_instance_is_tagge
     await harness.start()
     await harness.attach("r1", first)
 
-    with pytest.raises(InvalidInput, match="run 'r1' is already attached"):
+    with pytest.raises(InvalidInput, match="run id 'r1' is taken"):
         await harness.attach("r1", second, tag_instance=True)
 
     # A tag naming r1 on the second instance would make it look like r1's zombie.

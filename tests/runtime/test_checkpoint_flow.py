@@ -587,6 +587,12 @@ class SlowLaunch:
     async def describe_tagged(self, tag_key: str, region: str) -> list[InstanceSeen]:
         return await self._aws.describe_tagged(tag_key, region)
 
+    async def instance_exists(self, instance_id: InstanceId, region: str) -> bool:
+        return await self._aws.instance_exists(instance_id, region)
+
+    async def probe_prefix(self, bucket: str, prefix: str, region: str) -> None:
+        await self._aws.probe_prefix(bucket, prefix, region)
+
     async def stop_instance(self, instance_id: InstanceId, region: str) -> InstanceState:
         return await self._aws.stop_instance(instance_id, region)
 

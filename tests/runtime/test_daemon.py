@@ -150,7 +150,7 @@ async def test_an_instance_unknown_to_aws_crashes_the_run_before_training_starte
     harness: Harness,
 ) -> None:
     await harness.start()
-    await harness.attach("ghost", "i-0123456789abcdef0")
+    await harness.attach("ghost", "i-0123456789abcdef0", no_verify=True)
     run = await harness.wait_phase("ghost", P.CRASHED)
     assert "before training started" in run.reason
 
