@@ -91,9 +91,9 @@ def test_queries_answer_from_the_file_while_the_daemon_is_down(offline: Cli) -> 
         "mgda-2 (0.25)",
         "pcgrad                  2     2          0        2              0.3    0.2   0.4  "
         "pcgrad-2 (0.2)",
+        "imtlg                   1     0          0        0              -      -     -    -",
         "(none)                  1     1          0        1              0.5    0.5   0.5  "
         "baseline-1 (0.5)",
-        "imtlg                   1     0          0        0              -      -     -    -",
     ]
 
     by_acc = json.loads(acc.stdout)

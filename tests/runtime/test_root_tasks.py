@@ -27,7 +27,6 @@ from tests.runtime.test_zombies import FakeClock
 from tests.runtime.waiting import wait_for
 
 P = Phase
-pytestmark = pytest.mark.timeout(60)
 NO_JITTER = BackoffPolicy(initial_s=1.0, max_s=8.0, multiplier=2.0, jitter=0.0)
 
 
