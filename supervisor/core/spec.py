@@ -29,6 +29,8 @@ from supervisor.core.checkpoint import (
     parse_instance_path,
     parse_pattern,
 )
+from supervisor.core.defaults import DEFAULT_FAILURE_MARKER as DEFAULT_FAILURE_MARKER
+from supervisor.core.defaults import DEFAULT_MARKERS as DEFAULT_MARKERS
 from supervisor.core.errors import InvalidInput
 from supervisor.core.reports import FINAL_METRICS, HISTORY
 from supervisor.core.values import (
@@ -43,8 +45,6 @@ from supervisor.core.values import (
     parse_run_id,
 )
 
-DEFAULT_MARKERS: tuple[str, ...] = ("training_complete.txt", "COMPLETE", "done")
-DEFAULT_FAILURE_MARKER = "FAILED"
 MAX_GRACE_S = 7 * 24 * 3600.0
 GraceSeconds = Annotated[float, Field(ge=0, le=MAX_GRACE_S, allow_inf_nan=False)]
 """The bounds of `grace_s`, declared once: a run's field and the daemon's default
