@@ -16,17 +16,10 @@ import textwrap
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from supervisor.adapters.query import (
-    CRASH_LOG_LINES,
-    DatabaseUnavailable,
-    RunDatabase,
-    RunDetailRow,
-    RunRow,
-)
 from supervisor.cli.common import EXIT_OK, fail, printable, run_id_argument
-from supervisor.core.compare import Comparison, GroupValue
+from supervisor.core.defaults import CRASH_LOG_LINES
 from supervisor.core.errors import InvalidInput
 from supervisor.core.filters import (
     COLUMNS,
@@ -39,6 +32,10 @@ from supervisor.core.filters import (
     parse_since,
 )
 from supervisor.core.run import Outcome, Phase
+
+if TYPE_CHECKING:  # imported when a query runs: the parser must not pay for pydantic
+    from supervisor.adapters.query import RunDatabase, RunDetailRow, RunRow
+    from supervisor.core.compare import Comparison, GroupValue
 
 QUERY_COMMANDS = frozenset({"runs", "show", "compare", "export"})
 
@@ -218,6 +215,8 @@ def _argument(parse: Callable[[str], _T]) -> Callable[[str], _T]:
 
 def run_query(args: argparse.Namespace, db_path: Path) -> int:
     """Carry out a query subcommand against the database at `db_path`."""
+    from supervisor.adapters.query import DatabaseUnavailable, RunDatabase
+
     try:
         with RunDatabase(db_path) as db:
             _dispatch(db, args)

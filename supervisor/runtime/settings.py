@@ -6,7 +6,6 @@ chain."""
 from __future__ import annotations
 
 import difflib
-import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,45 +24,17 @@ from supervisor.core.backoff import BackoffPolicy
 from supervisor.core.errors import InvalidInput
 from supervisor.core.spec import MAX_GRACE_S, GraceSeconds
 from supervisor.core.zombies import ZombiePolicy
+from supervisor.runtime.config_file import CONFIG_ENV as CONFIG_ENV
+from supervisor.runtime.config_file import ENV_PREFIX as ENV_PREFIX
+from supervisor.runtime.config_file import OTHER_VARIABLES
+from supervisor.runtime.config_file import default_state_dir as default_state_dir
+from supervisor.runtime.config_file import find_config_file as find_config_file
 
-ENV_PREFIX = "SUPERVISOR_"
 _SECRET_HINTS = ("secret", "token", "password", "key")
-OTHER_VARIABLES = frozenset(
-    {"SUPERVISOR_CONFIG", "SUPERVISOR_RUN_PREFIX", "SUPERVISOR_INSTANCE_PY"}
-)
-"""`SUPERVISOR_*` variables that are not settings but are read elsewhere: the settings file's
-path, the job reporter's run prefix (`supervisor.report`) and deploy/user-data.sh's copy of
-the instance program."""
 
 Seconds = Annotated[float, Field(ge=0, le=MAX_GRACE_S, allow_inf_nan=False)]
 """A duration setting: finite, and at most a week, so no interval overflows a date."""
 PositiveSeconds = Annotated[float, Field(gt=0, le=MAX_GRACE_S, allow_inf_nan=False)]
-
-
-def default_state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "supervisor"
-
-
-CONFIG_ENV = f"{ENV_PREFIX}CONFIG"
-"""Names the settings file when `--config` is not given. Not a setting itself."""
-
-
-def default_config_file() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "supervisor" / "supervisord.toml"
-
-
-def find_config_file(given: Path | None) -> Path | None:
-    """The settings file both commands read, so `supervisorctl` finds the daemon that
-    `supervisord` started: `--config`, else `$SUPERVISOR_CONFIG`, else the default file when
-    it exists. Absolute, so a detached daemon (cwd `/`) reads the same file."""
-    if given is None and os.environ.get(CONFIG_ENV):
-        given = Path(os.environ[CONFIG_ENV])
-    if given is None:
-        default = default_config_file()
-        return default.absolute() if default.exists() else None
-    return given.absolute()
 
 
 class Settings(BaseSettings):
