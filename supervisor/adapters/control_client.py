@@ -10,16 +10,17 @@ here, so both clients raise the same ones with the same words.
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from supervisor.core.errors import SupervisorError
-from supervisor.core.filters import parse_since
 from supervisor.core.values import parse_run_id
+
+if TYPE_CHECKING:
+    import http.client
 
 CONNECT_TIMEOUT_S = 5.0
 ERROR_KINDS = frozenset({"invalid_input", "unknown_run", "conflict", "shutting_down", "internal"})
@@ -97,23 +98,25 @@ def read_daemon_pid(pid_path: Path | None) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    """`http.client` over the daemon's Unix socket: the host name is only the Host header."""
+def _unix_connection(socket_path: Path, timeout_s: float | None) -> http.client.HTTPConnection:
+    """`http.client` over the daemon's Unix socket (the host name is only the Host header).
+    Imported here, not at module level: `supervisorctl --help` and the query verbs do not
+    pay for it (it loads `email` and `ssl`)."""
+    import http.client
 
-    def __init__(self, socket_path: Path, timeout_s: float | None) -> None:
-        super().__init__("supervisord", timeout=timeout_s)
-        self._socket_path = socket_path
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(CONNECT_TIMEOUT_S)
+                sock.connect(str(socket_path))
+                sock.settimeout(self.timeout)
+            except BaseException:
+                sock.close()
+                raise
+            self.sock = sock
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(CONNECT_TIMEOUT_S)
-            sock.connect(str(self._socket_path))
-            sock.settimeout(self.timeout)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
+    return UnixConnection("supervisord", timeout=timeout_s)
 
 
 class SocketClient:
@@ -140,7 +143,9 @@ class SocketClient:
             raise DaemonNotRunning(self.socket_path)
         target = f"{path}?{urlencode(params)}" if params else path
         data = json.dumps(body, allow_nan=False).encode() if body is not None else None
-        connection = _UnixConnection(self.socket_path, self._timeout_s)
+        connection = _unix_connection(self.socket_path, self._timeout_s)
+        import http.client
+
         try:
             try:
                 connection.connect()
@@ -178,6 +183,8 @@ class SocketClient:
 def parse_since_days(text: str) -> float:
     """`report --since` as a number of days: any form `runs --since` takes (7d, 12h, or a bare
     number of days), through the same parser."""
+    from supervisor.core.filters import parse_since
+
     return parse_since(text).total_seconds() / 86400
 
 

@@ -32,7 +32,7 @@ from supervisor.core.filters import (
     Source,
     parse_field,
 )
-from supervisor.core.spec import Direction
+from supervisor.core.values import Direction
 
 QUERY_SCHEMA_VERSION = 7
 """The schema version these queries need (0006 added run_data, 0007 report_problems)."""

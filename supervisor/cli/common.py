@@ -11,7 +11,6 @@ import math
 import os
 import re
 import sys
-import tomllib
 import unicodedata
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -138,6 +137,8 @@ def _plain_location(
         return None
     keys: dict[str, Any] = {}
     if config_file is not None:
+        import tomllib
+
         try:
             keys = tomllib.loads(config_file.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError):

@@ -6,7 +6,6 @@ import argparse
 import json
 import math
 import sys
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,8 +29,7 @@ from supervisor.cli.common import (
     run_id_argument,
     user_errors,
 )
-from supervisor.cli.queries import QUERY_COMMANDS, add_query_commands, run_query
-from supervisor.cli.views import AttachmentView, RunDetail, RunView
+from supervisor.cli.verbs import QUERY_COMMANDS
 from supervisor.core.attachments import AttachmentKind
 from supervisor.core.defaults import (
     DEFAULT_FAILURE_MARKER,
@@ -45,6 +43,7 @@ from supervisor.core.errors import InvalidInput
 if TYPE_CHECKING:
     from supervisor.adapters.control import ControlClient
     from supervisor.adapters.protocol import ReportView, TailItem, ZombieList
+    from supervisor.cli.views import RunDetail
 
 # This module is imported by every verb, so it imports only what parsing the arguments needs;
 # each verb imports the rest (pydantic, aiohttp for the streaming routes) when it runs.
@@ -81,7 +80,9 @@ exit codes: 0 success, 1 error, 2 usage.
 """
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(named: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with `named` (the command line's words), the query verbs' arguments
+    only when one of them is named, so that other verbs need not import them."""
     parser = argparse.ArgumentParser(
         prog="supervisorctl",
         description=DESCRIPTION,
@@ -429,7 +430,13 @@ def _parser() -> argparse.ArgumentParser:
         "(default 7; fractions allowed)",
     )
     report.add_argument("--json", action="store_true", help="machine-readable output")
-    add_query_commands(commands)  # runs, show, compare, export: the run database, read-only
+    if named is None or not QUERY_COMMANDS.keys().isdisjoint(named):
+        from supervisor.cli.queries import add_query_commands
+
+        add_query_commands(commands)  # runs, show, compare, export: the run database, read-only
+    else:
+        for name, text in QUERY_COMMANDS.items():
+            commands.add_parser(name, help=text)
     return parser
 
 
@@ -521,10 +528,13 @@ def _since_days(text: str) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    args = _parser(named=words).parse_args(words)
     daemon = locate_daemon(args.config)
     with user_errors():
         if args.command in QUERY_COMMANDS:  # read the database file: no daemon needed
+            from supervisor.cli.queries import run_query
+
             return run_query(args, daemon.db_path)
         try:
             return _run(args, daemon)
@@ -559,6 +569,8 @@ def _run(args: argparse.Namespace, daemon: DaemonLocation) -> int:
         if args.json:
             print(json.dumps(answer, indent=2))
         else:
+            from supervisor.cli.views import AttachmentView
+
             attached = AttachmentView.from_json(answer)
             size = f", {attached.size} bytes" if attached.size is not None else ""
             print(f"{args.run_id}: attached {attached.kind}: {printable(attached.uri)}{size}")
@@ -745,6 +757,8 @@ def _config(path: Path) -> dict[str, Any]:
 def _read_spec(path: Path) -> dict[str, Any]:
     """The spec file's keys; any problem with it is a usage error (exit 2), as with
     --config-file."""
+    import tomllib
+
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -784,6 +798,8 @@ def _print_run(answer: Any, *, as_json: bool, verb: str) -> None:
     if as_json:
         print(json.dumps(answer, indent=2))
     else:
+        from supervisor.cli.views import RunView
+
         run = RunView.from_json(answer)
         print(f"{run.run_id}: {verb}; phase {run.phase} ({printable(run.reason)})")
 
@@ -793,6 +809,8 @@ def _print_table(answer: Any, *, as_json: bool) -> None:
     if as_json:
         print(json.dumps(answer, indent=2))
         return
+    from supervisor.cli.views import RunView
+
     runs = [RunView.from_json(item) for item in answer]
     if not runs:
         print("no runs attached: `supervisorctl attach --help` shows how")
@@ -820,6 +838,8 @@ def _print_detail(answer: Any, *, as_json: bool) -> None:
     if as_json:
         print(json.dumps(answer, indent=2))
         return
+    from supervisor.cli.views import RunDetail
+
     run = RunDetail.from_json(answer)
     print(f"run {run.run_id}: {run.phase}" + (f" ({run.outcome})" if run.outcome else ""))
     print(f"  instance   {run.instance_id} ({run.region}), on completion: {run.on_complete}")

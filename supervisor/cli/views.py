@@ -22,7 +22,7 @@ def _maybe_when(value: Any) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class RunView:
     run_id: str
     phase: str
@@ -67,7 +67,7 @@ def _run_fields(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class TransitionView:
     seq: int
     from_: str | None
@@ -88,7 +88,7 @@ class TransitionView:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ActionView:
     action: str
     instance_id: str
@@ -103,7 +103,7 @@ class ActionView:
         return cls(**{**data, "at": _when(data["at"])})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class InstanceView:
     instance_id: str
     region: str
@@ -115,7 +115,7 @@ class InstanceView:
         return cls(**{**data, "attached_at": _when(data["attached_at"])})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class AttachmentView:
     kind: str
     uri: str
@@ -128,7 +128,7 @@ class AttachmentView:
         return cls(**{**data, "added_at": _when(data["added_at"])})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ReportProblemView:
     key: str
     note: str
@@ -139,7 +139,7 @@ class ReportProblemView:
         return cls(**{**data, "noted_at": _when(data["noted_at"])})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class RunDetail(RunView):
     spec: dict[str, Any] = field(default_factory=dict)
     transitions: tuple[TransitionView, ...] = ()
@@ -163,7 +163,7 @@ class RunDetail(RunView):
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class DaemonStatus:
     pid: int
     version: str

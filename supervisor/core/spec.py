@@ -33,6 +33,7 @@ from supervisor.core.defaults import DEFAULT_FAILURE_MARKER as DEFAULT_FAILURE_M
 from supervisor.core.defaults import DEFAULT_MARKERS as DEFAULT_MARKERS
 from supervisor.core.errors import InvalidInput
 from supervisor.core.reports import FINAL_METRICS, HISTORY
+from supervisor.core.values import Direction as Direction
 from supervisor.core.values import (
     InstanceId,
     RunId,
@@ -105,11 +106,6 @@ class OnRebalance(enum.StrEnum):
 class GraceMode(enum.StrEnum):
     UNTIL_QUIET = "until-quiet"  # end early once verified, process exited, prefix quiet
     FIXED = "fixed"  # always wait the whole grace period
-
-
-class Direction(enum.StrEnum):
-    MIN = "min"
-    MAX = "max"
 
 
 _METRIC_NAME = r"^[A-Za-z0-9_.\-/:]{1,128}$"
