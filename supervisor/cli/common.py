@@ -23,8 +23,11 @@ from supervisor.core.errors import InvalidInput
 from supervisor.core.values import parse_run_id
 from supervisor.runtime.config_file import (
     CONFIG_ENV,
+    DB_FILE,
     ENV_PREFIX,
     OTHER_VARIABLES,
+    PID_FILE,
+    SOCKET_FILE,
     default_state_dir,
     find_config_file,
 )
@@ -94,15 +97,15 @@ class DaemonLocation:
 
     @property
     def socket_path(self) -> Path:
-        return self.state_dir / "supervisord.sock"
+        return self.state_dir / SOCKET_FILE
 
     @property
     def pid_path(self) -> Path:
-        return self.state_dir / "supervisord.pid"
+        return self.state_dir / PID_FILE
 
     @property
     def db_path(self) -> Path:
-        return self.state_dir / "supervisor.db"
+        return self.state_dir / DB_FILE
 
 
 def locate_daemon(config: Path | None) -> DaemonLocation:

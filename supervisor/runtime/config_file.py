@@ -9,6 +9,11 @@ import os
 from pathlib import Path
 
 ENV_PREFIX = "SUPERVISOR_"
+DB_FILE = "supervisor.db"
+SOCKET_FILE = "supervisord.sock"
+PID_FILE = "supervisord.pid"
+LOG_FILE = "supervisord.log"
+"""The daemon's files in its state directory (Settings and the CLI's DaemonLocation)."""
 OTHER_VARIABLES = frozenset(
     {"SUPERVISOR_CONFIG", "SUPERVISOR_RUN_PREFIX", "SUPERVISOR_INSTANCE_PY"}
 )

@@ -25,8 +25,14 @@ from supervisor.core.errors import InvalidInput
 from supervisor.core.spec import MAX_GRACE_S, GraceSeconds
 from supervisor.core.zombies import ZombiePolicy
 from supervisor.runtime.config_file import CONFIG_ENV as CONFIG_ENV
+from supervisor.runtime.config_file import (
+    DB_FILE,
+    LOG_FILE,
+    OTHER_VARIABLES,
+    PID_FILE,
+    SOCKET_FILE,
+)
 from supervisor.runtime.config_file import ENV_PREFIX as ENV_PREFIX
-from supervisor.runtime.config_file import OTHER_VARIABLES
 from supervisor.runtime.config_file import default_state_dir as default_state_dir
 from supervisor.runtime.config_file import find_config_file as find_config_file
 
@@ -138,19 +144,19 @@ class Settings(BaseSettings):
 
     @property
     def db_path(self) -> Path:
-        return self.state_dir / "supervisor.db"
+        return self.state_dir / DB_FILE
 
     @property
     def socket_path(self) -> Path:
-        return self.state_dir / "supervisord.sock"
+        return self.state_dir / SOCKET_FILE
 
     @property
     def pid_path(self) -> Path:
-        return self.state_dir / "supervisord.pid"
+        return self.state_dir / PID_FILE
 
     @property
     def log_path(self) -> Path:
-        return self.state_dir / "supervisord.log"
+        return self.state_dir / LOG_FILE
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:
