@@ -1,4 +1,5 @@
-"""The control channel: HTTP + JSON over a Unix socket (aiohttp), server and client.
+"""The control channel: HTTP + JSON over a Unix socket (aiohttp), server and client (the
+client for the streaming routes; `control_client` has the light one and the errors).
 
 The socket is created 0600 inside a 0700 directory: only its owner can talk to the daemon.
 The server knows nothing of runs; it calls a `ControlHandler` (the runtime implements it) and
@@ -14,13 +15,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
-from urllib.parse import quote
 
 import aiohttp
 import structlog
 from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from supervisor.adapters.control_client import MAX_BYTE_DIGITS as MAX_BYTE_DIGITS
+from supervisor.adapters.control_client import ControlError as ControlError
+from supervisor.adapters.control_client import DaemonNotAnswering as DaemonNotAnswering
+from supervisor.adapters.control_client import DaemonNotRunning as DaemonNotRunning
+from supervisor.adapters.control_client import closed_early, read_daemon_pid, refusal
+from supervisor.adapters.control_client import parse_since_days as parse_since_days
+from supervisor.adapters.control_client import run_path as run_path
+from supervisor.adapters.control_client import since_query as since_query
 from supervisor.adapters.metrics_http import Exposition, metrics_handler
 from supervisor.adapters.protocol import (
     DEFAULT_TRAINING_LOG,
@@ -46,7 +54,6 @@ from supervisor.core.errors import (
     SupervisorError,
     UnknownRun,
 )
-from supervisor.core.filters import parse_since
 from supervisor.core.spec import describe_validation_error
 from supervisor.core.values import parse_run_id
 
@@ -229,10 +236,6 @@ async def _stream(request: web.Request, items: AsyncIterator[BaseModel]) -> web.
             await close()
 
 
-MAX_BYTE_DIGITS = 18
-"""The longest byte count the training-log route takes (below 2**63)."""
-
-
 def _byte_count(query: Mapping[str, str], name: str) -> int | None:
     """A query parameter that counts bytes: absent, or an integer from 0."""
     text = query.get(name)
@@ -241,39 +244,6 @@ def _byte_count(query: Mapping[str, str], name: str) -> int | None:
     if not (text.isascii() and text.isdigit()) or len(text) > MAX_BYTE_DIGITS:
         raise InvalidInput(f"{name}={text!r} is not valid: give a number of bytes from 0")
     return int(text)
-
-
-class DaemonNotRunning(SupervisorError):
-    def __init__(self, socket_path: Path, *, stale: bool = False, pid: int | None = None) -> None:
-        """`stale`: the socket file is there but nothing listens (a daemon killed with -9);
-        `pid`: the dead daemon's, from its pid file."""
-        if stale:
-            owner = f" from pid {pid}" if pid is not None else ""
-            what = f"stale socket {socket_path}{owner}: the daemon did not exit cleanly"
-        else:
-            what = f"no socket at {socket_path}"
-        super().__init__(f"supervisord is not running ({what}): start it with `supervisord start`")
-
-
-class DaemonNotAnswering(SupervisorError):
-    """The socket accepts connections but the daemon sent nothing for `timeout_s` (stopped
-    with SIGSTOP, or stuck)."""
-
-    def __init__(self, socket_path: Path, timeout_s: float, pid: int | None) -> None:
-        owner = f"supervisord (pid {pid})" if pid is not None else "supervisord"
-        check = f"`ps -o stat= -p {pid}` (T: stopped, resume it with `kill -CONT {pid}`)"
-        super().__init__(
-            f"{owner} did not answer within {timeout_s:g}s on socket {socket_path}: it may be "
-            f"stopped or stuck; check {check if pid is not None else 'its process'}"
-        )
-
-
-class ControlError(SupervisorError):
-    """The daemon refused a request; `kind` is ErrorReply.kind."""
-
-    def __init__(self, message: str, kind: str) -> None:
-        super().__init__(message)
-        self.kind = kind
 
 
 class ControlClient:
@@ -318,14 +288,7 @@ class ControlClient:
                 headers={"Content-Type": "application/json"},
             ) as response:
                 if response.status >= 400:
-                    raw = await response.read()
-                    try:
-                        reply = ErrorReply.model_validate_json(raw)
-                    except ValidationError:
-                        raise ControlError(
-                            f"supervisord answered {response.status}: {raw[:200]!r}", "internal"
-                        ) from None
-                    raise ControlError(reply.error, reply.kind)
+                    raise refusal(response.status, await response.read())
                 yield response
         except aiohttp.ClientConnectorError as exc:
             stale = isinstance(exc.os_error, ConnectionRefusedError) and self.socket_path.exists()
@@ -336,21 +299,10 @@ class ControlClient:
                 waited = self._timeout.sock_connect
             raise DaemonNotAnswering(self.socket_path, waited or 0.0, self._pid()) from exc
         except aiohttp.ClientError as exc:  # the daemon closed the connection mid-answer
-            why = str(exc) or type(exc).__name__
-            raise ControlError(
-                f"supervisord closed the connection on {self.socket_path} ({why}): it may "
-                "have exited; check `supervisord status`",
-                "internal",
-            ) from exc
+            raise closed_early(self.socket_path, str(exc) or type(exc).__name__) from exc
 
     def _pid(self) -> int | None:
-        if self._pid_path is None:
-            return None
-        try:
-            text = self._pid_path.read_text(encoding="ascii").strip()
-        except (OSError, UnicodeDecodeError):
-            return None
-        return int(text) if text.isdigit() else None
+        return read_daemon_pid(self._pid_path)
 
     async def _get(
         self, model: type[_M], method: str, path: str, body: BaseModel | None = None
@@ -425,25 +377,6 @@ class ControlClient:
             async for line in response.content:
                 if line.strip():
                     yield TrainingLogItem.model_validate_json(line)
-
-
-def parse_since_days(text: str) -> float:
-    """`report --since` as a number of days: any form `runs --since` takes (7d, 12h, or a bare
-    number of days), through the same parser."""
-    return parse_since(text).total_seconds() / 86400
-
-
-def since_query(days: float) -> str:
-    """Days as the report's `since=`: fixed-point, which every `parse_since` form reads
-    (`repr` would write 1e-05)."""
-    return f"{days:.9f}".rstrip("0").rstrip(".")
-
-
-def run_path(run_id: str, *rest: str) -> str:
-    """`/v1/runs/RUN_ID[/...]` for a valid run id, quoted, so no id (`x/../RUN`, `RUN?x=1`,
-    `RUN#f`) can reach another run or another route: an invalid one is refused first."""
-    quoted = quote(parse_run_id(run_id), safe="")
-    return "/".join(("/v1/runs", quoted, *rest))
 
 
 def _run_id(request: web.Request) -> str:

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from supervisor.core.defaults import DEFAULT_TRAINING_LOG as DEFAULT_TRAINING_LOG
+from supervisor.core.defaults import DEFAULT_TRAINING_LOG_BYTES as DEFAULT_TRAINING_LOG_BYTES
 from supervisor.core.reports import REPORT_UNREADABLE
 from supervisor.core.values import check_json_value
 
@@ -181,12 +183,6 @@ class TailItem(_Message):
     kind: Literal["transition", "event"]
     transition: TransitionView | None = None
     event: MonitorEventView | None = None
-
-
-DEFAULT_TRAINING_LOG = "logs/train.log"
-"""The training log's key under the run prefix, unless `tail --training --key` says otherwise."""
-DEFAULT_TRAINING_LOG_BYTES = 8192
-"""How much of the end of the training log `tail --training` shows first."""
 
 
 class TrainingLogItem(_Message):

@@ -21,6 +21,7 @@ from typing import Any, Self
 from pydantic import BaseModel, ConfigDict, Field
 
 from supervisor.core.compare import Comparison, Sample, compare
+from supervisor.core.defaults import CRASH_LOG_LINES as CRASH_LOG_LINES
 from supervisor.core.errors import InvalidInput, SupervisorError
 from supervisor.core.filters import (
     COLUMNS,
@@ -31,12 +32,10 @@ from supervisor.core.filters import (
     Source,
     parse_field,
 )
-from supervisor.core.spec import Direction
+from supervisor.core.values import Direction
 
 QUERY_SCHEMA_VERSION = 7
 """The schema version these queries need (0006 added run_data, 0007 report_problems)."""
-CRASH_LOG_LINES = 20
-"""The last lines of a crash log that `run()` returns."""
 
 # Where each column lives: a column of runs (r) or run_data (d), or a key of the spec's JSON.
 _COLUMN_SQL = {

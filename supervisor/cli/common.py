@@ -1,32 +1,42 @@
-"""What both commands share: settings loading, error reporting, time formatting."""
+"""What both commands share: settings loading, error reporting, time formatting.
+
+Imported by every verb, so it imports nothing heavy at module level: pydantic and the settings
+model only when a verb needs them (see `locate_daemon`)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
+import re
 import sys
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from pydantic import ValidationError
-
-from supervisor.adapters.control import ControlError, DaemonNotAnswering, DaemonNotRunning
+from supervisor.adapters.control_client import ControlError, DaemonNotAnswering, DaemonNotRunning
 from supervisor.core.errors import InvalidInput
-from supervisor.core.spec import describe_validation_error
 from supervisor.core.values import parse_run_id
-from supervisor.runtime.settings import (
+from supervisor.runtime.config_file import (
     CONFIG_ENV,
+    DB_FILE,
     ENV_PREFIX,
-    Settings,
+    OTHER_VARIABLES,
+    PID_FILE,
+    SOCKET_FILE,
+    default_state_dir,
     find_config_file,
-    unknown_variables,
 )
 
+if TYPE_CHECKING:
+    from supervisor.runtime.settings import Settings
+
 STATE_DIR_ENV = f"{ENV_PREFIX}STATE_DIR"
+CLIENT_TIMEOUT_ENV = f"{ENV_PREFIX}CLIENT_TIMEOUT_S"
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -49,24 +59,117 @@ def load_settings(config: Path | None) -> Settings:
         if os.environ.get(CONFIG_ENV):
             fail(f"{CONFIG_ENV} names {config_file}, which is not a file: fix or unset it")
         fail(f"the default settings file {config_file} is not a file: make it one or remove it")
+    from supervisor.runtime.settings import Settings, unknown_variables
+
     for warning in unknown_variables(os.environ):
         print(f"{_prog()}: {warning}", file=sys.stderr)
     try:
         settings = Settings.load(config_file)
     except InvalidInput as exc:
         fail(str(exc))
-    state_dir = settings.state_dir.expanduser()
+    state_dir = _absolute_state_dir(settings.state_dir, config_file)
+    return settings.model_copy(update={"state_dir": state_dir})
+
+
+def _absolute_state_dir(state_dir: Path, config_file: Path | None) -> Path:
+    """`SUPERVISOR_STATE_DIR` relative to the working directory, `state_dir` of a config file
+    relative to that file; refused when it names something that is not a directory."""
+    state_dir = state_dir.expanduser()
     if not state_dir.is_absolute():
         from_env = any(name.upper() == STATE_DIR_ENV for name in os.environ)
         base = config_file.parent if config_file is not None and not from_env else Path.cwd()
         state_dir = base / state_dir
-    settings = settings.model_copy(update={"state_dir": state_dir.absolute()})
-    if settings.state_dir.exists() and not settings.state_dir.is_dir():
+    state_dir = state_dir.absolute()
+    if state_dir.exists() and not state_dir.is_dir():
         fail(
-            f"state directory {settings.state_dir} is not a directory: set "
+            f"state directory {state_dir} is not a directory: set "
             f"{STATE_DIR_ENV} (or state_dir in the config file) to a directory"
         )
-    return settings
+    return state_dir
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonLocation:
+    """What a client of the daemon needs of the settings: where it is, how long to wait."""
+
+    state_dir: Path
+    client_timeout_s: float
+
+    @property
+    def socket_path(self) -> Path:
+        return self.state_dir / SOCKET_FILE
+
+    @property
+    def pid_path(self) -> Path:
+        return self.state_dir / PID_FILE
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / DB_FILE
+
+
+def locate_daemon(config: Path | None) -> DaemonLocation:
+    """`load_settings` for a verb that only talks to the daemon or reads its database.
+
+    Loading the settings model costs pydantic-settings (a third of a second), so when the
+    environment and the settings file hold nothing but the state directory and the client
+    timeout, each plainly valid, those two are read here; anything else (another setting, an
+    unknown variable, a value that might be refused, an unreadable file) goes through
+    `load_settings`, so every message, warning and refusal stays the settings model's own."""
+    config_file = find_config_file(config)
+    plain = _plain_location(config_file, os.environ)
+    if plain is None:
+        settings = load_settings(config)
+        return DaemonLocation(settings.state_dir, settings.client_timeout_s)
+    state_dir, timeout_s = plain
+    return DaemonLocation(_absolute_state_dir(state_dir, config_file), timeout_s)
+
+
+_PLAIN_VARIABLES = frozenset({STATE_DIR_ENV, CLIENT_TIMEOUT_ENV}) | OTHER_VARIABLES
+_PLAIN_SECONDS = re.compile(r"[0-9]{1,4}(\.[0-9]{1,6})?")
+
+
+def _plain_location(
+    config_file: Path | None, environ: Mapping[str, str]
+) -> tuple[Path, float] | None:
+    """(state_dir, client_timeout_s) when the settings model would certainly accept them
+    and have nothing else to check or warn about; else None."""
+    if any(
+        name.upper().startswith(ENV_PREFIX) and name not in _PLAIN_VARIABLES for name in environ
+    ):
+        return None
+    keys: dict[str, Any] = {}
+    if config_file is not None:
+        import tomllib
+
+        try:
+            keys = tomllib.loads(config_file.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError):
+            return None
+        if not set(keys) <= {"state_dir", "client_timeout_s"}:
+            return None
+    state_dir = environ.get(STATE_DIR_ENV, keys.get("state_dir"))
+    if state_dir is not None and not (isinstance(state_dir, str) and _plain_path(state_dir)):
+        return None
+    timeout: Any = environ.get(CLIENT_TIMEOUT_ENV, keys.get("client_timeout_s", 60.0))
+    if isinstance(timeout, str):
+        timeout = float(timeout) if _PLAIN_SECONDS.fullmatch(timeout) else None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        return None
+    if not (math.isfinite(timeout) and 0 < timeout <= 3600):
+        return None
+    return (Path(state_dir) if state_dir is not None else default_state_dir()), float(timeout)
+
+
+def _plain_path(text: str) -> bool:
+    return bool(text) and text.isprintable()
+
+
+def _validation_errors() -> tuple[type[Exception], ...]:
+    """pydantic's ValidationError once a verb has imported pydantic (none can be raised
+    before), so that this module need not import it."""
+    pydantic = sys.modules.get("pydantic")
+    return (pydantic.ValidationError,) if pydantic is not None else ()
 
 
 @contextlib.contextmanager
@@ -78,8 +181,10 @@ def user_errors() -> Iterator[None]:
         yield
     except (DaemonNotRunning, DaemonNotAnswering, ControlError, InvalidInput) as exc:
         fail(str(exc))
-    except ValidationError as exc:
-        fail(describe_validation_error(exc), EXIT_USAGE)
+    except _validation_errors() as exc:
+        from supervisor.core.spec import describe_validation_error
+
+        fail(describe_validation_error(exc), EXIT_USAGE)  # type: ignore[arg-type]
     except BrokenPipeError:
         # The reader (`| head -1`) is gone: point stdout at /dev/null so the interpreter's
         # final flush does not fail again, and say why the output stopped.

@@ -16,17 +16,11 @@ import textwrap
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from supervisor.adapters.query import (
-    CRASH_LOG_LINES,
-    DatabaseUnavailable,
-    RunDatabase,
-    RunDetailRow,
-    RunRow,
-)
 from supervisor.cli.common import EXIT_OK, fail, printable, run_id_argument
-from supervisor.core.compare import Comparison, GroupValue
+from supervisor.cli.verbs import QUERY_COMMANDS as QUERY_COMMANDS
+from supervisor.core.defaults import CRASH_LOG_LINES
 from supervisor.core.errors import InvalidInput
 from supervisor.core.filters import (
     COLUMNS,
@@ -40,7 +34,10 @@ from supervisor.core.filters import (
 )
 from supervisor.core.run import Outcome, Phase
 
-QUERY_COMMANDS = frozenset({"runs", "show", "compare", "export"})
+if TYPE_CHECKING:  # imported when a query runs: the parser must not pay for pydantic
+    from supervisor.adapters.query import RunDatabase, RunDetailRow, RunRow
+    from supervisor.core.compare import Comparison, GroupValue
+
 
 _COLUMN_LIST = textwrap.fill(
     ", ".join(COLUMNS), width=92, initial_indent=" " * 26, subsequent_indent=" " * 26
@@ -135,7 +132,7 @@ def add_query_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     runs = commands.add_parser(
         "runs",
         parents=[filters],
-        help="query the run database: runs by config, metrics, tags, phase, outcome",
+        help=QUERY_COMMANDS["runs"],
         description="List the runs in the run database that match the filters, oldest first: "
         "phase, outcome, step, the fields you filtered on, and the objectives' final values.",
         epilog=RUNS_EPILOG,
@@ -149,7 +146,7 @@ def add_query_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
 
     show = commands.add_parser(
         "show",
-        help="one run from the run database: spec, config, metrics, W&B, crash log",
+        help=QUERY_COMMANDS["show"],
         description="Everything recorded about one run: its spec, config, objectives with "
         "their final values, final metrics, the W&B link, attachments, instance history, "
         f"transitions, and the last {CRASH_LOG_LINES} lines of its crash log when it has one. "
@@ -163,7 +160,7 @@ def add_query_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     compare = commands.add_parser(
         "compare",
         parents=[filters],
-        help="a metric compared across groups of runs (e.g. by config.gradient_method)",
+        help=QUERY_COMMANDS["compare"],
         description=COMPARE_DESCRIPTION,
         epilog=COMPARE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -191,7 +188,7 @@ def add_query_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     export = commands.add_parser(
         "export",
         parents=[filters],
-        help="the matching runs as JSON lines or CSV, for other tools",
+        help=QUERY_COMMANDS["export"],
         description=EXPORT_DESCRIPTION,
         epilog=FILTERS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -218,6 +215,8 @@ def _argument(parse: Callable[[str], _T]) -> Callable[[str], _T]:
 
 def run_query(args: argparse.Namespace, db_path: Path) -> int:
     """Carry out a query subcommand against the database at `db_path`."""
+    from supervisor.adapters.query import DatabaseUnavailable, RunDatabase
+
     try:
         with RunDatabase(db_path) as db:
             _dispatch(db, args)

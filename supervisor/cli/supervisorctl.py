@@ -3,52 +3,50 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import math
 import sys
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING, Any
 
 from supervisor import __version__
-from supervisor.adapters.control import (
+from supervisor.adapters.control_client import (
     MAX_BYTE_DIGITS,
-    ControlClient,
-    jsonable,
+    SocketClient,
     parse_since_days,
-)
-from supervisor.adapters.protocol import (
-    DEFAULT_TRAINING_LOG,
-    DEFAULT_TRAINING_LOG_BYTES,
-    AttachRequest,
-    ReportView,
-    RunDetail,
-    RunView,
-    TailItem,
-    ZombieList,
+    run_path,
 )
 from supervisor.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
+    DaemonLocation,
     ago,
     duration,
     fail,
-    load_settings,
+    locate_daemon,
     printable,
     run_id_argument,
     user_errors,
 )
-from supervisor.cli.queries import QUERY_COMMANDS, add_query_commands, run_query
+from supervisor.cli.verbs import QUERY_COMMANDS
 from supervisor.core.attachments import AttachmentKind
+from supervisor.core.defaults import (
+    DEFAULT_FAILURE_MARKER,
+    DEFAULT_MARKERS,
+    DEFAULT_TRAINING_LOG,
+    DEFAULT_TRAINING_LOG_BYTES,
+    RUN_TAG,
+)
 from supervisor.core.errors import InvalidInput
-from supervisor.core.spec import DEFAULT_FAILURE_MARKER, DEFAULT_MARKERS, describe_validation_error
-from supervisor.core.zombies import RUN_TAG
-from supervisor.runconfig import load_config_file
-from supervisor.runtime.settings import Settings
+
+if TYPE_CHECKING:
+    from supervisor.adapters.control import ControlClient
+    from supervisor.adapters.protocol import ReportView, TailItem, ZombieList
+    from supervisor.cli.views import RunDetail
+
+# This module is imported by every verb, so it imports only what parsing the arguments needs;
+# each verb imports the rest (pydantic, aiohttp for the streaming routes) when it runs.
 
 DESCRIPTION = """\
 Control the training-run supervisor (supervisord): attach runs, see their phase, follow them.
@@ -81,10 +79,10 @@ settings file supervisord reads (--config, else $SUPERVISOR_CONFIG, else
 exit codes: 0 success, 1 error, 2 usage.
 """
 
-_SPEC_KEYS = set(AttachRequest.model_fields) | {"config_file"}
 
-
-def _parser() -> argparse.ArgumentParser:
+def _parser(named: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with `named` (the command line's words), the query verbs' arguments
+    only when one of them is named, so that other verbs need not import them."""
     parser = argparse.ArgumentParser(
         prog="supervisorctl",
         description=DESCRIPTION,
@@ -440,7 +438,13 @@ def _parser() -> argparse.ArgumentParser:
         "(default 7; fractions allowed)",
     )
     report.add_argument("--json", action="store_true", help="machine-readable output")
-    add_query_commands(commands)  # runs, show, compare, export: the run database, read-only
+    if named is None or not QUERY_COMMANDS.keys().isdisjoint(named):
+        from supervisor.cli.queries import add_query_commands
+
+        add_query_commands(commands)  # runs, show, compare, export: the run database, read-only
+    else:
+        for name, text in QUERY_COMMANDS.items():
+            commands.add_parser(name, help=text)
     return parser
 
 
@@ -532,18 +536,65 @@ def _since_days(text: str) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    settings = load_settings(args.config)
+    words = sys.argv[1:] if argv is None else argv
+    args = _parser(named=words).parse_args(words)
+    daemon = locate_daemon(args.config)
     with user_errors():
         if args.command in QUERY_COMMANDS:  # read the database file: no daemon needed
-            return run_query(args, settings.db_path)
+            from supervisor.cli.queries import run_query
+
+            return run_query(args, daemon.db_path)
         try:
-            return asyncio.run(_run(args, settings))
+            return _run(args, daemon)
         except KeyboardInterrupt:
             return EXIT_OK
 
 
-async def _run(args: argparse.Namespace, settings: Settings) -> int:
+_STREAMING = frozenset({"tail", "zombies", "report"})
+"""Verbs on the aiohttp client (streams, and answers printed from the protocol's models);
+the others take the light one."""
+
+
+def _run(args: argparse.Namespace, daemon: DaemonLocation) -> int:
+    if args.command in _STREAMING:
+        import asyncio
+
+        return asyncio.run(_run_streaming(args, daemon))
+    client = SocketClient(
+        daemon.socket_path, timeout_s=daemon.client_timeout_s, pid_path=daemon.pid_path
+    )
+    if args.command == "attach":
+        run = client.call("POST", "/v1/runs", _attach_body(args))
+        _print_run(run, as_json=args.json, verb="attached")
+    elif args.command == "status":
+        if args.run_id:
+            _print_detail(client.call("GET", run_path(args.run_id)), as_json=args.json)
+        else:
+            _print_table(client.call("GET", "/v1/runs"), as_json=args.json)
+    elif args.command == "attach-file":
+        body = {"kind": args.kind, "uri": args.uri}
+        answer = client.call("POST", run_path(args.run_id, "attachments"), body)
+        if args.json:
+            print(json.dumps(answer, indent=2))
+        else:
+            from supervisor.cli.views import AttachmentView
+
+            attached = AttachmentView.from_json(answer)
+            size = f", {attached.size} bytes" if attached.size is not None else ""
+            print(f"{args.run_id}: attached {attached.kind}: {printable(attached.uri)}{size}")
+    elif args.command == "resume":
+        params = {"from_scratch": "1"} if args.from_scratch else {}
+        run = client.call("POST", run_path(args.run_id, "resume"), None, **params)
+        _print_run(run, as_json=args.json, verb="resume requested")
+    else:
+        run = client.call("POST", run_path(args.run_id, args.command))
+        _print_run(run, as_json=args.json, verb=f"{args.command} requested")
+    return EXIT_OK
+
+
+async def _run_streaming(args: argparse.Namespace, daemon: DaemonLocation) -> int:
+    from supervisor.adapters.control import ControlClient
+
     if args.command == "tail" and not args.training:
         flags = {"--key": args.key, "--bytes": args.bytes, "--from-start": args.from_start or None}
         given = [flag for flag, value in flags.items() if value is not None]
@@ -551,40 +602,19 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
             fail(f"{', '.join(given)}: only with --training (the training log)", EXIT_USAGE)
     follow = args.command == "tail" and args.follow
     # A followed stream may be quiet for minutes (no check due, a log not growing).
-    timeout_s = None if follow else settings.client_timeout_s
+    timeout_s = None if follow else daemon.client_timeout_s
     async with ControlClient(
-        settings.socket_path, timeout_s=timeout_s, pid_path=settings.pid_path
+        daemon.socket_path, timeout_s=timeout_s, pid_path=daemon.pid_path
     ) as client:
-        if args.command == "attach":
-            run = await client.attach(_attach_request(args))
-            _print_run(run, as_json=args.json, verb="attached")
-        elif args.command == "status":
-            if args.run_id:
-                _print_detail(await client.run(args.run_id), as_json=args.json)
-            else:
-                _print_table(await client.runs(), as_json=args.json)
-        elif args.command == "tail" and args.training:
+        if args.command == "tail" and args.training:
             await _tail_training(client, args)
         elif args.command == "tail":
             async for item in client.tail(args.run_id, follow=args.follow):
                 print(_tail_line(item), flush=True)
-        elif args.command == "attach-file":
-            attached = await client.attach_file(args.run_id, args.kind, args.uri)
-            if args.json:
-                print(json.dumps(jsonable(attached), indent=2))
-            else:
-                size = f", {attached.size} bytes" if attached.size is not None else ""
-                print(f"{args.run_id}: attached {attached.kind}: {printable(attached.uri)}{size}")
         elif args.command == "zombies":
             _print_zombies(await client.zombies(), as_json=args.json)
-        elif args.command == "report":
-            _print_report(await client.report(args.since), days=args.since, as_json=args.json)
-        elif args.command == "resume":
-            run = await client.request(args.run_id, "resume", from_scratch=args.from_scratch)
-            _print_run(run, as_json=args.json, verb="resume requested")
         else:
-            run = await client.request(args.run_id, args.command)
-            _print_run(run, as_json=args.json, verb=f"{args.command} requested")
+            _print_report(await client.report(args.since), days=args.since, as_json=args.json)
     return EXIT_OK
 
 
@@ -610,7 +640,43 @@ async def _tail_training(client: ControlClient, args: argparse.Namespace) -> Non
         print()
 
 
-def _attach_request(args: argparse.Namespace) -> AttachRequest:
+def _attach_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The attach request's JSON. Flags alone are typed by argparse as the request model
+    types them (strings, finite numbers, lists of strings), so the model can refuse nothing
+    and is not imported; with --spec or --config-file it checks the fields here first, as
+    the daemon will."""
+    fields = _attach_fields(args)
+    if args.spec is None and args.config_file is None and _plain_strings(fields):
+        return fields
+    from pydantic import ValidationError
+
+    from supervisor.adapters.protocol import AttachRequest
+    from supervisor.core.spec import describe_validation_error
+
+    try:
+        request = AttachRequest.model_validate(fields)
+    except ValidationError as exc:
+        fail(describe_validation_error(exc), EXIT_USAGE)
+    return {k: v for k, v in request.model_dump(mode="json").items() if v is not None}
+
+
+def _plain_strings(value: object) -> bool:
+    """Every string in `value` encodes as UTF-8 (an argument's undecodable bytes do not):
+    the model's checks are skipped only for such values."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_plain_strings(k) and _plain_strings(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain_strings(v) for v in value)
+    return True
+
+
+def _attach_fields(args: argparse.Namespace) -> dict[str, Any]:
     fields: dict[str, Any] = _read_spec(args.spec) if args.spec else {}
     flags = {
         "run_id": args.run_id,
@@ -675,10 +741,7 @@ def _attach_request(args: argparse.Namespace) -> AttachRequest:
     ]
     if missing:
         fail(f"attach needs {', '.join(missing)} (as arguments or in --spec)", EXIT_USAGE)
-    try:
-        return AttachRequest.model_validate(fields)
-    except ValidationError as exc:
-        fail(describe_validation_error(exc), EXIT_USAGE)
+    return fields
 
 
 def _tags(pairs: list[str]) -> dict[str, str]:
@@ -692,6 +755,8 @@ def _tags(pairs: list[str]) -> dict[str, str]:
 
 
 def _config(path: Path) -> dict[str, Any]:
+    from supervisor.runconfig import load_config_file
+
     try:
         return load_config_file(path)
     except InvalidInput as exc:
@@ -701,6 +766,8 @@ def _config(path: Path) -> dict[str, Any]:
 def _read_spec(path: Path) -> dict[str, Any]:
     """The spec file's keys; any problem with it is a usage error (exit 2), as with
     --config-file."""
+    import tomllib
+
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -709,27 +776,51 @@ def _read_spec(path: Path) -> dict[str, Any]:
         fail(f"spec file {path} is not valid TOML: {exc}", EXIT_USAGE)
     except OSError as exc:
         fail(f"spec file {path} cannot be read: {exc.strerror or exc}", EXIT_USAGE)
-    unknown = sorted(set(data) - _SPEC_KEYS)
+    from supervisor.adapters.protocol import AttachRequest
+
+    spec_keys = set(AttachRequest.model_fields) | {"config_file"}
+    unknown = sorted(set(data) - spec_keys)
     if unknown:
         fail(
             f"spec file {path} has unknown keys {', '.join(unknown)}; "
-            f"known keys: {', '.join(sorted(_SPEC_KEYS))}",
+            f"known keys: {', '.join(sorted(spec_keys))}",
             EXIT_USAGE,
         )
     return data
 
 
-def _print_run(run: RunView, *, as_json: bool, verb: str) -> None:
+def _wire(answer: Any) -> Any:
+    """The daemon's JSON as it came, or a protocol model (as `supervisor.client` returns
+    them) turned into that JSON: the printers take either."""
+    if isinstance(answer, dict) or (
+        isinstance(answer, list) and all(isinstance(item, dict) for item in answer)
+    ):
+        return answer
+    from supervisor.adapters.control import jsonable
+
+    return jsonable(answer)
+
+
+def _print_run(answer: Any, *, as_json: bool, verb: str) -> None:
+    """A RunView answer; `--json` prints the daemon's JSON (the protocol's field names)."""
+    answer = _wire(answer)
     if as_json:
-        print(json.dumps(jsonable(run), indent=2))
+        print(json.dumps(answer, indent=2))
     else:
+        from supervisor.cli.views import RunView
+
+        run = RunView.from_json(answer)
         print(f"{run.run_id}: {verb}; phase {run.phase} ({printable(run.reason)})")
 
 
-def _print_table(runs: list[RunView], *, as_json: bool) -> None:
+def _print_table(answer: Any, *, as_json: bool) -> None:
+    answer = _wire(answer)
     if as_json:
-        print(json.dumps(jsonable(runs), indent=2))
+        print(json.dumps(answer, indent=2))
         return
+    from supervisor.cli.views import RunView
+
+    runs = [RunView.from_json(item) for item in answer]
     if not runs:
         print("no runs attached: `supervisorctl attach --help` shows how")
         return
@@ -751,10 +842,14 @@ def _print_table(runs: list[RunView], *, as_json: bool) -> None:
     _print_rows(rows)
 
 
-def _print_detail(run: RunDetail, *, as_json: bool) -> None:
+def _print_detail(answer: Any, *, as_json: bool) -> None:
+    answer = _wire(answer)
     if as_json:
-        print(json.dumps(jsonable(run), indent=2))
+        print(json.dumps(answer, indent=2))
         return
+    from supervisor.cli.views import RunDetail
+
+    run = RunDetail.from_json(answer)
     print(f"run {run.run_id}: {run.phase}" + (f" ({run.outcome})" if run.outcome else ""))
     print(f"  instance   {run.instance_id} ({run.region}), on completion: {run.on_complete}")
     print(f"  prefix     {run.s3_prefix}")
@@ -830,6 +925,8 @@ def _tail_line(item: TailItem) -> str:
 
 
 def _print_zombies(found: ZombieList, *, as_json: bool) -> None:
+    from supervisor.adapters.control import jsonable
+
     if as_json:
         print(json.dumps(jsonable(found), indent=2))
         return
@@ -873,6 +970,8 @@ def _print_zombies(found: ZombieList, *, as_json: bool) -> None:
 
 
 def _print_report(report: ReportView, *, days: float, as_json: bool) -> None:
+    from supervisor.adapters.control import jsonable
+
     if as_json:
         print(json.dumps(jsonable(report), indent=2))
         return

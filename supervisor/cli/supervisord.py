@@ -3,35 +3,35 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from supervisor import __version__
-from supervisor.adapters.control import ControlClient
+from supervisor.adapters.control_client import SocketClient
 from supervisor.cli.common import (
     EXIT_OK,
     STATE_DIR_ENV,
+    DaemonLocation,
     ago,
     fail,
     load_settings,
+    locate_daemon,
     user_errors,
 )
 from supervisor.core.errors import InvalidInput, SupervisorError
-from supervisor.runtime.root_tasks import RootTaskFailed
-from supervisor.runtime.service import (
-    AlreadyRunning,
-    lock_is_held,
-    prepare_state_dir,
-    process_alive,
-    read_pid,
-    run_foreground,
-)
-from supervisor.runtime.settings import Settings, find_config_file
+from supervisor.runtime.config_file import find_config_file
+
+if TYPE_CHECKING:
+    from supervisor.runtime.settings import Settings
+
+# `status` answers within a few times a bare interpreter's start: the daemon's own modules
+# (the runtime, aiohttp, aioboto3, pydantic) are imported by `start` and `stop` only.
 
 START_TIMEOUT_S = 30.0
 LOCK_PID_WAIT_S = 5.0
@@ -101,18 +101,28 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     config = find_config_file(args.config)
+    if args.command == "status":
+        daemon = locate_daemon(config)
+        with user_errors():
+            return _status(daemon, as_json=args.json)
     settings = load_settings(config)
     with user_errors():
         if args.command == "start":
             return _start(
                 settings, config, foreground=args.foreground, console=not args.detached_child
             )
-        if args.command == "stop":
-            return _stop(settings)
-        return _status(settings, as_json=args.json)
+        return _stop(settings)
 
 
 def _start(settings: Settings, config: Path | None, *, foreground: bool, console: bool) -> int:
+    from supervisor.runtime.root_tasks import RootTaskFailed
+    from supervisor.runtime.service import (
+        AlreadyRunning,
+        lock_is_held,
+        prepare_state_dir,
+        run_foreground,
+    )
+
     if foreground:
         try:
             run_foreground(settings, console=console)
@@ -177,6 +187,8 @@ def _already_running(settings: Settings, pid: int | None) -> str:
 def _lock_holder(settings: Settings) -> int | None:
     """The pid in the lock file; the holder writes it just after taking the lock, so wait a
     little for it rather than report no pid."""
+    from supervisor.runtime.service import lock_is_held, read_pid
+
     deadline = time.monotonic() + LOCK_PID_WAIT_S
     while (pid := read_pid(settings.pid_path)) is None and time.monotonic() < deadline:
         if not lock_is_held(settings.pid_path):
@@ -188,14 +200,12 @@ def _lock_holder(settings: Settings) -> int | None:
 def _answering_pid(settings: Settings) -> int | None:
     """The pid of the daemon answering on the socket, or None while none answers."""
 
-    async def probe() -> int | None:
-        try:
-            async with ControlClient(settings.socket_path, timeout_s=2) as client:
-                return (await client.status()).pid
-        except (SupervisorError, OSError):
-            return None
-
-    return asyncio.run(probe())
+    try:
+        status = SocketClient(settings.socket_path, timeout_s=2).call("GET", "/v1/status")
+    except (SupervisorError, OSError):
+        return None
+    pid = status.get("pid") if isinstance(status, dict) else None
+    return pid if isinstance(pid, int) else None
 
 
 def _end(child: subprocess.Popen[bytes]) -> None:
@@ -216,6 +226,8 @@ def _tail(path: Path, lines: int = 10) -> str:
 
 
 def _stop(settings: Settings) -> int:
+    from supervisor.runtime.service import lock_is_held, process_alive, read_pid
+
     pid = read_pid(settings.pid_path)
     if pid is None or not lock_is_held(settings.pid_path):
         fail(f"supervisord is not running (no live pid in {settings.pid_path})")
@@ -232,30 +244,28 @@ def _stop(settings: Settings) -> int:
     )
 
 
-def _status(settings: Settings, *, as_json: bool) -> int:
-    async def query() -> int:
-        async with ControlClient(
-            settings.socket_path, timeout_s=settings.client_timeout_s, pid_path=settings.pid_path
-        ) as client:
-            status = await client.status()
-        if as_json:
-            print(status.model_dump_json(indent=2))
-            return EXIT_OK
-        phases = ", ".join(f"{n} {phase}" for phase, n in status.runs_by_phase.items()) or "none"
-        calls = ", ".join(f"{op} {n}" for op, n in status.aws_calls.items()) or "none"
-        print(
-            f"supervisord {status.version} running, pid {status.pid}, up {ago(status.started_at)}"
-        )
-        print(f"state directory: {status.state_dir}")
-        print(f"monitors: {status.monitors}; runs: {phases}")
-        print(f"AWS calls since start: {calls}")
-        restarts = ", ".join(f"{task} {n}" for task, n in status.root_task_restarts.items())
-        print(f"root task restarts: {restarts or 'none'}")
-        if status.metrics_url:
-            print(f"metrics: {status.metrics_url}")
+def _status(daemon: DaemonLocation, *, as_json: bool) -> int:
+    client = SocketClient(
+        daemon.socket_path, timeout_s=daemon.client_timeout_s, pid_path=daemon.pid_path
+    )
+    answer = client.call("GET", "/v1/status")
+    if as_json:  # as the daemon's model writes itself: UTF-8, not \u escapes
+        print(json.dumps(answer, indent=2, ensure_ascii=False))
         return EXIT_OK
+    from supervisor.cli.views import DaemonStatus
 
-    return asyncio.run(query())
+    status = DaemonStatus.from_json(answer)
+    phases = ", ".join(f"{n} {phase}" for phase, n in status.runs_by_phase.items()) or "none"
+    calls = ", ".join(f"{op} {n}" for op, n in status.aws_calls.items()) or "none"
+    print(f"supervisord {status.version} running, pid {status.pid}, up {ago(status.started_at)}")
+    print(f"state directory: {status.state_dir}")
+    print(f"monitors: {status.monitors}; runs: {phases}")
+    print(f"AWS calls since start: {calls}")
+    restarts = ", ".join(f"{task} {n}" for task, n in status.root_task_restarts.items())
+    print(f"root task restarts: {restarts or 'none'}")
+    if status.metrics_url:
+        print(f"metrics: {status.metrics_url}")
+    return EXIT_OK
 
 
 if __name__ == "__main__":

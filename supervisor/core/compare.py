@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from supervisor.core.run import Outcome
-from supervisor.core.spec import Direction
+from supervisor.core.values import Direction
 
 GroupValue = str | int | float | None
 """A field's value in one run: a JSON scalar (true/false as text), or None when missing."""

@@ -5,12 +5,14 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
-from supervisor.core.completion import OutputSnapshot
-from supervisor.core.events import Action
-from supervisor.core.spec import RunSpec
 from supervisor.core.values import InstanceId, InstanceState
+
+if TYPE_CHECKING:  # annotations only: the phases stay importable without pydantic (the CLI)
+    from supervisor.core.completion import OutputSnapshot
+    from supervisor.core.events import Action
+    from supervisor.core.spec import RunSpec
 
 
 class Phase(enum.StrEnum):

@@ -29,8 +29,11 @@ from supervisor.core.checkpoint import (
     parse_instance_path,
     parse_pattern,
 )
+from supervisor.core.defaults import DEFAULT_FAILURE_MARKER as DEFAULT_FAILURE_MARKER
+from supervisor.core.defaults import DEFAULT_MARKERS as DEFAULT_MARKERS
 from supervisor.core.errors import InvalidInput
 from supervisor.core.reports import FINAL_METRICS, HISTORY
+from supervisor.core.values import Direction as Direction
 from supervisor.core.values import (
     InstanceId,
     RunId,
@@ -43,8 +46,6 @@ from supervisor.core.values import (
     parse_run_id,
 )
 
-DEFAULT_MARKERS: tuple[str, ...] = ("training_complete.txt", "COMPLETE", "done")
-DEFAULT_FAILURE_MARKER = "FAILED"
 MAX_GRACE_S = 7 * 24 * 3600.0
 GraceSeconds = Annotated[float, Field(ge=0, le=MAX_GRACE_S, allow_inf_nan=False)]
 """The bounds of `grace_s`, declared once: a run's field and the daemon's default
@@ -105,11 +106,6 @@ class OnRebalance(enum.StrEnum):
 class GraceMode(enum.StrEnum):
     UNTIL_QUIET = "until-quiet"  # end early once verified, process exited, prefix quiet
     FIXED = "fixed"  # always wait the whole grace period
-
-
-class Direction(enum.StrEnum):
-    MIN = "min"
-    MAX = "max"
 
 
 _METRIC_NAME = r"^[A-Za-z0-9_.\-/:]{1,128}$"

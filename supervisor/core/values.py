@@ -97,6 +97,13 @@ def _split_s3_url(url: str, what: str, hint: str) -> tuple[str, str]:
     return bucket, rest
 
 
+class Direction(enum.StrEnum):
+    """Which way an objective's metric is better: lower (min) or higher (max)."""
+
+    MIN = "min"
+    MAX = "max"
+
+
 @dataclass(frozen=True, slots=True)
 class S3Prefix:
     """`s3://bucket/prefix/`: the run's mailbox. `prefix` is empty or ends with '/'."""

@@ -16,12 +16,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
+from supervisor.core.defaults import RUN_TAG as RUN_TAG
 from supervisor.core.events import Action
 from supervisor.core.run import TERMINAL_PHASES, CheckpointStatus, Phase, Run
 from supervisor.core.spec import OnComplete
 from supervisor.core.values import InstanceId, InstanceState
 
-RUN_TAG = "supervisor:run-id"
 """The tag the supervisor puts on instances it launches (and `attach --tag-instance` adds);
 deploy/iam-policy.json allows stop, start and terminate only on instances carrying it."""
 

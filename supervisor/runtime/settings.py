@@ -6,7 +6,6 @@ chain."""
 from __future__ import annotations
 
 import difflib
-import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,45 +24,23 @@ from supervisor.core.backoff import BackoffPolicy
 from supervisor.core.errors import InvalidInput
 from supervisor.core.spec import MAX_GRACE_S, GraceSeconds
 from supervisor.core.zombies import ZombiePolicy
-
-ENV_PREFIX = "SUPERVISOR_"
-_SECRET_HINTS = ("secret", "token", "password", "key")
-OTHER_VARIABLES = frozenset(
-    {"SUPERVISOR_CONFIG", "SUPERVISOR_RUN_PREFIX", "SUPERVISOR_INSTANCE_PY"}
+from supervisor.runtime.config_file import CONFIG_ENV as CONFIG_ENV
+from supervisor.runtime.config_file import (
+    DB_FILE,
+    LOG_FILE,
+    OTHER_VARIABLES,
+    PID_FILE,
+    SOCKET_FILE,
 )
-"""`SUPERVISOR_*` variables that are not settings but are read elsewhere: the settings file's
-path, the job reporter's run prefix (`supervisor.report`) and deploy/user-data.sh's copy of
-the instance program."""
+from supervisor.runtime.config_file import ENV_PREFIX as ENV_PREFIX
+from supervisor.runtime.config_file import default_state_dir as default_state_dir
+from supervisor.runtime.config_file import find_config_file as find_config_file
+
+_SECRET_HINTS = ("secret", "token", "password", "key")
 
 Seconds = Annotated[float, Field(ge=0, le=MAX_GRACE_S, allow_inf_nan=False)]
 """A duration setting: finite, and at most a week, so no interval overflows a date."""
 PositiveSeconds = Annotated[float, Field(gt=0, le=MAX_GRACE_S, allow_inf_nan=False)]
-
-
-def default_state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "supervisor"
-
-
-CONFIG_ENV = f"{ENV_PREFIX}CONFIG"
-"""Names the settings file when `--config` is not given. Not a setting itself."""
-
-
-def default_config_file() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "supervisor" / "supervisord.toml"
-
-
-def find_config_file(given: Path | None) -> Path | None:
-    """The settings file both commands read, so `supervisorctl` finds the daemon that
-    `supervisord` started: `--config`, else `$SUPERVISOR_CONFIG`, else the default file when
-    it exists. Absolute, so a detached daemon (cwd `/`) reads the same file."""
-    if given is None and os.environ.get(CONFIG_ENV):
-        given = Path(os.environ[CONFIG_ENV])
-    if given is None:
-        default = default_config_file()
-        return default.absolute() if default.exists() else None
-    return given.absolute()
 
 
 class Settings(BaseSettings):
@@ -167,19 +144,19 @@ class Settings(BaseSettings):
 
     @property
     def db_path(self) -> Path:
-        return self.state_dir / "supervisor.db"
+        return self.state_dir / DB_FILE
 
     @property
     def socket_path(self) -> Path:
-        return self.state_dir / "supervisord.sock"
+        return self.state_dir / SOCKET_FILE
 
     @property
     def pid_path(self) -> Path:
-        return self.state_dir / "supervisord.pid"
+        return self.state_dir / PID_FILE
 
     @property
     def log_path(self) -> Path:
-        return self.state_dir / "supervisord.log"
+        return self.state_dir / LOG_FILE
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:

@@ -9,8 +9,10 @@ window cut in three); the table gives the median and the spread (min - max).
         (tests/bench/daemon_cost.py)
   4     restart re-arm time (tests/bench/restart_figure.py)
   5     store commits/s (tests/bench/store_figure.py)
+  6     the CLI's wall time per verb against a bare interpreter, and 300 attaches from a
+        shell loop (tests/bench/cli_figure.py)
 
-Usage: python -m tests.bench [--only 1,2,3,4,5] [--repeat N] [options]  (see --help)
+Usage: python -m tests.bench [--only 1,2,3,4,5,6] [--repeat N] [options]  (see --help)
 """
 
 from __future__ import annotations
@@ -31,7 +33,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tests.bench import client_cost, daemon_cost, fleet_figures, restart_figure, store_figure
+from tests.bench import (
+    cli_figure,
+    client_cost,
+    daemon_cost,
+    fleet_figures,
+    restart_figure,
+    store_figure,
+)
 from tests.bench.moto_world import MotoWorld
 from tests.bench.table import row, spread
 
@@ -57,14 +66,18 @@ def _parser() -> argparse.ArgumentParser:
      default schedule, with each of --cost-runs runs seeded in `running` (2 h old).
   4  restart: time to re-arm --restart-runs monitors (no AWS).
   5  store: commits/s through the real Store (no AWS).
+  6  CLI: each verb's median wall time (--cli-reps runs each, side by side with a bare
+     `python -c pass`) against a daemon on moto with a seeded run, and the time to attach
+     --cli-loop-runs runs from a shell loop.
 
 examples:
   python -m tests.bench                          # everything, about 9 minutes on 2 cores
   python -m tests.bench --only 1,2 --repeat 5    # the fleet figures only, 5 repetitions
-  python -m tests.bench --only 3 --cost-runs 1000 --cost-window 120""",
+  python -m tests.bench --only 3 --cost-runs 1000 --cost-window 120
+  python -m tests.bench --only 6                 # the CLI's speed only, about a minute""",
     )
     parser.add_argument(
-        "--only", default="1,2,3,4,5", help="figures to measure, e.g. 1,2 or 3 (default all)"
+        "--only", default="1,2,3,4,5,6", help="figures to measure, e.g. 1,2 or 6 (default all)"
     )
     parser.add_argument("--repeat", type=int, default=3, help="runs of each figure (default 3)")
     parser.add_argument(
@@ -124,6 +137,15 @@ examples:
         type=float,
         default=10.0,
         help="seconds from the daemon answering to the figure-3 window (default 10)",
+    )
+    parser.add_argument(
+        "--cli-reps", type=int, default=15, help="figure 6: runs of each command (default 15)"
+    )
+    parser.add_argument(
+        "--cli-loop-runs",
+        type=int,
+        default=300,
+        help="figure 6: runs attached by the shell loop (default 300)",
     )
     parser.add_argument(
         "--out", type=Path, default=ROOT / "bench-results.json", help="where the JSON goes"
@@ -314,6 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "fleet_runs",
         "baseline_runs",
         "cost_instances",
+        "cli_reps",
+        "cli_loop_runs",
     ):
         _positive(parser, name.replace("_", "-"), getattr(args, name))
     try:
@@ -321,8 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cost_runs = [int(n) for n in args.cost_runs.split(",") if n.strip()]
     except ValueError:
         parser.error("--only and --cost-runs take comma-separated integers, e.g. 1,2,3")
-    if not figures <= {1, 2, 3, 4, 5}:
-        parser.error(f"--only {args.only}: the figures are 1 to 5")
+    if not figures <= {1, 2, 3, 4, 5, 6}:
+        parser.error(f"--only {args.only}: the figures are 1 to 6")
     if args.factor <= 0 or args.fleet_hours <= 0 or args.cost_window <= 0:
         parser.error("--factor, --fleet-hours and --cost-window must be positive")
     command = shlex.join(["python", "-m", "tests.bench", *args_list])
@@ -336,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"machine: {machine}")
     started = time.monotonic()
     lines, results = _store_and_restart(args, figures)
-    if figures & {1, 2, 3}:
+    if figures & {1, 2, 3, 6}:
         with MotoWorld() as world:
             if figures & {1, 2}:
                 fleet_lines, results["fleet"] = _fleet(args, world)
@@ -344,6 +368,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if 3 in figures:
                 cost_lines, results["cost"] = _cost(args, world, cost_runs)
                 lines += cost_lines
+            if 6 in figures:
+                cli_lines, results["cli"] = cli_figure.report(
+                    cli_figure.measure(world, args.cli_reps, args.cli_loop_runs)
+                )
+                lines += cli_lines
     print()
     print("\n".join(lines).rstrip())
     elapsed = time.monotonic() - started
