@@ -16,6 +16,7 @@ import ctypes
 import logging
 import os
 import random
+import re
 import resource
 import shutil
 import signal
@@ -637,6 +638,8 @@ class Soak:
                 os.kill(pid, signal.SIGKILL)
         self.trainers.close()
         self._log_figures = checks.log_figures(self.cli.log_path)
+        with contextlib.suppress(OSError):
+            self._daemon_log = self.cli.log_path.read_text(encoding="utf-8", errors="replace")
         self._reap_all()
         with contextlib.suppress(Exception):
             self.moto.stop()
@@ -696,8 +699,24 @@ class Soak:
         print(line, flush=True)
         for violation in self.violations:
             print(f"  violation: {violation}", flush=True)
+        self._print_log_of_runs_in(self.violations)
         if self.options.keep:
             print(f"soak: state kept in {state_dir}", flush=True)
+
+    def _print_log_of_runs_in(self, violations: list[str]) -> None:
+        """The daemon's last log lines about each run a phase violation names: the state
+        directory is gone by now, and a soak that failed in CI is otherwise a riddle."""
+        runs = sorted({m.group(1) for v in violations for m in [PHASE_VIOLATION.match(v)] if m})
+        lines = getattr(self, "_daemon_log", "").splitlines()
+        for run_id in runs[:4]:
+            about = [line for line in lines if f'"{run_id}"' in line][-LOG_LINES_PER_RUN:]
+            print(f"  daemon log, last {len(about)} lines about {run_id}:", flush=True)
+            for line in about:
+                print(f"    {line[:400]}", flush=True)
+
+
+PHASE_VIOLATION = re.compile(r"phase: (\S+) ")
+LOG_LINES_PER_RUN = 25
 
 
 def _answers(socket_path: Path) -> bool:
