@@ -19,6 +19,7 @@ from supervisor.cli import supervisord
 from supervisor.core.backoff import BackoffPolicy
 from supervisor.core.run import Phase
 from supervisor.core.values import InstanceId, InstanceState
+from supervisor.runtime import service
 from supervisor.runtime.root_tasks import RestartPolicy, RootTaskFailed, RootTasks
 from supervisor.runtime.settings import Settings
 from tests.runtime.conftest import Harness
@@ -256,7 +257,8 @@ def test_supervisord_ends_with_exit_status_1_and_one_line_when_a_root_task_gave_
     def serve_until_it_gives_up(settings: Settings, *, console: bool) -> None:
         raise gave_up  # what `run_foreground` raises once `Daemon.serve` did
 
-    monkeypatch.setattr(supervisord, "run_foreground", serve_until_it_gives_up)
+    # supervisord imports the daemon side when `start` runs: patch it where it lives.
+    monkeypatch.setattr(service, "run_foreground", serve_until_it_gives_up)
     monkeypatch.setattr("sys.argv", ["supervisord", "start", "--foreground"])
     monkeypatch.setenv("SUPERVISOR_STATE_DIR", str(tmp_path))
     with pytest.raises(SystemExit) as exited:
