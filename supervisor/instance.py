@@ -83,7 +83,6 @@ PID_REUSE_SLACK_S = 60.0
 HASH_CHUNK = 8 * MIB
 # SSM's GetCommandInvocation returns only the first 24,000 characters of stdout.
 RESULT_LIMIT = 20_000
-ERROR_LIMIT = 2_000
 
 T = TypeVar("T")
 UTC = timezone.utc  # noqa: UP017 - datetime.UTC is 3.11+; instances may run 3.8
@@ -114,11 +113,6 @@ def log(event: str, **fields: object) -> None:
     line = json.dumps(record, default=str)
     with _LOG_LOCK:  # upload threads log too; keep their lines whole
         print(line, file=sys.stderr, flush=True)
-
-
-def one_line(text: str) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= ERROR_LIMIT else line[: ERROR_LIMIT - 1] + "…"
 
 
 # -- validated inputs --------------------------------------------------------------------
@@ -473,48 +467,88 @@ def b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
 
 
-def aws_errors() -> tuple[type[Exception], ...]:
-    """botocore's error types, imported when first needed (see `s3_client`)."""
+def _attempt_failed(what: str, attempt: int, attempts: int, error: str) -> None:
+    log("attempt_failed", what=what, attempt=attempt, of=attempts, error=error)
+
+
+def _gave_up(message: str) -> Failure:
+    return Failure(message)
+
+
+# >>> shared S3 helpers: the same text in supervisor/instance.py and supervisor/report.py >>>
+# Both files run alone on an instance (the standard library and boto3), so neither imports
+# the other; tests/instance/test_shared_code.py fails when the two copies differ. Each file
+# defines `_attempt_failed` (how to log a failed attempt) and `_gave_up` (its error type).
+
+ONE_LINE_LIMIT = 2_000
+# S3 is strongly consistent: a bucket or key that is missing stays missing however often we
+# ask, and every retry delays the stop of an instance that is costing money.
+DEFINITIVE_CODES = frozenset({"NoSuchBucket", "NoSuchKey"})
+
+
+def one_line(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= ONE_LINE_LIMIT else line[: ONE_LINE_LIMIT - 1] + "…"
+
+
+def _aws_errors() -> tuple[type[Exception], ...]:
+    """botocore's error types, imported when first needed (see `_s3_client`)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     return (BotoCoreError, ClientError)
 
 
-def error_code(exc: BaseException) -> str | None:
+def _error_code(exc: BaseException) -> str | None:
     """The AWS error code of a botocore ClientError (read without importing botocore)."""
     response = getattr(exc, "response", None)
     error = response.get("Error") if isinstance(response, dict) else None
     return str(error.get("Code")) if isinstance(error, dict) else None
 
 
-def describe(exc: BaseException) -> str:
-    code = error_code(exc)
+def _describe(exc: BaseException) -> str:
+    code = _error_code(exc)
     if code is not None:
         response = getattr(exc, "response", {})
         return one_line(f"{code}: {response['Error'].get('Message') or exc}")
     return one_line(f"{type(exc).__name__}: {exc}")
 
 
-# S3 is strongly consistent: a bucket or key that is missing stays missing however often we
-# ask, and every retry delays the stop of an instance that is costing money.
-DEFINITIVE_CODES = frozenset({"NoSuchBucket", "NoSuchKey"})
-
-
-def with_retries(what: str, attempts: int, action: Callable[[], T]) -> T:
-    """Retry `action` on any AWS or network error, 0.5 s, 1 s, 2 s... apart."""
+def _with_retries(what: str, attempts: int, action: Callable[[], T]) -> T:
+    """Retry `action` on any AWS or network error, 0.5 s, 1 s, 2 s... apart (boto3 retries
+    each attempt itself too); a definitive error (`DEFINITIVE_CODES`) is not retried."""
     for attempt in range(1, attempts + 1):
         try:
             return action()
-        except aws_errors() as exc:
-            log("attempt_failed", what=what, attempt=attempt, of=attempts, error=describe(exc))
-            if error_code(exc) in DEFINITIVE_CODES:
-                raise Failure(f"{what} failed: {describe(exc)}") from exc
+        except _aws_errors() as exc:
+            _attempt_failed(what, attempt, attempts, _describe(exc))
+            if _error_code(exc) in DEFINITIVE_CODES:
+                raise _gave_up(f"{what} failed: {_describe(exc)}") from exc
             if attempt == attempts:
-                raise Failure(
-                    f"{what} failed after {attempts} attempt(s): {describe(exc)}"
+                raise _gave_up(
+                    f"{what} failed after {attempts} attempt(s): {_describe(exc)}"
                 ) from exc
             time.sleep(0.5 * 2 ** (attempt - 1))
     raise AssertionError("unreachable")
+
+
+def _s3_client(region_name: str | None, *, read_timeout_s: int) -> S3Client:
+    # Imported here, not at the top: boto3 takes most of a second to import, which a usage
+    # error or a bad metric need not pay, and the rest works where boto3 is not installed.
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError as exc:
+        raise _gave_up(f"boto3 is not installed for {sys.executable}: pip install boto3") from exc
+    config = Config(
+        region_name=region_name,
+        connect_timeout=10,
+        read_timeout=read_timeout_s,
+        retries={"mode": "standard", "max_attempts": 3},
+    )
+    return boto3.client("s3", config=config)
+
+
+# <<< shared S3 helpers <<<
 
 
 @dataclass
@@ -549,11 +583,11 @@ class Uploader:
         multipart = hashed.size > self.multipart_threshold and hashed.size > part_size
         what = f"upload of {hashed.local.source} to s3://{self.bucket}/{key}"
         if multipart:
-            result = with_retries(
+            result = _with_retries(
                 what, self.attempts, lambda: self._multipart(hashed, key, part_size)
             )
         else:
-            result = with_retries(what, self.attempts, lambda: self._single(hashed, key))
+            result = _with_retries(what, self.attempts, lambda: self._single(hashed, key))
         log("file_uploaded", key=key, size=hashed.size, parts=result.parts)
         return result
 
@@ -603,8 +637,8 @@ class Uploader:
         except BaseException:
             try:
                 self.s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-            except aws_errors() as exc:
-                log("abort_failed", key=key, upload_id=upload_id, error=describe(exc))
+            except _aws_errors() as exc:
+                log("abort_failed", key=key, upload_id=upload_id, error=_describe(exc))
             raise
         composite = b64(hashlib.sha256(b"".join(digests)).digest()) + f"-{len(digests)}"
         return UploadedFile(
@@ -618,23 +652,6 @@ class CheckpointChanged(Exception):
 
 def changed_since_hashed(hashed: HashedFile) -> CheckpointChanged:
     return CheckpointChanged(f"{hashed.local.source} changed while it was being uploaded")
-
-
-def s3_client(region_name: str | None) -> S3Client:
-    # Imported here, not at the top: boto3 takes most of a second to import, which usage
-    # errors and `start` need not pay, and `start` works where boto3 is not installed.
-    try:
-        import boto3
-        from botocore.config import Config
-    except ImportError as exc:
-        raise Failure(f"boto3 is not installed for {sys.executable}: pip install boto3") from exc
-    config = Config(
-        region_name=region_name,
-        connect_timeout=10,
-        read_timeout=120,
-        retries={"mode": "standard", "max_attempts": 3},
-    )
-    return boto3.client("s3", config=config)
 
 
 SNAPSHOT_ATTEMPTS = 3
@@ -669,11 +686,11 @@ def snapshot(
                 upload_s += time.monotonic() - hashed_at
             return checkpoint, uploaded, hash_s, upload_s
         except (FileNotFoundError, CheckpointChanged) as exc:
-            log("checkpoint_changed", attempt=attempt, of=SNAPSHOT_ATTEMPTS, error=describe(exc))
+            log("checkpoint_changed", attempt=attempt, of=SNAPSHOT_ATTEMPTS, error=_describe(exc))
             if attempt == SNAPSHOT_ATTEMPTS:
                 raise Failure(
                     f"the newest checkpoint in {directory} kept changing while it was uploaded "
-                    f"({describe(exc)}): the training process is still writing; stop it "
+                    f"({_describe(exc)}): the training process is still writing; stop it "
                     "(--on-timeout kill) and try again"
                 ) from exc
     raise AssertionError("unreachable")
@@ -697,7 +714,7 @@ def cmd_checkpoint(args: argparse.Namespace) -> dict[str, object]:
             )
         patterns: list[str] = args.pattern or list(DEFAULT_PATTERNS)
         uploader = Uploader(
-            s3_client(args.region),
+            _s3_client(args.region, read_timeout_s=120),
             location.bucket,
             args.upload_attempts,
             args.multipart_threshold_mb * MIB,
@@ -737,13 +754,15 @@ def cmd_checkpoint(args: argparse.Namespace) -> dict[str, object]:
                 ChecksumSHA256=b64(hashlib.sha256(body).digest()),
             )
 
-        with_retries(f"upload of {location.url(MANIFEST_NAME)}", args.upload_attempts, put_manifest)
+        _with_retries(
+            f"upload of {location.url(MANIFEST_NAME)}", args.upload_attempts, put_manifest
+        )
         log("checkpoint_uploaded", manifest=location.url(MANIFEST_NAME), files=len(uploaded))
     except Failure as exc:
         exc.details.setdefault("process", process.to_json())
         raise
     except Exception as exc:
-        raise Failure(describe(exc), process=process.to_json()) from exc
+        raise Failure(_describe(exc), process=process.to_json()) from exc
     return {
         "ok": True,
         "manifest_key": manifest_key,
@@ -805,9 +824,9 @@ def download(s3: S3Client, bucket: str, entry: ManifestEntry, temp: Path) -> tup
 def cmd_restore(args: argparse.Namespace) -> dict[str, object]:
     location: S3Location = args.s3_url
     directory = Path(args.checkpoint_dir)
-    s3 = s3_client(args.region)
+    s3 = _s3_client(args.region, read_timeout_s=120)
     where = location.url(MANIFEST_NAME)
-    body = with_retries(
+    body = _with_retries(
         f"download of {where}",
         3,
         lambda: s3.get_object(Bucket=location.bucket, Key=location.key(MANIFEST_NAME))[
@@ -828,7 +847,7 @@ def cmd_restore(args: argparse.Namespace) -> dict[str, object]:
             target.parent.mkdir(parents=True, exist_ok=True)
             temp = target.with_name(f".{target.name}.restore-{uuid.uuid4().hex[:8]}")
             staged.append((temp, target))
-            size, sha256 = with_retries(
+            size, sha256 = _with_retries(
                 f"download of s3://{location.bucket}/{entry.key}",
                 3,
                 functools.partial(download, s3, location.bucket, entry, temp),
@@ -1018,8 +1037,8 @@ def run(argv: list[str]) -> tuple[int, dict[str, object]]:
     except Failure as exc:
         return 1, {"ok": False, "error": one_line(str(exc)), **exc.details}
     except Exception as exc:
-        log("command_crashed", error=describe(exc), traceback=traceback.format_exc())
-        return 1, {"ok": False, "error": describe(exc)}
+        log("command_crashed", error=_describe(exc), traceback=traceback.format_exc())
+        return 1, {"ok": False, "error": _describe(exc)}
 
 
 def result_line(result: dict[str, object]) -> str:

@@ -75,12 +75,8 @@ HISTORY_LIMIT_BYTES = 340_000
 MAX_STATUS_BYTES = 64 * 1024
 MAX_REPORT_BYTES = 1024 * 1024
 LOG_TAIL_BYTES = 64 * 1024
-ERROR_LINE_LIMIT = 2_000
 MAX_NAME_CHARS = 128
 WRITE_ATTEMPTS = 3
-# S3 is strongly consistent: a missing bucket stays missing however often we ask.
-DEFINITIVE_CODES = frozenset({"NoSuchBucket", "NoSuchKey"})
-
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _LOG = logging.getLogger("supervisor.report")
@@ -217,11 +213,6 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def one_line(text: str) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= ERROR_LINE_LIMIT else line[: ERROR_LINE_LIMIT - 1] + "…"
-
-
 class History:
     """The records `log()` buffers, kept to `limit` bytes of history.json.
 
@@ -318,6 +309,30 @@ def _wandb_info(
 # -- writing to S3 ---------------------------------------------------------------------------
 
 
+def _attempt_failed(what: str, attempt: int, attempts: int, error: str) -> None:
+    _LOG.warning("%s: attempt %d of %d failed: %s", what, attempt, attempts, error)
+
+
+def _gave_up(message: str) -> ReportError:
+    return ReportError(message)
+
+
+# >>> shared S3 helpers: the same text in supervisor/instance.py and supervisor/report.py >>>
+# Both files run alone on an instance (the standard library and boto3), so neither imports
+# the other; tests/instance/test_shared_code.py fails when the two copies differ. Each file
+# defines `_attempt_failed` (how to log a failed attempt) and `_gave_up` (its error type).
+
+ONE_LINE_LIMIT = 2_000
+# S3 is strongly consistent: a bucket or key that is missing stays missing however often we
+# ask, and every retry delays the stop of an instance that is costing money.
+DEFINITIVE_CODES = frozenset({"NoSuchBucket", "NoSuchKey"})
+
+
+def one_line(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= ONE_LINE_LIMIT else line[: ONE_LINE_LIMIT - 1] + "…"
+
+
 def _aws_errors() -> tuple[type[Exception], ...]:
     """botocore's error types, imported when first needed (see `_s3_client`)."""
     from botocore.exceptions import BotoCoreError, ClientError
@@ -326,6 +341,7 @@ def _aws_errors() -> tuple[type[Exception], ...]:
 
 
 def _error_code(exc: BaseException) -> str | None:
+    """The AWS error code of a botocore ClientError (read without importing botocore)."""
     response = getattr(exc, "response", None)
     error = response.get("Error") if isinstance(response, dict) else None
     return str(error.get("Code")) if isinstance(error, dict) else None
@@ -340,38 +356,41 @@ def _describe(exc: BaseException) -> str:
 
 
 def _with_retries(what: str, attempts: int, action: Callable[[], T]) -> T:
-    """Retry `action` on any AWS or network error, 0.5 s, 1 s, 2 s... apart (the pattern of
-    supervisor/instance.py; boto3 retries each attempt itself too)."""
+    """Retry `action` on any AWS or network error, 0.5 s, 1 s, 2 s... apart (boto3 retries
+    each attempt itself too); a definitive error (`DEFINITIVE_CODES`) is not retried."""
     for attempt in range(1, attempts + 1):
         try:
             return action()
         except _aws_errors() as exc:
-            _LOG.warning("%s: attempt %d of %d failed: %s", what, attempt, attempts, _describe(exc))
+            _attempt_failed(what, attempt, attempts, _describe(exc))
             if _error_code(exc) in DEFINITIVE_CODES:
-                raise ReportError(f"{what} failed: {_describe(exc)}") from exc
+                raise _gave_up(f"{what} failed: {_describe(exc)}") from exc
             if attempt == attempts:
-                raise ReportError(
+                raise _gave_up(
                     f"{what} failed after {attempts} attempt(s): {_describe(exc)}"
                 ) from exc
             time.sleep(0.5 * 2 ** (attempt - 1))
     raise AssertionError("unreachable")
 
 
-def _s3_client() -> S3Client:
-    # Imported here: boto3 takes most of a second to import, which a bad metric need not pay.
+def _s3_client(region_name: str | None, *, read_timeout_s: int) -> S3Client:
+    # Imported here, not at the top: boto3 takes most of a second to import, which a usage
+    # error or a bad metric need not pay, and the rest works where boto3 is not installed.
     try:
         import boto3
         from botocore.config import Config
     except ImportError as exc:
-        raise ReportError(
-            f"boto3 is not installed for {sys.executable}: pip install boto3"
-        ) from exc
+        raise _gave_up(f"boto3 is not installed for {sys.executable}: pip install boto3") from exc
     config = Config(
+        region_name=region_name,
         connect_timeout=10,
-        read_timeout=60,
+        read_timeout=read_timeout_s,
         retries={"mode": "standard", "max_attempts": 3},
     )
     return boto3.client("s3", config=config)
+
+
+# <<< shared S3 helpers <<<
 
 
 def _log_tail(log_file: str | os.PathLike[str]) -> str:
@@ -581,7 +600,7 @@ class Reporter:
 
     def _s3(self) -> S3Client:
         if self._client is None:
-            self._client = _s3_client()
+            self._client = _s3_client(None, read_timeout_s=60)
         return self._client
 
     def _put(self, key: str, body: bytes, content_type: str) -> None:
