@@ -28,17 +28,18 @@ from supervisor.core.backoff import BackoffPolicy, base_delay, checks_made, dela
 from supervisor.core.checkpoint import (
     MANIFEST_NAME,
     CommandKind,
+    CommandResult,
     CommandStatus,
     InstanceCommand,
 )
 from supervisor.core.completion import (
     Completed,
     FailureMarked,
-    ListRequest,
     OutputSnapshot,
     evaluate,
     listing_request,
     watched_keys,
+    whole_prefix_request,
 )
 from supervisor.core.effects import (
     ActOnInstance,
@@ -88,7 +89,7 @@ from supervisor.core.spec import (
     OnStall,
     RunSpec,
 )
-from supervisor.core.values import InstanceState, ObjectInfo
+from supervisor.core.values import InstanceState, ObjectInfo, S3Prefix
 
 P = Phase
 
@@ -182,7 +183,6 @@ EDGES: frozenset[tuple[Phase, Phase]] = _EDGES | {
     (P.STALLED, to) for (at, to) in _EDGES if at is P.RUNNING and to is not P.STALLED
 }
 
-_FINAL_PHASE = {Action.STOP: P.STOPPED, Action.TERMINATE: P.TERMINATED}
 _ACTING_PHASE = {Action.STOP: P.STOPPING, Action.TERMINATE: P.TERMINATING}
 _ON_COMPLETE_ACTION = {
     OnComplete.STOP: Action.STOP,
@@ -217,7 +217,8 @@ class Transition:
 @dataclass(frozen=True, slots=True)
 class Decision:
     """What `step()` decided: the new run, its transition (if the phase changed), the effects
-    to carry out, and whether persisted fields changed without a transition."""
+    to carry out, and whether persisted fields changed (`persist`: computed by `step()` from
+    the old and new run, never set by a handler; a transition always changes them)."""
 
     run: Run
     effects: tuple[Effect, ...] = ()
@@ -279,6 +280,8 @@ def step(run: Run, event: Event, *, now: datetime, policy: Policy, rng: random.R
         )
     handler = _HANDLERS[type(event)]
     decision = handler(_Ctx(run, now, policy, rng), event)
+    if decision.run != run:  # `Run.__eq__` compares the persisted fields only
+        decision = replace(decision, persist=True)
     t = decision.transition
     if t is not None and (t.from_phase, t.to_phase) not in EDGES:
         raise InvalidTransition(f"run {run.spec.run_id}: no edge {t.from_phase} -> {t.to_phase}")
@@ -342,9 +345,9 @@ class _Ctx:
     policy: Policy
     rng: random.Random
 
-    def stay(self, *effects: Effect, persist: bool = False, **changes: Any) -> Decision:
+    def stay(self, *effects: Effect, **changes: Any) -> Decision:
         run = self.run.evolve(**changes) if changes else self.run
-        return Decision(run=run, effects=effects, persist=persist)
+        return Decision(run=run, effects=effects)
 
     def move(
         self,
@@ -395,7 +398,10 @@ class _Ctx:
         at = self.now + timedelta(seconds=wait)
         return self.stay(WakeAt(at), checks=self.run.checks + 1, next_check_at=at, **changes)
 
-    def run_checkpoint(self, tries: int) -> RunInstanceCommand:
+    def quiet_check(self) -> ListPrefix:
+        return ListPrefix(whole_prefix_request(self.run.spec))
+
+    def run_checkpoint(self) -> RunInstanceCommand:
         spec = self.run.spec
         return RunInstanceCommand(
             checkpoint_command(self.run), spec.sigterm_timeout_s + CHECKPOINT_UPLOAD_BUDGET_S
@@ -423,13 +429,11 @@ def _on_armed(c: _Ctx, _: Armed) -> Decision:
         case P.GRACE:
             assert run.grace_until is not None
             if _until_quiet(run):  # it may be quiet already: look now, not at the limit
-                prefix = run.spec.prefix
-                listing = ListPrefix(ListRequest(prefix.bucket, prefix.prefix, None))
-                return c.stay(WakeAt(run.grace_until), listing)
+                return c.stay(WakeAt(run.grace_until), c.quiet_check())
             return c.stay(WakeAt(run.grace_until))
         case P.CHECKPOINTING:
             # The step is idempotent (the process is already gone, the upload is redone).
-            return c.stay(c.run_checkpoint(1), checkpoint_tries=1)
+            return c.stay(c.run_checkpoint(), checkpoint_tries=1)
         case P.INTERRUPTING if run.interrupt_deadline is not None:
             overdue = run.interrupt_deadline + timedelta(seconds=INTERRUPT_OVERDUE_S)
             return c.stay(WakeAt(overdue), ObserveInstance())
@@ -455,8 +459,7 @@ def _on_tick(c: _Ctx, _: Tick) -> Decision:
         if c.now >= run.grace_until:
             return _end_grace(c, "grace over")
         if _until_quiet(run):
-            prefix = run.spec.prefix
-            return c.stay(ListPrefix(ListRequest(prefix.bucket, prefix.prefix, None)))
+            return c.stay(c.quiet_check())
         return c.stay(WakeAt(run.grace_until))
     return c.stay()
 
@@ -572,7 +575,7 @@ def _on_listed(c: _Ctx, event: PrefixListed) -> Decision:
 def _on_report(c: _Ctx, event: ReportIngested) -> Decision:
     etags = dict(c.run.report_etags)
     etags[event.key] = event.etag
-    return c.stay(persist=True, report_etags=tuple(sorted(etags.items())))
+    return c.stay(report_etags=tuple(sorted(etags.items())))
 
 
 def _judge_listing(c: _Ctx, event: PrefixListed) -> Decision:
@@ -603,7 +606,7 @@ def _judge_listing(c: _Ctx, event: PrefixListed) -> Decision:
             return c.move(
                 P.CHECKPOINTING,
                 f"{verdict.evidence}; ending training and saving the final checkpoint",
-                c.run_checkpoint(1),
+                c.run_checkpoint(),
                 outcome=Outcome.COMPLETED, pending_action=action, checkpoint_tries=1,
             )  # fmt: skip
         return _enter_grace(
@@ -698,7 +701,7 @@ def _apply_stall_policy(c: _Ctx) -> Decision:
     if spec.checkpointing:
         return c.move(
             P.CHECKPOINTING, f"{why}: saving the final checkpoint, then {action}",
-            c.run_checkpoint(1), outcome=Outcome.STALLED, pending_action=action,
+            c.run_checkpoint(), outcome=Outcome.STALLED, pending_action=action,
             checkpoint_tries=1,
         )  # fmt: skip
     return c.act(action, f"{why}: {action} requested", outcome=Outcome.STALLED)
@@ -750,19 +753,23 @@ def _on_command(c: _Ctx, event: CommandFinished) -> Decision:
     process = result.result.get("process")
     exited = bool(process.get("exited", False)) if isinstance(process, Mapping) else False
     if result.ok:
-        location = run.spec.checkpoint_location
-        key = str(result.result.get("manifest_key") or location.key(MANIFEST_NAME))
-        return c.stay(VerifyCheckpoint(location.bucket, key), process_exited=exited)
+        return c.stay(_verify(result, run.spec.checkpoint_location), process_exited=exited)
     return _checkpoint_attempt_failed(
         c, f"checkpoint step failed: {result.error()}", {"process": process} if process else {}
     )
+
+
+def _verify(result: CommandResult, location: S3Prefix, *, early: bool = False) -> VerifyCheckpoint:
+    """Verify the manifest where the instance program says it wrote it (else where it goes)."""
+    key = str(result.result.get("manifest_key") or location.key(MANIFEST_NAME))
+    return VerifyCheckpoint(location.bucket, key, early=early)
 
 
 def _checkpoint_attempt_failed(c: _Ctx, why: str, detail: Mapping[str, Any]) -> Decision:
     run = c.run
     if run.checkpoint_tries < run.spec.checkpoint_attempts:
         tries = run.checkpoint_tries + 1
-        return c.stay(c.run_checkpoint(tries), checkpoint_tries=tries)
+        return c.stay(c.run_checkpoint(), checkpoint_tries=tries)
     return _checkpoint_failed(c, f"{why} (after {run.checkpoint_tries} attempt(s))", detail)
 
 
@@ -826,7 +833,7 @@ def _on_action_succeeded(c: _Ctx, event: ActionSucceeded) -> Decision:
                       detail=detail, action_acked_at=c.now)  # fmt: skip
     # Accepted, not yet final (e.g. "stopping"): record it so a restart never re-issues it,
     # and ask the reconciler to confirm soon.
-    return c.stay(ObserveInstance(), persist=True, action_acked_at=c.now)
+    return c.stay(ObserveInstance(), action_acked_at=c.now)
 
 
 def _on_effect_failed(c: _Ctx, event: EffectFailed) -> Decision:
@@ -870,11 +877,11 @@ def _on_user(c: _Ctx, event: UserRequested) -> Decision:
     outcome = run.outcome or Outcome.CANCELLED
     if run.phase is P.CHECKPOINTING:
         # The checkpoint step is already under way; act on the request once it is done.
-        return c.stay(persist=True, pending_action=action, outcome=outcome)
+        return c.stay(pending_action=action, outcome=outcome)
     if run.phase in (P.RUNNING, P.STALLED) and run.spec.checkpointing:
         return c.move(
             P.CHECKPOINTING, f"{action} requested by user; saving the final checkpoint first",
-            c.run_checkpoint(1), outcome=outcome, pending_action=action, checkpoint_tries=1,
+            c.run_checkpoint(), outcome=outcome, pending_action=action, checkpoint_tries=1,
         )  # fmt: skip
     target = _ACTING_PHASE[_allowed(run, action)]
     # (An interrupting run has edges to stopping only for an instance AWS did not take.)
@@ -932,8 +939,7 @@ def _on_nudge(c: _Ctx, event: Nudge) -> Decision:
             return c.stay()
         return c.stay(c.check_prefix())
     if run.phase is P.GRACE and _until_quiet(run):
-        prefix = run.spec.prefix
-        return c.stay(ListPrefix(ListRequest(prefix.bucket, prefix.prefix, None)))
+        return c.stay(c.quiet_check())
     return c.stay()
 
 
@@ -1021,9 +1027,7 @@ def _interrupt_command_finished(c: _Ctx, event: CommandFinished) -> Decision:
     if event.kind is not CommandKind.CHECKPOINT:
         return c.stay()
     if result.ok:
-        location = run.spec.checkpoint_location
-        key = str(result.result.get("manifest_key") or location.key(MANIFEST_NAME))
-        return c.stay(VerifyCheckpoint(location.bucket, key))
+        return c.stay(_verify(result, run.spec.checkpoint_location))
     return _interrupt_retry_or_give_up(c)
 
 
@@ -1034,13 +1038,13 @@ def _interrupt_retry_or_give_up(c: _Ctx) -> Decision:
     if left is not None and left > 1 and run.checkpoint_tries < run.spec.checkpoint_attempts:
         command = checkpoint_command(run, sigterm_timeout_s=0)  # the process was signalled
         return c.stay(RunInstanceCommand(command, left), checkpoint_tries=run.checkpoint_tries + 1)
-    return c.stay(persist=True, checkpoint=CheckpointStatus.UNVERIFIED, seconds_left=left)
+    return c.stay(checkpoint=CheckpointStatus.UNVERIFIED, seconds_left=left)
 
 
 def _interrupt_checked(c: _Ctx, event: CheckpointChecked) -> Decision:
     if not event.verification.ok:
         return _interrupt_retry_or_give_up(c)
-    return c.stay(persist=True, checkpoint=CheckpointStatus.VERIFIED,
+    return c.stay(checkpoint=CheckpointStatus.VERIFIED,
                   verified_attempt=c.run.attempt, seconds_left=_seconds_left(c),
                   verified_location=str(c.run.spec.checkpoint_location))  # fmt: skip
 
@@ -1128,7 +1132,7 @@ def _resume_observed(c: _Ctx, state: InstanceState) -> Decision:
 
 
 def _on_launched(c: _Ctx, event: InstanceLaunched) -> Decision:
-    return c.stay(ObserveInstance(), persist=True, instance_id=event.instance_id,
+    return c.stay(ObserveInstance(), instance_id=event.instance_id,
                   resume_stage="starting")  # fmt: skip
 
 
@@ -1188,9 +1192,7 @@ def _early_command_finished(c: _Ctx, event: CommandFinished) -> Decision:
         return c.stay()
     if not result.ok:
         return c.stay(early_checkpoint=False)  # training goes on; the final step is unchanged
-    location = run.spec.early_checkpoint_location
-    key = str(result.result.get("manifest_key") or location.key(MANIFEST_NAME))
-    return c.stay(VerifyCheckpoint(location.bucket, key, early=True))
+    return c.stay(_verify(result, run.spec.early_checkpoint_location, early=True))
 
 
 def _early_checked(c: _Ctx, event: CheckpointChecked) -> Decision:
@@ -1200,7 +1202,7 @@ def _early_checked(c: _Ctx, event: CheckpointChecked) -> Decision:
         return c.stay(early_checkpoint=False)
     # A resume can restore it; the final checkpoint (and the terminate rule) is unchanged.
     location = str(c.run.spec.early_checkpoint_location)
-    return c.stay(persist=True, early_checkpoint=False, verified_attempt=c.run.attempt,
+    return c.stay(early_checkpoint=False, verified_attempt=c.run.attempt,
                   verified_location=location)  # fmt: skip
 
 

@@ -1502,3 +1502,57 @@ def test_an_observation_of_another_instance_is_stale_and_changes_nothing() -> No
     assert (d.run, d.effects, d.transition) == (run, (), None)
     current = InstanceObserved(S.RUNNING, source="sweep", instance_id=NEW_INSTANCE)
     assert run_step(run, current).effects == (RESTORE,)
+
+
+# -- whether a decision is persisted is computed, not set by hand --------------------------------
+
+STORED_FIELDS = {
+    "spec", "phase", "outcome", "version", "phase_since", "reason", "instance_id", "grace_until",
+    "action_acked_at", "error_code", "pending_action", "checkpoint", "attempt", "started_at",
+    "process_exited", "verified_attempt", "verified_location", "interrupt_deadline",
+    "report_etags",
+}  # fmt: skip
+"""The fields the store writes to the runs row (and reads back after a restart)."""
+
+
+def test_the_fields_run_compares_are_exactly_the_ones_the_store_keeps() -> None:
+    """`step()` judges `persist` by `Run.__eq__`, so it must look at no more and no less."""
+    assert {f.name for f in dataclasses.fields(Run) if f.compare} == STORED_FIELDS
+
+
+def checkpoint_result_of_a_process_already_known_gone() -> Run:
+    return checkpointing().evolve(process_exited=True)
+
+
+# fmt: off
+PERSISTED = [
+    pytest.param(checkpointing(), finished(CP, exited=True), True, id="process-exited-recorded"),
+    pytest.param(checkpointing(), finished(CP, exited=False), False, id="process-fate-unchanged"),
+    pytest.param(checkpoint_result_of_a_process_already_known_gone(), finished(CP, exited=True),
+                 False, id="process-exit-already-known"),
+    pytest.param(make_run(P.RUNNING), ReportIngested("status.json", "e1"), True, id="report-etag"),
+    pytest.param(make_run(P.STOPPING), ActionSucceeded(A.STOP, S.STOPPING), True, id="ack"),
+    pytest.param(make_run(P.RUNNING), Tick(), False, id="polling-only"),
+    pytest.param(make_run(P.RUNNING), listed(), False, id="next-check-scheduled"),
+    pytest.param(make_run(P.RUNNING), listed("done"), True, id="transition"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("run", "event", "persist"), PERSISTED)
+def test_a_decision_is_persisted_exactly_when_a_stored_field_changed(
+    run: Run, event: Event, persist: bool
+) -> None:
+    d = run_step(run, event)
+    stored = {name: getattr(d.run, name) for name in STORED_FIELDS}
+    assert (d.persist, stored != {name: getattr(run, name) for name in STORED_FIELDS}) == (
+        persist,
+        persist,
+    )
+
+
+def test_the_checkpoint_steps_process_fate_survives_a_restart() -> None:
+    """Whether training exited decides if grace may end early; it was once changed without
+    being persisted, so a restart lost it."""
+    d = run_step(checkpointing(), finished(CP, exited=True))
+    assert (d.transition, d.run.process_exited, d.persist) == (None, True, True)
