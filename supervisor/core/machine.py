@@ -2,8 +2,10 @@
 
 Two tables are the contract, and tests walk both:
 
-- `ACCEPTS`: which event types each phase takes. Anything else raises `InvalidTransition`
-  and nothing changes.
+- `TRANSITIONS`: (phase, event type) -> the function that decides (h11's
+  `EVENT_TRIGGERED_TRANSITIONS`), written as one row per phase at the end of this module.
+  What a phase accepts (`ACCEPTS`) is derived from its keys; any other event raises
+  `InvalidTransition` and nothing changes. A new phase or event is a row plus its handler.
 - `EDGES`: the legal phase changes. A handler that tried any other change is a bug, and
   `step()` refuses it the same way.
 
@@ -18,6 +20,7 @@ never terminated unless its final checkpoint was verified in S3; the terminate b
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -79,7 +82,7 @@ from supervisor.core.events import (
     UserRequested,
 )
 from supervisor.core.reports import report_keys
-from supervisor.core.run import TERMINAL_PHASES, CheckpointStatus, Outcome, Phase, Run
+from supervisor.core.run import ACTIVE_PHASES, CheckpointStatus, Outcome, Phase, Run
 from supervisor.core.spec import (
     CheckpointFailure,
     GraceMode,
@@ -93,46 +96,7 @@ from supervisor.core.values import InstanceState, ObjectInfo, S3Prefix
 
 P = Phase
 
-_ALWAYS: frozenset[type[Any]] = frozenset(
-    {
-        Armed, Tick, InstanceObserved, UserRequested, MonitorFailed, Nudge,
-        RebalanceRecommended, ReportIngested,
-    }
-)  # fmt: skip
-_RESUMABLE = (P.STOPPED, P.TERMINATED, P.CRASHED, P.INTERRUPTED)
-_WATCHING = _ALWAYS | {
-    PrefixListed, ObjectRead, EffectFailed, SpotInterruptionWarning,
-    CommandFinished, CheckpointChecked,  # a rebalance's early checkpoint
-}  # fmt: skip
-
-ACCEPTS: Mapping[Phase, frozenset[type[Any]]] = {
-    # (a spot instance gone while pending: one last look at the prefix, as from running)
-    P.PENDING: _ALWAYS | {SpotInterruptionWarning, PrefixListed, EffectFailed},
-    P.RUNNING: _WATCHING,
-    P.STALLED: _WATCHING,
-    P.CHECKPOINTING: _ALWAYS
-    | {CommandFinished, CheckpointChecked, EffectFailed, SpotInterruptionWarning},
-    P.GRACE: _ALWAYS | {PrefixListed, EffectFailed, SpotInterruptionWarning},
-    P.INTERRUPTING: _ALWAYS | {CommandFinished, CheckpointChecked, EffectFailed, PrefixListed},
-    P.STOPPING: _ALWAYS | {ActionSucceeded, EffectFailed},
-    P.TERMINATING: _ALWAYS | {ActionSucceeded, EffectFailed},
-    P.RESUMING: _ALWAYS
-    | {ActionSucceeded, InstanceLaunched, CommandFinished, EffectFailed, SpotInterruptionWarning},
-    **{phase: frozenset() for phase in TERMINAL_PHASES},
-    **{phase: frozenset({ResumeRequested}) for phase in _RESUMABLE},
-}
-
-_ACTIVE = (
-    P.PENDING,
-    P.RUNNING,
-    P.STALLED,
-    P.CHECKPOINTING,
-    P.GRACE,
-    P.STOPPING,
-    P.TERMINATING,
-    P.RESUMING,
-    P.INTERRUPTING,
-)
+_RESUMABLE_PHASES = (P.STOPPED, P.TERMINATED, P.CRASHED, P.INTERRUPTED)
 
 _EDGES = frozenset(
     {
@@ -172,10 +136,10 @@ _EDGES = frozenset(
         # a person's request, from any phase that has not yet acted
         *((p, P.STOPPING) for p in (P.PENDING, P.RUNNING, P.GRACE, P.RESUMING)),
         *((p, P.TERMINATING) for p in (P.PENDING, P.RUNNING, P.RESUMING)),
-        *((p, P.RESUMING) for p in _RESUMABLE),
+        *((p, P.RESUMING) for p in _RESUMABLE_PHASES),
         # detach, and a permanent error, from any non-terminal phase
-        *((p, P.DETACHED) for p in _ACTIVE),
-        *((p, P.FAILED) for p in _ACTIVE),
+        *((p, P.DETACHED) for p in ACTIVE_PHASES),
+        *((p, P.FAILED) for p in ACTIVE_PHASES),
     }
 )
 # A stalled run is still watched: it can go wherever a running one can.
@@ -274,11 +238,11 @@ def step(run: Run, event: Event, *, now: datetime, policy: Policy, rng: random.R
     Raises `InvalidTransition` (and changes nothing) when the run's phase does not take the
     event, or a request makes no sense in it.
     """
-    if type(event) not in ACCEPTS[run.phase]:
+    handler = TRANSITIONS.get((run.phase, type(event)))
+    if handler is None:
         raise InvalidTransition(
             f"run {run.spec.run_id} is {run.phase}: {type(event).__name__} does not apply"
         )
-    handler = _HANDLERS[type(event)]
     decision = handler(_Ctx(run, now, policy, rng), event)
     if decision.run != run:  # `Run.__eq__` compares the persisted fields only
         decision = replace(decision, persist=True)
@@ -408,60 +372,84 @@ class _Ctx:
         )
 
 
-# -- handlers, one per event type ---------------------------------------------------------------
+# -- handlers, one per (phase, event type) row of `TRANSITIONS` ----------------------------------
 
 
-def _on_armed(c: _Ctx, _: Armed) -> Decision:
-    run = c.run
-    match run.phase:
-        case P.RUNNING | P.STALLED:
-            # After a restart, the backoff goes on where its schedule would be after this long
-            # in the phase, and the first check falls anywhere within one interval at that
-            # level: ten thousand runs at the cap are checked at the steady rate from the
-            # start, not all within the first 30 s. A check persisted as due sooner is kept.
-            checks = checks_made((c.now - run.phase_since).total_seconds(), c.policy.poll)
-            interval = timedelta(seconds=base_delay(checks, c.policy.poll))
-            due = run.next_check_at
-            if due is not None and c.now < due <= c.now + interval:
-                return c.stay(WakeAt(due), checks=checks)
-            at = c.now + interval * c.rng.random()
-            return c.stay(WakeAt(at), checks=checks, next_check_at=at)
-        case P.GRACE:
-            assert run.grace_until is not None
-            if _until_quiet(run):  # it may be quiet already: look now, not at the limit
-                return c.stay(WakeAt(run.grace_until), c.quiet_check())
-            return c.stay(WakeAt(run.grace_until))
-        case P.CHECKPOINTING:
-            # The step is idempotent (the process is already gone, the upload is redone).
-            return c.stay(c.run_checkpoint(), checkpoint_tries=1)
-        case P.INTERRUPTING if run.interrupt_deadline is not None:
-            overdue = run.interrupt_deadline + timedelta(seconds=INTERRUPT_OVERDUE_S)
-            return c.stay(WakeAt(overdue), ObserveInstance())
-        case _:
-            # pending: look for the instance; stopping/terminating/resuming: describe first.
-            return c.stay(ObserveInstance())
-
-
-def _on_tick(c: _Ctx, _: Tick) -> Decision:
-    run = c.run
-    if run.phase is P.STALLED and run.spec.on_stall is not OnStall.NOTIFY:
-        return _apply_stall_policy(c)
-    if run.phase in (P.RUNNING, P.STALLED):
-        if run.next_check_at is not None and c.now < run.next_check_at:
-            return c.stay(WakeAt(run.next_check_at))
-        return c.stay(c.check_prefix())
-    if run.phase is P.INTERRUPTING and _overdue(c):
-        return c.stay(ObserveInstance())
-    if run.phase is P.RESUMING and run.resume_stage == "wait-agent":
-        return c.stay(ObserveInstance(), resume_stage="observe")
-    if run.phase is P.GRACE:
-        assert run.grace_until is not None
-        if c.now >= run.grace_until:
-            return _end_grace(c, "grace over")
-        if _until_quiet(run):
-            return c.stay(c.quiet_check())
-        return c.stay(WakeAt(run.grace_until))
+def _nothing_to_do(c: _Ctx, _: Event) -> Decision:
     return c.stay()
+
+
+def _describe_first(c: _Ctx, _: Armed) -> Decision:
+    """Pending: look for the instance; stopping/terminating/resuming: describe before acting."""
+    return c.stay(ObserveInstance())
+
+
+def _armed_watched(c: _Ctx, _: Armed) -> Decision:
+    # After a restart, the backoff goes on where its schedule would be after this long in the
+    # phase, and the first check falls anywhere within one interval at that level: ten
+    # thousand runs at the cap are checked at the steady rate from the start, not all within
+    # the first 30 s. A check persisted as due sooner is kept.
+    run = c.run
+    checks = checks_made((c.now - run.phase_since).total_seconds(), c.policy.poll)
+    interval = timedelta(seconds=base_delay(checks, c.policy.poll))
+    due = run.next_check_at
+    if due is not None and c.now < due <= c.now + interval:
+        return c.stay(WakeAt(due), checks=checks)
+    at = c.now + interval * c.rng.random()
+    return c.stay(WakeAt(at), checks=checks, next_check_at=at)
+
+
+def _armed_in_grace(c: _Ctx, _: Armed) -> Decision:
+    run = c.run
+    assert run.grace_until is not None
+    if _until_quiet(run):  # it may be quiet already: look now, not at the limit
+        return c.stay(WakeAt(run.grace_until), c.quiet_check())
+    return c.stay(WakeAt(run.grace_until))
+
+
+def _armed_checkpointing(c: _Ctx, _: Armed) -> Decision:
+    # The step is idempotent (the process is already gone, the upload is redone).
+    return c.stay(c.run_checkpoint(), checkpoint_tries=1)
+
+
+def _armed_interrupting(c: _Ctx, _: Armed) -> Decision:
+    if c.run.interrupt_deadline is None:
+        return c.stay(ObserveInstance())
+    overdue = c.run.interrupt_deadline + timedelta(seconds=INTERRUPT_OVERDUE_S)
+    return c.stay(WakeAt(overdue), ObserveInstance())
+
+
+def _tick_running(c: _Ctx, _: Tick) -> Decision:
+    run = c.run
+    if run.next_check_at is not None and c.now < run.next_check_at:
+        return c.stay(WakeAt(run.next_check_at))
+    return c.stay(c.check_prefix())
+
+
+def _tick_stalled(c: _Ctx, event: Tick) -> Decision:
+    if c.run.spec.on_stall is not OnStall.NOTIFY:
+        return _apply_stall_policy(c)
+    return _tick_running(c, event)
+
+
+def _tick_interrupting(c: _Ctx, _: Tick) -> Decision:
+    return c.stay(ObserveInstance()) if _overdue(c) else c.stay()
+
+
+def _tick_resuming(c: _Ctx, _: Tick) -> Decision:
+    if c.run.resume_stage == "wait-agent":
+        return c.stay(ObserveInstance(), resume_stage="observe")
+    return c.stay()
+
+
+def _tick_in_grace(c: _Ctx, _: Tick) -> Decision:
+    run = c.run
+    assert run.grace_until is not None
+    if c.now >= run.grace_until:
+        return _end_grace(c, "grace over")
+    if _until_quiet(run):
+        return c.stay(c.quiet_check())
+    return c.stay(WakeAt(run.grace_until))
 
 
 def _until_quiet(run: Run) -> bool:
@@ -497,79 +485,124 @@ def _ended_phase(state: InstanceState) -> Phase:
     return P.STOPPED if state in (InstanceState.STOPPING, InstanceState.STOPPED) else P.TERMINATED
 
 
-def _on_instance(c: _Ctx, event: InstanceObserved) -> Decision:
+_InstanceHandler = Callable[[_Ctx, InstanceObserved], Decision]
+
+
+def _of_this_instance(handler: _InstanceHandler) -> _InstanceHandler:
+    """An observation of another instance (a sweep that began before a resume switched
+    instances) is stale: it changes nothing."""
+
+    @functools.wraps(handler)
+    def handle(c: _Ctx, event: InstanceObserved) -> Decision:
+        if event.instance_id is not None and event.instance_id != c.run.instance_id:
+            return c.stay()
+        return handler(c, event)
+
+    return handle
+
+
+def _seen(event: InstanceObserved) -> dict[str, Any]:
+    return {"instance_state": str(event.state), "source": event.source}
+
+
+@_of_this_instance
+def _pending_observed(c: _Ctx, event: InstanceObserved) -> Decision:
     run, state = c.run, event.state
-    if event.instance_id is not None and event.instance_id != run.instance_id:
+    if state is InstanceState.RUNNING:
+        return c.move(
+            P.RUNNING, "instance running", c.check_prefix(), detail=_seen(event),
+            checks=0, next_check_at=None, started_at=run.started_at or c.now,
+        )  # fmt: skip
+    if state is InstanceState.PENDING:
         return c.stay()
-    detail = {"instance_state": str(state), "source": event.source}
-    match run.phase:
-        case P.PENDING:
-            if state is InstanceState.RUNNING:
-                return c.move(
-                    P.RUNNING, "instance running", c.check_prefix(), detail=detail,
-                    checks=0, next_check_at=None, started_at=run.started_at or c.now,
-                )  # fmt: skip
-            if state is InstanceState.PENDING:
-                return c.stay()
-            if run.spec.spot:
-                # Level-triggered: a spot instance that goes was taken back, whether its warning
-                # came first or not; the same last look as after a warning decides.
-                return c.stay(c.check_prefix(), instance_ended=state)
-            return _crashed(c, f"instance ended before training started (instance {state})", detail)
-        case P.RUNNING | P.STALLED:
-            if state.is_alive or run.instance_ended is not None:
-                return c.stay()
-            # Level-triggered: one last look at the prefix decides completed or crashed.
-            return c.stay(c.check_prefix(), instance_ended=state)
-        case P.CHECKPOINTING | P.GRACE:
-            if state.is_alive:
-                return c.stay()
-            changes: dict[str, Any] = {}
-            if run.phase is P.CHECKPOINTING:
-                changes["checkpoint"] = CheckpointStatus.UNVERIFIED
-            return c.move(
-                _ended_phase(state),
-                f"instance {state} during {run.phase}; nothing left to do",
-                detail=detail,
-                **changes,
-            )
-        case P.STOPPING:
-            if state is InstanceState.STOPPED:
-                return c.move(P.STOPPED, "instance stopped", detail=detail)
-            if state.is_gone:
-                return c.move(P.TERMINATED, f"instance already gone ({state})", detail=detail)
-            if state.is_alive and run.action_acked_at is None:
-                return c.stay(ActOnInstance(Action.STOP))
-            return c.stay()
-        case P.TERMINATING:
-            if state in (InstanceState.TERMINATED, InstanceState.UNKNOWN):
-                return c.move(P.TERMINATED, f"instance {state}", detail=detail)
-            if state is not InstanceState.SHUTTING_DOWN and run.action_acked_at is None:
-                return c.stay(ActOnInstance(Action.TERMINATE))
-            return c.stay()
-        case P.RESUMING:
-            return _resume_observed(c, state)
-        case P.INTERRUPTING:
-            if state.is_alive:
-                return _interrupt_overdue(c, state) if _overdue(c) else c.stay()
-            if run.instance_ended is not None:
-                return c.stay()
-            # One last look: a marker written just before the warning means training completed.
-            return c.stay(c.check_prefix(), instance_ended=state)
-    raise AssertionError(f"unhandled phase {run.phase}")  # ACCEPTS keeps terminal phases out
+    if run.spec.spot:
+        # Level-triggered: a spot instance that goes was taken back, whether its warning
+        # came first or not; the same last look as after a warning decides.
+        return c.stay(c.check_prefix(), instance_ended=state)
+    reason = f"instance ended before training started (instance {state})"
+    return _crashed(c, reason, _seen(event))
 
 
-def _on_listed(c: _Ctx, event: PrefixListed) -> Decision:
-    """Judge the listing; and read each report file the job changed since it was last read."""
-    decision = _judge_listing(c, event)
-    seen = dict(c.run.report_etags)
-    keys = report_keys(c.run.spec.heartbeat_file)
-    ingest = tuple(
-        IngestReport(o.key, o.etag, o.size)
-        for o in event.objects
-        if o.key in keys and seen.get(o.key) != o.etag
+@_of_this_instance
+def _watched_observed(c: _Ctx, event: InstanceObserved) -> Decision:
+    if event.state.is_alive or c.run.instance_ended is not None:
+        return c.stay()
+    # Level-triggered: one last look at the prefix decides completed or crashed.
+    return c.stay(c.check_prefix(), instance_ended=event.state)
+
+
+@_of_this_instance
+def _checkpointing_observed(c: _Ctx, event: InstanceObserved) -> Decision:
+    if event.state.is_alive:
+        return c.stay()
+    return _gone_with_nothing_left_to_do(c, event, checkpoint=CheckpointStatus.UNVERIFIED)
+
+
+@_of_this_instance
+def _grace_observed(c: _Ctx, event: InstanceObserved) -> Decision:
+    return c.stay() if event.state.is_alive else _gone_with_nothing_left_to_do(c, event)
+
+
+def _gone_with_nothing_left_to_do(c: _Ctx, event: InstanceObserved, **changes: Any) -> Decision:
+    return c.move(
+        _ended_phase(event.state),
+        f"instance {event.state} during {c.run.phase}; nothing left to do",
+        detail=_seen(event),
+        **changes,
     )
-    return replace(decision, effects=ingest + decision.effects) if ingest else decision
+
+
+@_of_this_instance
+def _stopping_observed(c: _Ctx, event: InstanceObserved) -> Decision:
+    state = event.state
+    if state is InstanceState.STOPPED:
+        return c.move(P.STOPPED, "instance stopped", detail=_seen(event))
+    if state.is_gone:
+        return c.move(P.TERMINATED, f"instance already gone ({state})", detail=_seen(event))
+    if state.is_alive and c.run.action_acked_at is None:
+        return c.stay(ActOnInstance(Action.STOP))
+    return c.stay()
+
+
+@_of_this_instance
+def _terminating_observed(c: _Ctx, event: InstanceObserved) -> Decision:
+    state = event.state
+    if state in (InstanceState.TERMINATED, InstanceState.UNKNOWN):
+        return c.move(P.TERMINATED, f"instance {state}", detail=_seen(event))
+    if state is not InstanceState.SHUTTING_DOWN and c.run.action_acked_at is None:
+        return c.stay(ActOnInstance(Action.TERMINATE))
+    return c.stay()
+
+
+@_of_this_instance
+def _interrupting_observed(c: _Ctx, event: InstanceObserved) -> Decision:
+    if event.state.is_alive:
+        return _interrupt_overdue(c, event.state) if _overdue(c) else c.stay()
+    if c.run.instance_ended is not None:
+        return c.stay()
+    # One last look: a marker written just before the warning means training completed.
+    return c.stay(c.check_prefix(), instance_ended=event.state)
+
+
+_ListingHandler = Callable[[_Ctx, PrefixListed], Decision]
+
+
+def _reading_reports(judge: _ListingHandler) -> _ListingHandler:
+    """Judge the listing; and read each report file the job changed since it was last read."""
+
+    @functools.wraps(judge)
+    def handle(c: _Ctx, event: PrefixListed) -> Decision:
+        decision = judge(c, event)
+        seen = dict(c.run.report_etags)
+        keys = report_keys(c.run.spec.heartbeat_file)
+        ingest = tuple(
+            IngestReport(o.key, o.etag, o.size)
+            for o in event.objects
+            if o.key in keys and seen.get(o.key) != o.etag
+        )
+        return replace(decision, effects=ingest + decision.effects) if ingest else decision
+
+    return handle
 
 
 def _on_report(c: _Ctx, event: ReportIngested) -> Decision:
@@ -578,20 +611,30 @@ def _on_report(c: _Ctx, event: ReportIngested) -> Decision:
     return c.stay(report_etags=tuple(sorted(etags.items())))
 
 
-def _judge_listing(c: _Ctx, event: PrefixListed) -> Decision:
+@_reading_reports
+def _grace_listed(c: _Ctx, event: PrefixListed) -> Decision:
+    return _quiet_listed(c, event) if _until_quiet(c.run) else c.stay()
+
+
+@_reading_reports
+def _last_look_listed(c: _Ctx, event: PrefixListed) -> Decision:
+    """Pending (spot) or interrupting, once the instance went: the last look decides."""
     run = c.run
-    if run.phase is P.GRACE:
-        return _quiet_listed(c, event) if _until_quiet(run) else c.stay()
+    if run.instance_ended is None:
+        return c.stay()
+    # A failure marker here is most likely the shutdown killing the job: not evidence.
     verdict = evaluate(run.spec, event.objects, run.outputs_seen, since=_cutoff(run))
-    if run.phase in (P.INTERRUPTING, P.PENDING):
-        if run.instance_ended is None:
-            return c.stay()
-        # A failure marker here is most likely the shutdown killing the job: not evidence.
-        why = _taken_back(run)
-        if isinstance(verdict, Completed):
-            why = f"{verdict.evidence}; {why}"
-            return _interrupted(c, why, run.instance_ended, outcome=Outcome.COMPLETED)
-        return _interrupted(c, why, run.instance_ended)
+    why = _taken_back(run)
+    if isinstance(verdict, Completed):
+        why = f"{verdict.evidence}; {why}"
+        return _interrupted(c, why, run.instance_ended, outcome=Outcome.COMPLETED)
+    return _interrupted(c, why, run.instance_ended)
+
+
+@_reading_reports
+def _watched_listed(c: _Ctx, event: PrefixListed) -> Decision:
+    run = c.run
+    verdict = evaluate(run.spec, event.objects, run.outputs_seen, since=_cutoff(run))
     if isinstance(verdict, FailureMarked):
         return c.stay(ReadObject(verdict.key))
     if isinstance(verdict, Completed):
@@ -738,15 +781,21 @@ def _on_read(c: _Ctx, event: ObjectRead) -> Decision:
     )
 
 
-def _on_command(c: _Ctx, event: CommandFinished) -> Decision:
-    if c.run.phase in (P.RUNNING, P.STALLED):
-        return _early_command_finished(c, event)
-    if event.early:
-        return c.stay()  # leaving running cancelled the early step: a late result is stale
-    if c.run.phase is P.RESUMING:
-        return _resume_command_finished(c, event)
-    if c.run.phase is P.INTERRUPTING:
-        return _interrupt_command_finished(c, event)
+_CommandHandler = Callable[[_Ctx, CommandFinished], Decision]
+
+
+def _not_early(handler: _CommandHandler) -> _CommandHandler:
+    """Past running/stalled: leaving them cancelled the early step, a late result is stale."""
+
+    @functools.wraps(handler)
+    def handle(c: _Ctx, event: CommandFinished) -> Decision:
+        return c.stay() if event.early else handler(c, event)
+
+    return handle
+
+
+@_not_early
+def _checkpoint_finished(c: _Ctx, event: CommandFinished) -> Decision:
     run, result = c.run, event.result
     if event.kind is not CommandKind.CHECKPOINT:
         return c.stay()
@@ -790,11 +839,7 @@ def _checkpoint_failed(c: _Ctx, why: str, detail: Mapping[str, Any]) -> Decision
                  checkpoint=CheckpointStatus.UNVERIFIED)  # fmt: skip
 
 
-def _on_checked(c: _Ctx, event: CheckpointChecked) -> Decision:
-    if c.run.phase is P.INTERRUPTING:
-        return _interrupt_checked(c, event)
-    if c.run.phase in (P.RUNNING, P.STALLED):
-        return _early_checked(c, event)
+def _final_checked(c: _Ctx, event: CheckpointChecked) -> Decision:
     run, v = c.run, event.verification
     detail: dict[str, Any] = {
         "files": v.files, "bytes": v.bytes, "verify_s": round(event.seconds, 3),
@@ -818,9 +863,11 @@ def _on_checked(c: _Ctx, event: CheckpointChecked) -> Decision:
                  detail, **verified)  # fmt: skip
 
 
-def _on_action_succeeded(c: _Ctx, event: ActionSucceeded) -> Decision:
-    if c.run.phase is P.RESUMING:
-        return c.stay(ObserveInstance()) if event.action is Action.START else c.stay()
+def _resume_action_succeeded(c: _Ctx, event: ActionSucceeded) -> Decision:
+    return c.stay(ObserveInstance()) if event.action is Action.START else c.stay()
+
+
+def _action_succeeded(c: _Ctx, event: ActionSucceeded) -> Decision:
     if event.action is Action.START or c.run.phase is not _ACTING_PHASE[event.action]:
         return c.stay()
     state = event.state_after
@@ -836,65 +883,109 @@ def _on_action_succeeded(c: _Ctx, event: ActionSucceeded) -> Decision:
     return c.stay(ObserveInstance(), action_acked_at=c.now)
 
 
-def _on_effect_failed(c: _Ctx, event: EffectFailed) -> Decision:
+def _failed_for_good(c: _Ctx, event: EffectFailed) -> Decision:
     detail = {"operation": event.operation, "error_code": event.code, "message": event.message}
-    phase = c.run.phase
-    if phase is P.GRACE:
-        # A failed quiet check only costs the early end: wait for the grace limit.
-        assert c.run.grace_until is not None
-        return c.stay(WakeAt(c.run.grace_until))
-    if phase in (P.INTERRUPTING, P.PENDING) and c.run.instance_ended is not None:
-        # The last look at the prefix failed; the instance is gone all the same.
-        why = _taken_back(c.run)
-        return _interrupted(c, f"{why} (last look at the prefix failed: {event.code})",
-                            c.run.instance_ended)  # fmt: skip
-    if phase is P.PENDING:
-        return c.stay()  # a failed describe: the next observation decides
+    return c.move(
+        P.FAILED, f"{event.operation} failed: {event.code}: {event.message}",
+        detail=detail, error_code=event.code,
+    )  # fmt: skip
+
+
+def _grace_effect_failed(c: _Ctx, _: EffectFailed) -> Decision:
+    # A failed quiet check only costs the early end: wait for the grace limit.
+    assert c.run.grace_until is not None
+    return c.stay(WakeAt(c.run.grace_until))
+
+
+def _last_look_failed(c: _Ctx, event: EffectFailed) -> Decision | None:
+    """The last look at the prefix failed; the instance is gone all the same."""
+    if c.run.instance_ended is None:
+        return None
+    why = f"{_taken_back(c.run)} (last look at the prefix failed: {event.code})"
+    return _interrupted(c, why, c.run.instance_ended)
+
+
+def _pending_effect_failed(c: _Ctx, event: EffectFailed) -> Decision:
+    # (otherwise a failed describe: the next observation decides)
+    return _last_look_failed(c, event) or c.stay()
+
+
+def _interrupting_effect_failed(c: _Ctx, event: EffectFailed) -> Decision:
+    if (last_look := _last_look_failed(c, event)) is not None:
+        return last_look
     if not event.transient:
-        return c.move(
-            P.FAILED, f"{event.operation} failed: {event.code}: {event.message}",
-            detail=detail, error_code=event.code,
-        )  # fmt: skip
-    if phase in (P.RUNNING, P.STALLED):
-        return c.schedule_next_check()
-    if phase is P.CHECKPOINTING:
-        return _checkpoint_attempt_failed(c, f"{event.operation}: {event.code}", detail)
-    if phase is P.INTERRUPTING:
-        return _interrupt_retry_or_give_up(c)  # while time and attempts are left
-    if phase is P.RESUMING:
-        # Start/launch gave up on transient errors: look again and redo what is still needed
-        # (a launch is idempotent through its client token).
-        return c.stay(ObserveInstance(), resume_stage="observe")
+        return _failed_for_good(c, event)
+    return _interrupt_retry_or_give_up(c)  # while time and attempts are left
+
+
+def _watched_effect_failed(c: _Ctx, event: EffectFailed) -> Decision:
+    return c.schedule_next_check() if event.transient else _failed_for_good(c, event)
+
+
+def _checkpointing_effect_failed(c: _Ctx, event: EffectFailed) -> Decision:
+    if not event.transient:
+        return _failed_for_good(c, event)
+    detail = {"operation": event.operation, "error_code": event.code, "message": event.message}
+    return _checkpoint_attempt_failed(c, f"{event.operation}: {event.code}", detail)
+
+
+def _resuming_effect_failed(c: _Ctx, event: EffectFailed) -> Decision:
+    if not event.transient:
+        return _failed_for_good(c, event)
+    # Start/launch gave up on transient errors: look again and redo what is still needed
+    # (a launch is idempotent through its client token).
+    return c.stay(ObserveInstance(), resume_stage="observe")
+
+
+def _acting_effect_failed(c: _Ctx, event: EffectFailed) -> Decision:
     # Stopping/terminating: the intent stays open; the next observation re-drives it.
-    return c.stay()
+    return c.stay() if event.transient else _failed_for_good(c, event)
 
 
-def _on_user(c: _Ctx, event: UserRequested) -> Decision:
-    run = c.run
+def _user_request(c: _Ctx, event: UserRequested) -> Decision:
     if event.action is UserAction.DETACH:
-        return c.move(P.DETACHED, "detached by user request; instance left as it is")
+        return _detach(c)
+    run, action = c.run, Action(event.action.value)
+    if (run.phase, _ACTING_PHASE[_allowed(run, action)]) not in EDGES:
+        raise _cannot(run, action)
+    return c.act(action, f"{action} requested by user", outcome=run.outcome or Outcome.CANCELLED)
+
+
+def _detach(c: _Ctx) -> Decision:
+    return c.move(P.DETACHED, "detached by user request; instance left as it is")
+
+
+def _cannot(run: Run, action: Action) -> InvalidTransition:
+    downgraded = _allowed(run, action) is not action
+    why = " (terminate needs a verified checkpoint; it would be a stop)" if downgraded else ""
+    return InvalidTransition(f"run {run.spec.run_id} is already {run.phase}: cannot {action}{why}")
+
+
+def _user_while_watching(c: _Ctx, event: UserRequested) -> Decision:
+    run = c.run
+    if event.action is UserAction.DETACH or not run.spec.checkpointing:
+        return _user_request(c, event)
     action = Action(event.action.value)
-    outcome = run.outcome or Outcome.CANCELLED
-    if run.phase is P.CHECKPOINTING:
-        # The checkpoint step is already under way; act on the request once it is done.
-        return c.stay(pending_action=action, outcome=outcome)
-    if run.phase in (P.RUNNING, P.STALLED) and run.spec.checkpointing:
-        return c.move(
-            P.CHECKPOINTING, f"{action} requested by user; saving the final checkpoint first",
-            c.run_checkpoint(), outcome=outcome, pending_action=action, checkpoint_tries=1,
-        )  # fmt: skip
-    target = _ACTING_PHASE[_allowed(run, action)]
-    # (An interrupting run has edges to stopping only for an instance AWS did not take.)
-    if (run.phase, target) not in EDGES or run.phase is P.INTERRUPTING:
-        why = (
-            ""
-            if target is _ACTING_PHASE[action]
-            else (" (terminate needs a verified checkpoint; it would be a stop)")
-        )
-        raise InvalidTransition(
-            f"run {run.spec.run_id} is already {run.phase}: cannot {action}{why}"
-        )
-    return c.act(action, f"{action} requested by user", outcome=outcome)
+    return c.move(
+        P.CHECKPOINTING, f"{action} requested by user; saving the final checkpoint first",
+        c.run_checkpoint(), outcome=run.outcome or Outcome.CANCELLED, pending_action=action,
+        checkpoint_tries=1,
+    )  # fmt: skip
+
+
+def _user_while_checkpointing(c: _Ctx, event: UserRequested) -> Decision:
+    if event.action is UserAction.DETACH:
+        return _detach(c)
+    # The checkpoint step is already under way; act on the request once it is done.
+    action = Action(event.action.value)
+    return c.stay(pending_action=action, outcome=c.run.outcome or Outcome.CANCELLED)
+
+
+def _user_while_interrupting(c: _Ctx, event: UserRequested) -> Decision:
+    # (Its edges to stopping/terminating are only for an instance AWS did not take.)
+    if event.action is UserAction.DETACH:
+        return _detach(c)
+    raise _cannot(c.run, Action(event.action.value))
 
 
 def _allowed(run: Run, action: Action) -> Action:
@@ -920,68 +1011,100 @@ _STATES_ALREADY_KNOWN = frozenset({(P.STOPPING, "stopping"), (P.TERMINATING, "sh
 """(phase, reported state) pairs an accepted stop/terminate call already told us about."""
 
 
-def _on_nudge(c: _Ctx, event: Nudge) -> Decision:
+def _nudge(c: _Ctx, event: Nudge) -> Decision:
     """An event says something changed: look now (level-triggered: the look decides).
 
     Two looks are skipped, as they could show nothing new: an instance event reporting the
     very state our own accepted stop/terminate call already returned (the next event, or
     sweep, brings the end state), and, while running, an object that is not one of the keys a
-    check watches (a job's checkpoints and logs would otherwise cost a listing each)."""
+    check watches (a job's checkpoints and logs would otherwise cost a listing each). Outside
+    running, stalled and an until-quiet grace, a listing decides nothing."""
     run = c.run
+    if event.target != "instance":
+        return c.stay()
+    if (run.phase, event.state) in _STATES_ALREADY_KNOWN and run.action_acked_at:
+        return c.stay()
+    return c.stay(ObserveInstance(direct=True))
+
+
+def _nudge_watched(c: _Ctx, event: Nudge) -> Decision:
     if event.target == "instance":
-        if (run.phase, event.state) in _STATES_ALREADY_KNOWN and run.action_acked_at:
-            return c.stay()
-        return c.stay(ObserveInstance(direct=True))
-    if run.phase in (P.RUNNING, P.STALLED):
-        if event.key is not None and run.spec.prefix.relative(event.key) not in watched_keys(
-            run.spec
-        ):
-            return c.stay()
-        return c.stay(c.check_prefix())
-    if run.phase is P.GRACE and _until_quiet(run):
-        return c.stay(c.quiet_check())
-    return c.stay()
+        return _nudge(c, event)
+    spec = c.run.spec
+    if event.key is not None and spec.prefix.relative(event.key) not in watched_keys(spec):
+        return c.stay()
+    return c.stay(c.check_prefix())
+
+
+def _nudge_in_grace(c: _Ctx, event: Nudge) -> Decision:
+    if event.target == "instance" or not _until_quiet(c.run):
+        return _nudge(c, event)
+    return c.stay(c.quiet_check())
 
 
 # -- spot interruptions -------------------------------------------------------------------------
 
 
-def _on_spot_warning(c: _Ctx, event: SpotInterruptionWarning) -> Decision:
-    run, spec = c.run, c.run.spec
+def _warning(c: _Ctx, event: SpotInterruptionWarning) -> tuple[str, dict[str, Any], float]:
+    """Why (for the reason), the detail, and the seconds left until the deadline."""
     remaining = (event.deadline - c.now).total_seconds()
     detail: dict[str, Any] = {
         "deadline": event.deadline.isoformat(), "seconds_left": round(remaining, 3),
         "instance_action": event.action,
     }  # fmt: skip
     why = f"spot interruption warning ({event.action}, {max(remaining, 0):.0f}s left)"
-    if run.phase is P.GRACE:
-        # Training completed and its checkpoint step is done: the rest of the grace would only
-        # leave the instance to AWS (or, if AWS never takes it, idle until the deadline has
-        # long passed). Act now, as the grace's end would, under the checkpoint invariant.
-        return _end_grace(c, f"{why}; training had completed: grace ended", detail)
-    overdue = WakeAt(event.deadline + timedelta(seconds=INTERRUPT_OVERDUE_S))
-    if run.phase in (P.RUNNING, P.STALLED) and spec.checkpointing and remaining > 0:
-        # No grace and no stop call: AWS takes the instance; the notice is for the checkpoint.
-        sigterm = max(0.0, min(spec.sigterm_timeout_s, remaining / 2))
-        detail["sigterm_timeout_s"] = round(sigterm, 3)
-        command = RunInstanceCommand(checkpoint_command(run, sigterm_timeout_s=sigterm), remaining)
-        return c.move(
-            P.INTERRUPTING, f"{why}; saving the final checkpoint now", overdue, command,
-            detail=detail, interrupt_deadline=event.deadline, checkpoint_tries=1,
-            outcome=run.outcome or Outcome.INTERRUPTED, early_checkpoint=False,
-        )  # fmt: skip
-    note = "no checkpoint step configured" if not spec.checkpointing else f"during {run.phase}"
-    changes: dict[str, Any] = {}
-    if run.phase is P.RESUMING:
-        # The resume's attempt has begun (it has its instance) and ends here, before training
-        # restarted: it counts against max_restarts, and its final checkpoint is none.
-        note = f"during resuming, before training restarted (attempt {run.attempt + 1})"
-        changes = {"attempt": run.attempt + 1, "started_at": c.now, "checkpoint": None}
+    return why, detail, remaining
+
+
+def _warned_in_grace(c: _Ctx, event: SpotInterruptionWarning) -> Decision:
+    # Training completed and its checkpoint step is done: the rest of the grace would only
+    # leave the instance to AWS (or, if AWS never takes it, idle until the deadline has long
+    # passed). Act now, as the grace's end would, under the checkpoint invariant.
+    why, detail, _ = _warning(c, event)
+    return _end_grace(c, f"{why}; training had completed: grace ended", detail)
+
+
+def _warned_while_watched(c: _Ctx, event: SpotInterruptionWarning) -> Decision:
+    run, spec = c.run, c.run.spec
+    why, detail, remaining = _warning(c, event)
+    if not spec.checkpointing or remaining <= 0:
+        return _warned(c, event)
+    # No grace and no stop call: AWS takes the instance; the notice is for the checkpoint.
+    sigterm = max(0.0, min(spec.sigterm_timeout_s, remaining / 2))
+    detail["sigterm_timeout_s"] = round(sigterm, 3)
+    command = RunInstanceCommand(checkpoint_command(run, sigterm_timeout_s=sigterm), remaining)
     return c.move(
-        P.INTERRUPTING, f"{why}; {note}", overdue, ObserveInstance(), detail=detail,
-        interrupt_deadline=event.deadline, outcome=run.outcome or Outcome.INTERRUPTED,
-        early_checkpoint=False, **changes,
+        P.INTERRUPTING, f"{why}; saving the final checkpoint now", _overdue_wake(event), command,
+        detail=detail, interrupt_deadline=event.deadline, checkpoint_tries=1,
+        outcome=run.outcome or Outcome.INTERRUPTED,
     )  # fmt: skip
+
+
+def _warned(
+    c: _Ctx, event: SpotInterruptionWarning, note: str | None = None, **changes: Any
+) -> Decision:
+    """Interrupting without a checkpoint step of its own: wait for AWS to take the instance."""
+    run = c.run
+    why, detail, _ = _warning(c, event)
+    if note is None:
+        configured = run.spec.checkpointing
+        note = f"during {run.phase}" if configured else "no checkpoint step configured"
+    return c.move(
+        P.INTERRUPTING, f"{why}; {note}", _overdue_wake(event), ObserveInstance(), detail=detail,
+        interrupt_deadline=event.deadline, outcome=run.outcome or Outcome.INTERRUPTED, **changes,
+    )  # fmt: skip
+
+
+def _warned_during_resume(c: _Ctx, event: SpotInterruptionWarning) -> Decision:
+    # The resume's attempt has begun (it has its instance) and ends here, before training
+    # restarted: it counts against max_restarts, and its final checkpoint is none.
+    attempt = c.run.attempt + 1
+    note = f"during resuming, before training restarted (attempt {attempt})"
+    return _warned(c, event, note, attempt=attempt, started_at=c.now, checkpoint=None)
+
+
+def _overdue_wake(event: SpotInterruptionWarning) -> WakeAt:
+    return WakeAt(event.deadline + timedelta(seconds=INTERRUPT_OVERDUE_S))
 
 
 def _overdue(c: _Ctx) -> bool:
@@ -1022,6 +1145,7 @@ def _seconds_left(c: _Ctx) -> float | None:
     return None if deadline is None else round((deadline - c.now).total_seconds(), 3)
 
 
+@_not_early
 def _interrupt_command_finished(c: _Ctx, event: CommandFinished) -> Decision:
     run, result = c.run, event.result
     if event.kind is not CommandKind.CHECKPOINT:
@@ -1104,8 +1228,9 @@ def _on_resume(c: _Ctx, event: ResumeRequested) -> Decision:
     )  # fmt: skip
 
 
-def _resume_observed(c: _Ctx, state: InstanceState) -> Decision:
-    run, stage = c.run, c.run.resume_stage or "observe"
+@_of_this_instance
+def _resuming_observed(c: _Ctx, event: InstanceObserved) -> Decision:
+    run, state, stage = c.run, event.state, c.run.resume_stage or "observe"
     if stage not in ("observe", "starting", "launching"):
         return c.stay()  # restore/start in progress or waiting for the agent
     if state is InstanceState.RUNNING:
@@ -1136,6 +1261,7 @@ def _on_launched(c: _Ctx, event: InstanceLaunched) -> Decision:
                   resume_stage="starting")  # fmt: skip
 
 
+@_not_early
 def _resume_command_finished(c: _Ctx, event: CommandFinished) -> Decision:
     run, result = c.run, event.result
     if result.status is CommandStatus.UNDELIVERED and run.command_tries < AGENT_WAIT_TRIES:
@@ -1172,14 +1298,10 @@ def _resume_command_finished(c: _Ctx, event: CommandFinished) -> Decision:
 # -- rebalance recommendations: an early checkpoint, training goes on ---------------------------
 
 
-def _on_rebalance(c: _Ctx, _: RebalanceRecommended) -> Decision:
+def _rebalance_watched(c: _Ctx, _: RebalanceRecommended) -> Decision:
     run, spec = c.run, c.run.spec
-    if (
-        run.phase not in (P.RUNNING, P.STALLED)
-        or spec.on_rebalance is not OnRebalance.CHECKPOINT
-        or run.early_checkpoint
-    ):
-        return c.stay()  # ignored by policy, already under way, or past running
+    if spec.on_rebalance is not OnRebalance.CHECKPOINT or run.early_checkpoint:
+        return c.stay()  # ignored by policy, or already under way
     command = checkpoint_command(run, early=True)
     # In the background: a spot warning during the upload must start the final step at once.
     effect = RunInstanceCommand(command, CHECKPOINT_UPLOAD_BUDGET_S, background=True)
@@ -1206,22 +1328,116 @@ def _early_checked(c: _Ctx, event: CheckpointChecked) -> Decision:
                   verified_location=location)  # fmt: skip
 
 
-_HANDLERS: Mapping[type[Any], Callable[[_Ctx, Any], Decision]] = {
-    Armed: _on_armed,
-    Tick: _on_tick,
-    InstanceObserved: _on_instance,
-    PrefixListed: _on_listed,
-    ObjectRead: _on_read,
-    ActionSucceeded: _on_action_succeeded,
-    EffectFailed: _on_effect_failed,
-    UserRequested: _on_user,
+# -- the table -----------------------------------------------------------------------------------
+
+_Handler = Callable[[_Ctx, Any], Decision]
+_Row = Mapping[type[Any], _Handler]
+
+_IN_EVERY_ACTIVE_PHASE: _Row = {
+    Armed: _describe_first,
+    Tick: _nothing_to_do,
+    UserRequested: _user_request,
     MonitorFailed: _on_monitor_failed,
-    CommandFinished: _on_command,
-    CheckpointChecked: _on_checked,
-    ResumeRequested: _on_resume,
-    InstanceLaunched: _on_launched,
-    Nudge: _on_nudge,
-    SpotInterruptionWarning: _on_spot_warning,
-    RebalanceRecommended: _on_rebalance,
+    Nudge: _nudge,
+    RebalanceRecommended: _nothing_to_do,  # only a watched run takes an early checkpoint
     ReportIngested: _on_report,
 }
+_WATCHED: _Row = {
+    **_IN_EVERY_ACTIVE_PHASE,
+    Armed: _armed_watched,
+    InstanceObserved: _watched_observed,
+    PrefixListed: _watched_listed,
+    ObjectRead: _on_read,
+    EffectFailed: _watched_effect_failed,
+    UserRequested: _user_while_watching,
+    Nudge: _nudge_watched,
+    SpotInterruptionWarning: _warned_while_watched,
+    # a rebalance recommendation's early checkpoint
+    RebalanceRecommended: _rebalance_watched,
+    CommandFinished: _early_command_finished,
+    CheckpointChecked: _early_checked,
+}
+_RESUMABLE: _Row = {ResumeRequested: _on_resume}
+
+_TABLE: Mapping[Phase, _Row] = {
+    P.PENDING: {
+        **_IN_EVERY_ACTIVE_PHASE,
+        InstanceObserved: _pending_observed,
+        # (a spot instance gone while pending: one last look at the prefix, as interrupting)
+        PrefixListed: _last_look_listed,
+        EffectFailed: _pending_effect_failed,
+        SpotInterruptionWarning: _warned,
+    },
+    P.RUNNING: {**_WATCHED, Tick: _tick_running},
+    P.STALLED: {**_WATCHED, Tick: _tick_stalled},
+    P.CHECKPOINTING: {
+        **_IN_EVERY_ACTIVE_PHASE,
+        Armed: _armed_checkpointing,
+        InstanceObserved: _checkpointing_observed,
+        UserRequested: _user_while_checkpointing,
+        CommandFinished: _checkpoint_finished,
+        CheckpointChecked: _final_checked,
+        EffectFailed: _checkpointing_effect_failed,
+        SpotInterruptionWarning: _warned,
+    },
+    P.GRACE: {
+        **_IN_EVERY_ACTIVE_PHASE,
+        Armed: _armed_in_grace,
+        Tick: _tick_in_grace,
+        InstanceObserved: _grace_observed,
+        Nudge: _nudge_in_grace,
+        PrefixListed: _grace_listed,
+        EffectFailed: _grace_effect_failed,
+        SpotInterruptionWarning: _warned_in_grace,
+    },
+    P.INTERRUPTING: {
+        **_IN_EVERY_ACTIVE_PHASE,
+        Armed: _armed_interrupting,
+        Tick: _tick_interrupting,
+        InstanceObserved: _interrupting_observed,
+        UserRequested: _user_while_interrupting,
+        CommandFinished: _interrupt_command_finished,
+        CheckpointChecked: _interrupt_checked,
+        PrefixListed: _last_look_listed,
+        EffectFailed: _interrupting_effect_failed,
+    },
+    P.STOPPING: {
+        **_IN_EVERY_ACTIVE_PHASE,
+        InstanceObserved: _stopping_observed,
+        ActionSucceeded: _action_succeeded,
+        EffectFailed: _acting_effect_failed,
+    },
+    P.TERMINATING: {
+        **_IN_EVERY_ACTIVE_PHASE,
+        InstanceObserved: _terminating_observed,
+        ActionSucceeded: _action_succeeded,
+        EffectFailed: _acting_effect_failed,
+    },
+    P.RESUMING: {
+        **_IN_EVERY_ACTIVE_PHASE,
+        Tick: _tick_resuming,
+        InstanceObserved: _resuming_observed,
+        ActionSucceeded: _resume_action_succeeded,
+        InstanceLaunched: _on_launched,
+        CommandFinished: _resume_command_finished,
+        EffectFailed: _resuming_effect_failed,
+        SpotInterruptionWarning: _warned_during_resume,
+    },
+    P.STOPPED: _RESUMABLE,
+    P.TERMINATED: _RESUMABLE,
+    P.CRASHED: _RESUMABLE,
+    P.INTERRUPTED: _RESUMABLE,
+    P.DONE: {},
+    P.FAILED: {},
+    P.DETACHED: {},
+}
+
+TRANSITIONS: Mapping[tuple[Phase, type[Any]], _Handler] = {
+    (phase, event): handler for phase, row in _TABLE.items() for event, handler in row.items()
+}
+"""(phase, event type) -> the function that decides: the one table `step()` looks up."""
+
+ACCEPTS: Mapping[Phase, frozenset[type[Any]]] = {
+    phase: frozenset(event for (at, event) in TRANSITIONS if at is phase) for phase in Phase
+}
+"""The event types each phase takes: derived from the table's keys."""

@@ -52,6 +52,9 @@ TERMINAL_PHASES = frozenset(
     }
 )
 
+ACTIVE_PHASES = frozenset(Phase) - TERMINAL_PHASES
+"""The phases a run is still watched in (anything not terminal)."""
+
 
 class CheckpointStatus(enum.StrEnum):
     VERIFIED = "verified"

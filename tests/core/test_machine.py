@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import random
 import re
+import typing
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, get_args
 
 import pytest
 
+from supervisor.core import machine
 from supervisor.core.backoff import checks_made, delay
 from supervisor.core.checkpoint import (
     CommandKind,
@@ -61,6 +64,7 @@ from supervisor.core.machine import (
     INTERRUPT_OVERDUE_S,
     RESTORE_TIMEOUT_S,
     START_TIMEOUT_S,
+    TRANSITIONS,
     Policy,
     checkpoint_command,
     new_run,
@@ -68,7 +72,14 @@ from supervisor.core.machine import (
     start_command,
     step,
 )
-from supervisor.core.run import TERMINAL_PHASES, CheckpointStatus, Outcome, Phase, Run
+from supervisor.core.run import (
+    ACTIVE_PHASES,
+    TERMINAL_PHASES,
+    CheckpointStatus,
+    Outcome,
+    Phase,
+    Run,
+)
 from supervisor.core.values import InstanceId, InstanceState
 from tests.core.builders import (
     CHECKPOINT_DIR,
@@ -414,6 +425,43 @@ def test_every_phase_has_a_row_terminal_rows_take_only_a_resume_and_every_event_
         assert ACCEPTS[phase] == resumable, phase
     assert {p for p in Phase if ResumeRequested in ACCEPTS[p]} == set(RESUMABLE)
     assert {type(e) for e in ONE_OF_EACH} == set(get_args(Event))
+
+
+def test_what_a_phase_accepts_is_exactly_the_keys_of_its_rows_in_the_table() -> None:
+    for phase in Phase:
+        assert ACCEPTS[phase] == {event for (at, event) in TRANSITIONS if at is phase}, phase
+    assert set(TRANSITIONS) == {(p, e) for p in Phase for e in ACCEPTS[p]}
+
+
+def test_the_active_phases_are_the_non_terminal_ones_and_each_takes_the_events_of_any_phase() -> (
+    None
+):
+    assert set(Phase) - TERMINAL_PHASES == ACTIVE_PHASES and set(ACTIVE) == ACTIVE_PHASES
+    anywhere = {Armed, Tick, InstanceObserved, UserRequested, MonitorFailed, Nudge,
+                RebalanceRecommended, ReportIngested, EffectFailed}  # fmt: skip
+    assert {p for p in Phase if anywhere <= ACCEPTS[p]} == ACTIVE_PHASES
+
+
+@pytest.mark.parametrize(
+    ("phase", "event"), [pytest.param(p, e, id=f"{p}:{e.__name__}") for (p, e) in TRANSITIONS]
+)
+def test_each_row_of_the_table_has_a_handler_for_its_event_type(
+    phase: Phase, event: type[Event]
+) -> None:
+    handler = inspect.unwrap(TRANSITIONS[phase, event])
+    hint = typing.get_type_hints(handler, vars(machine))[
+        list(inspect.signature(handler).parameters)[1]
+    ]
+    assert event is hint or event in get_args(hint), handler.__name__
+
+
+def test_each_edge_leaves_a_phase_that_takes_events_and_any_active_phase_can_fail_or_detach() -> (
+    None
+):
+    assert all(ACCEPTS[at] for (at, _) in EDGES)
+    for phase in ACTIVE_PHASES:
+        assert {(phase, P.FAILED), (phase, P.DETACHED)} <= EDGES, phase
+    assert not any(at in TERMINAL_PHASES and to is not P.RESUMING for (at, to) in EDGES)
 
 
 @pytest.mark.parametrize(("phase", "event"), REFUSED)
