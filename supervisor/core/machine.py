@@ -25,7 +25,7 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Unpack
 
 from supervisor.core.backoff import BackoffPolicy, base_delay, checks_made, delay
 from supervisor.core.checkpoint import (
@@ -82,7 +82,17 @@ from supervisor.core.events import (
     UserRequested,
 )
 from supervisor.core.reports import report_keys
-from supervisor.core.run import ACTIVE_PHASES, CheckpointStatus, Outcome, Phase, Run
+from supervisor.core.run import (
+    ACTIVE_PHASES,
+    AttemptState,
+    CheckpointStatus,
+    Outcome,
+    Phase,
+    Resume,
+    ResumeStage,
+    Run,
+    RunChanges,
+)
 from supervisor.core.spec import (
     CheckpointFailure,
     GraceMode,
@@ -309,7 +319,7 @@ class _Ctx:
     policy: Policy
     rng: random.Random
 
-    def stay(self, *effects: Effect, **changes: Any) -> Decision:
+    def stay(self, *effects: Effect, **changes: Unpack[RunChanges]) -> Decision:
         run = self.run.evolve(**changes) if changes else self.run
         return Decision(run=run, effects=effects)
 
@@ -317,20 +327,34 @@ class _Ctx:
         self,
         to: Phase,
         reason: str,
+        /,
         *effects: Effect,
         detail: Mapping[str, Any] | None = None,
-        **changes: Any,
+        **changes: Unpack[RunChanges],
     ) -> Decision:
-        if to not in (P.RUNNING, P.STALLED):
-            changes.setdefault("early_checkpoint", False)  # its step is cancelled on leaving
-        run = self.run.evolve(
-            phase=to, version=self.run.version + 1, phase_since=self.now, reason=reason, **changes
+        attempt = changes.get("this_attempt", self.run.this_attempt)
+        if to not in (P.RUNNING, P.STALLED) and attempt.early_checkpoint:
+            # leaving cancels the early checkpoint's step
+            changes["this_attempt"] = replace(attempt, early_checkpoint=False)
+        changes.update(
+            {
+                "phase": to,
+                "version": self.run.version + 1,
+                "phase_since": self.now,
+                "reason": reason,
+            }
         )
+        run = self.run.evolve(**changes)
         transition = Transition(self.run.phase, to, self.now, reason, dict(detail or {}))
         return Decision(run=run, effects=effects, transition=transition)
 
     def act(
-        self, action: Action, reason: str, detail: Mapping[str, Any] | None = None, **changes: Any
+        self,
+        action: Action,
+        reason: str,
+        detail: Mapping[str, Any] | None = None,
+        /,
+        **changes: Unpack[RunChanges],
     ) -> Decision:
         """Commit the intent (the transition) together with the effect that carries it out.
 
@@ -344,23 +368,20 @@ class _Ctx:
             action = allowed
             reason += "; downgraded to stop: no verified checkpoint, the EBS volume keeps the data"
             detail["downgraded"] = "terminate->stop"
+        changes.update({"action_acked_at": None, "pending_action": None})
         return self.move(
-            _ACTING_PHASE[action],
-            reason,
-            ActOnInstance(action),
-            detail=detail,
-            action_acked_at=None,
-            pending_action=None,
-            **changes,
+            _ACTING_PHASE[action], reason, ActOnInstance(action), detail=detail, **changes
         )
 
     def check_prefix(self) -> ListPrefix:
         return ListPrefix(listing_request(self.run.spec))
 
-    def schedule_next_check(self, **changes: Any) -> Decision:
+    def schedule_next_check(self, outputs_seen: OutputSnapshot | None) -> Decision:
         wait = delay(self.run.checks, self.policy.poll, self.rng)
         at = self.now + timedelta(seconds=wait)
-        return self.stay(WakeAt(at), checks=self.run.checks + 1, next_check_at=at, **changes)
+        return self.stay(
+            WakeAt(at), checks=self.run.checks + 1, next_check_at=at, outputs_seen=outputs_seen
+        )
 
     def quiet_check(self) -> ListPrefix:
         return ListPrefix(whole_prefix_request(self.run.spec))
@@ -409,7 +430,7 @@ def _armed_in_grace(c: _Ctx, _: Armed) -> Decision:
 
 def _armed_checkpointing(c: _Ctx, _: Armed) -> Decision:
     # The step is idempotent (the process is already gone, the upload is redone).
-    return c.stay(c.run_checkpoint(), checkpoint_tries=1)
+    return c.stay(c.run_checkpoint(), this_attempt=_first_checkpoint_try(c))
 
 
 def _armed_interrupting(c: _Ctx, _: Armed) -> Decision:
@@ -437,8 +458,8 @@ def _tick_interrupting(c: _Ctx, _: Tick) -> Decision:
 
 
 def _tick_resuming(c: _Ctx, _: Tick) -> Decision:
-    if c.run.resume_stage == "wait-agent":
-        return c.stay(ObserveInstance(), resume_stage="observe")
+    if c.run.resume.stage is ResumeStage.WAIT_AGENT:
+        return c.stay(ObserveInstance(), resume=_stage(c, ResumeStage.OBSERVE))
     return c.stay()
 
 
@@ -469,16 +490,17 @@ def _end_grace(c: _Ctx, why: str, detail: Mapping[str, Any] | None = None) -> De
     return c.act(action, f"{why}; {action} requested (on_complete={run.spec.on_complete})", detail)
 
 
-def _enter_grace(c: _Ctx, reason: str, detail: Mapping[str, Any], **changes: Any) -> Decision:
+def _enter_grace(
+    c: _Ctx, reason: str, detail: Mapping[str, Any], /, **changes: Unpack[RunChanges]
+) -> Decision:
     run = c.run
     grace_until = c.now + timedelta(seconds=run.spec.grace_s)
     first_wake = grace_until
     verified = changes.get("checkpoint", run.checkpoint) is CheckpointStatus.VERIFIED
     if run.spec.grace_mode is GraceMode.UNTIL_QUIET and verified:
         first_wake = min(grace_until, c.now + timedelta(seconds=run.spec.quiet_s))
-    return c.move(
-        P.GRACE, reason, WakeAt(first_wake), detail=detail, grace_until=grace_until, **changes
-    )
+    changes["grace_until"] = grace_until
+    return c.move(P.GRACE, reason, WakeAt(first_wake), detail=detail, **changes)
 
 
 def _ended_phase(state: InstanceState) -> Phase:
@@ -501,6 +523,14 @@ def _of_this_instance(handler: _InstanceHandler) -> _InstanceHandler:
     return handle
 
 
+def _first_checkpoint_try(c: _Ctx) -> AttemptState:
+    return replace(c.run.this_attempt, checkpoint_tries=1)
+
+
+def _ended(run: Run, state: InstanceState) -> AttemptState:
+    return replace(run.this_attempt, instance_ended=state)
+
+
 def _seen(event: InstanceObserved) -> dict[str, Any]:
     return {"instance_state": str(event.state), "source": event.source}
 
@@ -518,17 +548,17 @@ def _pending_observed(c: _Ctx, event: InstanceObserved) -> Decision:
     if run.spec.spot:
         # Level-triggered: a spot instance that goes was taken back, whether its warning
         # came first or not; the same last look as after a warning decides.
-        return c.stay(c.check_prefix(), instance_ended=state)
+        return c.stay(c.check_prefix(), this_attempt=_ended(run, state))
     reason = f"instance ended before training started (instance {state})"
     return _crashed(c, reason, _seen(event))
 
 
 @_of_this_instance
 def _watched_observed(c: _Ctx, event: InstanceObserved) -> Decision:
-    if event.state.is_alive or c.run.instance_ended is not None:
+    if event.state.is_alive or c.run.this_attempt.instance_ended is not None:
         return c.stay()
     # Level-triggered: one last look at the prefix decides completed or crashed.
-    return c.stay(c.check_prefix(), instance_ended=event.state)
+    return c.stay(c.check_prefix(), this_attempt=_ended(c.run, event.state))
 
 
 @_of_this_instance
@@ -543,7 +573,9 @@ def _grace_observed(c: _Ctx, event: InstanceObserved) -> Decision:
     return c.stay() if event.state.is_alive else _gone_with_nothing_left_to_do(c, event)
 
 
-def _gone_with_nothing_left_to_do(c: _Ctx, event: InstanceObserved, **changes: Any) -> Decision:
+def _gone_with_nothing_left_to_do(
+    c: _Ctx, event: InstanceObserved, **changes: Unpack[RunChanges]
+) -> Decision:
     return c.move(
         _ended_phase(event.state),
         f"instance {event.state} during {c.run.phase}; nothing left to do",
@@ -578,10 +610,10 @@ def _terminating_observed(c: _Ctx, event: InstanceObserved) -> Decision:
 def _interrupting_observed(c: _Ctx, event: InstanceObserved) -> Decision:
     if event.state.is_alive:
         return _interrupt_overdue(c, event.state) if _overdue(c) else c.stay()
-    if c.run.instance_ended is not None:
+    if c.run.this_attempt.instance_ended is not None:
         return c.stay()
     # One last look: a marker written just before the warning means training completed.
-    return c.stay(c.check_prefix(), instance_ended=event.state)
+    return c.stay(c.check_prefix(), this_attempt=_ended(c.run, event.state))
 
 
 _ListingHandler = Callable[[_Ctx, PrefixListed], Decision]
@@ -620,15 +652,15 @@ def _grace_listed(c: _Ctx, event: PrefixListed) -> Decision:
 def _last_look_listed(c: _Ctx, event: PrefixListed) -> Decision:
     """Pending (spot) or interrupting, once the instance went: the last look decides."""
     run = c.run
-    if run.instance_ended is None:
+    if run.this_attempt.instance_ended is None:
         return c.stay()
     # A failure marker here is most likely the shutdown killing the job: not evidence.
     verdict = evaluate(run.spec, event.objects, run.outputs_seen, since=_cutoff(run))
     why = _taken_back(run)
     if isinstance(verdict, Completed):
         why = f"{verdict.evidence}; {why}"
-        return _interrupted(c, why, run.instance_ended, outcome=Outcome.COMPLETED)
-    return _interrupted(c, why, run.instance_ended)
+        return _interrupted(c, why, run.this_attempt.instance_ended, outcome=Outcome.COMPLETED)
+    return _interrupted(c, why, run.this_attempt.instance_ended)
 
 
 @_reading_reports
@@ -638,10 +670,10 @@ def _watched_listed(c: _Ctx, event: PrefixListed) -> Decision:
     if isinstance(verdict, FailureMarked):
         return c.stay(ReadObject(verdict.key))
     if isinstance(verdict, Completed):
-        if run.instance_ended is not None:
+        if run.this_attempt.instance_ended is not None:
             return c.move(
-                _ended_phase(run.instance_ended),
-                f"{verdict.evidence}; instance was already {run.instance_ended}",
+                _ended_phase(run.this_attempt.instance_ended),
+                f"{verdict.evidence}; instance was already {run.this_attempt.instance_ended}",
                 outcome=Outcome.COMPLETED,
             )
         action = _ON_COMPLETE_ACTION[run.spec.on_complete]
@@ -650,21 +682,23 @@ def _watched_listed(c: _Ctx, event: PrefixListed) -> Decision:
                 P.CHECKPOINTING,
                 f"{verdict.evidence}; ending training and saving the final checkpoint",
                 c.run_checkpoint(),
-                outcome=Outcome.COMPLETED, pending_action=action, checkpoint_tries=1,
+                outcome=Outcome.COMPLETED, pending_action=action,
+                this_attempt=_first_checkpoint_try(c),
             )  # fmt: skip
         return _enter_grace(
             c, verdict.evidence, {}, outcome=Outcome.COMPLETED, pending_action=action
         )
-    if run.instance_ended is not None:
+    if run.this_attempt.instance_ended is not None:
         if run.spec.spot:
             return _interrupted(
                 c,
-                f"spot instance {run.instance_ended} without a request from the supervisor",
-                run.instance_ended,
+                f"spot instance {run.this_attempt.instance_ended} without a request from the "
+                "supervisor",
+                run.this_attempt.instance_ended,
             )
         return _crashed(
             c,
-            f"instance {run.instance_ended} without a request from the supervisor, "
+            f"instance {run.this_attempt.instance_ended} without a request from the supervisor, "
             "and no completion marker",
         )
     return _heartbeat(c, event.objects, verdict.outputs)
@@ -674,10 +708,10 @@ def _taken_back(run: Run) -> str:
     """Why a spot run whose instance went, while interrupting or still pending, is over."""
     if run.phase is P.PENDING:
         return (
-            f"spot instance {run.instance_ended} before training started, "
+            f"spot instance {run.this_attempt.instance_ended} before training started, "
             "without a request from the supervisor"
         )
-    return f"spot instance {run.instance_ended} after the interruption warning"
+    return f"spot instance {run.this_attempt.instance_ended} after the interruption warning"
 
 
 def _crashed(c: _Ctx, reason: str, detail: Mapping[str, Any] | None = None) -> Decision:
@@ -716,7 +750,7 @@ def _heartbeat(
     return scheduled
 
 
-def _polling(run: Run) -> dict[str, Any]:
+def _polling(run: Run) -> RunChanges:
     return {
         "checks": run.checks,
         "next_check_at": run.next_check_at,
@@ -745,7 +779,7 @@ def _apply_stall_policy(c: _Ctx) -> Decision:
         return c.move(
             P.CHECKPOINTING, f"{why}: saving the final checkpoint, then {action}",
             c.run_checkpoint(), outcome=Outcome.STALLED, pending_action=action,
-            checkpoint_tries=1,
+            this_attempt=_first_checkpoint_try(c),
         )  # fmt: skip
     return c.act(action, f"{why}: {action} requested", outcome=Outcome.STALLED)
 
@@ -816,10 +850,13 @@ def _verify(result: CommandResult, location: S3Prefix, *, early: bool = False) -
 
 def _checkpoint_attempt_failed(c: _Ctx, why: str, detail: Mapping[str, Any]) -> Decision:
     run = c.run
-    if run.checkpoint_tries < run.spec.checkpoint_attempts:
-        tries = run.checkpoint_tries + 1
-        return c.stay(c.run_checkpoint(), checkpoint_tries=tries)
-    return _checkpoint_failed(c, f"{why} (after {run.checkpoint_tries} attempt(s))", detail)
+    if run.this_attempt.checkpoint_tries < run.spec.checkpoint_attempts:
+        tries = run.this_attempt.checkpoint_tries + 1
+        attempt = replace(run.this_attempt, checkpoint_tries=tries)
+        return c.stay(c.run_checkpoint(), this_attempt=attempt)
+    return _checkpoint_failed(
+        c, f"{why} (after {run.this_attempt.checkpoint_tries} attempt(s))", detail
+    )
 
 
 def _checkpoint_failed(c: _Ctx, why: str, detail: Mapping[str, Any]) -> Decision:
@@ -843,7 +880,7 @@ def _final_checked(c: _Ctx, event: CheckpointChecked) -> Decision:
     run, v = c.run, event.verification
     detail: dict[str, Any] = {
         "files": v.files, "bytes": v.bytes, "verify_s": round(event.seconds, 3),
-        "checkpoint_attempt": run.checkpoint_tries,
+        "checkpoint_attempt": run.this_attempt.checkpoint_tries,
     }  # fmt: skip
     if event.manifest is not None:
         detail["checkpoint_name"] = event.manifest.checkpoint
@@ -853,7 +890,7 @@ def _final_checked(c: _Ctx, event: CheckpointChecked) -> Decision:
         detail["problems"] = list(v.problems)
         return _checkpoint_attempt_failed(c, f"checkpoint not verified: {v.summary()}", detail)
     reason = f"checkpoint verified: {v.summary()}"
-    verified = {
+    verified: RunChanges = {
         "checkpoint": CheckpointStatus.VERIFIED, "verified_attempt": run.attempt,
         "verified_location": str(run.spec.checkpoint_location),
     }  # fmt: skip
@@ -899,10 +936,10 @@ def _grace_effect_failed(c: _Ctx, _: EffectFailed) -> Decision:
 
 def _last_look_failed(c: _Ctx, event: EffectFailed) -> Decision | None:
     """The last look at the prefix failed; the instance is gone all the same."""
-    if c.run.instance_ended is None:
+    if c.run.this_attempt.instance_ended is None:
         return None
     why = f"{_taken_back(c.run)} (last look at the prefix failed: {event.code})"
-    return _interrupted(c, why, c.run.instance_ended)
+    return _interrupted(c, why, c.run.this_attempt.instance_ended)
 
 
 def _pending_effect_failed(c: _Ctx, event: EffectFailed) -> Decision:
@@ -919,7 +956,9 @@ def _interrupting_effect_failed(c: _Ctx, event: EffectFailed) -> Decision:
 
 
 def _watched_effect_failed(c: _Ctx, event: EffectFailed) -> Decision:
-    return c.schedule_next_check() if event.transient else _failed_for_good(c, event)
+    if not event.transient:
+        return _failed_for_good(c, event)
+    return c.schedule_next_check(c.run.outputs_seen)
 
 
 def _checkpointing_effect_failed(c: _Ctx, event: EffectFailed) -> Decision:
@@ -934,7 +973,7 @@ def _resuming_effect_failed(c: _Ctx, event: EffectFailed) -> Decision:
         return _failed_for_good(c, event)
     # Start/launch gave up on transient errors: look again and redo what is still needed
     # (a launch is idempotent through its client token).
-    return c.stay(ObserveInstance(), resume_stage="observe")
+    return c.stay(ObserveInstance(), resume=_stage(c, ResumeStage.OBSERVE))
 
 
 def _acting_effect_failed(c: _Ctx, event: EffectFailed) -> Decision:
@@ -969,7 +1008,7 @@ def _user_while_watching(c: _Ctx, event: UserRequested) -> Decision:
     return c.move(
         P.CHECKPOINTING, f"{action} requested by user; saving the final checkpoint first",
         c.run_checkpoint(), outcome=run.outcome or Outcome.CANCELLED, pending_action=action,
-        checkpoint_tries=1,
+        this_attempt=_first_checkpoint_try(c),
     )  # fmt: skip
 
 
@@ -1075,13 +1114,17 @@ def _warned_while_watched(c: _Ctx, event: SpotInterruptionWarning) -> Decision:
     command = RunInstanceCommand(checkpoint_command(run, sigterm_timeout_s=sigterm), remaining)
     return c.move(
         P.INTERRUPTING, f"{why}; saving the final checkpoint now", _overdue_wake(event), command,
-        detail=detail, interrupt_deadline=event.deadline, checkpoint_tries=1,
+        detail=detail, interrupt_deadline=event.deadline, this_attempt=_first_checkpoint_try(c),
         outcome=run.outcome or Outcome.INTERRUPTED,
     )  # fmt: skip
 
 
 def _warned(
-    c: _Ctx, event: SpotInterruptionWarning, note: str | None = None, **changes: Any
+    c: _Ctx,
+    event: SpotInterruptionWarning,
+    note: str | None = None,
+    /,
+    **changes: Unpack[RunChanges],
 ) -> Decision:
     """Interrupting without a checkpoint step of its own: wait for AWS to take the instance."""
     run = c.run
@@ -1089,10 +1132,13 @@ def _warned(
     if note is None:
         configured = run.spec.checkpointing
         note = f"during {run.phase}" if configured else "no checkpoint step configured"
+    changes.update(
+        {"interrupt_deadline": event.deadline, "outcome": run.outcome or Outcome.INTERRUPTED}
+    )
+    why = f"{why}; {note}"
     return c.move(
-        P.INTERRUPTING, f"{why}; {note}", _overdue_wake(event), ObserveInstance(), detail=detail,
-        interrupt_deadline=event.deadline, outcome=run.outcome or Outcome.INTERRUPTED, **changes,
-    )  # fmt: skip
+        P.INTERRUPTING, why, _overdue_wake(event), ObserveInstance(), detail=detail, **changes
+    )
 
 
 def _warned_during_resume(c: _Ctx, event: SpotInterruptionWarning) -> Decision:
@@ -1157,19 +1203,27 @@ def _interrupt_command_finished(c: _Ctx, event: CommandFinished) -> Decision:
 
 def _interrupt_retry_or_give_up(c: _Ctx) -> Decision:
     run, left = c.run, _seconds_left(c)
-    if not run.spec.checkpointing or run.checkpoint_tries == 0:
+    if not run.spec.checkpointing or run.this_attempt.checkpoint_tries == 0:
         return c.stay()  # no checkpoint step under way in this interruption
-    if left is not None and left > 1 and run.checkpoint_tries < run.spec.checkpoint_attempts:
+    if (
+        left is not None
+        and left > 1
+        and run.this_attempt.checkpoint_tries < run.spec.checkpoint_attempts
+    ):
         command = checkpoint_command(run, sigterm_timeout_s=0)  # the process was signalled
-        return c.stay(RunInstanceCommand(command, left), checkpoint_tries=run.checkpoint_tries + 1)
-    return c.stay(checkpoint=CheckpointStatus.UNVERIFIED, seconds_left=left)
+        tries = run.this_attempt.checkpoint_tries + 1
+        attempt = replace(run.this_attempt, checkpoint_tries=tries)
+        return c.stay(RunInstanceCommand(command, left), this_attempt=attempt)
+    attempt = replace(run.this_attempt, seconds_left=left)
+    return c.stay(checkpoint=CheckpointStatus.UNVERIFIED, this_attempt=attempt)
 
 
 def _interrupt_checked(c: _Ctx, event: CheckpointChecked) -> Decision:
     if not event.verification.ok:
         return _interrupt_retry_or_give_up(c)
+    left = replace(c.run.this_attempt, seconds_left=_seconds_left(c))
     return c.stay(checkpoint=CheckpointStatus.VERIFIED,
-                  verified_attempt=c.run.attempt, seconds_left=_seconds_left(c),
+                  verified_attempt=c.run.attempt, this_attempt=left,
                   verified_location=str(c.run.spec.checkpoint_location))  # fmt: skip
 
 
@@ -1180,7 +1234,7 @@ def _interrupted(
     detail: dict[str, Any] = {
         "instance_state": str(state),
         "checkpoint": str(run.checkpoint) if run.checkpoint else None,
-        "seconds_left_when_verified": run.seconds_left,
+        "seconds_left_when_verified": run.this_attempt.seconds_left,
     }
     effects: tuple[Effect, ...] = ()
     outcome = outcome or run.outcome or Outcome.INTERRUPTED
@@ -1224,51 +1278,57 @@ def _on_resume(c: _Ctx, event: ResumeRequested) -> Decision:
     return c.move(
         P.RESUMING, f"resume requested {how} (attempt {run.attempt + 1})", ObserveInstance(),
         detail={"from_scratch": event.from_scratch, "attempt": run.attempt + 1},
-        from_scratch=event.from_scratch, resume_stage="observe", action_acked_at=None,
+        resume=Resume(from_scratch=event.from_scratch), action_acked_at=None,
     )  # fmt: skip
 
 
 @_of_this_instance
 def _resuming_observed(c: _Ctx, event: InstanceObserved) -> Decision:
-    run, state, stage = c.run, event.state, c.run.resume_stage or "observe"
-    if stage not in ("observe", "starting", "launching"):
+    run, state, stage = c.run, event.state, c.run.resume.stage
+    if stage not in (ResumeStage.OBSERVE, ResumeStage.STARTING, ResumeStage.LAUNCHING):
         return c.stay()  # restore/start in progress or waiting for the agent
     if state is InstanceState.RUNNING:
         # Only a verified checkpoint is restored (also after a restart lost `from_scratch`).
         verified = run.spec.checkpointing and run.verified_attempt is not None
-        if run.from_scratch or not verified:
+        if run.resume.from_scratch or not verified:
             return c.stay(RunInstanceCommand(start_command(run), START_TIMEOUT_S),
-                          resume_stage="start")  # fmt: skip
+                          resume=_stage(c, ResumeStage.START))  # fmt: skip
         return c.stay(RunInstanceCommand(restore_command(run), RESTORE_TIMEOUT_S),
-                      resume_stage="restore")  # fmt: skip
-    if state is InstanceState.STOPPED and stage == "observe":
-        return c.stay(ActOnInstance(Action.START), resume_stage="starting")
-    if state.is_gone and stage in ("observe", "starting"):
+                      resume=_stage(c, ResumeStage.RESTORE))  # fmt: skip
+    if state is InstanceState.STOPPED and stage is ResumeStage.OBSERVE:
+        return c.stay(ActOnInstance(Action.START), resume=_stage(c, ResumeStage.STARTING))
+    if state.is_gone and stage in (ResumeStage.OBSERVE, ResumeStage.STARTING):
         if run.spec.launch_template is None:
             return c.move(
                 P.FAILED,
                 f"instance {run.instance_id} is {state} and the spec has no launch_template",
                 error_code="InstanceGone",
             )
-        return c.stay(LaunchInstance(), resume_stage="launching")
-    if state.is_gone and stage == "launching":
+        return c.stay(LaunchInstance(), resume=_stage(c, ResumeStage.LAUNCHING))
+    if state.is_gone and stage is ResumeStage.LAUNCHING:
         return c.stay()  # the launch result (InstanceLaunched) is what matters
     return c.stay()  # pending/stopping: the next observation decides
 
 
+def _stage(c: _Ctx, stage: ResumeStage) -> Resume:
+    return replace(c.run.resume, stage=stage)
+
+
 def _on_launched(c: _Ctx, event: InstanceLaunched) -> Decision:
     return c.stay(ObserveInstance(), instance_id=event.instance_id,
-                  resume_stage="starting")  # fmt: skip
+                  resume=_stage(c, ResumeStage.STARTING))  # fmt: skip
 
 
 @_not_early
 def _resume_command_finished(c: _Ctx, event: CommandFinished) -> Decision:
     run, result = c.run, event.result
-    if result.status is CommandStatus.UNDELIVERED and run.command_tries < AGENT_WAIT_TRIES:
+    if result.status is CommandStatus.UNDELIVERED and run.resume.command_tries < AGENT_WAIT_TRIES:
         # A freshly started or launched instance reports "running" before its SSM agent
         # has registered: wait, look again, and send the command again.
         at = c.now + timedelta(seconds=AGENT_WAIT_S)
-        return c.stay(WakeAt(at), resume_stage="wait-agent", command_tries=run.command_tries + 1)
+        tries = run.resume.command_tries + 1
+        waiting = replace(run.resume, stage=ResumeStage.WAIT_AGENT, command_tries=tries)
+        return c.stay(WakeAt(at), resume=waiting)
     if not result.ok:
         return c.move(
             P.FAILED, f"resume {event.kind} failed: {result.error()}",
@@ -1277,21 +1337,21 @@ def _resume_command_finished(c: _Ctx, event: CommandFinished) -> Decision:
         )  # fmt: skip
     if event.kind is CommandKind.RESTORE:
         return c.stay(RunInstanceCommand(start_command(run), START_TIMEOUT_S),
-                      resume_stage="start")  # fmt: skip
+                      resume=_stage(c, ResumeStage.START))  # fmt: skip
     if event.kind is not CommandKind.START:
         return c.stay()
     attempt = run.attempt + 1
     return c.move(
         P.RUNNING,
         f"resumed on {run.instance_id} (attempt {attempt}, "
-        f"{'from scratch' if run.from_scratch else 'checkpoint restored'})",
+        f"{'from scratch' if run.resume.from_scratch else 'checkpoint restored'})",
         c.check_prefix(),
         detail={"attempt": attempt, "instance_id": run.instance_id,
-                "pid": result.result.get("pid"), "from_scratch": run.from_scratch},
+                "pid": result.result.get("pid"), "from_scratch": run.resume.from_scratch},
         attempt=attempt, started_at=c.now, outcome=None, checkpoint=None, pending_action=None,
         grace_until=None, action_acked_at=None, error_code=None, checks=0, next_check_at=None,
-        outputs_seen=None, instance_ended=None, process_exited=False, resume_stage="",
-        interrupt_deadline=None, seconds_left=None, early_checkpoint=False,
+        outputs_seen=None, process_exited=False, interrupt_deadline=None,
+        this_attempt=AttemptState(), resume=Resume(),
     )  # fmt: skip
 
 
@@ -1300,31 +1360,35 @@ def _resume_command_finished(c: _Ctx, event: CommandFinished) -> Decision:
 
 def _rebalance_watched(c: _Ctx, _: RebalanceRecommended) -> Decision:
     run, spec = c.run, c.run.spec
-    if spec.on_rebalance is not OnRebalance.CHECKPOINT or run.early_checkpoint:
+    if spec.on_rebalance is not OnRebalance.CHECKPOINT or run.this_attempt.early_checkpoint:
         return c.stay()  # ignored by policy, or already under way
     command = checkpoint_command(run, early=True)
     # In the background: a spot warning during the upload must start the final step at once.
     effect = RunInstanceCommand(command, CHECKPOINT_UPLOAD_BUDGET_S, background=True)
-    return c.stay(effect, early_checkpoint=True)
+    return c.stay(effect, this_attempt=replace(run.this_attempt, early_checkpoint=True))
 
 
 def _early_command_finished(c: _Ctx, event: CommandFinished) -> Decision:
     run, result = c.run, event.result
-    if event.kind is not CommandKind.CHECKPOINT or not run.early_checkpoint:
+    if event.kind is not CommandKind.CHECKPOINT or not run.this_attempt.early_checkpoint:
         return c.stay()
     if not result.ok:
-        return c.stay(early_checkpoint=False)  # training goes on; the final step is unchanged
+        return c.stay(this_attempt=_early_over(c))  # training goes on; the final step is as it was
     return c.stay(_verify(result, run.spec.early_checkpoint_location, early=True))
 
 
+def _early_over(c: _Ctx) -> AttemptState:
+    return replace(c.run.this_attempt, early_checkpoint=False)
+
+
 def _early_checked(c: _Ctx, event: CheckpointChecked) -> Decision:
-    if not c.run.early_checkpoint:
+    if not c.run.this_attempt.early_checkpoint:
         return c.stay()
     if not event.verification.ok:
-        return c.stay(early_checkpoint=False)
+        return c.stay(this_attempt=_early_over(c))
     # A resume can restore it; the final checkpoint (and the terminate rule) is unchanged.
     location = str(c.run.spec.early_checkpoint_location)
-    return c.stay(early_checkpoint=False, verified_attempt=c.run.attempt,
+    return c.stay(this_attempt=_early_over(c), verified_attempt=c.run.attempt,
                   verified_location=location)  # fmt: skip
 
 
