@@ -84,6 +84,7 @@ from supervisor.core.events import (
 from supervisor.core.reports import report_keys
 from supervisor.core.run import (
     ACTIVE_PHASES,
+    TERMINAL_PHASES,
     AttemptState,
     CheckpointStatus,
     Outcome,
@@ -1421,7 +1422,6 @@ _WATCHED: _Row = {
     CommandFinished: _early_command_finished,
     CheckpointChecked: _early_checked,
 }
-_RESUMABLE: _Row = {ResumeRequested: _on_resume}
 
 _TABLE: Mapping[Phase, _Row] = {
     P.PENDING: {
@@ -1487,13 +1487,9 @@ _TABLE: Mapping[Phase, _Row] = {
         EffectFailed: _resuming_effect_failed,
         SpotInterruptionWarning: _warned_during_resume,
     },
-    P.STOPPED: _RESUMABLE,
-    P.TERMINATED: _RESUMABLE,
-    P.CRASHED: _RESUMABLE,
-    P.INTERRUPTED: _RESUMABLE,
-    P.DONE: {},
-    P.FAILED: {},
-    P.DETACHED: {},
+    # A terminal phase takes nothing, except a resume where training can go on.
+    **{phase: {} for phase in TERMINAL_PHASES},
+    **{phase: {ResumeRequested: _on_resume} for phase in _RESUMABLE_PHASES},
 }
 
 TRANSITIONS: Mapping[tuple[Phase, type[Any]], _Handler] = {
