@@ -1349,11 +1349,21 @@ def _resume_command_finished(c: _Ctx, event: CommandFinished) -> Decision:
         c.check_prefix(),
         detail={"attempt": attempt, "instance_id": run.instance_id,
                 "pid": result.result.get("pid"), "from_scratch": run.resume.from_scratch},
-        attempt=attempt, started_at=c.now, outcome=None, checkpoint=None, pending_action=None,
-        grace_until=None, action_acked_at=None, error_code=None, checks=0, next_check_at=None,
-        outputs_seen=None, process_exited=False, interrupt_deadline=None,
-        this_attempt=AttemptState(), resume=Resume(),
+        **_new_attempt(c),
     )  # fmt: skip
+
+
+def _new_attempt(c: _Ctx) -> RunChanges:
+    """The next attempt at training, as changes: its number and start, and everything the last
+    attempt left (how it ended, its intent, acknowledgement and deadline, the polling state,
+    the sub-state values) fresh. What carries over: the spec, the instance, the verified
+    checkpoint a later resume restores, and the report files already read."""
+    return {
+        "attempt": c.run.attempt + 1, "started_at": c.now, "outcome": None, "checkpoint": None,
+        "pending_action": None, "grace_until": None, "action_acked_at": None, "error_code": None,
+        "process_exited": False, "interrupt_deadline": None, "checks": 0, "next_check_at": None,
+        "outputs_seen": None, "this_attempt": AttemptState(), "resume": Resume(),
+    }  # fmt: skip
 
 
 # -- rebalance recommendations: an early checkpoint, training goes on ---------------------------

@@ -1379,6 +1379,7 @@ def test_a_started_resume_is_running_again_as_a_new_attempt_with_a_clean_slate()
         action_acked_at=NOW, error_code="X", checks=7, process_exited=True,
         started_at=NOW - timedelta(days=1), interrupt_deadline=DEADLINE, early_checkpoint=True,
         checkpoint_tries=2, instance_ended=S.TERMINATED, seconds_left=3.0, command_tries=4,
+        next_check_at=NOW, outputs_seen=(("model.pt", "e1", 10),),
     )  # fmt: skip
     later = NOW + timedelta(minutes=5)
     d = run_step(run, finished(ST, pid=777), now=later)
@@ -1392,6 +1393,15 @@ def test_a_started_resume_is_running_again_as_a_new_attempt_with_a_clean_slate()
     assert (d.run.process_exited, d.run.resume.from_scratch) == (False, False)
     assert d.run.interrupt_deadline is None
     assert (d.run.this_attempt, d.run.resume) == (AttemptState(), Resume())
+    # Any other field (a new one too) either carries over, or starts fresh at its default.
+    carried = {"spec", "instance_id", "verified_attempt", "verified_location", "report_etags"}
+    moved = {"phase", "version", "phase_since", "reason", "attempt", "started_at"}
+    for f in dataclasses.fields(Run):
+        if f.name in carried:
+            assert getattr(d.run, f.name) == getattr(run, f.name), f.name
+        elif f.name not in moved:
+            fresh = None if f.default is dataclasses.MISSING else f.default
+            assert getattr(d.run, f.name) == fresh != getattr(run, f.name), f.name
     # The checkpoint it restored stays the one a later resume restores, until a newer one.
     assert d.run.verified_attempt == 1
     assert d.transition is not None
