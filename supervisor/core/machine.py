@@ -255,7 +255,7 @@ def step(run: Run, event: Event, *, now: datetime, policy: Policy, rng: random.R
             f"run {run.spec.run_id} is {run.phase}: {type(event).__name__} does not apply"
         )
     decision = handler(_Ctx(run, now, policy, rng), event)
-    if decision.run != run:  # `Run.__eq__` compares the persisted fields only
+    if decision.run is not run and decision.run != run:  # `__eq__`: the persisted fields
         decision = replace(decision, persist=True)
     t = decision.transition
     if t is not None and (t.from_phase, t.to_phase) not in EDGES:
@@ -315,6 +315,10 @@ def start_command(run: Run) -> InstanceCommand:
 
 @dataclass(frozen=True, slots=True)
 class _Ctx:
+    """What a handler decides from (the run, `now`, the policy, the rng), and the three ways
+    to decide: `stay` in the phase, `move` to another (a transition), `act` on the instance
+    (an intent). Whether the result must be persisted is for `step()` to work out."""
+
     run: Run
     now: datetime
     policy: Policy
@@ -922,11 +926,14 @@ def _action_succeeded(c: _Ctx, event: ActionSucceeded) -> Decision:
 
 
 def _failed_for_good(c: _Ctx, event: EffectFailed) -> Decision:
-    detail = {"operation": event.operation, "error_code": event.code, "message": event.message}
     return c.move(
         P.FAILED, f"{event.operation} failed: {event.code}: {event.message}",
-        detail=detail, error_code=event.code,
+        detail=_failure(event), error_code=event.code,
     )  # fmt: skip
+
+
+def _failure(event: EffectFailed) -> dict[str, Any]:
+    return {"operation": event.operation, "error_code": event.code, "message": event.message}
 
 
 def _grace_effect_failed(c: _Ctx, _: EffectFailed) -> Decision:
@@ -965,8 +972,8 @@ def _watched_effect_failed(c: _Ctx, event: EffectFailed) -> Decision:
 def _checkpointing_effect_failed(c: _Ctx, event: EffectFailed) -> Decision:
     if not event.transient:
         return _failed_for_good(c, event)
-    detail = {"operation": event.operation, "error_code": event.code, "message": event.message}
-    return _checkpoint_attempt_failed(c, f"{event.operation}: {event.code}", detail)
+    why = f"{event.operation}: {event.code}"
+    return _checkpoint_attempt_failed(c, why, _failure(event))
 
 
 def _resuming_effect_failed(c: _Ctx, event: EffectFailed) -> Decision:
