@@ -1505,12 +1505,12 @@ _TABLE: Mapping[Phase, _Row] = {
         SpotInterruptionWarning: _warned_during_resume,
     },
     # A terminal phase takes nothing, except a resume where training can go on.
-    **{phase: {} for phase in TERMINAL_PHASES},
+    **{phase: {} for phase in Phase if phase in TERMINAL_PHASES},
     **{phase: {ResumeRequested: _on_resume} for phase in _RESUMABLE_PHASES},
 }
 
 TRANSITIONS: Mapping[tuple[Phase, type[Any]], _Handler] = {
-    (phase, event): handler for phase, row in _TABLE.items() for event, handler in row.items()
+    (phase, event): handler for phase in Phase for event, handler in _TABLE[phase].items()
 }
 """(phase, event type) -> the function that decides: the one table `step()` looks up."""
 
