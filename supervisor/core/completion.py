@@ -63,7 +63,12 @@ def listing_request(spec: RunSpec) -> ListRequest:
     if len(folders) == 1:
         (folder,) = folders
         return ListRequest(prefix.bucket, prefix.key(f"{folder}/" if folder else ""), "/")
-    return ListRequest(prefix.bucket, prefix.prefix, None)
+    return whole_prefix_request(spec)
+
+
+def whole_prefix_request(spec: RunSpec) -> ListRequest:
+    """The recursive listing of the whole run prefix (an until-quiet grace needs every key)."""
+    return ListRequest(spec.prefix.bucket, spec.prefix.prefix, None)
 
 
 def evaluate(

@@ -2,8 +2,10 @@
 
 Two tables are the contract, and tests walk both:
 
-- `ACCEPTS`: which event types each phase takes. Anything else raises `InvalidTransition`
-  and nothing changes.
+- `TRANSITIONS`: (phase, event type) -> the function that decides (h11's
+  `EVENT_TRIGGERED_TRANSITIONS`), written as one row per phase at the end of this module.
+  What a phase accepts (`ACCEPTS`) is derived from its keys; any other event raises
+  `InvalidTransition` and nothing changes. A new phase or event is a row plus its handler.
 - `EDGES`: the legal phase changes. A handler that tried any other change is a bug, and
   `step()` refuses it the same way.
 
@@ -18,27 +20,29 @@ never terminated unless its final checkpoint was verified in S3; the terminate b
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Unpack
 
 from supervisor.core.backoff import BackoffPolicy, base_delay, checks_made, delay
 from supervisor.core.checkpoint import (
     MANIFEST_NAME,
     CommandKind,
+    CommandResult,
     CommandStatus,
     InstanceCommand,
 )
 from supervisor.core.completion import (
     Completed,
     FailureMarked,
-    ListRequest,
     OutputSnapshot,
     evaluate,
     listing_request,
     watched_keys,
+    whole_prefix_request,
 )
 from supervisor.core.effects import (
     ActOnInstance,
@@ -78,7 +82,18 @@ from supervisor.core.events import (
     UserRequested,
 )
 from supervisor.core.reports import report_keys
-from supervisor.core.run import TERMINAL_PHASES, CheckpointStatus, Outcome, Phase, Run
+from supervisor.core.run import (
+    ACTIVE_PHASES,
+    TERMINAL_PHASES,
+    AttemptState,
+    CheckpointStatus,
+    Outcome,
+    Phase,
+    Resume,
+    ResumeStage,
+    Run,
+    RunChanges,
+)
 from supervisor.core.spec import (
     CheckpointFailure,
     GraceMode,
@@ -88,50 +103,11 @@ from supervisor.core.spec import (
     OnStall,
     RunSpec,
 )
-from supervisor.core.values import InstanceState, ObjectInfo
+from supervisor.core.values import InstanceState, ObjectInfo, S3Prefix
 
 P = Phase
 
-_ALWAYS: frozenset[type[Any]] = frozenset(
-    {
-        Armed, Tick, InstanceObserved, UserRequested, MonitorFailed, Nudge,
-        RebalanceRecommended, ReportIngested,
-    }
-)  # fmt: skip
-_RESUMABLE = (P.STOPPED, P.TERMINATED, P.CRASHED, P.INTERRUPTED)
-_WATCHING = _ALWAYS | {
-    PrefixListed, ObjectRead, EffectFailed, SpotInterruptionWarning,
-    CommandFinished, CheckpointChecked,  # a rebalance's early checkpoint
-}  # fmt: skip
-
-ACCEPTS: Mapping[Phase, frozenset[type[Any]]] = {
-    # (a spot instance gone while pending: one last look at the prefix, as from running)
-    P.PENDING: _ALWAYS | {SpotInterruptionWarning, PrefixListed, EffectFailed},
-    P.RUNNING: _WATCHING,
-    P.STALLED: _WATCHING,
-    P.CHECKPOINTING: _ALWAYS
-    | {CommandFinished, CheckpointChecked, EffectFailed, SpotInterruptionWarning},
-    P.GRACE: _ALWAYS | {PrefixListed, EffectFailed, SpotInterruptionWarning},
-    P.INTERRUPTING: _ALWAYS | {CommandFinished, CheckpointChecked, EffectFailed, PrefixListed},
-    P.STOPPING: _ALWAYS | {ActionSucceeded, EffectFailed},
-    P.TERMINATING: _ALWAYS | {ActionSucceeded, EffectFailed},
-    P.RESUMING: _ALWAYS
-    | {ActionSucceeded, InstanceLaunched, CommandFinished, EffectFailed, SpotInterruptionWarning},
-    **{phase: frozenset() for phase in TERMINAL_PHASES},
-    **{phase: frozenset({ResumeRequested}) for phase in _RESUMABLE},
-}
-
-_ACTIVE = (
-    P.PENDING,
-    P.RUNNING,
-    P.STALLED,
-    P.CHECKPOINTING,
-    P.GRACE,
-    P.STOPPING,
-    P.TERMINATING,
-    P.RESUMING,
-    P.INTERRUPTING,
-)
+_RESUMABLE_PHASES = (P.STOPPED, P.TERMINATED, P.CRASHED, P.INTERRUPTED)
 
 _EDGES = frozenset(
     {
@@ -171,10 +147,10 @@ _EDGES = frozenset(
         # a person's request, from any phase that has not yet acted
         *((p, P.STOPPING) for p in (P.PENDING, P.RUNNING, P.GRACE, P.RESUMING)),
         *((p, P.TERMINATING) for p in (P.PENDING, P.RUNNING, P.RESUMING)),
-        *((p, P.RESUMING) for p in _RESUMABLE),
+        *((p, P.RESUMING) for p in _RESUMABLE_PHASES),
         # detach, and a permanent error, from any non-terminal phase
-        *((p, P.DETACHED) for p in _ACTIVE),
-        *((p, P.FAILED) for p in _ACTIVE),
+        *((p, P.DETACHED) for p in ACTIVE_PHASES),
+        *((p, P.FAILED) for p in ACTIVE_PHASES),
     }
 )
 # A stalled run is still watched: it can go wherever a running one can.
@@ -182,7 +158,6 @@ EDGES: frozenset[tuple[Phase, Phase]] = _EDGES | {
     (P.STALLED, to) for (at, to) in _EDGES if at is P.RUNNING and to is not P.STALLED
 }
 
-_FINAL_PHASE = {Action.STOP: P.STOPPED, Action.TERMINATE: P.TERMINATED}
 _ACTING_PHASE = {Action.STOP: P.STOPPING, Action.TERMINATE: P.TERMINATING}
 _ON_COMPLETE_ACTION = {
     OnComplete.STOP: Action.STOP,
@@ -217,7 +192,8 @@ class Transition:
 @dataclass(frozen=True, slots=True)
 class Decision:
     """What `step()` decided: the new run, its transition (if the phase changed), the effects
-    to carry out, and whether persisted fields changed without a transition."""
+    to carry out, and whether persisted fields changed (`persist`: computed by `step()` from
+    the old and new run, never set by a handler; a transition always changes them)."""
 
     run: Run
     effects: tuple[Effect, ...] = ()
@@ -273,12 +249,14 @@ def step(run: Run, event: Event, *, now: datetime, policy: Policy, rng: random.R
     Raises `InvalidTransition` (and changes nothing) when the run's phase does not take the
     event, or a request makes no sense in it.
     """
-    if type(event) not in ACCEPTS[run.phase]:
+    handler = TRANSITIONS.get((run.phase, type(event)))
+    if handler is None:
         raise InvalidTransition(
             f"run {run.spec.run_id} is {run.phase}: {type(event).__name__} does not apply"
         )
-    handler = _HANDLERS[type(event)]
     decision = handler(_Ctx(run, now, policy, rng), event)
+    if decision.run is not run and decision.run != run:  # `__eq__`: the persisted fields
+        decision = replace(decision, persist=True)
     t = decision.transition
     if t is not None and (t.from_phase, t.to_phase) not in EDGES:
         raise InvalidTransition(f"run {run.spec.run_id}: no edge {t.from_phase} -> {t.to_phase}")
@@ -337,33 +315,51 @@ def start_command(run: Run) -> InstanceCommand:
 
 @dataclass(frozen=True, slots=True)
 class _Ctx:
+    """What a handler decides from (the run, `now`, the policy, the rng), and the three ways
+    to decide: `stay` in the phase, `move` to another (a transition), `act` on the instance
+    (an intent). Whether the result must be persisted is for `step()` to work out."""
+
     run: Run
     now: datetime
     policy: Policy
     rng: random.Random
 
-    def stay(self, *effects: Effect, persist: bool = False, **changes: Any) -> Decision:
+    def stay(self, *effects: Effect, **changes: Unpack[RunChanges]) -> Decision:
         run = self.run.evolve(**changes) if changes else self.run
-        return Decision(run=run, effects=effects, persist=persist)
+        return Decision(run=run, effects=effects)
 
     def move(
         self,
         to: Phase,
         reason: str,
+        /,
         *effects: Effect,
         detail: Mapping[str, Any] | None = None,
-        **changes: Any,
+        **changes: Unpack[RunChanges],
     ) -> Decision:
-        if to not in (P.RUNNING, P.STALLED):
-            changes.setdefault("early_checkpoint", False)  # its step is cancelled on leaving
-        run = self.run.evolve(
-            phase=to, version=self.run.version + 1, phase_since=self.now, reason=reason, **changes
+        attempt = changes.get("this_attempt", self.run.this_attempt)
+        if to not in (P.RUNNING, P.STALLED) and attempt.early_checkpoint:
+            # leaving cancels the early checkpoint's step
+            changes["this_attempt"] = replace(attempt, early_checkpoint=False)
+        changes.update(
+            {
+                "phase": to,
+                "version": self.run.version + 1,
+                "phase_since": self.now,
+                "reason": reason,
+            }
         )
+        run = self.run.evolve(**changes)
         transition = Transition(self.run.phase, to, self.now, reason, dict(detail or {}))
         return Decision(run=run, effects=effects, transition=transition)
 
     def act(
-        self, action: Action, reason: str, detail: Mapping[str, Any] | None = None, **changes: Any
+        self,
+        action: Action,
+        reason: str,
+        detail: Mapping[str, Any] | None = None,
+        /,
+        **changes: Unpack[RunChanges],
     ) -> Decision:
         """Commit the intent (the transition) together with the effect that carries it out.
 
@@ -377,88 +373,109 @@ class _Ctx:
             action = allowed
             reason += "; downgraded to stop: no verified checkpoint, the EBS volume keeps the data"
             detail["downgraded"] = "terminate->stop"
+        changes.update({"action_acked_at": None, "pending_action": None})
         return self.move(
-            _ACTING_PHASE[action],
-            reason,
-            ActOnInstance(action),
-            detail=detail,
-            action_acked_at=None,
-            pending_action=None,
-            **changes,
+            _ACTING_PHASE[action], reason, ActOnInstance(action), detail=detail, **changes
         )
 
     def check_prefix(self) -> ListPrefix:
         return ListPrefix(listing_request(self.run.spec))
 
-    def schedule_next_check(self, **changes: Any) -> Decision:
+    def schedule_next_check(self, outputs_seen: OutputSnapshot | None) -> Decision:
         wait = delay(self.run.checks, self.policy.poll, self.rng)
         at = self.now + timedelta(seconds=wait)
-        return self.stay(WakeAt(at), checks=self.run.checks + 1, next_check_at=at, **changes)
+        return self.stay(
+            WakeAt(at), checks=self.run.checks + 1, next_check_at=at, outputs_seen=outputs_seen
+        )
 
-    def run_checkpoint(self, tries: int) -> RunInstanceCommand:
+    def quiet_check(self) -> ListPrefix:
+        return ListPrefix(whole_prefix_request(self.run.spec))
+
+    def run_checkpoint(self) -> RunInstanceCommand:
         spec = self.run.spec
         return RunInstanceCommand(
             checkpoint_command(self.run), spec.sigterm_timeout_s + CHECKPOINT_UPLOAD_BUDGET_S
         )
 
 
-# -- handlers, one per event type ---------------------------------------------------------------
+# -- handlers, one per (phase, event type) row of `TRANSITIONS` ----------------------------------
 
 
-def _on_armed(c: _Ctx, _: Armed) -> Decision:
-    run = c.run
-    match run.phase:
-        case P.RUNNING | P.STALLED:
-            # After a restart, the backoff goes on where its schedule would be after this long
-            # in the phase, and the first check falls anywhere within one interval at that
-            # level: ten thousand runs at the cap are checked at the steady rate from the
-            # start, not all within the first 30 s. A check persisted as due sooner is kept.
-            checks = checks_made((c.now - run.phase_since).total_seconds(), c.policy.poll)
-            interval = timedelta(seconds=base_delay(checks, c.policy.poll))
-            due = run.next_check_at
-            if due is not None and c.now < due <= c.now + interval:
-                return c.stay(WakeAt(due), checks=checks)
-            at = c.now + interval * c.rng.random()
-            return c.stay(WakeAt(at), checks=checks, next_check_at=at)
-        case P.GRACE:
-            assert run.grace_until is not None
-            if _until_quiet(run):  # it may be quiet already: look now, not at the limit
-                prefix = run.spec.prefix
-                listing = ListPrefix(ListRequest(prefix.bucket, prefix.prefix, None))
-                return c.stay(WakeAt(run.grace_until), listing)
-            return c.stay(WakeAt(run.grace_until))
-        case P.CHECKPOINTING:
-            # The step is idempotent (the process is already gone, the upload is redone).
-            return c.stay(c.run_checkpoint(1), checkpoint_tries=1)
-        case P.INTERRUPTING if run.interrupt_deadline is not None:
-            overdue = run.interrupt_deadline + timedelta(seconds=INTERRUPT_OVERDUE_S)
-            return c.stay(WakeAt(overdue), ObserveInstance())
-        case _:
-            # pending: look for the instance; stopping/terminating/resuming: describe first.
-            return c.stay(ObserveInstance())
-
-
-def _on_tick(c: _Ctx, _: Tick) -> Decision:
-    run = c.run
-    if run.phase is P.STALLED and run.spec.on_stall is not OnStall.NOTIFY:
-        return _apply_stall_policy(c)
-    if run.phase in (P.RUNNING, P.STALLED):
-        if run.next_check_at is not None and c.now < run.next_check_at:
-            return c.stay(WakeAt(run.next_check_at))
-        return c.stay(c.check_prefix())
-    if run.phase is P.INTERRUPTING and _overdue(c):
-        return c.stay(ObserveInstance())
-    if run.phase is P.RESUMING and run.resume_stage == "wait-agent":
-        return c.stay(ObserveInstance(), resume_stage="observe")
-    if run.phase is P.GRACE:
-        assert run.grace_until is not None
-        if c.now >= run.grace_until:
-            return _end_grace(c, "grace over")
-        if _until_quiet(run):
-            prefix = run.spec.prefix
-            return c.stay(ListPrefix(ListRequest(prefix.bucket, prefix.prefix, None)))
-        return c.stay(WakeAt(run.grace_until))
+def _nothing_to_do(c: _Ctx, _: Event) -> Decision:
     return c.stay()
+
+
+def _describe_first(c: _Ctx, _: Armed) -> Decision:
+    """Pending: look for the instance; stopping/terminating/resuming: describe before acting."""
+    return c.stay(ObserveInstance())
+
+
+def _armed_watched(c: _Ctx, _: Armed) -> Decision:
+    # After a restart, the backoff goes on where its schedule would be after this long in the
+    # phase, and the first check falls anywhere within one interval at that level: ten
+    # thousand runs at the cap are checked at the steady rate from the start, not all within
+    # the first 30 s. A check persisted as due sooner is kept.
+    run = c.run
+    checks = checks_made((c.now - run.phase_since).total_seconds(), c.policy.poll)
+    interval = timedelta(seconds=base_delay(checks, c.policy.poll))
+    due = run.next_check_at
+    if due is not None and c.now < due <= c.now + interval:
+        return c.stay(WakeAt(due), checks=checks)
+    at = c.now + interval * c.rng.random()
+    return c.stay(WakeAt(at), checks=checks, next_check_at=at)
+
+
+def _armed_in_grace(c: _Ctx, _: Armed) -> Decision:
+    run = c.run
+    assert run.grace_until is not None
+    if _until_quiet(run):  # it may be quiet already: look now, not at the limit
+        return c.stay(WakeAt(run.grace_until), c.quiet_check())
+    return c.stay(WakeAt(run.grace_until))
+
+
+def _armed_checkpointing(c: _Ctx, _: Armed) -> Decision:
+    # The step is idempotent (the process is already gone, the upload is redone).
+    return c.stay(c.run_checkpoint(), this_attempt=_first_checkpoint_try(c))
+
+
+def _armed_interrupting(c: _Ctx, _: Armed) -> Decision:
+    if c.run.interrupt_deadline is None:
+        return c.stay(ObserveInstance())
+    overdue = c.run.interrupt_deadline + timedelta(seconds=INTERRUPT_OVERDUE_S)
+    return c.stay(WakeAt(overdue), ObserveInstance())
+
+
+def _tick_running(c: _Ctx, _: Tick) -> Decision:
+    run = c.run
+    if run.next_check_at is not None and c.now < run.next_check_at:
+        return c.stay(WakeAt(run.next_check_at))
+    return c.stay(c.check_prefix())
+
+
+def _tick_stalled(c: _Ctx, event: Tick) -> Decision:
+    if c.run.spec.on_stall is not OnStall.NOTIFY:
+        return _apply_stall_policy(c)
+    return _tick_running(c, event)
+
+
+def _tick_interrupting(c: _Ctx, _: Tick) -> Decision:
+    return c.stay(ObserveInstance()) if _overdue(c) else c.stay()
+
+
+def _tick_resuming(c: _Ctx, _: Tick) -> Decision:
+    if c.run.resume.stage is ResumeStage.WAIT_AGENT:
+        return c.stay(ObserveInstance(), resume=_stage(c, ResumeStage.OBSERVE))
+    return c.stay()
+
+
+def _tick_in_grace(c: _Ctx, _: Tick) -> Decision:
+    run = c.run
+    assert run.grace_until is not None
+    if c.now >= run.grace_until:
+        return _end_grace(c, "grace over")
+    if _until_quiet(run):
+        return c.stay(c.quiet_check())
+    return c.stay(WakeAt(run.grace_until))
 
 
 def _until_quiet(run: Run) -> bool:
@@ -478,124 +495,190 @@ def _end_grace(c: _Ctx, why: str, detail: Mapping[str, Any] | None = None) -> De
     return c.act(action, f"{why}; {action} requested (on_complete={run.spec.on_complete})", detail)
 
 
-def _enter_grace(c: _Ctx, reason: str, detail: Mapping[str, Any], **changes: Any) -> Decision:
+def _enter_grace(
+    c: _Ctx, reason: str, detail: Mapping[str, Any], /, **changes: Unpack[RunChanges]
+) -> Decision:
     run = c.run
     grace_until = c.now + timedelta(seconds=run.spec.grace_s)
     first_wake = grace_until
     verified = changes.get("checkpoint", run.checkpoint) is CheckpointStatus.VERIFIED
     if run.spec.grace_mode is GraceMode.UNTIL_QUIET and verified:
         first_wake = min(grace_until, c.now + timedelta(seconds=run.spec.quiet_s))
-    return c.move(
-        P.GRACE, reason, WakeAt(first_wake), detail=detail, grace_until=grace_until, **changes
-    )
+    changes["grace_until"] = grace_until
+    return c.move(P.GRACE, reason, WakeAt(first_wake), detail=detail, **changes)
 
 
 def _ended_phase(state: InstanceState) -> Phase:
     return P.STOPPED if state in (InstanceState.STOPPING, InstanceState.STOPPED) else P.TERMINATED
 
 
-def _on_instance(c: _Ctx, event: InstanceObserved) -> Decision:
+_InstanceHandler = Callable[[_Ctx, InstanceObserved], Decision]
+
+
+def _of_this_instance(handler: _InstanceHandler) -> _InstanceHandler:
+    """An observation of another instance (a sweep that began before a resume switched
+    instances) is stale: it changes nothing."""
+
+    @functools.wraps(handler)
+    def handle(c: _Ctx, event: InstanceObserved) -> Decision:
+        if event.instance_id is not None and event.instance_id != c.run.instance_id:
+            return c.stay()
+        return handler(c, event)
+
+    return handle
+
+
+def _first_checkpoint_try(c: _Ctx) -> AttemptState:
+    return replace(c.run.this_attempt, checkpoint_tries=1)
+
+
+def _ended(run: Run, state: InstanceState) -> AttemptState:
+    return replace(run.this_attempt, instance_ended=state)
+
+
+def _seen(event: InstanceObserved) -> dict[str, Any]:
+    return {"instance_state": str(event.state), "source": event.source}
+
+
+@_of_this_instance
+def _pending_observed(c: _Ctx, event: InstanceObserved) -> Decision:
     run, state = c.run, event.state
-    if event.instance_id is not None and event.instance_id != run.instance_id:
+    if state is InstanceState.RUNNING:
+        return c.move(
+            P.RUNNING, "instance running", c.check_prefix(), detail=_seen(event),
+            checks=0, next_check_at=None, started_at=run.started_at or c.now,
+        )  # fmt: skip
+    if state is InstanceState.PENDING:
         return c.stay()
-    detail = {"instance_state": str(state), "source": event.source}
-    match run.phase:
-        case P.PENDING:
-            if state is InstanceState.RUNNING:
-                return c.move(
-                    P.RUNNING, "instance running", c.check_prefix(), detail=detail,
-                    checks=0, next_check_at=None, started_at=run.started_at or c.now,
-                )  # fmt: skip
-            if state is InstanceState.PENDING:
-                return c.stay()
-            if run.spec.spot:
-                # Level-triggered: a spot instance that goes was taken back, whether its warning
-                # came first or not; the same last look as after a warning decides.
-                return c.stay(c.check_prefix(), instance_ended=state)
-            return _crashed(c, f"instance ended before training started (instance {state})", detail)
-        case P.RUNNING | P.STALLED:
-            if state.is_alive or run.instance_ended is not None:
-                return c.stay()
-            # Level-triggered: one last look at the prefix decides completed or crashed.
-            return c.stay(c.check_prefix(), instance_ended=state)
-        case P.CHECKPOINTING | P.GRACE:
-            if state.is_alive:
-                return c.stay()
-            changes: dict[str, Any] = {}
-            if run.phase is P.CHECKPOINTING:
-                changes["checkpoint"] = CheckpointStatus.UNVERIFIED
-            return c.move(
-                _ended_phase(state),
-                f"instance {state} during {run.phase}; nothing left to do",
-                detail=detail,
-                **changes,
-            )
-        case P.STOPPING:
-            if state is InstanceState.STOPPED:
-                return c.move(P.STOPPED, "instance stopped", detail=detail)
-            if state.is_gone:
-                return c.move(P.TERMINATED, f"instance already gone ({state})", detail=detail)
-            if state.is_alive and run.action_acked_at is None:
-                return c.stay(ActOnInstance(Action.STOP))
-            return c.stay()
-        case P.TERMINATING:
-            if state in (InstanceState.TERMINATED, InstanceState.UNKNOWN):
-                return c.move(P.TERMINATED, f"instance {state}", detail=detail)
-            if state is not InstanceState.SHUTTING_DOWN and run.action_acked_at is None:
-                return c.stay(ActOnInstance(Action.TERMINATE))
-            return c.stay()
-        case P.RESUMING:
-            return _resume_observed(c, state)
-        case P.INTERRUPTING:
-            if state.is_alive:
-                return _interrupt_overdue(c, state) if _overdue(c) else c.stay()
-            if run.instance_ended is not None:
-                return c.stay()
-            # One last look: a marker written just before the warning means training completed.
-            return c.stay(c.check_prefix(), instance_ended=state)
-    raise AssertionError(f"unhandled phase {run.phase}")  # ACCEPTS keeps terminal phases out
+    if run.spec.spot:
+        # Level-triggered: a spot instance that goes was taken back, whether its warning
+        # came first or not; the same last look as after a warning decides.
+        return c.stay(c.check_prefix(), this_attempt=_ended(run, state))
+    reason = f"instance ended before training started (instance {state})"
+    return _crashed(c, reason, _seen(event))
 
 
-def _on_listed(c: _Ctx, event: PrefixListed) -> Decision:
-    """Judge the listing; and read each report file the job changed since it was last read."""
-    decision = _judge_listing(c, event)
-    seen = dict(c.run.report_etags)
-    keys = report_keys(c.run.spec.heartbeat_file)
-    ingest = tuple(
-        IngestReport(o.key, o.etag, o.size)
-        for o in event.objects
-        if o.key in keys and seen.get(o.key) != o.etag
+@_of_this_instance
+def _watched_observed(c: _Ctx, event: InstanceObserved) -> Decision:
+    if event.state.is_alive or c.run.this_attempt.instance_ended is not None:
+        return c.stay()
+    # Level-triggered: one last look at the prefix decides completed or crashed.
+    return c.stay(c.check_prefix(), this_attempt=_ended(c.run, event.state))
+
+
+@_of_this_instance
+def _checkpointing_observed(c: _Ctx, event: InstanceObserved) -> Decision:
+    if event.state.is_alive:
+        return c.stay()
+    return _gone_with_nothing_left_to_do(c, event, checkpoint=CheckpointStatus.UNVERIFIED)
+
+
+@_of_this_instance
+def _grace_observed(c: _Ctx, event: InstanceObserved) -> Decision:
+    return c.stay() if event.state.is_alive else _gone_with_nothing_left_to_do(c, event)
+
+
+def _gone_with_nothing_left_to_do(
+    c: _Ctx, event: InstanceObserved, **changes: Unpack[RunChanges]
+) -> Decision:
+    return c.move(
+        _ended_phase(event.state),
+        f"instance {event.state} during {c.run.phase}; nothing left to do",
+        detail=_seen(event),
+        **changes,
     )
-    return replace(decision, effects=ingest + decision.effects) if ingest else decision
+
+
+@_of_this_instance
+def _stopping_observed(c: _Ctx, event: InstanceObserved) -> Decision:
+    state = event.state
+    if state is InstanceState.STOPPED:
+        return c.move(P.STOPPED, "instance stopped", detail=_seen(event))
+    if state.is_gone:
+        return c.move(P.TERMINATED, f"instance already gone ({state})", detail=_seen(event))
+    if state.is_alive and c.run.action_acked_at is None:
+        return c.stay(ActOnInstance(Action.STOP))
+    return c.stay()
+
+
+@_of_this_instance
+def _terminating_observed(c: _Ctx, event: InstanceObserved) -> Decision:
+    state = event.state
+    if state in (InstanceState.TERMINATED, InstanceState.UNKNOWN):
+        return c.move(P.TERMINATED, f"instance {state}", detail=_seen(event))
+    if state is not InstanceState.SHUTTING_DOWN and c.run.action_acked_at is None:
+        return c.stay(ActOnInstance(Action.TERMINATE))
+    return c.stay()
+
+
+@_of_this_instance
+def _interrupting_observed(c: _Ctx, event: InstanceObserved) -> Decision:
+    if event.state.is_alive:
+        return _interrupt_overdue(c, event.state) if _overdue(c) else c.stay()
+    if c.run.this_attempt.instance_ended is not None:
+        return c.stay()
+    # One last look: a marker written just before the warning means training completed.
+    return c.stay(c.check_prefix(), this_attempt=_ended(c.run, event.state))
+
+
+_ListingHandler = Callable[[_Ctx, PrefixListed], Decision]
+
+
+def _reading_reports(judge: _ListingHandler) -> _ListingHandler:
+    """Judge the listing; and read each report file the job changed since it was last read."""
+
+    @functools.wraps(judge)
+    def handle(c: _Ctx, event: PrefixListed) -> Decision:
+        decision = judge(c, event)
+        seen = dict(c.run.report_etags)
+        keys = report_keys(c.run.spec.heartbeat_file)
+        ingest = tuple(
+            IngestReport(o.key, o.etag, o.size)
+            for o in event.objects
+            if o.key in keys and seen.get(o.key) != o.etag
+        )
+        return replace(decision, effects=ingest + decision.effects) if ingest else decision
+
+    return handle
 
 
 def _on_report(c: _Ctx, event: ReportIngested) -> Decision:
     etags = dict(c.run.report_etags)
     etags[event.key] = event.etag
-    return c.stay(persist=True, report_etags=tuple(sorted(etags.items())))
+    return c.stay(report_etags=tuple(sorted(etags.items())))
 
 
-def _judge_listing(c: _Ctx, event: PrefixListed) -> Decision:
+@_reading_reports
+def _grace_listed(c: _Ctx, event: PrefixListed) -> Decision:
+    return _quiet_listed(c, event) if _until_quiet(c.run) else c.stay()
+
+
+@_reading_reports
+def _last_look_listed(c: _Ctx, event: PrefixListed) -> Decision:
+    """Pending (spot) or interrupting, once the instance went: the last look decides."""
     run = c.run
-    if run.phase is P.GRACE:
-        return _quiet_listed(c, event) if _until_quiet(run) else c.stay()
+    if run.this_attempt.instance_ended is None:
+        return c.stay()
+    # A failure marker here is most likely the shutdown killing the job: not evidence.
     verdict = evaluate(run.spec, event.objects, run.outputs_seen, since=_cutoff(run))
-    if run.phase in (P.INTERRUPTING, P.PENDING):
-        if run.instance_ended is None:
-            return c.stay()
-        # A failure marker here is most likely the shutdown killing the job: not evidence.
-        why = _taken_back(run)
-        if isinstance(verdict, Completed):
-            why = f"{verdict.evidence}; {why}"
-            return _interrupted(c, why, run.instance_ended, outcome=Outcome.COMPLETED)
-        return _interrupted(c, why, run.instance_ended)
+    why = _taken_back(run)
+    if isinstance(verdict, Completed):
+        why = f"{verdict.evidence}; {why}"
+        return _interrupted(c, why, run.this_attempt.instance_ended, outcome=Outcome.COMPLETED)
+    return _interrupted(c, why, run.this_attempt.instance_ended)
+
+
+@_reading_reports
+def _watched_listed(c: _Ctx, event: PrefixListed) -> Decision:
+    run = c.run
+    verdict = evaluate(run.spec, event.objects, run.outputs_seen, since=_cutoff(run))
     if isinstance(verdict, FailureMarked):
         return c.stay(ReadObject(verdict.key))
     if isinstance(verdict, Completed):
-        if run.instance_ended is not None:
+        if run.this_attempt.instance_ended is not None:
             return c.move(
-                _ended_phase(run.instance_ended),
-                f"{verdict.evidence}; instance was already {run.instance_ended}",
+                _ended_phase(run.this_attempt.instance_ended),
+                f"{verdict.evidence}; instance was already {run.this_attempt.instance_ended}",
                 outcome=Outcome.COMPLETED,
             )
         action = _ON_COMPLETE_ACTION[run.spec.on_complete]
@@ -603,22 +686,24 @@ def _judge_listing(c: _Ctx, event: PrefixListed) -> Decision:
             return c.move(
                 P.CHECKPOINTING,
                 f"{verdict.evidence}; ending training and saving the final checkpoint",
-                c.run_checkpoint(1),
-                outcome=Outcome.COMPLETED, pending_action=action, checkpoint_tries=1,
+                c.run_checkpoint(),
+                outcome=Outcome.COMPLETED, pending_action=action,
+                this_attempt=_first_checkpoint_try(c),
             )  # fmt: skip
         return _enter_grace(
             c, verdict.evidence, {}, outcome=Outcome.COMPLETED, pending_action=action
         )
-    if run.instance_ended is not None:
+    if run.this_attempt.instance_ended is not None:
         if run.spec.spot:
             return _interrupted(
                 c,
-                f"spot instance {run.instance_ended} without a request from the supervisor",
-                run.instance_ended,
+                f"spot instance {run.this_attempt.instance_ended} without a request from the "
+                "supervisor",
+                run.this_attempt.instance_ended,
             )
         return _crashed(
             c,
-            f"instance {run.instance_ended} without a request from the supervisor, "
+            f"instance {run.this_attempt.instance_ended} without a request from the supervisor, "
             "and no completion marker",
         )
     return _heartbeat(c, event.objects, verdict.outputs)
@@ -628,10 +713,10 @@ def _taken_back(run: Run) -> str:
     """Why a spot run whose instance went, while interrupting or still pending, is over."""
     if run.phase is P.PENDING:
         return (
-            f"spot instance {run.instance_ended} before training started, "
+            f"spot instance {run.this_attempt.instance_ended} before training started, "
             "without a request from the supervisor"
         )
-    return f"spot instance {run.instance_ended} after the interruption warning"
+    return f"spot instance {run.this_attempt.instance_ended} after the interruption warning"
 
 
 def _crashed(c: _Ctx, reason: str, detail: Mapping[str, Any] | None = None) -> Decision:
@@ -670,7 +755,7 @@ def _heartbeat(
     return scheduled
 
 
-def _polling(run: Run) -> dict[str, Any]:
+def _polling(run: Run) -> RunChanges:
     return {
         "checks": run.checks,
         "next_check_at": run.next_check_at,
@@ -698,8 +783,8 @@ def _apply_stall_policy(c: _Ctx) -> Decision:
     if spec.checkpointing:
         return c.move(
             P.CHECKPOINTING, f"{why}: saving the final checkpoint, then {action}",
-            c.run_checkpoint(1), outcome=Outcome.STALLED, pending_action=action,
-            checkpoint_tries=1,
+            c.run_checkpoint(), outcome=Outcome.STALLED, pending_action=action,
+            this_attempt=_first_checkpoint_try(c),
         )  # fmt: skip
     return c.act(action, f"{why}: {action} requested", outcome=Outcome.STALLED)
 
@@ -735,35 +820,48 @@ def _on_read(c: _Ctx, event: ObjectRead) -> Decision:
     )
 
 
-def _on_command(c: _Ctx, event: CommandFinished) -> Decision:
-    if c.run.phase in (P.RUNNING, P.STALLED):
-        return _early_command_finished(c, event)
-    if event.early:
-        return c.stay()  # leaving running cancelled the early step: a late result is stale
-    if c.run.phase is P.RESUMING:
-        return _resume_command_finished(c, event)
-    if c.run.phase is P.INTERRUPTING:
-        return _interrupt_command_finished(c, event)
+_CommandHandler = Callable[[_Ctx, CommandFinished], Decision]
+
+
+def _not_early(handler: _CommandHandler) -> _CommandHandler:
+    """Past running/stalled: leaving them cancelled the early step, a late result is stale."""
+
+    @functools.wraps(handler)
+    def handle(c: _Ctx, event: CommandFinished) -> Decision:
+        return c.stay() if event.early else handler(c, event)
+
+    return handle
+
+
+@_not_early
+def _checkpoint_finished(c: _Ctx, event: CommandFinished) -> Decision:
     run, result = c.run, event.result
     if event.kind is not CommandKind.CHECKPOINT:
         return c.stay()
     process = result.result.get("process")
     exited = bool(process.get("exited", False)) if isinstance(process, Mapping) else False
     if result.ok:
-        location = run.spec.checkpoint_location
-        key = str(result.result.get("manifest_key") or location.key(MANIFEST_NAME))
-        return c.stay(VerifyCheckpoint(location.bucket, key), process_exited=exited)
+        return c.stay(_verify(result, run.spec.checkpoint_location), process_exited=exited)
     return _checkpoint_attempt_failed(
         c, f"checkpoint step failed: {result.error()}", {"process": process} if process else {}
     )
 
 
+def _verify(result: CommandResult, location: S3Prefix, *, early: bool = False) -> VerifyCheckpoint:
+    """Verify the manifest where the instance program says it wrote it (else where it goes)."""
+    key = str(result.result.get("manifest_key") or location.key(MANIFEST_NAME))
+    return VerifyCheckpoint(location.bucket, key, early=early)
+
+
 def _checkpoint_attempt_failed(c: _Ctx, why: str, detail: Mapping[str, Any]) -> Decision:
     run = c.run
-    if run.checkpoint_tries < run.spec.checkpoint_attempts:
-        tries = run.checkpoint_tries + 1
-        return c.stay(c.run_checkpoint(tries), checkpoint_tries=tries)
-    return _checkpoint_failed(c, f"{why} (after {run.checkpoint_tries} attempt(s))", detail)
+    if run.this_attempt.checkpoint_tries < run.spec.checkpoint_attempts:
+        tries = run.this_attempt.checkpoint_tries + 1
+        attempt = replace(run.this_attempt, checkpoint_tries=tries)
+        return c.stay(c.run_checkpoint(), this_attempt=attempt)
+    return _checkpoint_failed(
+        c, f"{why} (after {run.this_attempt.checkpoint_tries} attempt(s))", detail
+    )
 
 
 def _checkpoint_failed(c: _Ctx, why: str, detail: Mapping[str, Any]) -> Decision:
@@ -783,15 +881,11 @@ def _checkpoint_failed(c: _Ctx, why: str, detail: Mapping[str, Any]) -> Decision
                  checkpoint=CheckpointStatus.UNVERIFIED)  # fmt: skip
 
 
-def _on_checked(c: _Ctx, event: CheckpointChecked) -> Decision:
-    if c.run.phase is P.INTERRUPTING:
-        return _interrupt_checked(c, event)
-    if c.run.phase in (P.RUNNING, P.STALLED):
-        return _early_checked(c, event)
+def _final_checked(c: _Ctx, event: CheckpointChecked) -> Decision:
     run, v = c.run, event.verification
     detail: dict[str, Any] = {
         "files": v.files, "bytes": v.bytes, "verify_s": round(event.seconds, 3),
-        "checkpoint_attempt": run.checkpoint_tries,
+        "checkpoint_attempt": run.this_attempt.checkpoint_tries,
     }  # fmt: skip
     if event.manifest is not None:
         detail["checkpoint_name"] = event.manifest.checkpoint
@@ -801,7 +895,7 @@ def _on_checked(c: _Ctx, event: CheckpointChecked) -> Decision:
         detail["problems"] = list(v.problems)
         return _checkpoint_attempt_failed(c, f"checkpoint not verified: {v.summary()}", detail)
     reason = f"checkpoint verified: {v.summary()}"
-    verified = {
+    verified: RunChanges = {
         "checkpoint": CheckpointStatus.VERIFIED, "verified_attempt": run.attempt,
         "verified_location": str(run.spec.checkpoint_location),
     }  # fmt: skip
@@ -811,9 +905,11 @@ def _on_checked(c: _Ctx, event: CheckpointChecked) -> Decision:
                  detail, **verified)  # fmt: skip
 
 
-def _on_action_succeeded(c: _Ctx, event: ActionSucceeded) -> Decision:
-    if c.run.phase is P.RESUMING:
-        return c.stay(ObserveInstance()) if event.action is Action.START else c.stay()
+def _resume_action_succeeded(c: _Ctx, event: ActionSucceeded) -> Decision:
+    return c.stay(ObserveInstance()) if event.action is Action.START else c.stay()
+
+
+def _action_succeeded(c: _Ctx, event: ActionSucceeded) -> Decision:
     if event.action is Action.START or c.run.phase is not _ACTING_PHASE[event.action]:
         return c.stay()
     state = event.state_after
@@ -826,68 +922,117 @@ def _on_action_succeeded(c: _Ctx, event: ActionSucceeded) -> Decision:
                       detail=detail, action_acked_at=c.now)  # fmt: skip
     # Accepted, not yet final (e.g. "stopping"): record it so a restart never re-issues it,
     # and ask the reconciler to confirm soon.
-    return c.stay(ObserveInstance(), persist=True, action_acked_at=c.now)
+    return c.stay(ObserveInstance(), action_acked_at=c.now)
 
 
-def _on_effect_failed(c: _Ctx, event: EffectFailed) -> Decision:
-    detail = {"operation": event.operation, "error_code": event.code, "message": event.message}
-    phase = c.run.phase
-    if phase is P.GRACE:
-        # A failed quiet check only costs the early end: wait for the grace limit.
-        assert c.run.grace_until is not None
-        return c.stay(WakeAt(c.run.grace_until))
-    if phase in (P.INTERRUPTING, P.PENDING) and c.run.instance_ended is not None:
-        # The last look at the prefix failed; the instance is gone all the same.
-        why = _taken_back(c.run)
-        return _interrupted(c, f"{why} (last look at the prefix failed: {event.code})",
-                            c.run.instance_ended)  # fmt: skip
-    if phase is P.PENDING:
-        return c.stay()  # a failed describe: the next observation decides
+def _failed_for_good(c: _Ctx, event: EffectFailed) -> Decision:
+    return c.move(
+        P.FAILED, f"{event.operation} failed: {event.code}: {event.message}",
+        detail=_failure(event), error_code=event.code,
+    )  # fmt: skip
+
+
+def _failure(event: EffectFailed) -> dict[str, Any]:
+    return {"operation": event.operation, "error_code": event.code, "message": event.message}
+
+
+def _grace_effect_failed(c: _Ctx, _: EffectFailed) -> Decision:
+    # A failed quiet check only costs the early end: wait for the grace limit.
+    assert c.run.grace_until is not None
+    return c.stay(WakeAt(c.run.grace_until))
+
+
+def _last_look_failed(c: _Ctx, event: EffectFailed) -> Decision | None:
+    """The last look at the prefix failed; the instance is gone all the same."""
+    if c.run.this_attempt.instance_ended is None:
+        return None
+    why = f"{_taken_back(c.run)} (last look at the prefix failed: {event.code})"
+    return _interrupted(c, why, c.run.this_attempt.instance_ended)
+
+
+def _pending_effect_failed(c: _Ctx, event: EffectFailed) -> Decision:
+    # (otherwise a failed describe: the next observation decides)
+    return _last_look_failed(c, event) or c.stay()
+
+
+def _interrupting_effect_failed(c: _Ctx, event: EffectFailed) -> Decision:
+    if (last_look := _last_look_failed(c, event)) is not None:
+        return last_look
     if not event.transient:
-        return c.move(
-            P.FAILED, f"{event.operation} failed: {event.code}: {event.message}",
-            detail=detail, error_code=event.code,
-        )  # fmt: skip
-    if phase in (P.RUNNING, P.STALLED):
-        return c.schedule_next_check()
-    if phase is P.CHECKPOINTING:
-        return _checkpoint_attempt_failed(c, f"{event.operation}: {event.code}", detail)
-    if phase is P.INTERRUPTING:
-        return _interrupt_retry_or_give_up(c)  # while time and attempts are left
-    if phase is P.RESUMING:
-        # Start/launch gave up on transient errors: look again and redo what is still needed
-        # (a launch is idempotent through its client token).
-        return c.stay(ObserveInstance(), resume_stage="observe")
+        return _failed_for_good(c, event)
+    return _interrupt_retry_or_give_up(c)  # while time and attempts are left
+
+
+def _watched_effect_failed(c: _Ctx, event: EffectFailed) -> Decision:
+    if not event.transient:
+        return _failed_for_good(c, event)
+    return c.schedule_next_check(c.run.outputs_seen)
+
+
+def _checkpointing_effect_failed(c: _Ctx, event: EffectFailed) -> Decision:
+    if not event.transient:
+        return _failed_for_good(c, event)
+    why = f"{event.operation}: {event.code}"
+    return _checkpoint_attempt_failed(c, why, _failure(event))
+
+
+def _resuming_effect_failed(c: _Ctx, event: EffectFailed) -> Decision:
+    if not event.transient:
+        return _failed_for_good(c, event)
+    # Start/launch gave up on transient errors: look again and redo what is still needed
+    # (a launch is idempotent through its client token).
+    return c.stay(ObserveInstance(), resume=_stage(c, ResumeStage.OBSERVE))
+
+
+def _acting_effect_failed(c: _Ctx, event: EffectFailed) -> Decision:
     # Stopping/terminating: the intent stays open; the next observation re-drives it.
-    return c.stay()
+    return c.stay() if event.transient else _failed_for_good(c, event)
 
 
-def _on_user(c: _Ctx, event: UserRequested) -> Decision:
-    run = c.run
+def _user_request(c: _Ctx, event: UserRequested) -> Decision:
     if event.action is UserAction.DETACH:
-        return c.move(P.DETACHED, "detached by user request; instance left as it is")
+        return _detach(c)
+    run, action = c.run, Action(event.action.value)
+    if (run.phase, _ACTING_PHASE[_allowed(run, action)]) not in EDGES:
+        raise _cannot(run, action)
+    return c.act(action, f"{action} requested by user", outcome=run.outcome or Outcome.CANCELLED)
+
+
+def _detach(c: _Ctx) -> Decision:
+    return c.move(P.DETACHED, "detached by user request; instance left as it is")
+
+
+def _cannot(run: Run, action: Action) -> InvalidTransition:
+    downgraded = _allowed(run, action) is not action
+    why = " (terminate needs a verified checkpoint; it would be a stop)" if downgraded else ""
+    return InvalidTransition(f"run {run.spec.run_id} is already {run.phase}: cannot {action}{why}")
+
+
+def _user_while_watching(c: _Ctx, event: UserRequested) -> Decision:
+    run = c.run
+    if event.action is UserAction.DETACH or not run.spec.checkpointing:
+        return _user_request(c, event)
     action = Action(event.action.value)
-    outcome = run.outcome or Outcome.CANCELLED
-    if run.phase is P.CHECKPOINTING:
-        # The checkpoint step is already under way; act on the request once it is done.
-        return c.stay(persist=True, pending_action=action, outcome=outcome)
-    if run.phase in (P.RUNNING, P.STALLED) and run.spec.checkpointing:
-        return c.move(
-            P.CHECKPOINTING, f"{action} requested by user; saving the final checkpoint first",
-            c.run_checkpoint(1), outcome=outcome, pending_action=action, checkpoint_tries=1,
-        )  # fmt: skip
-    target = _ACTING_PHASE[_allowed(run, action)]
-    # (An interrupting run has edges to stopping only for an instance AWS did not take.)
-    if (run.phase, target) not in EDGES or run.phase is P.INTERRUPTING:
-        why = (
-            ""
-            if target is _ACTING_PHASE[action]
-            else (" (terminate needs a verified checkpoint; it would be a stop)")
-        )
-        raise InvalidTransition(
-            f"run {run.spec.run_id} is already {run.phase}: cannot {action}{why}"
-        )
-    return c.act(action, f"{action} requested by user", outcome=outcome)
+    return c.move(
+        P.CHECKPOINTING, f"{action} requested by user; saving the final checkpoint first",
+        c.run_checkpoint(), outcome=run.outcome or Outcome.CANCELLED, pending_action=action,
+        this_attempt=_first_checkpoint_try(c),
+    )  # fmt: skip
+
+
+def _user_while_checkpointing(c: _Ctx, event: UserRequested) -> Decision:
+    if event.action is UserAction.DETACH:
+        return _detach(c)
+    # The checkpoint step is already under way; act on the request once it is done.
+    action = Action(event.action.value)
+    return c.stay(pending_action=action, outcome=c.run.outcome or Outcome.CANCELLED)
+
+
+def _user_while_interrupting(c: _Ctx, event: UserRequested) -> Decision:
+    # (Its edges to stopping/terminating are only for an instance AWS did not take.)
+    if event.action is UserAction.DETACH:
+        return _detach(c)
+    raise _cannot(c.run, Action(event.action.value))
 
 
 def _allowed(run: Run, action: Action) -> Action:
@@ -913,69 +1058,107 @@ _STATES_ALREADY_KNOWN = frozenset({(P.STOPPING, "stopping"), (P.TERMINATING, "sh
 """(phase, reported state) pairs an accepted stop/terminate call already told us about."""
 
 
-def _on_nudge(c: _Ctx, event: Nudge) -> Decision:
+def _nudge(c: _Ctx, event: Nudge) -> Decision:
     """An event says something changed: look now (level-triggered: the look decides).
 
     Two looks are skipped, as they could show nothing new: an instance event reporting the
     very state our own accepted stop/terminate call already returned (the next event, or
     sweep, brings the end state), and, while running, an object that is not one of the keys a
-    check watches (a job's checkpoints and logs would otherwise cost a listing each)."""
+    check watches (a job's checkpoints and logs would otherwise cost a listing each). Outside
+    running, stalled and an until-quiet grace, a listing decides nothing."""
     run = c.run
+    if event.target != "instance":
+        return c.stay()
+    if (run.phase, event.state) in _STATES_ALREADY_KNOWN and run.action_acked_at:
+        return c.stay()
+    return c.stay(ObserveInstance(direct=True))
+
+
+def _nudge_watched(c: _Ctx, event: Nudge) -> Decision:
     if event.target == "instance":
-        if (run.phase, event.state) in _STATES_ALREADY_KNOWN and run.action_acked_at:
-            return c.stay()
-        return c.stay(ObserveInstance(direct=True))
-    if run.phase in (P.RUNNING, P.STALLED):
-        if event.key is not None and run.spec.prefix.relative(event.key) not in watched_keys(
-            run.spec
-        ):
-            return c.stay()
-        return c.stay(c.check_prefix())
-    if run.phase is P.GRACE and _until_quiet(run):
-        prefix = run.spec.prefix
-        return c.stay(ListPrefix(ListRequest(prefix.bucket, prefix.prefix, None)))
-    return c.stay()
+        return _nudge(c, event)
+    spec = c.run.spec
+    if event.key is not None and spec.prefix.relative(event.key) not in watched_keys(spec):
+        return c.stay()
+    return c.stay(c.check_prefix())
+
+
+def _nudge_in_grace(c: _Ctx, event: Nudge) -> Decision:
+    if event.target == "instance" or not _until_quiet(c.run):
+        return _nudge(c, event)
+    return c.stay(c.quiet_check())
 
 
 # -- spot interruptions -------------------------------------------------------------------------
 
 
-def _on_spot_warning(c: _Ctx, event: SpotInterruptionWarning) -> Decision:
-    run, spec = c.run, c.run.spec
+def _warning(c: _Ctx, event: SpotInterruptionWarning) -> tuple[str, dict[str, Any], float]:
+    """Why (for the reason), the detail, and the seconds left until the deadline."""
     remaining = (event.deadline - c.now).total_seconds()
     detail: dict[str, Any] = {
         "deadline": event.deadline.isoformat(), "seconds_left": round(remaining, 3),
         "instance_action": event.action,
     }  # fmt: skip
     why = f"spot interruption warning ({event.action}, {max(remaining, 0):.0f}s left)"
-    if run.phase is P.GRACE:
-        # Training completed and its checkpoint step is done: the rest of the grace would only
-        # leave the instance to AWS (or, if AWS never takes it, idle until the deadline has
-        # long passed). Act now, as the grace's end would, under the checkpoint invariant.
-        return _end_grace(c, f"{why}; training had completed: grace ended", detail)
-    overdue = WakeAt(event.deadline + timedelta(seconds=INTERRUPT_OVERDUE_S))
-    if run.phase in (P.RUNNING, P.STALLED) and spec.checkpointing and remaining > 0:
-        # No grace and no stop call: AWS takes the instance; the notice is for the checkpoint.
-        sigterm = max(0.0, min(spec.sigterm_timeout_s, remaining / 2))
-        detail["sigterm_timeout_s"] = round(sigterm, 3)
-        command = RunInstanceCommand(checkpoint_command(run, sigterm_timeout_s=sigterm), remaining)
-        return c.move(
-            P.INTERRUPTING, f"{why}; saving the final checkpoint now", overdue, command,
-            detail=detail, interrupt_deadline=event.deadline, checkpoint_tries=1,
-            outcome=run.outcome or Outcome.INTERRUPTED, early_checkpoint=False,
-        )  # fmt: skip
-    note = "no checkpoint step configured" if not spec.checkpointing else f"during {run.phase}"
-    changes: dict[str, Any] = {}
-    if run.phase is P.RESUMING:
-        # The resume's attempt has begun (it has its instance) and ends here, before training
-        # restarted: it counts against max_restarts, and its final checkpoint is none.
-        note = f"during resuming, before training restarted (attempt {run.attempt + 1})"
-        changes = {"attempt": run.attempt + 1, "started_at": c.now, "checkpoint": None}
+    return why, detail, remaining
+
+
+def _warned_in_grace(c: _Ctx, event: SpotInterruptionWarning) -> Decision:
+    # Training completed and its checkpoint step is done: the rest of the grace would only
+    # leave the instance to AWS (or, if AWS never takes it, idle until the deadline has long
+    # passed). Act now, as the grace's end would, under the checkpoint invariant.
+    why, detail, _ = _warning(c, event)
+    return _end_grace(c, f"{why}; training had completed: grace ended", detail)
+
+
+def _warned_while_watched(c: _Ctx, event: SpotInterruptionWarning) -> Decision:
+    run, spec = c.run, c.run.spec
+    why, detail, remaining = _warning(c, event)
+    if not spec.checkpointing or remaining <= 0:
+        return _warned(c, event)
+    # No grace and no stop call: AWS takes the instance; the notice is for the checkpoint.
+    sigterm = max(0.0, min(spec.sigterm_timeout_s, remaining / 2))
+    detail["sigterm_timeout_s"] = round(sigterm, 3)
+    command = RunInstanceCommand(checkpoint_command(run, sigterm_timeout_s=sigterm), remaining)
     return c.move(
-        P.INTERRUPTING, f"{why}; {note}", overdue, ObserveInstance(), detail=detail,
-        interrupt_deadline=event.deadline, outcome=run.outcome or Outcome.INTERRUPTED,
-        early_checkpoint=False, **changes,
+        P.INTERRUPTING, f"{why}; saving the final checkpoint now", _overdue_wake(event), command,
+        detail=detail, interrupt_deadline=event.deadline, this_attempt=_first_checkpoint_try(c),
+        outcome=run.outcome or Outcome.INTERRUPTED,
     )  # fmt: skip
+
+
+def _warned(
+    c: _Ctx,
+    event: SpotInterruptionWarning,
+    note: str | None = None,
+    /,
+    **changes: Unpack[RunChanges],
+) -> Decision:
+    """Interrupting without a checkpoint step of its own: wait for AWS to take the instance."""
+    run = c.run
+    why, detail, _ = _warning(c, event)
+    if note is None:
+        configured = run.spec.checkpointing
+        note = f"during {run.phase}" if configured else "no checkpoint step configured"
+    changes.update(
+        {"interrupt_deadline": event.deadline, "outcome": run.outcome or Outcome.INTERRUPTED}
+    )
+    why = f"{why}; {note}"
+    return c.move(
+        P.INTERRUPTING, why, _overdue_wake(event), ObserveInstance(), detail=detail, **changes
+    )
+
+
+def _warned_during_resume(c: _Ctx, event: SpotInterruptionWarning) -> Decision:
+    # The resume's attempt has begun (it has its instance) and ends here, before training
+    # restarted: it counts against max_restarts, and its final checkpoint is none.
+    attempt = c.run.attempt + 1
+    note = f"during resuming, before training restarted (attempt {attempt})"
+    return _warned(c, event, note, attempt=attempt, started_at=c.now, checkpoint=None)
+
+
+def _overdue_wake(event: SpotInterruptionWarning) -> WakeAt:
+    return WakeAt(event.deadline + timedelta(seconds=INTERRUPT_OVERDUE_S))
 
 
 def _overdue(c: _Ctx) -> bool:
@@ -1016,32 +1199,39 @@ def _seconds_left(c: _Ctx) -> float | None:
     return None if deadline is None else round((deadline - c.now).total_seconds(), 3)
 
 
+@_not_early
 def _interrupt_command_finished(c: _Ctx, event: CommandFinished) -> Decision:
     run, result = c.run, event.result
     if event.kind is not CommandKind.CHECKPOINT:
         return c.stay()
     if result.ok:
-        location = run.spec.checkpoint_location
-        key = str(result.result.get("manifest_key") or location.key(MANIFEST_NAME))
-        return c.stay(VerifyCheckpoint(location.bucket, key))
+        return c.stay(_verify(result, run.spec.checkpoint_location))
     return _interrupt_retry_or_give_up(c)
 
 
 def _interrupt_retry_or_give_up(c: _Ctx) -> Decision:
     run, left = c.run, _seconds_left(c)
-    if not run.spec.checkpointing or run.checkpoint_tries == 0:
+    if not run.spec.checkpointing or run.this_attempt.checkpoint_tries == 0:
         return c.stay()  # no checkpoint step under way in this interruption
-    if left is not None and left > 1 and run.checkpoint_tries < run.spec.checkpoint_attempts:
+    if (
+        left is not None
+        and left > 1
+        and run.this_attempt.checkpoint_tries < run.spec.checkpoint_attempts
+    ):
         command = checkpoint_command(run, sigterm_timeout_s=0)  # the process was signalled
-        return c.stay(RunInstanceCommand(command, left), checkpoint_tries=run.checkpoint_tries + 1)
-    return c.stay(persist=True, checkpoint=CheckpointStatus.UNVERIFIED, seconds_left=left)
+        tries = run.this_attempt.checkpoint_tries + 1
+        attempt = replace(run.this_attempt, checkpoint_tries=tries)
+        return c.stay(RunInstanceCommand(command, left), this_attempt=attempt)
+    attempt = replace(run.this_attempt, seconds_left=left)
+    return c.stay(checkpoint=CheckpointStatus.UNVERIFIED, this_attempt=attempt)
 
 
 def _interrupt_checked(c: _Ctx, event: CheckpointChecked) -> Decision:
     if not event.verification.ok:
         return _interrupt_retry_or_give_up(c)
-    return c.stay(persist=True, checkpoint=CheckpointStatus.VERIFIED,
-                  verified_attempt=c.run.attempt, seconds_left=_seconds_left(c),
+    left = replace(c.run.this_attempt, seconds_left=_seconds_left(c))
+    return c.stay(checkpoint=CheckpointStatus.VERIFIED,
+                  verified_attempt=c.run.attempt, this_attempt=left,
                   verified_location=str(c.run.spec.checkpoint_location))  # fmt: skip
 
 
@@ -1052,7 +1242,7 @@ def _interrupted(
     detail: dict[str, Any] = {
         "instance_state": str(state),
         "checkpoint": str(run.checkpoint) if run.checkpoint else None,
-        "seconds_left_when_verified": run.seconds_left,
+        "seconds_left_when_verified": run.this_attempt.seconds_left,
     }
     effects: tuple[Effect, ...] = ()
     outcome = outcome or run.outcome or Outcome.INTERRUPTED
@@ -1096,49 +1286,57 @@ def _on_resume(c: _Ctx, event: ResumeRequested) -> Decision:
     return c.move(
         P.RESUMING, f"resume requested {how} (attempt {run.attempt + 1})", ObserveInstance(),
         detail={"from_scratch": event.from_scratch, "attempt": run.attempt + 1},
-        from_scratch=event.from_scratch, resume_stage="observe", action_acked_at=None,
+        resume=Resume(from_scratch=event.from_scratch), action_acked_at=None,
     )  # fmt: skip
 
 
-def _resume_observed(c: _Ctx, state: InstanceState) -> Decision:
-    run, stage = c.run, c.run.resume_stage or "observe"
-    if stage not in ("observe", "starting", "launching"):
+@_of_this_instance
+def _resuming_observed(c: _Ctx, event: InstanceObserved) -> Decision:
+    run, state, stage = c.run, event.state, c.run.resume.stage
+    if stage not in (ResumeStage.OBSERVE, ResumeStage.STARTING, ResumeStage.LAUNCHING):
         return c.stay()  # restore/start in progress or waiting for the agent
     if state is InstanceState.RUNNING:
         # Only a verified checkpoint is restored (also after a restart lost `from_scratch`).
         verified = run.spec.checkpointing and run.verified_attempt is not None
-        if run.from_scratch or not verified:
+        if run.resume.from_scratch or not verified:
             return c.stay(RunInstanceCommand(start_command(run), START_TIMEOUT_S),
-                          resume_stage="start")  # fmt: skip
+                          resume=_stage(c, ResumeStage.START))  # fmt: skip
         return c.stay(RunInstanceCommand(restore_command(run), RESTORE_TIMEOUT_S),
-                      resume_stage="restore")  # fmt: skip
-    if state is InstanceState.STOPPED and stage == "observe":
-        return c.stay(ActOnInstance(Action.START), resume_stage="starting")
-    if state.is_gone and stage in ("observe", "starting"):
+                      resume=_stage(c, ResumeStage.RESTORE))  # fmt: skip
+    if state is InstanceState.STOPPED and stage is ResumeStage.OBSERVE:
+        return c.stay(ActOnInstance(Action.START), resume=_stage(c, ResumeStage.STARTING))
+    if state.is_gone and stage in (ResumeStage.OBSERVE, ResumeStage.STARTING):
         if run.spec.launch_template is None:
             return c.move(
                 P.FAILED,
                 f"instance {run.instance_id} is {state} and the spec has no launch_template",
                 error_code="InstanceGone",
             )
-        return c.stay(LaunchInstance(), resume_stage="launching")
-    if state.is_gone and stage == "launching":
+        return c.stay(LaunchInstance(), resume=_stage(c, ResumeStage.LAUNCHING))
+    if state.is_gone and stage is ResumeStage.LAUNCHING:
         return c.stay()  # the launch result (InstanceLaunched) is what matters
     return c.stay()  # pending/stopping: the next observation decides
 
 
+def _stage(c: _Ctx, stage: ResumeStage) -> Resume:
+    return replace(c.run.resume, stage=stage)
+
+
 def _on_launched(c: _Ctx, event: InstanceLaunched) -> Decision:
-    return c.stay(ObserveInstance(), persist=True, instance_id=event.instance_id,
-                  resume_stage="starting")  # fmt: skip
+    return c.stay(ObserveInstance(), instance_id=event.instance_id,
+                  resume=_stage(c, ResumeStage.STARTING))  # fmt: skip
 
 
+@_not_early
 def _resume_command_finished(c: _Ctx, event: CommandFinished) -> Decision:
     run, result = c.run, event.result
-    if result.status is CommandStatus.UNDELIVERED and run.command_tries < AGENT_WAIT_TRIES:
+    if result.status is CommandStatus.UNDELIVERED and run.resume.command_tries < AGENT_WAIT_TRIES:
         # A freshly started or launched instance reports "running" before its SSM agent
         # has registered: wait, look again, and send the command again.
         at = c.now + timedelta(seconds=AGENT_WAIT_S)
-        return c.stay(WakeAt(at), resume_stage="wait-agent", command_tries=run.command_tries + 1)
+        tries = run.resume.command_tries + 1
+        waiting = replace(run.resume, stage=ResumeStage.WAIT_AGENT, command_tries=tries)
+        return c.stay(WakeAt(at), resume=waiting)
     if not result.ok:
         return c.move(
             P.FAILED, f"resume {event.kind} failed: {result.error()}",
@@ -1147,79 +1345,176 @@ def _resume_command_finished(c: _Ctx, event: CommandFinished) -> Decision:
         )  # fmt: skip
     if event.kind is CommandKind.RESTORE:
         return c.stay(RunInstanceCommand(start_command(run), START_TIMEOUT_S),
-                      resume_stage="start")  # fmt: skip
+                      resume=_stage(c, ResumeStage.START))  # fmt: skip
     if event.kind is not CommandKind.START:
         return c.stay()
     attempt = run.attempt + 1
     return c.move(
         P.RUNNING,
         f"resumed on {run.instance_id} (attempt {attempt}, "
-        f"{'from scratch' if run.from_scratch else 'checkpoint restored'})",
+        f"{'from scratch' if run.resume.from_scratch else 'checkpoint restored'})",
         c.check_prefix(),
         detail={"attempt": attempt, "instance_id": run.instance_id,
-                "pid": result.result.get("pid"), "from_scratch": run.from_scratch},
-        attempt=attempt, started_at=c.now, outcome=None, checkpoint=None, pending_action=None,
-        grace_until=None, action_acked_at=None, error_code=None, checks=0, next_check_at=None,
-        outputs_seen=None, instance_ended=None, process_exited=False, resume_stage="",
-        interrupt_deadline=None, seconds_left=None, early_checkpoint=False,
+                "pid": result.result.get("pid"), "from_scratch": run.resume.from_scratch},
+        **_new_attempt(c),
     )  # fmt: skip
+
+
+def _new_attempt(c: _Ctx) -> RunChanges:
+    """The next attempt at training, as changes: its number and start, and everything the last
+    attempt left (how it ended, its intent, acknowledgement and deadline, the polling state,
+    the sub-state values) fresh. What carries over: the spec, the instance, the verified
+    checkpoint a later resume restores, and the report files already read."""
+    return {
+        "attempt": c.run.attempt + 1, "started_at": c.now, "outcome": None, "checkpoint": None,
+        "pending_action": None, "grace_until": None, "action_acked_at": None, "error_code": None,
+        "process_exited": False, "interrupt_deadline": None, "checks": 0, "next_check_at": None,
+        "outputs_seen": None, "this_attempt": AttemptState(), "resume": Resume(),
+    }  # fmt: skip
 
 
 # -- rebalance recommendations: an early checkpoint, training goes on ---------------------------
 
 
-def _on_rebalance(c: _Ctx, _: RebalanceRecommended) -> Decision:
+def _rebalance_watched(c: _Ctx, _: RebalanceRecommended) -> Decision:
     run, spec = c.run, c.run.spec
-    if (
-        run.phase not in (P.RUNNING, P.STALLED)
-        or spec.on_rebalance is not OnRebalance.CHECKPOINT
-        or run.early_checkpoint
-    ):
-        return c.stay()  # ignored by policy, already under way, or past running
+    if spec.on_rebalance is not OnRebalance.CHECKPOINT or run.this_attempt.early_checkpoint:
+        return c.stay()  # ignored by policy, or already under way
     command = checkpoint_command(run, early=True)
     # In the background: a spot warning during the upload must start the final step at once.
     effect = RunInstanceCommand(command, CHECKPOINT_UPLOAD_BUDGET_S, background=True)
-    return c.stay(effect, early_checkpoint=True)
+    return c.stay(effect, this_attempt=replace(run.this_attempt, early_checkpoint=True))
 
 
 def _early_command_finished(c: _Ctx, event: CommandFinished) -> Decision:
     run, result = c.run, event.result
-    if event.kind is not CommandKind.CHECKPOINT or not run.early_checkpoint:
+    if event.kind is not CommandKind.CHECKPOINT or not run.this_attempt.early_checkpoint:
         return c.stay()
     if not result.ok:
-        return c.stay(early_checkpoint=False)  # training goes on; the final step is unchanged
-    location = run.spec.early_checkpoint_location
-    key = str(result.result.get("manifest_key") or location.key(MANIFEST_NAME))
-    return c.stay(VerifyCheckpoint(location.bucket, key, early=True))
+        return c.stay(this_attempt=_early_over(c))  # training goes on; the final step is as it was
+    return c.stay(_verify(result, run.spec.early_checkpoint_location, early=True))
+
+
+def _early_over(c: _Ctx) -> AttemptState:
+    return replace(c.run.this_attempt, early_checkpoint=False)
 
 
 def _early_checked(c: _Ctx, event: CheckpointChecked) -> Decision:
-    if not c.run.early_checkpoint:
+    if not c.run.this_attempt.early_checkpoint:
         return c.stay()
     if not event.verification.ok:
-        return c.stay(early_checkpoint=False)
+        return c.stay(this_attempt=_early_over(c))
     # A resume can restore it; the final checkpoint (and the terminate rule) is unchanged.
     location = str(c.run.spec.early_checkpoint_location)
-    return c.stay(persist=True, early_checkpoint=False, verified_attempt=c.run.attempt,
+    return c.stay(this_attempt=_early_over(c), verified_attempt=c.run.attempt,
                   verified_location=location)  # fmt: skip
 
 
-_HANDLERS: Mapping[type[Any], Callable[[_Ctx, Any], Decision]] = {
-    Armed: _on_armed,
-    Tick: _on_tick,
-    InstanceObserved: _on_instance,
-    PrefixListed: _on_listed,
-    ObjectRead: _on_read,
-    ActionSucceeded: _on_action_succeeded,
-    EffectFailed: _on_effect_failed,
-    UserRequested: _on_user,
+# -- the table -----------------------------------------------------------------------------------
+
+_Handler = Callable[[_Ctx, Any], Decision]
+_Row = Mapping[type[Any], _Handler]
+
+_IN_EVERY_ACTIVE_PHASE: _Row = {
+    Armed: _describe_first,
+    Tick: _nothing_to_do,
+    UserRequested: _user_request,
     MonitorFailed: _on_monitor_failed,
-    CommandFinished: _on_command,
-    CheckpointChecked: _on_checked,
-    ResumeRequested: _on_resume,
-    InstanceLaunched: _on_launched,
-    Nudge: _on_nudge,
-    SpotInterruptionWarning: _on_spot_warning,
-    RebalanceRecommended: _on_rebalance,
+    Nudge: _nudge,
+    RebalanceRecommended: _nothing_to_do,  # only a watched run takes an early checkpoint
     ReportIngested: _on_report,
 }
+_WATCHED: _Row = {
+    **_IN_EVERY_ACTIVE_PHASE,
+    Armed: _armed_watched,
+    InstanceObserved: _watched_observed,
+    PrefixListed: _watched_listed,
+    ObjectRead: _on_read,
+    EffectFailed: _watched_effect_failed,
+    UserRequested: _user_while_watching,
+    Nudge: _nudge_watched,
+    SpotInterruptionWarning: _warned_while_watched,
+    # a rebalance recommendation's early checkpoint
+    RebalanceRecommended: _rebalance_watched,
+    CommandFinished: _early_command_finished,
+    CheckpointChecked: _early_checked,
+}
+
+_TABLE: Mapping[Phase, _Row] = {
+    P.PENDING: {
+        **_IN_EVERY_ACTIVE_PHASE,
+        InstanceObserved: _pending_observed,
+        # (a spot instance gone while pending: one last look at the prefix, as interrupting)
+        PrefixListed: _last_look_listed,
+        EffectFailed: _pending_effect_failed,
+        SpotInterruptionWarning: _warned,
+    },
+    P.RUNNING: {**_WATCHED, Tick: _tick_running},
+    P.STALLED: {**_WATCHED, Tick: _tick_stalled},
+    P.CHECKPOINTING: {
+        **_IN_EVERY_ACTIVE_PHASE,
+        Armed: _armed_checkpointing,
+        InstanceObserved: _checkpointing_observed,
+        UserRequested: _user_while_checkpointing,
+        CommandFinished: _checkpoint_finished,
+        CheckpointChecked: _final_checked,
+        EffectFailed: _checkpointing_effect_failed,
+        SpotInterruptionWarning: _warned,
+    },
+    P.GRACE: {
+        **_IN_EVERY_ACTIVE_PHASE,
+        Armed: _armed_in_grace,
+        Tick: _tick_in_grace,
+        InstanceObserved: _grace_observed,
+        Nudge: _nudge_in_grace,
+        PrefixListed: _grace_listed,
+        EffectFailed: _grace_effect_failed,
+        SpotInterruptionWarning: _warned_in_grace,
+    },
+    P.INTERRUPTING: {
+        **_IN_EVERY_ACTIVE_PHASE,
+        Armed: _armed_interrupting,
+        Tick: _tick_interrupting,
+        InstanceObserved: _interrupting_observed,
+        UserRequested: _user_while_interrupting,
+        CommandFinished: _interrupt_command_finished,
+        CheckpointChecked: _interrupt_checked,
+        PrefixListed: _last_look_listed,
+        EffectFailed: _interrupting_effect_failed,
+    },
+    P.STOPPING: {
+        **_IN_EVERY_ACTIVE_PHASE,
+        InstanceObserved: _stopping_observed,
+        ActionSucceeded: _action_succeeded,
+        EffectFailed: _acting_effect_failed,
+    },
+    P.TERMINATING: {
+        **_IN_EVERY_ACTIVE_PHASE,
+        InstanceObserved: _terminating_observed,
+        ActionSucceeded: _action_succeeded,
+        EffectFailed: _acting_effect_failed,
+    },
+    P.RESUMING: {
+        **_IN_EVERY_ACTIVE_PHASE,
+        Tick: _tick_resuming,
+        InstanceObserved: _resuming_observed,
+        ActionSucceeded: _resume_action_succeeded,
+        InstanceLaunched: _on_launched,
+        CommandFinished: _resume_command_finished,
+        EffectFailed: _resuming_effect_failed,
+        SpotInterruptionWarning: _warned_during_resume,
+    },
+    # A terminal phase takes nothing, except a resume where training can go on.
+    **{phase: {} for phase in Phase if phase in TERMINAL_PHASES},
+    **{phase: {ResumeRequested: _on_resume} for phase in _RESUMABLE_PHASES},
+}
+
+TRANSITIONS: Mapping[tuple[Phase, type[Any]], _Handler] = {
+    (phase, event): handler for phase in Phase for event, handler in _TABLE[phase].items()
+}
+"""(phase, event type) -> the function that decides: the one table `step()` looks up."""
+
+ACCEPTS: Mapping[Phase, frozenset[type[Any]]] = {
+    phase: frozenset(event for (at, event) in TRANSITIONS if at is phase) for phase in Phase
+}
+"""The event types each phase takes: derived from the table's keys."""

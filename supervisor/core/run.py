@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Self, TypedDict, Unpack, cast
 
 from supervisor.core.values import InstanceId, InstanceState
 
@@ -52,6 +52,9 @@ TERMINAL_PHASES = frozenset(
     }
 )
 
+ACTIVE_PHASES = frozenset(Phase) - TERMINAL_PHASES
+"""The phases a run is still watched in (anything not terminal)."""
+
 
 class CheckpointStatus(enum.StrEnum):
     VERIFIED = "verified"
@@ -68,13 +71,82 @@ class Outcome(enum.StrEnum):
     STALLED = "stalled"  # the heartbeat stopped and the stall policy ended the run
 
 
+class ResumeStage(enum.StrEnum):
+    """Where a resume is, while the run is resuming (one observation or result per stage)."""
+
+    OBSERVE = "observe"  # describe the instance, then start, launch, restore or start training
+    STARTING = "starting"  # StartInstances was called, or a new instance was launched
+    LAUNCHING = "launching"  # RunInstances from the launch template is under way
+    RESTORE = "restore"  # the verified checkpoint is being downloaded onto the instance
+    START = "start"  # the resume command is being started on the instance
+    WAIT_AGENT = "wait-agent"  # the instance runs, but its SSM agent has not registered yet
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """A resume's progress (not persisted: after a restart a resume looks again from OBSERVE,
+    which is idempotent). A resume request starts a fresh one."""
+
+    stage: ResumeStage = ResumeStage.OBSERVE
+    from_scratch: bool = False
+    command_tries: int = 0
+    """Instance commands sent before the SSM agent had registered (bounded)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptState:
+    """The current attempt's sub-state that no restart needs (rebuilt from the phase after
+    one): a new attempt starts from `AttemptState()`, as one value."""
+
+    instance_ended: InstanceState | None = None
+    """Set when the instance was found ended while running: the next listing is the last."""
+    checkpoint_tries: int = 0
+    """Final-checkpoint steps run so far in this checkpointing or interrupting phase."""
+    early_checkpoint: bool = False
+    """A rebalance recommendation's checkpoint (training goes on) is under way."""
+    seconds_left: float | None = None
+    """Seconds to the spot deadline when the final checkpoint was verified (or given up)."""
+
+
+class RunChanges(TypedDict, total=False):
+    """The fields of `Run` as keywords, so that changes to a run are type-checked
+    (`Run.evolve(**changes)`). tests/core/test_machine.py keeps it equal to `Run`'s fields."""
+
+    spec: RunSpec
+    phase: Phase
+    outcome: Outcome | None
+    version: int
+    phase_since: datetime
+    reason: str
+    instance_id: InstanceId
+    grace_until: datetime | None
+    action_acked_at: datetime | None
+    error_code: str | None
+    pending_action: Action | None
+    checkpoint: CheckpointStatus | None
+    attempt: int
+    started_at: datetime | None
+    process_exited: bool
+    verified_attempt: int | None
+    verified_location: str | None
+    interrupt_deadline: datetime | None
+    report_etags: tuple[tuple[str, str], ...]
+    checks: int
+    next_check_at: datetime | None
+    outputs_seen: OutputSnapshot | None
+    this_attempt: AttemptState
+    resume: Resume
+
+
 @dataclass(frozen=True, slots=True)
 class Run:
     """Everything the core knows about one run.
 
-    The fields above the marker are persisted with every transition; the polling state below
-    it is rebuilt after a restart (the backoff resumes at the level its schedule has reached
-    after that long in the phase), so a check costs no database write.
+    The fields above the marker are persisted with every transition (they are the ones
+    `__eq__` compares, which is how `step()` knows a decision must be persisted); the polling
+    state and sub-state values below it are rebuilt after a restart (the backoff resumes at
+    the level its schedule has reached after that long in the phase), so a check costs no
+    database write.
     """
 
     spec: RunSpec
@@ -112,29 +184,25 @@ class Run:
     checks: int = field(default=0, compare=False)
     next_check_at: datetime | None = field(default=None, compare=False)
     outputs_seen: OutputSnapshot | None = field(default=None, compare=False)
-    instance_ended: InstanceState | None = field(default=None, compare=False)
-    """Set when the instance was found ended while running: the next listing is the last."""
-    checkpoint_tries: int = field(default=0, compare=False)
-    early_checkpoint: bool = field(default=False, compare=False)
-    """A rebalance recommendation's checkpoint (training goes on) is under way."""
-    resume_stage: str = field(default="", compare=False)
-    command_tries: int = field(default=0, compare=False)
-    seconds_left: float | None = field(default=None, compare=False)
-    from_scratch: bool = field(default=False, compare=False)
+    this_attempt: AttemptState = field(default=AttemptState(), compare=False)
+    """The current attempt's sub-state: replaced as one, fresh, when a resume restarts training."""
+    resume: Resume = field(default=Resume(), compare=False)
+    """A resume's progress, while resuming: fresh at each resume request."""
 
     def __post_init__(self) -> None:
         if not self.instance_id:
             object.__setattr__(self, "instance_id", self.spec.instance_id)
 
-    def evolve(self, **changes: object) -> Self:
+    def evolve(self, **changes: Unpack[RunChanges]) -> Self:
         """A copy with `changes`. Every step makes one, so this skips `dataclasses.replace`'s
-        per-call field introspection (five times slower); unknown names still raise."""
+        per-call field introspection (about twice as slow); unknown names still raise."""
         new = object.__new__(type(self))
+        given = cast(dict[str, object], changes)  # (a fresh dict: ours to empty)
         for name in _FIELD_NAMES:
-            value = changes.pop(name) if name in changes else getattr(self, name)
+            value = given.pop(name) if name in given else getattr(self, name)
             object.__setattr__(new, name, value)
-        if changes:
-            raise TypeError(f"Run has no field(s) {', '.join(sorted(changes))}")
+        if given:
+            raise TypeError(f"Run has no field(s) {', '.join(sorted(given))}")
         if not new.instance_id:
             object.__setattr__(new, "instance_id", new.spec.instance_id)
         return new

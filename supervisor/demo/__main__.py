@@ -65,6 +65,7 @@ import boto3
 from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
+from supervisor.core.run import TERMINAL_PHASES, Outcome, Phase
 from supervisor.demo.events import spot_warning, state_change
 from supervisor.runtime.service import process_alive
 
@@ -80,7 +81,8 @@ DEADLINE_S = 75.0
 PROGRESS_EVERY_S = 3.0
 STEP_S = 0.5
 BIN = Path(sys.executable).parent
-TERMINAL = frozenset({"stopped", "terminated", "crashed", "done", "failed", "detached"})
+TERMINAL = TERMINAL_PHASES - {Phase.INTERRUPTED}
+"""Where the demo's runs end (demo-spot's interruption is not its end: it resumes by itself)."""
 # demo-checkpoint: a long grace that "until-quiet" cuts short once the checkpoint is verified.
 CHECKPOINT_GRACE_S = 30
 QUIET_S = 1
@@ -111,8 +113,8 @@ class Plan:
     on_complete: str | None
     steps: int | None
     """Steps of its simulated job; None: the job is never started."""
-    phase: str
-    outcome: str
+    phase: Phase
+    outcome: Outcome
     instance_state: str
     reason: str | None = None
     """A text the run's final reason must contain, if any."""
@@ -130,14 +132,16 @@ class Plan:
         return f"s3://{BUCKET}/{self.prefix_key}"
 
 
-STOP = Plan("demo-stop", "stop", 6, "stopped", "completed", "stopped")
-TERMINATE = Plan("demo-terminate", "terminate", 10, "terminated", "completed", "terminated")
+STOP = Plan("demo-stop", "stop", 6, Phase.STOPPED, Outcome.COMPLETED, "stopped")
+TERMINATE = Plan(
+    "demo-terminate", "terminate", 10, Phase.TERMINATED, Outcome.COMPLETED, "terminated"
+)
 CRASH = Plan(
     "demo-crash",
     None,
     None,
-    "crashed",
-    "crashed",
+    Phase.CRASHED,
+    Outcome.CRASHED,
     "terminated",
     reason="instance ended before training started",
     method="pcgrad",
@@ -146,8 +150,8 @@ CHECKPOINT = Plan(
     "demo-checkpoint",
     "terminate",
     6,
-    "terminated",
-    "completed",
+    Phase.TERMINATED,
+    Outcome.COMPLETED,
     "terminated",
     checkpoint="verified",
     method="imtlg",
@@ -156,8 +160,8 @@ SPOT = Plan(
     "demo-spot",
     "terminate",
     8,
-    "terminated",
-    "completed",
+    Phase.TERMINATED,
+    Outcome.COMPLETED,
     "terminated",
     checkpoint="verified",
     method="pcgrad",
@@ -269,7 +273,10 @@ class SpotFacts:
     problems: list[str] = field(default_factory=list)
 
 
-SPOT_PHASES = ["pending", "running", "interrupting", "interrupted", "resuming", "running"]
+SPOT_PHASES = [
+    Phase.PENDING, Phase.RUNNING, Phase.INTERRUPTING, Phase.INTERRUPTED, Phase.RESUMING,
+    Phase.RUNNING,
+]  # fmt: skip
 """How demo-spot's record must begin: interrupted on attempt 1, resumed as attempt 2."""
 RESUMED_FROM = re.compile(r"resumed: .*from (step_\d+_final\.pt)")
 
@@ -290,8 +297,9 @@ def _spot_problems(plan: Plan, facts: SpotFacts) -> list[str]:
     transitions = detail.get("transitions", [])
     phases = [t.get("to") for t in transitions]
     if phases[: len(SPOT_PHASES)] != SPOT_PHASES:
-        problems.append(f"{who}: expected the phases to begin {SPOT_PHASES}, got {phases}")
-    interrupted = [t for t in transitions if t.get("to") == "interrupted"]
+        expected = [str(phase) for phase in SPOT_PHASES]
+        problems.append(f"{who}: expected the phases to begin {expected}, got {phases}")
+    interrupted = [t for t in transitions if t.get("to") == Phase.INTERRUPTED]
     if interrupted:
         facts_of = interrupted[0].get("detail", {})
         left = facts_of.get("seconds_left_when_verified")
@@ -300,7 +308,7 @@ def _spot_problems(plan: Plan, facts: SpotFacts) -> list[str]:
                 f"{who}: the checkpoint was not verified inside the notice "
                 f"(checkpoint {facts_of.get('checkpoint')}, seconds left {left})"
             )
-    resumed = [t for t in transitions[1:] if t.get("from") == "resuming"]
+    resumed = [t for t in transitions[1:] if t.get("from") == Phase.RESUMING]
     if resumed and resumed[0].get("detail", {}).get("from_scratch") is not False:
         problems.append(f"{who}: attempt 2 did not start from the restored checkpoint")
     used = [(i.get("instance_id"), i.get("source")) for i in detail.get("instances", [])]
@@ -663,22 +671,24 @@ class Demo:
         the job trains, AWS taking the instance back once the checkpoint is verified, then the
         report of the resume. True if it did something."""
         phase = run.get("phase")
-        if phase == "failed":
+        if phase == Phase.FAILED:
             raise DemoError(f"{SPOT.run_id} failed: {run.get('reason')}")
         if self.spot_stage == "training":
             written = list(self.checkpoint_dir(SPOT).glob("step_*.pt"))
-            if phase == "running" and len(written) >= CHECKPOINTS_BEFORE_WARNING:
+            if phase == Phase.RUNNING and len(written) >= CHECKPOINTS_BEFORE_WARNING:
                 self.send_spot_warning(SPOT)
                 self.spot_stage = "warned"
                 return True
         elif self.spot_stage == "warned":
             if run.get("checkpoint") == "unverified":
                 raise DemoError(f"{SPOT.run_id}: the checkpoint inside the notice was not verified")
-            if phase == "interrupting" and run.get("checkpoint") == "verified":
+            if phase == Phase.INTERRUPTING and run.get("checkpoint") == "verified":
                 self.take_instance_back(SPOT)
                 self.spot_stage = "gone"
                 return True
-        elif self.spot_stage == "gone" and (run.get("attempt") or 1) >= 2 and phase != "resuming":
+        elif (
+            self.spot_stage == "gone" and (run.get("attempt") or 1) >= 2 and phase != Phase.RESUMING
+        ):
             self.report_resume(SPOT)
             self.spot_stage = "resumed"
             return True
@@ -705,7 +715,7 @@ class Demo:
         assert self.ec2 is not None
         took = time.monotonic() - self.spot_warned_at
         detail = self.ctl_json("status", plan.run_id, "--json")
-        warned = [t for t in detail["transitions"] if t["to"] == "interrupting"][-1]["detail"]
+        warned = [t for t in detail["transitions"] if t["to"] == Phase.INTERRUPTING][-1]["detail"]
         self.say(
             f"{plan.run_id}: seen {took:.1f}s after the warning was queued: the supervisor has "
             "SIGTERMed the job and verified its final\n"
@@ -730,7 +740,7 @@ class Demo:
     def report_resume(self, plan: Plan) -> None:
         detail = self.ctl_json("status", plan.run_id, "--json")
         transitions = detail["transitions"]
-        interrupted = [t for t in transitions if t["to"] == "interrupted"][-1]
+        interrupted = [t for t in transitions if t["to"] == Phase.INTERRUPTED][-1]
         facts = interrupted["detail"]
         left = facts.get("seconds_left_when_verified")
         self.say(
@@ -738,7 +748,7 @@ class Demo:
             f"{left if left is None else round(left)}s of the notice left; "
             f"{interrupted['reason'].rpartition('; ')[2]}"
         )
-        resumed = [t for t in transitions if t["from"] == "resuming"][-1]
+        resumed = [t for t in transitions if t["from"] == Phase.RESUMING][-1]
         self.say(
             f"{plan.run_id}: attempt {detail['attempt']} running on {detail['instance_id']}, "
             f"launched from {LAUNCH_TEMPLATE}; the checkpoint restored from S3, the job "

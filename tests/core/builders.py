@@ -5,6 +5,7 @@ Nothing here reads a clock or touches I/O; every test passes the same `NOW`.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,7 +21,7 @@ from supervisor.core.events import (
     SpotInterruptionWarning,
 )
 from supervisor.core.machine import Decision, Policy, new_run, step
-from supervisor.core.run import CheckpointStatus, Outcome, Phase, Run
+from supervisor.core.run import AttemptState, CheckpointStatus, Outcome, Phase, ResumeStage, Run
 from supervisor.core.spec import RunSpec
 from supervisor.core.values import ObjectInfo
 
@@ -68,9 +69,40 @@ def spot_spec(**overrides: Any) -> RunSpec:
     return checkpoint_spec(**{"spot": True, **overrides})
 
 
+_IN_ATTEMPT = {f.name for f in dataclasses.fields(AttemptState)}
+_IN_RESUME = {
+    "resume_stage": "stage",
+    "from_scratch": "from_scratch",
+    "command_tries": "command_tries",
+}
+
+
+def with_state(run: Run, **changes: Any) -> Run:
+    """`run` with `changes`, where the fields of its sub-state values may be given by name:
+    `AttemptState`'s (`checkpoint_tries=2`) and `Resume`'s (`resume_stage="start"`)."""
+    attempt = {k: changes.pop(k) for k in _IN_ATTEMPT & changes.keys()}
+    resume = {_IN_RESUME[k]: changes.pop(k) for k in _IN_RESUME.keys() & changes.keys()}
+    if "stage" in resume:
+        resume["stage"] = ResumeStage(resume["stage"])
+    if attempt:
+        changes["this_attempt"] = dataclasses.replace(run.this_attempt, **attempt)
+    if resume:
+        changes["resume"] = dataclasses.replace(run.resume, **resume)
+    return run.evolve(**changes)
+
+
+def state_of(run: Run, name: str) -> object:
+    """A field of `run`, or of its sub-state values, by the names `with_state` takes."""
+    if name in _IN_ATTEMPT:
+        return getattr(run.this_attempt, name)
+    if name in _IN_RESUME:
+        return getattr(run.resume, _IN_RESUME[name])
+    return getattr(run, name)
+
+
 def make_run(phase: Phase = Phase.PENDING, *, spec: RunSpec | None = None, **changes: Any) -> Run:
     """A run in `phase`, attached an hour ago; a grace run has completed and waits until
-    `GRACE_UNTIL`."""
+    `GRACE_UNTIL`. Sub-state fields may be given by name (see `with_state`)."""
     run = new_run(spec or make_spec(), now=NOW - timedelta(hours=1)).run
     defaults: dict[str, Any] = {}
     if phase is Phase.GRACE:
@@ -78,7 +110,7 @@ def make_run(phase: Phase = Phase.PENDING, *, spec: RunSpec | None = None, **cha
     if changes.get("checkpoint") is CheckpointStatus.VERIFIED:
         # As in step(): verifying the final checkpoint also makes it the one a resume restores.
         defaults["verified_attempt"] = changes.get("attempt", run.attempt)
-    return run.evolve(phase=phase, version=3, **{**defaults, **changes})
+    return with_state(run, phase=phase, version=3, **{**defaults, **changes})
 
 
 def obj(key: str, etag: str = "e1", size: int = 10, *, at: datetime = NOW) -> ObjectInfo:

@@ -106,6 +106,9 @@ def check_decision(before: Run, d: Decision, now: datetime) -> None:
         # An early (rebalance) checkpoint is never taken for the final one.
         assert after.checkpoint == before.checkpoint, "an early checkpoint became the final one"
     check_reports(before, d)
+    if not d.persist:
+        # (`Run.__eq__` compares the stored fields: test_machine checks that it does)
+        assert after == before, "a stored field changed in a decision that is not persisted"
     t = d.transition
     if t is None:
         assert (after.phase, after.version) == (before.phase, before.version)

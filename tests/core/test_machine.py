@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import random
 import re
+import typing
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, get_args
 
 import pytest
 
+from supervisor.core import machine
 from supervisor.core.backoff import checks_made, delay
 from supervisor.core.checkpoint import (
     CommandKind,
@@ -61,6 +64,7 @@ from supervisor.core.machine import (
     INTERRUPT_OVERDUE_S,
     RESTORE_TIMEOUT_S,
     START_TIMEOUT_S,
+    TRANSITIONS,
     Policy,
     checkpoint_command,
     new_run,
@@ -68,7 +72,18 @@ from supervisor.core.machine import (
     start_command,
     step,
 )
-from supervisor.core.run import TERMINAL_PHASES, CheckpointStatus, Outcome, Phase, Run
+from supervisor.core.run import (
+    ACTIVE_PHASES,
+    TERMINAL_PHASES,
+    AttemptState,
+    CheckpointStatus,
+    Outcome,
+    Phase,
+    Resume,
+    ResumeStage,
+    Run,
+    RunChanges,
+)
 from supervisor.core.values import InstanceId, InstanceState
 from tests.core.builders import (
     CHECKPOINT_DIR,
@@ -94,7 +109,9 @@ from tests.core.builders import (
     obj,
     run_step,
     seeded,
+    state_of,
     warning,
+    with_state,
 )
 
 P, S = Phase, InstanceState
@@ -266,7 +283,7 @@ EDGE_CASES = [
     _edge(P.RESUMING, finished(ST, pid=777), P.RUNNING, None,
           f"resumed on {INSTANCE} (attempt 2, checkpoint restored)", LIST_TOP, spec=CF,
           outcome=C, checkpoint=V, resume_stage="start",
-          fields={"attempt": 2, "started_at": NOW, "checkpoint": None, "resume_stage": ""}),
+          fields={"attempt": 2, "started_at": NOW, "checkpoint": None, "resume": Resume()}),
     _edge(P.RESUMING, user(U.STOP), P.STOPPING, X, "stop requested by user", STOP, spec=CF),
     # spot: the warning starts the checkpoint inside the notice; the instance going ends it
     _edge(PO, warning(), P.INTERRUPTING, INT, f"{WARNED}; no checkpoint step configured",
@@ -388,7 +405,7 @@ def test_each_edge_is_one_step_with_its_outcome_reason_and_effects(case: EdgeCas
     assert decision.run.version == case.run.version + 1
     assert decision.run.phase_since == case.now
     for name, value in case.fields.items():
-        assert getattr(decision.run, name) == value
+        assert state_of(decision.run, name) == value
 
 
 # -- events a phase does not take --------------------------------------------------------------
@@ -414,6 +431,43 @@ def test_every_phase_has_a_row_terminal_rows_take_only_a_resume_and_every_event_
         assert ACCEPTS[phase] == resumable, phase
     assert {p for p in Phase if ResumeRequested in ACCEPTS[p]} == set(RESUMABLE)
     assert {type(e) for e in ONE_OF_EACH} == set(get_args(Event))
+
+
+def test_what_a_phase_accepts_is_exactly_the_keys_of_its_rows_in_the_table() -> None:
+    for phase in Phase:
+        assert ACCEPTS[phase] == {event for (at, event) in TRANSITIONS if at is phase}, phase
+    assert set(TRANSITIONS) == {(p, e) for p in Phase for e in ACCEPTS[p]}
+
+
+def test_the_active_phases_are_the_non_terminal_ones_and_each_takes_the_events_of_any_phase() -> (
+    None
+):
+    assert set(Phase) - TERMINAL_PHASES == ACTIVE_PHASES and set(ACTIVE) == ACTIVE_PHASES
+    anywhere = {Armed, Tick, InstanceObserved, UserRequested, MonitorFailed, Nudge,
+                RebalanceRecommended, ReportIngested, EffectFailed}  # fmt: skip
+    assert {p for p in Phase if anywhere <= ACCEPTS[p]} == ACTIVE_PHASES
+
+
+@pytest.mark.parametrize(
+    ("phase", "event"), [pytest.param(p, e, id=f"{p}:{e.__name__}") for (p, e) in TRANSITIONS]
+)
+def test_each_row_of_the_table_has_a_handler_for_its_event_type(
+    phase: Phase, event: type[Event]
+) -> None:
+    handler = inspect.unwrap(TRANSITIONS[phase, event])
+    hint = typing.get_type_hints(handler, vars(machine))[
+        list(inspect.signature(handler).parameters)[1]
+    ]
+    assert event is hint or event in get_args(hint), handler.__name__
+
+
+def test_each_edge_leaves_a_phase_that_takes_events_and_any_active_phase_can_fail_or_detach() -> (
+    None
+):
+    assert all(ACCEPTS[at] for (at, _) in EDGES)
+    for phase in ACTIVE_PHASES:
+        assert {(phase, P.FAILED), (phase, P.DETACHED)} <= EDGES, phase
+    assert not any(at in TERMINAL_PHASES and to is not P.RESUMING for (at, to) in EDGES)
 
 
 @pytest.mark.parametrize(("phase", "event"), REFUSED)
@@ -457,7 +511,7 @@ def test_a_pending_spot_instance_that_ends_is_interrupted_after_one_look_at_the_
 ) -> None:
     gone = run_step(make_run(P.PENDING, spec=make_spec(spot=True)), seen(state))
     assert (gone.run.phase, gone.transition, gone.effects) == (P.PENDING, None, (LIST_TOP,))
-    assert gone.run.instance_ended is state
+    assert gone.run.this_attempt.instance_ended is state
     d = run_step(gone.run, listed("logs.txt"))
     assert (d.run.phase, d.run.outcome, d.effects) == (P.INTERRUPTED, INT, ())
     assert d.run.reason == (
@@ -605,7 +659,11 @@ def test_running_instance_ended_takes_one_last_look_at_the_prefix(
     state: InstanceState, final: Phase
 ) -> None:
     d = run_step(make_run(P.RUNNING), seen(state))
-    assert (d.effects, d.transition, d.run.instance_ended) == ((LIST_TOP,), None, state)
+    assert (d.effects, d.transition, d.run.this_attempt.instance_ended) == (
+        (LIST_TOP,),
+        None,
+        state,
+    )
     assert run_step(d.run, seen(state)).effects == ()  # a repeated observation lists nothing
     done = run_step(d.run, listed("done"))
     assert (done.run.phase, done.run.outcome) == (final, Outcome.COMPLETED)
@@ -797,7 +855,7 @@ def test_completion_with_checkpointing_first_ends_training_keeping_on_complete_f
     d = run_step(make_run(P.RUNNING, spec=checkpoint_spec(on_complete=on_complete)), listed("done"))
     assert (d.run.phase, d.run.outcome, d.run.pending_action) == (P.CHECKPOINTING, C, pending)
     assert d.effects == (CKPT,)
-    assert (d.run.checkpoint, d.run.checkpoint_tries) == (None, 1)
+    assert (d.run.checkpoint, d.run.this_attempt.checkpoint_tries) == (None, 1)
 
 
 def checkpointing(tries: int = 1, *, outcome: Outcome = C, **spec: Any) -> Run:
@@ -805,7 +863,7 @@ def checkpointing(tries: int = 1, *, outcome: Outcome = C, **spec: Any) -> Run:
     completion marker or on a user's stop."""
     running = make_run(P.RUNNING, spec=checkpoint_spec(**spec))
     event = listed("done") if outcome is C else user(U.STOP)
-    return run_step(running, event).run.evolve(checkpoint_tries=tries)
+    return with_state(run_step(running, event).run, checkpoint_tries=tries)
 
 
 @pytest.mark.parametrize("exited", [True, False])
@@ -865,7 +923,7 @@ def test_a_failed_checkpoint_attempt_is_retried_until_checkpoint_attempts(
     for tries in (1, 2):
         d = run_step(checkpointing(tries), event)
         assert (d.effects, d.transition, d.persist) == ((CKPT,), None, False)
-        assert (d.run.phase, d.run.checkpoint_tries) == (P.CHECKPOINTING, tries + 1)
+        assert (d.run.phase, d.run.this_attempt.checkpoint_tries) == (P.CHECKPOINTING, tries + 1)
     last = run_step(checkpointing(3), event)
     assert last.run.phase is P.GRACE
     assert f"{why}" in last.run.reason
@@ -919,7 +977,7 @@ def test_unverified_with_keep_running_fails_the_run_and_leaves_the_instance_alon
 
 def test_checkpointing_armed_after_a_restart_runs_the_idempotent_step_again() -> None:
     d = run_step(checkpointing(2), Armed())
-    assert (d.effects, d.run.checkpoint_tries, d.transition) == ((CKPT,), 1, None)
+    assert (d.effects, d.run.this_attempt.checkpoint_tries, d.transition) == ((CKPT,), 1, None)
 
 
 @pytest.mark.parametrize(
@@ -1126,7 +1184,7 @@ def test_a_prefix_nudge_is_ignored_where_a_listing_decides_nothing(run: Run) -> 
 def test_a_request_while_running_saves_the_final_checkpoint_first(action: UserAction) -> None:
     d = run_step(make_run(P.RUNNING, spec=checkpoint_spec()), user(action))
     assert (d.run.phase, d.run.outcome, d.effects) == (P.CHECKPOINTING, X, (CKPT,))
-    assert (d.run.pending_action, d.run.checkpoint_tries) == (Action(action.value), 1)
+    assert (d.run.pending_action, d.run.this_attempt.checkpoint_tries) == (Action(action.value), 1)
     assert d.run.reason == f"{action} requested by user; saving the final checkpoint first"
 
 
@@ -1154,7 +1212,7 @@ def test_a_request_during_checkpointing_only_changes_what_happens_afterwards(
     run = checkpointing(2, outcome=outcome, on_complete="none")
     d = run_step(run, user(action))
     assert (d.transition, d.effects, d.persist) == (None, (), True)
-    assert (d.run.phase, d.run.version, d.run.checkpoint_tries) == (
+    assert (d.run.phase, d.run.version, d.run.this_attempt.checkpoint_tries) == (
         P.CHECKPOINTING, run.version, 2,
     )  # fmt: skip
     assert (d.run.pending_action, d.run.outcome) == (Action(action.value), kept)
@@ -1256,7 +1314,11 @@ def test_a_resume_refused_for_want_of_a_launch_template_shows_a_toml_line_to_add
 def test_an_accepted_resume_describes_the_instance_first(run: Run, from_scratch: bool) -> None:
     d = run_step(run, ResumeRequested(from_scratch=from_scratch))
     assert (d.run.phase, d.effects) == (P.RESUMING, (ObserveInstance(),))
-    assert (d.run.from_scratch, d.run.resume_stage, d.run.attempt) == (from_scratch, "observe", 1)
+    assert (d.run.resume.from_scratch, d.run.resume.stage, d.run.attempt) == (
+        from_scratch,
+        "observe",
+        1,
+    )
     assert d.transition is not None
     assert d.transition.detail == {"from_scratch": from_scratch, "attempt": 2}
 
@@ -1289,7 +1351,7 @@ def test_resuming_drives_the_instance_one_stage_per_observation(
     next_stage: str,
 ) -> None:
     d = run_step(resuming(stage, **changes), seen(state))
-    assert (d.effects, d.transition, d.run.resume_stage) == (effects, None, next_stage)
+    assert (d.effects, d.transition, d.run.resume.stage) == (effects, None, next_stage)
 
 
 def test_restore_argv_downloads_the_checkpoint_into_the_checkpoint_dir() -> None:
@@ -1308,14 +1370,16 @@ def test_start_argv_records_the_pid_and_ends_with_the_resume_command_after_dashe
 
 def test_a_restored_checkpoint_is_followed_by_the_start_command() -> None:
     d = run_step(resuming("restore"), finished(RS, files=2))
-    assert (d.effects, d.run.resume_stage, d.transition) == ((START,), "start", None)
+    assert (d.effects, d.run.resume.stage, d.transition) == ((START,), "start", None)
 
 
 def test_a_started_resume_is_running_again_as_a_new_attempt_with_a_clean_slate() -> None:
-    run = resuming("start").evolve(
-        attempt=2, pending_action=A.STOP, grace_until=GRACE_UNTIL, action_acked_at=NOW,
-        error_code="X", checks=7, process_exited=True, started_at=NOW - timedelta(days=1),
-        interrupt_deadline=DEADLINE, early_checkpoint=True,
+    run = with_state(
+        resuming("start"), attempt=2, pending_action=A.STOP, grace_until=GRACE_UNTIL,
+        action_acked_at=NOW, error_code="X", checks=7, process_exited=True,
+        started_at=NOW - timedelta(days=1), interrupt_deadline=DEADLINE, early_checkpoint=True,
+        checkpoint_tries=2, instance_ended=S.TERMINATED, seconds_left=3.0, command_tries=4,
+        next_check_at=NOW, outputs_seen=(("model.pt", "e1", 10),),
     )  # fmt: skip
     later = NOW + timedelta(minutes=5)
     d = run_step(run, finished(ST, pid=777), now=later)
@@ -1326,8 +1390,18 @@ def test_a_started_resume_is_running_again_as_a_new_attempt_with_a_clean_slate()
         None, None, None, None,
     )  # fmt: skip
     assert (d.run.action_acked_at, d.run.error_code, d.run.checks) == (None, None, 0)
-    assert (d.run.process_exited, d.run.from_scratch) == (False, False)
-    assert (d.run.interrupt_deadline, d.run.early_checkpoint) == (None, False)
+    assert (d.run.process_exited, d.run.resume.from_scratch) == (False, False)
+    assert d.run.interrupt_deadline is None
+    assert (d.run.this_attempt, d.run.resume) == (AttemptState(), Resume())
+    # Any other field (a new one too) either carries over, or starts fresh at its default.
+    carried = {"spec", "instance_id", "verified_attempt", "verified_location", "report_etags"}
+    moved = {"phase", "version", "phase_since", "reason", "attempt", "started_at"}
+    for f in dataclasses.fields(Run):
+        if f.name in carried:
+            assert getattr(d.run, f.name) == getattr(run, f.name), f.name
+        elif f.name not in moved:
+            fresh = None if f.default is dataclasses.MISSING else f.default
+            assert getattr(d.run, f.name) == fresh != getattr(run, f.name), f.name
     # The checkpoint it restored stays the one a later resume restores, until a newer one.
     assert d.run.verified_attempt == 1
     assert d.transition is not None
@@ -1340,7 +1414,7 @@ def test_a_launched_instance_becomes_the_runs_instance_and_is_persisted() -> Non
     run = resuming("launching", launch_template=LAUNCH_TEMPLATE)
     d = run_step(run, InstanceLaunched(NEW_INSTANCE))
     assert (d.persist, d.transition, d.effects) == (True, None, (ObserveInstance(),))
-    assert (d.run.instance_id, d.run.resume_stage, d.run.version) == (NEW_INSTANCE, "starting", 3)
+    assert (d.run.instance_id, d.run.resume.stage, d.run.version) == (NEW_INSTANCE, "starting", 3)
     assert run_step(d.run, seen(S.RUNNING)).effects == (RESTORE,)
 
 
@@ -1361,14 +1435,14 @@ def test_an_undelivered_resume_command_waits_for_the_agent_then_looks_again() ->
     undelivered = CommandFinished(RS, CommandResult(CommandStatus.UNDELIVERED, None))
     d = run_step(resuming("restore"), undelivered)
     assert (d.transition, d.effects) == (None, (WakeAt(NOW + timedelta(seconds=AGENT_WAIT_S)),))
-    assert (d.run.resume_stage, d.run.command_tries) == ("wait-agent", 1)
+    assert (d.run.resume.stage, d.run.resume.command_tries) == ("wait-agent", 1)
     d = run_step(d.run, Tick())
-    assert (d.effects, d.run.resume_stage) == ((ObserveInstance(),), "observe")
+    assert (d.effects, d.run.resume.stage) == ((ObserveInstance(),), "observe")
     assert run_step(d.run, seen(S.RUNNING)).effects == (RESTORE,)
 
 
 def test_an_agent_that_never_registers_fails_the_resume_after_the_bounded_wait() -> None:
-    run = dataclasses.replace(resuming("restore"), command_tries=AGENT_WAIT_TRIES)
+    run = with_state(resuming("restore"), command_tries=AGENT_WAIT_TRIES)
     d = run_step(run, CommandFinished(RS, CommandResult(CommandStatus.UNDELIVERED, None)))
     assert (d.run.phase, d.run.error_code) == (P.FAILED, "ResumeRestoreFailed")
 
@@ -1417,7 +1491,7 @@ def test_a_resume_restores_an_earlier_attempts_checkpoint_when_this_one_has_none
 ) -> None:
     run = ended(checkpoint=checkpoint).evolve(attempt=2, verified_attempt=1)
     d = run_step(run, ResumeRequested())
-    assert (d.run.phase, d.run.from_scratch) == (P.RESUMING, False)
+    assert (d.run.phase, d.run.resume.from_scratch) == (P.RESUMING, False)
     assert d.run.reason == "resume requested from its verified checkpoint (attempt 3)"
     assert run_step(d.run, seen(S.RUNNING)).effects == (RESTORE,)
     # After a daemon restart too: what is restored is persisted.
@@ -1502,3 +1576,70 @@ def test_an_observation_of_another_instance_is_stale_and_changes_nothing() -> No
     assert (d.run, d.effects, d.transition) == (run, (), None)
     current = InstanceObserved(S.RUNNING, source="sweep", instance_id=NEW_INSTANCE)
     assert run_step(run, current).effects == (RESTORE,)
+
+
+# -- whether a decision is persisted is computed, not set by hand --------------------------------
+
+STORED_FIELDS = {
+    "spec", "phase", "outcome", "version", "phase_since", "reason", "instance_id", "grace_until",
+    "action_acked_at", "error_code", "pending_action", "checkpoint", "attempt", "started_at",
+    "process_exited", "verified_attempt", "verified_location", "interrupt_deadline",
+    "report_etags",
+}  # fmt: skip
+"""The fields the store writes to the runs row (and reads back after a restart)."""
+
+
+def test_the_fields_run_compares_are_exactly_the_ones_the_store_keeps() -> None:
+    """`step()` judges `persist` by `Run.__eq__`, so it must look at no more and no less."""
+    assert {f.name for f in dataclasses.fields(Run) if f.compare} == STORED_FIELDS
+
+
+def checkpoint_result_of_a_process_already_known_gone() -> Run:
+    return checkpointing().evolve(process_exited=True)
+
+
+# fmt: off
+PERSISTED = [
+    pytest.param(checkpointing(), finished(CP, exited=True), True, id="process-exited-recorded"),
+    pytest.param(checkpointing(), finished(CP, exited=False), False, id="process-fate-unchanged"),
+    pytest.param(checkpoint_result_of_a_process_already_known_gone(), finished(CP, exited=True),
+                 False, id="process-exit-already-known"),
+    pytest.param(make_run(P.RUNNING), ReportIngested("status.json", "e1"), True, id="report-etag"),
+    pytest.param(make_run(P.STOPPING), ActionSucceeded(A.STOP, S.STOPPING), True, id="ack"),
+    pytest.param(make_run(P.RUNNING), Tick(), False, id="polling-only"),
+    pytest.param(make_run(P.RUNNING), listed(), False, id="next-check-scheduled"),
+    pytest.param(make_run(P.RUNNING), listed("done"), True, id="transition"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("run", "event", "persist"), PERSISTED)
+def test_a_decision_is_persisted_exactly_when_a_stored_field_changed(
+    run: Run, event: Event, persist: bool
+) -> None:
+    d = run_step(run, event)
+    stored = {name: getattr(d.run, name) for name in STORED_FIELDS}
+    assert (d.persist, stored != {name: getattr(run, name) for name in STORED_FIELDS}) == (
+        persist,
+        persist,
+    )
+
+
+def test_the_checkpoint_steps_process_fate_survives_a_restart() -> None:
+    """Whether training exited decides if grace may end early; it was once changed without
+    being persisted, so a restart lost it."""
+    d = run_step(checkpointing(), finished(CP, exited=True))
+    assert (d.transition, d.run.process_exited, d.persist) == (None, True, True)
+
+
+def test_the_typed_changes_of_a_run_name_exactly_its_fields_with_the_same_types() -> None:
+    """`RunChanges` is what keeps `Run.evolve(**changes)` type-checked: it must not drift."""
+    declared = {name: t.__forward_arg__ for name, t in RunChanges.__annotations__.items()}
+    assert declared == {f.name: f.type for f in dataclasses.fields(Run)}
+
+
+def test_a_new_attempt_and_a_new_resume_start_from_fresh_sub_state_values() -> None:
+    """A resume request starts a fresh `Resume` (nothing of an earlier resume's tries)."""
+    run = with_state(ended(), command_tries=AGENT_WAIT_TRIES, resume_stage="wait-agent")
+    d = run_step(run, ResumeRequested())
+    assert d.run.resume == Resume(ResumeStage.OBSERVE, from_scratch=False, command_tries=0)

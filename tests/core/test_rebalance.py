@@ -47,6 +47,7 @@ from tests.core.builders import (
     run_step,
     spot_spec,
     warning,
+    with_state,
 )
 
 P, S = Phase, InstanceState
@@ -86,7 +87,11 @@ def test_a_recommendation_while_training_uploads_the_newest_checkpoint_early(
     run = make_run(phase, spec=rebalancing())
     d = run_step(run, REBALANCE)
     assert (d.effects, d.transition, d.persist) == ((early_step(run),), None, False)
-    assert (d.run.phase, d.run.early_checkpoint, d.run.checkpoint) == (phase, True, None)
+    assert (d.run.phase, d.run.this_attempt.early_checkpoint, d.run.checkpoint) == (
+        phase,
+        True,
+        None,
+    )
 
 
 def test_the_early_step_leaves_training_running_and_may_take_the_upload_budget() -> None:
@@ -123,7 +128,7 @@ IGNORED = [
 def test_a_recommendation_is_taken_and_ignored_by_policy_or_past_training(run: Run) -> None:
     d = run_step(run, REBALANCE)
     assert (d.run, d.effects, d.transition, d.persist) == (run, (), None, False)
-    assert d.run.early_checkpoint is run.early_checkpoint
+    assert d.run.this_attempt.early_checkpoint is run.this_attempt.early_checkpoint
 
 
 # -- the result --------------------------------------------------------------------------------
@@ -148,7 +153,7 @@ def test_a_verified_early_checkpoint_is_what_a_resume_restores_not_the_final_one
     assert (d.transition, d.effects, d.persist) == (None, (), True)
     assert (d.run.phase, d.run.checkpoint, d.run.verified_attempt) == (P.RUNNING, None, attempt)
     assert d.run.verified_location == EARLY_URL
-    assert (d.run.early_checkpoint, d.run.version) == (False, run.version)
+    assert (d.run.this_attempt.early_checkpoint, d.run.version) == (False, run.version)
 
 
 FAILURES = [
@@ -167,7 +172,7 @@ def test_a_failed_early_checkpoint_changes_nothing_but_lets_a_later_one_start(
         d = run_step(run, event)
         run = d.run
     assert (d.transition, d.effects, d.persist) == (None, (), False)
-    assert (run.phase, run.checkpoint, run.verified_attempt, run.early_checkpoint) == (
+    assert (run.phase, run.checkpoint, run.verified_attempt, run.this_attempt.early_checkpoint) == (
         P.RUNNING, None, None, False,
     )  # fmt: skip
     assert run_step(run, REBALANCE).effects == (early_step(run),)
@@ -191,7 +196,7 @@ def test_an_early_checkpoint_under_way_is_forgotten_by_a_restart_but_a_verified_
     def restarted(run: Run) -> Run:
         return Run(**{f.name: getattr(run, f.name) for f in dataclasses.fields(Run) if f.compare})
 
-    assert restarted(uploading()).early_checkpoint is False
+    assert restarted(uploading()).this_attempt.early_checkpoint is False
     run = run_step(uploading(), finished(CP, exited=False)).run
     verified = run_step(run, checked()).run
     assert restarted(verified).verified_attempt == 1
@@ -225,14 +230,14 @@ def test_a_request_after_an_early_checkpoint_still_saves_the_final_one(
 def test_an_interruption_with_only_an_early_checkpoint_resumes_from_it() -> None:
     # The warning comes too late for a checkpoint step of its own.
     run = run_step(early_verified(**RESUME), warning(0)).run
-    assert (run.phase, run.checkpoint_tries) == (P.INTERRUPTING, 0)
+    assert (run.phase, run.this_attempt.checkpoint_tries) == (P.INTERRUPTING, 0)
     gone = run_step(run, InstanceObserved(S.TERMINATED))
     d = run_step(gone.run, PrefixListed(()))
     assert (d.run.phase, d.run.checkpoint) == (P.INTERRUPTED, None)
     assert d.effects == (AutoResume(from_scratch=False),)
     resuming = run_step(d.run, ResumeRequested()).run
     assert resuming.reason == "resume requested from its verified checkpoint (attempt 2)"
-    launched = run_step(resuming.evolve(resume_stage="starting"), InstanceObserved(S.RUNNING))
+    launched = run_step(with_state(resuming, resume_stage="starting"), InstanceObserved(S.RUNNING))
     assert launched.effects == (RunInstanceCommand(restore_command(run), RESTORE_TIMEOUT_S),)
     (restore,) = launched.effects
     assert isinstance(restore, RunInstanceCommand)
@@ -260,7 +265,7 @@ def test_a_late_early_result_after_training_ended_is_stale_and_ignored(phase: Ph
 
 def test_a_warning_during_an_early_checkpoint_starts_the_final_one_instead() -> None:
     d = run_step(uploading(), warning())
-    assert (d.run.phase, d.run.early_checkpoint, d.run.outcome) == (
+    assert (d.run.phase, d.run.this_attempt.early_checkpoint, d.run.outcome) == (
         P.INTERRUPTING, False, Outcome.INTERRUPTED,
     )  # fmt: skip
     (wake, command) = d.effects

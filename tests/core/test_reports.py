@@ -53,6 +53,7 @@ from tests.core.builders import (
     run_step,
     seeded,
     spot_spec,
+    with_state,
 )
 
 P, S = Phase, InstanceState
@@ -655,7 +656,7 @@ def test_the_interrupting_runs_last_look_reads_the_reports_too() -> None:
     d = run_step(run, listed(STATUS, FINAL, HISTORY, "COMPLETE"))
     assert (d.run.phase, d.run.outcome) == (P.INTERRUPTED, Outcome.COMPLETED)
     assert d.effects == (read(STATUS), read(FINAL), read(HISTORY))
-    waiting = run.evolve(instance_ended=None)
+    waiting = with_state(run, instance_ended=None)
     assert run_step(waiting, listed(FINAL)).effects == (read(FINAL),)
 
 
@@ -665,6 +666,6 @@ def test_a_resume_keeps_the_etags_read_so_the_last_attempts_reports_are_not_read
         report_etags=reports(),
     )  # fmt: skip
     resuming = run_step(run, ResumeRequested()).run
-    started = run_step(resuming.evolve(resume_stage="start"), finished(START, pid=777)).run
+    started = run_step(with_state(resuming, resume_stage="start"), finished(START, pid=777)).run
     assert (started.phase, started.attempt, started.report_etags) == (P.RUNNING, 2, reports())
     assert run_step(started, listed(*REPORTS)).effects == (FIRST_CHECK,)

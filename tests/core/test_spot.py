@@ -72,6 +72,7 @@ from tests.core.builders import (
     run_step,
     spot_spec,
     warning,
+    with_state,
 )
 
 P, S, A = Phase, InstanceState, Action
@@ -100,7 +101,7 @@ def interrupting(tries: int = 1, *, seconds_left: float = 100, **spec: Any) -> R
     """A spot run whose warning arrived at NOW while it was running: its checkpoint step is
     under way (`tries` attempts so far) and AWS takes the instance at NOW + seconds_left."""
     running = make_run(P.RUNNING, spec=spot_spec(**spec))
-    return run_step(running, warning(seconds_left)).run.evolve(checkpoint_tries=tries)
+    return with_state(run_step(running, warning(seconds_left)).run, checkpoint_tries=tries)
 
 
 def saved(**spec: Any) -> Run:
@@ -119,7 +120,11 @@ def taken(
     """The reconciler finds the interrupted instance gone; the one last look at the prefix that
     this asks for finds `last_look` (by default, nothing)."""
     gone = run_step(run, InstanceObserved(state), now=now)
-    assert (gone.effects, gone.transition, gone.run.instance_ended) == ((LIST_TOP,), None, state)
+    assert (gone.effects, gone.transition, gone.run.this_attempt.instance_ended) == (
+        (LIST_TOP,),
+        None,
+        state,
+    )
     return run_step(gone.run, last_look, now=now)
 
 
@@ -172,7 +177,11 @@ def test_a_warning_while_running_starts_the_checkpoint_with_the_sigterm_timeout_
 def test_a_warning_records_its_deadline_action_and_the_time_left() -> None:
     d = run_step(make_run(P.RUNNING, spec=spot_spec()), warning(action="stop"))
     assert (d.run.phase, d.run.outcome, d.run.interrupt_deadline) == (P.INTERRUPTING, INT, DEADLINE)
-    assert (d.run.checkpoint_tries, d.run.checkpoint, d.run.pending_action) == (1, None, None)
+    assert (d.run.this_attempt.checkpoint_tries, d.run.checkpoint, d.run.pending_action) == (
+        1,
+        None,
+        None,
+    )
     assert d.run.reason == (
         "spot interruption warning (stop, 100s left); saving the final checkpoint now"
     )
@@ -201,7 +210,7 @@ def test_a_second_warning_is_refused() -> None:
 def test_a_warning_whose_deadline_has_passed_starts_no_checkpoint(seconds_left: float) -> None:
     d = run_step(make_run(P.RUNNING, spec=spot_spec()), warning(seconds_left))
     overdue = WakeAt(at(seconds_left + INTERRUPT_OVERDUE_S))
-    assert (d.run.phase, d.effects, d.run.checkpoint_tries) == (
+    assert (d.run.phase, d.effects, d.run.this_attempt.checkpoint_tries) == (
         P.INTERRUPTING, (overdue, ObserveInstance()), 0,
     )  # fmt: skip
     assert "(terminate, 0s left)" in d.run.reason
@@ -213,7 +222,7 @@ def test_a_warning_during_the_completion_checkpoint_lets_that_step_finish() -> N
     d = run_step(completing, warning())
     assert (d.run.phase, d.run.outcome) == (P.INTERRUPTING, C)
     assert d.effects == (WAKE_OVERDUE, ObserveInstance())
-    assert d.run.checkpoint_tries == 1
+    assert d.run.this_attempt.checkpoint_tries == 1
     assert run_step(d.run, finished(CP)).effects == (VerifyCheckpoint("my-runs", MANIFEST_KEY),)
 
 
@@ -255,7 +264,7 @@ def test_nothing_while_interrupting_calls_stop_or_terminate_until_it_is_overdue(
     for now in (NOW, at(40), at(100), at(OVERDUE_S - 1)):
         d = run_step(run, event, now=now)
         assert [e for e in d.effects if isinstance(e, ActOnInstance)] == []
-        gone = run_step(run.evolve(instance_ended=S.TERMINATED), event, now=now)
+        gone = run_step(with_state(run, instance_ended=S.TERMINATED), event, now=now)
         assert [e for e in gone.effects if isinstance(e, ActOnInstance)] == []
 
 
@@ -290,7 +299,11 @@ def test_a_verified_checkpoint_is_persisted_with_the_seconds_that_were_left() ->
     run = run_step(interrupting(), finished(CP)).run
     d = run_step(run, checked(), now=at(40))
     assert (d.persist, d.transition, d.effects) == (True, None, ())
-    assert (d.run.phase, d.run.checkpoint, d.run.seconds_left) == (P.INTERRUPTING, V, 60.0)
+    assert (d.run.phase, d.run.checkpoint, d.run.this_attempt.seconds_left) == (
+        P.INTERRUPTING,
+        V,
+        60.0,
+    )
     assert d.run.version == run.version
 
 
@@ -310,7 +323,7 @@ def test_a_failed_attempt_is_retried_at_once_within_the_time_left(event: Event) 
         # The training process was signalled by the first attempt: no second SIGTERM wait.
         retry = RunInstanceCommand(checkpoint_command(run, sigterm_timeout_s=0), 70.0)
         assert (d.effects, d.transition, d.persist) == ((retry,), None, False)
-        assert (d.run.checkpoint_tries, d.run.checkpoint) == (tries + 1, None)
+        assert (d.run.this_attempt.checkpoint_tries, d.run.checkpoint) == (tries + 1, None)
         assert retry.command.option("sigterm-timeout-s") == "0"
 
 
@@ -318,14 +331,18 @@ def test_a_failed_attempt_is_retried_at_once_within_the_time_left(event: Event) 
 def test_after_the_last_attempt_the_checkpoint_is_flagged_unverified(event: Event) -> None:
     d = run_step(interrupting(3), event, now=at(30))
     assert (d.effects, d.transition, d.persist) == ((), None, True)
-    assert (d.run.phase, d.run.checkpoint, d.run.seconds_left) == (P.INTERRUPTING, UV, 70.0)
+    assert (d.run.phase, d.run.checkpoint, d.run.this_attempt.seconds_left) == (
+        P.INTERRUPTING,
+        UV,
+        70.0,
+    )
 
 
 @pytest.mark.parametrize("elapsed", [99, 100, 130])
 def test_with_a_second_or_less_left_a_failed_attempt_is_not_retried(elapsed: float) -> None:
     d = run_step(interrupting(1), failed(CP), now=at(elapsed))
     assert (d.effects, d.run.checkpoint, d.persist) == ((), UV, True)
-    assert d.run.seconds_left == 100 - elapsed
+    assert d.run.this_attempt.seconds_left == 100 - elapsed
 
 
 def test_one_checkpoint_attempt_means_the_first_failure_flags_it_unverified() -> None:
@@ -343,7 +360,7 @@ def test_after_a_daemon_restart_no_checkpoint_step_is_under_way_so_a_failure_cha
 ):
     run = restarted(interrupting())
     # The deadline is persisted (the overdue check needs it); the step under way is not.
-    assert (run.interrupt_deadline, run.checkpoint_tries) == (DEADLINE, 0)
+    assert (run.interrupt_deadline, run.this_attempt.checkpoint_tries) == (DEADLINE, 0)
     d = run_step(run, failed(CP))
     assert (d.effects, d.run.checkpoint, d.persist) == ((), run.checkpoint, False)
 
@@ -594,7 +611,7 @@ def test_a_warning_while_resuming_starts_no_checkpoint_and_waits_for_aws() -> No
         P.INTERRUPTING, INT, (WAKE_OVERDUE, ObserveInstance()),
     )  # fmt: skip
     # The resume's attempt (2) began with its instance and ends here, before training restarted.
-    assert (d.run.checkpoint_tries, d.run.attempt, d.run.checkpoint) == (0, 2, None)
+    assert (d.run.this_attempt.checkpoint_tries, d.run.attempt, d.run.checkpoint) == (0, 2, None)
     assert d.run.reason.endswith("; during resuming, before training restarted (attempt 2)")
     # The next restart comes from the same (attempt 1) checkpoint.
     end = taken(d.run, now=at(100))
@@ -685,7 +702,7 @@ def test_the_resume_the_policy_asks_for_is_accepted_by_the_interrupted_run(
     assert isinstance(effect, AutoResume) and effect.from_scratch is from_scratch
     resumed = run_step(d.run, ResumeRequested(from_scratch=effect.from_scratch))
     assert (resumed.run.phase, resumed.effects) == (P.RESUMING, (ObserveInstance(),))
-    assert (resumed.run.from_scratch, resumed.run.resume_stage) == (from_scratch, "observe")
+    assert (resumed.run.resume.from_scratch, resumed.run.resume.stage) == (from_scratch, "observe")
     assert resumed.transition is not None
     assert resumed.transition.detail == {"from_scratch": from_scratch, "attempt": 2}
 
@@ -696,7 +713,7 @@ def test_an_interrupted_run_whose_earlier_checkpoint_was_verified_accepts_a_resu
 ) -> None:
     run = interrupted_run(checkpoint, 2, verified=verified, **RESUME).run
     d = run_step(run, ResumeRequested())
-    assert (d.run.phase, d.run.from_scratch) == (P.RESUMING, False)
+    assert (d.run.phase, d.run.resume.from_scratch) == (P.RESUMING, False)
     assert d.run.reason == "resume requested from its verified checkpoint (attempt 3)"
 
 

@@ -234,7 +234,7 @@ def test_a_transient_listing_error_while_stalled_reschedules_the_check() -> None
 
 def test_a_stalled_run_whose_instance_ends_takes_one_last_look_like_a_running_one() -> None:
     gone = run_step(stalled(), InstanceObserved(S.TERMINATED))
-    assert (gone.effects, gone.run.instance_ended) == ((LIST_TOP,), S.TERMINATED)
+    assert (gone.effects, gone.run.this_attempt.instance_ended) == ((LIST_TOP,), S.TERMINATED)
     d = run_step(gone.run, listed("done"))
     assert (d.run.phase, d.run.outcome) == (P.TERMINATED, Outcome.COMPLETED)
 

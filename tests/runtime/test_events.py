@@ -342,7 +342,7 @@ async def test_a_marker_event_ends_the_run_within_seconds_once_in_both_s3_shapes
     events.send(state_change(bridge, "terminated"))
     await handled(daemon, 1)
     await describes.after(before, daemon)
-    assert daemon.monitors["bridge"].run.instance_ended is None
+    assert daemon.monitors["bridge"].run.this_attempt.instance_ended is None
     assert phases(await history(harness, "bridge")) == [P.PENDING, P.RUNNING]
 
     # S3 notification straight to SQS, delivered twice (at least once delivery).
