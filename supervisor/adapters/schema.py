@@ -17,10 +17,16 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+from supervisor.core.records import (
+    ActionRecord,
+    AttachmentRecord,
+    InstanceRecord,
+    ReportProblemRecord,
+)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 """Numbered SQL files, `NNNN_what.sql`: applied in order above the database's version."""
@@ -51,8 +57,7 @@ def _json_text(value: Any) -> str:
     return json.dumps(value, default=str)
 
 
-@dataclass(frozen=True, slots=True)
-class Codec:
+class Codec(NamedTuple):
     """How one column's Python value is stored: its SQL type, and the conversions each way
     (None: stored as it is). NULL stays None both ways."""
 
@@ -74,8 +79,7 @@ JSON = Codec("TEXT", _json_text, json.loads)
 # -- tables -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Column:
+class Column(NamedTuple):
     name: str
     codec: Codec = TEXT
     nullable: bool = False
@@ -83,22 +87,27 @@ class Column:
     """Filled by the database (an autoincrement id): never inserted."""
 
 
-@dataclass(frozen=True, slots=True)
+# Projection and Table are plain classes, not dataclasses: the CLI's query verbs build them at
+# start-up, and a dataclass costs that start-up most of a millisecond to create. Never changed
+# after they are made.
+
+
 class Projection:
     """Some columns of a table, in order, as an SQL list (`alias.` before each name when
     given) and the decoder of a row selected with it."""
 
-    table: Table
-    names: tuple[str, ...]
-    alias: str = ""
-    sql: str = field(init=False)
-    _decoders: tuple[tuple[str, Callable[[Any], Any] | None], ...] = field(init=False)
+    __slots__ = ("_decoders", "alias", "names", "sql", "table")
 
-    def __post_init__(self) -> None:
-        prefix = f"{self.alias}." if self.alias else ""
-        columns = [self.table.column(name) for name in self.names]
-        object.__setattr__(self, "sql", ", ".join(f"{prefix}{name}" for name in self.names))
-        object.__setattr__(self, "_decoders", tuple((c.name, c.codec.decode) for c in columns))
+    def __init__(self, table: Table, names: tuple[str, ...], alias: str = "") -> None:
+        self.table = table
+        self.names = names
+        self.alias = alias
+        prefix = f"{alias}." if alias else ""
+        self.sql = ", ".join(f"{prefix}{name}" for name in names)
+        self._decoders = tuple((name, table.column(name).codec.decode) for name in names)
+
+    def __repr__(self) -> str:
+        return f"<Projection {self.sql} FROM {self.table.name}>"
 
     def __len__(self) -> int:
         return len(self.names)
@@ -112,19 +121,21 @@ class Projection:
         return values
 
 
-@dataclass(frozen=True, slots=True)
 class Table:
     """One table: its columns in the order the migrations leave them, and its key (the
     primary key, or the unique key upserts resolve conflicts on)."""
 
-    name: str
-    columns: tuple[Column, ...]
-    key: tuple[str, ...]
-    _by_name: dict[str, Column] = field(init=False, repr=False, compare=False)
+    __slots__ = ("_by_name", "columns", "key", "name")
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_by_name", {c.name: c for c in self.columns})
-        assert set(self.key) <= set(self._by_name), f"{self.name}: key {self.key} not columns"
+    def __init__(self, name: str, columns: tuple[Column, ...], *, key: tuple[str, ...]) -> None:
+        self.name = name
+        self.columns = columns
+        self.key = key
+        self._by_name = {c.name: c for c in columns}
+        assert set(key) <= set(self._by_name), f"{name}: key {key} not among its columns"
+
+    def __repr__(self) -> str:
+        return f"<Table {self.name}: {', '.join(c.name for c in self.columns)}>"
 
     def column(self, name: str) -> Column:
         try:
@@ -181,8 +192,7 @@ class Table:
         return f"UPDATE {self.name} SET {sets} WHERE {condition}"
 
 
-@dataclass(frozen=True, slots=True)
-class Dialect:
+class Dialect(NamedTuple):
     """What differs between SQL backends in the statements built here: how parameters are
     written."""
 
@@ -391,3 +401,30 @@ TABLES = (
     REPORT_PROBLEMS,
 )
 """Every table of the schema."""
+
+
+# -- records whose fields are their columns: decoded here for the store and the query path ---
+
+Row = Sequence[Any]
+"""A result row, its values in the order of the SELECT list it was read with."""
+
+INSTANCE_SELECT = INSTANCES.project(("instance_id", "region", "attached_at", "source"))
+ACTION_SELECT = ACTIONS.project()
+ATTACHMENT_SELECT = ATTACHMENTS.project()
+REPORT_PROBLEM_SELECT = REPORT_PROBLEMS.project()
+
+
+def instance_record(row: Row) -> InstanceRecord:
+    return InstanceRecord(**INSTANCE_SELECT.decode(row))
+
+
+def action_record(row: Row) -> ActionRecord:
+    return ActionRecord(**ACTION_SELECT.decode(row))
+
+
+def attachment_record(row: Row) -> AttachmentRecord:
+    return AttachmentRecord(**ATTACHMENT_SELECT.decode(row))
+
+
+def report_problem_record(row: Row) -> ReportProblemRecord:
+    return ReportProblemRecord(**REPORT_PROBLEM_SELECT.decode(row))

@@ -1,7 +1,8 @@
 """The store's statements and row decoders, for any SQL backend: built from the column
 declarations of `supervisor.adapters.schema`, with `?` placeholders (a backend renders them
 with its `schema.Dialect`), mapping the records of `supervisor.core.records` and the core's
-values to rows and back, one function per entity and direction.
+values to rows and back, one function per entity and direction (the decoders of the records
+the query path reads too live in `schema`, which loads without pydantic).
 
 No connection here: the SQLite adapter (`supervisor.adapters.store`) runs these, and a
 PostgreSQL adapter runs the same ones.
@@ -9,11 +10,12 @@ PostgreSQL adapter runs the same ones.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from supervisor.adapters.schema import ACTION_SELECT as ACTION_SELECT
 from supervisor.adapters.schema import (
     ACTIONS,
     ATTACHMENTS,
@@ -25,7 +27,15 @@ from supervisor.adapters.schema import (
     TERMINATIONS,
     TRANSITIONS,
     ZOMBIES,
+    Row,
 )
+from supervisor.adapters.schema import ATTACHMENT_SELECT as ATTACHMENT_SELECT
+from supervisor.adapters.schema import INSTANCE_SELECT as INSTANCE_SELECT
+from supervisor.adapters.schema import REPORT_PROBLEM_SELECT as REPORT_PROBLEM_SELECT
+from supervisor.adapters.schema import action_record as action_record
+from supervisor.adapters.schema import attachment_record as attachment_record
+from supervisor.adapters.schema import instance_record as instance_record
+from supervisor.adapters.schema import report_problem_record as report_problem_record
 from supervisor.core.events import Action
 from supervisor.core.machine import Transition
 from supervisor.core.records import (
@@ -54,9 +64,6 @@ if TYPE_CHECKING:
 
 Statement = tuple[str, tuple[Any, ...]]
 """SQL with `?` placeholders, and its parameters."""
-
-Row = Sequence[Any]
-"""A result row, its values in the order of the SELECT list it was read with."""
 
 
 # -- runs -----------------------------------------------------------------------------------------
@@ -176,27 +183,14 @@ def transition_record(row: Row) -> TransitionRecord:
 
 # -- instances, actions, attachments, report problems ---------------------------------------------
 
-INSTANCE_SELECT = INSTANCES.project(("instance_id", "region", "attached_at", "source"))
-ACTION_SELECT = ACTIONS.project()
-ATTACHMENT_SELECT = ATTACHMENTS.project()
-REPORT_PROBLEM_SELECT = REPORT_PROBLEMS.project()
-
 
 def insert_instance(run_id: str, record: InstanceRecord, *, if_new: bool = False) -> Statement:
     values = {"run_id": run_id, **_fields(record)}
     return INSTANCES.insert(on_conflict="ignore" if if_new else None), INSTANCES.encode(values)
 
 
-def instance_record(row: Row) -> InstanceRecord:
-    return InstanceRecord(**INSTANCE_SELECT.decode(row))
-
-
 def insert_action(record: ActionRecord) -> Statement:
     return ACTIONS.insert(), ACTIONS.encode(_fields(record))
-
-
-def action_record(row: Row) -> ActionRecord:
-    return ActionRecord(**ACTION_SELECT.decode(row))
 
 
 def upsert_attachment(record: AttachmentRecord) -> Statement:
@@ -204,16 +198,8 @@ def upsert_attachment(record: AttachmentRecord) -> Statement:
     return ATTACHMENTS.insert(on_conflict="update"), ATTACHMENTS.encode(_fields(record))
 
 
-def attachment_record(row: Row) -> AttachmentRecord:
-    return AttachmentRecord(**ATTACHMENT_SELECT.decode(row))
-
-
 def upsert_report_problem(record: ReportProblemRecord) -> Statement:
     return REPORT_PROBLEMS.insert(on_conflict="update"), REPORT_PROBLEMS.encode(_fields(record))
-
-
-def report_problem_record(row: Row) -> ReportProblemRecord:
-    return ReportProblemRecord(**REPORT_PROBLEM_SELECT.decode(row))
 
 
 def _fields(record: DataclassInstance) -> dict[str, Any]:

@@ -5,6 +5,7 @@ reading while the daemon's store has the file open."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 from collections.abc import Iterator
 from datetime import timedelta
@@ -19,11 +20,10 @@ from supervisor.adapters.query import (
     DatabaseUnavailable,
     RunDatabase,
     RunRow,
-    UnknownRun,
 )
 from supervisor.adapters.store import Store
 from supervisor.core.compare import Group
-from supervisor.core.errors import InvalidInput
+from supervisor.core.errors import InvalidInput, UnknownRun
 from supervisor.core.filters import COLUMNS
 from supervisor.core.spec import Direction
 from tests.adapters.run_database import HISTORY, NOW, SEEDS, WANDB, method, seed
@@ -102,7 +102,7 @@ def test_a_bad_filter_is_refused_naming_it(db: RunDatabase) -> None:
 
 def test_every_column_a_filter_may_name_has_a_place_in_sql_and_on_the_row() -> None:
     assert set(COLUMNS) == {*_COLUMN_SQL, *_SPEC_COLUMNS, "wandb_project"}
-    assert set(COLUMNS) <= set(RunRow.model_fields)
+    assert set(COLUMNS) <= {field.name for field in dataclasses.fields(RunRow)}
 
 
 # -- rows ---------------------------------------------------------------------------------
@@ -164,7 +164,7 @@ def test_one_run_in_full_with_history_transitions_and_the_crash_log_tail(
     ]
     assert [(i.instance_id, i.source) for i in full.instances] == [(full.instance_id, "attached")]
     assert full.crash_log is None
-    dumped = full.model_dump(mode="json", by_alias=True)
+    dumped = full.json()
     assert dumped["transitions"][0]["from"] is None
 
     crashed = db.run("mgda-3")
