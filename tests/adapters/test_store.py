@@ -38,6 +38,7 @@ from supervisor.core.events import (
 from supervisor.core.machine import Decision, Transition, new_run, step
 from supervisor.core.run import Outcome, Phase, Run
 from supervisor.core.values import InstanceState
+from supervisor.runtime.ports import RunStore
 from tests.core.builders import NOW, POLICY, listed, make_spec, seeded
 
 REPO = Path(__file__).resolve().parents[2]
@@ -681,3 +682,8 @@ def test_values_encode_and_decode_through_their_columns_codecs() -> None:
     encoded = AUDIT.encode(values, AUDIT.stored)
     assert encoded == (NOW.astimezone(UTC).isoformat(), "sqs", "x", None, '{"n": 1}')
     assert AUDIT.project().decode(encoded) == values | {"at": NOW}
+
+
+async def test_the_sqlite_store_is_the_runtimes_store_port(store: Store) -> None:
+    port: RunStore = store  # mypy holds the adapter to the port's signatures
+    assert await port.get_run("nothing here") is None
