@@ -58,27 +58,6 @@ if TYPE_CHECKING:  # `runs` and `show` do without: loaded by `compare` when it r
 QUERY_SCHEMA_VERSION = SCHEMA_VERSION
 """The schema version these queries need: the newest migration's, as the store writes."""
 
-# Where each column lives: a column of runs (r) or run_data (d), or a key of the spec's JSON.
-_COLUMN_SQL = {
-    "run_id": "r.run_id",
-    "phase": "r.phase",
-    "outcome": "r.outcome",
-    "reason": "r.reason",
-    "instance_id": "r.instance_id",
-    "region": "r.region",
-    "attempt": "r.attempt",
-    "checkpoint": "r.checkpoint",
-    "error_code": "r.error_code",
-    "created_at": "r.created_at",
-    "updated_at": "r.updated_at",
-    "phase_since": "r.phase_since",
-    "started_at": "r.started_at",
-    "step": "d.step",
-    "total_steps": "d.total_steps",
-    "status_at": "d.status_at",
-    "wandb_run_id": "d.wandb_run_id",
-    "wandb_url": "d.wandb_url",
-}
 _SPEC_COLUMNS = ("name", "project", "instance_type", "spot", "s3_prefix", "on_complete")
 _WANDB_PROJECT = "wandb_project"  # the spec's, else the one the job reported with its metrics
 _RUN = RUNS.project(
@@ -106,6 +85,14 @@ _DATA = RUN_DATA.project(
 )
 _DATA_DETAIL = RUN_DATA.project(("status_json", "history_json"), alias="d")
 _TRANSITIONS = TRANSITIONS.project(("seq", "from_phase", "to_phase", "at", "reason", "detail_json"))
+# Where each column a filter may name lives: a column of runs (r) or run_data (d), selected
+# for the row, or (below) a key of the spec's JSON.
+_COLUMN_SQL = {
+    name: f"{projection.alias}.{name}"
+    for projection in (_RUN, _DATA)
+    for name in projection.names
+    if name in COLUMNS
+}
 _FROM = "FROM runs r LEFT JOIN run_data d ON d.run_id = r.run_id"
 _SELECT = f"SELECT {_RUN.sql}, {_DATA.sql} {_FROM}"
 _SELECT_DETAIL = f"SELECT {_RUN.sql}, {_DATA.sql}, {_DATA_DETAIL.sql} {_FROM}"

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -21,6 +24,7 @@ from supervisor.adapters.query import (
     RunDatabase,
     RunRow,
 )
+from supervisor.adapters.schema import SCHEMA_VERSION
 from supervisor.adapters.store import Store
 from supervisor.core.compare import Group
 from supervisor.core.errors import InvalidInput, UnknownRun
@@ -312,7 +316,9 @@ def test_a_missing_or_old_database_is_explained(tmp_path: Path) -> None:
     with sqlite3.connect(old) as raw:
         raw.execute("PRAGMA user_version = 5")
     raw.close()
-    with pytest.raises(DatabaseUnavailable, match="schema version 5; queries need 7"):
+    with pytest.raises(
+        DatabaseUnavailable, match=f"schema version 5; queries need {SCHEMA_VERSION}"
+    ):
         RunDatabase(old)
 
     junk = tmp_path / "junk.db"
@@ -330,3 +336,46 @@ def test_the_public_api_opens_the_daemons_database_from_its_settings(
     with open_database() as db:
         assert db.path == db_path
         assert len(db.runs()) == len(SEEDS)
+
+
+_QUERY_PROBE = """
+import json, sys
+from supervisor.adapters.query import RunDatabase
+from supervisor.cli import queries
+with RunDatabase(sys.argv[1]) as db:
+    rows = [run.json() for run in db.runs("metrics.val_loss<0.3")]
+    detail = db.run("mgda-3").json()
+print(json.dumps(sorted(sys.modules)))
+"""
+_NOT_FOR_QUERIES = (
+    "pydantic",
+    "pydantic_core",
+    "aiohttp",
+    "aiosqlite",
+    "structlog",
+    "boto3",
+    "supervisor.adapters.store",
+    "supervisor.adapters.statements",
+    "supervisor.core.machine",
+    "supervisor.core.spec",
+)
+
+
+def test_the_query_path_loads_sqlite3_and_none_of_pydantic_aiohttp_aiosqlite_or_the_daemon(
+    db_path: Path,
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _QUERY_PROBE, str(db_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    modules = set(json.loads(done.stdout))
+    assert "sqlite3" in modules
+    loaded = sorted(
+        m for m in modules if any(m == bad or m.startswith(f"{bad}.") for bad in _NOT_FOR_QUERIES)
+    )
+    assert loaded == []
+    # Of the daemon's package only the standard-library module naming its files is loaded.
+    daemon = {m for m in modules if m.startswith("supervisor.runtime.")}
+    assert daemon <= {"supervisor.runtime.config_file"}
