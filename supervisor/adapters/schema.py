@@ -57,12 +57,15 @@ def _json_text(value: Any) -> str:
     return json.dumps(value, default=str)
 
 
+Encode = Callable[[Any], Any]
+
+
 class Codec(NamedTuple):
     """How one column's Python value is stored: its SQL type, and the conversions each way
     (None: stored as it is). NULL stays None both ways."""
 
     sql_type: str
-    encode: Callable[[Any], Any] | None = None
+    encode: Encode | None = None
     decode: Callable[[Any], Any] | None = None
 
 
@@ -125,13 +128,16 @@ class Table:
     """One table: its columns in the order the migrations leave them, and its key (the
     primary key, or the unique key upserts resolve conflicts on)."""
 
-    __slots__ = ("_by_name", "columns", "key", "name")
+    __slots__ = ("_by_name", "_encoders", "columns", "key", "name", "stored")
 
     def __init__(self, name: str, columns: tuple[Column, ...], *, key: tuple[str, ...]) -> None:
         self.name = name
         self.columns = columns
         self.key = key
         self._by_name = {c.name: c for c in columns}
+        self.stored = tuple(c.name for c in columns if not c.generated)
+        """The columns a row is written with (all but the generated ones)."""
+        self._encoders: dict[tuple[str, ...], tuple[tuple[str, Encode | None], ...]] = {}
         assert set(key) <= set(self._by_name), f"{name}: key {key} not among its columns"
 
     def __repr__(self) -> str:
@@ -143,11 +149,6 @@ class Table:
         except KeyError:
             raise KeyError(f"table {self.name} has no column {name!r}") from None
 
-    @property
-    def stored(self) -> tuple[str, ...]:
-        """The columns a row is written with (all but the generated ones)."""
-        return tuple(c.name for c in self.columns if not c.generated)
-
     def project(self, names: Iterable[str] | None = None, *, alias: str = "") -> Projection:
         return Projection(self, tuple(names) if names is not None else self.stored, alias)
 
@@ -156,10 +157,14 @@ class Table:
     ) -> tuple[Any, ...]:
         """The parameters for `names` (default: every stored column), encoded, in order.
         Raises KeyError for a column `values` lacks."""
+        key = tuple(names) if names is not None else self.stored
+        encoders = self._encoders.get(key)
+        if encoders is None:  # once per list of columns: a commit encodes on the hot path
+            encoders = tuple((name, self.column(name).codec.encode) for name in key)
+            self._encoders[key] = encoders
         encoded = []
-        for name in names if names is not None else self.stored:
+        for name, encode in encoders:
             value = values[name]
-            encode = self.column(name).codec.encode
             encoded.append(value if encode is None or value is None else encode(value))
         return tuple(encoded)
 

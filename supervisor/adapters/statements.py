@@ -73,6 +73,16 @@ RUN_CHANGES = tuple(
 )
 """What a committed decision may change on a run's row."""
 
+# Built once: commits run these on the hot path.
+_INSERT_RUN = RUNS.insert()
+_INSERT_TRANSITION = TRANSITIONS.insert()
+_INSERT_ACTION = ACTIONS.insert()
+_INSERT_AUDIT = AUDIT.insert()
+_INSERT_TERMINATION = TERMINATIONS.insert()
+_UPSERT_ATTACHMENT = ATTACHMENTS.insert(on_conflict="update")
+_UPSERT_REPORT_PROBLEM = REPORT_PROBLEMS.insert(on_conflict="update")
+_UPSERT_ZOMBIE = ZOMBIES.insert(on_conflict="update")
+_UPDATE_RUN = RUNS.update(RUN_CHANGES, where=("run_id", "version"))
 RUN_SELECT = RUNS.project()
 RUN_COLUMNS = RUN_SELECT.sql
 """The SELECT list `run_record` decodes."""
@@ -84,17 +94,24 @@ def run_values(run: Run, *, created_at: datetime, updated_at: datetime) -> dict[
     return {
         "run_id": spec.run_id,
         "spec_json": spec.model_dump_json(),
+        "region": spec.region,
+        "created_at": created_at,
+        **_run_changes(run, updated_at=updated_at),
+    }
+
+
+def _run_changes(run: Run, *, updated_at: datetime) -> dict[str, Any]:
+    """The values of `RUN_CHANGES` (a commit serialises no spec)."""
+    return {
         "phase": run.phase,
         "outcome": run.outcome,
         "instance_id": run.instance_id,
-        "region": spec.region,
         "reason": run.reason,
         "version": run.version,
         "phase_since": run.phase_since,
         "grace_until": run.grace_until,
         "action_acked_at": run.action_acked_at,
         "error_code": run.error_code,
-        "created_at": created_at,
         "updated_at": updated_at,
         "pending_action": run.pending_action,
         "checkpoint": run.checkpoint,
@@ -137,15 +154,15 @@ def run_record(row: Row) -> RunRecord:
 
 def insert_run(run: Run, *, now: datetime) -> Statement:
     values = run_values(run, created_at=now, updated_at=now)
-    return RUNS.insert(), RUNS.encode(values)
+    return _INSERT_RUN, RUNS.encode(values)
 
 
 def update_run(run: Run, *, before_version: int, now: datetime) -> Statement:
     """The run's changed row, only if it is still at `before_version` (no row changes
     otherwise: the caller raises `StaleVersion`)."""
-    values = run_values(run, created_at=now, updated_at=now)
+    values = _run_changes(run, updated_at=now)
     return (
-        RUNS.update(RUN_CHANGES, where=("run_id", "version")),
+        _UPDATE_RUN,
         (*RUNS.encode(values, RUN_CHANGES), run.spec.run_id, before_version),
     )
 
@@ -165,7 +182,7 @@ def insert_transition(run_id: str, seq: int, t: Transition) -> Statement:
         "reason": t.reason,
         "detail_json": dict(t.detail),
     }
-    return TRANSITIONS.insert(), TRANSITIONS.encode(values)
+    return _INSERT_TRANSITION, TRANSITIONS.encode(values)
 
 
 def transition_record(row: Row) -> TransitionRecord:
@@ -190,16 +207,16 @@ def insert_instance(run_id: str, record: InstanceRecord, *, if_new: bool = False
 
 
 def insert_action(record: ActionRecord) -> Statement:
-    return ACTIONS.insert(), ACTIONS.encode(_fields(record))
+    return _INSERT_ACTION, ACTIONS.encode(_fields(record))
 
 
 def upsert_attachment(record: AttachmentRecord) -> Statement:
     """Attaching the same (run, kind, uri) again refreshes its size, excerpt and time."""
-    return ATTACHMENTS.insert(on_conflict="update"), ATTACHMENTS.encode(_fields(record))
+    return _UPSERT_ATTACHMENT, ATTACHMENTS.encode(_fields(record))
 
 
 def upsert_report_problem(record: ReportProblemRecord) -> Statement:
-    return REPORT_PROBLEMS.insert(on_conflict="update"), REPORT_PROBLEMS.encode(_fields(record))
+    return _UPSERT_REPORT_PROBLEM, REPORT_PROBLEMS.encode(_fields(record))
 
 
 def _fields(record: DataclassInstance) -> dict[str, Any]:
@@ -246,7 +263,7 @@ def insert_audit(
     *, at: datetime, source: str, kind: str, subject: str | None, detail: dict[str, Any]
 ) -> Statement:
     values = {"at": at, "source": source, "kind": kind, "subject": subject, "detail_json": detail}
-    return AUDIT.insert(), AUDIT.encode(values)
+    return _INSERT_AUDIT, AUDIT.encode(values)
 
 
 def audit_entry(row: Row) -> dict[str, Any]:
@@ -285,7 +302,7 @@ def upsert_zombie(z: Zombie) -> Statement:
         "resolved_at": z.resolved_at,
         "note": z.note,
     }
-    return ZOMBIES.insert(on_conflict="update"), ZOMBIES.encode(values)
+    return _UPSERT_ZOMBIE, ZOMBIES.encode(values)
 
 
 def zombie(row: Row) -> Zombie:
@@ -312,7 +329,7 @@ def zombie(row: Row) -> Zombie:
 
 
 def insert_termination(t: Termination) -> Statement:
-    return TERMINATIONS.insert(), TERMINATIONS.encode(_fields(t))
+    return _INSERT_TERMINATION, TERMINATIONS.encode(_fields(t))
 
 
 def termination(row: Row) -> Termination:
