@@ -24,18 +24,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-from supervisor.adapters.schema import ATTACHMENT_SELECT as _ATTACHMENTS
-from supervisor.adapters.schema import INSTANCE_SELECT as _INSTANCES
-from supervisor.adapters.schema import REPORT_PROBLEM_SELECT as _REPORT_PROBLEMS
 from supervisor.adapters.schema import (
+    ATTACHMENTS,
+    INSTANCES,
+    REPORT_PROBLEMS,
     RUN_DATA,
     RUNS,
     SCHEMA_VERSION,
     TRANSITIONS,
     Row,
-    attachment_record,
-    instance_record,
-    report_problem_record,
     timestamp,
 )
 from supervisor.core.defaults import CRASH_LOG_LINES as CRASH_LOG_LINES
@@ -49,7 +46,6 @@ from supervisor.core.filters import (
     Source,
     parse_field,
 )
-from supervisor.core.records import AttachmentRecord, InstanceRecord, ReportProblemRecord
 from supervisor.core.values import Direction
 
 if TYPE_CHECKING:  # `runs` and `show` do without: loaded by `compare` when it runs
@@ -85,6 +81,9 @@ _DATA = RUN_DATA.project(
 )
 _DATA_DETAIL = RUN_DATA.project(("status_json", "history_json"), alias="d")
 _TRANSITIONS = TRANSITIONS.project(("seq", "from_phase", "to_phase", "at", "reason", "detail_json"))
+_INSTANCES = INSTANCES.project(("instance_id", "region", "attached_at", "source"))
+_ATTACHMENTS = ATTACHMENTS.project(("kind", "uri", "size", "excerpt", "added_at"))
+_REPORT_PROBLEMS = REPORT_PROBLEMS.project(("key", "note", "noted_at"))
 # Where each column a filter may name lives: a column of runs (r) or run_data (d), selected
 # for the row, or (below) a key of the spec's JSON.
 _COLUMN_SQL = {
@@ -202,8 +201,13 @@ class TransitionRow(_Row):
     detail: dict[str, Any]
 
 
-InstanceRow = InstanceRecord
-"""One instance of the run's history: the record as the store reads it."""
+@dataclass(frozen=True, slots=True)
+class InstanceRow(_Row):
+    instance_id: str
+    region: str
+    attached_at: datetime
+    source: str
+    """attached (given at attach), or launched by a resume."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,12 +273,11 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-# -- one function per entity: from the store's record to the query's row ---------------------
+# -- one function per entity: its columns, decoded by the schema, as the query's row ---------
+# (The store's records hold core types, such as the `Transition`, that this path never loads.)
 
 
 def _transition_row(values: dict[str, Any]) -> TransitionRow:
-    """From the columns of a transition (the store's record holds the core's `Transition`,
-    which the query path does not load)."""
     return TransitionRow(
         seq=values["seq"],
         from_=values["from_phase"],
@@ -285,18 +288,16 @@ def _transition_row(values: dict[str, Any]) -> TransitionRow:
     )
 
 
-def _attachment_row(record: AttachmentRecord) -> AttachmentRow:
-    return AttachmentRow(
-        kind=record.kind,
-        uri=record.uri,
-        size=record.size,
-        excerpt=record.excerpt,
-        added_at=record.added_at,
-    )
+def _instance_row(values: dict[str, Any]) -> InstanceRow:
+    return InstanceRow(**values)
 
 
-def _report_problem_row(record: ReportProblemRecord) -> ReportProblemRow:
-    return ReportProblemRow(key=record.key, note=record.note, noted_at=record.noted_at)
+def _attachment_row(values: dict[str, Any]) -> AttachmentRow:
+    return AttachmentRow(**values)
+
+
+def _report_problem_row(values: dict[str, Any]) -> ReportProblemRow:
+    return ReportProblemRow(**values)
 
 
 # -- the database -----------------------------------------------------------------------------
@@ -429,7 +430,7 @@ class RunDatabase:
             )
         )
         instances = tuple(
-            instance_record(i)
+            _instance_row(_INSTANCES.decode(i))
             for i in self._db.execute(
                 f"SELECT {_INSTANCES.sql} FROM instances WHERE run_id = ? "
                 "ORDER BY attached_at, rowid",
@@ -437,7 +438,7 @@ class RunDatabase:
             )
         )
         attachments = tuple(
-            _attachment_row(attachment_record(a))
+            _attachment_row(_ATTACHMENTS.decode(a))
             for a in self._db.execute(
                 f"SELECT {_ATTACHMENTS.sql} FROM attachments WHERE run_id = ? ORDER BY id",
                 (run_id,),
@@ -450,7 +451,7 @@ class RunDatabase:
             lines = (newest.excerpt or "").rstrip("\n").splitlines()
             crash_log = CrashLog(uri=newest.uri, lines=tuple(lines[-CRASH_LOG_LINES:]))
         report_problems = tuple(
-            _report_problem_row(report_problem_record(p))
+            _report_problem_row(_REPORT_PROBLEMS.decode(p))
             for p in self._db.execute(
                 f"SELECT {_REPORT_PROBLEMS.sql} FROM report_problems WHERE run_id = ? "
                 "ORDER BY noted_at, key",

@@ -9,7 +9,8 @@ the one schema history and the one source of the schema version.
 Statements are built with `?` placeholders; a backend whose driver numbers them (PostgreSQL's
 `$1`) renders them with its `Dialect`, the one place the dialects differ in parameters.
 
-Only the standard library here: the CLI's query verbs import this module, and must start fast.
+Only the standard library here (no records, no pydantic): the CLI's query verbs import this
+module, and must start fast.
 """
 
 from __future__ import annotations
@@ -20,13 +21,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
-
-from supervisor.core.records import (
-    ActionRecord,
-    AttachmentRecord,
-    InstanceRecord,
-    ReportProblemRecord,
-)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 """Numbered SQL files, `NNNN_what.sql`: applied in order above the database's version."""
@@ -408,28 +402,5 @@ TABLES = (
 """Every table of the schema."""
 
 
-# -- records whose fields are their columns: decoded here for the store and the query path ---
-
 Row = Sequence[Any]
 """A result row, its values in the order of the SELECT list it was read with."""
-
-INSTANCE_SELECT = INSTANCES.project(("instance_id", "region", "attached_at", "source"))
-ACTION_SELECT = ACTIONS.project()
-ATTACHMENT_SELECT = ATTACHMENTS.project()
-REPORT_PROBLEM_SELECT = REPORT_PROBLEMS.project()
-
-
-def instance_record(row: Row) -> InstanceRecord:
-    return InstanceRecord(**INSTANCE_SELECT.decode(row))
-
-
-def action_record(row: Row) -> ActionRecord:
-    return ActionRecord(**ACTION_SELECT.decode(row))
-
-
-def attachment_record(row: Row) -> AttachmentRecord:
-    return AttachmentRecord(**ATTACHMENT_SELECT.decode(row))
-
-
-def report_problem_record(row: Row) -> ReportProblemRecord:
-    return ReportProblemRecord(**REPORT_PROBLEM_SELECT.decode(row))

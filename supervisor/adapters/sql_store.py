@@ -73,7 +73,7 @@ class SqlStore(ABC):
     async def _write(
         self, statements: Iterable[sql.Statement], *, stale_if_unchanged: str = ""
     ) -> None:
-        """Run statements in one transaction, one at a time (statements do not overlap).
+        """Run statements in one transaction, in order.
 
         With `stale_if_unchanged`, the first statement must change a row (a version-checked
         UPDATE); otherwise everything is rolled back and `StaleVersion` raised with that text.

@@ -1,8 +1,7 @@
 """The store's statements and row decoders, for any SQL backend: built from the column
 declarations of `supervisor.adapters.schema`, with `?` placeholders (a backend renders them
 with its `schema.Dialect`), mapping the records of `supervisor.core.records` and the core's
-values to rows and back, one function per entity and direction (the decoders of the records
-the query path reads too live in `schema`, which loads without pydantic).
+values to rows and back, one function per entity and direction.
 
 No connection here: the SQLite adapter (`supervisor.adapters.store`) runs these, and a
 PostgreSQL adapter runs the same ones.
@@ -15,7 +14,6 @@ from dataclasses import fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from supervisor.adapters.schema import ACTION_SELECT as ACTION_SELECT
 from supervisor.adapters.schema import (
     ACTIONS,
     ATTACHMENTS,
@@ -29,13 +27,6 @@ from supervisor.adapters.schema import (
     ZOMBIES,
     Row,
 )
-from supervisor.adapters.schema import ATTACHMENT_SELECT as ATTACHMENT_SELECT
-from supervisor.adapters.schema import INSTANCE_SELECT as INSTANCE_SELECT
-from supervisor.adapters.schema import REPORT_PROBLEM_SELECT as REPORT_PROBLEM_SELECT
-from supervisor.adapters.schema import action_record as action_record
-from supervisor.adapters.schema import attachment_record as attachment_record
-from supervisor.adapters.schema import instance_record as instance_record
-from supervisor.adapters.schema import report_problem_record as report_problem_record
 from supervisor.core.events import Action
 from supervisor.core.machine import Transition
 from supervisor.core.records import (
@@ -199,6 +190,28 @@ def transition_record(row: Row) -> TransitionRecord:
 
 
 # -- instances, actions, attachments, report problems ---------------------------------------------
+
+
+INSTANCE_SELECT = INSTANCES.project(("instance_id", "region", "attached_at", "source"))
+ACTION_SELECT = ACTIONS.project()
+ATTACHMENT_SELECT = ATTACHMENTS.project()
+REPORT_PROBLEM_SELECT = REPORT_PROBLEMS.project()
+
+
+def instance_record(row: Row) -> InstanceRecord:
+    return InstanceRecord(**INSTANCE_SELECT.decode(row))
+
+
+def action_record(row: Row) -> ActionRecord:
+    return ActionRecord(**ACTION_SELECT.decode(row))
+
+
+def attachment_record(row: Row) -> AttachmentRecord:
+    return AttachmentRecord(**ATTACHMENT_SELECT.decode(row))
+
+
+def report_problem_record(row: Row) -> ReportProblemRecord:
+    return ReportProblemRecord(**REPORT_PROBLEM_SELECT.decode(row))
 
 
 def insert_instance(run_id: str, record: InstanceRecord, *, if_new: bool = False) -> Statement:
