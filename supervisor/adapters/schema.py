@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 """Numbered SQL files, `NNNN_what.sql`: applied in order above the database's version."""
@@ -166,7 +166,7 @@ class Table:
         self,
         names: Iterable[str] | None = None,
         *,
-        on_conflict: str | None = None,
+        on_conflict: Literal["update", "ignore"] | None = None,
     ) -> str:
         """INSERT of `names` (default: every stored column). `on_conflict`: "update" sets the
         columns not in the key from the new row; "ignore" keeps the old row."""
@@ -180,7 +180,6 @@ class Table:
         if on_conflict == "update":
             updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in self.key)
             return sql + f" ON CONFLICT ({', '.join(self.key)}) DO UPDATE SET {updates}"
-        assert on_conflict is None, on_conflict
         return sql
 
     def update(self, names: Iterable[str], *, where: Iterable[str]) -> str:
