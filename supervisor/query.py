@@ -31,9 +31,9 @@ from supervisor.adapters.query import (
     RunDetailRow,
     RunRow,
     TransitionRow,
-    UnknownRun,
 )
 from supervisor.core.compare import Comparison, Group
+from supervisor.core.errors import UnknownRun
 from supervisor.core.filters import Filter, parse_filter
 from supervisor.runtime.settings import Settings
 

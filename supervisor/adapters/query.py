@@ -5,24 +5,38 @@ Synchronous `sqlite3` on a `mode=ro` connection, for notebooks and for `supervis
 `show`, `compare` and `export`: it works while supervisord is down, and while it runs (WAL
 lets readers see every committed transaction without blocking the writer). Nothing here
 writes. Filters come parsed from `supervisor.core.filters` and reach SQL only as bound
-parameters; the SQL text is built from this module's own fragments.
+parameters; the SQL text is built from this module's own fragments and the column
+declarations of `supervisor.adapters.schema`, which also decode the rows (as the store's).
+
+The rows are plain frozen dataclasses and nothing here imports pydantic or the daemon's
+libraries: `supervisorctl runs` and `show` load this module on every call.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import sqlite3
 from collections.abc import Iterable
+from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from supervisor.core.compare import Comparison, Sample, compare
+from supervisor.adapters.schema import (
+    ATTACHMENTS,
+    INSTANCES,
+    REPORT_PROBLEMS,
+    RUN_DATA,
+    RUNS,
+    SCHEMA_VERSION,
+    TRANSITIONS,
+    Row,
+    timestamp,
+)
 from supervisor.core.defaults import CRASH_LOG_LINES as CRASH_LOG_LINES
-from supervisor.core.errors import InvalidInput, SupervisorError
+from supervisor.core.errors import InvalidInput, SupervisorError, UnknownRun
 from supervisor.core.filters import (
     COLUMNS,
     NO_OUTCOME,
@@ -34,40 +48,53 @@ from supervisor.core.filters import (
 )
 from supervisor.core.values import Direction
 
-QUERY_SCHEMA_VERSION = 7
-"""The schema version these queries need (0006 added run_data, 0007 report_problems)."""
+if TYPE_CHECKING:  # `runs` and `show` do without: loaded by `compare` when it runs
+    from supervisor.core.compare import Comparison
 
-# Where each column lives: a column of runs (r) or run_data (d), or a key of the spec's JSON.
-_COLUMN_SQL = {
-    "run_id": "r.run_id",
-    "phase": "r.phase",
-    "outcome": "r.outcome",
-    "reason": "r.reason",
-    "instance_id": "r.instance_id",
-    "region": "r.region",
-    "attempt": "r.attempt",
-    "checkpoint": "r.checkpoint",
-    "error_code": "r.error_code",
-    "created_at": "r.created_at",
-    "updated_at": "r.updated_at",
-    "phase_since": "r.phase_since",
-    "started_at": "r.started_at",
-    "step": "d.step",
-    "total_steps": "d.total_steps",
-    "status_at": "d.status_at",
-    "wandb_run_id": "d.wandb_run_id",
-    "wandb_url": "d.wandb_url",
-}
+QUERY_SCHEMA_VERSION = SCHEMA_VERSION
+"""The schema version these queries need: the newest migration's, as the store writes."""
+
 _SPEC_COLUMNS = ("name", "project", "instance_type", "spot", "s3_prefix", "on_complete")
 _WANDB_PROJECT = "wandb_project"  # the spec's, else the one the job reported with its metrics
-_COLUMNS_SQL = (
-    "r.run_id, r.spec_json, r.phase, r.outcome, r.reason, r.instance_id, r.region, r.attempt, "
-    "r.checkpoint, r.error_code, r.created_at, r.updated_at, r.phase_since, r.started_at, "
-    "d.step, d.total_steps, d.status_at, d.wandb_run_id, d.wandb_url, d.final_metrics_json"
+_RUN = RUNS.project(
+    (
+        "run_id",
+        "spec_json",
+        "phase",
+        "outcome",
+        "reason",
+        "instance_id",
+        "region",
+        "attempt",
+        "checkpoint",
+        "error_code",
+        "created_at",
+        "updated_at",
+        "phase_since",
+        "started_at",
+    ),
+    alias="r",
 )
+_DATA = RUN_DATA.project(
+    ("step", "total_steps", "status_at", "wandb_run_id", "wandb_url", "final_metrics_json"),
+    alias="d",
+)
+_DATA_DETAIL = RUN_DATA.project(("status_json", "history_json"), alias="d")
+_TRANSITIONS = TRANSITIONS.project(("seq", "from_phase", "to_phase", "at", "reason", "detail_json"))
+_INSTANCES = INSTANCES.project(("instance_id", "region", "attached_at", "source"))
+_ATTACHMENTS = ATTACHMENTS.project(("kind", "uri", "size", "excerpt", "added_at"))
+_REPORT_PROBLEMS = REPORT_PROBLEMS.project(("key", "note", "noted_at"))
+# Where each column a filter may name lives: a column of runs (r) or run_data (d), selected
+# for the row, or (below) a key of the spec's JSON.
+_COLUMN_SQL = {
+    name: f"{projection.alias}.{name}"
+    for projection in (_RUN, _DATA)
+    for name in projection.names
+    if name in COLUMNS
+}
 _FROM = "FROM runs r LEFT JOIN run_data d ON d.run_id = r.run_id"
-_SELECT = f"SELECT {_COLUMNS_SQL} {_FROM}"
-_SELECT_DETAIL = f"SELECT {_COLUMNS_SQL}, d.status_json, d.history_json {_FROM}"
+_SELECT = f"SELECT {_RUN.sql}, {_DATA.sql} {_FROM}"
+_SELECT_DETAIL = f"SELECT {_RUN.sql}, {_DATA.sql}, {_DATA_DETAIL.sql} {_FROM}"
 _ORDER = " ORDER BY r.created_at, r.run_id"
 
 
@@ -75,17 +102,23 @@ class DatabaseUnavailable(SupervisorError):
     """There is no run database at the path, or it cannot be read as one."""
 
 
-class UnknownRun(InvalidInput):
-    """No run by that id in the database."""
-
-
 # -- rows -------------------------------------------------------------------------------------
 
 
-class _Row(BaseModel):
-    model_config = ConfigDict(frozen=True, populate_by_name=True)
+class _Row:
+    """A query row: a frozen dataclass, with its JSON form (as the CLI's --json prints it)."""
+
+    __slots__ = ()
+
+    def json(self) -> dict[str, Any]:
+        """The row as JSON values: datetimes as ISO 8601 (UTC as Z), enums as their values,
+        tuples as lists, nested rows as objects; a field's `json` name where it has one."""
+        value = _json_value(self)
+        assert isinstance(value, dict)
+        return value
 
 
+@dataclass(frozen=True, slots=True)
 class ObjectiveValue(_Row):
     name: str
     direction: Direction
@@ -94,6 +127,7 @@ class ObjectiveValue(_Row):
     """The metric's final value, from the job's final metrics; None until it reports them."""
 
 
+@dataclass(frozen=True, slots=True)
 class RunRow(_Row):
     """One run: what it is (spec, config, tags, objectives), where it is, what it reported."""
 
@@ -157,15 +191,17 @@ class RunRow(_Row):
         return flat
 
 
+@dataclass(frozen=True, slots=True)
 class TransitionRow(_Row):
     seq: int
-    from_: str | None = Field(alias="from")
+    from_: str | None = field(metadata={"json": "from"})
     to: str
     at: datetime
     reason: str
     detail: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
 class InstanceRow(_Row):
     instance_id: str
     region: str
@@ -174,6 +210,7 @@ class InstanceRow(_Row):
     """attached (given at attach), or launched by a resume."""
 
 
+@dataclass(frozen=True, slots=True)
 class AttachmentRow(_Row):
     kind: str
     uri: str
@@ -182,6 +219,7 @@ class AttachmentRow(_Row):
     added_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
 class ReportProblemRow(_Row):
     key: str
     """The report file, relative to the run prefix."""
@@ -190,12 +228,14 @@ class ReportProblemRow(_Row):
     noted_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
 class CrashLog(_Row):
     uri: str
     lines: tuple[str, ...]
     """Its last lines (up to CRASH_LOG_LINES), as read when it was attached."""
 
 
+@dataclass(frozen=True, slots=True)
 class RunDetailRow(RunRow):
     """A run in full: also its spec, newest heartbeat, history, attachments, instance history,
     transitions and the tail of its crash log."""
@@ -213,6 +253,51 @@ class RunDetailRow(RunRow):
     instances: tuple[InstanceRow, ...]
     transitions: tuple[TransitionRow, ...]
     crash_log: CrashLog | None
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        text = value.isoformat()
+        return text[:-6] + "Z" if text.endswith("+00:00") else text
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {key: _json_value(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_value(item) for item in value]
+    if is_dataclass(value):
+        return {
+            f.metadata.get("json", f.name): _json_value(getattr(value, f.name))
+            for f in fields(value)
+        }
+    return value
+
+
+# -- one function per entity: its columns, decoded by the schema, as the query's row ---------
+# (The store's records hold core types, such as the `Transition`, that this path never loads.)
+
+
+def _transition_row(values: dict[str, Any]) -> TransitionRow:
+    return TransitionRow(
+        seq=values["seq"],
+        from_=values["from_phase"],
+        to=values["to_phase"],
+        at=values["at"],
+        reason=values["reason"],
+        detail=values["detail_json"],
+    )
+
+
+def _instance_row(values: dict[str, Any]) -> InstanceRow:
+    return InstanceRow(**values)
+
+
+def _attachment_row(values: dict[str, Any]) -> AttachmentRow:
+    return AttachmentRow(**values)
+
+
+def _report_problem_row(values: dict[str, Any]) -> ReportProblemRow:
+    return ReportProblemRow(**values)
 
 
 # -- the database -----------------------------------------------------------------------------
@@ -235,7 +320,6 @@ class RunDatabase:
         uri = f"{self.path.resolve().as_uri()}?mode=ro"
         self._db = sqlite3.connect(uri, uri=True, timeout=10, check_same_thread=False)
         try:
-            self._db.row_factory = sqlite3.Row
             self._db.create_function("sv_number", 1, _number, deterministic=True)
             version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
         except sqlite3.DatabaseError as exc:
@@ -305,6 +389,8 @@ class RunDatabase:
         """Group the matching runs by the value of `by` and summarise the final value of
         `metric` per group; which way is better comes from the runs' objectives for `metric`
         unless `direction` ("min" or "max") is given."""
+        from supervisor.core.compare import Sample, compare
+
         field = parse_field(by) if isinstance(by, str) else by
         name = _metric_name(metric)
         chosen = _direction(direction)
@@ -332,49 +418,29 @@ class RunDatabase:
         row = self._db.execute(_SELECT_DETAIL + " WHERE r.run_id = ?", (run_id,)).fetchone()
         if row is None:
             raise UnknownRun(
+                run_id,
                 f"no run {run_id!r} in the run database {self.path}: "
-                "`supervisorctl runs` lists the runs"
+                "`supervisorctl runs` lists the runs",
             )
-        summary = _run_row(row)
         transitions = tuple(
-            TransitionRow(
-                seq=t["seq"],
-                from_=t["from_phase"],
-                to=t["to_phase"],
-                at=datetime.fromisoformat(t["at"]),
-                reason=t["reason"],
-                detail=json.loads(t["detail_json"]),
-            )
+            _transition_row(_TRANSITIONS.decode(t))
             for t in self._db.execute(
-                "SELECT seq, from_phase, to_phase, at, reason, detail_json FROM transitions "
-                "WHERE run_id = ? ORDER BY seq",
+                f"SELECT {_TRANSITIONS.sql} FROM transitions WHERE run_id = ? ORDER BY seq",
                 (run_id,),
             )
         )
         instances = tuple(
-            InstanceRow(
-                instance_id=i["instance_id"],
-                region=i["region"],
-                attached_at=datetime.fromisoformat(i["attached_at"]),
-                source=i["source"],
-            )
+            _instance_row(_INSTANCES.decode(i))
             for i in self._db.execute(
-                "SELECT instance_id, region, attached_at, source FROM instances "
-                "WHERE run_id = ? ORDER BY attached_at, rowid",
+                f"SELECT {_INSTANCES.sql} FROM instances WHERE run_id = ? "
+                "ORDER BY attached_at, rowid",
                 (run_id,),
             )
         )
         attachments = tuple(
-            AttachmentRow(
-                kind=a["kind"],
-                uri=a["uri"],
-                size=a["size"],
-                excerpt=a["excerpt"],
-                added_at=datetime.fromisoformat(a["added_at"]),
-            )
+            _attachment_row(_ATTACHMENTS.decode(a))
             for a in self._db.execute(
-                "SELECT kind, uri, size, excerpt, added_at FROM attachments "
-                "WHERE run_id = ? ORDER BY id",
+                f"SELECT {_ATTACHMENTS.sql} FROM attachments WHERE run_id = ? ORDER BY id",
                 (run_id,),
             )
         )
@@ -385,22 +451,23 @@ class RunDatabase:
             lines = (newest.excerpt or "").rstrip("\n").splitlines()
             crash_log = CrashLog(uri=newest.uri, lines=tuple(lines[-CRASH_LOG_LINES:]))
         report_problems = tuple(
-            ReportProblemRow(
-                key=p["key"], note=p["note"], noted_at=datetime.fromisoformat(p["noted_at"])
-            )
+            _report_problem_row(_REPORT_PROBLEMS.decode(p))
             for p in self._db.execute(
-                "SELECT key, note, noted_at FROM report_problems WHERE run_id = ? "
+                f"SELECT {_REPORT_PROBLEMS.sql} FROM report_problems WHERE run_id = ? "
                 "ORDER BY noted_at, key",
                 (run_id,),
             )
         )
-        final = _json(row["final_metrics_json"]) or {}
+        summary = _run_row(row)
+        run, data = _RUN.decode(row), _DATA.decode(row, len(_RUN))
+        detail = _DATA_DETAIL.decode(row, len(_RUN) + len(_DATA))
+        final = data["final_metrics_json"] or {}
         return RunDetailRow(
-            **summary.model_dump(),
-            spec=json.loads(row["spec_json"]),
-            status=_json(row["status_json"]),
+            **{f.name: getattr(summary, f.name) for f in fields(RunRow)},
+            spec=json.loads(run["spec_json"]),
+            status=detail["status_json"],
             wandb=final.get("wandb"),
-            history=_json(row["history_json"]),
+            history=detail["history_json"],
             runtime_s=final.get("runtime_s"),
             report_problems=report_problems,
             attachments=attachments,
@@ -411,7 +478,7 @@ class RunDatabase:
 
     # -- SQL --------------------------------------------------------------------------------
 
-    def _select(self, query: RunQuery) -> list[sqlite3.Row]:
+    def _select(self, query: RunQuery) -> list[Row]:
         conditions: list[str] = []
         params: list[Any] = []
         if query.phases:
@@ -426,7 +493,7 @@ class RunDatabase:
             params.extend(named)
         if query.created_after is not None:
             conditions.append("r.created_at >= ?")
-            params.append(query.created_after.astimezone(UTC).isoformat())
+            params.append(timestamp(query.created_after))
         for f in query.where:
             sql, values = _condition(f)
             conditions.append(sql)
@@ -490,58 +557,52 @@ def _number(value: object) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _json(text: str | None) -> Any:
-    return json.loads(text) if text else None
-
-
-def _run_row(row: sqlite3.Row) -> RunRow:
-    spec = json.loads(row["spec_json"])
-    final = _json(row["final_metrics_json"]) or {}
+def _run_row(row: Row) -> RunRow:
+    """A run from a row read with `_SELECT` (or `_SELECT_DETAIL`)."""
+    run, data = _RUN.decode(row), _DATA.decode(row, len(_RUN))
+    spec = json.loads(run["spec_json"])
+    final = data["final_metrics_json"] or {}
     metrics: dict[str, Any] = final.get("metrics") or {}
     wandb = final.get("wandb") or {}
     return RunRow(
-        run_id=row["run_id"],
+        run_id=run["run_id"],
         name=spec.get("name"),
         project=spec.get("project"),
-        phase=row["phase"],
-        outcome=row["outcome"],
-        reason=row["reason"],
-        instance_id=row["instance_id"],
-        region=row["region"],
+        phase=run["phase"],
+        outcome=run["outcome"],
+        reason=run["reason"],
+        instance_id=run["instance_id"],
+        region=run["region"],
         instance_type=spec.get("instance_type"),
         spot=bool(spec.get("spot", False)),
         s3_prefix=spec["s3_prefix"],
         on_complete=spec.get("on_complete", "stop"),
-        attempt=row["attempt"],
-        checkpoint=row["checkpoint"],
-        error_code=row["error_code"],
-        created_at=datetime.fromisoformat(row["created_at"]),
-        updated_at=datetime.fromisoformat(row["updated_at"]),
-        phase_since=datetime.fromisoformat(row["phase_since"]),
-        started_at=_dt(row["started_at"]),
-        step=row["step"],
-        total_steps=row["total_steps"],
-        status_at=_dt(row["status_at"]),
+        attempt=run["attempt"],
+        checkpoint=run["checkpoint"],
+        error_code=run["error_code"],
+        created_at=run["created_at"],
+        updated_at=run["updated_at"],
+        phase_since=run["phase_since"],
+        started_at=run["started_at"],
+        step=data["step"],
+        total_steps=data["total_steps"],
+        status_at=data["status_at"],
         wandb_project=spec.get("wandb_project") or wandb.get("project"),
-        wandb_run_id=row["wandb_run_id"] or wandb.get("run_id"),
-        wandb_url=row["wandb_url"] or wandb.get("url"),
+        wandb_run_id=data["wandb_run_id"] or wandb.get("run_id"),
+        wandb_url=data["wandb_url"] or wandb.get("url"),
         tags=spec.get("tags") or {},
         config=spec.get("config"),
         objectives=tuple(
             ObjectiveValue(
                 name=o["name"],
-                direction=o.get("direction", Direction.MIN),
-                weight=o.get("weight", 1.0),
+                direction=Direction(o.get("direction", Direction.MIN)),
+                weight=float(o.get("weight", 1.0)),
                 final=_number(metrics.get(o["name"])),
             )
             for o in spec.get("objectives") or ()
         ),
         metrics=metrics,
     )
-
-
-def _dt(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None
 
 
 def _flatten(prefix: str, value: dict[str, Any]) -> dict[str, Any]:

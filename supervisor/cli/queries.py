@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from supervisor.cli.common import EXIT_OK, fail, printable, run_id_argument
 from supervisor.cli.verbs import QUERY_COMMANDS as QUERY_COMMANDS
 from supervisor.core.defaults import CRASH_LOG_LINES
-from supervisor.core.errors import InvalidInput
+from supervisor.core.errors import InvalidInput, UnknownRun
 from supervisor.core.filters import (
     COLUMNS,
     NO_OUTCOME,
@@ -34,7 +34,7 @@ from supervisor.core.filters import (
 )
 from supervisor.core.run import Outcome, Phase
 
-if TYPE_CHECKING:  # imported when a query runs: the parser must not pay for pydantic
+if TYPE_CHECKING:  # imported when a query runs: the parser does not need them
     from supervisor.adapters.query import RunDatabase, RunDetailRow, RunRow
     from supervisor.core.compare import Comparison, GroupValue
 
@@ -221,7 +221,7 @@ def run_query(args: argparse.Namespace, db_path: Path) -> int:
         with RunDatabase(db_path) as db:
             _dispatch(db, args)
         sys.stdout.flush()
-    except (DatabaseUnavailable, InvalidInput) as exc:
+    except (DatabaseUnavailable, InvalidInput, UnknownRun) as exc:
         fail(str(exc))
     except BrokenPipeError:
         # `supervisorctl export | head`: the reader left; that is not an error.
@@ -239,13 +239,13 @@ def _dispatch(db: RunDatabase, args: argparse.Namespace) -> None:
         _print_comparison(found, as_json=args.json)
     elif args.command == "export" and args.format == "jsonl":
         for run in db.runs(*args.where, **filters):
-            print(run.model_dump_json(by_alias=True))
+            print(json.dumps(run.json(), ensure_ascii=False, separators=(",", ":")))
     elif args.command == "export" or args.csv:
         _write_csv([run.record() for run in db.runs(*args.where, **filters)])
     else:
         runs = db.runs(*args.where, **filters)
         if args.json:
-            print(json.dumps([r.model_dump(mode="json", by_alias=True) for r in runs], indent=2))
+            print(json.dumps([r.json() for r in runs], indent=2))
         else:
             _print_runs(runs, args.where, filtered=bool(args.where or any(filters.values())))
 
@@ -344,7 +344,7 @@ def _csv_value(value: Any) -> Any:
 
 def _print_show(run: RunDetailRow, *, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(run.model_dump(mode="json", by_alias=True), indent=2))
+        print(json.dumps(run.json(), indent=2))
         return
     title = f"run {run.run_id}" + (f" ({printable(run.name)})" if run.name else "")
     ended = f", {run.outcome}" if run.outcome and run.outcome != run.phase else ""

@@ -59,11 +59,12 @@ class NotFoundError(PermanentError):
 
 
 class UnknownRun(SupervisorError):
-    """No run with that id is attached."""
+    """No run with that id is attached (or, with `message`, none in the run database)."""
 
-    def __init__(self, run_id: str) -> None:
+    def __init__(self, run_id: str, message: str | None = None) -> None:
         super().__init__(
-            f"no run {run_id!r} is attached: `supervisorctl status` lists the attached runs"
+            message
+            or f"no run {run_id!r} is attached: `supervisorctl status` lists the attached runs"
         )
         self.run_id = run_id
 

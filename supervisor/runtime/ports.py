@@ -3,15 +3,28 @@ them here (and only here) when a real part cannot run."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from supervisor.core.checkpoint import CommandResult, InstanceCommand, StoredObject
 from supervisor.core.completion import ListRequest
+from supervisor.core.machine import Decision
+from supervisor.core.records import (
+    ActionRecord,
+    AttachmentRecord,
+    FleetReport,
+    InstanceRecord,
+    ReportProblemRecord,
+    RunDataRecord,
+    RunRecord,
+    TransitionRecord,
+)
+from supervisor.core.reports import Report
+from supervisor.core.run import Run
 from supervisor.core.spec import LaunchTemplate
 from supervisor.core.values import InstanceId, InstanceState, ObjectInfo
-from supervisor.core.zombies import InstanceSeen
+from supervisor.core.zombies import InstanceSeen, Termination, Zombie
 
 
 class Cloud(Protocol):
@@ -71,6 +84,81 @@ class InstanceShell(Protocol):
         timeout_s: float,
         comment: str,
     ) -> CommandResult: ...
+
+
+class RunStore(Protocol):
+    """The run database (implemented on SQLite by `supervisor.adapters.store.Store`; a second
+    backend implements the same methods over the same declarations,
+    `supervisor.adapters.schema`).
+
+    Writes are atomic: a decision's run row, transition and instance together, or nothing.
+    `commit` raises `StaleVersion` when the run is no longer at `before`'s version, and
+    `create_run` raises `InvalidInput` when the run id is taken."""
+
+    async def close(self) -> None: ...
+
+    # -- runs and their transitions --
+    async def create_run(self, decision: Decision) -> None: ...
+
+    async def commit(self, before: Run, decision: Decision, *, now: datetime) -> None: ...
+
+    async def get_run(self, run_id: str) -> RunRecord | None: ...
+
+    async def runs(self, *, active_only: bool = ...) -> list[RunRecord]: ...
+
+    def active_runs(self, *, page: int = ...) -> AsyncIterator[list[RunRecord]]: ...
+
+    async def transitions(self, run_id: str, *, after_seq: int = ...) -> list[TransitionRecord]: ...
+
+    async def instances(self, run_id: str) -> list[InstanceRecord]: ...
+
+    async def crashed_without_crash_log(self, *, since: datetime) -> list[RunRecord]: ...
+
+    async def runs_on_instances(
+        self, instance_ids: Iterable[str], run_ids: Iterable[str] = ...
+    ) -> list[Run]: ...
+
+    async def active_owner(self, instance_id: str, region: str) -> str | None: ...
+
+    async def runs_by_phase_and_outcome(self) -> dict[tuple[str, str | None], int]: ...
+
+    async def run_regions(self) -> set[str]: ...
+
+    # -- what happened to a run: actions, attachments, reports --
+    async def record_action(self, record: ActionRecord) -> None: ...
+
+    async def actions(self, run_id: str) -> list[ActionRecord]: ...
+
+    async def attach(self, record: AttachmentRecord) -> None: ...
+
+    async def attachments(self, run_id: str) -> list[AttachmentRecord]: ...
+
+    async def record_report(
+        self, run_id: str, key: str, report: Report, *, read_at: datetime, now: datetime
+    ) -> None: ...
+
+    async def run_data(self, run_id: str) -> RunDataRecord | None: ...
+
+    async def record_report_problem(self, problem: ReportProblemRecord) -> None: ...
+
+    async def report_problems(self, run_id: str) -> list[ReportProblemRecord]: ...
+
+    async def record_audit(
+        self, *, at: datetime, source: str, kind: str, subject: str | None, detail: dict[str, Any]
+    ) -> None: ...
+
+    async def audit(self, *, limit: int = ...) -> list[dict[str, Any]]: ...
+
+    # -- zombies and terminations --
+    async def save_zombie(self, zombie: Zombie, termination: Termination | None = ...) -> None: ...
+
+    async def zombies(self, *, open_only: bool = ...) -> list[Zombie]: ...
+
+    async def terminations(self, *, since: datetime | None = ...) -> list[Termination]: ...
+
+    async def ended_run_instances(self, *, since: datetime) -> list[tuple[InstanceId, str]]: ...
+
+    async def fleet_report(self, *, since: datetime) -> FleetReport: ...
 
 
 class Clock(Protocol):

@@ -5,7 +5,11 @@ reading while the daemon's store has the file open."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -19,11 +23,11 @@ from supervisor.adapters.query import (
     DatabaseUnavailable,
     RunDatabase,
     RunRow,
-    UnknownRun,
 )
+from supervisor.adapters.schema import SCHEMA_VERSION
 from supervisor.adapters.store import Store
 from supervisor.core.compare import Group
-from supervisor.core.errors import InvalidInput
+from supervisor.core.errors import InvalidInput, UnknownRun
 from supervisor.core.filters import COLUMNS
 from supervisor.core.spec import Direction
 from tests.adapters.run_database import HISTORY, NOW, SEEDS, WANDB, method, seed
@@ -102,7 +106,7 @@ def test_a_bad_filter_is_refused_naming_it(db: RunDatabase) -> None:
 
 def test_every_column_a_filter_may_name_has_a_place_in_sql_and_on_the_row() -> None:
     assert set(COLUMNS) == {*_COLUMN_SQL, *_SPEC_COLUMNS, "wandb_project"}
-    assert set(COLUMNS) <= set(RunRow.model_fields)
+    assert set(COLUMNS) <= {field.name for field in dataclasses.fields(RunRow)}
 
 
 # -- rows ---------------------------------------------------------------------------------
@@ -164,7 +168,7 @@ def test_one_run_in_full_with_history_transitions_and_the_crash_log_tail(
     ]
     assert [(i.instance_id, i.source) for i in full.instances] == [(full.instance_id, "attached")]
     assert full.crash_log is None
-    dumped = full.model_dump(mode="json", by_alias=True)
+    dumped = full.json()
     assert dumped["transitions"][0]["from"] is None
 
     crashed = db.run("mgda-3")
@@ -312,7 +316,9 @@ def test_a_missing_or_old_database_is_explained(tmp_path: Path) -> None:
     with sqlite3.connect(old) as raw:
         raw.execute("PRAGMA user_version = 5")
     raw.close()
-    with pytest.raises(DatabaseUnavailable, match="schema version 5; queries need 7"):
+    with pytest.raises(
+        DatabaseUnavailable, match=f"schema version 5; queries need {SCHEMA_VERSION}"
+    ):
         RunDatabase(old)
 
     junk = tmp_path / "junk.db"
@@ -330,3 +336,46 @@ def test_the_public_api_opens_the_daemons_database_from_its_settings(
     with open_database() as db:
         assert db.path == db_path
         assert len(db.runs()) == len(SEEDS)
+
+
+_QUERY_PROBE = """
+import json, sys
+from supervisor.adapters.query import RunDatabase
+from supervisor.cli import queries
+with RunDatabase(sys.argv[1]) as db:
+    rows = [run.json() for run in db.runs("metrics.val_loss<0.3")]
+    detail = db.run("mgda-3").json()
+print(json.dumps(sorted(sys.modules)))
+"""
+_NOT_FOR_QUERIES = (
+    "pydantic",
+    "pydantic_core",
+    "aiohttp",
+    "aiosqlite",
+    "structlog",
+    "boto3",
+    "supervisor.adapters.store",
+    "supervisor.adapters.statements",
+    "supervisor.core.machine",
+    "supervisor.core.spec",
+)
+
+
+def test_the_query_path_loads_sqlite3_and_none_of_pydantic_aiohttp_aiosqlite_or_the_daemon(
+    db_path: Path,
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _QUERY_PROBE, str(db_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    modules = set(json.loads(done.stdout))
+    assert "sqlite3" in modules
+    loaded = sorted(
+        m for m in modules if any(m == bad or m.startswith(f"{bad}.") for bad in _NOT_FOR_QUERIES)
+    )
+    assert loaded == []
+    # Of the daemon's package only the standard-library module naming its files is loaded.
+    daemon = {m for m in modules if m.startswith("supervisor.runtime.")}
+    assert daemon <= {"supervisor.runtime.config_file"}

@@ -8,11 +8,22 @@ import sqlite3
 import sys
 import textwrap
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
+from supervisor.adapters.schema import (
+    AUDIT,
+    INSTANCES,
+    MIGRATIONS,
+    POSTGRESQL,
+    REPORT_PROBLEMS,
+    RUNS,
+    SQLITE,
+    TABLES,
+    TRANSITIONS,
+)
 from supervisor.adapters.store import SCHEMA_VERSION, ActionRecord, Store, migrate
 from supervisor.core.errors import InvalidInput, StaleVersion
 from supervisor.core.events import (
@@ -27,6 +38,7 @@ from supervisor.core.events import (
 from supervisor.core.machine import Decision, Transition, new_run, step
 from supervisor.core.run import Outcome, Phase, Run
 from supervisor.core.values import InstanceState
+from supervisor.runtime.ports import RunStore
 from tests.core.builders import NOW, POLICY, listed, make_spec, seeded
 
 REPO = Path(__file__).resolve().parents[2]
@@ -607,3 +619,71 @@ async def test_a_note_on_an_unreadable_report_is_kept_per_file_until_a_version_r
     await store.record_report("run-42", "history.json", History(), read_at=NOW, now=NOW)
     assert await store.report_problems("run-42") == []
     assert raw_count(store.path, "SELECT COUNT(*) FROM report_problems") == 0
+
+
+# -- the declaration is the schema ---------------------------------------------------------------
+
+
+async def test_each_declared_table_has_the_migrated_tables_columns_types_and_nullability(
+    store: Store,
+) -> None:
+    with sqlite3.connect(store.path) as db:
+        names = [
+            row[0]
+            for row in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            )
+        ]
+        assert sorted(names) == sorted(table.name for table in TABLES)
+        for table in TABLES:
+            # PRAGMA table_info: (cid, name, type, notnull, default, pk); a primary key
+            # column is never NULL, whatever SQLite's notnull says of it.
+            migrated_columns = [
+                (name, sql_type, not (notnull or pk))
+                for _, name, sql_type, notnull, _, pk in db.execute(
+                    f"PRAGMA table_info({table.name})"
+                )
+            ]
+            declared = [(c.name, c.codec.sql_type, c.nullable) for c in table.columns]
+            assert declared == migrated_columns, table.name
+
+
+def test_the_schema_version_is_the_newest_migrations_number() -> None:
+    newest = max(path.name for path in MIGRATIONS.glob("*.sql"))
+    assert int(newest.split("_", 1)[0]) == SCHEMA_VERSION
+
+
+def test_statements_are_built_from_the_declaration_with_one_placeholder_per_value() -> None:
+    assert INSTANCES.insert(on_conflict="ignore") == (
+        "INSERT INTO instances (run_id, instance_id, region, attached_at, source) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+    )
+    assert REPORT_PROBLEMS.insert(on_conflict="update").endswith(
+        "ON CONFLICT (run_id, key) DO UPDATE SET etag = excluded.etag, note = excluded.note, "
+        "noted_at = excluded.noted_at"
+    )
+    assert RUNS.update(("phase", "version"), where=("run_id", "version")) == (
+        "UPDATE runs SET phase = ?, version = ? WHERE run_id = ? AND version = ?"
+    )
+    assert TRANSITIONS.project(alias="t").sql.startswith("t.run_id, t.seq, t.from_phase")
+
+
+def test_a_numbered_dialect_renders_the_placeholders_in_order() -> None:
+    text = RUNS.update(("phase", "version"), where=("run_id", "version"))
+    assert SQLITE.render(text) == text
+    assert POSTGRESQL.render(text) == (
+        "UPDATE runs SET phase = $1, version = $2 WHERE run_id = $3 AND version = $4"
+    )
+
+
+def test_values_encode_and_decode_through_their_columns_codecs() -> None:
+    at = NOW.astimezone(timezone(timedelta(hours=2)))
+    values = {"at": at, "detail_json": {"n": 1}, "source": "sqs", "kind": "x", "subject": None}
+    encoded = AUDIT.encode(values, AUDIT.stored)
+    assert encoded == (NOW.astimezone(UTC).isoformat(), "sqs", "x", None, '{"n": 1}')
+    assert AUDIT.project().decode(encoded) == values | {"at": NOW}
+
+
+async def test_the_sqlite_store_is_the_runtimes_store_port(store: Store) -> None:
+    port: RunStore = store  # mypy holds the adapter to the port's signatures
+    assert await port.get_run("nothing here") is None

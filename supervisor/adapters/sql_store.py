@@ -1,0 +1,396 @@
+"""The store port's methods for any SQL backend, over a few primitives a backend provides.
+
+`SqlStore` runs the statements of `supervisor.adapters.statements` (built from the column
+declarations of `supervisor.adapters.schema`) and decodes their rows. A backend subclasses it
+and provides reading, reading in pages, writing in one transaction (with the version check),
+closing, and the exception its driver raises for a key that is taken: the SQLite adapter
+(`supervisor.adapters.store.Store`) does, and so will a PostgreSQL one, rendering the `?`
+placeholders with its `schema.Dialect`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Iterable
+from datetime import datetime
+from typing import Any, ClassVar
+
+from supervisor.adapters import statements as sql
+from supervisor.adapters.schema import Row
+from supervisor.adapters.schema import timestamp as _iso
+from supervisor.core.errors import InvalidInput
+from supervisor.core.machine import Decision, run_id_taken
+from supervisor.core.records import (
+    ActionRecord,
+    AttachmentRecord,
+    FleetReport,
+    InstanceRecord,
+    ReportProblemRecord,
+    RunDataRecord,
+    RunRecord,
+    TerminationDay,
+    TransitionRecord,
+)
+from supervisor.core.reports import FinalMetrics, History, Report, StatusReport
+from supervisor.core.run import TERMINAL_PHASES, Phase, Run
+from supervisor.core.values import InstanceId
+from supervisor.core.zombies import (
+    SUCCESSFUL_OUTCOMES,
+    TERMINATED_OUTCOMES,
+    ZOMBIE_PHASES,
+    AttemptOutcome,
+    Termination,
+    Zombie,
+    ZombieState,
+)
+
+_TERMINAL = tuple(sorted(TERMINAL_PHASES))
+_ACTIVE = f" WHERE phase NOT IN ({sql.placeholders(_TERMINAL)})"
+"""The runs a daemon watches (parameters: `_TERMINAL`)."""
+_IN_CHUNK = 500  # ids per `IN (...)`: well under SQLite's limit on bound parameters
+
+
+class SqlStore(ABC):
+    """The run database over SQL (implements `supervisor.runtime.ports.RunStore`)."""
+
+    _key_taken: ClassVar[tuple[type[BaseException], ...]]
+    """What the driver raises when an INSERT meets a taken key."""
+
+    # -- what a backend provides --------------------------------------------------------------
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def _read(self, text: str, params: Iterable[Any] = ()) -> list[Row]:
+        """The rows of one query (`?` placeholders), on a connection that does not write."""
+
+    @abstractmethod
+    def _pages(self, text: str, params: Iterable[Any], page: int) -> AsyncIterator[list[Row]]:
+        """The rows of one query, `page` at a time."""
+
+    @abstractmethod
+    async def _write(
+        self, statements: Iterable[sql.Statement], *, stale_if_unchanged: str = ""
+    ) -> None:
+        """Run statements in one transaction, in order.
+
+        With `stale_if_unchanged`, the first statement must change a row (a version-checked
+        UPDATE); otherwise everything is rolled back and `StaleVersion` raised with that text.
+        """
+
+    # -- the port ------------------------------------------------------------------------------
+
+    async def create_run(self, decision: Decision) -> None:
+        """Insert a new run with its first transition. Raises `InvalidInput` if it exists."""
+        run, t = decision.run, decision.transition
+        assert t is not None and run.version == 1
+        spec = run.spec
+        first = InstanceRecord(spec.instance_id, spec.region, t.at, "attached")
+        try:
+            await self._write(
+                [
+                    sql.insert_run(run, now=t.at),
+                    sql.insert_transition(spec.run_id, run.version, t),
+                    sql.insert_instance(spec.run_id, first),
+                ]
+            )
+        except self._key_taken:
+            existing = await self.get_run(spec.run_id)
+            raise InvalidInput(
+                run_id_taken(existing.run)
+                if existing is not None
+                else f"run id {spec.run_id!r} is taken: attach this run under a new run id"
+            ) from None
+
+    async def commit(self, before: Run, decision: Decision, *, now: datetime) -> None:
+        """Persist a decision: the transition and run row together, or the changed fields
+        alone (`persist`). Raises `StaleVersion` when `before` is not the stored version."""
+        run, t = decision.run, decision.transition
+        if t is None and not decision.persist:
+            return
+        run_id = run.spec.run_id
+        statements = [sql.update_run(run, before_version=before.version, now=now)]
+        if run.instance_id != before.instance_id:  # a resume launched a new instance
+            launched = InstanceRecord(run.instance_id, run.spec.region, now, "launched")
+            statements.append(sql.insert_instance(run_id, launched, if_new=True))
+        if t is not None:
+            statements.append(sql.insert_transition(run_id, run.version, t))
+        await self._write(
+            statements,
+            stale_if_unchanged=f"run {run_id} is no longer at version {before.version}",
+        )
+
+    async def record_action(self, record: ActionRecord) -> None:
+        await self._write([sql.insert_action(record)])
+
+    async def attach(self, record: AttachmentRecord) -> None:
+        """Attach a file or link to a run; attaching the same one again refreshes it."""
+        await self._write([sql.upsert_attachment(record)])
+
+    async def record_report(
+        self, run_id: str, key: str, report: Report, *, read_at: datetime, now: datetime
+    ) -> None:
+        """Store what the job reported (one file's content, at `key`), replacing that file's
+        last one; a note that an earlier version of the file could not be read goes."""
+        last_step: int | None = None
+        match report:
+            case StatusReport():
+                sets: dict[str, Any] = {
+                    "status_json": report.model_dump(mode="json"),
+                    "status_at": read_at,
+                    "step": report.step,
+                    "wandb_run_id": report.wandb_run_id,
+                    "wandb_url": report.wandb_url,
+                }
+            case FinalMetrics():
+                wandb = report.wandb
+                sets = {
+                    "final_metrics_json": {
+                        "metrics": report.metrics,
+                        "wandb": wandb.model_dump() if wandb else None,
+                        "runtime_s": report.runtime_s,
+                    },
+                    "total_steps": report.total_steps,
+                }
+                if wandb is not None and wandb.run_id:
+                    sets |= {"wandb_run_id": wandb.run_id, "wandb_url": wandb.url}
+            case History():
+                sets = {"history_json": report.records}
+                last_step = report.last_step
+        statements = [sql.upsert_run_data(run_id, sets, now=now)]
+        if last_step is not None:
+            # total_steps: the final metrics' own count wins over the history's last step.
+            statements.append(
+                (
+                    "UPDATE run_data SET total_steps = ? WHERE run_id = ? AND total_steps IS NULL",
+                    (last_step, run_id),
+                )
+            )
+        statements.append(
+            ("DELETE FROM report_problems WHERE run_id = ? AND key = ?", (run_id, key))
+        )
+        await self._write(statements)
+
+    async def record_report_problem(self, problem: ReportProblemRecord) -> None:
+        """Note that a report file could not be read, replacing the note on its last version."""
+        await self._write([sql.upsert_report_problem(problem)])
+
+    async def report_problems(self, run_id: str) -> list[ReportProblemRecord]:
+        rows = await self._read(
+            f"SELECT {sql.REPORT_PROBLEM_SELECT.sql} FROM report_problems "
+            "WHERE run_id = ? ORDER BY noted_at, key",
+            (run_id,),
+        )
+        return [sql.report_problem_record(row) for row in rows]
+
+    async def run_data(self, run_id: str) -> RunDataRecord | None:
+        rows = await self._read(
+            f"SELECT {sql.RUN_DATA_SELECT.sql} FROM run_data WHERE run_id = ?", (run_id,)
+        )
+        return sql.run_data_record(rows[0]) if rows else None
+
+    async def record_audit(
+        self, *, at: datetime, source: str, kind: str, subject: str | None, detail: dict[str, Any]
+    ) -> None:
+        """Something seen that caused nothing (a message no run owns, a malformed one)."""
+        await self._write(
+            [sql.insert_audit(at=at, source=source, kind=kind, subject=subject, detail=detail)]
+        )
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def audit(self, *, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest audit entries first."""
+        rows = await self._read(
+            f"SELECT {sql.AUDIT_SELECT.sql} FROM audit ORDER BY id DESC LIMIT ?", (limit,)
+        )
+        return [sql.audit_entry(row) for row in rows]
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        rows = await self._read(f"SELECT {sql.RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,))
+        return sql.run_record(rows[0]) if rows else None
+
+    async def runs(self, *, active_only: bool = False) -> list[RunRecord]:
+        text = f"SELECT {sql.RUN_COLUMNS} FROM runs"
+        params: tuple[Any, ...] = ()
+        if active_only:
+            text += _ACTIVE
+            params = _TERMINAL
+        rows = await self._read(text + " ORDER BY created_at, run_id", params)
+        return [sql.run_record(row) for row in rows]
+
+    async def active_runs(self, *, page: int = 500) -> AsyncIterator[list[RunRecord]]:
+        """Every run not in a terminal phase, `page` at a time: a restart starts each page's
+        monitors while the next is read, and never holds all the rows at once."""
+        text = f"SELECT {sql.RUN_COLUMNS} FROM runs{_ACTIVE} ORDER BY created_at, run_id"
+        async for rows in self._pages(text, _TERMINAL, page):
+            yield [sql.run_record(row) for row in rows]
+
+    async def transitions(self, run_id: str, *, after_seq: int = 0) -> list[TransitionRecord]:
+        rows = await self._read(
+            f"SELECT {sql.TRANSITION_SELECT.sql} FROM transitions "
+            "WHERE run_id = ? AND seq > ? ORDER BY seq",
+            (run_id, after_seq),
+        )
+        return [sql.transition_record(row) for row in rows]
+
+    async def instances(self, run_id: str) -> list[InstanceRecord]:
+        """The run's instance history: the attached one, then any a resume launched."""
+        rows = await self._read(
+            f"SELECT {sql.INSTANCE_SELECT.sql} FROM instances WHERE run_id = ? "
+            "ORDER BY attached_at, rowid",
+            (run_id,),
+        )
+        return [sql.instance_record(row) for row in rows]
+
+    async def crashed_without_crash_log(self, *, since: datetime) -> list[RunRecord]:
+        """Runs that crashed at `since` or later and have no crash log attached: a daemon
+        killed between the crash's commit and reading the report leaves these."""
+        rows = await self._read(
+            f"SELECT {sql.RUN_COLUMNS} FROM runs WHERE phase = ? AND phase_since >= ? AND NOT "
+            "EXISTS (SELECT 1 FROM attachments a WHERE a.run_id = runs.run_id AND "
+            "a.kind = 'crash-log') ORDER BY phase_since",
+            (Phase.CRASHED.value, _iso(since)),
+        )
+        return [sql.run_record(row) for row in rows]
+
+    async def attachments(self, run_id: str) -> list[AttachmentRecord]:
+        rows = await self._read(
+            f"SELECT {sql.ATTACHMENT_SELECT.sql} FROM attachments WHERE run_id = ? ORDER BY id",
+            (run_id,),
+        )
+        return [sql.attachment_record(row) for row in rows]
+
+    async def actions(self, run_id: str) -> list[ActionRecord]:
+        rows = await self._read(
+            f"SELECT {sql.ACTION_SELECT.sql} FROM actions WHERE run_id = ? ORDER BY id",
+            (run_id,),
+        )
+        return [sql.action_record(row) for row in rows]
+
+    # -- zombies and terminations --------------------------------------------------------------
+
+    async def save_zombie(self, zombie: Zombie, termination: Termination | None = None) -> None:
+        """Upsert the zombie's row and append its terminations-log line, in one transaction."""
+        statements = [sql.upsert_zombie(zombie)]
+        if termination is not None:
+            statements.append(sql.insert_termination(termination))
+        await self._write(statements)
+
+    async def zombies(self, *, open_only: bool = True) -> list[Zombie]:
+        """Zombie records, oldest mark first; by default only open ones (still zombies)."""
+        text = f"SELECT {sql.ZOMBIE_SELECT.sql} FROM zombies"
+        params: tuple[Any, ...] = ()
+        if open_only:
+            states = sorted(s for s in ZombieState if s.open)
+            text += f" WHERE state IN ({sql.placeholders(states)})"
+            params = tuple(states)
+        rows = await self._read(text + " ORDER BY marked_at, instance_id", params)
+        return [sql.zombie(row) for row in rows]
+
+    async def terminations(self, *, since: datetime | None = None) -> list[Termination]:
+        """The terminations log, oldest first."""
+        rows = await self._read(
+            f"SELECT {sql.TERMINATION_SELECT.sql} FROM terminations WHERE at >= ? ORDER BY id",
+            (_iso(since) if since is not None else "",),
+        )
+        return [sql.termination(row) for row in rows]
+
+    async def ended_run_instances(self, *, since: datetime) -> list[tuple[InstanceId, str]]:
+        """(instance id, region) of the current instance of every run that entered a zombie
+        phase (`ZOMBIE_PHASES`) at or after `since`."""
+        phases = sorted(ZOMBIE_PHASES)
+        rows = await self._read(
+            "SELECT DISTINCT instance_id, region FROM runs "
+            f"WHERE phase IN ({sql.placeholders(phases)}) AND phase_since >= ?",
+            (*phases, _iso(since)),
+        )
+        return [(InstanceId(instance_id), region) for instance_id, region in rows]
+
+    async def runs_on_instances(
+        self, instance_ids: Iterable[str], run_ids: Iterable[str] = ()
+    ) -> list[Run]:
+        """Every run, in any phase, whose current instance is one of `instance_ids`, and every
+        run named in `run_ids`."""
+        found: dict[str, Run] = {}
+        for column, values in (("instance_id", instance_ids), ("run_id", run_ids)):
+            unique = sorted(set(values))
+            for start in range(0, len(unique), _IN_CHUNK):
+                chunk = unique[start : start + _IN_CHUNK]
+                rows = await self._read(
+                    f"SELECT {sql.RUN_COLUMNS} FROM runs "
+                    f"WHERE {column} IN ({sql.placeholders(chunk)})",
+                    chunk,
+                )
+                for row in rows:
+                    run = sql.run_record(row).run
+                    found[run.spec.run_id] = run
+        return list(found.values())
+
+    async def active_owner(self, instance_id: str, region: str) -> str | None:
+        """The active run whose current instance this is, if there is one."""
+        rows = await self._read(
+            f"SELECT run_id FROM runs{_ACTIVE} AND instance_id = ? AND region = ? LIMIT 1",
+            (*_TERMINAL, instance_id, region),
+        )
+        return str(rows[0][0]) if rows else None
+
+    async def runs_by_phase_and_outcome(self) -> dict[tuple[str, str | None], int]:
+        """How many runs are in each (phase, outcome): one GROUP BY, for `/metrics` and
+        `supervisord status` (no run is loaded)."""
+        rows = await self._read("SELECT phase, outcome, COUNT(*) FROM runs GROUP BY phase, outcome")
+        return {(str(phase), outcome): int(n) for phase, outcome, n in rows}
+
+    async def run_regions(self) -> set[str]:
+        rows = await self._read("SELECT DISTINCT region FROM runs")
+        return {str(region) for (region,) in rows}
+
+    async def fleet_report(self, *, since: datetime) -> FleetReport:
+        """Terminations per UTC day since `since`; runs attached since then, by outcome."""
+        terminated = _sql_list(TERMINATED_OUTCOMES)
+        succeeded = _sql_list(SUCCESSFUL_OUTCOMES)
+        failed = _sql_list({AttemptOutcome.UNAUTHORIZED, AttemptOutcome.FAILED})
+        day_rows = await self._read(
+            "SELECT substr(at, 1, 10) AS day, "
+            f"SUM(action = 'terminate' AND outcome IN ({terminated})) AS terminations, "
+            f"SUM(action = 'stop' AND outcome IN ({terminated})) AS stops, "
+            "SUM(calls > 0) AS attempts, "
+            f"SUM(calls > 0 AND outcome IN ({succeeded})) AS succeeded, "
+            f"SUM(outcome IN ({failed})) AS failed, "
+            f"AVG(CASE WHEN action = 'terminate' AND outcome IN ({terminated}) "
+            "THEN seconds_since_marked END) AS mean_s "
+            "FROM terminations WHERE at >= ? GROUP BY day ORDER BY day",
+            (_iso(since),),
+        )
+        outcome_rows = await self._read(
+            "SELECT outcome, COUNT(*) AS n FROM runs WHERE created_at >= ? GROUP BY outcome",
+            (_iso(since),),
+        )
+        open_states = sorted(s for s in ZombieState if s.open)
+        count = await self._read(
+            f"SELECT COUNT(*) FROM zombies WHERE state IN ({sql.placeholders(open_states)})",
+            open_states,
+        )
+        return FleetReport(
+            since=since,
+            days=tuple(
+                TerminationDay(
+                    day=day,
+                    terminations=int(terminations),
+                    stops=int(stops),
+                    attempts=int(attempts),
+                    succeeded=int(succeeded),
+                    failed_attempts=int(failed),
+                    mean_s_to_terminated=mean_s,
+                )
+                for day, terminations, stops, attempts, succeeded, failed, mean_s in day_rows
+            ),
+            runs_by_outcome={outcome or "none": int(n) for outcome, n in outcome_rows},
+            open_zombies=int(count[0][0]) if count else 0,
+        )
+
+
+def _sql_list(values: Iterable[str]) -> str:
+    """Our own enum values as an SQL list literal (never user input)."""
+    return ", ".join(f"'{value}'" for value in sorted(values))
