@@ -197,8 +197,8 @@ _FLAG_FORMS: dict[Kind, dict[str, Any]] = {
     Kind.OBJECTIVES: {"action": "append"},
     Kind.JSON_OBJECT: {"type": Path},
 }
-"""How argparse takes a flag of each kind. A flag not given is None, so that only what was
-given overrides --spec and the defaults."""
+"""How argparse takes a flag of each kind (PARTS: one text flag per part). A flag not given is
+None, so that only what was given overrides --spec and the defaults."""
 
 
 def _attach_arguments(attach: argparse.ArgumentParser) -> None:
@@ -222,11 +222,11 @@ def _attach_arguments(attach: argparse.ArgumentParser) -> None:
                 help=field.help_text,
             )
             continue
-        for part in field.parts:
-            target.add_argument(
-                part.flag, dest=_dest(field, part), metavar=part.metavar, help=part.help
-            )
-        if field.parts:
+        if field.parts:  # one text flag per part of the table
+            for part in field.parts:
+                target.add_argument(
+                    part.flag, dest=_dest(field, part), metavar=part.metavar, help=part.help
+                )
             continue
         options: dict[str, Any] = dict(_FLAG_FORMS[field.kind])
         if field.metavar is not None:
