@@ -9,7 +9,9 @@ and the README's flag table to it. `RunSpec` (core/spec.py) stays the validator;
 its defaults, limits and choices equal to this table's.
 
 Plain values only, importing nothing heavy: `supervisorctl --help` and `attach` build their
-flags from it without pydantic (issue 12's tenth of a second).
+flags from it without pydantic (issue 12's tenth of a second). The rows are NamedTuples rather
+than frozen dataclasses for the same reason: each dataclass costs about a millisecond to
+define at every start of the CLI.
 
 To add a field: a row here, the field (and its check) in `RunSpec`, a line in
 `config/run.example.toml` and a row in the README's flag table.
@@ -18,8 +20,7 @@ To add a field: a row here, the field (and its check) in `RunSpec`, a line in
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from supervisor.core.defaults import DEFAULT_FAILURE_MARKER, DEFAULT_MARKERS
 
@@ -86,16 +87,14 @@ class Default(enum.Enum):
     NONE = "none"  # off, or not recorded
 
 
-@dataclass(frozen=True)
-class FlagGroup:
+class FlagGroup(NamedTuple):
     """A section of `supervisorctl attach --help`."""
 
     title: str
     description: str
 
 
-@dataclass(frozen=True)
-class Part:
+class Part(NamedTuple):
     """One flag of a PARTS field: the key of the table it fills."""
 
     key: str
@@ -104,8 +103,7 @@ class Part:
     help: str
 
 
-@dataclass(frozen=True)
-class SpecField:
+class SpecField(NamedTuple):
     """One row of the table. `help` may show the default as `{default}`."""
 
     name: str

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from supervisor.cli import supervisorctl
+from supervisor.cli import attach, supervisorctl
 from supervisor.cli.verbs import QUERY_COMMANDS
 from supervisor.core.spec_fields import BY_NAME, FIELDS, Kind, SpecField
 from tests.core.builders import INSTANCE
@@ -42,7 +42,7 @@ def test_attach_help_shows_each_fields_help_and_choices() -> None:
     for field in FIELDS:
         if field.parts:
             continue
-        action = actions[supervisorctl._dest(field)]
+        action = actions[attach._dest(field)]
         assert action.help == field.help_text
         assert tuple(action.choices or ()) == field.choices
 
@@ -80,7 +80,7 @@ OPTIONAL = [field for field in FIELDS if not field.required]
 def test_each_flag_lands_in_its_field_of_the_request(field: SpecField, tmp_path: Path) -> None:
     argv, expected = sample(field, tmp_path)
     args = supervisorctl._parser().parse_args(["attach", *REQUIRED_ARGV, *argv])
-    fields = supervisorctl._attach_fields(args)
+    fields = attach._attach_fields(args)
     assert fields == {
         "run_id": "r1",
         "instance_id": INSTANCE,
@@ -91,7 +91,7 @@ def test_each_flag_lands_in_its_field_of_the_request(field: SpecField, tmp_path:
 
 def test_flags_not_given_leave_the_request_to_the_defaults() -> None:
     args = supervisorctl._parser().parse_args(["attach", *REQUIRED_ARGV])
-    assert supervisorctl._attach_fields(args) == {
+    assert attach._attach_fields(args) == {
         "run_id": "r1",
         "instance_id": INSTANCE,
         "s3_prefix": "s3://my-runs/r1/",
@@ -102,7 +102,7 @@ def test_the_global_config_flag_is_not_the_config_field() -> None:
     """`--config` finds the daemon; `--config-file` is the run's training config."""
     args = supervisorctl._parser().parse_args(["--config", "d.toml", "attach", *REQUIRED_ARGV])
     assert args.config == Path("d.toml")
-    assert "config" not in supervisorctl._attach_fields(args)
+    assert "config" not in attach._attach_fields(args)
 
 
 # -- the README ---------------------------------------------------------------------------------
