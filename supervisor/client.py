@@ -41,6 +41,7 @@ from supervisor.core.errors import (
     UnknownRun,
 )
 from supervisor.core.spec import describe_validation_error
+from supervisor.core.spec_fields import FIELDS
 from supervisor.runtime.settings import Settings
 
 __all__ = [
@@ -59,9 +60,9 @@ __all__ = [
 
 T = TypeVar("T")
 PathLike = str | os.PathLike[str]
-_POSITIONAL = ("run_id", "instance_id", "s3_prefix")
-SPEC_FIELDS = frozenset(AttachRequest.model_fields) - set(_POSITIONAL)
-"""The keyword arguments `attach` takes: the keys of `supervisorctl attach --spec`."""
+SPEC_FIELDS = frozenset(field.name for field in FIELDS if not field.required)
+"""The keyword arguments `attach` takes: the run-spec fields (`core.spec_fields`) other than
+its positional arguments, as `supervisorctl attach --spec` takes them."""
 
 
 class SupervisorNotRunning(DaemonNotRunning):

@@ -6,13 +6,14 @@ Field names here are the CLI's `--json` output, so they are part of the interfac
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 
 from supervisor.core.defaults import DEFAULT_TRAINING_LOG as DEFAULT_TRAINING_LOG
 from supervisor.core.defaults import DEFAULT_TRAINING_LOG_BYTES as DEFAULT_TRAINING_LOG_BYTES
 from supervisor.core.reports import REPORT_UNREADABLE
+from supervisor.core.spec_fields import FIELDS
 from supervisor.core.values import check_json_value
 
 
@@ -20,8 +21,14 @@ class _Message(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
 
-class AttachRequest(_Message):
+class _AttachIdentity(_Message):
     """Raw attach fields; the daemon validates them into a RunSpec. None means "default".
+
+    The fields are those of the run-spec field table (`core.spec_fields.FIELDS`): the ones
+    attach needs are declared here, so the type checker knows them; the others are added by
+    `AttachRequest` below, each optional (test_spec_fields.py holds the model to the table).
+    `no_verify` skips the checks that the instance exists and the run prefix's bucket answers,
+    for a run registered before its instance exists; nothing stores it.
 
     NaN and infinity are refused here, on both ends: JSON has no such numbers, and pydantic
     would send one as null, which the daemon would read as "the default"."""
@@ -31,52 +38,25 @@ class AttachRequest(_Message):
     run_id: str
     instance_id: str
     s3_prefix: str
-    region: str | None = None
-    on_complete: str | None = None
-    grace_s: float | None = None
-    markers: list[str] | None = None
-    expect: list[str] | None = None
-    failure_marker: str | None = None
-    heartbeat_file: str | None = None
-    stall_timeout_s: float | None = None
-    on_stall: str | None = None
-    crash_report: str | None = None
-    checkpoint_dir: str | None = None
-    checkpoint_s3: str | None = None
-    checkpoint_pattern: list[str] | None = None
-    pid_file: str | None = None
-    sigterm_timeout_s: float | None = None
-    on_sigterm_timeout: str | None = None
-    transport: str | None = None
-    on_checkpoint_failure: str | None = None
-    checkpoint_attempts: int | None = None
-    grace_mode: str | None = None
-    quiet_s: float | None = None
-    resume_command: str | list[str] | None = None
-    resume_cwd: str | None = None
-    launch_template: dict[str, str] | None = None
-    spot: bool | None = None
-    on_interruption: str | None = None
-    on_rebalance: str | None = None
-    max_restarts: int | None = None
-    tag_instance: bool | None = None
-    name: str | None = None
-    project: str | None = None
-    tags: dict[str, str] | None = None
-    config: dict[str, Any] | None = None
-    objectives: list[str | dict[str, Any]] | None = None
-    wandb_project: str | None = None
-    instance_type: str | None = None
-    no_verify: bool | None = None
-    """Skip the checks that the instance exists and the run prefix's bucket answers, for a
-    run registered before its instance exists. Not part of the run: nothing stores it."""
 
-    @field_validator("config", "objectives", "launch_template")
+    @field_validator(*(field.name for field in FIELDS if field.kind.structured), check_fields=False)
     @classmethod
     def _plain_json(cls, value: object, info: ValidationInfo) -> object:
         if value is not None:
             check_json_value(value, what=str(info.field_name))
         return value
+
+
+if TYPE_CHECKING:
+    AttachRequest = _AttachIdentity
+else:
+    AttachRequest = create_model(
+        "AttachRequest",
+        __base__=_AttachIdentity,
+        __module__=__name__,
+        __doc__=_AttachIdentity.__doc__,
+        **{field.name: (field.type | None, None) for field in FIELDS if not field.required},
+    )
 
 
 class RunView(_Message):

@@ -1,14 +1,18 @@
-"""`supervisorctl`: attach runs to the supervisor daemon, inspect them, follow them."""
+"""`supervisorctl`: attach runs to the supervisor daemon, inspect them, follow them.
+
+Each verb is a row of the command table (`COMMANDS`): its help, what adds its arguments and
+what carries it out. `attach`'s flags and its request are built from the run-spec field table
+(`core.spec_fields`) in `supervisor.cli.attach`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from supervisor import __version__
 from supervisor.adapters.control_client import (
@@ -80,9 +84,30 @@ exit codes: 0 success, 1 error, 2 usage.
 """
 
 
+class Command(NamedTuple):
+    """A verb of supervisorctl: a row of `COMMANDS`. (A NamedTuple, as the rows of the
+    run-spec field table: defined at every start, where a dataclass costs a millisecond.)"""
+
+    name: str
+    help: str
+    run: Callable[[argparse.Namespace, DaemonLocation], int]
+    """Carries it out, importing what it needs when it runs."""
+    arguments: Callable[[argparse.ArgumentParser], None] | None
+    """Adds its arguments to its parser; None: a query verb, whose parser
+    `supervisor.cli.queries.add_query_commands` builds."""
+    description: str | None = None
+    preformatted: bool = False
+    """The description keeps its own line breaks (a list, examples)."""
+
+    @property
+    def needs_daemon(self) -> bool:
+        """It talks to supervisord (the query verbs read the database file instead)."""
+        return self.arguments is not None
+
+
 def _parser(named: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    """The whole parser; with `named` (the command line's words), the query verbs' arguments
-    only when one of them is named, so that other verbs need not import them."""
+    """The whole parser; with `named` (the command line's words), each verb's arguments only
+    when it is named, so that a verb does not build (or import) what other verbs need."""
     parser = argparse.ArgumentParser(
         prog="supervisorctl",
         description=DESCRIPTION,
@@ -99,250 +124,69 @@ def _parser(named: Sequence[str] | None = None) -> argparse.ArgumentParser:
         "file supervisord reads)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS.values():
+        if command.arguments is None:
+            continue
+        if named is not None and command.name not in named:
+            commands.add_parser(command.name, help=command.help)
+            continue
+        sub = commands.add_parser(
+            command.name,
+            help=command.help,
+            description=command.description,
+            formatter_class=argparse.RawDescriptionHelpFormatter
+            if command.preformatted
+            else argparse.HelpFormatter,
+        )
+        command.arguments(sub)
+    if named is None or not QUERY_COMMANDS.keys().isdisjoint(named):
+        from supervisor.cli.queries import add_query_commands
 
-    attach = commands.add_parser(
-        "attach",
-        help="start watching a run",
-        description="Register a run with the daemon. Everything is validated before anything "
-        "is stored; flags override keys of --spec.",
-    )
-    attach.add_argument(
-        "run_id",
-        nargs="?",
-        type=run_id_argument,
-        metavar="RUN_ID",
-        help="your name for the run (letters, digits, _ . -)",
-    )
-    attach.add_argument("--instance-id", metavar="ID", help="the EC2 instance, i-…")
-    attach.add_argument("--s3-prefix", metavar="URL", help="the run prefix, s3://BUCKET/PREFIX/")
-    attach.add_argument("--region", help="the instance's region (default: the AWS chain's)")
-    attach.add_argument(
-        "--on-complete",
-        choices=("stop", "terminate", "none"),
-        help="what to do with the instance once the run completed (stop)",
-    )
-    attach.add_argument(
-        "--grace-s",
-        type=_finite_seconds,
-        metavar="N",
-        help="seconds to wait after completion before acting (SUPERVISOR_GRACE_S)",
-    )
-    attach.add_argument(
-        "--marker",
-        action="append",
-        metavar="KEY",
-        help="a completion marker key under the prefix; repeat for several",
-    )
-    attach.add_argument(
-        "--expect",
-        action="append",
-        metavar="KEY",
-        help="an expected output key; repeat for several",
-    )
-    attach.add_argument(
-        "--failure-marker",
-        metavar="KEY",
-        help=f"the key whose presence means the job failed ({DEFAULT_FAILURE_MARKER})",
-    )
-    ck = attach.add_argument_group(
-        "checkpoint safety",
-        "With --checkpoint-dir, completion first ends training gracefully (SIGTERM), uploads "
-        "the newest checkpoint and verifies it in S3 (size and SHA-256) before any stop or "
-        "terminate; a run is never terminated without a verified checkpoint.",
-    )
-    ck.add_argument("--checkpoint-dir", metavar="PATH", help="checkpoint directory on the instance")
-    ck.add_argument(
-        "--checkpoint-s3",
-        metavar="URL",
-        help="where checkpoints go (default: the run prefix + checkpoints/)",
-    )
-    ck.add_argument(
-        "--checkpoint-pattern",
-        action="append",
-        metavar="GLOB",
-        help="checkpoint files or dirs (trailing /) to look for; repeat "
-        "(default: *.pt *.pth *.ckpt *.safetensors checkpoint-*/ checkpoint_*/)",
-    )
-    ck.add_argument("--pid-file", metavar="PATH", help="pid file of the training process")
-    ck.add_argument(
-        "--sigterm-timeout-s",
-        type=_finite_seconds,
-        metavar="N",
-        help="how long the training process gets to exit after SIGTERM (120)",
-    )
-    ck.add_argument(
-        "--on-sigterm-timeout",
-        choices=("kill", "leave"),
-        help="a process still alive after the timeout: SIGKILL it, or leave it (kill)",
-    )
-    ck.add_argument(
-        "--transport",
-        choices=("ssm", "local"),
-        help="how commands reach the instance: AWS SSM, or this machine (ssm)",
-    )
-    ck.add_argument(
-        "--on-checkpoint-failure",
-        choices=("stop", "keep-running"),
-        help="unverified checkpoint: stop (terminate becomes stop) and flag the run, "
-        "or leave the instance running and fail the run (stop)",
-    )
-    ck.add_argument(
-        "--checkpoint-attempts",
-        type=int,
-        metavar="N",
-        help="checkpoint/upload attempts before the failure policy applies (3)",
-    )
-    ck.add_argument(
-        "--grace-mode",
-        choices=("until-quiet", "fixed"),
-        help="until-quiet ends grace once the checkpoint is verified, training has "
-        "exited and the prefix is quiet (default with --checkpoint-dir); fixed waits",
-    )
-    ck.add_argument(
-        "--quiet-s",
-        type=_finite_seconds,
-        metavar="N",
-        help="seconds without new objects under the prefix that count as quiet (30)",
-    )
-    ck.add_argument(
-        "--resume-command",
-        metavar="CMD",
-        help="command that resumes training (split like a shell would, never run "
-        "by one), used by `supervisorctl resume`",
-    )
-    ck.add_argument("--resume-cwd", metavar="PATH", help="working directory for --resume-command")
-    ck.add_argument(
-        "--launch-template-id",
-        metavar="ID",
-        help="launch template for resuming on a new instance (lt-…)",
-    )
-    ck.add_argument("--launch-template-name", metavar="NAME", help="… or its name")
-    ck.add_argument(
-        "--launch-template-version", metavar="V", help="… and version ($Latest by default)"
-    )
-    sp = attach.add_argument_group(
-        "spot instances",
-        "With SUPERVISOR_EVENTS_QUEUE_URL set, a spot interruption warning starts the "
-        "checkpoint step at once, inside the two-minute notice (no grace, no stop call).",
-    )
-    sp.add_argument(
-        "--spot",
-        action="store_true",
-        default=None,
-        help="a spot instance: losing it without a request is an interruption, not a crash",
-    )
-    sp.add_argument(
-        "--on-interruption",
-        choices=("resume", "none"),
-        help="after an interruption: resume (needs --resume-command, and a launch "
-        "template when the instance is terminated) or leave it (none)",
-    )
-    sp.add_argument(
-        "--on-rebalance",
-        choices=("checkpoint", "ignore"),
-        help="on an EC2 rebalance recommendation: upload the newest checkpoint while "
-        "training goes on, so a later resume has a recent one (needs --checkpoint-dir), or "
-        "ignore it (the default)",
-    )
-    sp.add_argument(
-        "--max-restarts",
-        type=int,
-        metavar="N",
-        help="how many times --on-interruption resume may restart the run (3)",
-    )
-    hb = attach.add_argument_group(
-        "heartbeat and crash data",
-        "Reports the job writes under the run prefix (no network path to the control box).",
-    )
-    hb.add_argument(
-        "--stall-timeout-s",
-        type=_finite_seconds,
-        metavar="S",
-        help="a heartbeat (--heartbeat-file) older than this while the instance runs makes "
-        "the run stalled (off by default; only a job that writes a heartbeat can stall)",
-    )
-    hb.add_argument(
-        "--on-stall",
-        choices=("notify", "checkpoint-stop", "terminate"),
-        help="when stalled: notify (phase stalled, keep watching; the default), "
-        "checkpoint-stop (final checkpoint if configured, then stop), or terminate "
-        "(checkpoint first if configured)",
-    )
-    hb.add_argument(
-        "--heartbeat-file",
-        metavar="KEY",
-        help="the heartbeat's key under the prefix (status.json)",
-    )
-    hb.add_argument(
-        "--crash-report",
-        metavar="KEY",
-        help="attached to the run when it crashes, if present (crash/error.log)",
-    )
-    db = attach.add_argument_group(
-        "the run database",
-        "What the run is, for `supervisorctl runs`, `show` and `compare` (each flag is also a "
-        "key of --spec; config_file there is read relative to the spec file).",
-    )
-    db.add_argument("--name", help="a human name for the run")
-    db.add_argument("--project", help="the project it belongs to (letters, digits, _ . -)")
-    db.add_argument(
-        "--tag",
-        action="append",
-        metavar="KEY=VALUE",
-        help="a tag, e.g. --tag method=mgda (repeat for more)",
-    )
-    db.add_argument(
-        "--config-file",
-        type=Path,
-        metavar="FILE",
-        help="the full training config (.json, .yaml or .toml), stored as JSON: query it "
-        "with --where config.KEY=VALUE",
-    )
-    db.add_argument(
-        "--objective",
-        action="append",
-        metavar="NAME:min|max[:WEIGHT]",
-        help="a metric the run is judged by, e.g. val_loss:min (repeat for more); its final "
-        "value comes from the job's final_metrics.json",
-    )
-    db.add_argument("--wandb-project", metavar="PROJECT", help="the W&B project of the run")
-    db.add_argument("--instance-type", metavar="TYPE", help="e.g. p4d.24xlarge")
-    attach.add_argument(
-        "--tag-instance",
-        action="store_true",
-        default=None,
-        help="tag the instance supervisor:run-id=RUN_ID before watching it, so the daemon's "
-        "IAM policy (deploy/iam-policy.json) can allow stop, terminate and SendCommand on "
-        "tagged instances only; needs ec2:CreateTags",
-    )
-    attach.add_argument(
-        "--no-verify",
-        action="store_true",
-        default=None,
-        help="attach without checking that the instance exists in the region and that the "
-        "run prefix's bucket answers (one DescribeInstances, one ListObjectsV2): for a run "
-        "registered before its instance exists",
-    )
-    attach.add_argument(
-        "--spec",
-        type=Path,
-        metavar="FILE.toml",
-        help="a run spec file (see config/run.example.toml)",
-    )
-    attach.add_argument("--json", action="store_true", help="print the new run as JSON")
+        add_query_commands(commands)  # runs, show, compare, export: the run database, read-only
+    else:
+        for name, text in QUERY_COMMANDS.items():
+            commands.add_parser(name, help=text)
+    return parser
 
-    status = commands.add_parser("status", help="runs and their phases")
+
+# -- argument types ------------------------------------------------------------------------------
+
+
+def _byte_count(text: str) -> int:
+    """`--bytes N`: a whole number of bytes, as the daemon takes it (at most 18 digits)."""
+    if not (text.isascii() and text.isdigit()) or len(text) > MAX_BYTE_DIGITS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of bytes: give a whole number from 0 to "
+            f"{'9' * MAX_BYTE_DIGITS} (no exponent), e.g. --bytes 65536"
+        )
+    return int(text)
+
+
+def _since_days(text: str) -> float:
+    try:
+        return parse_since_days(text)
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+# -- each verb's arguments ----------------------------------------------------------------------
+
+
+def _attach_arguments(attach: argparse.ArgumentParser) -> None:
+    """The run spec's flags, from its field table (loaded for attach only)."""
+    from supervisor.cli.attach import add_arguments
+
+    add_arguments(attach)
+
+
+def _status_arguments(status: argparse.ArgumentParser) -> None:
     status.add_argument(
         "run_id", nargs="?", type=run_id_argument, metavar="RUN_ID", help="one run, in detail"
     )
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
-    tail = commands.add_parser(
-        "tail",
-        help="a run's transitions and monitor events, or with --training its training log",
-        description=TAIL_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+
+def _tail_arguments(tail: argparse.ArgumentParser) -> None:
     tail.add_argument("run_id", type=run_id_argument, metavar="RUN_ID")
     tail.add_argument(
         "-f",
@@ -373,12 +217,8 @@ def _parser(named: Sequence[str] | None = None) -> argparse.ArgumentParser:
         "--from-start", action="store_true", help="print the whole log from its first byte"
     )
 
-    attach_file = commands.add_parser(
-        "attach-file",
-        help="attach a crash log, an analysis, a conversation or a link to a run",
-        description=ATTACH_FILE_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+
+def _attach_file_arguments(attach_file: argparse.ArgumentParser) -> None:
     attach_file.add_argument("run_id", type=run_id_argument, metavar="RUN_ID")
     attach_file.add_argument(
         "--kind",
@@ -391,13 +231,8 @@ def _parser(named: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     attach_file.add_argument("--json", action="store_true", help="print the attachment as JSON")
 
-    resume = commands.add_parser(
-        "resume",
-        help="resume a stopped, terminated, crashed or interrupted run",
-        description="Start the run's instance again (or launch a new one from the spec's "
-        "launch template), restore its newest verified checkpoint, start resume_command, and "
-        "return the run to running with its attempt counter increased.",
-    )
+
+def _resume_arguments(resume: argparse.ArgumentParser) -> None:
     resume.add_argument("run_id", type=run_id_argument, metavar="RUN_ID")
     resume.add_argument(
         "--from-scratch",
@@ -406,29 +241,18 @@ def _parser(named: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     resume.add_argument("--json", action="store_true", help="print the run as JSON")
 
-    for name, text in (
-        ("stop", "stop the run's instance now (a person's request)"),
-        ("terminate", "terminate the run's instance now"),
-        ("detach", "stop watching the run; its instance is left as it is"),
-    ):
-        sub = commands.add_parser(name, help=text)
-        sub.add_argument("run_id", type=run_id_argument, metavar="RUN_ID")
-        sub.add_argument("--json", action="store_true", help="print the run as JSON")
 
-    zombies = commands.add_parser(
-        "zombies",
-        help="instances left running after their run ended, or tagged with no run",
-        description=ZOMBIES_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def _request_arguments(request: argparse.ArgumentParser) -> None:
+    """stop, terminate, detach: a run id."""
+    request.add_argument("run_id", type=run_id_argument, metavar="RUN_ID")
+    request.add_argument("--json", action="store_true", help="print the run as JSON")
+
+
+def _zombies_arguments(zombies: argparse.ArgumentParser) -> None:
     zombies.add_argument("--json", action="store_true", help="machine-readable output")
 
-    report = commands.add_parser(
-        "report",
-        help="zombie terminations per day, runs by outcome, crash rate",
-        description=REPORT_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+
+def _report_arguments(report: argparse.ArgumentParser) -> None:
     report.add_argument(
         "--since",
         type=_since_days,
@@ -438,14 +262,6 @@ def _parser(named: Sequence[str] | None = None) -> argparse.ArgumentParser:
         "(default 7; fractions allowed)",
     )
     report.add_argument("--json", action="store_true", help="machine-readable output")
-    if named is None or not QUERY_COMMANDS.keys().isdisjoint(named):
-        from supervisor.cli.queries import add_query_commands
-
-        add_query_commands(commands)  # runs, show, compare, export: the run database, read-only
-    else:
-        for name, text in QUERY_COMMANDS.items():
-            commands.add_parser(name, help=text)
-    return parser
 
 
 ZOMBIES_DESCRIPTION = f"""\
@@ -507,115 +323,90 @@ examples:
 """
 
 
-def _byte_count(text: str) -> int:
-    """`--bytes N`: a whole number of bytes, as the daemon takes it (at most 18 digits)."""
-    if not (text.isascii() and text.isdigit()) or len(text) > MAX_BYTE_DIGITS:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a number of bytes: give a whole number from 0 to "
-            f"{'9' * MAX_BYTE_DIGITS} (no exponent), e.g. --bytes 65536"
-        )
-    return int(text)
-
-
-def _finite_seconds(text: str) -> float:
-    """A number of seconds: finite (argparse's float takes nan, inf and 1e400)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of seconds")
-    return value
-
-
-def _since_days(text: str) -> float:
-    try:
-        return parse_since_days(text)
-    except InvalidInput as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
     args = _parser(named=words).parse_args(words)
     daemon = locate_daemon(args.config)
+    command = COMMANDS[args.command]
     with user_errors():
-        if args.command in QUERY_COMMANDS:  # read the database file: no daemon needed
-            from supervisor.cli.queries import run_query
-
-            return run_query(args, daemon.db_path)
+        if not command.needs_daemon:  # read the database file: no daemon needed
+            return command.run(args, daemon)
         try:
-            return _run(args, daemon)
+            return command.run(args, daemon)
         except KeyboardInterrupt:
             return EXIT_OK
 
 
-_STREAMING = frozenset({"tail", "zombies", "report"})
-"""Verbs on the aiohttp client (streams, and answers printed from the protocol's models);
-the others take the light one."""
+# -- each verb, carried out -----------------------------------------------------------------------
 
 
-def _run(args: argparse.Namespace, daemon: DaemonLocation) -> int:
-    if args.command in _STREAMING:
-        import asyncio
-
-        return asyncio.run(_run_streaming(args, daemon))
-    client = SocketClient(
+def _client(daemon: DaemonLocation) -> SocketClient:
+    """The light client: one request per call over the Unix socket, without aiohttp."""
+    return SocketClient(
         daemon.socket_path, timeout_s=daemon.client_timeout_s, pid_path=daemon.pid_path
     )
-    if args.command == "attach":
-        run = client.call("POST", "/v1/runs", _attach_body(args))
-        _print_run(run, as_json=args.json, verb="attached")
-    elif args.command == "status":
-        if args.run_id:
-            _print_detail(client.call("GET", run_path(args.run_id)), as_json=args.json)
-        else:
-            _print_table(client.call("GET", "/v1/runs"), as_json=args.json)
-    elif args.command == "attach-file":
-        body = {"kind": args.kind, "uri": args.uri}
-        answer = client.call("POST", run_path(args.run_id, "attachments"), body)
-        if args.json:
-            print(json.dumps(answer, indent=2))
-        else:
-            from supervisor.cli.views import AttachmentView
 
-            attached = AttachmentView.from_json(answer)
-            size = f", {attached.size} bytes" if attached.size is not None else ""
-            print(f"{args.run_id}: attached {attached.kind}: {printable(attached.uri)}{size}")
-    elif args.command == "resume":
-        params = {"from_scratch": "1"} if args.from_scratch else {}
-        run = client.call("POST", run_path(args.run_id, "resume"), None, **params)
-        _print_run(run, as_json=args.json, verb="resume requested")
-    else:
-        run = client.call("POST", run_path(args.run_id, args.command))
-        _print_run(run, as_json=args.json, verb=f"{args.command} requested")
+
+def _attach(args: argparse.Namespace, daemon: DaemonLocation) -> int:
+    from supervisor.cli.attach import request_body
+
+    body = request_body(args)
+    run = _client(daemon).call("POST", "/v1/runs", body)
+    _print_run(run, as_json=args.json, verb="attached")
     return EXIT_OK
 
 
-async def _run_streaming(args: argparse.Namespace, daemon: DaemonLocation) -> int:
-    from supervisor.adapters.control import ControlClient
+def _status(args: argparse.Namespace, daemon: DaemonLocation) -> int:
+    if args.run_id:
+        _print_detail(_client(daemon).call("GET", run_path(args.run_id)), as_json=args.json)
+    else:
+        _print_table(_client(daemon).call("GET", "/v1/runs"), as_json=args.json)
+    return EXIT_OK
 
-    if args.command == "tail" and not args.training:
+
+def _attach_file(args: argparse.Namespace, daemon: DaemonLocation) -> int:
+    body = {"kind": args.kind, "uri": args.uri}
+    answer = _client(daemon).call("POST", run_path(args.run_id, "attachments"), body)
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    else:
+        from supervisor.cli.views import AttachmentView
+
+        attached = AttachmentView.from_json(answer)
+        size = f", {attached.size} bytes" if attached.size is not None else ""
+        print(f"{args.run_id}: attached {attached.kind}: {printable(attached.uri)}{size}")
+    return EXIT_OK
+
+
+def _resume(args: argparse.Namespace, daemon: DaemonLocation) -> int:
+    params = {"from_scratch": "1"} if args.from_scratch else {}
+    run = _client(daemon).call("POST", run_path(args.run_id, "resume"), None, **params)
+    _print_run(run, as_json=args.json, verb="resume requested")
+    return EXIT_OK
+
+
+def _request(args: argparse.Namespace, daemon: DaemonLocation) -> int:
+    """stop, terminate, detach: the verb is the request."""
+    run = _client(daemon).call("POST", run_path(args.run_id, args.command))
+    _print_run(run, as_json=args.json, verb=f"{args.command} requested")
+    return EXIT_OK
+
+
+def _tail(args: argparse.Namespace, daemon: DaemonLocation) -> int:
+    if not args.training:
         flags = {"--key": args.key, "--bytes": args.bytes, "--from-start": args.from_start or None}
         given = [flag for flag, value in flags.items() if value is not None]
         if given:
             fail(f"{', '.join(given)}: only with --training (the training log)", EXIT_USAGE)
-    follow = args.command == "tail" and args.follow
-    # A followed stream may be quiet for minutes (no check due, a log not growing).
-    timeout_s = None if follow else daemon.client_timeout_s
-    async with ControlClient(
-        daemon.socket_path, timeout_s=timeout_s, pid_path=daemon.pid_path
-    ) as client:
-        if args.command == "tail" and args.training:
+
+    async def show(client: ControlClient) -> None:
+        if args.training:
             await _tail_training(client, args)
-        elif args.command == "tail":
+        else:
             async for item in client.tail(args.run_id, follow=args.follow):
                 print(_tail_line(item), flush=True)
-        elif args.command == "zombies":
-            _print_zombies(await client.zombies(), as_json=args.json)
-        else:
-            _print_report(await client.report(args.since), days=args.since, as_json=args.json)
-    return EXIT_OK
+
+    return _streaming(daemon, show, follow=args.follow)
 
 
 async def _tail_training(client: ControlClient, args: argparse.Namespace) -> None:
@@ -640,153 +431,118 @@ async def _tail_training(client: ControlClient, args: argparse.Namespace) -> Non
         print()
 
 
-def _attach_body(args: argparse.Namespace) -> dict[str, Any]:
-    """The attach request's JSON. Flags alone are typed by argparse as the request model
-    types them (strings, finite numbers, lists of strings), so the model can refuse nothing
-    and is not imported; with --spec or --config-file it checks the fields here first, as
-    the daemon will."""
-    fields = _attach_fields(args)
-    if args.spec is None and args.config_file is None and _plain_strings(fields):
-        return fields
-    from pydantic import ValidationError
+def _zombies(args: argparse.Namespace, daemon: DaemonLocation) -> int:
+    async def show(client: ControlClient) -> None:
+        _print_zombies(await client.zombies(), as_json=args.json)
 
-    from supervisor.adapters.protocol import AttachRequest
-    from supervisor.core.spec import describe_validation_error
-
-    try:
-        request = AttachRequest.model_validate(fields)
-    except ValidationError as exc:
-        fail(describe_validation_error(exc), EXIT_USAGE)
-    return {k: v for k, v in request.model_dump(mode="json").items() if v is not None}
+    return _streaming(daemon, show)
 
 
-def _plain_strings(value: object) -> bool:
-    """Every string in `value` encodes as UTF-8 (an argument's undecodable bytes do not):
-    the model's checks are skipped only for such values."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return False
-        return True
-    if isinstance(value, dict):
-        return all(_plain_strings(k) and _plain_strings(v) for k, v in value.items())
-    if isinstance(value, list):
-        return all(_plain_strings(v) for v in value)
-    return True
+def _report(args: argparse.Namespace, daemon: DaemonLocation) -> int:
+    async def show(client: ControlClient) -> None:
+        _print_report(await client.report(args.since), days=args.since, as_json=args.json)
+
+    return _streaming(daemon, show)
 
 
-def _attach_fields(args: argparse.Namespace) -> dict[str, Any]:
-    fields: dict[str, Any] = _read_spec(args.spec) if args.spec else {}
-    flags = {
-        "run_id": args.run_id,
-        "instance_id": args.instance_id,
-        "s3_prefix": args.s3_prefix,
-        "region": args.region,
-        "on_complete": args.on_complete,
-        "grace_s": args.grace_s,
-        "markers": args.marker,
-        "expect": args.expect,
-        "failure_marker": args.failure_marker,
-        "checkpoint_dir": args.checkpoint_dir,
-        "checkpoint_s3": args.checkpoint_s3,
-        "checkpoint_pattern": args.checkpoint_pattern,
-        "pid_file": args.pid_file,
-        "sigterm_timeout_s": args.sigterm_timeout_s,
-        "on_sigterm_timeout": args.on_sigterm_timeout,
-        "transport": args.transport,
-        "on_checkpoint_failure": args.on_checkpoint_failure,
-        "checkpoint_attempts": args.checkpoint_attempts,
-        "grace_mode": args.grace_mode,
-        "quiet_s": args.quiet_s,
-        "resume_command": args.resume_command,
-        "resume_cwd": args.resume_cwd,
-        "spot": args.spot,
-        "on_interruption": args.on_interruption,
-        "on_rebalance": args.on_rebalance,
-        "stall_timeout_s": args.stall_timeout_s,
-        "on_stall": args.on_stall,
-        "heartbeat_file": args.heartbeat_file,
-        "crash_report": args.crash_report,
-        "max_restarts": args.max_restarts,
-        "tag_instance": args.tag_instance,
-        "no_verify": args.no_verify,
-        "name": args.name,
-        "project": args.project,
-        "tags": _tags(args.tag) if args.tag else None,
-        "config": _config(args.config_file) if args.config_file else None,
-        "objectives": args.objective,
-        "wandb_project": args.wandb_project,
-        "instance_type": args.instance_type,
-    }
-    if "config_file" in fields:  # from --spec, relative to the spec file
-        spec_dir = args.spec.parent if args.spec else Path()
-        fields["config"] = _config(spec_dir / str(fields.pop("config_file")))
-    template = {
-        key: value
-        for key, value in (
-            ("id", args.launch_template_id),
-            ("name", args.launch_template_name),
-            ("version", args.launch_template_version),
-        )
-        if value is not None
-    }
-    if template:
-        flags["launch_template"] = template
-    fields.update({k: v for k, v in flags.items() if v is not None})
-    missing = [
-        f"--{k.replace('_', '-')}" if k != "run_id" else "RUN_ID"
-        for k in ("run_id", "instance_id", "s3_prefix")
-        if k not in fields
-    ]
-    if missing:
-        fail(f"attach needs {', '.join(missing)} (as arguments or in --spec)", EXIT_USAGE)
-    return fields
+def _streaming(
+    daemon: DaemonLocation,
+    use: Callable[[ControlClient], Awaitable[None]],
+    *,
+    follow: bool = False,
+) -> int:
+    """Run `use` with the aiohttp client: for streams, and answers printed from the
+    protocol's models."""
+    import asyncio
+
+    from supervisor.adapters.control import ControlClient
+
+    # A followed stream may be quiet for minutes (no check due, a log not growing).
+    timeout_s = None if follow else daemon.client_timeout_s
+
+    async def session() -> None:
+        async with ControlClient(
+            daemon.socket_path, timeout_s=timeout_s, pid_path=daemon.pid_path
+        ) as client:
+            await use(client)
+
+    asyncio.run(session())
+    return EXIT_OK
 
 
-def _tags(pairs: list[str]) -> dict[str, str]:
-    tags: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            fail(f"--tag {pair!r}: give KEY=VALUE, e.g. --tag method=mgda", EXIT_USAGE)
-        tags[key] = value
-    return tags
+def _query(args: argparse.Namespace, daemon: DaemonLocation) -> int:
+    from supervisor.cli.queries import run_query
+
+    return run_query(args, daemon.db_path)
 
 
-def _config(path: Path) -> dict[str, Any]:
-    from supervisor.runconfig import load_config_file
-
-    try:
-        return load_config_file(path)
-    except InvalidInput as exc:
-        fail(str(exc), EXIT_USAGE)
-
-
-def _read_spec(path: Path) -> dict[str, Any]:
-    """The spec file's keys; any problem with it is a usage error (exit 2), as with
-    --config-file."""
-    import tomllib
-
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        fail(f"spec file {path} does not exist", EXIT_USAGE)
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        fail(f"spec file {path} is not valid TOML: {exc}", EXIT_USAGE)
-    except OSError as exc:
-        fail(f"spec file {path} cannot be read: {exc.strerror or exc}", EXIT_USAGE)
-    from supervisor.adapters.protocol import AttachRequest
-
-    spec_keys = set(AttachRequest.model_fields) | {"config_file"}
-    unknown = sorted(set(data) - spec_keys)
-    if unknown:
-        fail(
-            f"spec file {path} has unknown keys {', '.join(unknown)}; "
-            f"known keys: {', '.join(sorted(spec_keys))}",
-            EXIT_USAGE,
-        )
-    return data
+COMMANDS: dict[str, Command] = {
+    command.name: command
+    for command in (
+        Command(
+            "attach",
+            "start watching a run",
+            _attach,
+            _attach_arguments,
+            "Register a run with the daemon. Everything is validated before anything is "
+            "stored; flags override keys of --spec.",
+        ),
+        Command("status", "runs and their phases", _status, _status_arguments),
+        Command(
+            "tail",
+            "a run's transitions and monitor events, or with --training its training log",
+            _tail,
+            _tail_arguments,
+            TAIL_DESCRIPTION,
+            preformatted=True,
+        ),
+        Command(
+            "attach-file",
+            "attach a crash log, an analysis, a conversation or a link to a run",
+            _attach_file,
+            _attach_file_arguments,
+            ATTACH_FILE_DESCRIPTION,
+            preformatted=True,
+        ),
+        Command(
+            "resume",
+            "resume a stopped, terminated, crashed or interrupted run",
+            _resume,
+            _resume_arguments,
+            "Start the run's instance again (or launch a new one from the spec's launch "
+            "template), restore its newest verified checkpoint, start resume_command, and "
+            "return the run to running with its attempt counter increased.",
+        ),
+        Command(
+            "stop", "stop the run's instance now (a person's request)", _request, _request_arguments
+        ),
+        Command("terminate", "terminate the run's instance now", _request, _request_arguments),
+        Command(
+            "detach",
+            "stop watching the run; its instance is left as it is",
+            _request,
+            _request_arguments,
+        ),
+        Command(
+            "zombies",
+            "instances left running after their run ended, or tagged with no run",
+            _zombies,
+            _zombies_arguments,
+            ZOMBIES_DESCRIPTION,
+            preformatted=True,
+        ),
+        Command(
+            "report",
+            "zombie terminations per day, runs by outcome, crash rate",
+            _report,
+            _report_arguments,
+            REPORT_DESCRIPTION,
+            preformatted=True,
+        ),
+        *(Command(name, text, _query, None) for name, text in QUERY_COMMANDS.items()),
+    )
+}
+"""Every verb, in the order of `--help`."""
 
 
 def _wire(answer: Any) -> Any:
@@ -819,6 +575,7 @@ def _print_table(answer: Any, *, as_json: bool) -> None:
         print(json.dumps(answer, indent=2))
         return
     from supervisor.cli.views import RunView
+    from supervisor.core.run import Phase
 
     runs = [RunView.from_json(item) for item in answer]
     if not runs:
@@ -827,7 +584,7 @@ def _print_table(answer: Any, *, as_json: bool) -> None:
     rows = [("RUN ID", "PHASE", "OUTCOME", "INSTANCE", "IN PHASE", "NEXT CHECK")]
     for run in runs:
         next_check = f"in {ago(run.next_check_at)}" if run.next_check_at else "-"
-        if run.phase == "grace" and run.grace_until:
+        if run.phase == Phase.GRACE and run.grace_until:
             next_check = f"grace ends in {ago(run.grace_until)}"
         rows.append(
             (
@@ -899,8 +656,10 @@ def _print_rows(rows: Sequence[Sequence[str]]) -> None:
 
 def _checkpoint_facts(run: RunDetail) -> str:
     """The verified bytes and the grace saved, from the transitions that recorded them."""
+    from supervisor.core.run import Phase
+
     facts = []
-    resumed = [i for i, t in enumerate(run.transitions) if t.to == "resuming"]
+    resumed = [i for i, t in enumerate(run.transitions) if t.to == Phase.RESUMING]
     current = run.transitions[resumed[-1] + 1 :] if resumed else run.transitions
     for t in current:  # this attempt's facts only
         if t.detail.get("bytes") is not None and "checkpoint verified" in t.reason:

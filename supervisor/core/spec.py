@@ -1,7 +1,10 @@
 """What a user asked for when attaching a run: the run spec, validated once, stored as JSON.
 
 Every field is checked here, so a bad value is rejected at `supervisorctl attach` with a message
-that names it, before anything is stored or sent.
+that names it, before anything is stored or sent. The fields in their raw form (name, flag,
+TOML key, help, default, limits) are declared in `core.spec_fields`, from which the CLI and the
+wire model are built; tests/core/test_spec_fields.py holds this model's defaults, limits and
+choices equal to that table.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from supervisor.core.defaults import DEFAULT_FAILURE_MARKER as DEFAULT_FAILURE_M
 from supervisor.core.defaults import DEFAULT_MARKERS as DEFAULT_MARKERS
 from supervisor.core.errors import InvalidInput
 from supervisor.core.reports import FINAL_METRICS, HISTORY
+from supervisor.core.spec_fields import MAX_GRACE_S as MAX_GRACE_S
 from supervisor.core.values import Direction as Direction
 from supervisor.core.values import (
     InstanceId,
@@ -46,7 +50,6 @@ from supervisor.core.values import (
     parse_run_id,
 )
 
-MAX_GRACE_S = 7 * 24 * 3600.0
 GraceSeconds = Annotated[float, Field(ge=0, le=MAX_GRACE_S, allow_inf_nan=False)]
 """The bounds of `grace_s`, declared once: a run's field and the daemon's default
 (SUPERVISOR_GRACE_S) both use them, so a default the daemon accepts is one every run accepts."""

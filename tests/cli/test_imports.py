@@ -49,6 +49,8 @@ DAEMON_LIBRARIES = (
 """Never loaded by these verbs."""
 VALIDATION = ("pydantic", "pydantic_core")
 """Not loaded either by --help and the verbs that talk to the daemon."""
+ATTACH_ONLY = ("supervisor.cli.attach", "supervisor.core.spec_fields")
+"""attach's flags and request: loaded by attach alone."""
 
 _PROBE = """
 import contextlib, io, json, sys
@@ -70,6 +72,19 @@ STATUS = {
     "aws_calls": {"DescribeInstanceStatus": 2},
 }
 ANSWERS: dict[str, Any] = {"/v1/runs": [], "/v1/status": STATUS}
+ATTACHED = {
+    "run_id": "fast-run",
+    "phase": "pending",
+    "outcome": None,
+    "instance_id": "i-0123456789abcdef0",
+    "region": "us-east-1",
+    "s3_prefix": "s3://my-runs/fast-run/",
+    "on_complete": "stop",
+    "reason": "attached",
+    "version": 1,
+    "phase_since": "2026-11-22T12:00:00+00:00",
+}
+"""The stand-in daemon's answer to `POST /v1/runs`."""
 
 
 @pytest.fixture
@@ -88,6 +103,15 @@ class _Answer(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = json.dumps(ATTACHED).encode()
+        self.send_response(201)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
@@ -101,7 +125,8 @@ class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer
 
 @contextlib.contextmanager
 def stand_in_daemon(state_dir: Path) -> Iterator[None]:
-    """Answers `GET /v1/runs` and `GET /v1/status` on the state directory's socket."""
+    """Answers `GET /v1/runs`, `GET /v1/status` and `POST /v1/runs` on the state directory's
+    socket."""
     server = _UnixHTTPServer(str(state_dir / "supervisord.sock"), _Answer)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -135,13 +160,24 @@ def loaded(modules: set[str], names: tuple[str, ...]) -> list[str]:
 def test_help_loads_neither_the_daemons_libraries_nor_pydantic(state_dir: Path) -> None:
     out, modules = run_cli("supervisorctl", ["--help"], state_dir)
     assert "usage: supervisorctl" in out
-    assert loaded(modules, DAEMON_LIBRARIES + VALIDATION) == []
+    assert loaded(modules, DAEMON_LIBRARIES + VALIDATION + ATTACH_ONLY) == []
 
 
 def test_status_talks_to_the_daemon_without_aiohttp_or_pydantic(state_dir: Path) -> None:
     with stand_in_daemon(state_dir):
         out, modules = run_cli("supervisorctl", ["status"], state_dir)
     assert out.startswith("no runs attached")
+    assert loaded(modules, DAEMON_LIBRARIES + VALIDATION + ATTACH_ONLY) == []
+
+
+def test_attach_with_flags_builds_its_request_without_aiohttp_or_pydantic(
+    state_dir: Path,
+) -> None:
+    argv = ["attach", "fast-run", "--instance-id", "i-0123456789abcdef0"]
+    argv += ["--s3-prefix", "s3://my-runs/fast-run/", "--grace-s", "5", "--tag", "team=ml"]
+    with stand_in_daemon(state_dir):
+        out, modules = run_cli("supervisorctl", argv, state_dir)
+    assert out.startswith("fast-run: attached; phase pending")
     assert loaded(modules, DAEMON_LIBRARIES + VALIDATION) == []
 
 

@@ -1,0 +1,65 @@
+"""What `supervisorctl status` prints that depends on a run's phases: when a grace ends, and
+the checkpoint facts of the current attempt only (those after the last resume)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from supervisor.cli import supervisorctl
+from tests.core.builders import INSTANCE
+
+SINCE = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
+
+
+def run_json(**changes: Any) -> dict[str, Any]:
+    return {
+        "run_id": "r1",
+        "phase": "running",
+        "outcome": None,
+        "instance_id": INSTANCE,
+        "region": "us-east-1",
+        "s3_prefix": "s3://my-runs/r1/",
+        "on_complete": "stop",
+        "reason": "instance running",
+        "version": 3,
+        "phase_since": SINCE.isoformat(),
+        **changes,
+    }
+
+
+def transition(seq: int, to: str, reason: str, **detail: Any) -> dict[str, Any]:
+    at = (SINCE + timedelta(minutes=seq)).isoformat()
+    return {"seq": seq, "from": None, "to": to, "at": at, "reason": reason, "detail": detail}
+
+
+def test_the_runs_table_says_when_the_grace_of_a_run_in_grace_ends(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ends = datetime.now(UTC) + timedelta(minutes=10)
+    supervisorctl._print_table(
+        [run_json(phase="grace", grace_until=ends.isoformat())], as_json=False
+    )
+    assert "grace ends in" in capsys.readouterr().out
+
+
+def test_checkpoint_facts_are_the_current_attempts_only(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    verified = "checkpoint verified in S3"
+    detail = run_json(
+        phase="running",
+        checkpoint="s3://my-runs/r1/checkpoints/step_9.pt",
+        spec={"checkpoint_dir": "/ckpt"},
+        transitions=[
+            transition(1, "grace", verified, files=1, bytes=111, verify_s=1.5),
+            transition(2, "resuming", "resume requested"),
+            transition(3, "grace", verified, files=2, bytes=222),
+        ],
+    )
+    supervisorctl._print_detail(detail, as_json=False)
+    line = next(line for line in capsys.readouterr().out.splitlines() if "checkpoint " in line)
+    assert "2 file(s), 222 bytes verified" in line
+    assert "111 bytes" not in line
