@@ -230,24 +230,51 @@ def run_query(args: argparse.Namespace, db_path: Path) -> int:
 
 
 def _dispatch(db: RunDatabase, args: argparse.Namespace) -> None:
-    if args.command == "show":
-        _print_show(db.run(args.run_id), as_json=args.json)
-        return
-    filters = {"phase": args.phase, "outcome": args.outcome, "since": args.since}
-    if args.command == "compare":
-        found = db.compare(args.by, args.metric, *args.where, direction=args.direction, **filters)
-        _print_comparison(found, as_json=args.json)
-    elif args.command == "export" and args.format == "jsonl":
-        for run in db.runs(*args.where, **filters):
-            print(json.dumps(run.json(), ensure_ascii=False, separators=(",", ":")))
-    elif args.command == "export" or args.csv:
-        _write_csv([run.record() for run in db.runs(*args.where, **filters)])
+    _QUERIES[args.command](db, args)
+
+
+def _filters(args: argparse.Namespace) -> dict[str, Any]:
+    return {"phase": args.phase, "outcome": args.outcome, "since": args.since}
+
+
+def _runs(db: RunDatabase, args: argparse.Namespace) -> None:
+    filters = _filters(args)
+    runs = db.runs(*args.where, **filters)
+    if args.csv:
+        _write_csv([run.record() for run in runs])
+    elif args.json:
+        print(json.dumps([r.json() for r in runs], indent=2))
     else:
-        runs = db.runs(*args.where, **filters)
-        if args.json:
-            print(json.dumps([r.json() for r in runs], indent=2))
-        else:
-            _print_runs(runs, args.where, filtered=bool(args.where or any(filters.values())))
+        _print_runs(runs, args.where, filtered=bool(args.where or any(filters.values())))
+
+
+def _show(db: RunDatabase, args: argparse.Namespace) -> None:
+    _print_show(db.run(args.run_id), as_json=args.json)
+
+
+def _compare(db: RunDatabase, args: argparse.Namespace) -> None:
+    found = db.compare(
+        args.by, args.metric, *args.where, direction=args.direction, **_filters(args)
+    )
+    _print_comparison(found, as_json=args.json)
+
+
+def _export(db: RunDatabase, args: argparse.Namespace) -> None:
+    runs = db.runs(*args.where, **_filters(args))
+    if args.format == "jsonl":
+        for run in runs:
+            print(json.dumps(run.json(), ensure_ascii=False, separators=(",", ":")))
+    else:
+        _write_csv([run.record() for run in runs])
+
+
+_QUERIES: dict[str, Callable[[RunDatabase, argparse.Namespace], None]] = {
+    "runs": _runs,
+    "show": _show,
+    "compare": _compare,
+    "export": _export,
+}
+"""The query verbs (the keys of `QUERY_COMMANDS`): each carries out one against the database."""
 
 
 # -- runs ---------------------------------------------------------------------------------
