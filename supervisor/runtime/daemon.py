@@ -29,6 +29,7 @@ from supervisor.adapters.protocol import (
     AttachRequest,
     DaemonStatus,
     InstanceView,
+    MonitorEventView,
     ReportProblemView,
     ReportView,
     RunDetail,
@@ -54,6 +55,7 @@ from supervisor.core.errors import (
     UnknownRun,
 )
 from supervisor.core.events import MonitorFailed, ResumeRequested, UserAction, UserRequested
+from supervisor.core.feed import FeedItem, MonitorNote
 from supervisor.core.machine import ACCEPTS, Policy, new_run, run_id_taken, step
 from supervisor.core.reports import REPORT_UNREADABLE
 from supervisor.core.run import TERMINAL_PHASES, Phase, Run
@@ -61,8 +63,14 @@ from supervisor.core.spec import RunSpec, Transport
 from supervisor.core.values import S3Object, parse_relative_key
 from supervisor.core.zombies import RUN_TAG
 from supervisor.runtime.events import EventConsumer, Queue
+from supervisor.runtime.executor import (
+    CRASH_TAIL_BYTES,
+    Executor,
+    ExecutorPorts,
+    read_crash_report,
+)
 from supervisor.runtime.metrics import Metrics
-from supervisor.runtime.monitor import CRASH_TAIL_BYTES, Monitor, MonitorDeps, read_crash_report
+from supervisor.runtime.monitor import Monitor, MonitorDeps
 from supervisor.runtime.ports import Clock, Cloud, InstanceShell, SystemClock
 from supervisor.runtime.reconciler import Reconciler
 from supervisor.runtime.retry import GaveUp, call_with_retries
@@ -97,30 +105,37 @@ class Daemon:
         self.cloud = cloud
         self.clock = clock or SystemClock()
         self.monitors: dict[str, Monitor] = {}
-        counter = getattr(cloud, "counter", None)  # the AWS adapter's CallCounter
         self.metrics = Metrics(
             self.clock,
             runs=store.runs_by_phase_and_outcome,
             monitors=lambda: len(self.monitors),
-            aws_calls=(lambda: counter.outcomes) if counter is not None else None,
+            aws_calls=lambda: cloud.counter.outcomes,
         )
         self.reconciler = Reconciler(
             cloud, lambda: list(self.monitors.values()), interval_s=settings.reconcile_interval_s
         )
+        self.shells = dict(shells or {})
+        self.executor = Executor(
+            ExecutorPorts(
+                store=store,
+                cloud=cloud,
+                clock=self.clock,
+                shells=self.shells,
+                retry_base_s=settings.retry_base_s,
+                observe=self.reconciler.kick,
+                metrics=self.metrics,
+            )
+        )
         self._deps = MonitorDeps(
             store=store,
-            cloud=cloud,
             clock=self.clock,
             policy=Policy(poll=settings.poll_policy),
             rng=rng or random.Random(),
-            retry_base_s=settings.retry_base_s,
-            observe=self.reconciler.kick,
-            shells=dict(shells or {}),
+            executor=self.executor,
             metrics=self.metrics,
         )
         self.policy = self._deps.policy
         self.rng = self._deps.rng
-        self.shells = self._deps.shells
         self.root_tasks = RootTasks(
             self.clock,
             policy=restart_policy,
@@ -584,9 +599,7 @@ class ControlApi:
             ]
             if monitor is not None:  # its notes of unreadable reports are stored: replayed below
                 history += [
-                    (e.at, TailItem(kind="event", event=e))
-                    for e in monitor.recent
-                    if e.event != REPORT_UNREADABLE
+                    (e.at, _tail_item(e)) for e in monitor.recent if e.event != REPORT_UNREADABLE
                 ]
             history += [(p.noted_at, p.tail_item(run_id)) for p in detail.report_problems]
             history.sort(key=lambda pair: pair[0])
@@ -609,7 +622,7 @@ class ControlApi:
                     if not getting.done():
                         getting.cancel()
                         return
-                    item = getting.result()
+                    item = _tail_item(getting.result())
                     if item.transition is not None:
                         if item.transition.seq <= last_seq:
                             continue
@@ -710,7 +723,6 @@ class ControlApi:
         by_phase: Counter[str] = Counter()
         for (phase, _), count in (await d.store.runs_by_phase_and_outcome()).items():
             by_phase[phase] += count
-        counter = getattr(d.cloud, "counter", None)
         return DaemonStatus(
             pid=os.getpid(),
             version=__version__,
@@ -719,7 +731,7 @@ class ControlApi:
             socket=str(d.settings.socket_path),
             runs_by_phase=dict(sorted(by_phase.items())),
             monitors=len(d.monitors),
-            aws_calls=counter.snapshot() if counter is not None else {},
+            aws_calls=d.cloud.counter.snapshot(),
             metrics_url=d.metrics_server.url if d.metrics_server is not None else None,
             root_task_restarts=dict(sorted(d.root_tasks.restarts.items())),
         )
@@ -742,6 +754,17 @@ class ControlApi:
         until = self._d.clock.now()
         report = await self._d.store.fleet_report(since=until - timedelta(days=days))
         return report_view(report, until=until)
+
+
+def _tail_item(item: FeedItem) -> TailItem:
+    if isinstance(item, MonitorNote):
+        event = MonitorEventView(at=item.at, run_id=item.run_id, event=item.event,
+                                 fields=dict(item.fields))  # fmt: skip
+        return TailItem(kind="event", event=event)
+    t = item.transition
+    view = TransitionView.model_validate({"seq": item.seq, "from": t.from_phase,
+        "to": t.to_phase, "at": t.at, "reason": t.reason, "detail": dict(t.detail)})  # fmt: skip
+    return TailItem(kind="transition", transition=view)
 
 
 _TERMINAL_NAMES = frozenset(str(phase) for phase in TERMINAL_PHASES)

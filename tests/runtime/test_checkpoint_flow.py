@@ -38,6 +38,7 @@ from supervisor.core.values import InstanceId, InstanceState, ObjectInfo
 from supervisor.core.zombies import InstanceSeen
 from supervisor.runtime.daemon import Daemon
 from supervisor.runtime.monitor import Monitor
+from supervisor.runtime.ports import CallCounts
 from tests.conftest import AMI, BUCKET, REGION, Fleet
 from tests.runtime.conftest import Harness
 from tests.runtime.trainers import Trainer, Trainers, clear, is_running, is_trainer, pid_in
@@ -562,6 +563,10 @@ class SlowLaunch:
     @property
     def default_region(self) -> str | None:
         return self._aws.default_region
+
+    @property
+    def counter(self) -> CallCounts:
+        return self._aws.counter
 
     async def list_objects(self, request: ListRequest, region: str) -> tuple[ObjectInfo, ...]:
         return await self._aws.list_objects(request, region)

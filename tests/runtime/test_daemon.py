@@ -21,6 +21,7 @@ from supervisor.core.events import (
     PrefixListed,
     Tick,
 )
+from supervisor.core.feed import MonitorNote
 from supervisor.core.machine import Decision, Policy, new_run, step
 from supervisor.core.run import Outcome, Phase, Run
 from supervisor.core.spec import RunSpec
@@ -354,7 +355,7 @@ async def test_routine_checks_reach_live_followers_but_stay_out_of_the_recent_ri
     await wait_for(checked_thrice, what="three more prefix checks")
     monitor.unsubscribe(follower)
     followed = [follower.get_nowait() for _ in range(follower.qsize())]
-    assert any(i.event is not None and i.event.event == "prefix_checked" for i in followed)
+    assert any(isinstance(i, MonitorNote) and i.event == "prefix_checked" for i in followed)
     assert [e for e in monitor.recent if e.event == "prefix_checked"] == []
 
 

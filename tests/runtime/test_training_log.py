@@ -168,7 +168,7 @@ class Reader:
 
     async def reads(self, more: int) -> None:
         """Wait until the log has been read `more` times since now."""
-        counter = self.source.cloud.counter  # type: ignore[attr-defined]
+        counter = self.source.cloud.counter
         start = counter.count("GetObject")
 
         async def done() -> bool:
