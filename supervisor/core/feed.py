@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from supervisor.core.machine import Transition
 
@@ -35,3 +35,17 @@ class MonitorNote:
 
 
 FeedItem = FeedTransition | MonitorNote
+
+
+LogPieceKind = Literal["lines", "notice", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class LogPiece:
+    """One piece of `supervisorctl tail --training`: text of the log, or a word about it."""
+
+    kind: LogPieceKind
+    """lines: text of the log; notice: what the reader is doing; error: why it stopped."""
+    text: str
+    offset: int
+    """Bytes of the log read up to the end of this piece: pass it as `offset=` to go on."""

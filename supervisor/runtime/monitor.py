@@ -100,6 +100,11 @@ class Monitor:
             self._idle_waiters.append(waiter)
             await waiter
 
+    @property
+    def closing(self) -> bool:
+        """Closed: it takes no further events (the daemon is shutting down)."""
+        return self._closing
+
     def close(self) -> None:
         """Take no further events; the one in hand (if any) is finished."""
         self._closing = True
