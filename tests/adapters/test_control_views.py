@@ -3,8 +3,11 @@ pinned byte for byte: the CLI's `--json` output and `tail`'s lines are built fro
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from supervisor.adapters.control_views import (
     AttachOrder,
+    ControlViews,
     DaemonState,
     attach_order,
     attachment_view,
@@ -15,7 +18,7 @@ from supervisor.adapters.control_views import (
 )
 from supervisor.adapters.protocol import AttachRequest
 from supervisor.adapters.store import AttachmentRecord
-from supervisor.core.feed import FeedTransition, LogPiece, MonitorNote
+from supervisor.core.feed import FeedItem, FeedTransition, LogPiece, MonitorNote
 from supervisor.core.machine import Transition, new_run
 from supervisor.core.run import Phase
 from supervisor.core.spec import RunSpec
@@ -104,3 +107,26 @@ def test_an_attach_request_leaves_out_what_was_not_given_and_says_whether_to_ver
     )
     plain = AttachRequest(run_id="r1", instance_id=INSTANCE, s3_prefix="s3://b/r1/")
     assert attach_order(plain).verify is True
+
+
+class EndlessTail:
+    """A port's followed tail that never ends on its own (only `tail` is called here)."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def tail(self, run_id: str, *, follow: bool) -> AsyncIterator[FeedItem]:
+        try:
+            while True:
+                yield MonitorNote(NOW, run_id, "prefix_checked")
+        finally:
+            self.closed = True
+
+
+async def test_closing_a_followed_tail_closes_the_runtimes_stream_at_once() -> None:
+    port = EndlessTail()
+    items = ControlViews(port).tail("r1", follow=True)  # type: ignore[arg-type]
+    first = await anext(items)
+    assert first.event is not None and first.event.event == "prefix_checked"
+    await items.aclose()  # type: ignore[attr-defined]
+    assert port.closed, "the follower stops listening to its run when the reader goes"
