@@ -222,13 +222,14 @@ class Monitor:
                     )
                 except InvalidTransition as exc:
                     if reply is not None and current is event:
-                        reply.set_exception(exc)
+                        if not reply.done():  # its asker may have gone (cancelled)
+                            reply.set_exception(exc)
                         return
                     self._log.info("event_ignored", kind=type(current).__name__, why=str(exc))
                     continue
                 await self._commit(decision)
                 last = decision
-                if reply is not None and current is event and not settle:
+                if reply is not None and current is event and not settle and not reply.done():
                     reply.set_result(decision)
                 for effect in decision.effects:
                     follow = await self._execute(effect)
