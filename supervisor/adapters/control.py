@@ -2,8 +2,9 @@
 client for the streaming routes; `control_client` has the light one and the errors).
 
 The socket is created 0600 inside a 0700 directory: only its owner can talk to the daemon.
-The server knows nothing of runs; it calls a `ControlHandler` (the runtime implements it) and
-maps the project's errors to HTTP statuses, which the client maps back.
+The server knows nothing of runs; it calls a `ControlHandler` (`control_views.ControlViews`,
+which builds the views from the runtime's domain answers) and maps the project's errors to
+HTTP statuses, which the client maps back.
 """
 
 from __future__ import annotations

@@ -27,11 +27,33 @@ from supervisor.core.values import InstanceId, InstanceState, ObjectInfo
 from supervisor.core.zombies import InstanceSeen, Termination, Zombie
 
 
+class CallCounts(Protocol):
+    """Every AWS call made, by service and operation, and by outcome once it ended."""
+
+    @property
+    def outcomes(self) -> Mapping[tuple[str, str, str], int]:
+        """Ended calls by (service, operation, outcome): `ok`, or the error's class."""
+        ...
+
+    def count(self, operation: str) -> int:
+        """Calls made of `operation` (e.g. `ListObjectsV2`), in any service."""
+        ...
+
+    def snapshot(self) -> dict[str, int]:
+        """Calls made by `service:operation`."""
+        ...
+
+
 class Cloud(Protocol):
     """What the runtime needs of AWS (implemented by `supervisor.adapters.aws.Aws`)."""
 
     @property
     def default_region(self) -> str | None: ...
+
+    @property
+    def counter(self) -> CallCounts:
+        """The calls this adapter made (`supervisord status`, `/metrics`, the benchmark)."""
+        ...
 
     async def list_objects(self, request: ListRequest, region: str) -> tuple[ObjectInfo, ...]: ...
 

@@ -15,8 +15,8 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from supervisor.adapters.protocol import TrainingLogItem
 from supervisor.core.errors import ExternalError, NotFoundError
+from supervisor.core.feed import LogPiece
 from supervisor.core.values import S3Object
 from supervisor.runtime.ports import Cloud
 from supervisor.runtime.retry import GaveUp, call_with_retries
@@ -64,7 +64,7 @@ class _Lines:
     def read_to(self) -> int:
         return self.sent + len(self._pending)
 
-    def feed(self, data: bytes, *, final: bool = False) -> list[TrainingLogItem]:
+    def feed(self, data: bytes, *, final: bool = False) -> list[LogPiece]:
         buffer = self._pending + data
         cut = len(buffer) if final else buffer.rfind(b"\n") + 1
         if len(buffer) - cut > PARTIAL_LIMIT:
@@ -77,11 +77,11 @@ class _Lines:
             # The decoder keeps a character cut in two by ITEM_BYTES for the next piece.
             text = self._decoder.decode(piece)
             if text:
-                items.append(TrainingLogItem(kind="lines", text=text, offset=self.sent))
+                items.append(LogPiece("lines", text, offset=self.sent))
         if final:
             rest = self._decoder.decode(b"", final=True)
             if rest:
-                items.append(TrainingLogItem(kind="lines", text=rest, offset=self.sent))
+                items.append(LogPiece("lines", rest, offset=self.sent))
         return items
 
 
@@ -94,7 +94,7 @@ async def stream_log(
     poll_s: float,
     run_ended: Callable[[], Awaitable[str | None]],
     closing: asyncio.Event,
-) -> AsyncIterator[TrainingLogItem]:
+) -> AsyncIterator[LogPiece]:
     """The log from byte `offset`, or with `offset` None from its last `last` bytes (from the
     first whole line in them).
 
@@ -106,9 +106,9 @@ async def stream_log(
     lines = _Lines(offset) if offset is not None else None
     said: str | None = None  # the trouble already reported, so a long wait says it once
 
-    def notice(text: str, *, error: bool = False) -> TrainingLogItem:
+    def notice(text: str, *, error: bool = False) -> LogPiece:
         sent = lines.sent if lines is not None else 0
-        return TrainingLogItem(kind="error" if error else "notice", text=text, offset=sent)
+        return LogPiece("error" if error else "notice", text, sent)
 
     while True:
         ended = await run_ended() if follow else None

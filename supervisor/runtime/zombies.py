@@ -13,12 +13,11 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import structlog
 
-from supervisor.adapters.protocol import ReportDayView, ReportView, ZombieView
-from supervisor.adapters.store import FleetReport, Store
+from supervisor.adapters.store import Store
 from supervisor.core.errors import ExternalError, NotFoundError
 from supervisor.core.events import Action
 from supervisor.core.run import Run
@@ -31,9 +30,7 @@ from supervisor.core.zombies import (
     CallResult,
     Gone,
     InstanceSeen,
-    Leave,
     NotZombie,
-    Wait,
     Zombie,
     ZombiePolicy,
     attempted,
@@ -43,7 +40,6 @@ from supervisor.core.zombies import (
     decide,
     mark,
     observe_ended,
-    span,
 )
 from supervisor.runtime.metrics import MetricsSink
 from supervisor.runtime.ports import Clock, Cloud
@@ -304,57 +300,3 @@ class ZombieWatch:
             code=line.error_code,
             message=line.message,
         )
-
-
-def zombie_view(zombie: Zombie, *, now: datetime, policy: ZombiePolicy) -> ZombieView:
-    next_action: Action | None
-    next_at: datetime | None
-    match decide(zombie, now=now, policy=policy):
-        case Act(action=action, why=why):
-            next_action, next_at, text = action, None, f"{action} at the next sweep ({why})"
-        case Wait(action=action, until=until, why=why):
-            next_action, next_at = action, until
-            text = f"{action} in {span((until - now).total_seconds())} ({why})"
-        case Leave(why=why):
-            next_action, next_at, text = None, None, why
-    return ZombieView(
-        instance_id=zombie.instance_id,
-        region=zombie.region,
-        run_id=zombie.run_id,
-        kind=zombie.cause.kind,
-        reason=zombie.reason(now),
-        state=zombie.state,
-        marked_at=zombie.marked_at,
-        age_s=round(zombie.age_s(now), 3),
-        attempts=zombie.attempts,
-        action=zombie.action,
-        last_attempt_at=zombie.last_attempt_at,
-        last_error=zombie.last_error,
-        next_action=next_action,
-        next_at=next_at,
-        plan=text,
-    )
-
-
-def report_view(report: FleetReport, *, until: datetime) -> ReportView:
-    return ReportView(
-        since=report.since,
-        until=until,
-        days=[
-            ReportDayView(
-                day=d.day,
-                terminations=d.terminations,
-                stops=d.stops,
-                attempts=d.attempts,
-                succeeded=d.succeeded,
-                failed_attempts=d.failed_attempts,
-                success_rate=d.success_rate,
-                mean_s_to_terminated=d.mean_s_to_terminated,
-            )
-            for d in report.days
-        ],
-        runs_by_outcome=dict(sorted(report.runs_by_outcome.items())),
-        runs=sum(report.runs_by_outcome.values()),
-        crash_rate=report.crash_rate,
-        open_zombies=report.open_zombies,
-    )

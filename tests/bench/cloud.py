@@ -14,6 +14,23 @@ from supervisor.core.values import InstanceId, InstanceState, ObjectInfo
 from supervisor.core.zombies import InstanceSeen
 
 
+class CountedCalls:
+    """The port's call counts, read from the fake's own tally (every call counted `ok`)."""
+
+    def __init__(self, calls: Counter[str]) -> None:
+        self._calls = calls
+
+    @property
+    def outcomes(self) -> Mapping[tuple[str, str, str], int]:
+        return {("fake", operation, "ok"): n for operation, n in self._calls.items()}
+
+    def count(self, operation: str) -> int:
+        return self._calls[operation]
+
+    def snapshot(self) -> dict[str, int]:
+        return {f"fake:{operation}": n for operation, n in sorted(self._calls.items())}
+
+
 class CountingCloud:
     """Every instance is running, every prefix is empty; anything that acts is refused."""
 
@@ -25,6 +42,10 @@ class CountingCloud:
     @property
     def default_region(self) -> str | None:
         return self._region
+
+    @property
+    def counter(self) -> CountedCalls:
+        return CountedCalls(self.calls)
 
     def _refuse(self, operation: str) -> RuntimeError:
         self.calls[operation] += 1

@@ -31,7 +31,7 @@ from cfnlint.decode import cfn_yaml  # type: ignore[import-untyped]
 
 from supervisor.adapters.protocol import DEFAULT_TRAINING_LOG
 from supervisor.core.spec import DEFAULT_FAILURE_MARKER, DEFAULT_MARKERS, RunSpec
-from supervisor.runtime.daemon import TAG_STATEMENT
+from supervisor.runtime.control_api import TAG_STATEMENT
 from supervisor.runtime.settings import ENV_PREFIX, Settings
 from tests.conftest import BUCKET, Fleet
 

@@ -24,6 +24,7 @@ from supervisor.adapters.store import Store
 from supervisor.core.run import Phase, Run
 from supervisor.core.spec import Transport
 from supervisor.runtime.daemon import Daemon
+from supervisor.runtime.events import Queue
 from supervisor.runtime.ports import Cloud, InstanceShell
 from supervisor.runtime.settings import Settings
 from tests.conftest import Fleet
@@ -54,6 +55,8 @@ class Harness:
         self._stack = AsyncExitStack()
         self.local_shell: Callable[[], InstanceShell] = LocalShell
         """Makes the local transport's shell; a test may wrap `LocalShell` (our own port)."""
+        self.queue: Callable[[Aws], Queue] | None = None
+        """Makes the event queue; a test may wrap the AWS adapter's (our own port)."""
         self.daemon_options: dict[str, Any] = {}
         """More keyword arguments for `Daemon` (a restart policy, a sleep)."""
 
@@ -80,7 +83,12 @@ class Harness:
             Transport.SSM: SsmShell(self.aws),
         }
         self.daemon = Daemon(
-            settings, self.store, cloud, shells=shells, queue=self.aws, **self.daemon_options
+            settings,
+            self.store,
+            cloud,
+            shells=shells,
+            queue=self.queue(self.aws) if self.queue else self.aws,
+            **self.daemon_options,
         )
         ready = asyncio.Event()
 
@@ -103,7 +111,7 @@ class Harness:
         assert self.daemon is not None
         fields.setdefault("s3_prefix", self.fleet.prefix(run_id))
         request = AttachRequest(run_id=run_id, instance_id=instance_id, **fields)
-        return await self.daemon.api.attach(request)
+        return await self.daemon.views.attach(request)
 
     async def run(self, run_id: str) -> Run:
         assert self.store is not None

@@ -226,6 +226,6 @@ async def test_an_ended_resumable_run_id_names_the_resume_that_works(harness: Ha
         "`supervisorctl resume r1 --from-scratch`. Nothing was attached."
     )
     assert harness.daemon is not None
-    resumed = await harness.daemon.api.request("r1", "resume", from_scratch=True)
+    resumed = await harness.daemon.views.request("r1", "resume", from_scratch=True)
     assert resumed.phase == P.RESUMING
     await harness.stop()  # before the resume goes on to start a job on the instance

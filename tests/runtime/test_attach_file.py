@@ -21,12 +21,12 @@ async def test_an_object_it_may_not_read_is_attached_without_its_size_and_again_
     harness.fleet.put("elsewhere/analysis.ipynb", b"{}")
     request = AttachFileRequest(kind="analysis", uri=uri)
 
-    denied = await daemon.api.attach_file("af-1", request)
-    again = await daemon.api.attach_file("af-1", request)
+    denied = await daemon.views.attach_file("af-1", request)
+    again = await daemon.views.attach_file("af-1", request)
 
     assert (denied.uri, denied.size) == (uri, None)
     assert again.size == 2  # the second HEAD is allowed: the same attachment, refreshed
-    detail = await daemon.api.run_detail("af-1")
+    detail = await daemon.views.run_detail("af-1")
     assert [(a.kind, a.uri, a.size) for a in detail.attachments] == [("analysis", uri, 2)]
     assert harness.calls("HeadObject") == 2
 
@@ -37,12 +37,12 @@ async def test_refusals_store_nothing(harness: Harness) -> None:
     await harness.attach("af-2", instance)
 
     with pytest.raises(UnknownRun):
-        await daemon.api.attach_file("ghost", AttachFileRequest(kind="other", uri="https://x.io"))
+        await daemon.views.attach_file("ghost", AttachFileRequest(kind="other", uri="https://x.io"))
     with pytest.raises(InvalidInput, match="attachment kind 'notes' is not valid"):
-        await daemon.api.attach_file("af-2", AttachFileRequest(kind="notes", uri="https://x.io"))
+        await daemon.views.attach_file("af-2", AttachFileRequest(kind="notes", uri="https://x.io"))
     with pytest.raises(InvalidInput, match=f"there is no object s3://{BUCKET}/runs/af-2/x"):
-        await daemon.api.attach_file(
+        await daemon.views.attach_file(
             "af-2", AttachFileRequest(kind="other", uri=f"s3://{BUCKET}/runs/af-2/x")
         )
 
-    assert (await daemon.api.run_detail("af-2")).attachments == []
+    assert (await daemon.views.run_detail("af-2")).attachments == []

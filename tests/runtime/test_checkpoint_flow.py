@@ -38,6 +38,7 @@ from supervisor.core.values import InstanceId, InstanceState, ObjectInfo
 from supervisor.core.zombies import InstanceSeen
 from supervisor.runtime.daemon import Daemon
 from supervisor.runtime.monitor import Monitor
+from supervisor.runtime.ports import CallCounts
 from tests.conftest import AMI, BUCKET, REGION, Fleet
 from tests.runtime.conftest import Harness
 from tests.runtime.trainers import Trainer, Trainers, clear, is_running, is_trainer, pid_in
@@ -298,11 +299,11 @@ async def test_failed_upload_blocks_terminate_or_keeps_running_and_resume_needs_
 
     # Nothing verified to resume from: refused, unless from scratch (then nothing restored).
     with pytest.raises(InvalidTransition, match="--from-scratch"):
-        await ck.api_daemon.api.request("policy", "resume")
+        await ck.api_daemon.views.request("policy", "resume")
     assert (await ck.run("policy")).phase is P.STOPPED
     assert ck.calls("StartInstances") == 0
 
-    view = await ck.api_daemon.api.request("policy", "resume", from_scratch=True)
+    view = await ck.api_daemon.views.request("policy", "resume", from_scratch=True)
     assert view.phase == "resuming"
     run = await ck.resumed("policy")
     assert (run.phase, run.attempt) == (P.RUNNING, 2), run.reason
@@ -389,7 +390,7 @@ async def test_a_persons_stop_saves_the_checkpoint_first(
     await ck.attach("r1", instance, **trainer.spec())
     await ck.wait_phase("r1", P.RUNNING)
 
-    view = await ck.api_daemon.api.request("r1", "stop")
+    view = await ck.api_daemon.views.request("r1", "stop")
     assert view.phase == "checkpointing"
     run = await ck.ended("r1")
     assert (run.phase, run.outcome, run.checkpoint) == (
@@ -454,7 +455,7 @@ async def test_resume_of_a_stopped_run_restores_the_checkpoint_and_restarts_trai
     manifest = ck.manifest("r1")
     clear(trainer.checkpoint_dir)  # a fresh disk: everything must come back from S3
 
-    view = await ck.api_daemon.api.request("r1", "resume")
+    view = await ck.api_daemon.views.request("r1", "resume")
     assert (view.phase, view.attempt) == ("resuming", 1)
     run = await ck.resumed("r1")
     assert (run.phase, run.attempt, run.instance_id) == (P.RUNNING, 2, view.instance_id), run.reason
@@ -519,14 +520,14 @@ async def test_a_verified_checkpoint_allows_terminate_and_resume_launches_from_t
 
     # Its instance is gone and the spec names no launch template: no resume.
     with pytest.raises(InvalidTransition, match="launch_template"):
-        await ck.api_daemon.api.request("plain", "resume")
+        await ck.api_daemon.views.request("plain", "resume")
     assert (await ck.run("plain")).phase is P.TERMINATED
 
     # With a launch template: a new instance, the checkpoint restored onto it, training again.
     old = runs[1].instance_id
     manifest = ck.manifest("lt")
     clear(launched.checkpoint_dir)
-    await ck.api_daemon.api.request("lt", "resume")
+    await ck.api_daemon.views.request("lt", "resume")
     run = await ck.resumed("lt")
     assert (run.phase, run.attempt) == (P.RUNNING, 2), run.reason
     assert ck.commands_sent("lt") == ["restore", "start"]
@@ -562,6 +563,10 @@ class SlowLaunch:
     @property
     def default_region(self) -> str | None:
         return self._aws.default_region
+
+    @property
+    def counter(self) -> CallCounts:
+        return self._aws.counter
 
     async def list_objects(self, request: ListRequest, region: str) -> tuple[ObjectInfo, ...]:
         return await self._aws.list_objects(request, region)
@@ -632,7 +637,7 @@ async def test_a_stale_sweep_of_the_old_instance_does_not_launch_a_second_one(
         resume_command=trainer.resume_command(),
     )  # fmt: skip
     assert run.phase is P.TERMINATED, run.reason
-    await ck.api_daemon.api.request("r1", "resume")
+    await ck.api_daemon.views.request("r1", "resume")
     run = await ck.resumed("r1")
     assert (run.phase, run.attempt) == (P.RUNNING, 2), run.reason
     reply = ck.fleet.ec2.describe_instances(

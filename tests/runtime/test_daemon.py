@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from supervisor.adapters.aws import Aws
+from supervisor.adapters.aws import Aws, QueueMessage
 from supervisor.adapters.store import Store
 from supervisor.core.completion import ListRequest
 from supervisor.core.errors import InvalidInput
@@ -21,6 +21,7 @@ from supervisor.core.events import (
     PrefixListed,
     Tick,
 )
+from supervisor.core.feed import MonitorNote
 from supervisor.core.machine import Decision, Policy, new_run, step
 from supervisor.core.run import Outcome, Phase, Run
 from supervisor.core.spec import RunSpec
@@ -324,7 +325,7 @@ async def test_a_tail_follower_does_not_hold_the_shutdown(harness: Harness) -> N
     items: list[object] = []
 
     async def follow() -> None:
-        async for item in daemon.api.tail("followed", follow=True):
+        async for item in daemon.views.tail("followed", follow=True):
             items.append(item)
 
     follower = asyncio.create_task(follow())
@@ -354,7 +355,7 @@ async def test_routine_checks_reach_live_followers_but_stay_out_of_the_recent_ri
     await wait_for(checked_thrice, what="three more prefix checks")
     monitor.unsubscribe(follower)
     followed = [follower.get_nowait() for _ in range(follower.qsize())]
-    assert any(i.event is not None and i.event.event == "prefix_checked" for i in followed)
+    assert any(isinstance(i, MonitorNote) and i.event == "prefix_checked" for i in followed)
     assert [e for e in monitor.recent if e.event == "prefix_checked"] == []
 
 
@@ -390,3 +391,48 @@ async def test_a_start_attaches_the_crash_report_a_killed_daemon_never_read(
 async def _idle(harness: Harness) -> bool:
     assert harness.daemon is not None
     return "late" not in harness.daemon.monitors
+
+
+@dataclass
+class ReceiveWatch:
+    """Our own Queue port: a long poll that never brings a message, noting what the daemon
+    looked like when the poll was cancelled."""
+
+    harness: Harness
+    polling: asyncio.Event
+    monitors_closing_at_stop: list[bool] | None = None
+    accepting_at_stop: bool | None = None
+
+    async def receive_messages(
+        self, queue_url: str, region: str, *, wait_s: int = 20, max_messages: int = 10
+    ) -> list[QueueMessage]:
+        self.polling.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            daemon = self.harness.daemon
+            assert daemon is not None
+            self.monitors_closing_at_stop = [m.closing for m in daemon.monitors.values()]
+            self.accepting_at_stop = daemon.accepting
+            raise
+        return []
+
+    async def delete_message(self, queue_url: str, receipt: str, region: str) -> None:
+        raise AssertionError("no message was received")
+
+
+async def test_shutdown_stops_the_queue_receive_before_the_monitors(harness: Harness) -> None:
+    instances = harness.fleet.launch(2)
+    watch = ReceiveWatch(harness, asyncio.Event())
+    harness.queue = lambda aws: watch
+    queue_url = f"https://sqs.{REGION}.amazonaws.com/123456789012/supervisor-events"
+    await harness.start(events_queue_url=queue_url)
+    for i, instance in enumerate(instances):
+        await harness.attach(f"r{i}", instance)
+        await harness.wait_phase(f"r{i}", Phase.RUNNING)
+    await asyncio.wait_for(watch.polling.wait(), 10)
+
+    await harness.stop()
+
+    assert watch.accepting_at_stop is False, "the control API refuses new work first"
+    assert watch.monitors_closing_at_stop == [False, False], "monitors still took events"

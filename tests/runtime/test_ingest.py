@@ -172,12 +172,12 @@ async def test_an_unreadable_report_leaves_a_note_that_outlives_the_monitor(
     assert harness.daemon is not None
     assert "ragged" not in harness.daemon.monitors  # the run ended: its monitor is gone
 
-    detail = await harness.daemon.api.run_detail("ragged")
+    detail = await harness.daemon.views.run_detail("ragged")
     (problem,) = detail.report_problems
     assert problem.key == "history.json"
     assert problem.note.startswith("history.json: its columns differ in length ('step' 3, ")
     assert 'the README, section "Report files"' in problem.note
-    tailed = [item async for item in harness.daemon.api.tail("ragged", follow=False)]
+    tailed = [item async for item in harness.daemon.views.tail("ragged", follow=False)]
     notes = [
         i.event for i in tailed if i.event is not None and i.event.event == "report_unreadable"
     ]
@@ -187,7 +187,7 @@ async def test_an_unreadable_report_leaves_a_note_that_outlives_the_monitor(
 
     await harness.stop()  # the note is in the database, not only in the daemon's memory
     await harness.start()
-    assert [p.note for p in (await harness.daemon.api.run_detail("ragged")).report_problems] == [
+    assert [p.note for p in (await harness.daemon.views.run_detail("ragged")).report_problems] == [
         problem.note
     ]
 

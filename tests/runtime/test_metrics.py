@@ -165,7 +165,7 @@ async def test_a_checkpointed_run_completed_and_stopped_moves_every_counter(
     assert daemon.metrics_server is not None and daemon.metrics_server.url is not None
     url = daemon.metrics_server.url
     assert url.startswith("http://127.0.0.1:")
-    assert (await daemon.api.status()).metrics_url == url
+    assert (await daemon.views.status()).metrics_url == url
     async with aiohttp.ClientSession() as session, session.get(url) as reply:
         assert reply.status == 200
         assert reply.headers["Content-Type"].startswith("text/plain; version=")
@@ -183,7 +183,7 @@ async def test_without_a_metrics_address_metrics_are_on_the_socket_only(
     scrape = await scrape_socket(daemon)
 
     assert daemon.metrics_server is None
-    assert (await daemon.api.status()).metrics_url is None
+    assert (await daemon.views.status()).metrics_url is None
     assert scrape.families["supervisor_transitions"] == "counter"
     assert scrape.families["supervisor_completion_to_stop_seconds"] == "histogram"
     assert scrape.value("supervisor_monitors") == 0

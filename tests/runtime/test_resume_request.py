@@ -29,14 +29,14 @@ async def test_resume_of_a_running_or_detached_run_is_refused_naming_the_resumab
     await harness.attach("r1", instance)
     await harness.wait_phase("r1", P.RUNNING)
     with pytest.raises(InvalidTransition, match=f"is running: {RESUMABLE}$"):
-        await daemon.api.request("r1", "resume")
+        await daemon.views.request("r1", "resume")
 
-    await daemon.api.request("r1", "detach")
+    await daemon.views.request("r1", "detach")
     await harness.wait_phase("r1", P.DETACHED)
     assert harness.store is not None
     before = await harness.store.transitions("r1")
     # A detached run takes no resume either: the same sentence, not the table's internals.
     with pytest.raises(InvalidTransition, match=f"is detached: {RESUMABLE}$"):
-        await daemon.api.request("r1", "resume")
+        await daemon.views.request("r1", "resume")
     assert await harness.store.transitions("r1") == before
     assert (await harness.run("r1")).phase is P.DETACHED

@@ -217,7 +217,7 @@ async def test_a_sweep_that_raises_is_restarted_and_the_restart_counted(
     assert failing[0].raised == 1
     assert daemon.root_tasks.restarts["reconciler"] == 1
     assert len(sleeps.waits) == 1 and 0.9 <= sleeps.waits[0] <= 1.1  # 1 s ± jitter
-    status = await daemon.api.status()
+    status = await daemon.views.status()
     assert status.root_task_restarts == {"reconciler": 1, "zombies": 0}
     scrape = await scrape_socket(daemon)
     assert scrape.value("supervisor_root_task_restarts_total", task="reconciler") == 1

@@ -28,7 +28,7 @@ from supervisor.core.machine import Transition
 from supervisor.core.run import CheckpointStatus, Outcome, Phase, Run
 from supervisor.core.spec import Transport
 from supervisor.runtime.daemon import Daemon
-from supervisor.runtime.monitor import CRASH_TAIL_BYTES
+from supervisor.runtime.executor import CRASH_TAIL_BYTES
 from supervisor.runtime.ports import InstanceShell
 from tests.conftest import BUCKET, Fleet
 from tests.runtime.conftest import Harness

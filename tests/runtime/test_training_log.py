@@ -10,12 +10,13 @@ from collections.abc import AsyncIterator
 import pytest
 
 from supervisor.adapters.aws import Aws
+from supervisor.adapters.control_views import ControlViews, training_log_item
 from supervisor.adapters.faults import FaultPlan
 from supervisor.adapters.protocol import TrainingLogItem
 from supervisor.core.errors import InvalidInput, UnknownRun
+from supervisor.core.feed import LogPiece
 from supervisor.core.run import Phase
 from supervisor.core.values import S3Object
-from supervisor.runtime.daemon import ControlApi
 from supervisor.runtime.training_log import ITEM_BYTES, LogSource, stream_log
 from tests.conftest import BUCKET, REGION, Fleet
 from tests.runtime.conftest import Harness
@@ -23,6 +24,9 @@ from tests.runtime.waiting import wait_for
 
 POLL_S = 0.05
 KEY = "logs/train.log"
+
+Piece = TrainingLogItem | LogPiece
+"""What the daemon streams (the protocol's item) or `stream_log` yields (the domain's)."""
 
 
 class Log:
@@ -46,11 +50,11 @@ class Log:
 class Follower:
     """Collects what the control API streams, as the socket route would send it."""
 
-    def __init__(self, items: AsyncIterator[TrainingLogItem]) -> None:
-        self.items: list[TrainingLogItem] = []
+    def __init__(self, items: AsyncIterator[Piece]) -> None:
+        self.items: list[Piece] = []
         self.task = asyncio.create_task(self._collect(items))
 
-    async def _collect(self, items: AsyncIterator[TrainingLogItem]) -> None:
+    async def _collect(self, items: AsyncIterator[Piece]) -> None:
         async for item in items:
             self.items.append(item)
 
@@ -74,9 +78,9 @@ class Follower:
         await asyncio.wait_for(self.task, 10)
 
 
-def api(harness: Harness) -> ControlApi:
+def api(harness: Harness) -> ControlViews:
     assert harness.daemon is not None
-    return harness.daemon.api
+    return harness.daemon.views
 
 
 async def running(harness: Harness, run_id: str) -> None:
@@ -90,7 +94,7 @@ def follow(harness: Harness, run_id: str, *, last: int = 8192) -> Follower:
     return Follower(api(harness).training_log(run_id, key=KEY, offset=None, last=last, follow=True))
 
 
-async def read_once(harness: Harness, run_id: str, *, key: str = KEY) -> list[TrainingLogItem]:
+async def read_once(harness: Harness, run_id: str, *, key: str = KEY) -> list[Piece]:
     stream = api(harness).training_log(run_id, key=key, offset=0, last=0, follow=False)
     return [item async for item in stream]
 
@@ -147,12 +151,10 @@ class Reader:
     def follow(self, *, last: int = 8192) -> Follower:
         return Follower(self._stream(offset=None, last=last, follow=True))
 
-    async def once(self, *, offset: int | None = 0, last: int = 8192) -> list[TrainingLogItem]:
+    async def once(self, *, offset: int | None = 0, last: int = 8192) -> list[Piece]:
         return [item async for item in self._stream(offset=offset, last=last, follow=False)]
 
-    def _stream(
-        self, *, offset: int | None, last: int, follow: bool
-    ) -> AsyncIterator[TrainingLogItem]:
+    def _stream(self, *, offset: int | None, last: int, follow: bool) -> AsyncIterator[Piece]:
         async def run_ended() -> str | None:
             return self.ended
 
@@ -168,7 +170,7 @@ class Reader:
 
     async def reads(self, more: int) -> None:
         """Wait until the log has been read `more` times since now."""
-        counter = self.source.cloud.counter  # type: ignore[attr-defined]
+        counter = self.source.cloud.counter
         start = counter.count("GetObject")
 
         async def done() -> bool:
@@ -294,7 +296,8 @@ async def test_a_big_log_comes_in_bounded_items_with_characters_split_nowhere(
     assert "".join(i.text for i in items) == reader.log.content.decode()
     # A piece may carry the end of a character cut off the previous one.
     assert all(len(i.text.encode()) <= ITEM_BYTES + 3 for i in items)
-    assert max(len(i.model_dump_json()) for i in items) < 64 * 1024
+    wire = [i if isinstance(i, TrainingLogItem) else training_log_item(i) for i in items]
+    assert max(len(i.model_dump_json()) for i in wire) < 64 * 1024
     assert items[-1].offset == len(reader.log.content)
 
 

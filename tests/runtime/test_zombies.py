@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from supervisor.adapters.aws import Aws
+from supervisor.adapters.control_views import zombie_view
 from supervisor.adapters.faults import FaultPlan
 from supervisor.adapters.store import Store
 from supervisor.core.errors import InvalidInput
@@ -35,7 +36,7 @@ from supervisor.core.zombies import (
     ZombieState,
 )
 from supervisor.runtime.settings import Settings
-from supervisor.runtime.zombies import ZombieWatch, zombie_view
+from supervisor.runtime.zombies import ZombieWatch
 from tests.conftest import AMI, BUCKET, REGION, Fleet
 from tests.runtime.conftest import Harness
 from tests.runtime.waiting import wait_for
@@ -455,17 +456,17 @@ async def test_the_daemon_lists_a_tagged_zombie_and_an_attach_clears_it(
     daemon = await harness.start(zombie_interval_s=0.05)
 
     async def listed() -> bool:
-        return [z.instance_id for z in (await daemon.api.zombies()).zombies] == [ghost]
+        return [z.instance_id for z in (await daemon.views.zombies()).zombies] == [ghost]
 
     await wait_for(listed, what="the tagged instance to be listed as a zombie")
-    found = (await daemon.api.zombies()).zombies[0]
+    found = (await daemon.views.zombies()).zombies[0]
     assert (found.kind, found.run_id, found.state) == ("unowned", "z1", "marked")
-    assert (await daemon.api.zombies()).auto_terminate is False
+    assert (await daemon.views.zombies()).auto_terminate is False
 
     await harness.attach("z1", ghost)
 
     async def cleared() -> bool:
-        return (await daemon.api.zombies()).zombies == []
+        return (await daemon.views.zombies()).zombies == []
 
     await wait_for(cleared, what="the attach to clear the zombie")
     assert harness.fleet.state(ghost) == "running"
@@ -482,11 +483,11 @@ async def test_the_daemon_terminates_a_crashed_runs_instance_with_auto_terminate
     await harness.wait_phase("boom", Phase.CRASHED)
 
     async def recorded() -> bool:
-        return bool((await daemon.api.report(1)).days)
+        return bool((await daemon.views.report(1)).days)
 
     await wait_for(recorded, what="the termination of the crashed run's instance")
     assert harness.fleet.state(instance) in ("shutting-down", "terminated")
-    report = await daemon.api.report(1)
+    report = await daemon.views.report(1)
     assert [(d.terminations, d.attempts) for d in report.days] == [(1, 1)]
     assert report.runs_by_outcome == {"crashed": 1} and report.crash_rate == 1.0
     assert harness.calls("TerminateInstances") == 1
