@@ -28,7 +28,6 @@ from supervisor.adapters.control_views import (
     ZombieListing,
 )
 from supervisor.adapters.metrics_http import Exposition
-from supervisor.adapters.store import AttachmentRecord, RunRecord
 from supervisor.core.attachments import (
     AttachmentKind,
     parse_attachment_kind,
@@ -46,6 +45,7 @@ from supervisor.core.errors import (
 from supervisor.core.events import ResumeRequested, UserAction, UserRequested
 from supervisor.core.feed import FeedItem, FeedTransition, LogPiece, MonitorNote
 from supervisor.core.machine import ACCEPTS, new_run, run_id_taken, step
+from supervisor.core.records import AttachmentRecord, RunRecord
 from supervisor.core.reports import REPORT_UNREADABLE
 from supervisor.core.run import Phase, Run
 from supervisor.core.spec import RunSpec

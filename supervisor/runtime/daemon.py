@@ -22,7 +22,6 @@ from supervisor.adapters.aws import queue_region
 from supervisor.adapters.control import ControlServer
 from supervisor.adapters.control_views import ControlViews
 from supervisor.adapters.metrics_http import MetricsServer
-from supervisor.adapters.store import Store
 from supervisor.core.errors import InvalidInput
 from supervisor.core.events import MonitorFailed
 from supervisor.core.machine import Policy, step
@@ -33,7 +32,7 @@ from supervisor.runtime.events import EventConsumer, Queue
 from supervisor.runtime.executor import Executor, ExecutorPorts, read_crash_report
 from supervisor.runtime.metrics import Metrics
 from supervisor.runtime.monitor import Monitor, MonitorDeps
-from supervisor.runtime.ports import Clock, Cloud, InstanceShell, SystemClock
+from supervisor.runtime.ports import Clock, Cloud, InstanceShell, RunStore, SystemClock
 from supervisor.runtime.reconciler import Reconciler
 from supervisor.runtime.retry import GaveUp
 from supervisor.runtime.root_tasks import RestartPolicy, RootLoop, RootTasks, Sleep
@@ -49,7 +48,7 @@ class Daemon:
     def __init__(
         self,
         settings: Settings,
-        store: Store,
+        store: RunStore,
         cloud: Cloud,
         *,
         clock: Clock | None = None,

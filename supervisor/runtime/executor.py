@@ -23,7 +23,6 @@ from typing import Any, Protocol, TypeVar
 
 from pydantic import ValidationError
 
-from supervisor.adapters.store import ActionRecord, AttachmentRecord, ReportProblemRecord, Store
 from supervisor.core.checkpoint import (
     CommandResult,
     CommandStatus,
@@ -60,6 +59,7 @@ from supervisor.core.events import (
     ReportIngested,
     ResumeRequested,
 )
+from supervisor.core.records import ActionRecord, AttachmentRecord, ReportProblemRecord
 from supervisor.core.reports import (
     MAX_REPORT_BYTES,
     MAX_STATUS_BYTES,
@@ -71,7 +71,7 @@ from supervisor.core.run import Run
 from supervisor.core.spec import RunSpec, Transport
 from supervisor.core.values import InstanceState, S3Object
 from supervisor.runtime.metrics import MetricsSink
-from supervisor.runtime.ports import Clock, Cloud, InstanceShell
+from supervisor.runtime.ports import Clock, Cloud, InstanceShell, RunStore
 from supervisor.runtime.retry import GaveUp, call_with_retries
 
 MANIFEST_LIMIT = 16 * 1024 * 1024
@@ -96,7 +96,7 @@ class Note(Protocol):
 class ExecutorPorts:
     """What carrying out effects needs; shared by every monitor."""
 
-    store: Store
+    store: RunStore
     cloud: Cloud
     clock: Clock
     shells: Mapping[Transport, InstanceShell]
@@ -237,7 +237,7 @@ async def _ingest(effect: IngestReport, job: _Job) -> Event | None:
 
 
 async def _report_problem(job: _Job, key: str, etag: str, problem: str) -> ReportIngested:
-    """Store a note that this version of a report file could not be read: it outlives the
+    """RunStore a note that this version of a report file could not be read: it outlives the
     monitor (`show` and `tail` print it after the run ended)."""
     note = unreadable_note(problem)
     await job.ports.store.record_report_problem(

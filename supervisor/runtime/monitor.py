@@ -24,7 +24,6 @@ from typing import Any
 
 import structlog
 
-from supervisor.adapters.store import Store
 from supervisor.core.checkpoint import CommandResult, CommandStatus
 from supervisor.core.effects import Effect, RunInstanceCommand, WakeAt
 from supervisor.core.errors import InvalidTransition
@@ -34,7 +33,7 @@ from supervisor.core.machine import Decision, Policy, step
 from supervisor.core.run import Phase, Run
 from supervisor.runtime.executor import Executor
 from supervisor.runtime.metrics import MetricsSink
-from supervisor.runtime.ports import Clock
+from supervisor.runtime.ports import Clock, RunStore
 
 log = structlog.get_logger("supervisor.monitor")
 
@@ -47,7 +46,7 @@ _BACKGROUND_PHASES = frozenset({Phase.RUNNING, Phase.STALLED})
 class MonitorDeps:
     """What every monitor shares: one store, one clock, the policies, one executor."""
 
-    store: Store
+    store: RunStore
     clock: Clock
     policy: Policy
     rng: random.Random

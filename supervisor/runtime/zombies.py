@@ -17,7 +17,6 @@ from datetime import timedelta
 
 import structlog
 
-from supervisor.adapters.store import Store
 from supervisor.core.errors import ExternalError, NotFoundError
 from supervisor.core.events import Action
 from supervisor.core.run import Run
@@ -42,7 +41,7 @@ from supervisor.core.zombies import (
     observe_ended,
 )
 from supervisor.runtime.metrics import MetricsSink
-from supervisor.runtime.ports import Clock, Cloud
+from supervisor.runtime.ports import Clock, Cloud, RunStore
 from supervisor.runtime.retry import GaveUp, call_with_retries
 
 log = structlog.get_logger("supervisor.zombies")
@@ -72,7 +71,7 @@ class SweepResult:
 class ZombieWatch:
     def __init__(
         self,
-        store: Store,
+        store: RunStore,
         cloud: Cloud,
         clock: Clock,
         *,
