@@ -1114,6 +1114,15 @@ def _warned_in_grace(c: _Ctx, event: SpotInterruptionWarning) -> Decision:
 def _warned_while_watched(c: _Ctx, event: SpotInterruptionWarning) -> Decision:
     run, spec = c.run, c.run.spec
     why, detail, remaining = _warning(c, event)
+    if (ended := run.this_attempt.instance_ended) is not None:
+        # The instance's end came first (events arrive in any order) and its last look at the
+        # prefix failed: no checkpoint can be taken now, so interrupting begins with the last
+        # look, whose answer (or failure) ends the run as any interruption ends.
+        return c.move(
+            P.INTERRUPTING, f"{why}; the instance had already ended ({ended}): one last look",
+            _overdue_wake(event), c.check_prefix(), detail=detail,
+            interrupt_deadline=event.deadline, outcome=run.outcome or Outcome.INTERRUPTED,
+        )  # fmt: skip
     if not spec.checkpointing or remaining <= 0:
         return _warned(c, event)
     # No grace and no stop call: AWS takes the instance; the notice is for the checkpoint.

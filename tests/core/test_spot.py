@@ -941,3 +941,26 @@ def test_a_pending_spot_instance_taken_back_ends_the_same_whichever_event_comes_
         expected = [AutoResume(from_scratch=True)] if spec == "resume" and outcome is INT else []
         assert resumes == expected, order
     assert len({(run.phase, run.outcome, run.attempt) for run, _ in ends.values()}) == 1
+
+
+@pytest.mark.parametrize("checkpointing", [True, False], ids=["checkpointing", "no-checkpoint"])
+@pytest.mark.parametrize("look", list(LOOKS))
+def test_a_warning_after_the_instance_ended_and_its_last_look_failed_still_ends_the_run(
+    checkpointing: bool, look: str
+) -> None:
+    """Events arrive in any order: the instance's end, its last look failing (a throttled
+    listing), then the warning. Interrupting must begin with a new last look, not wait for
+    a checkpoint or an observation that would change nothing (the soak found this)."""
+    spec = spot_spec() if checkpointing else make_spec(spot=True)
+    running = make_run(P.RUNNING, spec=spec)
+    gone = run_step(running, InstanceObserved(S.TERMINATED))
+    assert gone.effects == (LIST_TOP,)
+    still = run_step(gone.run, LIST_FAILED)
+    assert still.run.phase is P.RUNNING
+    warned = run_step(still.run, warning(100))
+    assert warned.run.phase is P.INTERRUPTING
+    assert LIST_TOP in warned.effects
+    assert not [e for e in warned.effects if isinstance(e, RunInstanceCommand)]
+    last_look, outcome = LOOKS[look]
+    ended = run_step(warned.run, last_look)
+    assert (ended.run.phase, ended.run.outcome) == (P.INTERRUPTED, outcome), ended.run.reason
