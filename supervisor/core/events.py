@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from supervisor.core.checkpoint import CommandKind, CommandResult, Manifest, Verification
+from supervisor.core.eta import ProgressSample
 from supervisor.core.values import InstanceId, InstanceState, ObjectInfo
 
 
@@ -145,6 +146,8 @@ class ReportIngested:
     key: str
     etag: str
     error: str | None = None
+    progress: ProgressSample | None = None
+    """The heartbeat's step (with the total steps, if it says) and its time."""
 
 
 Event = (

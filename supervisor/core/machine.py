@@ -59,6 +59,7 @@ from supervisor.core.effects import (
     WakeAt,
 )
 from supervisor.core.errors import InvalidTransition
+from supervisor.core.eta import ProgressSample, estimate_end, jittered, wait_before_check
 from supervisor.core.events import (
     Action,
     ActionSucceeded,
@@ -382,11 +383,21 @@ class _Ctx:
         return ListPrefix(listing_request(self.run.spec))
 
     def schedule_next_check(self, outputs_seen: OutputSnapshot | None) -> Decision:
-        wait = delay(self.run.checks, self.policy.poll, self.rng)
+        # A job that reports its progress is checked around its estimated end (core/eta.py);
+        # one that does not, on the backoff.
+        attempt = self.run.this_attempt
+        estimate = estimate_end(attempt.progress, self.now)
+        if estimate is None:
+            wait = delay(self.run.checks, self.policy.poll, self.rng)
+        else:
+            until = wait_before_check(estimate.ends_at, self.now, self.policy.poll)
+            wait = jittered(until, self.policy.poll, self.rng)
         at = self.now + timedelta(seconds=wait)
+        ends_at = estimate.ends_at if estimate is not None else None
         return self.stay(
-            WakeAt(at), checks=self.run.checks + 1, next_check_at=at, outputs_seen=outputs_seen
-        )
+            WakeAt(at), checks=self.run.checks + 1, next_check_at=at, outputs_seen=outputs_seen,
+            this_attempt=replace(attempt, estimated_end=ends_at),
+        )  # fmt: skip
 
     def quiet_check(self) -> ListPrefix:
         return ListPrefix(whole_prefix_request(self.run.spec))
@@ -645,7 +656,29 @@ def _reading_reports(judge: _ListingHandler) -> _ListingHandler:
 def _on_report(c: _Ctx, event: ReportIngested) -> Decision:
     etags = dict(c.run.report_etags)
     etags[event.key] = event.etag
+    if event.progress is not None:
+        return _progressed(c, event.progress, tuple(sorted(etags.items())))
     return c.stay(report_etags=tuple(sorted(etags.items())))
+
+
+def _progressed(
+    c: _Ctx, sample: ProgressSample, report_etags: tuple[tuple[str, str], ...]
+) -> Decision:
+    """A heartbeat with a step: a new estimate of the end; a check brought forward when the
+    end is nearer than the check scheduled before this heartbeat was read."""
+    run = c.run
+    progress = run.this_attempt.progress.add(sample)
+    estimate = estimate_end(progress, c.now)
+    attempt = replace(run.this_attempt, progress=progress,
+                      estimated_end=estimate.ends_at if estimate is not None else None)  # fmt: skip
+    due = run.next_check_at
+    if estimate is None or due is None or run.phase not in (P.RUNNING, P.STALLED):
+        return c.stay(report_etags=report_etags, this_attempt=attempt)
+    sooner = c.now + timedelta(seconds=wait_before_check(estimate.ends_at, c.now, c.policy.poll))
+    if sooner >= due:
+        return c.stay(report_etags=report_etags, this_attempt=attempt)
+    return c.stay(WakeAt(sooner), report_etags=report_etags, this_attempt=attempt,
+                  next_check_at=sooner)  # fmt: skip
 
 
 @_reading_reports

@@ -38,6 +38,7 @@ from supervisor.core.effects import (
     WakeAt,
 )
 from supervisor.core.errors import NotFoundError, PermanentError, TransientError
+from supervisor.core.eta import ProgressSample
 from supervisor.core.events import (
     Action,
     ActionSucceeded,
@@ -325,6 +326,26 @@ async def test_a_report_is_read_and_stored(world: World) -> None:
     event = await world.execute(IngestReport("final_metrics.json", '"e1"', 13))
     assert event == ReportIngested("final_metrics.json", '"e1"')
     assert world.notes.names() == ["report_ingested"]
+
+
+async def test_a_heartbeat_with_a_step_carries_its_progress_to_the_machine(
+    world: World,
+) -> None:
+    world.cloud.answers["GetObject:exp/r1/status.json"] = (
+        '{"state": "running", "step": 40, "total_steps": 1000, "time": "2026-11-22T11:59:00+00:00"}'
+    )
+    event = await world.execute(IngestReport("status.json", '"e2"', 90))
+    assert event == ReportIngested(
+        "status.json",
+        '"e2"',
+        progress=ProgressSample(40, 1000, datetime(2026, 11, 22, 11, 59, tzinfo=UTC)),
+    )
+
+
+async def test_a_heartbeat_without_a_step_carries_no_progress(world: World) -> None:
+    world.cloud.answers["GetObject:exp/r1/status.json"] = '{"state": "started"}'
+    event = await world.execute(IngestReport("status.json", '"e1"', 20))
+    assert event == ReportIngested("status.json", '"e1"')
 
 
 async def test_an_oversized_report_is_not_read_and_its_problem_is_stored(world: World) -> None:
