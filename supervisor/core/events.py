@@ -47,6 +47,8 @@ class InstanceObserved:
 @dataclass(frozen=True, slots=True)
 class PrefixListed:
     objects: tuple[ObjectInfo, ...]
+    uploads_in_progress: tuple[str, ...] = ()
+    """Keys (relative to the run prefix) of multipart uploads under way, when asked for."""
 
 
 @dataclass(frozen=True, slots=True)

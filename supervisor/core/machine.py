@@ -41,8 +41,8 @@ from supervisor.core.completion import (
     OutputSnapshot,
     evaluate,
     listing_request,
+    quiet_request,
     watched_keys,
-    whole_prefix_request,
 )
 from supervisor.core.effects import (
     ActOnInstance,
@@ -400,7 +400,7 @@ class _Ctx:
         )  # fmt: skip
 
     def quiet_check(self) -> ListPrefix:
-        return ListPrefix(whole_prefix_request(self.run.spec))
+        return ListPrefix(quiet_request(self.run.spec))
 
     def run_checkpoint(self) -> RunInstanceCommand:
         spec = self.run.spec
@@ -490,12 +490,17 @@ def _tick_in_grace(c: _Ctx, _: Tick) -> Decision:
 
 
 def _until_quiet(run: Run) -> bool:
-    """Grace may end early: verified checkpoint, training process gone, until-quiet mode."""
-    return (
-        run.spec.grace_mode is GraceMode.UNTIL_QUIET
-        and run.checkpoint is CheckpointStatus.VERIFIED
-        and run.process_exited
-    )
+    """Grace may end early: until-quiet mode, and with checkpointing, a verified checkpoint
+    and the training process gone."""
+    return _may_end_early(run, run.checkpoint)
+
+
+def _may_end_early(run: Run, checkpoint: CheckpointStatus | None) -> bool:
+    if run.spec.grace_mode is not GraceMode.UNTIL_QUIET:
+        return False
+    if not run.spec.checkpointing:
+        return True  # no checkpoint step: the quiet prefix alone says the job is done writing
+    return checkpoint is CheckpointStatus.VERIFIED and run.process_exited
 
 
 def _end_grace(c: _Ctx, why: str, detail: Mapping[str, Any] | None = None) -> Decision:
@@ -512,8 +517,7 @@ def _enter_grace(
     run = c.run
     grace_until = c.now + timedelta(seconds=run.spec.grace_s)
     first_wake = grace_until
-    verified = changes.get("checkpoint", run.checkpoint) is CheckpointStatus.VERIFIED
-    if run.spec.grace_mode is GraceMode.UNTIL_QUIET and verified:
+    if _may_end_early(run, changes.get("checkpoint", run.checkpoint)):
         first_wake = min(grace_until, c.now + timedelta(seconds=run.spec.quiet_s))
     changes["grace_until"] = grace_until
     return c.move(P.GRACE, reason, WakeAt(first_wake), detail=detail, **changes)
@@ -832,12 +836,15 @@ def _quiet_listed(c: _Ctx, event: PrefixListed) -> Decision:
     assert run.grace_until is not None
     quiet = timedelta(seconds=run.spec.quiet_s)
     newest = max((o.last_modified for o in event.objects), default=None)
+    if event.uploads_in_progress:  # an object still being uploaded: look again a quiet later
+        return c.stay(WakeAt(min(run.grace_until, c.now + quiet + S3_CLOCK_SLACK)))
     if newest is None or c.now - newest >= quiet + S3_CLOCK_SLACK:
         saved = max(0.0, (run.grace_until - c.now).total_seconds())
+        done = "checkpoint verified, training process exited, " if run.spec.checkpointing else ""
         return _end_grace(
             c,
-            f"grace ended early: checkpoint verified, training process exited, "
-            f"prefix quiet for {run.spec.quiet_s:g}s ({saved:.0f}s of grace saved)",
+            f"grace ended early: {done}prefix quiet for {run.spec.quiet_s:g}s and no upload "
+            f"in progress ({saved:.0f}s of grace saved)",
             {"grace_saved_s": round(saved, 3)},
         )
     return c.stay(WakeAt(min(run.grace_until, newest + quiet + S3_CLOCK_SLACK)))

@@ -194,7 +194,15 @@ async def _list_prefix(effect: ListPrefix, job: _Job) -> Event:
         return failed_event("ListObjectsV2", exc)
     relative = tuple(replace(o, key=spec.prefix.relative(o.key)) for o in objects)
     job.note("prefix_checked", level="debug", objects=len(relative), check=job.run.checks + 1)
-    return PrefixListed(relative)
+    if not effect.request.with_uploads:
+        return PrefixListed(relative)
+    request = effect.request
+    try:
+        uploads = await job.ports.cloud.list_uploads(request.bucket, request.prefix, spec.region)
+    except ExternalError as exc:
+        job.note("uploads_check_failed", level="warning", code=exc.code, message=exc.message)
+        return failed_event("ListMultipartUploads", exc)
+    return PrefixListed(relative, tuple(spec.prefix.relative(key) for key in uploads))
 
 
 @_carries_out(ReadObject)

@@ -108,6 +108,9 @@ class ScriptedCloud:
     async def list_objects(self, request: ListRequest, region: str) -> tuple[ObjectInfo, ...]:
         return self._answer("ListObjectsV2")  # type: ignore[no-any-return]
 
+    async def list_uploads(self, bucket: str, prefix: str, region: str) -> tuple[str, ...]:
+        return self._answer("ListMultipartUploads", prefix)  # type: ignore[no-any-return]
+
     async def read_object(self, bucket: str, key: str, region: str, *, limit: int = 0) -> str:
         return self._answer("GetObject", key)  # type: ignore[no-any-return]
 
@@ -299,6 +302,24 @@ async def test_a_failed_listing_becomes_effect_failed(world: World) -> None:
     event = await world.execute(ListPrefix(ListRequest(BUCKET, "exp/r1/", "/")))
     assert event == EffectFailed("ListObjectsV2", "SlowDown", "busy", transient=True)
     assert world.notes.names() == ["prefix_check_failed"]
+
+
+async def test_a_quiet_look_also_lists_the_uploads_in_progress_under_the_prefix(
+    world: World,
+) -> None:
+    world.cloud.answers["ListObjectsV2"] = (_obj("exp/r1/COMPLETE"),)
+    world.cloud.answers["ListMultipartUploads:exp/r1/"] = ("exp/r1/ckpt/big.pt",)
+    event = await world.execute(ListPrefix(ListRequest(BUCKET, "exp/r1/", None, with_uploads=True)))
+    assert event == PrefixListed((_obj("COMPLETE"),), ("ckpt/big.pt",))
+    assert world.cloud.calls == Counter({"ListObjectsV2": 1, "ListMultipartUploads": 1})
+
+
+async def test_a_failed_uploads_look_becomes_effect_failed(world: World) -> None:
+    world.cloud.answers["ListObjectsV2"] = ()
+    world.cloud.answers["ListMultipartUploads"] = PermanentError("AccessDenied", "no")
+    event = await world.execute(ListPrefix(ListRequest(BUCKET, "exp/r1/", None, with_uploads=True)))
+    assert event == EffectFailed("ListMultipartUploads", "AccessDenied", "no", transient=False)
+    assert world.notes.names() == ["prefix_checked", "uploads_check_failed"]
 
 
 # -- ReadObject -------------------------------------------------------------------------------
