@@ -430,6 +430,7 @@ class Reporter:
         self.last_step: int | None = None
         self.wandb_run_id: str | None = None
         self.wandb_url: str | None = None
+        self.total_steps: int | None = None
 
     def __repr__(self) -> str:
         return (
@@ -442,23 +443,37 @@ class Reporter:
 
     # -- the reports ---------------------------------------------------------------------
 
-    def started(self, wandb_run_id: str | None = None, wandb_url: str | None = None) -> None:
+    def started(
+        self,
+        wandb_run_id: str | None = None,
+        wandb_url: str | None = None,
+        *,
+        total_steps: int | None = None,
+    ) -> None:
         """Write status.json with state "started". W&B ids not given are taken from the
-        active W&B run, if there is one; later heartbeats repeat them."""
+        active W&B run, if there is one; later heartbeats repeat them. `total_steps` (the step
+        training ends at) lets the supervisor estimate the end and check often around it;
+        later heartbeats repeat it."""
         run = _active_wandb_run()
         if run is not None:
             wandb_run_id = wandb_run_id or _text_or_none(getattr(run, "id", None))
             wandb_url = wandb_url or _text_or_none(getattr(run, "url", None))
         with self._lock:
             self.wandb_run_id, self.wandb_url = wandb_run_id, wandb_url
+            if total_steps is not None:
+                self.total_steps = _step(total_steps)
             self._put(STATUS, self._status("started", None, {}), "application/json")
 
-    def heartbeat(self, step: int, **metrics: float) -> bool:
-        """Write status.json with state "running", the step and these metrics. True if it was
-        written; False if S3 refused it after retries (logged; the job should go on)."""
+    def heartbeat(self, step: int, *, total_steps: int | None = None, **metrics: float) -> bool:
+        """Write status.json with state "running", the step and these metrics (and
+        `total_steps`, given here or to `started`: the supervisor then estimates when
+        training ends from the step rate). True if it was written; False if S3 refused it
+        after retries (logged; the job should go on)."""
         step = _step(step)
-        body = self._status("running", step, _metrics(metrics))
         with self._lock:
+            if total_steps is not None:
+                self.total_steps = _step(total_steps)
+            body = self._status("running", step, _metrics(metrics))
             self.last_step = step
             try:
                 self._put(STATUS, body, "application/json")
@@ -565,6 +580,7 @@ class Reporter:
             "format": FORMAT,
             "state": state,
             "step": step,
+            "total_steps": self.total_steps,
             "metrics": metrics,
             "wandb_run_id": self.wandb_run_id,
             "wandb_url": self.wandb_url,
@@ -644,14 +660,19 @@ def reporter() -> Reporter:
         return _default
 
 
-def started(wandb_run_id: str | None = None, wandb_url: str | None = None) -> None:
+def started(
+    wandb_run_id: str | None = None,
+    wandb_url: str | None = None,
+    *,
+    total_steps: int | None = None,
+) -> None:
     """`Reporter.started` on the module's reporter."""
-    reporter().started(wandb_run_id=wandb_run_id, wandb_url=wandb_url)
+    reporter().started(wandb_run_id=wandb_run_id, wandb_url=wandb_url, total_steps=total_steps)
 
 
-def heartbeat(step: int, **metrics: float) -> bool:
+def heartbeat(step: int, *, total_steps: int | None = None, **metrics: float) -> bool:
     """`Reporter.heartbeat` on the module's reporter."""
-    return reporter().heartbeat(step, **metrics)
+    return reporter().heartbeat(step, total_steps=total_steps, **metrics)
 
 
 def log(step: int, **metrics: float) -> None:

@@ -300,6 +300,14 @@ class Aws:
         with _translated("ListObjectsV2"):
             await s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
 
+    async def list_uploads(self, bucket: str, prefix: str, region: str) -> tuple[str, ...]:
+        """Keys of the multipart uploads under way below `prefix`: one ListMultipartUploads
+        call (its first page: whether any is under way is what matters, not how many)."""
+        s3 = await self.client("s3", region)
+        with _translated("ListMultipartUploads"):
+            page = await s3.list_multipart_uploads(Bucket=bucket, Prefix=prefix)
+        return tuple(str(upload["Key"]) for upload in page.get("Uploads", ()) if "Key" in upload)
+
     async def read_object(self, bucket: str, key: str, region: str, *, limit: int = 65536) -> str:
         """The first `limit` bytes of an object, decoded as UTF-8 (invalid bytes replaced)."""
         s3 = await self.client("s3", region)

@@ -44,7 +44,7 @@ from supervisor.adapters.store import (
 )
 from supervisor.core.events import Action
 from supervisor.core.feed import FeedItem, FeedTransition, LogPiece, MonitorNote
-from supervisor.core.run import Run
+from supervisor.core.run import Phase, Run
 from supervisor.core.zombies import Act, Leave, Wait, Zombie, ZombiePolicy, decide, span
 
 # -- what the runtime answers -----------------------------------------------------------------
@@ -155,7 +155,15 @@ def run_view(run: Run) -> RunView:
         checkpoint=run.checkpoint,
         attempt=run.attempt,
         verified_attempt=run.verified_attempt,
+        estimated_end=_estimated_end(run),
     )
+
+
+def _estimated_end(run: Run) -> datetime | None:
+    """The estimate means something only while the job trains (running or stalled)."""
+    if run.phase not in (Phase.RUNNING, Phase.STALLED):
+        return None
+    return run.this_attempt.estimated_end
 
 
 def transition_view(entry: FeedTransition | TransitionRecord) -> TransitionView:

@@ -77,6 +77,8 @@ class RunView(_Message):
     attempt: int = 1
     verified_attempt: int | None = None
     """The attempt whose checkpoint a resume would restore (None: nothing verified yet)."""
+    estimated_end: datetime | None = None
+    """When training is estimated to end, from the job's heartbeat progress (running only)."""
 
 
 class TransitionView(_Message):

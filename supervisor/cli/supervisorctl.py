@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -581,7 +582,7 @@ def _print_table(answer: Any, *, as_json: bool) -> None:
     if not runs:
         print("no runs attached: `supervisorctl attach --help` shows how")
         return
-    rows = [("RUN ID", "PHASE", "OUTCOME", "INSTANCE", "IN PHASE", "NEXT CHECK")]
+    rows = [("RUN ID", "PHASE", "OUTCOME", "INSTANCE", "IN PHASE", "NEXT CHECK", "ETA")]
     for run in runs:
         next_check = f"in {ago(run.next_check_at)}" if run.next_check_at else "-"
         if run.phase == Phase.GRACE and run.grace_until:
@@ -594,9 +595,19 @@ def _print_table(answer: Any, *, as_json: bool) -> None:
                 run.instance_id,
                 ago(run.phase_since),
                 next_check,
+                _eta(run.estimated_end),
             )
         )
     _print_rows(rows)
+
+
+def _eta(estimated_end: datetime | None) -> str:
+    """How long until the estimated end of training; "-" without an estimate."""
+    if estimated_end is None:
+        return "-"
+    if estimated_end <= datetime.now(UTC):
+        return f"due {ago(estimated_end)} ago"
+    return f"in {ago(estimated_end)}"
 
 
 def _print_detail(answer: Any, *, as_json: bool) -> None:
@@ -611,6 +622,8 @@ def _print_detail(answer: Any, *, as_json: bool) -> None:
     print(f"  instance   {run.instance_id} ({run.region}), on completion: {run.on_complete}")
     print(f"  prefix     {run.s3_prefix}")
     print(f"  reason     {printable(run.reason)}")
+    if run.estimated_end is not None:
+        print(f"  ETA        {_eta(run.estimated_end)} ({run.estimated_end:%Y-%m-%d %H:%M:%S} UTC)")
     if run.error_code:
         print(f"  error      {printable(run.error_code)}")
     if run.checkpoint or run.spec.get("checkpoint_dir"):

@@ -25,6 +25,8 @@ class ListRequest:
     bucket: str
     prefix: str
     delimiter: str | None
+    with_uploads: bool = False
+    """Also one ListMultipartUploads call: an until-quiet grace waits for uploads under way."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,12 @@ def listing_request(spec: RunSpec) -> ListRequest:
 def whole_prefix_request(spec: RunSpec) -> ListRequest:
     """The recursive listing of the whole run prefix (an until-quiet grace needs every key)."""
     return ListRequest(spec.prefix.bucket, spec.prefix.prefix, None)
+
+
+def quiet_request(spec: RunSpec) -> ListRequest:
+    """An until-quiet grace's look: every key under the run prefix, and the multipart uploads
+    begun under it and not yet completed (an object being uploaded is not listed until then)."""
+    return ListRequest(spec.prefix.bucket, spec.prefix.prefix, None, with_uploads=True)
 
 
 def evaluate(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from supervisor.core.checkpoint import CommandKind, CommandResult, Manifest, Verification
+from supervisor.core.eta import ProgressSample
 from supervisor.core.values import InstanceId, InstanceState, ObjectInfo
 
 
@@ -46,6 +47,8 @@ class InstanceObserved:
 @dataclass(frozen=True, slots=True)
 class PrefixListed:
     objects: tuple[ObjectInfo, ...]
+    uploads_in_progress: tuple[str, ...] = ()
+    """Keys (relative to the run prefix) of multipart uploads under way, when asked for."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +148,8 @@ class ReportIngested:
     key: str
     etag: str
     error: str | None = None
+    progress: ProgressSample | None = None
+    """The heartbeat's step (with the total steps, if it says) and its time."""
 
 
 Event = (

@@ -41,8 +41,8 @@ from supervisor.core.completion import (
     OutputSnapshot,
     evaluate,
     listing_request,
+    quiet_request,
     watched_keys,
-    whole_prefix_request,
 )
 from supervisor.core.effects import (
     ActOnInstance,
@@ -59,6 +59,7 @@ from supervisor.core.effects import (
     WakeAt,
 )
 from supervisor.core.errors import InvalidTransition
+from supervisor.core.eta import ProgressSample, estimate_end, jittered, wait_before_check
 from supervisor.core.events import (
     Action,
     ActionSucceeded,
@@ -382,14 +383,24 @@ class _Ctx:
         return ListPrefix(listing_request(self.run.spec))
 
     def schedule_next_check(self, outputs_seen: OutputSnapshot | None) -> Decision:
-        wait = delay(self.run.checks, self.policy.poll, self.rng)
+        # A job that reports its progress is checked around its estimated end (core/eta.py);
+        # one that does not, on the backoff.
+        attempt = self.run.this_attempt
+        estimate = estimate_end(attempt.progress, self.now)
+        if estimate is None:
+            wait = delay(self.run.checks, self.policy.poll, self.rng)
+        else:
+            until = wait_before_check(estimate.ends_at, self.now, self.policy.poll)
+            wait = jittered(until, self.policy.poll, self.rng)
         at = self.now + timedelta(seconds=wait)
+        ends_at = estimate.ends_at if estimate is not None else None
         return self.stay(
-            WakeAt(at), checks=self.run.checks + 1, next_check_at=at, outputs_seen=outputs_seen
-        )
+            WakeAt(at), checks=self.run.checks + 1, next_check_at=at, outputs_seen=outputs_seen,
+            this_attempt=replace(attempt, estimated_end=ends_at),
+        )  # fmt: skip
 
     def quiet_check(self) -> ListPrefix:
-        return ListPrefix(whole_prefix_request(self.run.spec))
+        return ListPrefix(quiet_request(self.run.spec))
 
     def run_checkpoint(self) -> RunInstanceCommand:
         spec = self.run.spec
@@ -479,12 +490,17 @@ def _tick_in_grace(c: _Ctx, _: Tick) -> Decision:
 
 
 def _until_quiet(run: Run) -> bool:
-    """Grace may end early: verified checkpoint, training process gone, until-quiet mode."""
-    return (
-        run.spec.grace_mode is GraceMode.UNTIL_QUIET
-        and run.checkpoint is CheckpointStatus.VERIFIED
-        and run.process_exited
-    )
+    """Grace may end early: until-quiet mode, and with checkpointing, a verified checkpoint
+    and the training process gone."""
+    return _may_end_early(run, run.checkpoint)
+
+
+def _may_end_early(run: Run, checkpoint: CheckpointStatus | None) -> bool:
+    if run.spec.grace_mode is not GraceMode.UNTIL_QUIET:
+        return False
+    if not run.spec.checkpointing:
+        return True  # no checkpoint step: the quiet prefix alone says the job is done writing
+    return checkpoint is CheckpointStatus.VERIFIED and run.process_exited
 
 
 def _end_grace(c: _Ctx, why: str, detail: Mapping[str, Any] | None = None) -> Decision:
@@ -501,8 +517,7 @@ def _enter_grace(
     run = c.run
     grace_until = c.now + timedelta(seconds=run.spec.grace_s)
     first_wake = grace_until
-    verified = changes.get("checkpoint", run.checkpoint) is CheckpointStatus.VERIFIED
-    if run.spec.grace_mode is GraceMode.UNTIL_QUIET and verified:
+    if _may_end_early(run, changes.get("checkpoint", run.checkpoint)):
         first_wake = min(grace_until, c.now + timedelta(seconds=run.spec.quiet_s))
     changes["grace_until"] = grace_until
     return c.move(P.GRACE, reason, WakeAt(first_wake), detail=detail, **changes)
@@ -645,7 +660,29 @@ def _reading_reports(judge: _ListingHandler) -> _ListingHandler:
 def _on_report(c: _Ctx, event: ReportIngested) -> Decision:
     etags = dict(c.run.report_etags)
     etags[event.key] = event.etag
+    if event.progress is not None:
+        return _progressed(c, event.progress, tuple(sorted(etags.items())))
     return c.stay(report_etags=tuple(sorted(etags.items())))
+
+
+def _progressed(
+    c: _Ctx, sample: ProgressSample, report_etags: tuple[tuple[str, str], ...]
+) -> Decision:
+    """A heartbeat with a step: a new estimate of the end; a check brought forward when the
+    end is nearer than the check scheduled before this heartbeat was read."""
+    run = c.run
+    progress = run.this_attempt.progress.add(sample)
+    estimate = estimate_end(progress, c.now)
+    attempt = replace(run.this_attempt, progress=progress,
+                      estimated_end=estimate.ends_at if estimate is not None else None)  # fmt: skip
+    due = run.next_check_at
+    if estimate is None or due is None or run.phase not in (P.RUNNING, P.STALLED):
+        return c.stay(report_etags=report_etags, this_attempt=attempt)
+    sooner = c.now + timedelta(seconds=wait_before_check(estimate.ends_at, c.now, c.policy.poll))
+    if sooner >= due:
+        return c.stay(report_etags=report_etags, this_attempt=attempt)
+    return c.stay(WakeAt(sooner), report_etags=report_etags, this_attempt=attempt,
+                  next_check_at=sooner)  # fmt: skip
 
 
 @_reading_reports
@@ -799,12 +836,15 @@ def _quiet_listed(c: _Ctx, event: PrefixListed) -> Decision:
     assert run.grace_until is not None
     quiet = timedelta(seconds=run.spec.quiet_s)
     newest = max((o.last_modified for o in event.objects), default=None)
+    if event.uploads_in_progress:  # an object still being uploaded: look again a quiet later
+        return c.stay(WakeAt(min(run.grace_until, c.now + quiet + S3_CLOCK_SLACK)))
     if newest is None or c.now - newest >= quiet + S3_CLOCK_SLACK:
         saved = max(0.0, (run.grace_until - c.now).total_seconds())
+        done = "checkpoint verified, training process exited, " if run.spec.checkpointing else ""
         return _end_grace(
             c,
-            f"grace ended early: checkpoint verified, training process exited, "
-            f"prefix quiet for {run.spec.quiet_s:g}s ({saved:.0f}s of grace saved)",
+            f"grace ended early: {done}prefix quiet for {run.spec.quiet_s:g}s and no upload "
+            f"in progress ({saved:.0f}s of grace saved)",
             {"grace_saved_s": round(saved, 3)},
         )
     return c.stay(WakeAt(min(run.grace_until, newest + quiet + S3_CLOCK_SLACK)))

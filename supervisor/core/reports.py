@@ -83,6 +83,8 @@ class StatusReport(_Report):
 
     state: str = "running"
     step: int | None = None
+    total_steps: int | None = None
+    """The step training ends at, when the job says (`heartbeat(step, total_steps=...)`)."""
     metrics: dict[str, float] = Field(default_factory=dict)
     wandb_run_id: str | None = None
     wandb_url: str | None = None

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Self, TypedDict, Unpack, cast
 
+from supervisor.core.eta import Progress
 from supervisor.core.values import InstanceId, InstanceState
 
 if TYPE_CHECKING:  # annotations only: the phases stay importable without pydantic (the CLI)
@@ -106,6 +107,10 @@ class AttemptState:
     """A rebalance recommendation's checkpoint (training goes on) is under way."""
     seconds_left: float | None = None
     """Seconds to the spot deadline when the final checkpoint was verified (or given up)."""
+    progress: Progress = Progress()  # noqa: RUF009 (a frozen value, shared safely)
+    """The steps this attempt's heartbeats reported (core/eta.py)."""
+    estimated_end: datetime | None = None
+    """When training is estimated to end, from `progress` (None: no estimate)."""
 
 
 class RunChanges(TypedDict, total=False):

@@ -107,7 +107,7 @@ class OnRebalance(enum.StrEnum):
 
 
 class GraceMode(enum.StrEnum):
-    UNTIL_QUIET = "until-quiet"  # end early once verified, process exited, prefix quiet
+    UNTIL_QUIET = "until-quiet"  # end early once quiet (and verified, process exited)
     FIXED = "fixed"  # always wait the whole grace period
 
 
@@ -193,7 +193,7 @@ class RunSpec(BaseModel):
     transport: Transport = Transport.SSM
     on_checkpoint_failure: CheckpointFailure = CheckpointFailure.STOP
     checkpoint_attempts: int = Field(3, ge=1, le=10)
-    grace_mode: GraceMode = GraceMode.FIXED
+    grace_mode: GraceMode = GraceMode.UNTIL_QUIET
     quiet_s: float = Field(30.0, ge=0, le=MAX_GRACE_S, allow_inf_nan=False)
     resume_command: tuple[str, ...] = ()
     resume_cwd: str | None = None
@@ -229,9 +229,7 @@ class RunSpec(BaseModel):
     @classmethod
     def _default_grace_mode(cls, data: object) -> object:
         if isinstance(data, dict) and data.get("grace_mode") is None:
-            data = {k: v for k, v in data.items() if k != "grace_mode"}
-            if data.get("checkpoint_dir"):
-                data["grace_mode"] = GraceMode.UNTIL_QUIET
+            data = {k: v for k, v in data.items() if k != "grace_mode"}  # the default
         return data
 
     @field_validator("checkpoint_dir", "pid_file", "resume_cwd")
@@ -455,7 +453,8 @@ class RunSpec(BaseModel):
 @functools.cache
 def _stored_defaults() -> dict[str, Any]:
     """Each optional field's default as JSON stores it. `grace_mode` is left out: its default
-    depends on `checkpoint_dir` (see `_default_grace_mode`), so a stored value is kept."""
+    changed (fixed, then until-quiet for every run), so a stored value is always kept and a
+    run attached before keeps the grace it was attached with."""
     return {
         name: to_jsonable_python(field.get_default(call_default_factory=True))
         for name, field in RunSpec.model_fields.items()

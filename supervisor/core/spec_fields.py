@@ -329,9 +329,10 @@ FIELDS: tuple[SpecField, ...] = (
     SpecField(
         "grace_mode",
         Kind.TEXT,
-        "until-quiet ends grace once the checkpoint is verified, training has exited and the "
-        "prefix is quiet (default with --checkpoint-dir); fixed waits",
-        "fixed",
+        "until-quiet ends grace once the prefix is quiet and no upload is in progress "
+        "(with --checkpoint-dir, once the checkpoint is verified and training has exited "
+        "too); fixed waits the whole --grace-s ({default})",
+        "until-quiet",
         choices=("until-quiet", "fixed"),
         group=CHECKPOINT_SAFETY,
     ),

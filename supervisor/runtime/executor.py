@@ -45,6 +45,7 @@ from supervisor.core.effects import (
     VerifyCheckpoint,
 )
 from supervisor.core.errors import ExternalError, InvalidInput, NotFoundError, TransientError
+from supervisor.core.eta import ProgressSample
 from supervisor.core.events import (
     Action,
     ActionSucceeded,
@@ -64,6 +65,7 @@ from supervisor.core.reports import (
     MAX_REPORT_BYTES,
     MAX_STATUS_BYTES,
     REPORT_UNREADABLE,
+    StatusReport,
     parse_report,
     unreadable_note,
 )
@@ -192,7 +194,15 @@ async def _list_prefix(effect: ListPrefix, job: _Job) -> Event:
         return failed_event("ListObjectsV2", exc)
     relative = tuple(replace(o, key=spec.prefix.relative(o.key)) for o in objects)
     job.note("prefix_checked", level="debug", objects=len(relative), check=job.run.checks + 1)
-    return PrefixListed(relative)
+    if not effect.request.with_uploads:
+        return PrefixListed(relative)
+    request = effect.request
+    try:
+        uploads = await job.ports.cloud.list_uploads(request.bucket, request.prefix, spec.region)
+    except ExternalError as exc:
+        job.note("uploads_check_failed", level="warning", code=exc.code, message=exc.message)
+        return failed_event("ListMultipartUploads", exc)
+    return PrefixListed(relative, tuple(spec.prefix.relative(key) for key in uploads))
 
 
 @_carries_out(ReadObject)
@@ -233,7 +243,12 @@ async def _ingest(effect: IngestReport, job: _Job) -> Event | None:
     now = ports.clock.now()
     await ports.store.record_report(spec.run_id, key, report, read_at=now, now=now)
     job.note("report_ingested", key=key, etag=etag, bytes=size)
-    return ReportIngested(key, etag)
+    progress = None
+    if isinstance(report, StatusReport) and report.step is not None:
+        # The job's own time spaces the steps best; a time without a zone cannot be compared.
+        written = report.time if report.time is not None and report.time.tzinfo else now
+        progress = ProgressSample(report.step, report.total_steps, written)
+    return ReportIngested(key, etag, progress=progress)
 
 
 async def _report_problem(job: _Job, key: str, etag: str, problem: str) -> ReportIngested:

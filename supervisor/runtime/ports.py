@@ -57,6 +57,11 @@ class Cloud(Protocol):
 
     async def list_objects(self, request: ListRequest, region: str) -> tuple[ObjectInfo, ...]: ...
 
+    async def list_uploads(self, bucket: str, prefix: str, region: str) -> tuple[str, ...]:
+        """Keys of the multipart uploads begun under `prefix` and not completed or aborted
+        (one ListMultipartUploads call: its first page, up to 1,000)."""
+        ...
+
     async def read_object(self, bucket: str, key: str, region: str, *, limit: int = ...) -> str: ...
 
     async def read_tail(

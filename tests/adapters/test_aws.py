@@ -122,6 +122,32 @@ async def test_requests_name_this_tool_as_their_user_agent(aws: Aws) -> None:
     assert USER_AGENT.startswith("ec2-run-supervisor/")
 
 
+# -- S3: list_uploads -------------------------------------------------------------------------
+
+
+async def test_uploads_in_progress_under_the_prefix_are_listed_in_one_call(
+    aws: Aws, fleet: Fleet
+) -> None:
+    big = fleet.s3.create_multipart_upload(Bucket=BUCKET, Key=PREFIX + "ckpt/model.pt")
+    fleet.s3.create_multipart_upload(Bucket=BUCKET, Key="runs/r10/ckpt/model.pt")
+    done = fleet.s3.create_multipart_upload(Bucket=BUCKET, Key=PREFIX + "ckpt/done.pt")
+    fleet.s3.abort_multipart_upload(Bucket=BUCKET, Key=PREFIX + "ckpt/done.pt",
+                                    UploadId=done["UploadId"])  # fmt: skip
+
+    assert await aws.list_uploads(BUCKET, PREFIX, REGION) == (PREFIX + "ckpt/model.pt",)
+    assert aws.counter.snapshot() == {"s3:ListMultipartUploads": 1}
+
+    fleet.s3.abort_multipart_upload(Bucket=BUCKET, Key=PREFIX + "ckpt/model.pt",
+                                    UploadId=big["UploadId"])  # fmt: skip
+    assert await aws.list_uploads(BUCKET, PREFIX, REGION) == ()
+
+
+async def test_listing_the_uploads_of_a_missing_bucket_raises_not_found(aws: Aws) -> None:
+    with pytest.raises(NotFoundError) as caught:
+        await aws.list_uploads("no-such-bucket", PREFIX, REGION)
+    assert caught.value.operation == "ListMultipartUploads"
+
+
 # -- S3: read_object --------------------------------------------------------------------------
 
 

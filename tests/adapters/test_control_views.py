@@ -4,6 +4,7 @@ pinned byte for byte: the CLI's `--json` output and `tail`'s lines are built fro
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 from supervisor.adapters.control_views import (
     AttachOrder,
@@ -22,7 +23,7 @@ from supervisor.core.feed import FeedItem, FeedTransition, LogPiece, MonitorNote
 from supervisor.core.machine import Transition, new_run
 from supervisor.core.run import Phase
 from supervisor.core.spec import RunSpec
-from tests.core.builders import INSTANCE, NOW
+from tests.core.builders import INSTANCE, NOW, make_run, with_state
 
 AT = '"2026-11-22T12:00:00Z"'
 
@@ -73,8 +74,15 @@ def test_a_run_view_shows_the_run_and_its_spec_fields() -> None:
         '"region":"us-east-1","s3_prefix":"s3://my-runs/r1/","on_complete":"stop",'
         f'"reason":"attached","version":1,"phase_since":{AT},"grace_until":null,'
         '"next_check_at":null,"error_code":null,"checkpoint":null,"attempt":1,'
-        '"verified_attempt":null}'
+        '"verified_attempt":null,"estimated_end":null}'
     )
+
+
+def test_a_run_view_shows_the_estimated_end_of_a_running_job_only() -> None:
+    ends = NOW + timedelta(hours=1)
+    running = with_state(make_run(Phase.RUNNING), estimated_end=ends)
+    assert run_view(running).estimated_end == ends
+    assert run_view(running.evolve(phase=Phase.GRACE)).estimated_end is None
 
 
 def test_the_daemon_state_goes_out_as_its_status() -> None:

@@ -55,6 +55,10 @@ class CountingCloud:
         self.calls["ListObjectsV2"] += 1
         return ()
 
+    async def list_uploads(self, bucket: str, prefix: str, region: str) -> tuple[str, ...]:
+        self.calls["ListMultipartUploads"] += 1
+        return ()
+
     async def read_object(self, bucket: str, key: str, region: str, *, limit: int = 0) -> str:
         raise self._refuse("GetObject")
 

@@ -45,6 +45,36 @@ def test_the_runs_table_says_when_the_grace_of_a_run_in_grace_ends(
     assert "grace ends in" in capsys.readouterr().out
 
 
+def test_the_runs_table_has_an_eta_column_for_a_job_reporting_progress(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ends = datetime.now(UTC) + timedelta(hours=2, minutes=5)
+    supervisorctl._print_table(
+        [run_json(estimated_end=ends.isoformat()), run_json(run_id="r2")], as_json=False
+    )
+    header, with_eta, without = capsys.readouterr().out.splitlines()
+    assert header.split()[-1] == "ETA"
+    assert with_eta.split()[-2:] in (["in", "2h05m"], ["in", "2h04m"])
+    assert without.split()[-1] == "-"
+
+
+def test_status_run_says_when_training_is_estimated_to_end(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ends = datetime.now(UTC) - timedelta(minutes=3)
+    detail = run_json(estimated_end=ends.isoformat(), spec={}, transitions=[])
+    supervisorctl._print_detail(detail, as_json=False)
+    line = next(line for line in capsys.readouterr().out.splitlines() if "ETA" in line)
+    assert "due 3m0" in line and f"{ends:%Y-%m-%d %H:%M:%S} UTC" in line
+
+
+def test_status_json_carries_the_estimated_end_as_the_daemon_sent_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    supervisorctl._print_table([run_json(estimated_end="2026-01-05T14:00:00Z")], as_json=True)
+    assert '"estimated_end": "2026-01-05T14:00:00Z"' in capsys.readouterr().out
+
+
 def test_checkpoint_facts_are_the_current_attempts_only(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -32,8 +32,9 @@ POLICY = Policy()
 INSTANCE = "i-0123456789abcdef0"
 LIST_TOP = ListPrefix(ListRequest("my-runs", "exp1/run42/", "/"))
 """The listing the default spec asks for: its markers all sit at the top of the run prefix."""
-LIST_ALL = ListPrefix(ListRequest("my-runs", "exp1/run42/", None))
-"""The recursive listing of the whole run prefix that an until-quiet grace asks for."""
+LIST_ALL = ListPrefix(ListRequest("my-runs", "exp1/run42/", None, with_uploads=True))
+"""The recursive listing of the whole run prefix, with the uploads in progress, that an
+until-quiet grace asks for."""
 CHECKPOINT_DIR = "/home/ubuntu/ckpt"
 PID_FILE = "/run/train.pid"
 RESUME_COMMAND = ("python", "train.py", "--resume")
@@ -45,15 +46,19 @@ SPEC_FIELDS: dict[str, Any] = {
     "region": "us-east-1",
     "s3_prefix": "s3://my-runs/exp1/run42/",
     "grace_s": GRACE_S,
+    "grace_mode": "fixed",
 }
+"""A run whose grace is the whole GRACE_S (`make_spec(grace_mode="until-quiet")`: the default
+of an attached run, which ends grace once the prefix is quiet)."""
 
 
 CHECKPOINT_FIELDS: dict[str, Any] = {
     "checkpoint_dir": CHECKPOINT_DIR,
     "pid_file": PID_FILE,
     "resume_command": RESUME_COMMAND,
+    "grace_mode": "until-quiet",
 }
-"""Checkpointing on (and with it an until-quiet grace), resumable on the same instance."""
+"""Checkpointing on with an until-quiet grace, resumable on the same instance."""
 
 
 def make_spec(**overrides: Any) -> RunSpec:

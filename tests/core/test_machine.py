@@ -1033,7 +1033,7 @@ def test_a_prefix_quiet_for_quiet_s_ends_grace_early_saying_how_much_was_saved()
     assert (d.run.phase, d.effects) == (P.STOPPING, (STOP,))
     assert d.run.reason.startswith(
         "grace ended early: checkpoint verified, training process exited, prefix quiet for 30s "
-        "(569s of grace saved); stop requested (on_complete=stop)"
+        "and no upload in progress (569s of grace saved); stop requested (on_complete=stop)"
     )
     assert d.transition is not None and d.transition.detail == {"grace_saved_s": 569.0}
 
@@ -1051,6 +1051,65 @@ def test_the_prefix_is_quiet_only_a_second_after_quiet_s_as_s3_keeps_whole_secon
 
 def test_an_empty_prefix_is_quiet() -> None:
     assert run_step(verified_grace(), PrefixListed(()), now=NOW + QUIET).run.phase is P.STOPPING
+
+
+def test_an_upload_in_progress_keeps_a_quiet_prefix_in_grace_and_looks_again_a_quiet_later() -> (
+    None
+):
+    listing = PrefixListed((obj("events.out", at=NOW),), ("checkpoints/model.pt",))
+    d = run_step(verified_grace(), listing, now=NOW + 2 * QUIET)
+    assert (d.effects, d.transition, d.run.phase) == (
+        (WakeAt(NOW + 3 * QUIET + SLACK),),
+        None,
+        P.GRACE,
+    )
+    done = run_step(d.run, PrefixListed((obj("events.out", at=NOW),)), now=NOW + 3 * QUIET)
+    assert done.run.phase is P.STOPPING
+
+
+def test_an_upload_in_progress_near_the_grace_limit_waits_only_until_the_limit() -> None:
+    listing = PrefixListed((), ("checkpoints/model.pt",))
+    d = run_step(verified_grace(), listing, now=GRACE_UNTIL - timedelta(seconds=5))
+    assert d.effects == (WakeAt(GRACE_UNTIL),)
+
+
+def plain_grace(**spec: Any) -> Run:
+    """A run without checkpointing that entered grace at NOW (its marker just listed)."""
+    run = make_run(P.RUNNING, spec=make_spec(grace_mode="until-quiet", **spec))
+    return run_step(run, listed("COMPLETE")).run
+
+
+def test_without_checkpointing_an_until_quiet_grace_first_looks_after_quiet_s() -> None:
+    run = make_run(P.RUNNING, spec=make_spec(grace_mode="until-quiet"))
+    d = run_step(run, listed("COMPLETE"))
+    assert (d.run.phase, d.effects, d.run.grace_until) == (
+        P.GRACE,
+        (WakeAt(NOW + QUIET),),
+        GRACE_UNTIL,
+    )
+    assert run_step(d.run, Tick(), now=NOW + QUIET).effects == (LIST_ALL,)
+
+
+def test_without_checkpointing_a_quiet_prefix_with_no_upload_ends_grace_early() -> None:
+    listing = PrefixListed((obj("COMPLETE", at=NOW),))
+    d = run_step(plain_grace(), listing, now=NOW + QUIET + SLACK)
+    assert (d.run.phase, d.effects) == (P.STOPPING, (STOP,))
+    assert d.run.reason.startswith(
+        "grace ended early: prefix quiet for 30s and no upload in progress (569s of grace saved)"
+    )
+
+
+def test_without_checkpointing_an_upload_in_progress_keeps_the_run_in_grace() -> None:
+    listing = PrefixListed((obj("COMPLETE", at=NOW),), ("model.pt",))
+    d = run_step(plain_grace(), listing, now=NOW + QUIET + SLACK)
+    assert (d.run.phase, d.effects) == (P.GRACE, (WakeAt(NOW + 2 * QUIET + 2 * SLACK),))
+
+
+def test_a_fixed_grace_waits_the_whole_grace_even_when_the_prefix_is_quiet() -> None:
+    run = make_run(P.RUNNING, spec=make_spec(grace_mode="fixed"))
+    d = run_step(run, listed("COMPLETE"))
+    assert d.effects == (WakeAt(GRACE_UNTIL),)
+    assert run_step(d.run, Tick(), now=NOW + QUIET).effects == (WakeAt(GRACE_UNTIL),)
 
 
 QUIET_LISTINGS = [

@@ -141,10 +141,11 @@ def test_stored_json_with_a_bad_value_is_refused() -> None:
 CHECKPOINTED = {"checkpoint_dir": "/home/ubuntu/ckpt"}
 
 
-def test_checkpoint_dir_turns_checkpointing_on_with_an_until_quiet_grace() -> None:
-    plain, checkpointed = make_spec(), make_spec(**CHECKPOINTED)
-    assert (plain.checkpointing, plain.grace_mode) == (False, GraceMode.FIXED)
+def test_every_run_has_an_until_quiet_grace_unless_it_asks_for_a_fixed_one() -> None:
+    plain, checkpointed = make_spec(grace_mode=None), make_spec(**CHECKPOINTED, grace_mode=None)
+    assert (plain.checkpointing, plain.grace_mode) == (False, GraceMode.UNTIL_QUIET)
     assert (checkpointed.checkpointing, checkpointed.grace_mode) == (True, GraceMode.UNTIL_QUIET)
+    assert make_spec(grace_mode="fixed").grace_mode is GraceMode.FIXED
     assert make_spec(**CHECKPOINTED, grace_mode="fixed").grace_mode is GraceMode.FIXED
     assert make_spec(**CHECKPOINTED, grace_mode=None).grace_mode is GraceMode.UNTIL_QUIET
 

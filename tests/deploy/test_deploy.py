@@ -438,10 +438,12 @@ def test_readme_iam_statement_for_the_queue_is_the_policys() -> None:
 
 
 # Actions the code needs without calling them by name: HeadObject is authorized by
-# s3:GetObject, ListObjectsV2 by s3:ListBucket, and RunInstances with a launch template and
+# s3:GetObject, ListObjectsV2 by s3:ListBucket, ListMultipartUploads by
+# s3:ListBucketMultipartUploads, and RunInstances with a launch template and
 # tags needs ec2:CreateTags and iam:PassRole.
 _IMPLIED = {
     "s3:ListBucket": "list_objects_v2(",
+    "s3:ListBucketMultipartUploads": "list_multipart_uploads(",
     "s3:GetObject": "head_object(",
     "ec2:CreateTags": "TagSpecifications=",
     "iam:PassRole": "LaunchTemplate=",

@@ -87,6 +87,7 @@ class TestStatus:
             "format": 1,
             "state": "started",
             "step": None,
+            "total_steps": None,
             "metrics": {},
             "wandb_run_id": "abc123",
             "wandb_url": "https://wandb.ai/t/p/abc123",
@@ -109,6 +110,26 @@ class TestStatus:
         )
         assert (status["wandb_run_id"], status["wandb_url"]) == ("abc123", None)
         assert recorded.keys == ["status.json", "status.json"]
+
+    def test_total_steps_given_to_started_or_a_heartbeat_is_written_and_repeated(
+        self, recorded: Recorded
+    ) -> None:
+        recorded.reporter.started(total_steps=1000)
+        assert recorded.json("status.json")["total_steps"] == 1000
+        recorded.reporter.heartbeat(10, loss=0.5)
+        assert recorded.json("status.json")["total_steps"] == 1000
+        recorded.reporter.heartbeat(20, total_steps=2000)
+        status = recorded.json("status.json")
+        assert (status["step"], status["total_steps"], status["metrics"]) == (
+            20,
+            2000,
+            {},
+        )
+        parsed = parse_report(
+            "status.json", recorded.body("status.json").decode(), heartbeat_file="status.json"
+        )
+        assert isinstance(parsed, StatusReport)
+        assert (parsed.step, parsed.total_steps) == (20, 2000)
 
     def test_every_write_carries_a_sha256_that_s3_checked(self, recorded: Recorded) -> None:
         recorded.reporter.heartbeat(1, loss=1.0)

@@ -571,6 +571,9 @@ class SlowLaunch:
     async def list_objects(self, request: ListRequest, region: str) -> tuple[ObjectInfo, ...]:
         return await self._aws.list_objects(request, region)
 
+    async def list_uploads(self, bucket: str, prefix: str, region: str) -> tuple[str, ...]:
+        return await self._aws.list_uploads(bucket, prefix, region)
+
     async def read_object(self, bucket: str, key: str, region: str, *, limit: int = 65536) -> str:
         return await self._aws.read_object(bucket, key, region, limit=limit)
 

@@ -505,7 +505,8 @@ async def test_a_message_is_deleted_only_after_its_transition_and_a_redelivery_i
         SystemClock(), spot_margin_s=15.0, wait_s=1,
     )  # fmt: skip
     (instance,) = harness.fleet.launch()
-    await harness.attach("r1", instance, grace_s=300.0)
+    # A fixed grace: in an until-quiet one a redelivered nudge looks at the prefix again.
+    await harness.attach("r1", instance, grace_s=300.0, grace_mode="fixed")
     await harness.wait_phase("r1", P.RUNNING)
     await checks_scheduled_late(harness, "r1")
 

@@ -38,6 +38,7 @@ from supervisor.core.effects import (
     WakeAt,
 )
 from supervisor.core.errors import NotFoundError, PermanentError, TransientError
+from supervisor.core.eta import ProgressSample
 from supervisor.core.events import (
     Action,
     ActionSucceeded,
@@ -106,6 +107,9 @@ class ScriptedCloud:
 
     async def list_objects(self, request: ListRequest, region: str) -> tuple[ObjectInfo, ...]:
         return self._answer("ListObjectsV2")  # type: ignore[no-any-return]
+
+    async def list_uploads(self, bucket: str, prefix: str, region: str) -> tuple[str, ...]:
+        return self._answer("ListMultipartUploads", prefix)  # type: ignore[no-any-return]
 
     async def read_object(self, bucket: str, key: str, region: str, *, limit: int = 0) -> str:
         return self._answer("GetObject", key)  # type: ignore[no-any-return]
@@ -300,6 +304,24 @@ async def test_a_failed_listing_becomes_effect_failed(world: World) -> None:
     assert world.notes.names() == ["prefix_check_failed"]
 
 
+async def test_a_quiet_look_also_lists_the_uploads_in_progress_under_the_prefix(
+    world: World,
+) -> None:
+    world.cloud.answers["ListObjectsV2"] = (_obj("exp/r1/COMPLETE"),)
+    world.cloud.answers["ListMultipartUploads:exp/r1/"] = ("exp/r1/ckpt/big.pt",)
+    event = await world.execute(ListPrefix(ListRequest(BUCKET, "exp/r1/", None, with_uploads=True)))
+    assert event == PrefixListed((_obj("COMPLETE"),), ("ckpt/big.pt",))
+    assert world.cloud.calls == Counter({"ListObjectsV2": 1, "ListMultipartUploads": 1})
+
+
+async def test_a_failed_uploads_look_becomes_effect_failed(world: World) -> None:
+    world.cloud.answers["ListObjectsV2"] = ()
+    world.cloud.answers["ListMultipartUploads"] = PermanentError("AccessDenied", "no")
+    event = await world.execute(ListPrefix(ListRequest(BUCKET, "exp/r1/", None, with_uploads=True)))
+    assert event == EffectFailed("ListMultipartUploads", "AccessDenied", "no", transient=False)
+    assert world.notes.names() == ["prefix_checked", "uploads_check_failed"]
+
+
 # -- ReadObject -------------------------------------------------------------------------------
 
 
@@ -325,6 +347,26 @@ async def test_a_report_is_read_and_stored(world: World) -> None:
     event = await world.execute(IngestReport("final_metrics.json", '"e1"', 13))
     assert event == ReportIngested("final_metrics.json", '"e1"')
     assert world.notes.names() == ["report_ingested"]
+
+
+async def test_a_heartbeat_with_a_step_carries_its_progress_to_the_machine(
+    world: World,
+) -> None:
+    world.cloud.answers["GetObject:exp/r1/status.json"] = (
+        '{"state": "running", "step": 40, "total_steps": 1000, "time": "2026-11-22T11:59:00+00:00"}'
+    )
+    event = await world.execute(IngestReport("status.json", '"e2"', 90))
+    assert event == ReportIngested(
+        "status.json",
+        '"e2"',
+        progress=ProgressSample(40, 1000, datetime(2026, 11, 22, 11, 59, tzinfo=UTC)),
+    )
+
+
+async def test_a_heartbeat_without_a_step_carries_no_progress(world: World) -> None:
+    world.cloud.answers["GetObject:exp/r1/status.json"] = '{"state": "started"}'
+    event = await world.execute(IngestReport("status.json", '"e1"', 20))
+    assert event == ReportIngested("status.json", '"e1"')
 
 
 async def test_an_oversized_report_is_not_read_and_its_problem_is_stored(world: World) -> None:
