@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from supervisor.core.checkpoint import CommandKind, CommandResult, Manifest, Verification
+from supervisor.core.idle import Datapoint, IdleMetric
 from supervisor.core.values import InstanceId, InstanceState, ObjectInfo
 
 
@@ -147,6 +148,18 @@ class ReportIngested:
     error: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class UtilisationObserved:
+    """The idle sweep's CloudWatch datapoints for the run's instance (`metric`, over the
+    run's idle window): the core judges them (`core.idle.judge`)."""
+
+    metric: IdleMetric
+    datapoints: tuple[Datapoint, ...]
+    instance_id: InstanceId | None = None
+    """Which instance was measured; another instance's datapoints (a sweep that began
+    before a resume switched instances) are stale and ignored."""
+
+
 Event = (
     Armed
     | Tick
@@ -165,4 +178,5 @@ Event = (
     | SpotInterruptionWarning
     | RebalanceRecommended
     | ReportIngested
+    | UtilisationObserved
 )
