@@ -155,6 +155,7 @@ def run_view(run: Run) -> RunView:
         checkpoint=run.checkpoint,
         attempt=run.attempt,
         verified_attempt=run.verified_attempt,
+        utilisation=run.utilisation.describe() if run.utilisation is not None else None,
     )
 
 

@@ -77,6 +77,9 @@ class RunView(_Message):
     attempt: int = 1
     verified_attempt: int | None = None
     """The attempt whose checkpoint a resume would restore (None: nothing verified yet)."""
+    utilisation: str | None = None
+    """Idle detection's last judgement of the instance's utilisation (idle, busy, or no
+    datapoints), while the run is watched; None: off, or no sweep yet."""
 
 
 class TransitionView(_Message):

@@ -40,6 +40,7 @@ class RunView:
     checkpoint: str | None = None
     attempt: int = 1
     verified_attempt: int | None = None
+    utilisation: str | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunView:
@@ -64,6 +65,7 @@ def _run_fields(data: dict[str, Any]) -> dict[str, Any]:
         "checkpoint": data.get("checkpoint"),
         "attempt": data.get("attempt", 1),
         "verified_attempt": data.get("verified_attempt"),
+        "utilisation": data.get("utilisation"),
     }
 
 

@@ -82,8 +82,11 @@ async def test_no_datapoints_is_not_idle_and_the_run_says_so(timed: ClockedHarne
     assert run.phase is P.RUNNING
     assert run.utilisation is not None
     assert run.utilisation.verdict is IdleVerdict.NO_DATAPOINTS
-    assert "no datapoints" in run.utilisation.describe()
     assert (await timed.run("quiet")).phase is P.RUNNING
+    # `supervisorctl status quiet` shows it
+    shown = (await timed.daemon.views.run_detail("quiet")).utilisation
+    assert shown is not None
+    assert shown.startswith("cpu utilisation: no datapoints covering the last 600s (none)")
 
 
 async def test_a_busy_instance_stays_running(timed: ClockedHarness) -> None:  # noqa: F811
