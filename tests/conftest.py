@@ -7,6 +7,7 @@ import json
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import boto3
@@ -69,6 +70,29 @@ class Fleet:
 
     def prefix(self, run: str, bucket: str = BUCKET) -> str:
         return f"s3://{bucket}/runs/{run}/"
+
+    def utilisation(
+        self,
+        instance_id: str,
+        points: list[tuple[datetime, float]],
+        *,
+        namespace: str = "AWS/EC2",
+        name: str = "CPUUtilization",
+    ) -> None:
+        """Play an instance's utilisation into CloudWatch, as EC2 (or the agent) would."""
+        cloudwatch: Any = boto3.client("cloudwatch", endpoint_url=self.url, region_name=REGION)
+        data = [
+            {
+                "MetricName": name,
+                "Dimensions": [{"Name": "InstanceId", "Value": instance_id}],
+                "Timestamp": at,
+                "Value": value,
+                "Unit": "Percent",
+            }
+            for at, value in points
+        ]
+        for first in range(0, len(data), 1000):  # PutMetricData takes 1,000 values a call
+            cloudwatch.put_metric_data(Namespace=namespace, MetricData=data[first : first + 1000])
 
 
 @pytest.fixture

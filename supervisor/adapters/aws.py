@@ -42,6 +42,7 @@ from supervisor.core.errors import (
     PermanentError,
     TransientError,
 )
+from supervisor.core.idle import METRIC_SOURCES, Datapoint, IdleMetric
 from supervisor.core.spec import LaunchTemplate
 from supervisor.core.values import InstanceId, InstanceState, ObjectInfo
 from supervisor.core.zombies import InstanceSeen
@@ -50,6 +51,7 @@ USER_AGENT = f"ec2-run-supervisor/{__version__}"
 
 DESCRIBE_BATCH = 1000  # DescribeInstances returns at most 1000 instances a page
 STATUS_BATCH = 100  # DescribeInstanceStatus takes at most 100 instance ids
+METRIC_BATCH = 500  # GetMetricData takes at most 500 metric queries
 READ_RANGE_LIMIT = 1 << 20  # bytes per ranged GetObject of a log
 
 _TRANSIENT_CODES = frozenset(
@@ -573,6 +575,69 @@ class Aws:
         with _translated("DeleteMessage"):
             await sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=receipt)
 
+    # -- CloudWatch -----------------------------------------------------------------------------
+
+    async def utilisation(
+        self,
+        ids: Sequence[InstanceId],
+        metric: IdleMetric,
+        region: str,
+        *,
+        start: datetime,
+        end: datetime,
+    ) -> dict[InstanceId, tuple[Datapoint, ...]]:
+        """Each instance's utilisation datapoints (the period's maximum, so one busy minute
+        counts) from `start` to `end`: one GetMetricData per 500 instances (one query each),
+        never a call per instance. An instance CloudWatch has nothing for gets no
+        datapoints. `AWS/EC2` metrics need no agent; `CWAgent` ones are the agent's, published
+        with the `InstanceId` dimension alone (deploy/cloudwatch-agent.json aggregates them)."""
+        source = METRIC_SOURCES[metric]
+        cloudwatch = await self.client("cloudwatch", region)
+        unique = list(dict.fromkeys(ids))
+        found: dict[InstanceId, list[Datapoint]] = {i: [] for i in unique}
+        for first in range(0, len(unique), METRIC_BATCH):
+            batch = unique[first : first + METRIC_BATCH]
+            queries = [
+                {
+                    "Id": f"i{n}",  # ids must start with a lower-case letter: the index names it
+                    "MetricStat": {
+                        "Metric": {
+                            "Namespace": source.namespace,
+                            "MetricName": source.name,
+                            "Dimensions": [{"Name": "InstanceId", "Value": instance_id}],
+                        },
+                        "Period": source.period_s,
+                        "Stat": "Maximum",
+                    },
+                    "ReturnData": True,
+                }
+                for n, instance_id in enumerate(batch)
+            ]
+            kwargs: dict[str, Any] = {
+                "MetricDataQueries": queries,
+                # On a period boundary, so each datapoint is its period's, as CloudWatch
+                # stores them (its advice for GetMetricData).
+                "StartTime": _period_start(start, source.period_s),
+                "EndTime": end,
+                "ScanBy": "TimestampAscending",
+            }
+            with _translated("GetMetricData"):
+                while True:
+                    page = await cloudwatch.get_metric_data(**kwargs)
+                    for result in page.get("MetricDataResults", ()):
+                        instance_id = batch[int(str(result["Id"])[1:])]
+                        found[instance_id] += [
+                            Datapoint(at.astimezone(UTC), float(value))
+                            for at, value in zip(
+                                result.get("Timestamps", ()), result.get("Values", ()), strict=True
+                            )
+                        ]
+                    token = page.get("NextToken")
+                    if not token:
+                        break
+                    kwargs["NextToken"] = token
+        return {i: tuple(sorted(points, key=lambda p: p.at)) for i, points in found.items()}
+
 
 @dataclass(frozen=True, slots=True)
 class QueueMessage:
@@ -586,6 +651,11 @@ def queue_region(queue_url: str) -> str | None:
     """The region in an SQS queue URL (https://sqs.REGION.amazonaws.com/...), if any."""
     match = re.match(r"https?://sqs[.-]([a-z]{2}(?:-gov)?-[a-z]+-\d)\.", queue_url)
     return match.group(1) if match else None
+
+
+def _period_start(at: datetime, period_s: int) -> datetime:
+    seconds = int(at.timestamp())
+    return datetime.fromtimestamp(seconds - seconds % period_s, UTC)
 
 
 def _state(name: str) -> InstanceState:

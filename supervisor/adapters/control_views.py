@@ -156,6 +156,7 @@ def run_view(run: Run) -> RunView:
         attempt=run.attempt,
         verified_attempt=run.verified_attempt,
         estimated_end=_estimated_end(run),
+        utilisation=run.utilisation.describe() if run.utilisation is not None else None,
     )
 
 

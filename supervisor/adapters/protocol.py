@@ -79,6 +79,9 @@ class RunView(_Message):
     """The attempt whose checkpoint a resume would restore (None: nothing verified yet)."""
     estimated_end: datetime | None = None
     """When training is estimated to end, from the job's heartbeat progress (running only)."""
+    utilisation: str | None = None
+    """Idle detection's last judgement of the instance's utilisation (idle, busy, or no
+    datapoints), while the run is watched; None: off, or no sweep yet."""
 
 
 class TransitionView(_Message):

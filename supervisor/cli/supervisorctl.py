@@ -634,6 +634,8 @@ def _print_detail(answer: Any, *, as_json: bool) -> None:
         print(f"  attempt    {run.attempt}; instances: {history}")
     if run.verified_attempt is not None and run.verified_attempt != run.attempt:
         print(f"  resume     from the checkpoint verified in attempt {run.verified_attempt}")
+    if run.utilisation:
+        print(f"  idle       {printable(run.utilisation)}")
     for attached in run.attachments:
         size = f", {attached.size} bytes" if attached.size is not None else ""
         print(f"  attached   {attached.kind}: {printable(attached.uri)}{size}")

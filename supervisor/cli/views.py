@@ -41,6 +41,7 @@ class RunView:
     attempt: int = 1
     verified_attempt: int | None = None
     estimated_end: datetime | None = None
+    utilisation: str | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunView:
@@ -66,6 +67,7 @@ def _run_fields(data: dict[str, Any]) -> dict[str, Any]:
         "attempt": data.get("attempt", 1),
         "verified_attempt": data.get("verified_attempt"),
         "estimated_end": _maybe_when(data.get("estimated_end")),
+        "utilisation": data.get("utilisation"),
     }
 
 

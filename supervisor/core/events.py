@@ -8,6 +8,7 @@ from datetime import datetime
 
 from supervisor.core.checkpoint import CommandKind, CommandResult, Manifest, Verification
 from supervisor.core.eta import ProgressSample
+from supervisor.core.idle import Datapoint, IdleMetric
 from supervisor.core.values import InstanceId, InstanceState, ObjectInfo
 
 
@@ -152,6 +153,18 @@ class ReportIngested:
     """The heartbeat's step (with the total steps, if it says) and its time."""
 
 
+@dataclass(frozen=True, slots=True)
+class UtilisationObserved:
+    """The idle sweep's CloudWatch datapoints for the run's instance (`metric`, over the
+    run's idle window): the core judges them (`core.idle.judge`)."""
+
+    metric: IdleMetric
+    datapoints: tuple[Datapoint, ...]
+    instance_id: InstanceId | None = None
+    """Which instance was measured; another instance's datapoints (a sweep that began
+    before a resume switched instances) are stale and ignored."""
+
+
 Event = (
     Armed
     | Tick
@@ -170,4 +183,5 @@ Event = (
     | SpotInterruptionWarning
     | RebalanceRecommended
     | ReportIngested
+    | UtilisationObserved
 )

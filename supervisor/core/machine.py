@@ -81,7 +81,9 @@ from supervisor.core.events import (
     Tick,
     UserAction,
     UserRequested,
+    UtilisationObserved,
 )
+from supervisor.core.idle import IdleVerdict, judge
 from supervisor.core.reports import report_keys
 from supervisor.core.run import (
     ACTIVE_PHASES,
@@ -1419,6 +1421,7 @@ def _new_attempt(c: _Ctx) -> RunChanges:
         "pending_action": None, "grace_until": None, "action_acked_at": None, "error_code": None,
         "process_exited": False, "interrupt_deadline": None, "checks": 0, "next_check_at": None,
         "outputs_seen": None, "this_attempt": AttemptState(), "resume": Resume(),
+        "utilisation": None,
     }  # fmt: skip
 
 
@@ -1459,6 +1462,48 @@ def _early_checked(c: _Ctx, event: CheckpointChecked) -> Decision:
                   verified_location=location)  # fmt: skip
 
 
+# -- idle detection from utilisation: idle is a stall, and --on-stall decides ------------------
+
+IDLE_REASON = "idle: "
+"""How the reason of a stall found by idle detection begins (the heartbeat's is another):
+only such a stall ends when utilisation rises again."""
+
+
+def _utilisation_observed(c: _Ctx, event: UtilisationObserved) -> Decision:
+    """Judge the sweep's datapoints: idle -> stalled with the reason (metric, level, how long),
+    then the stall policy as for a stale heartbeat (on_stall=notify keeps watching, and busy
+    again makes an idle stall running again). No datapoints is never idleness."""
+    run, spec = c.run, c.run.spec
+    if event.instance_id is not None and event.instance_id != run.instance_id:
+        return c.stay()  # another instance's datapoints: a sweep older than a resume
+    if spec.idle_below is None or spec.idle_for_s is None or event.metric != spec.idle_metric:
+        return c.stay()
+    seen = judge(event.datapoints, metric=spec.idle_metric, below=spec.idle_below,
+                 window_s=spec.idle_for_s, now=c.now)  # fmt: skip
+    detail = {
+        "idle_metric": str(seen.metric),
+        "idle_below": seen.below,
+        "idle_for_s": seen.window_s,
+        "peak": seen.peak,
+        "datapoints": seen.datapoints,
+    }
+    if run.phase is P.STALLED:
+        if seen.verdict is IdleVerdict.BUSY and run.reason.startswith(IDLE_REASON):
+            return c.move(P.RUNNING, f"busy again: {seen.describe()}", detail=detail,
+                          utilisation=seen)  # fmt: skip
+        return c.stay(utilisation=seen)
+    # Only time spent running counts: datapoints from before (a boot, an earlier attempt)
+    # are not the training's.
+    running_for = (c.now - run.phase_since).total_seconds()
+    if seen.verdict is not IdleVerdict.IDLE or running_for < spec.idle_for_s:
+        return c.stay(utilisation=seen)
+    reason = f"{IDLE_REASON}{seen.describe()} while the instance runs; on_stall={spec.on_stall}"
+    if spec.on_stall is OnStall.NOTIFY:
+        return c.move(P.STALLED, reason, detail=detail, utilisation=seen)
+    # Record the stall, then act on it at once (the next tick applies the policy).
+    return c.move(P.STALLED, reason, WakeAt(c.now), detail=detail, utilisation=seen)
+
+
 # -- the table -----------------------------------------------------------------------------------
 
 _Handler = Callable[[_Ctx, Any], Decision]
@@ -1487,6 +1532,8 @@ _WATCHED: _Row = {
     RebalanceRecommended: _rebalance_watched,
     CommandFinished: _early_command_finished,
     CheckpointChecked: _early_checked,
+    # idle detection from utilisation
+    UtilisationObserved: _utilisation_observed,
 }
 
 _TABLE: Mapping[Phase, _Row] = {

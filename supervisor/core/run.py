@@ -13,6 +13,7 @@ from supervisor.core.values import InstanceId, InstanceState
 if TYPE_CHECKING:  # annotations only: the phases stay importable without pydantic (the CLI)
     from supervisor.core.completion import OutputSnapshot
     from supervisor.core.events import Action
+    from supervisor.core.idle import Utilisation
     from supervisor.core.spec import RunSpec
 
 
@@ -141,6 +142,7 @@ class RunChanges(TypedDict, total=False):
     outputs_seen: OutputSnapshot | None
     this_attempt: AttemptState
     resume: Resume
+    utilisation: Utilisation | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +195,8 @@ class Run:
     """The current attempt's sub-state: replaced as one, fresh, when a resume restarts training."""
     resume: Resume = field(default=Resume(), compare=False)
     """A resume's progress, while resuming: fresh at each resume request."""
+    utilisation: Utilisation | None = field(default=None, compare=False)
+    """The idle sweep's last judgement of the instance's utilisation (idle detection on)."""
 
     def __post_init__(self) -> None:
         if not self.instance_id:

@@ -35,6 +35,7 @@ from supervisor.core.checkpoint import (
 from supervisor.core.defaults import DEFAULT_FAILURE_MARKER as DEFAULT_FAILURE_MARKER
 from supervisor.core.defaults import DEFAULT_MARKERS as DEFAULT_MARKERS
 from supervisor.core.errors import InvalidInput
+from supervisor.core.idle import MIN_IDLE_FOR_S, IdleMetric
 from supervisor.core.reports import FINAL_METRICS, HISTORY
 from supervisor.core.spec_fields import MAX_GRACE_S as MAX_GRACE_S
 from supervisor.core.values import Direction as Direction
@@ -225,6 +226,13 @@ class RunSpec(BaseModel):
     tag_instance: bool = False
     """Tag the instance `supervisor:run-id` at attach, so IAM can be scoped to tagged ones."""
 
+    # -- idle detection from utilisation (CloudWatch; both of below/for, or neither) --
+    idle_below: float | None = Field(None, gt=0, le=100, allow_inf_nan=False)
+    """Utilisation percent under which the instance counts as idle. None: off."""
+    idle_for_s: float | None = Field(None, ge=MIN_IDLE_FOR_S, le=MAX_GRACE_S, allow_inf_nan=False)
+    """How long every datapoint must stay below `idle_below` before the run is stalled."""
+    idle_metric: IdleMetric = IdleMetric.CPU
+
     @model_validator(mode="before")
     @classmethod
     def _default_grace_mode(cls, data: object) -> object:
@@ -401,6 +409,25 @@ class RunSpec(BaseModel):
         for what, key in named:
             check_key_length(prefix.key(key), what=f"{what} under {prefix}")
         return self
+
+    @model_validator(mode="after")
+    def _idle_needs_both(self) -> RunSpec:
+        if (self.idle_below is None) != (self.idle_for_s is None):
+            given, missing = (
+                ("idle_below", "idle_for_s")
+                if self.idle_for_s is None
+                else ("idle_for_s", "idle_below")
+            )
+            raise InvalidInput(
+                f"{given} needs {missing}: idle detection takes both a level "
+                "(--idle-below PERCENT) and a time (--idle-for SECONDS), or neither"
+            )
+        return self
+
+    @property
+    def idle_detection(self) -> bool:
+        """Idle detection from CloudWatch utilisation is on (`idle_below` and `idle_for_s`)."""
+        return self.idle_below is not None and self.idle_for_s is not None
 
     @property
     def prefix(self) -> S3Prefix:

@@ -23,6 +23,7 @@ import enum
 from typing import Any, NamedTuple
 
 from supervisor.core.defaults import DEFAULT_FAILURE_MARKER, DEFAULT_MARKERS
+from supervisor.core.idle import MIN_IDLE_FOR_S
 
 MAX_GRACE_S = 7 * 24 * 3600.0
 """The longest wait a run may ask for (grace_s, quiet_s, stall_timeout_s): a week."""
@@ -191,6 +192,12 @@ RUN_DATABASE = FlagGroup(
     "the run database",
     "What the run is, for `supervisorctl runs`, `show` and `compare` (each flag is also a "
     "key of --spec; config_file there is read relative to the spec file).",
+)
+IDLE = FlagGroup(
+    "idle detection",
+    "From CloudWatch, one GetMetricData call per 500 watched instances every "
+    "SUPERVISOR_IDLE_INTERVAL_S: utilisation below --idle-below for --idle-for makes the run "
+    "stalled, and --on-stall decides. Missing datapoints are never idleness.",
 )
 
 FIELDS: tuple[SpecField, ...] = (
@@ -516,6 +523,38 @@ FIELDS: tuple[SpecField, ...] = (
         "registered before its instance exists",
         False,
         stored=False,
+    ),
+    # -- idle detection from utilisation
+    SpecField(
+        "idle_below",
+        Kind.SECONDS,
+        "utilisation (percent) under which the instance counts as idle; with --idle-for "
+        "(off by default)",
+        metavar="PERCENT",
+        minimum=0,
+        above_minimum=True,
+        maximum=100,
+        group=IDLE,
+    ),
+    SpecField(
+        "idle_for_s",
+        Kind.SECONDS,
+        "seconds the utilisation must stay below --idle-below (every CloudWatch datapoint, "
+        "covering the whole time) before the run is stalled and --on-stall applies",
+        metavar="S",
+        minimum=MIN_IDLE_FOR_S,
+        maximum=MAX_GRACE_S,
+        option="--idle-for",
+        group=IDLE,
+    ),
+    SpecField(
+        "idle_metric",
+        Kind.TEXT,
+        "cpu (AWS/EC2 CPUUtilization, no agent) or gpu (CWAgent nvidia_smi_utilization_gpu, "
+        "needs the CloudWatch agent: deploy/cloudwatch-agent.json) ({default})",
+        "cpu",
+        choices=("cpu", "gpu"),
+        group=IDLE,
     ),
 )
 """In the order of `supervisorctl attach --help`."""

@@ -1,7 +1,7 @@
 """The daemon as a supervised task tree: one TaskGroup holding the control server, the root
-tasks (the reconciler, the zombie sweep, the event consumer: restarted when they fail, see
-`runtime.root_tasks`) and a guarded monitor task per run; and its two-phase shutdown. The
-control API it serves is `runtime.control_api`.
+tasks (the reconciler, the zombie sweep, the event consumer, the idle sweep: restarted when
+they fail, see `runtime.root_tasks`) and a guarded monitor task per run; and its two-phase
+shutdown. The control API it serves is `runtime.control_api`.
 
 Start-up re-adopts every non-terminal run from SQLite with no AWS call per run; runs whose
 intent was open are re-driven through one batched describe.
@@ -30,6 +30,7 @@ from supervisor.core.spec import Transport
 from supervisor.runtime.control_api import ControlApi
 from supervisor.runtime.events import EventConsumer, Queue
 from supervisor.runtime.executor import Executor, ExecutorPorts, read_crash_report
+from supervisor.runtime.idle import IdleSweep
 from supervisor.runtime.metrics import Metrics
 from supervisor.runtime.monitor import Monitor, MonitorDeps
 from supervisor.runtime.ports import Clock, Cloud, InstanceShell, RunStore, SystemClock
@@ -113,6 +114,12 @@ class Daemon:
             retry_base_s=settings.retry_base_s,
             metrics=self.metrics,
         )
+        self.idle_sweep = IdleSweep(
+            cloud,
+            self.clock,
+            lambda: list(self.monitors.values()),
+            interval_s=settings.idle_interval_s,
+        )
         self.started_at = self.clock.now()
         self.accepting = False
         self._stop = asyncio.Event()
@@ -181,6 +188,7 @@ class Daemon:
         ]
         if self.consumer is not None:
             loops.append(("events", self.consumer.run_forever))
+        loops.append(("idle", self.idle_sweep.run_forever))
         return loops
 
     async def _attach_missed_crash_reports(self) -> None:

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from supervisor.core.checkpoint import CommandResult, InstanceCommand, StoredObject
 from supervisor.core.completion import ListRequest
+from supervisor.core.idle import Datapoint, IdleMetric
 from supervisor.core.machine import Decision
 from supervisor.core.records import (
     ActionRecord,
@@ -97,6 +98,19 @@ class Cloud(Protocol):
     async def create_tags(
         self, instance_id: InstanceId, tags: Mapping[str, str], region: str
     ) -> None: ...
+
+    async def utilisation(
+        self,
+        ids: Sequence[InstanceId],
+        metric: IdleMetric,
+        region: str,
+        *,
+        start: datetime,
+        end: datetime,
+    ) -> dict[InstanceId, tuple[Datapoint, ...]]:
+        """Each instance's datapoints of `metric` between `start` and `end` (CloudWatch
+        GetMetricData, one call per 500 instances); none for an instance without data."""
+        ...
 
 
 class InstanceShell(Protocol):

@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     client_timeout_s: float = Field(60.0, gt=0, le=3600, allow_inf_nan=False)
     """How long `supervisorctl` and `supervisord status` wait for the daemon's answer before
     saying it does not answer (a followed `tail -f` waits as long as it takes)."""
+    idle_interval_s: PositiveSeconds = 300.0
+    """How often the idle sweep reads CloudWatch utilisation for runs with idle detection
+    (one GetMetricData per 500 instances): CPUUtilization comes every 5 minutes anyway."""
     faults: str = ""
     """Testing only: a fault plan for AWS calls (see supervisor.adapters.faults)."""
 

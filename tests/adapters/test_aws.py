@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import socket
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -27,6 +28,7 @@ from supervisor.core.errors import (
     PermanentError,
     TransientError,
 )
+from supervisor.core.idle import Datapoint, IdleMetric
 from supervisor.core.values import InstanceId, InstanceState
 from tests.conftest import BUCKET, REGION, Fleet
 
@@ -535,3 +537,77 @@ async def test_leaving_the_context_closes_every_client(fleet: Fleet) -> None:
 
     assert aws._clients == {}
     assert repr(aws) == "<Aws clients=[] calls=1>"
+
+
+# -- CloudWatch: utilisation --------------------------------------------------------------------
+
+# Not today: moto keeps any timestamp, and nothing here depends on the date.
+T0 = datetime(2030, 1, 7, 12, tzinfo=UTC)
+
+
+def minutes(*offsets: int) -> list[datetime]:
+    return [T0 + timedelta(minutes=m) for m in offsets]
+
+
+async def test_utilisation_returns_each_instances_cpu_datapoints_in_the_window(
+    aws: Aws, fleet: Fleet
+) -> None:
+    busy, idle, silent = fleet.launch(3)
+    fleet.utilisation(busy, [(at, 70.0) for at in minutes(0, 5, 10)])
+    fleet.utilisation(idle, [(at, 1.5) for at in minutes(0, 5, 10)])
+    fleet.utilisation(idle, [(T0 - timedelta(hours=1), 99.0)])  # before the window
+
+    seen = await aws.utilisation(
+        ids(busy, idle, silent), IdleMetric.CPU, REGION,
+        start=T0 - timedelta(minutes=1), end=T0 + timedelta(minutes=15),
+    )  # fmt: skip
+
+    assert seen[InstanceId(busy)] == tuple(Datapoint(at, 70.0) for at in minutes(0, 5, 10))
+    assert [p.value for p in seen[InstanceId(idle)]] == [1.5, 1.5, 1.5]
+    assert seen[InstanceId(silent)] == ()
+    assert aws.counter.count("GetMetricData") == 1
+
+
+async def test_gpu_utilisation_is_the_cloudwatch_agents_metric(aws: Aws, fleet: Fleet) -> None:
+    (instance,) = fleet.launch(1)
+    fleet.utilisation(instance, [(T0, 3.0)])  # CPU, which a gpu query must not read
+    fleet.utilisation(
+        instance, [(T0, 88.0)], namespace="CWAgent", name="nvidia_smi_utilization_gpu"
+    )
+
+    seen = await aws.utilisation(
+        ids(instance),
+        IdleMetric.GPU,
+        REGION,
+        start=T0 - timedelta(minutes=1),
+        end=T0 + timedelta(minutes=1),
+    )
+
+    assert [p.value for p in seen[InstanceId(instance)]] == [88.0]
+
+
+async def test_utilisation_of_1000_instances_takes_two_get_metric_data_calls(
+    aws: Aws, fleet: Fleet
+) -> None:
+    instances = [f"i-{n:017x}" for n in range(1000)]  # CloudWatch needs no instance to exist
+    fleet.utilisation(instances[0], [(T0, 1.0)])
+    fleet.utilisation(instances[999], [(T0, 2.0)])
+
+    seen = await aws.utilisation(
+        ids(*instances),
+        IdleMetric.CPU,
+        REGION,
+        start=T0 - timedelta(minutes=1),
+        end=T0 + timedelta(minutes=1),
+    )
+
+    assert aws.counter.count("GetMetricData") == 2
+    assert len(seen) == 1000
+    assert seen[InstanceId(instances[0])] == (Datapoint(T0, 1.0),)
+    assert seen[InstanceId(instances[999])] == (Datapoint(T0, 2.0),)
+    assert sum(len(points) for points in seen.values()) == 2
+
+
+async def test_utilisation_of_no_instances_makes_no_call(aws: Aws) -> None:
+    seen = await aws.utilisation([], IdleMetric.CPU, REGION, start=T0, end=T0)
+    assert seen == {} and aws.counter.count("GetMetricData") == 0

@@ -20,6 +20,7 @@ from supervisor.adapters.control_views import (
 from supervisor.adapters.protocol import AttachRequest
 from supervisor.adapters.store import AttachmentRecord
 from supervisor.core.feed import FeedItem, FeedTransition, LogPiece, MonitorNote
+from supervisor.core.idle import IdleMetric, judge
 from supervisor.core.machine import Transition, new_run
 from supervisor.core.run import Phase
 from supervisor.core.spec import RunSpec
@@ -74,7 +75,7 @@ def test_a_run_view_shows_the_run_and_its_spec_fields() -> None:
         '"region":"us-east-1","s3_prefix":"s3://my-runs/r1/","on_complete":"stop",'
         f'"reason":"attached","version":1,"phase_since":{AT},"grace_until":null,'
         '"next_check_at":null,"error_code":null,"checkpoint":null,"attempt":1,'
-        '"verified_attempt":null,"estimated_end":null}'
+        '"verified_attempt":null,"estimated_end":null,"utilisation":null}'
     )
 
 
@@ -83,6 +84,17 @@ def test_a_run_view_shows_the_estimated_end_of_a_running_job_only() -> None:
     running = with_state(make_run(Phase.RUNNING), estimated_end=ends)
     assert run_view(running).estimated_end == ends
     assert run_view(running.evolve(phase=Phase.GRACE)).estimated_end is None
+
+
+def test_a_run_view_says_what_idle_detection_last_saw() -> None:
+    spec = RunSpec.build(
+        run_id="r1", instance_id=INSTANCE, region="us-east-1", s3_prefix="s3://my-runs/r1/",
+        grace_s=30, idle_below=5, idle_for_s=1800,
+    )  # fmt: skip
+    seen = judge((), metric=IdleMetric.CPU, below=5, window_s=1800, now=NOW)
+    run = new_run(spec, now=NOW).run.evolve(utilisation=seen)
+    assert run_view(run).utilisation == seen.describe()
+    assert (run_view(run).utilisation or "").startswith("cpu utilisation: no datapoints")
 
 
 def test_the_daemon_state_goes_out_as_its_status() -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 
 from supervisor.adapters.aws import STATUS_BATCH
 from supervisor.core.checkpoint import StoredObject
 from supervisor.core.completion import ListRequest
+from supervisor.core.idle import Datapoint, IdleMetric
 from supervisor.core.spec import LaunchTemplate
 from supervisor.core.values import InstanceId, InstanceState, ObjectInfo
 from supervisor.core.zombies import InstanceSeen
@@ -112,3 +114,14 @@ class CountingCloud:
         self, instance_id: InstanceId, tags: Mapping[str, str], region: str
     ) -> None:
         raise self._refuse("CreateTags")
+
+    async def utilisation(
+        self,
+        ids: Sequence[InstanceId],
+        metric: IdleMetric,
+        region: str,
+        *,
+        start: datetime,
+        end: datetime,
+    ) -> dict[InstanceId, tuple[Datapoint, ...]]:
+        raise self._refuse("GetMetricData")

@@ -93,3 +93,19 @@ def test_checkpoint_facts_are_the_current_attempts_only(
     line = next(line for line in capsys.readouterr().out.splitlines() if "checkpoint " in line)
     assert "2 file(s), 222 bytes verified" in line
     assert "111 bytes" not in line
+
+
+def test_status_of_a_run_shows_what_idle_detection_last_saw(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    said = "cpu utilisation: no datapoints covering the last 1800s (none); not counted as idle"
+    detail = run_json(spec={"idle_below": 5.0}, transitions=[], utilisation=said)
+    supervisorctl._print_detail(detail, as_json=False)
+    assert f"  idle       {said}" in capsys.readouterr().out.splitlines()
+
+
+def test_status_of_a_run_without_idle_detection_has_no_idle_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    supervisorctl._print_detail(run_json(spec={}, transitions=[]), as_json=False)
+    assert "idle " not in capsys.readouterr().out

@@ -49,7 +49,9 @@ from supervisor.core.events import (
     Tick,
     UserAction,
     UserRequested,
+    UtilisationObserved,
 )
+from supervisor.core.idle import Datapoint, IdleMetric
 from supervisor.core.machine import ACCEPTS, EDGES, INTERRUPT_OVERDUE_S, Decision, new_run, step
 from supervisor.core.reports import report_keys
 from supervisor.core.run import CheckpointStatus, Outcome, Phase, Run
@@ -217,6 +219,20 @@ def _failed(rng: random.Random, _: datetime) -> EffectFailed:
     return EffectFailed(operation, "Code", "message", transient=rng.random() < 0.85)
 
 
+def _utilisation(rng: random.Random, now: datetime) -> UtilisationObserved:
+    """The idle sweep's datapoints over the last 40 minutes: low, none, or one busy."""
+    shape = rng.choice(["low", "low", "none", "busy"])
+    if shape == "none":
+        return UtilisationObserved(IdleMetric.CPU, ())
+    values = [1.0] * 9
+    if shape == "busy":
+        values[rng.randrange(9)] = 90.0
+    points = tuple(
+        Datapoint(now - timedelta(seconds=300 * (8 - i)), value) for i, value in enumerate(values)
+    )
+    return UtilisationObserved(IdleMetric.CPU, points)
+
+
 MAKERS: list[tuple[float, type[Any], Maker]] = [
     (1, Armed, lambda rng, now: Armed()),
     (4, Tick, lambda rng, now: Tick()),
@@ -237,6 +253,7 @@ MAKERS: list[tuple[float, type[Any], Maker]] = [
     (0.6, SpotInterruptionWarning, _warning),
     (0.4, RebalanceRecommended, lambda rng, now: RebalanceRecommended()),
     (1, ReportIngested, _ingested),
+    (0.5, UtilisationObserved, _utilisation),
 ]  # fmt: skip
 SEEDS = range(800)
 """Enough walks that each edge below is reached a few times (a stall a notified run recovers
@@ -260,6 +277,7 @@ def walk_spec(rng: random.Random) -> RunSpec:
         stall_timeout_s=rng.choice([None, 60.0, 600.0]),
         on_stall=rng.choice(["notify", "checkpoint-stop", "terminate"]),
         on_rebalance=rng.choice(["checkpoint", "ignore"]),
+        **rng.choice([{}, {"idle_below": 5.0, "idle_for_s": 600.0}]),
     )
 
 

@@ -54,7 +54,9 @@ from supervisor.core.events import (
     Tick,
     UserAction,
     UserRequested,
+    UtilisationObserved,
 )
+from supervisor.core.idle import IdleMetric, judge
 from supervisor.core.machine import (
     ACCEPTS,
     AGENT_WAIT_S,
@@ -416,6 +418,7 @@ ONE_OF_EACH: list[Event] = [
     ActionSucceeded(A.STOP, S.STOPPED), DENIED, user(U.DETACH), CRASH, finished(CP), checked(),
     ResumeRequested(), InstanceLaunched(NEW_INSTANCE), Nudge("prefix"), warning(),
     RebalanceRecommended(), ReportIngested("status.json", "e1"),
+    UtilisationObserved(IdleMetric.CPU, ()),
 ]
 REFUSED = [
     pytest.param(phase, event, id=f"{phase}:{type(event).__name__}")
@@ -1439,6 +1442,7 @@ def test_a_started_resume_is_running_again_as_a_new_attempt_with_a_clean_slate()
         started_at=NOW - timedelta(days=1), interrupt_deadline=DEADLINE, early_checkpoint=True,
         checkpoint_tries=2, instance_ended=S.TERMINATED, seconds_left=3.0, command_tries=4,
         next_check_at=NOW, outputs_seen=(("model.pt", "e1", 10),),
+        utilisation=judge((), metric=IdleMetric.CPU, below=5, window_s=600, now=NOW),
     )  # fmt: skip
     later = NOW + timedelta(minutes=5)
     d = run_step(run, finished(ST, pid=777), now=later)

@@ -30,6 +30,7 @@ from botocore.exceptions import ClientError
 from cfnlint.decode import cfn_yaml  # type: ignore[import-untyped]
 
 from supervisor.adapters.protocol import DEFAULT_TRAINING_LOG
+from supervisor.core.idle import METRIC_SOURCES, IdleMetric
 from supervisor.core.spec import DEFAULT_FAILURE_MARKER, DEFAULT_MARKERS, RunSpec
 from supervisor.runtime.control_api import TAG_STATEMENT
 from supervisor.runtime.settings import ENV_PREFIX, Settings
@@ -903,3 +904,34 @@ def test_a_log_upload_that_fails_is_reported_and_changes_nothing_else(instance: 
     assert code == 0, output  # the training command's own exit code
     assert f"could not upload {instance.env['LOG_FILE']}" in output
     assert (instance.root / "log" / "train.log").read_text() == "0\n1\n2\n3\n4\n"
+
+
+# -- idle detection: the CloudWatch agent and the metrics IAM ---------------------------------
+
+
+def test_the_cloudwatch_agent_publishes_the_gpu_metric_the_idle_sweep_reads() -> None:
+    config = json.loads((DEPLOY / "cloudwatch-agent.json").read_text())
+    source = METRIC_SOURCES[IdleMetric.GPU]
+    metrics = config["metrics"]
+    assert metrics["namespace"] == source.namespace
+    # the plugin's measurement `utilization_gpu` is published as nvidia_smi_utilization_gpu
+    assert "nvidia_smi_" + metrics["metrics_collected"]["nvidia_gpu"]["measurement"][0] == (
+        source.name
+    )
+    assert metrics["append_dimensions"] == {"InstanceId": "${aws:InstanceId}"}
+    assert ["InstanceId"] in metrics["aggregation_dimensions"]  # the sweep's one series
+    assert metrics["metrics_collected"]["nvidia_gpu"]["metrics_collection_interval"] == (
+        source.period_s
+    )
+
+
+def test_get_metric_data_is_granted_alone_and_the_agent_may_write_only_its_namespace() -> None:
+    daemon = json.loads((DEPLOY / "iam-policy.json").read_text())
+    reading = [st for st in daemon["Statement"] if "cloudwatch" in str(st["Action"])]
+    assert [(st["Action"], st["Resource"]) for st in reading] == [
+        ("cloudwatch:GetMetricData", "*")  # no resource-level permissions exist for it
+    ]
+    instance = json.loads((DEPLOY / "instance-role-policy.json").read_text())
+    (publishing,) = [st for st in instance["Statement"] if "cloudwatch" in str(st["Action"])]
+    assert publishing["Action"] == "cloudwatch:PutMetricData"
+    assert publishing["Condition"] == {"StringEquals": {"cloudwatch:namespace": "CWAgent"}}

@@ -13,6 +13,7 @@ import shutil
 import signal
 import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from supervisor.core.checkpoint import (
 )
 from supervisor.core.completion import ListRequest
 from supervisor.core.errors import InvalidTransition
+from supervisor.core.idle import Datapoint, IdleMetric
 from supervisor.core.machine import Transition
 from supervisor.core.run import TERMINAL_PHASES, CheckpointStatus, Outcome, Phase, Run
 from supervisor.core.spec import LaunchTemplate
@@ -623,6 +625,17 @@ class SlowLaunch:
         self, instance_id: InstanceId, tags: Mapping[str, str], region: str
     ) -> None:
         await self._aws.create_tags(instance_id, tags, region)
+
+    async def utilisation(
+        self,
+        ids: Sequence[InstanceId],
+        metric: IdleMetric,
+        region: str,
+        *,
+        start: datetime,
+        end: datetime,
+    ) -> dict[InstanceId, tuple[Datapoint, ...]]:
+        return await self._aws.utilisation(ids, metric, region, start=start, end=end)
 
 
 async def test_a_stale_sweep_of_the_old_instance_does_not_launch_a_second_one(

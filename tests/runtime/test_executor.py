@@ -52,6 +52,7 @@ from supervisor.core.events import (
     ReportIngested,
     ResumeRequested,
 )
+from supervisor.core.idle import Datapoint, IdleMetric
 from supervisor.core.machine import new_run
 from supervisor.core.run import Run
 from supervisor.core.spec import LaunchTemplate, RunSpec, Transport
@@ -159,6 +160,17 @@ class ScriptedCloud:
         self, instance_id: InstanceId, tags: Mapping[str, str], region: str
     ) -> None:
         self._answer("CreateTags")
+
+    async def utilisation(
+        self,
+        ids: Sequence[InstanceId],
+        metric: IdleMetric,
+        region: str,
+        *,
+        start: datetime,
+        end: datetime,
+    ) -> dict[InstanceId, tuple[Datapoint, ...]]:
+        return self._answer("GetMetricData")  # type: ignore[no-any-return]
 
 
 @dataclass
