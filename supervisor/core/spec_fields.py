@@ -452,6 +452,26 @@ FIELDS: tuple[SpecField, ...] = (
         metavar="KEY",
         group=HEARTBEAT,
     ),
+    # -- crashed runs and a maximum duration (issue 13)
+    SpecField(
+        "on_crash",
+        Kind.TEXT,
+        "when the run crashes (its failure marker appears): stop its instance (the default; "
+        "final checkpoint first if configured), terminate it (only with a verified checkpoint "
+        "when checkpointing is configured, else it is stopped), or keep it running for a person",
+        "stop",
+        choices=("stop", "terminate", "keep"),
+        group=HEARTBEAT,
+    ),
+    SpecField(
+        "max_duration",
+        Kind.TEXT,
+        "stop the run (final checkpoint first if configured) once it has been running this long "
+        "over its attempts, with outcome timed_out: seconds, or a number with s, m, h or d, "
+        "e.g. 12h (off by default)",
+        metavar="DURATION",
+        group=HEARTBEAT,
+    ),
     # -- the run database
     SpecField("name", Kind.TEXT, "a human name for the run", metavar="NAME", group=RUN_DATABASE),
     SpecField(
