@@ -147,6 +147,7 @@ class RunDetail(RunView):
     instances: tuple[InstanceView, ...] = ()
     attachments: tuple[AttachmentView, ...] = ()
     report_problems: tuple[ReportProblemView, ...] = ()
+    max_duration_at: datetime | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunDetail:
@@ -160,6 +161,7 @@ class RunDetail(RunView):
             report_problems=tuple(
                 ReportProblemView.from_json(p) for p in data.get("report_problems", ())
             ),
+            max_duration_at=_maybe_when(data.get("max_duration_at")),
         )
 
 
