@@ -53,6 +53,7 @@ class Kind(enum.Enum):
     JSON_OBJECT = "json object"  # any JSON object; the flag names a file holding it
     OBJECTIVES = "objectives"  # a list of NAME:min|max[:WEIGHT] (or their tables); repeated
     PARTS = "parts"  # a table of named strings, one flag for each part
+    DURATION = "duration"  # seconds, or a string: a number with s, m, h or d; the flag takes one
 
     @property
     def type(self) -> Any:
@@ -76,6 +77,7 @@ _RAW_TYPES: dict[Kind, Any] = {
     Kind.JSON_OBJECT: dict[str, Any],
     Kind.OBJECTIVES: list[str | dict[str, Any]],
     Kind.PARTS: dict[str, str],
+    Kind.DURATION: str | float,
 }
 
 
@@ -465,7 +467,7 @@ FIELDS: tuple[SpecField, ...] = (
     ),
     SpecField(
         "max_duration",
-        Kind.TEXT,
+        Kind.DURATION,
         "stop the run (final checkpoint first if configured) once it has been running this long "
         "over its attempts, with outcome timed_out: seconds, or a number with s, m, h or d, "
         "e.g. 12h (off by default)",
