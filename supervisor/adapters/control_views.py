@@ -44,6 +44,7 @@ from supervisor.adapters.store import (
 )
 from supervisor.core.events import Action
 from supervisor.core.feed import FeedItem, FeedTransition, LogPiece, MonitorNote
+from supervisor.core.machine import max_duration_deadline
 from supervisor.core.run import Phase, Run
 from supervisor.core.zombies import Act, Leave, Wait, Zombie, ZombiePolicy, decide, span
 
@@ -219,6 +220,9 @@ def run_detail_view(detail: RunDetails) -> RunDetail:
             ReportProblemView(key=p.key, note=p.note, noted_at=p.noted_at)
             for p in detail.report_problems
         ],
+        max_duration_at=(
+            max_duration_deadline(run) if run.phase in (Phase.RUNNING, Phase.STALLED) else None
+        ),
     )
 
 

@@ -151,6 +151,8 @@ class RunDetail(RunView):
     instances: list[InstanceView] = Field(default_factory=list)
     attachments: list[AttachmentView] = Field(default_factory=list)
     report_problems: list[ReportProblemView] = Field(default_factory=list)
+    max_duration_at: datetime | None = None
+    """While running or stalled with a max_duration: when it runs out."""
 
 
 class MonitorEventView(_Message):

@@ -243,6 +243,7 @@ RUNS = Table(
         Column("verified_location", nullable=True),
         Column("interrupt_deadline", TIMESTAMP, nullable=True),
         Column("report_etags", JSON),
+        Column("running_s_before", REAL),
     ),
     key=("run_id",),
 )

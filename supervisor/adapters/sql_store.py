@@ -32,7 +32,7 @@ from supervisor.core.records import (
     TransitionRecord,
 )
 from supervisor.core.reports import FinalMetrics, History, Report, StatusReport
-from supervisor.core.run import TERMINAL_PHASES, Phase, Run
+from supervisor.core.run import TERMINAL_PHASES, Outcome, Run
 from supervisor.core.values import InstanceId
 from supervisor.core.zombies import (
     SUCCESSFUL_OUTCOMES,
@@ -245,13 +245,14 @@ class SqlStore(ABC):
         return [sql.instance_record(row) for row in rows]
 
     async def crashed_without_crash_log(self, *, since: datetime) -> list[RunRecord]:
-        """Runs that crashed at `since` or later and have no crash log attached: a daemon
-        killed between the crash's commit and reading the report leaves these."""
+        """Runs that crashed (outcome crashed: phase crashed, or stopped/terminated by
+        on_crash) at `since` or later and have no crash log attached: a daemon killed between
+        the crash's commit and reading the report leaves these."""
         rows = await self._read(
-            f"SELECT {sql.RUN_COLUMNS} FROM runs WHERE phase = ? AND phase_since >= ? AND NOT "
+            f"SELECT {sql.RUN_COLUMNS} FROM runs WHERE outcome = ? AND phase_since >= ? AND NOT "
             "EXISTS (SELECT 1 FROM attachments a WHERE a.run_id = runs.run_id AND "
             "a.kind = 'crash-log') ORDER BY phase_since",
-            (Phase.CRASHED.value, _iso(since)),
+            (Outcome.CRASHED.value, _iso(since)),
         )
         return [sql.run_record(row) for row in rows]
 

@@ -113,6 +113,7 @@ def _run_changes(run: Run, *, updated_at: datetime) -> dict[str, Any]:
         "verified_location": run.verified_location,
         "interrupt_deadline": run.interrupt_deadline,
         "report_etags": dict(run.report_etags),
+        "running_s_before": run.running_s_before,
     }
 
 
@@ -139,6 +140,7 @@ def run_record(row: Row) -> RunRecord:
         verified_location=v["verified_location"],
         interrupt_deadline=v["interrupt_deadline"],
         report_etags=tuple(sorted(v["report_etags"].items())),
+        running_s_before=v["running_s_before"],
     )
     return RunRecord(run=run, created_at=v["created_at"], updated_at=v["updated_at"])
 

@@ -46,6 +46,7 @@ _FLAG_FORMS: dict[Kind, dict[str, Any]] = {
     Kind.PAIRS: {"action": "append"},
     Kind.OBJECTIVES: {"action": "append"},
     Kind.JSON_OBJECT: {"type": Path},
+    Kind.DURATION: {},  # (parsed with the spec: "12h", or seconds)
 }
 """How argparse takes a flag of each kind (PARTS: one text flag per part). A flag not given is
 None, so that only what was given overrides --spec and the defaults."""

@@ -632,6 +632,9 @@ def _print_detail(answer: Any, *, as_json: bool) -> None:
     if run.attempt > 1 or len(run.instances) > 1:
         history = ", ".join(f"{i.instance_id} ({i.source})" for i in run.instances)
         print(f"  attempt    {run.attempt}; instances: {history}")
+    if run.max_duration_at is not None:
+        limit = duration(float(run.spec.get("max_duration") or 0))
+        print(f"  time left  {ago(run.max_duration_at)} of max_duration {limit}, then a stop")
     if run.verified_attempt is not None and run.verified_attempt != run.attempt:
         print(f"  resume     from the checkpoint verified in attempt {run.verified_attempt}")
     if run.utilisation:

@@ -151,6 +151,7 @@ class RunDetail(RunView):
     instances: tuple[InstanceView, ...] = ()
     attachments: tuple[AttachmentView, ...] = ()
     report_problems: tuple[ReportProblemView, ...] = ()
+    max_duration_at: datetime | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunDetail:
@@ -164,6 +165,7 @@ class RunDetail(RunView):
             report_problems=tuple(
                 ReportProblemView.from_json(p) for p in data.get("report_problems", ())
             ),
+            max_duration_at=_maybe_when(data.get("max_duration_at")),
         )
 
 

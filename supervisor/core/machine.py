@@ -101,6 +101,7 @@ from supervisor.core.spec import (
     CheckpointFailure,
     GraceMode,
     OnComplete,
+    OnCrash,
     OnInterruption,
     OnRebalance,
     OnStall,
@@ -397,8 +398,8 @@ class _Ctx:
         at = self.now + timedelta(seconds=wait)
         ends_at = estimate.ends_at if estimate is not None else None
         return self.stay(
-            WakeAt(at), checks=self.run.checks + 1, next_check_at=at, outputs_seen=outputs_seen,
-            this_attempt=replace(attempt, estimated_end=ends_at),
+            _wake_by_deadline(self.run, at), checks=self.run.checks + 1, next_check_at=at,
+            outputs_seen=outputs_seen, this_attempt=replace(attempt, estimated_end=ends_at),
         )  # fmt: skip
 
     def quiet_check(self) -> ListPrefix:
@@ -433,9 +434,9 @@ def _armed_watched(c: _Ctx, _: Armed) -> Decision:
     interval = timedelta(seconds=base_delay(checks, c.policy.poll))
     due = run.next_check_at
     if due is not None and c.now < due <= c.now + interval:
-        return c.stay(WakeAt(due), checks=checks)
+        return c.stay(_wake_by_deadline(run, due), checks=checks)
     at = c.now + interval * c.rng.random()
-    return c.stay(WakeAt(at), checks=checks, next_check_at=at)
+    return c.stay(_wake_by_deadline(run, at), checks=checks, next_check_at=at)
 
 
 def _armed_in_grace(c: _Ctx, _: Armed) -> Decision:
@@ -460,12 +461,16 @@ def _armed_interrupting(c: _Ctx, _: Armed) -> Decision:
 
 def _tick_running(c: _Ctx, _: Tick) -> Decision:
     run = c.run
+    if _out_of_time(run, c.now):
+        return _time_out(c)
     if run.next_check_at is not None and c.now < run.next_check_at:
-        return c.stay(WakeAt(run.next_check_at))
+        return c.stay(_wake_by_deadline(run, run.next_check_at))
     return c.stay(c.check_prefix())
 
 
 def _tick_stalled(c: _Ctx, event: Tick) -> Decision:
+    if _out_of_time(c.run, c.now):
+        return _time_out(c)
     if c.run.spec.on_stall is not OnStall.NOTIFY:
         return _apply_stall_policy(c)
     return _tick_running(c, event)
@@ -683,8 +688,8 @@ def _progressed(
     sooner = c.now + timedelta(seconds=wait_before_check(estimate.ends_at, c.now, c.policy.poll))
     if sooner >= due:
         return c.stay(report_etags=report_etags, this_attempt=attempt)
-    return c.stay(WakeAt(sooner), report_etags=report_etags, this_attempt=attempt,
-                  next_check_at=sooner)  # fmt: skip
+    return c.stay(_wake_by_deadline(run, sooner), report_etags=report_etags,
+                  this_attempt=attempt, next_check_at=sooner)  # fmt: skip
 
 
 @_reading_reports
@@ -857,9 +862,86 @@ def _on_read(c: _Ctx, event: ObjectRead) -> Decision:
         return c.stay()
     body = event.body.strip()
     summary = body[:500] or "(empty)"
-    return _crashed(
+    return _crash_policy(
         c, f"failure marker {event.key}: {summary}", {"failure_marker_body": body[:4000]}
     )
+
+
+# -- crashed runs stop billing, and a maximum duration (issue 13) -------------------------------
+
+_ON_CRASH_ACTION = {OnCrash.STOP: Action.STOP, OnCrash.TERMINATE: Action.TERMINATE}
+
+
+def _crash_policy(c: _Ctx, reason: str, detail: Mapping[str, Any]) -> Decision:
+    """The failure marker appeared: attach the crash report, then act on the instance as
+    `on_crash` says, like any stop (the checkpoint step first when configured; terminate under
+    the checkpoint invariant of `_Ctx.act`). The outcome is `crashed` throughout; the phase
+    ends `stopped`/`terminated`, or `crashed` when the instance is kept (or already gone)."""
+    run, spec = c.run, c.run.spec
+    if run.this_attempt.instance_ended is not None:
+        return _crashed(c, reason, detail)  # nothing left to stop
+    action = _ON_CRASH_ACTION.get(spec.on_crash)
+    if action is None:
+        return _crashed(
+            c, f"{reason}; on_crash=keep leaves the instance running for a person", detail
+        )
+    report = AttachCrashReport(spec.crash_report)
+    why = f"{reason}; on_crash={spec.on_crash}"
+    if spec.checkpointing:
+        return c.move(
+            P.CHECKPOINTING, f"{why}: saving the final checkpoint, then {action}", report,
+            c.run_checkpoint(), detail=detail, outcome=Outcome.CRASHED, pending_action=action,
+            this_attempt=_first_checkpoint_try(c),
+        )  # fmt: skip
+    decision = c.act(action, f"{why}: {action} requested", detail, outcome=Outcome.CRASHED)
+    return replace(decision, effects=(report, *decision.effects))
+
+
+def max_duration_deadline(run: Run) -> datetime | None:
+    """Pure. When the run's `max_duration` runs out, if it has one and this attempt has
+    started: the earlier attempts' running time counts against it."""
+    limit = run.spec.max_duration
+    if limit is None or run.started_at is None:
+        return None
+    return run.started_at + timedelta(seconds=limit - run.running_s_before)
+
+
+def _out_of_time(run: Run, now: datetime) -> bool:
+    deadline = max_duration_deadline(run)
+    return deadline is not None and now >= deadline
+
+
+def _wake_by_deadline(run: Run, at: datetime) -> WakeAt:
+    """Wake at `at`, or at the max_duration deadline if that comes first."""
+    deadline = max_duration_deadline(run)
+    return WakeAt(at if deadline is None else min(at, deadline))
+
+
+def _attempt_ran_s(run: Run) -> float:
+    """Seconds the ended attempt ran: from its start to the phase it ended in (a resume
+    starts from that phase)."""
+    if run.started_at is None:
+        return 0.0
+    return max(0.0, (run.phase_since - run.started_at).total_seconds())
+
+
+def _time_out(c: _Ctx) -> Decision:
+    """The run has been running for its max_duration: end it like a person's `stop`."""
+    run, spec = c.run, c.run.spec
+    assert spec.max_duration is not None and run.started_at is not None
+    ran = run.running_s_before + (c.now - run.started_at).total_seconds()
+    why = (
+        f"max_duration {spec.max_duration:g}s reached (running {ran:.0f}s over "
+        f"{run.attempt} attempt(s))"
+    )
+    detail = {"max_duration_s": spec.max_duration, "running_s": round(ran, 3)}
+    if spec.checkpointing:
+        return c.move(
+            P.CHECKPOINTING, f"{why}: saving the final checkpoint, then stop", c.run_checkpoint(),
+            detail=detail, outcome=Outcome.TIMED_OUT, pending_action=Action.STOP,
+            this_attempt=_first_checkpoint_try(c),
+        )  # fmt: skip
+    return c.act(Action.STOP, f"{why}: stop requested", detail, outcome=Outcome.TIMED_OUT)
 
 
 _CommandHandler = Callable[[_Ctx, CommandFinished], Decision]
@@ -1338,6 +1420,7 @@ def _on_resume(c: _Ctx, event: ResumeRequested) -> Decision:
         P.RESUMING, f"resume requested {how} (attempt {run.attempt + 1})", ObserveInstance(),
         detail={"from_scratch": event.from_scratch, "attempt": run.attempt + 1},
         resume=Resume(from_scratch=event.from_scratch), action_acked_at=None,
+        running_s_before=run.running_s_before + _attempt_ran_s(run),
     )  # fmt: skip
 
 

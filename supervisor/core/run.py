@@ -71,6 +71,7 @@ class Outcome(enum.StrEnum):
     CANCELLED = "cancelled"
     INTERRUPTED = "interrupted"
     STALLED = "stalled"  # the heartbeat stopped and the stall policy ended the run
+    TIMED_OUT = "timed_out"  # it ran for its max_duration and was stopped
 
 
 class ResumeStage(enum.StrEnum):
@@ -137,6 +138,7 @@ class RunChanges(TypedDict, total=False):
     verified_location: str | None
     interrupt_deadline: datetime | None
     report_etags: tuple[tuple[str, str], ...]
+    running_s_before: float
     checks: int
     next_check_at: datetime | None
     outputs_seen: OutputSnapshot | None
@@ -186,6 +188,9 @@ class Run:
     """A spot warning's deadline (warning + 2 min - margin), while interrupting."""
     report_etags: tuple[tuple[str, str], ...] = ()
     """(key, ETag) of each report file already read: read again only when it changes."""
+    running_s_before: float = 0.0
+    """Seconds the earlier attempts ran (each from its start to its end): with this attempt's,
+    what `max_duration` limits."""
 
     # -- volatile state, not persisted (rebuilt after a restart) --
     checks: int = field(default=0, compare=False)

@@ -100,6 +100,14 @@ class OnStall(enum.StrEnum):
     TERMINATE = "terminate"  # checkpoint (if configured), then terminate
 
 
+class OnCrash(enum.StrEnum):
+    """What to do with the instance of a run that crashed (its failure marker appeared)."""
+
+    STOP = "stop"  # checkpoint (if configured), then stop: a crashed job bills nothing
+    TERMINATE = "terminate"  # checkpoint (if configured), then terminate (verified only)
+    KEEP = "keep"  # leave it running for a person to log in
+
+
 class OnRebalance(enum.StrEnum):
     """After an EC2 rebalance recommendation: take an early checkpoint, or do nothing."""
 
@@ -115,6 +123,29 @@ class GraceMode(enum.StrEnum):
 _METRIC_NAME = r"^[A-Za-z0-9_.\-/:]{1,128}$"
 _TAG_KEY = r"^[A-Za-z0-9_.\-/:]{1,128}$"
 MAX_CONFIG_BYTES = 1024 * 1024
+MAX_DURATION_S = 366 * 24 * 3600.0
+"""The longest max_duration a run may ask for: a year."""
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*$")
+
+
+def parse_duration(value: object, *, what: str) -> float:
+    """Seconds from a duration as a person gives it: a number of seconds, or a number with
+    s, m, h or d ("90m", "12h", "1.5d"). Raises `InvalidInput` naming the value."""
+    if isinstance(value, bool):
+        raise InvalidInput(f"{what} {value!r}: give seconds, or a number with s, m, h or d")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(value) if isinstance(value, str) else None
+        if match is None:
+            raise InvalidInput(
+                f"{what} {value!r}: give seconds, or a number with s, m, h or d (e.g. 12h)"
+            )
+        seconds = float(match[1]) * _DURATION_UNITS[match[2]]
+    if not 0 < seconds <= MAX_DURATION_S:
+        raise InvalidInput(f"{what} {value!r}: give a duration above 0 and at most 366d")
+    return seconds
 
 
 class Objective(BaseModel):
@@ -207,6 +238,10 @@ class RunSpec(BaseModel):
     on_stall: OnStall = OnStall.NOTIFY
     crash_report: str = "crash/error.log"
     """Attached to the run when it crashes, if the job (or user-data) wrote it."""
+    on_crash: OnCrash = OnCrash.STOP
+    max_duration: float | None = None
+    """Seconds the run may be watched running (over its attempts) before it is stopped with
+    outcome timed_out. None: no limit. Given as seconds or a number with s, m, h or d."""
 
     # -- the run database: what the run is, for queries and comparisons --
     name: str | None = Field(None, min_length=1, max_length=200)
@@ -387,6 +422,11 @@ class RunSpec(BaseModel):
         if key in (FINAL_METRICS, HISTORY):
             raise InvalidInput(f"heartbeat file {key!r} is the name of another report file")
         return key
+
+    @field_validator("max_duration", mode="before")
+    @classmethod
+    def _max_duration(cls, value: object) -> object:
+        return None if value is None else parse_duration(value, what="max_duration")
 
     @field_validator("crash_report")
     @classmethod

@@ -54,6 +54,7 @@ class Kind(enum.Enum):
     JSON_OBJECT = "json object"  # any JSON object; the flag names a file holding it
     OBJECTIVES = "objectives"  # a list of NAME:min|max[:WEIGHT] (or their tables); repeated
     PARTS = "parts"  # a table of named strings, one flag for each part
+    DURATION = "duration"  # seconds, or a string: a number with s, m, h or d; the flag takes one
 
     @property
     def type(self) -> Any:
@@ -77,6 +78,7 @@ _RAW_TYPES: dict[Kind, Any] = {
     Kind.JSON_OBJECT: dict[str, Any],
     Kind.OBJECTIVES: list[str | dict[str, Any]],
     Kind.PARTS: dict[str, str],
+    Kind.DURATION: str | float,
 }
 
 
@@ -458,6 +460,26 @@ FIELDS: tuple[SpecField, ...] = (
         "attached to the run when it crashes, if present ({default})",
         "crash/error.log",
         metavar="KEY",
+        group=HEARTBEAT,
+    ),
+    # -- crashed runs and a maximum duration (issue 13)
+    SpecField(
+        "on_crash",
+        Kind.TEXT,
+        "when the run crashes (its failure marker appears): stop its instance (the default; "
+        "final checkpoint first if configured), terminate it (only with a verified checkpoint "
+        "when checkpointing is configured, else it is stopped), or keep it running for a person",
+        "stop",
+        choices=("stop", "terminate", "keep"),
+        group=HEARTBEAT,
+    ),
+    SpecField(
+        "max_duration",
+        Kind.DURATION,
+        "stop the run (final checkpoint first if configured) once it has been running this long "
+        "over its attempts, with outcome timed_out: seconds, or a number with s, m, h or d, "
+        "e.g. 12h (off by default)",
+        metavar="DURATION",
         group=HEARTBEAT,
     ),
     # -- the run database

@@ -75,6 +75,8 @@ async def seed(path: Path, seeds: list[Seed], *, now: datetime = NOW) -> None:
                 "tags": s.tags,
                 "config": s.config,
                 "objectives": list(s.objectives),
+                # a crashed seed ends in phase crashed (its instance kept), as queries expect
+                **({"on_crash": "keep"} if s.outcome == "crashed" else {}),
                 **s.spec,
             }
             decision: Decision = new_run(RunSpec.build(**spec_fields), now=at)

@@ -585,9 +585,11 @@ async def test_migration_6_keeps_every_row_and_starts_with_no_reports_read(
     finally:
         await store.close()
 
-    assert raw_count(path, "PRAGMA user_version") == SCHEMA_VERSION == 7
+    assert raw_count(path, "PRAGMA user_version") == SCHEMA_VERSION == 8
     assert _rows(path) == before
     assert [r.run.report_etags for r in records if r is not None] == [()] * len(_V3_RUNS)
+    # migration 8 (max_duration): no attempt has run time counted before it
+    assert [r.run.running_s_before for r in records if r is not None] == [0.0] * len(_V3_RUNS)
     assert data == [None] * len(_V3_RUNS)
 
 
@@ -687,3 +689,32 @@ def test_values_encode_and_decode_through_their_columns_codecs() -> None:
 async def test_the_sqlite_store_is_the_runtimes_store_port(store: Store) -> None:
     port: RunStore = store  # mypy holds the adapter to the port's signatures
     assert await port.get_run("nothing here") is None
+
+
+# -- issue 13: crashed runs stopped by on_crash, and max_duration's running time ---------------
+
+
+async def test_earlier_attempts_running_time_is_kept_with_the_run(store: Store) -> None:
+    run = await attach(store)
+    decision = move(run, Phase.RUNNING, 5)
+    decision = Decision(run=decision.run.evolve(running_s_before=5400.5),
+                        transition=decision.transition)  # fmt: skip
+    await store.commit(run, decision, now=NOW + timedelta(minutes=5))
+    record = await store.get_run("run-42")
+    assert record is not None and record.run.running_s_before == 5400.5
+
+
+async def test_a_run_stopped_by_on_crash_is_one_whose_crash_report_a_restart_reads(
+    store: Store,
+) -> None:
+    stopped = await attach(store, "stopped-after-crash")
+    moved = move(stopped, Phase.STOPPED, 5)
+    crashed = Decision(run=moved.run.evolve(outcome=Outcome.CRASHED), transition=moved.transition)
+    await store.commit(stopped, crashed, now=NOW + timedelta(minutes=5))
+    completed = await attach(store, "stopped-after-completion")
+    moved = move(completed, Phase.STOPPED, 5)
+    done = Decision(run=moved.run.evolve(outcome=Outcome.COMPLETED), transition=moved.transition)
+    await store.commit(completed, done, now=NOW + timedelta(minutes=5))
+
+    missed = await store.crashed_without_crash_log(since=NOW)
+    assert [r.run.spec.run_id for r in missed] == ["stopped-after-crash"]

@@ -229,7 +229,8 @@ EDGE_CASES = [
     _edge(P.RUNNING, listed("done"), P.GRACE, C, "completion marker done found",
           WakeAt(GRACE_UNTIL), fields={"grace_until": GRACE_UNTIL}),
     _edge(P.RUNNING, ObjectRead("FAILED", "CUDA out of memory\n"), P.CRASHED, Outcome.CRASHED,
-          "failure marker FAILED: CUDA out of memory", CRASH_REPORT),
+          "failure marker FAILED: CUDA out of memory; on_crash=keep leaves the instance "
+          "running for a person", CRASH_REPORT, spec={"on_crash": "keep"}),
     _edge(P.RUNNING, listed("done"), P.STOPPED, C, "instance was already stopped",
           instance_ended=S.STOPPED),
     _edge(P.RUNNING, listed("done"), P.TERMINATED, C, "instance was already terminated",
@@ -366,7 +367,7 @@ EDGE_CASES = [
     _edge(P.STALLED, listed("done"), P.GRACE, C, "completion marker done found",
           WakeAt(GRACE_UNTIL), spec=STALL, fields={"grace_until": GRACE_UNTIL}),
     _edge(P.STALLED, ObjectRead("FAILED", "hung in NCCL\n"), P.CRASHED, Outcome.CRASHED,
-          "failure marker FAILED: hung in NCCL", CRASH_REPORT, spec=STALL),
+          "failure marker FAILED: hung in NCCL", CRASH_REPORT, spec={**STALL, "on_crash": "keep"}),
     _edge(P.STALLED, listed("done"), P.STOPPED, C, "instance was already stopped", spec=STALL,
           instance_ended=S.STOPPED),
     _edge(P.STALLED, listed("done"), P.TERMINATED, C, "instance was already terminated",
@@ -621,7 +622,7 @@ def test_running_failure_marker_reads_it_before_deciding() -> None:
 
 def test_running_failure_marker_body_goes_into_the_reason_and_detail() -> None:
     d = run_step(make_run(P.RUNNING), ObjectRead("FAILED", "  NaN loss at step 900\n"))
-    assert d.run.reason == "failure marker FAILED: NaN loss at step 900"
+    assert d.run.reason.startswith("failure marker FAILED: NaN loss at step 900; ")
     assert d.transition is not None
     assert d.transition.detail == {"failure_marker_body": "NaN loss at step 900"}
 
@@ -642,18 +643,22 @@ CRASHES = [
     pytest.param(P.RUNNING, ObjectRead("FAILED", "boom"), {}, id="failure-marker"),
     pytest.param(P.STALLED, ObjectRead("FAILED", "boom"), {}, id="failure-marker-while-stalled"),
     pytest.param(P.RUNNING, listed(), {"instance_ended": S.TERMINATED}, id="instance-ended"),
-]
+    # the failure marker's last look after the instance went: nothing left to stop
+    pytest.param(P.RUNNING, ObjectRead("FAILED", "boom"), {"instance_ended": S.TERMINATED},
+                 id="failure-marker-instance-gone"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(("phase", "event", "changes"), CRASHES)
 def test_every_crash_attaches_the_jobs_crash_report(
     phase: Phase, event: Event, changes: dict[str, Any]
 ) -> None:
-    spec = make_spec(crash_report="logs/traceback.txt")
+    # (on_crash=keep: the instance is left as it is; the on_crash tests below cover the rest)
+    spec = make_spec(crash_report="logs/traceback.txt", on_crash="keep")
     d = run_step(make_run(phase, spec=spec, **changes), event)
     assert (d.run.phase, d.run.outcome) == (P.CRASHED, Outcome.CRASHED)
     assert d.effects == (AttachCrashReport("logs/traceback.txt"),)
-    default = run_step(make_run(phase, **changes), event)
+    default = run_step(make_run(phase, spec=make_spec(on_crash="keep"), **changes), event)
     assert default.effects == (CRASH_REPORT,)
 
 
@@ -1457,7 +1462,8 @@ def test_a_started_resume_is_running_again_as_a_new_attempt_with_a_clean_slate()
     assert d.run.interrupt_deadline is None
     assert (d.run.this_attempt, d.run.resume) == (AttemptState(), Resume())
     # Any other field (a new one too) either carries over, or starts fresh at its default.
-    carried = {"spec", "instance_id", "verified_attempt", "verified_location", "report_etags"}
+    carried = {"spec", "instance_id", "verified_attempt", "verified_location", "report_etags",
+               "running_s_before"}  # fmt: skip
     moved = {"phase", "version", "phase_since", "reason", "attempt", "started_at"}
     for f in dataclasses.fields(Run):
         if f.name in carried:
@@ -1647,7 +1653,7 @@ STORED_FIELDS = {
     "spec", "phase", "outcome", "version", "phase_since", "reason", "instance_id", "grace_until",
     "action_acked_at", "error_code", "pending_action", "checkpoint", "attempt", "started_at",
     "process_exited", "verified_attempt", "verified_location", "interrupt_deadline",
-    "report_etags",
+    "report_etags", "running_s_before",
 }  # fmt: skip
 """The fields the store writes to the runs row (and reads back after a restart)."""
 

@@ -90,7 +90,8 @@ ESCAPES = "\x1b]0;pwned\x07\x1b[2J\x1b[31mexit 1\r\nfake line"
 
 def test_a_failed_markers_text_reaches_the_terminal_inert(shared: Cli, fleet: Fleet) -> None:
     (instance,) = fleet.launch()
-    shared.attach("bad-input-failed", instance, fleet.prefix("bad-input-failed"))
+    prefix = fleet.prefix("bad-input-failed")
+    shared.attach("bad-input-failed", instance, prefix, "--on-crash", "keep")
     shared.wait_db_phase("bad-input-failed", "running")
     fleet.put("runs/bad-input-failed/FAILED", ESCAPES)
     shared.wait_db_phase("bad-input-failed", "crashed")
@@ -102,8 +103,9 @@ def test_a_failed_markers_text_reaches_the_terminal_inert(shared: Cli, fleet: Fl
         assert done.returncode == 0, done
         assert "\x1b" not in done.stdout and "\r" not in done.stdout and "\x07" not in done.stdout
     shown = "\\x1b]0;pwned\\x07\\x1b[2J\\x1b[31mexit 1\\r\\nfake line"
-    assert f"  reason     failure marker FAILED: {shown}" in status.stdout.splitlines()
-    assert f"  reason      failure marker FAILED: {shown}" in show.stdout.splitlines()
+    kept = "; on_crash=keep leaves the instance running for a person"
+    assert f"  reason     failure marker FAILED: {shown}{kept}" in status.stdout.splitlines()
+    assert f"  reason      failure marker FAILED: {shown}{kept}" in show.stdout.splitlines()
     assert not any(line.startswith("fake line") for line in show.stdout.splitlines())
 
 

@@ -36,6 +36,7 @@ def test_a_crashed_runs_report_is_attached_and_shown_by_status(shared: Cli, flee
     attached = shared.attach(
         "crash-report-1", instance, fleet.prefix("crash-report-1"),
         "--crash-report", "logs/crash.txt", "--stall-timeout-s", "600", "--on-stall", "notify",
+        "--on-crash", "keep",
     )  # fmt: skip
     assert attached["phase"] == "pending"
     shared.wait_db_phase("crash-report-1", "running")
@@ -58,7 +59,10 @@ def test_a_crashed_runs_report_is_attached_and_shown_by_status(shared: Cli, flee
     assert as_json.returncode == 0, as_json
     run = json.loads(as_json.stdout)
     assert (run["phase"], run["outcome"]) == ("crashed", "crashed")
-    assert run["reason"] == "failure marker FAILED: exit code 1"
+    assert run["reason"] == (
+        "failure marker FAILED: exit code 1; on_crash=keep leaves the instance running for a person"
+    )
+    assert fleet.state(instance) == "running"
     assert_chained(run["transitions"])
     assert run["spec"]["crash_report"] == "logs/crash.txt"
     assert (run["spec"]["stall_timeout_s"], run["spec"]["on_stall"]) == (600.0, "notify")
@@ -79,3 +83,51 @@ def test_a_crashed_runs_report_is_attached_and_shown_by_status(shared: Cli, flee
         assert option in helped.stdout, option
     assert "checkpoint-stop" in helped.stdout
     assert helped.stderr == ""
+
+
+def test_a_failure_marker_stops_the_instance_with_the_crash_report_attached(
+    shared: Cli, fleet: Fleet
+) -> None:
+    (instance,) = fleet.launch()
+    shared.attach("crash-stop-1", instance, fleet.prefix("crash-stop-1"), "--max-duration", "2d")
+    shared.wait_db_phase("crash-stop-1", "running")
+    shown = shared.ctl("status", "crash-stop-1")
+    assert shown.returncode == 0, shown
+    assert (
+        "  time left  " in shown.stdout and "of max_duration 2d00h, then a stop" in shown.stdout
+    ), shown.stdout
+    fleet.put("runs/crash-stop-1/crash/error.log", "\n".join(REPORT_LINES) + "\n")
+    fleet.put("runs/crash-stop-1/FAILED", "exit code 1")
+
+    shared.wait_db_phase("crash-stop-1", "stopped")
+    wait_for(
+        lambda: attachments(shared, "crash-stop-1") == 1,
+        message=lambda: f"the crash report to be attached{shared.log_tail()}",
+    )
+    assert fleet.state(instance) == "stopped"
+    run = shared.ctl_json("status", "crash-stop-1", "--json")
+    assert (run["phase"], run["outcome"]) == ("stopped", "crashed")
+    assert [t["to"] for t in run["transitions"]][-2:] == ["stopping", "stopped"]
+    assert run["transitions"][-2]["reason"] == (
+        "failure marker FAILED: exit code 1; on_crash=stop: stop requested"
+    )
+    assert_chained(run["transitions"])
+    assert [a["action"] for a in run["actions"]] == ["stop"], run["actions"]
+    assert run["max_duration_at"] is None
+    found = shared.ctl("runs", "--outcome", "crashed")
+    assert found.returncode == 0, found
+    assert "crash-stop-1" in found.stdout
+
+
+def test_a_bad_max_duration_is_refused_on_one_line_naming_it(shared: Cli, fleet: Fleet) -> None:
+    (instance,) = fleet.launch()
+    done = shared.ctl(
+        "attach", "bad-duration-1", "--instance-id", instance,
+        "--s3-prefix", fleet.prefix("bad-duration-1"), "--max-duration", "12x",
+    )  # fmt: skip
+    assert done.returncode in (1, 2), done
+    assert "Traceback" not in done.stderr, done
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert "max_duration '12x': give seconds, or a number with s, m, h or d" in lines[0]
+    assert shared.db_run("bad-duration-1") is None

@@ -213,8 +213,9 @@ async def test_an_ended_resumable_run_id_names_the_resume_that_works(harness: Ha
     first, second = harness.fleet.launch(2)
     await harness.start()
     await harness.attach(
-        "r1", first, resume_command=["python3", "train.py"], pid_file="/tmp/sv-train.pid"
-    )
+        "r1", first, resume_command=["python3", "train.py"], pid_file="/tmp/sv-train.pid",
+        on_crash="keep",
+    )  # fmt: skip
     await harness.wait_phase("r1", P.RUNNING)
     harness.fleet.put("runs/r1/FAILED", "exit 1")
     await harness.wait_phase("r1", P.CRASHED)

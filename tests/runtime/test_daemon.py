@@ -110,12 +110,30 @@ async def test_terminate_and_none_follow_on_complete(harness: Harness) -> None:
 async def test_failure_marker_crashes_the_run_with_its_body_as_reason(harness: Harness) -> None:
     (instance,) = harness.fleet.launch()
     await harness.start()
-    await harness.attach("r1", instance)
+    await harness.attach("r1", instance, on_crash="keep")
     await harness.wait_phase("r1", P.RUNNING)
     harness.fleet.put("runs/r1/FAILED", "exit code 137: CUDA out of memory")
     run = await harness.wait_phase("r1", P.CRASHED)
     assert run.outcome is Outcome.CRASHED
     assert "CUDA out of memory" in run.reason
+    assert harness.fleet.state(instance) == "running"
+
+
+async def test_failure_marker_stops_the_crashed_runs_instance(harness: Harness) -> None:
+    (instance,) = harness.fleet.launch()
+    await harness.start()
+    await harness.attach("r1", instance)
+    await harness.wait_phase("r1", P.RUNNING)
+    harness.fleet.put("runs/r1/FAILED", "exit code 137: CUDA out of memory")
+    run = await harness.wait_phase("r1", P.STOPPED)
+    assert run.outcome is Outcome.CRASHED
+    assert harness.fleet.state(instance) == "stopped"
+    assert harness.store is not None
+    stopping = (await harness.store.transitions("r1"))[-2].transition
+    assert (stopping.to_phase, stopping.reason) == (
+        P.STOPPING,
+        "failure marker FAILED: exit code 137: CUDA out of memory; on_crash=stop: stop requested",
+    )
 
 
 async def test_expected_outputs_complete_the_run_once_unchanged_across_two_checks(

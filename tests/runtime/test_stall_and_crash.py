@@ -337,9 +337,9 @@ async def test_a_failure_marker_crash_attaches_the_tail_of_the_crash_report(
         timed.fleet.put(f"runs/{run_id}/FAILED", "exit code 1")
     crashed = [await timed.settled(run_id) for run_id in ("long", "short", "none")]
 
-    for run in crashed:
-        assert (run.phase, run.outcome) == (P.CRASHED, Outcome.CRASHED), run.reason
-        assert run.reason == "failure marker FAILED: exit code 1"
+    for run in crashed:  # (on_crash=stop, the default: the report attached, the instance stopped)
+        assert (run.phase, run.outcome) == (P.STOPPED, Outcome.CRASHED), run.reason
+        assert timed.fleet.state(run.instance_id) == "stopped"
     (attached,) = await timed.attachments("long")
     tail = data[-CRASH_TAIL_BYTES:].decode()
     whole_lines = tail.partition("\n")[2]
@@ -494,3 +494,55 @@ async def test_a_restarted_until_quiet_grace_ends_early_without_an_event(
     run = await timed.settled("graced", within_s=20.0)  # the first check ends it, not 600 s
 
     assert (run.phase, run.outcome) == (P.STOPPED, Outcome.COMPLETED), run.reason
+
+
+# -- a maximum duration (issue 13) ------------------------------------------------------------
+
+
+async def test_the_monitor_wakes_at_the_max_duration_and_stops_the_run_timed_out(
+    timed: ClockedHarness,
+) -> None:
+    timed.clock.freeze()
+    await timed.start()
+    (instance,) = timed.fleet.launch()
+    await timed.attach("capped", instance, max_duration="2h")
+    run = await timed.wait_phase("capped", P.RUNNING)
+    assert run.started_at is not None
+    await timed.check_now("capped")  # a check without a verdict: the next is scheduled
+
+    # The clock reaches the deadline (no marker, no heartbeat): the monitor's next wake-up,
+    # which never comes later than the deadline, ends the run like a person's stop.
+    timed.clock.jump_to(run.started_at + timedelta(hours=2))
+    ended = await timed.settled("capped")
+
+    assert (ended.phase, ended.outcome) == (P.STOPPED, Outcome.TIMED_OUT), ended.reason
+    assert timed.fleet.state(instance) == "stopped"
+    stopping = only(await timed.history("capped"), P.STOPPING)
+    assert stopping.reason == (
+        "max_duration 7200s reached (running 7200s over 1 attempt(s)): stop requested"
+    )
+
+
+async def test_the_monitor_wakes_for_the_max_duration_before_its_next_check_is_due(
+    timed: ClockedHarness,
+) -> None:
+    timed.clock.freeze()
+    await timed.start(poll_initial_s=600.0, poll_max_s=600.0)  # the next check: minutes away
+    (instance,) = timed.fleet.launch()
+    await timed.attach("capped", instance, max_duration="60s")
+    run = await timed.wait_phase("capped", P.RUNNING)
+    assert timed.daemon is not None and run.started_at is not None
+    monitor = timed.daemon.monitors["capped"]
+
+    async def first_check_done() -> bool:
+        return monitor.run.next_check_at is not None and not monitor.busy
+
+    await wait_for(first_check_done, within_s=REACT_S, what="the first check of capped")
+    assert monitor.run.next_check_at is not None
+    assert monitor.run.next_check_at > run.started_at + timedelta(seconds=120)
+
+    timed.clock.jump_to(run.started_at + timedelta(seconds=60))
+    ended = await timed.settled("capped")
+
+    assert (ended.phase, ended.outcome) == (P.STOPPED, Outcome.TIMED_OUT), ended.reason
+    assert timed.fleet.state(instance) == "stopped"

@@ -477,7 +477,7 @@ async def test_the_daemon_terminates_a_crashed_runs_instance_with_auto_terminate
 ) -> None:
     [instance] = harness.fleet.launch(1)
     daemon = await harness.start(auto_terminate=True, zombie_wait_s=0, zombie_interval_s=0.05)
-    await harness.attach("boom", instance)
+    await harness.attach("boom", instance, on_crash="keep")  # the sweep catches what escapes
     await harness.wait_phase("boom", Phase.RUNNING)
     harness.fleet.put("runs/boom/FAILED", "exit code 3")
     await harness.wait_phase("boom", Phase.CRASHED)

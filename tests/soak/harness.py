@@ -483,6 +483,10 @@ class Soak:
             fields["spot"] = True
         if plan.tag_instance:
             fields["tag_instance"] = True
+        if plan.story is Story.CRASH_AFTER:
+            # A FAILED marker leaves the instance running (a zombie the sweep must catch), as
+            # the story's checks expect; on_crash=stop is covered by the runtime and e2e tests.
+            fields["on_crash"] = "keep"
         if trainer is not None:
             fields |= {
                 "transport": "local",
