@@ -428,6 +428,11 @@ class RunSpec(BaseModel):
     def _max_duration(cls, value: object) -> object:
         return None if value is None else parse_duration(value, what="max_duration")
 
+    @field_validator("idle_for_s", mode="before")
+    @classmethod
+    def _idle_for(cls, value: object) -> object:
+        return None if value is None else parse_duration(value, what="idle_for_s")
+
     @field_validator("crash_report")
     @classmethod
     def _crash_report(cls, value: str) -> str:

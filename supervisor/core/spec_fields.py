@@ -560,10 +560,11 @@ FIELDS: tuple[SpecField, ...] = (
     ),
     SpecField(
         "idle_for_s",
-        Kind.SECONDS,
-        "seconds the utilisation must stay below --idle-below (every CloudWatch datapoint, "
-        "covering the whole time) before the run is stalled and --on-stall applies",
-        metavar="S",
+        Kind.DURATION,
+        "how long the utilisation must stay below --idle-below (every CloudWatch datapoint, "
+        "covering the whole time) before the run is stalled and --on-stall applies: seconds, "
+        "or a number with s, m, h or d, e.g. 30m",
+        metavar="DURATION",
         minimum=MIN_IDLE_FOR_S,
         maximum=MAX_GRACE_S,
         option="--idle-for",

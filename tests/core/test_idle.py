@@ -131,6 +131,19 @@ def test_a_bad_idle_setting_is_refused_naming_it(fields: dict[str, Any], message
         make_spec(**fields)
 
 
+@pytest.mark.parametrize(
+    ("given", "seconds"), [("30m", 1800), ("2h", 7200), (900, 900), ("600", 600)]
+)
+def test_idle_for_takes_a_duration_with_a_unit(given: object, seconds: float) -> None:
+    assert make_spec(idle_below=5, idle_for_s=given).idle_for_s == seconds
+
+
+def test_a_bad_idle_for_duration_is_refused_naming_it() -> None:
+    with pytest.raises(InvalidInput, match="idle_for_s") as refused:
+        make_spec(idle_below=5, idle_for_s="30x")
+    assert "30x" in str(refused.value)
+
+
 # -- in step() ----------------------------------------------------------------------------------
 
 
