@@ -7,6 +7,7 @@ monitors are the same after it as before.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from supervisor.core.errors import InvalidInput
 from supervisor.core.run import Phase
 from tests.conftest import BUCKET
 from tests.runtime.conftest import Harness
+from tests.runtime.waiting import wait_for
 
 P = Phase
 NO_SUCH_INSTANCE = "i-0123456789abcdef0"
@@ -36,6 +38,14 @@ async def snapshot(harness: Harness) -> Snapshot:
         for run_id, _, _ in runs
     }
     return runs, transitions, sorted(harness.daemon.monitors)
+
+
+def monitor_gone(harness: Harness, run_id: str) -> Callable[[], Awaitable[bool]]:
+    async def gone() -> bool:
+        assert harness.daemon is not None
+        return run_id not in harness.daemon.monitors
+
+    return gone
 
 
 async def refused(harness: Harness, run_id: str, instance: str, **fields: Any) -> str:
@@ -219,6 +229,8 @@ async def test_an_ended_resumable_run_id_names_the_resume_that_works(harness: Ha
     await harness.wait_phase("r1", P.RUNNING)
     harness.fleet.put("runs/r1/FAILED", "exit 1")
     await harness.wait_phase("r1", P.CRASHED)
+    # The crash report is looked for after the transition; the monitor ends after that.
+    await wait_for(monitor_gone(harness, "r1"), what="r1's monitor to end")
 
     message = await refused(harness, "r1", second, s3_prefix=f"s3://{BUCKET}/runs/r1b/")
 
