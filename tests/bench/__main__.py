@@ -170,6 +170,11 @@ examples:
         help="figure 7: simulated hours of the longest job (default 0.5)",
     )
     parser.add_argument(
+        "--idle-events",
+        action="store_true",
+        help="figure 7: also the daemon with its events queue (a fourth process side by side)",
+    )
+    parser.add_argument(
         "--idle-factor",
         type=float,
         default=30.0,
@@ -232,7 +237,9 @@ def _idle(args: argparse.Namespace, world: MotoWorld) -> tuple[list[str], dict[s
     for i in range(args.repeat):
         world.reset()
         rep = asyncio.run(
-            idle_figure.repetition(world, i, args.idle_runs, args.idle_hours, args.idle_factor)
+            idle_figure.repetition(
+                world, i, args.idle_runs, args.idle_hours, args.idle_factor, events=args.idle_events
+            )
         )
         reps.append(rep)
         calls = ", ".join(f"{w} {r.calls_per_run_hour:.1f}" for w, r in rep.items())

@@ -16,8 +16,14 @@ polling only, every interval compressed by `factor` through the settings):
 - previous: the same daemon, runs attached with the previous defaults: `grace_mode` fixed, and
   `on_crash` keep when this checkout's RunSpec has the field. Without the field, a crashed
   run is left running under either watcher (then the crash row measures the same thing).
-  The check schedule is this checkout's under both (the ETA-aware schedule has no setting to
-  turn it off): "previous" differs in the grace and the crash only.
+  The ETA-aware check schedule has no setting to turn it off: for "previous", the progress
+  jobs' heartbeats carry no `total_steps`, which is what the previous code saw of them (it
+  read the step, never the total), so their checks back off as before.
+
+With `events` (`--idle-events`), a fourth watcher: the daemon at the current defaults with its
+SQS events queue (moto's S3 notifications, and the EC2 state changes played by the harness as
+figure 2 does). Its idle seconds are scaled by `factor` like the others', so the few tenths of
+a second it takes to react (not compressed in production either) count `factor` times over.
 
 A run whose instance is not stopped by the end of the window counts as "not stopped"; its
 idle time is at least the window's end minus its end (given as a lower bound).
@@ -43,12 +49,19 @@ from supervisor.core.spec import DEFAULT_FAILURE_MARKER, DEFAULT_MARKERS, RunSpe
 from supervisor.report import Reporter
 from tests.bench.baseline import NaivePoller, Watched
 from tests.bench.daemon_process import DaemonProcess, daemon_env, log_time, running
-from tests.bench.fleet_figures import compressed, percentile
+from tests.bench.fleet_figures import (
+    RECEIVES_PER_HOUR,
+    compressed,
+    percentile,
+    play_ec2_events,
+)
 from tests.bench.moto_world import RUNS_PREFIX, MotoWorld
 from tests.bench.table import row
 
 KINDS = ("progress", "silent", "crash")
 WATCHERS = ("baseline", "current", "previous")
+EVENTS = "events"
+"""The optional fourth watcher: the current defaults with the events queue."""
 BASELINE_PERIOD_S = 60.0
 BASELINE_WAIT_S = 300.0
 """The naive poller's fixed wait after it sees a marker (the runctl notes' schedule)."""
@@ -88,6 +101,8 @@ class WatcherResult:
     calls: dict[str, int] = field(default_factory=dict)
     run_seconds: float = 0.0
     """Real seconds the jobs ran while watched, summed."""
+    window_s: float = 0.0
+    """Real seconds from the first attach to the end of the window."""
 
     @property
     def run_hours(self) -> float:
@@ -95,12 +110,30 @@ class WatcherResult:
 
     @property
     def calls_per_run_hour(self) -> float:
-        return sum(self.calls.values()) / self.run_hours if self.run_hours else float("nan")
+        """All calls per run-hour; with events, ReceiveMessage at its production cost (a 20 s
+        long poll, plus an early return per message), as figure 1 counts it: the bench's 1 s
+        long poll is not compressed time."""
+        if not self.run_hours:
+            return float("nan")
+        calls = Counter(self.calls)
+        if self.watcher == EVENTS:
+            window_hours = self.window_s * self.factor / 3600
+            calls["ReceiveMessage"] = round(
+                RECEIVES_PER_HOUR * window_hours + calls.get("DeleteMessage", 0)
+            )
+        return sum(calls.values()) / self.run_hours
 
 
-def plan(tag: str, world: MotoWorld, runs: int, hours: float, factor: float) -> list[Job]:
+def plan(
+    tag: str,
+    world: MotoWorld,
+    runs: int,
+    hours: float,
+    factor: float,
+    notify_queue_url: str | None = None,
+) -> list[Job]:
     """`runs` jobs of each kind, ending from half of `hours` to all of it (simulated)."""
-    bucket = world.bucket(f"bench-idle-{tag}")
+    bucket = world.bucket(f"bench-idle-{tag}", notify_queue_url=notify_queue_url)
     instances = world.launch(runs * len(KINDS))
     jobs = []
     for k, kind in enumerate(KINDS):
@@ -123,16 +156,19 @@ async def play(
     attached: dict[str, float],
     ended: dict[str, float],
     factor: float,
+    *,
+    with_total: bool = True,
 ) -> None:
-    """Each job as it runs: heartbeats for `progress`, then its marker or its failure; the
-    harness's time just before the first write of the end."""
+    """Each job as it runs: heartbeats for `progress` (with `total_steps` if `with_total`),
+    then its marker or its failure; the harness's time just before the first write of the
+    end."""
 
     async def one(job: Job) -> None:
         reporter = Reporter(f"s3://{job.bucket}/{job.prefix}", client=world.s3)
         end = attached[job.run_id] + job.after_s
         if job.kind == "progress":
             beats = max(2, int(job.after_s * factor / HEARTBEAT_S))
-            total = beats * STEPS_PER_HEARTBEAT
+            total = beats * STEPS_PER_HEARTBEAT if with_total else None
             for beat in range(beats):
                 at = attached[job.run_id] + beat * HEARTBEAT_S / factor
                 await asyncio.sleep(max(0.0, at - time.time()))
@@ -164,6 +200,7 @@ def _summarise(
     accepted: dict[str, float],
     window_end: float,
 ) -> None:
+    result.window_s = window_end - min(attached.values())
     for job in jobs:
         if job.run_id not in ended:
             continue
@@ -203,11 +240,17 @@ def _previous_defaults() -> dict[str, Any]:
 
 
 async def run_daemon(
-    world: MotoWorld, jobs: list[Job], factor: float, watcher: str, workdir: Path
+    world: MotoWorld,
+    jobs: list[Job],
+    factor: float,
+    watcher: str,
+    workdir: Path,
+    queue_url: str | None = None,
 ) -> WatcherResult:
-    """The real daemon, polling only, at the default settings compressed by `factor`."""
+    """The real daemon at the default settings compressed by `factor`, polling only unless
+    `queue_url` is given."""
     result = WatcherResult(watcher, factor)
-    settings = compressed(factor, events_queue_url=None, debug=False)
+    settings = compressed(factor, events_queue_url=queue_url, debug=False)
     settings["grace_s"] = f"{DEFAULT_GRACE_S / factor:g}"
     state_dir = workdir / watcher
     daemon = DaemonProcess(state_dir, daemon_env(world.aws_env, state_dir, settings))
@@ -215,7 +258,9 @@ async def run_daemon(
     if watcher == "previous":
         fields |= _previous_defaults()
     expect_stop = {
-        j.run_id for j in jobs if j.kind != "crash" or (watcher == "current" and HAS_ON_CRASH)
+        j.run_id
+        for j in jobs
+        if j.kind != "crash" or (watcher in ("current", EVENTS) and HAS_ON_CRASH)
     }
     with running(daemon):
         await daemon.wait_ready()
@@ -228,7 +273,9 @@ async def run_daemon(
                 job.run_id, job.instance_id, f"s3://{job.bucket}/{job.prefix}", **fields
             )
         ended: dict[str, float] = {}
-        player = asyncio.create_task(play(world, jobs, attached, ended, factor))
+        player = asyncio.create_task(
+            play(world, jobs, attached, ended, factor, with_total=watcher != "previous")
+        )
         accepted: dict[str, float] = {}
         deadline = time.monotonic() + _timeout_s(jobs, factor)
         settle_until: float | None = None
@@ -241,6 +288,11 @@ async def run_daemon(
                     and line.get("run_id") in attached
                 ):
                     accepted.setdefault(str(line["run_id"]), log_time(line))
+                    if queue_url is not None:
+                        instance_id = next(
+                            j.instance_id for j in jobs if j.run_id == line["run_id"]
+                        )
+                        await play_ec2_events(world, queue_url, instance_id)
             if player.done() and expect_stop <= accepted.keys():
                 settle_until = settle_until or time.monotonic() + SETTLE_S
                 if time.monotonic() >= settle_until:
@@ -254,21 +306,30 @@ async def run_daemon(
 
 
 async def repetition(
-    world: MotoWorld, rep: int, runs: int, hours: float, factor: float
+    world: MotoWorld, rep: int, runs: int, hours: float, factor: float, *, events: bool = False
 ) -> dict[str, WatcherResult]:
-    """The three watchers side by side, each on its own jobs (the same plan of lengths)."""
+    """The watchers side by side, each on its own jobs (the same plan of lengths)."""
     fleets = {w: plan(f"{w[:4]}{rep}", world, runs, hours, factor) for w in WATCHERS}
     with tempfile.TemporaryDirectory(prefix="sv", dir="/tmp") as folder:
         work = Path(folder)
-        baseline, current, previous = await asyncio.gather(
+        watching = [
             run_baseline(world, fleets["baseline"], factor),
             run_daemon(world, fleets["current"], factor, "current", work),
             run_daemon(world, fleets["previous"], factor, "previous", work),
-        )
-    return {"baseline": baseline, "current": current, "previous": previous}
+        ]
+        if events:
+            queue_url = world.queue(f"bench-idle-events-{rep}")
+            jobs = plan(f"even{rep}", world, runs, hours, factor, notify_queue_url=queue_url)
+            watching.append(run_daemon(world, jobs, factor, EVENTS, work, queue_url))
+        results = await asyncio.gather(*watching)
+    return {r.watcher: r for r in results}
 
 
 # -- summary --------------------------------------------------------------------------------
+
+
+def _watchers(reps: list[dict[str, WatcherResult]]) -> tuple[str, ...]:
+    return (*WATCHERS, EVENTS) if EVENTS in reps[0] else WATCHERS
 
 
 def _pooled(reps: list[dict[str, WatcherResult]], watcher: str, kind: str) -> list[float]:
@@ -287,9 +348,10 @@ def report(reps: list[dict[str, WatcherResult]], args: Any) -> tuple[list[str], 
     """The table's lines for figure 7, and the JSON."""
     factor = args.idle_factor
     n = len(reps)
+    modes = "polling, and events" if EVENTS in reps[0] else "polling only"
     lines = [
         f"Figure 7: idle instance-seconds, job end (marker or FAILED written) to stop accepted, "
-        f"polling only, {args.idle_runs} runs per kind per watcher x {n} repetitions (pooled), "
+        f"{modes}, {args.idle_runs} runs per kind per watcher x {n} repetitions (pooled), "
         f"jobs of {args.idle_hours / 2:g}-{args.idle_hours:g} simulated h, time /{factor:g}; "
         f"simulated s; on_crash {'in' if HAS_ON_CRASH else 'NOT in'} RunSpec",
         f"  {'kind':<9} {'watcher':<9} {'p50':>6} {'p90':>6} {'stopped':>8}  not stopped "
@@ -306,7 +368,7 @@ def report(reps: list[dict[str, WatcherResult]], args: Any) -> tuple[list[str], 
         "ratios_p50": {},
     }
     for kind in KINDS:
-        for watcher in WATCHERS:
+        for watcher in _watchers(reps):
             idle, left = _pooled(reps, watcher, kind), _unstopped(reps, watcher, kind)
             stopped = f"{len(idle)}/{len(idle) + len(left)}"
             rest = f"{len(left)} (>= {statistics.median(left):.0f})" if left else "0"
@@ -327,9 +389,12 @@ def report(reps: list[dict[str, WatcherResult]], args: Any) -> tuple[list[str], 
                 lines.append(f"  {kind:<9} p50 {other} / current: {other} never stops them")
             elif theirs and not current:
                 lines.append(f"  {kind:<9} p50 {other} / current: current never stops them")
-    calls = {w: [r[w].calls_per_run_hour for r in reps] for w in WATCHERS}
-    for watcher in WATCHERS:
-        lines.append(row(f"AWS calls per run-hour: {watcher}", calls[watcher], "/run-h"))
+    calls = {w: [r[w].calls_per_run_hour for r in reps] for w in _watchers(reps)}
+    for watcher in _watchers(reps):
+        name = f"AWS calls per run-hour: {watcher}"
+        if watcher == EVENTS:
+            name += " (receives at 20 s)"
+        lines.append(row(name, calls[watcher], "/run-h"))
     over = [c / p for c, p in zip(calls["current"], calls["previous"], strict=True)]
     lines.append(row("calls current / previous (goal <= 2)", over, "x", "{:.2f}"))
     by_op: Counter[str] = Counter()
@@ -347,6 +412,7 @@ def report(reps: list[dict[str, WatcherResult]], args: Any) -> tuple[list[str], 
     document["calls_per_run_hour"] = calls
     document["calls_current_over_previous"] = over
     document["samples"] = [
-        {w: {"calls": r[w].calls, "run_seconds": r[w].run_seconds} for w in WATCHERS} for r in reps
+        {w: {"calls": r[w].calls, "run_seconds": r[w].run_seconds} for w in _watchers(reps)}
+        for r in reps
     ]
     return lines, document
