@@ -80,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
      calls per run-hour of each.
 
 examples:
-  python -m tests.bench                          # everything, about 9 minutes on 2 cores
+  python -m tests.bench                          # everything, about 13 minutes on 2 cores
   python -m tests.bench --only 1,2 --repeat 5    # the fleet figures only, 5 repetitions
   python -m tests.bench --only 3 --cost-runs 1000 --cost-window 120
   python -m tests.bench --only 6                 # the CLI's speed only, about a minute
