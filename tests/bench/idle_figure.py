@@ -172,9 +172,9 @@ async def play(
             for beat in range(beats):
                 at = attached[job.run_id] + beat * HEARTBEAT_S / factor
                 await asyncio.sleep(max(0.0, at - time.time()))
-                await asyncio.to_thread(
-                    reporter.heartbeat, beat * STEPS_PER_HEARTBEAT, total_steps=total
-                )
+                # No total: no keyword at all, as a job that never heard of it calls it.
+                progress = {"total_steps": total} if total is not None else {}
+                await asyncio.to_thread(reporter.heartbeat, beat * STEPS_PER_HEARTBEAT, **progress)
         await asyncio.sleep(max(0.0, end - time.time()))
         ended[job.run_id] = time.time()
         if job.kind == "crash":
