@@ -44,8 +44,9 @@ test: $(STAMP) system-tools
 	$(BIN)/pytest -q --timeout=300 -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # Issue 6's figures: AWS calls against a naive poller and reaction time (a fleet against a
-# moto server), the daemon's CPU and memory at 1,000 and 10,000 runs, restart, store; about
-# 8 minutes on 2 cores. Prints a table and writes bench-results.json (see BENCHMARKS.md).
+# moto server), the daemon's CPU and memory at 1,000 and 10,000 runs, restart, store, the CLI,
+# idle instance-seconds after a job's end (issue 13); about 13 minutes on 2 cores. Prints a
+# table and writes bench-results.json (see BENCHMARKS.md).
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
 

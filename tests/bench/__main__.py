@@ -11,8 +11,10 @@ window cut in three); the table gives the median and the spread (min - max).
   5     store commits/s (tests/bench/store_figure.py)
   6     the CLI's wall time per verb against a bare interpreter, and 300 attaches from a
         shell loop (tests/bench/cli_figure.py)
+  7     idle instance-seconds from a job's end to the stop accepted, by kind of job, against
+        the naive poller and the previous defaults (tests/bench/idle_figure.py, issue 13)
 
-Usage: python -m tests.bench [--only 1,2,3,4,5,6] [--repeat N] [options]  (see --help)
+Usage: python -m tests.bench [--only 1,2,3,4,5,6,7] [--repeat N] [options]  (see --help)
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from tests.bench import (
     client_cost,
     daemon_cost,
     fleet_figures,
+    idle_figure,
     restart_figure,
     store_figure,
 )
@@ -69,15 +72,22 @@ def _parser() -> argparse.ArgumentParser:
   6  CLI: each verb's median wall time (--cli-reps runs each, side by side with a bare
      `python -c pass`) against a daemon on moto with a seeded run, and the time to attach
      --cli-loop-runs runs from a shell loop.
+  7  idle instance-seconds: job end (marker or FAILED written) to the stop call accepted,
+     p50/p90 per kind of job (progress heartbeats, silent, crash) for the naive poller
+     (every 60 s, then a fixed 300 s wait), the daemon at the current defaults and at the
+     previous ones (fixed grace, crashed runs kept), polling only, --idle-runs runs of each
+     kind per watcher, jobs of 0.5 to 1 x --idle-hours, time / --idle-factor; and the AWS
+     calls per run-hour of each.
 
 examples:
-  python -m tests.bench                          # everything, about 9 minutes on 2 cores
+  python -m tests.bench                          # everything, about 13 minutes on 2 cores
   python -m tests.bench --only 1,2 --repeat 5    # the fleet figures only, 5 repetitions
   python -m tests.bench --only 3 --cost-runs 1000 --cost-window 120
-  python -m tests.bench --only 6                 # the CLI's speed only, about a minute""",
+  python -m tests.bench --only 6                 # the CLI's speed only, about a minute
+  python -m tests.bench --only 7 --repeat 1      # idle instance-seconds, about 2 minutes""",
     )
     parser.add_argument(
-        "--only", default="1,2,3,4,5,6", help="figures to measure, e.g. 1,2 or 6 (default all)"
+        "--only", default="1,2,3,4,5,6,7", help="figures to measure, e.g. 1,2 or 7 (default all)"
     )
     parser.add_argument("--repeat", type=int, default=3, help="runs of each figure (default 3)")
     parser.add_argument(
@@ -148,6 +158,29 @@ examples:
         help="figure 6: runs attached by the shell loop (default 300)",
     )
     parser.add_argument(
+        "--idle-runs",
+        type=int,
+        default=4,
+        help="figure 7: runs of each kind of job per watcher (default 4)",
+    )
+    parser.add_argument(
+        "--idle-hours",
+        type=float,
+        default=0.5,
+        help="figure 7: simulated hours of the longest job (default 0.5)",
+    )
+    parser.add_argument(
+        "--idle-events",
+        action="store_true",
+        help="figure 7: also the daemon with its events queue (a fourth process side by side)",
+    )
+    parser.add_argument(
+        "--idle-factor",
+        type=float,
+        default=30.0,
+        help="figure 7: time compression (default 30: S3's whole seconds bound it)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=ROOT / "bench-results.json", help="where the JSON goes"
     )
     return parser
@@ -196,6 +229,22 @@ def _fleet(args: argparse.Namespace, world: MotoWorld) -> tuple[list[str], dict[
         totals = ", ".join(f"{m} {fleet_figures.total_per_run_hour(r):.1f}" for m, r in rep.items())
         print(f"  fleet {i + 1}/{args.repeat}: calls/run-hour {totals}")
     return fleet_figures.report(reps, args)
+
+
+def _idle(args: argparse.Namespace, world: MotoWorld) -> tuple[list[str], dict[str, Any]]:
+    """Figure 7: `--repeat` repetitions of the three watchers side by side, pooled."""
+    reps: list[dict[str, idle_figure.WatcherResult]] = []
+    for i in range(args.repeat):
+        world.reset()
+        rep = asyncio.run(
+            idle_figure.repetition(
+                world, i, args.idle_runs, args.idle_hours, args.idle_factor, events=args.idle_events
+            )
+        )
+        reps.append(rep)
+        calls = ", ".join(f"{w} {r.calls_per_run_hour:.1f}" for w, r in rep.items())
+        print(f"  idle {i + 1}/{args.repeat}: calls/run-hour {calls}")
+    return idle_figure.report(reps, args)
 
 
 def _cost(
@@ -338,6 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cost_instances",
         "cli_reps",
         "cli_loop_runs",
+        "idle_runs",
     ):
         _positive(parser, name.replace("_", "-"), getattr(args, name))
     try:
@@ -345,10 +395,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         cost_runs = [int(n) for n in args.cost_runs.split(",") if n.strip()]
     except ValueError:
         parser.error("--only and --cost-runs take comma-separated integers, e.g. 1,2,3")
-    if not figures <= {1, 2, 3, 4, 5, 6}:
-        parser.error(f"--only {args.only}: the figures are 1 to 6")
-    if args.factor <= 0 or args.fleet_hours <= 0 or args.cost_window <= 0:
-        parser.error("--factor, --fleet-hours and --cost-window must be positive")
+    if not figures <= {1, 2, 3, 4, 5, 6, 7}:
+        parser.error(f"--only {args.only}: the figures are 1 to 7")
+    if min(args.factor, args.fleet_hours, args.cost_window, args.idle_hours, args.idle_factor) <= 0:
+        parser.error(
+            "--factor, --fleet-hours, --cost-window, --idle-hours and --idle-factor must be "
+            "positive"
+        )
     command = shlex.join(["python", "-m", "tests.bench", *args_list])
     machine = {
         "cpu_count": os.cpu_count(),
@@ -360,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"machine: {machine}")
     started = time.monotonic()
     lines, results = _store_and_restart(args, figures)
-    if figures & {1, 2, 3, 6}:
+    if figures & {1, 2, 3, 6, 7}:
         with MotoWorld() as world:
             if figures & {1, 2}:
                 fleet_lines, results["fleet"] = _fleet(args, world)
@@ -373,6 +426,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     cli_figure.measure(world, args.cli_reps, args.cli_loop_runs)
                 )
                 lines += cli_lines
+            if 7 in figures:
+                idle_lines, results["idle"] = _idle(args, world)
+                lines += idle_lines
     print()
     print("\n".join(lines).rstrip())
     elapsed = time.monotonic() - started

@@ -2,7 +2,8 @@
 
 Every period (60 s, compressed like the daemon's timings), for each run still watched: one
 HeadObject per completion marker name and one DescribeInstances with that run's instance id.
-When a marker is there and the instance runs, StopInstances, and the run is no longer watched.
+When a marker is there and the instance runs, StopInstances, and the run is no longer watched
+(with `wait_s`, the stop comes that long after the marker is seen: figure 7's fixed wait).
 The calls of a sweep go out together (asyncio, aioboto3); sweeps start on a fixed-rate
 schedule, so a slow sweep does not stretch the period (a late start is counted as an overrun).
 Its calls are counted here, by operation, as the daemon's are by its CallCounter.
@@ -38,6 +39,8 @@ class BaselineResult:
     calls: Counter[str] = field(default_factory=Counter)
     stop_at: dict[str, float] = field(default_factory=dict)
     """run id -> wall-clock time the StopInstances call was made."""
+    accepted_at: dict[str, float] = field(default_factory=dict)
+    """run id -> wall-clock time the StopInstances call returned."""
     sweeps: int = 0
     overruns: int = 0
     """Sweeps that started later than their slot because the previous one was still going."""
@@ -51,8 +54,11 @@ class NaivePoller:
         *,
         period_s: float,
         markers: Sequence[str],
+        wait_s: float = 0.0,
     ) -> None:
         self._aws = aws
+        self._wait_s = wait_s
+        self._stops: list[asyncio.Task[None]] = []
         self._runs = list(runs)
         self._period_s = period_s
         self._markers = tuple(markers)
@@ -86,6 +92,7 @@ class NaivePoller:
                     await asyncio.sleep(wait)
                 else:
                     self.result.overruns += 1
+            await asyncio.gather(*self._stops)
         return self.result
 
     async def _look(self, s3: Any, ec2: Any, run: Watched, watching: dict[str, Watched]) -> None:
@@ -93,9 +100,17 @@ class NaivePoller:
         found, state = await asyncio.gather(asyncio.gather(*heads), self._state(ec2, run))
         if any(found) and state == "running" and run.run_id in watching:
             del watching[run.run_id]
-            self.result.stop_at[run.run_id] = time.time()
-            self.result.calls["StopInstances"] += 1
-            await ec2.stop_instances(InstanceIds=[run.instance_id])
+            if self._wait_s > 0:  # a task: the wait must not hold up the sweep
+                self._stops.append(asyncio.create_task(self._stop(ec2, run, self._wait_s)))
+            else:
+                await self._stop(ec2, run, 0.0)
+
+    async def _stop(self, ec2: Any, run: Watched, wait_s: float) -> None:
+        await asyncio.sleep(wait_s)
+        self.result.stop_at[run.run_id] = time.time()
+        self.result.calls["StopInstances"] += 1
+        await ec2.stop_instances(InstanceIds=[run.instance_id])
+        self.result.accepted_at[run.run_id] = time.time()
 
     async def _head(self, s3: Any, bucket: str, key: str) -> bool:
         self.result.calls["HeadObject"] += 1

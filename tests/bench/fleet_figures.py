@@ -186,7 +186,7 @@ async def run_daemon(
                 if name == "action_requested" and line.get("operation") == "StopInstances":
                     stop_at.setdefault(run_id, log_time(line))
                 elif name == "action_accepted" and events:
-                    await _play_ec2_events(world, queue_url, by_instance[run_id])
+                    await play_ec2_events(world, queue_url, by_instance[run_id])
                 elif name == "prefix_checked":
                     checks.setdefault(run_id, []).append(
                         (log_time(line), int(line["check"]), int(line["objects"]))
@@ -207,7 +207,7 @@ async def run_daemon(
     return result
 
 
-async def _play_ec2_events(world: MotoWorld, queue_url: str | None, instance_id: str) -> None:
+async def play_ec2_events(world: MotoWorld, queue_url: str | None, instance_id: str) -> None:
     """What EventBridge would queue for a stop: the state changes to stopping and stopped.
     (moto sends no EC2 events; the daemon's rule in deploy/ takes every instance's changes.)"""
     assert queue_url is not None
