@@ -21,6 +21,7 @@ from supervisor.adapters.protocol import (
     AttachmentView,
     AttachRequest,
     DaemonStatus,
+    IdleDayView,
     InstanceView,
     MonitorEventView,
     ReportDayView,
@@ -316,6 +317,7 @@ def report_view(answer: FleetReportUntil) -> ReportView:
         runs=sum(report.runs_by_outcome.values()),
         crash_rate=report.crash_rate,
         open_zombies=report.open_zombies,
+        idle_days=[IdleDayView(day=d.day, runs=d.runs, idle_s=d.idle_s) for d in report.idle_days],
     )
 
 

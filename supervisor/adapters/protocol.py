@@ -254,6 +254,14 @@ class ReportDayView(_Message):
     mean_s_to_terminated: float | None
 
 
+class IdleDayView(_Message):
+    """One UTC day of idle instance-seconds after the jobs' ends (until our stop was accepted)."""
+
+    day: str
+    runs: int
+    idle_s: float
+
+
 class ReportView(_Message):
     since: datetime
     until: datetime
@@ -264,3 +272,6 @@ class ReportView(_Message):
     crash_rate: float | None
     """Crashed runs among those with an outcome."""
     open_zombies: int
+    idle_days: list[IdleDayView] = []
+    """Idle instance-seconds after the end, per UTC day of the jobs' ends (runs our call
+    stopped or terminated; runs kept running have no figure)."""

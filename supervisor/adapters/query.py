@@ -46,6 +46,7 @@ from supervisor.core.filters import (
     Source,
     parse_field,
 )
+from supervisor.core.records import idle_after_end_s
 from supervisor.core.values import Direction
 
 if TYPE_CHECKING:  # `runs` and `show` do without: loaded by `compare` when it runs
@@ -72,6 +73,8 @@ _RUN = RUNS.project(
         "updated_at",
         "phase_since",
         "started_at",
+        "job_ended_at",
+        "action_acked_at",
     ),
     alias="r",
 )
@@ -253,6 +256,11 @@ class RunDetailRow(RunRow):
     instances: tuple[InstanceRow, ...]
     transitions: tuple[TransitionRow, ...]
     crash_log: CrashLog | None
+    job_ended_at: datetime | None
+    """When the job ended: its completion or failure marker's LastModified (None: not seen)."""
+    idle_after_end_s: float | None
+    """Idle instance-seconds from the job's end until our stop/terminate call was accepted;
+    None when the instance was not stopped by us (kept, left running, or already gone)."""
 
 
 def _json_value(value: Any) -> Any:
@@ -474,6 +482,8 @@ class RunDatabase:
             instances=instances,
             transitions=transitions,
             crash_log=crash_log,
+            job_ended_at=run["job_ended_at"],
+            idle_after_end_s=idle_after_end_s(run["job_ended_at"], run["action_acked_at"]),
         )
 
     # -- SQL --------------------------------------------------------------------------------

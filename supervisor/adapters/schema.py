@@ -244,6 +244,7 @@ RUNS = Table(
         Column("interrupt_deadline", TIMESTAMP, nullable=True),
         Column("report_etags", JSON),
         Column("running_s_before", REAL),
+        Column("job_ended_at", TIMESTAMP, nullable=True),
     ),
     key=("run_id",),
 )

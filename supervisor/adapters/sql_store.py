@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from supervisor.adapters import statements as sql
-from supervisor.adapters.schema import Row
+from supervisor.adapters.schema import RUNS, Row
 from supervisor.adapters.schema import timestamp as _iso
 from supervisor.core.errors import InvalidInput
 from supervisor.core.machine import Decision, run_id_taken
@@ -24,12 +24,14 @@ from supervisor.core.records import (
     ActionRecord,
     AttachmentRecord,
     FleetReport,
+    IdleDay,
     InstanceRecord,
     ReportProblemRecord,
     RunDataRecord,
     RunRecord,
     TerminationDay,
     TransitionRecord,
+    idle_after_end_s,
 )
 from supervisor.core.reports import FinalMetrics, History, Report, StatusReport
 from supervisor.core.run import TERMINAL_PHASES, Outcome, Run
@@ -47,6 +49,8 @@ from supervisor.core.zombies import (
 _TERMINAL = tuple(sorted(TERMINAL_PHASES))
 _ACTIVE = f" WHERE phase NOT IN ({sql.placeholders(_TERMINAL)})"
 """The runs a daemon watches (parameters: `_TERMINAL`)."""
+_ENDED = RUNS.project(("job_ended_at", "action_acked_at"))
+"""What the idle instance-seconds after a job's end are counted from."""
 _IN_CHUNK = 500  # ids per `IN (...)`: well under SQLite's limit on bound parameters
 
 
@@ -373,7 +377,13 @@ class SqlStore(ABC):
             f"SELECT COUNT(*) FROM zombies WHERE state IN ({sql.placeholders(open_states)})",
             open_states,
         )
+        ended_rows = await self._read(
+            f"SELECT {_ENDED.sql} FROM runs "
+            "WHERE job_ended_at >= ? AND action_acked_at IS NOT NULL ORDER BY job_ended_at",
+            (_iso(since),),
+        )
         return FleetReport(
+            idle_days=_idle_days(ended_rows),
             since=since,
             days=tuple(
                 TerminationDay(
@@ -390,6 +400,18 @@ class SqlStore(ABC):
             runs_by_outcome={outcome or "none": int(n) for outcome, n in outcome_rows},
             open_zombies=int(count[0][0]) if count else 0,
         )
+
+
+def _idle_days(rows: Iterable[Row]) -> tuple[IdleDay, ...]:
+    """Rows read with `_ENDED`, oldest end first: their idle seconds after the end, per UTC
+    day of the end."""
+    per_day: dict[str, list[float]] = {}
+    for row in rows:
+        v = _ENDED.decode(row)
+        ended, idle = v["job_ended_at"], idle_after_end_s(v["job_ended_at"], v["action_acked_at"])
+        if idle is not None:
+            per_day.setdefault(ended.astimezone(UTC).date().isoformat(), []).append(idle)
+    return tuple(IdleDay(day, len(idle), sum(idle)) for day, idle in per_day.items())
 
 
 def _sql_list(values: Iterable[str]) -> str:

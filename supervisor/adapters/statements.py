@@ -114,6 +114,7 @@ def _run_changes(run: Run, *, updated_at: datetime) -> dict[str, Any]:
         "interrupt_deadline": run.interrupt_deadline,
         "report_etags": dict(run.report_etags),
         "running_s_before": run.running_s_before,
+        "job_ended_at": run.job_ended_at,
     }
 
 
@@ -141,6 +142,7 @@ def run_record(row: Row) -> RunRecord:
         interrupt_deadline=v["interrupt_deadline"],
         report_etags=tuple(sorted(v["report_etags"].items())),
         running_s_before=v["running_s_before"],
+        job_ended_at=v["job_ended_at"],
     )
     return RunRecord(run=run, created_at=v["created_at"], updated_at=v["updated_at"])
 

@@ -396,6 +396,11 @@ def _print_show(run: RunDetailRow, *, as_json: bool) -> None:
         ("updated", _cell(run.updated_at)),
         ("step", _steps(run)),
         ("runtime", None if run.runtime_s is None else f"{run.runtime_s:.0f}s"),
+        ("job ended", _cell(run.job_ended_at) if run.job_ended_at else None),
+        (
+            "idle after end",
+            None if run.idle_after_end_s is None else f"{run.idle_after_end_s:.0f}s",
+        ),
     ]
     for label, value in facts:
         if value is not None:

@@ -779,6 +779,13 @@ def _print_report(report: ReportView, *, days: float, as_json: bool) -> None:
     crash = f"{report.crash_rate:.0%}" if report.crash_rate is not None else "- (no run ended)"
     print(f"crash rate: {crash}")
     print(f"open zombies: {report.open_zombies}")
+    if report.idle_days:
+        print("idle instance-seconds after the end (job's marker to our accepted stop)")
+        idle_rows = [("DAY", "RUNS", "IDLE S", "MEAN S")]
+        for idle in report.idle_days:
+            per_run = idle.idle_s / idle.runs if idle.runs else 0.0
+            idle_rows.append((idle.day, str(idle.runs), f"{idle.idle_s:.0f}", f"{per_run:.0f}"))
+        _print_rows(idle_rows)
 
 
 if __name__ == "__main__":

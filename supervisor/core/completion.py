@@ -32,11 +32,16 @@ class ListRequest:
 @dataclass(frozen=True, slots=True)
 class Completed:
     evidence: str
+    ended_at: datetime | None = None
+    """When the job ended, as S3 saw it: the marker's LastModified (or the newest expected
+    output's); where the idle instance-seconds after the end are counted from."""
 
 
 @dataclass(frozen=True, slots=True)
 class FailureMarked:
     key: str
+    ended_at: datetime | None = None
+    """The failure marker's LastModified: when the job ended."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +100,13 @@ def evaluate(
     by_key = {obj.key: obj for obj in objects if cutoff is None or obj.last_modified >= cutoff}
     for marker in spec.markers:
         if marker in by_key:
-            return Completed(f"completion marker {marker} found")
+            return Completed(f"completion marker {marker} found", by_key[marker].last_modified)
     if spec.failure_marker in by_key:
-        return FailureMarked(spec.failure_marker)
+        return FailureMarked(spec.failure_marker, by_key[spec.failure_marker].last_modified)
     if not spec.expect or any(key not in by_key for key in spec.expect):
         return NotYet(None)
     snapshot = tuple(sorted((k, by_key[k].etag, by_key[k].size) for k in spec.expect))
     if snapshot == previous:
-        return Completed(f"all {len(snapshot)} expected outputs present and unchanged")
+        newest = max(by_key[k].last_modified for k in spec.expect)
+        return Completed(f"all {len(snapshot)} expected outputs present and unchanged", newest)
     return NotYet(snapshot)

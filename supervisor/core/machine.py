@@ -717,14 +717,14 @@ def _watched_listed(c: _Ctx, event: PrefixListed) -> Decision:
     run = c.run
     verdict = evaluate(run.spec, event.objects, run.outputs_seen, since=_cutoff(run))
     if isinstance(verdict, FailureMarked):
-        return c.stay(ReadObject(verdict.key))
+        return c.stay(ReadObject(verdict.key), job_ended_at=verdict.ended_at)
     if isinstance(verdict, Completed):
         if run.this_attempt.instance_ended is not None:
             return c.move(
                 _ended_phase(run.this_attempt.instance_ended),
                 f"{verdict.evidence}; instance was already {run.this_attempt.instance_ended}",
-                outcome=Outcome.COMPLETED,
-            )
+                outcome=Outcome.COMPLETED, job_ended_at=verdict.ended_at,
+            )  # fmt: skip
         action = _ON_COMPLETE_ACTION[run.spec.on_complete]
         if run.spec.checkpointing:
             return c.move(
@@ -732,10 +732,15 @@ def _watched_listed(c: _Ctx, event: PrefixListed) -> Decision:
                 f"{verdict.evidence}; ending training and saving the final checkpoint",
                 c.run_checkpoint(),
                 outcome=Outcome.COMPLETED, pending_action=action,
-                this_attempt=_first_checkpoint_try(c),
+                this_attempt=_first_checkpoint_try(c), job_ended_at=verdict.ended_at,
             )  # fmt: skip
         return _enter_grace(
-            c, verdict.evidence, {}, outcome=Outcome.COMPLETED, pending_action=action
+            c,
+            verdict.evidence,
+            {},
+            outcome=Outcome.COMPLETED,
+            pending_action=action,
+            job_ended_at=verdict.ended_at,
         )
     if run.this_attempt.instance_ended is not None:
         if run.spec.spot:
@@ -1504,7 +1509,7 @@ def _new_attempt(c: _Ctx) -> RunChanges:
         "pending_action": None, "grace_until": None, "action_acked_at": None, "error_code": None,
         "process_exited": False, "interrupt_deadline": None, "checks": 0, "next_check_at": None,
         "outputs_seen": None, "this_attempt": AttemptState(), "resume": Resume(),
-        "utilisation": None,
+        "utilisation": None, "job_ended_at": None,
     }  # fmt: skip
 
 

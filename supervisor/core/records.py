@@ -125,6 +125,30 @@ class TerminationDay:
         return self.succeeded / self.attempts if self.attempts else None
 
 
+def idle_after_end_s(
+    job_ended_at: datetime | None, action_acked_at: datetime | None
+) -> float | None:
+    """Idle instance-seconds after the end: from the job's end (its marker's LastModified) to
+    the accepted stop/terminate call. None when either is unknown (the instance was kept, or
+    ended without our call, or the end was never seen): no figure, rather than a zero. Never
+    negative (S3's clock and ours may disagree by a little)."""
+    if job_ended_at is None or action_acked_at is None:
+        return None
+    return max(0.0, (action_acked_at - job_ended_at).total_seconds())
+
+
+@dataclass(frozen=True, slots=True)
+class IdleDay:
+    """One UTC day (of the jobs' ends) of idle instance-seconds after the end."""
+
+    day: str
+    """YYYY-MM-DD (UTC)."""
+    runs: int
+    """Runs whose job ended that day and whose instance was then stopped by our call."""
+    idle_s: float
+    """Their idle instance-seconds after the end, summed."""
+
+
 @dataclass(frozen=True, slots=True)
 class FleetReport:
     since: datetime
@@ -132,6 +156,8 @@ class FleetReport:
     runs_by_outcome: dict[str, int]
     """Runs attached since `since`, by outcome; "none" for runs without one (yet)."""
     open_zombies: int
+    idle_days: tuple[IdleDay, ...] = ()
+    """Idle instance-seconds after the end, per UTC day of the jobs' ends since `since`."""
 
     @property
     def crash_rate(self) -> float | None:

@@ -139,6 +139,7 @@ class RunChanges(TypedDict, total=False):
     interrupt_deadline: datetime | None
     report_etags: tuple[tuple[str, str], ...]
     running_s_before: float
+    job_ended_at: datetime | None
     checks: int
     next_check_at: datetime | None
     outputs_seen: OutputSnapshot | None
@@ -191,6 +192,9 @@ class Run:
     running_s_before: float = 0.0
     """Seconds the earlier attempts ran (each from its start to its end): with this attempt's,
     what `max_duration` limits."""
+    job_ended_at: datetime | None = None
+    """When this attempt's job ended: its completion or failure marker's LastModified in the
+    listing that found it. With `action_acked_at`, the idle instance-seconds after the end."""
 
     # -- volatile state, not persisted (rebuilt after a restart) --
     checks: int = field(default=0, compare=False)

@@ -585,11 +585,13 @@ async def test_migration_6_keeps_every_row_and_starts_with_no_reports_read(
     finally:
         await store.close()
 
-    assert raw_count(path, "PRAGMA user_version") == SCHEMA_VERSION == 8
+    assert raw_count(path, "PRAGMA user_version") == SCHEMA_VERSION == 9
     assert _rows(path) == before
     assert [r.run.report_etags for r in records if r is not None] == [()] * len(_V3_RUNS)
     # migration 8 (max_duration): no attempt has run time counted before it
     assert [r.run.running_s_before for r in records if r is not None] == [0.0] * len(_V3_RUNS)
+    # migration 9 (job_ended_at): no run's end was recorded before it: no idle figure
+    assert [r.run.job_ended_at for r in records if r is not None] == [None] * len(_V3_RUNS)
     assert data == [None] * len(_V3_RUNS)
 
 

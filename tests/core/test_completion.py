@@ -24,8 +24,9 @@ SPEC = make_spec()
 
 @pytest.mark.parametrize("marker", ["training_complete.txt", "COMPLETE", "done"])
 def test_each_default_marker_means_completed(marker: str) -> None:
-    assert evaluate(SPEC, [obj("logs/train.log"), obj(marker)], None) == Completed(
-        f"completion marker {marker} found"
+    written = NOW - timedelta(seconds=40)
+    assert evaluate(SPEC, [obj("logs/train.log"), obj(marker, at=written)], None) == Completed(
+        f"completion marker {marker} found", ended_at=written
     )
     assert marker in DEFAULT_MARKERS
 
@@ -40,11 +41,12 @@ def test_nothing_watched_in_the_listing_is_not_yet() -> None:
     assert evaluate(SPEC, [obj("checkpoints/step-100.pt")], None) == NotYet(None)
 
 
-def test_failure_marker_is_reported_with_its_key() -> None:
-    assert evaluate(SPEC, [obj("FAILED")], None) == FailureMarked("FAILED")
+def test_failure_marker_is_reported_with_its_key_and_when_it_was_written() -> None:
+    written = NOW - timedelta(seconds=7)
+    assert evaluate(SPEC, [obj("FAILED", at=written)], None) == FailureMarked("FAILED", written)
     spec = make_spec(failure_marker="status/ERROR")
     assert evaluate(spec, [obj("FAILED"), obj("status/ERROR")], None) == FailureMarked(
-        "status/ERROR"
+        "status/ERROR", NOW
     )
 
 
@@ -56,11 +58,15 @@ EXPECT = make_spec(expect=("model.pt", "metrics.json"))
 
 
 def test_expected_outputs_need_two_identical_consecutive_snapshots() -> None:
-    listing = [obj("model.pt"), obj("metrics.json", etag="m1")]
+    newest = NOW - timedelta(seconds=5)
+    listing = [
+        obj("model.pt", at=NOW - timedelta(seconds=90)),
+        obj("metrics.json", "m1", at=newest),
+    ]
     first = evaluate(EXPECT, listing, None)
     assert first == NotYet((("metrics.json", "m1", 10), ("model.pt", "e1", 10)))
     assert evaluate(EXPECT, listing, first.outputs) == Completed(
-        "all 2 expected outputs present and unchanged"
+        "all 2 expected outputs present and unchanged", ended_at=newest
     )
 
 
@@ -106,8 +112,11 @@ STARTED = NOW + timedelta(microseconds=700_000)
 SINCE = [
     (NOW - timedelta(hours=1), NotYet(None)),
     (NOW - timedelta(seconds=1), NotYet(None)),
-    (NOW, Completed("completion marker done found")),
-    (NOW + timedelta(minutes=5), Completed("completion marker done found")),
+    (NOW, Completed("completion marker done found", NOW)),
+    (
+        NOW + timedelta(minutes=5),
+        Completed("completion marker done found", NOW + timedelta(minutes=5)),
+    ),
 ]
 
 
@@ -120,7 +129,9 @@ def test_with_since_a_marker_written_before_the_attempt_started_is_not_evidence(
 
 def test_without_since_a_marker_of_any_age_is_evidence() -> None:
     old = obj("done", at=NOW - timedelta(days=30))
-    assert evaluate(SPEC, [old], None) == Completed("completion marker done found")
+    assert evaluate(SPEC, [old], None) == Completed(
+        "completion marker done found", old.last_modified
+    )
 
 
 def test_with_since_a_stale_failure_marker_or_stale_output_is_ignored_too() -> None:
@@ -133,7 +144,9 @@ def test_with_since_a_stale_failure_marker_or_stale_output_is_ignored_too() -> N
 
 def test_with_since_a_fresh_marker_wins_over_a_stale_one_of_another_name() -> None:
     listing = [obj("FAILED", at=NOW - timedelta(hours=1)), obj("COMPLETE", at=NOW)]
-    assert evaluate(SPEC, listing, None, since=NOW) == Completed("completion marker COMPLETE found")
+    assert evaluate(SPEC, listing, None, since=NOW) == Completed(
+        "completion marker COMPLETE found", NOW
+    )
 
 
 # -- the job's reports: the heartbeat, final metrics and history -------------------------------

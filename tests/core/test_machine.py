@@ -1448,6 +1448,7 @@ def test_a_started_resume_is_running_again_as_a_new_attempt_with_a_clean_slate()
         checkpoint_tries=2, instance_ended=S.TERMINATED, seconds_left=3.0, command_tries=4,
         next_check_at=NOW, outputs_seen=(("model.pt", "e1", 10),),
         utilisation=judge((), metric=IdleMetric.CPU, below=5, window_s=600, now=NOW),
+        job_ended_at=NOW - timedelta(hours=1),
     )  # fmt: skip
     later = NOW + timedelta(minutes=5)
     d = run_step(run, finished(ST, pid=777), now=later)
@@ -1653,7 +1654,7 @@ STORED_FIELDS = {
     "spec", "phase", "outcome", "version", "phase_since", "reason", "instance_id", "grace_until",
     "action_acked_at", "error_code", "pending_action", "checkpoint", "attempt", "started_at",
     "process_exited", "verified_attempt", "verified_location", "interrupt_deadline",
-    "report_etags", "running_s_before",
+    "report_etags", "running_s_before", "job_ended_at",
 }  # fmt: skip
 """The fields the store writes to the runs row (and reads back after a restart)."""
 

@@ -191,6 +191,27 @@ def test_stop_and_detach_requests(shared: Cli, fleet: Fleet) -> None:
     assert fleet.state(kept) == "running"
 
 
+def test_show_and_report_give_the_idle_seconds_after_a_completed_runs_end(
+    shared: Cli, fleet: Fleet
+) -> None:
+    (instance,) = fleet.launch()
+    shared.attach("idle-end-1", instance, fleet.prefix("idle-end-1"))
+    shared.wait_db_phase("idle-end-1", "running")
+    fleet.put("runs/idle-end-1/COMPLETE")
+    shared.wait_db_phase("idle-end-1", "stopped")
+
+    shown = shared.ctl_json("show", "idle-end-1")
+    assert shown["job_ended_at"] is not None, shown
+    assert shown["idle_after_end_s"] >= 0, shown
+    table = shared.ctl("show", "idle-end-1")
+    assert table.returncode == 0, table
+    assert "  idle after end " in table.stdout, table.stdout
+    report = shared.ctl_json("report")
+    assert sum(day["runs"] for day in report["idle_days"]) >= 1, report
+    printed = shared.ctl("report")
+    assert "idle instance-seconds after the end" in printed.stdout, printed.stdout
+
+
 def test_tail_follow_prints_later_transitions_and_exits_at_the_end(
     shared: Cli, fleet: Fleet
 ) -> None:

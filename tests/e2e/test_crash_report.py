@@ -114,6 +114,8 @@ def test_a_failure_marker_stops_the_instance_with_the_crash_report_attached(
     assert_chained(run["transitions"])
     assert [a["action"] for a in run["actions"]] == ["stop"], run["actions"]
     assert run["max_duration_at"] is None
+    shown = shared.ctl_json("show", "crash-stop-1")  # counted from the FAILED marker
+    assert shown["job_ended_at"] is not None and shown["idle_after_end_s"] >= 0, shown
     found = shared.ctl("runs", "--outcome", "crashed")
     assert found.returncode == 0, found
     assert "crash-stop-1" in found.stdout

@@ -81,6 +81,8 @@ def test_queries_answer_from_the_file_while_the_daemon_is_down(offline: Cli) -> 
     assert detail["wandb_url"] == WANDB["url"]
     assert [o["final"] for o in detail["objectives"]] == [0.31, 0.5]
     assert [t["to"] for t in detail["transitions"]] == ["pending", "running", "grace"]
+    assert detail["job_ended_at"] is not None  # the marker was seen...
+    assert detail["idle_after_end_s"] is None  # ...but no stop yet: no figure, not zero
 
     assert compared.stdout.splitlines() == [
         "val_loss by config.gradient_method: lower val_loss is better "
