@@ -7,7 +7,7 @@ output present and unchanged (same ETag and size) since the previous check.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from supervisor.core.reports import report_keys
@@ -81,7 +81,7 @@ def whole_prefix_request(spec: RunSpec) -> ListRequest:
 def quiet_request(spec: RunSpec) -> ListRequest:
     """An until-quiet grace's look: every key under the run prefix, and the multipart uploads
     begun under it and not yet completed (an object being uploaded is not listed until then)."""
-    return ListRequest(spec.prefix.bucket, spec.prefix.prefix, None, with_uploads=True)
+    return replace(whole_prefix_request(spec), with_uploads=True)
 
 
 def evaluate(
