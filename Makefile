@@ -35,10 +35,14 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 # Programs some tests run that pip cannot bring, installed from Debian when missing:
-# systemd-analyze rates deploy/supervisord.service (tests/deploy/test_service.py).
+# systemd-analyze rates deploy/supervisord.service (tests/deploy/test_service.py), and
+# PostgreSQL's server binaries (initdb, pg_ctl): the tests start a throwaway server from them
+# (tests/pg_server.py); installed from Debian when /usr/lib/postgresql/*/bin has none.
 system-tools:
 	@command -v systemd-analyze >/dev/null || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
 
 test: $(STAMP) system-tools
 	$(BIN)/pytest -q --timeout=300 -n $(TEST_WORKERS) $(PYTEST_ARGS)

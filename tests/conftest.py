@@ -15,6 +15,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from supervisor.runtime import retry
+from tests.pg_server import PostgresServer
 
 REGION = "us-east-1"
 BUCKET = "runs-bucket"
@@ -128,3 +129,20 @@ def no_retry_waits() -> Iterator[None]:
     retry.set_testing(True)
     yield
     retry.set_testing(False)
+
+
+# -- PostgreSQL -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL server per test process (see tests/pg_server.py)."""
+    server = PostgresServer.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres_server: PostgresServer) -> str:
+    """The URL of a fresh, empty PostgreSQL database (with the superuser's password)."""
+    return postgres_server.url(postgres_server.create_database())
