@@ -186,6 +186,18 @@ def test_the_events_backoff_cap_may_not_undercut_the_first_check() -> None:
     assert Settings.load(poll_initial_s=30, poll_max_with_events_s=5).poll_policy.max_s == 300
 
 
+def test_a_run_without_an_eta_is_checked_up_to_its_own_cap_without_an_events_queue(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("SUPERVISOR_EVENTS_QUEUE_URL", raising=False)
+    assert Settings.load().poll_max_without_eta == 100
+    assert Settings.load(poll_max_without_eta_s=90).poll_max_without_eta == 90
+    # With a queue, S3 notifications find a job's end: every run backs off as far.
+    assert Settings.load(events_queue_url="https://sqs/q").poll_max_without_eta is None
+    with pytest.raises(InvalidInput, match=r"poll_max_without_eta_s \(5.0\) must be at least"):
+        Settings.load(poll_initial_s=30, poll_max_without_eta_s=5)
+
+
 @pytest.mark.parametrize("wait", [0, 21])
 def test_the_sqs_wait_is_within_what_aws_allows(wait: int) -> None:
     with pytest.raises(InvalidInput, match="SUPERVISOR_EVENTS_WAIT_S"):
