@@ -1232,7 +1232,30 @@ def _nudge_watched(c: _Ctx, event: Nudge) -> Decision:
     spec = c.run.spec
     if event.key is not None and spec.prefix.relative(event.key) not in watched_keys(spec):
         return c.stay()
+    report = _rewritten_report(c.run, event)
+    if report is not None:
+        return c.stay(*report)
     return c.stay(c.check_prefix())
+
+
+def _rewritten_report(run: Run, event: Nudge) -> tuple[IngestReport, ...] | None:
+    """While running, a notification of a report file alone (the heartbeat every minute, the
+    metrics) is read at once, one GET, without a listing: a report is no evidence of the end,
+    and the listing's only other use, the heartbeat's age, can only show a stall that a fresh
+    write is not. None: the notification needs a listing (a marker or an expected output, no
+    ETag or size to read by, or a stalled run that a fresh heartbeat may make running)."""
+    spec = run.spec
+    if run.phase is not P.RUNNING or event.key is None:
+        return None
+    if event.etag is None or event.size is None:
+        return None
+    key = spec.prefix.relative(event.key)
+    evidence = (*spec.markers, spec.failure_marker, *spec.expect)
+    if key not in report_keys(spec.heartbeat_file) or key in evidence:
+        return None
+    if dict(run.report_etags).get(key) == event.etag:
+        return ()  # already read (a notification sent twice, or a listing got there first)
+    return (IngestReport(key, event.etag, event.size),)
 
 
 def _nudge_in_grace(c: _Ctx, event: Nudge) -> Decision:

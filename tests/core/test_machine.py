@@ -1234,6 +1234,35 @@ def test_a_prefix_nudge_while_running_lists_only_for_a_key_a_check_watches(
     assert d.transition is None
 
 
+HEARTBEAT_NUDGES = [
+    pytest.param(P.RUNNING, "status.json", "e2", {}, (IngestReport("status.json", "e2", 9),),
+                 id="heartbeat-read-without-a-listing"),
+    pytest.param(P.RUNNING, "final_metrics.json", "e2", {},
+                 (IngestReport("final_metrics.json", "e2", 9),), id="metrics-read-likewise"),
+    pytest.param(P.RUNNING, "status.json", "e1", {}, (), id="heartbeat-already-read"),
+    pytest.param(P.RUNNING, "status.json", None, {}, (LIST_TOP,), id="no-etag-lists"),
+    pytest.param(P.RUNNING, "COMPLETE", "e2", {}, (LIST_TOP,), id="a-marker-lists"),
+    pytest.param(P.RUNNING, "final_metrics.json", "e2", {"expect": ["final_metrics.json"]},
+                 (LIST_TOP,), id="an-expected-output-lists"),
+    pytest.param(P.STALLED, "status.json", "e2", {}, (LIST_TOP,),
+                 id="stalled-lists-as-the-age-may-end-the-stall"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("phase", "key", "etag", "spec", "effects"), HEARTBEAT_NUDGES)
+def test_a_notified_report_is_read_without_a_listing_while_running(
+    phase: Phase, key: str, etag: str | None, spec: dict[str, Any], effects: tuple[Effect, ...]
+) -> None:
+    """Every heartbeat of a job would otherwise cost a listing as well as its read."""
+    run = make_run(
+        phase, spec=make_spec(**spec), report_etags=(("final_metrics.json", "e1"),
+                                                     ("status.json", "e1"))
+    )  # fmt: skip
+    size = 9 if etag is not None else None
+    d = run_step(run, Nudge("prefix", key=f"exp1/run42/{key}", etag=etag, size=size))
+    assert (d.effects, d.transition) == (effects, None)
+
+
 def test_a_prefix_nudge_in_a_grace_until_quiet_lists_for_any_key() -> None:
     """There any new object means the job is still writing: the quiet clock restarts."""
     nudge = Nudge("prefix", key="exp1/run42/checkpoints/step-900/model.pt")
