@@ -95,8 +95,9 @@ class Settings(BaseSettings):
     poll_max_without_eta_s: PositiveSeconds = POLL_MAX_WITHOUT_ETA_S
     """Without an events queue, the cap of the check interval of a run with no estimated end
     (its heartbeat reports no progress with `total_steps`): such a job may end, or crash, at
-    any moment, and half this interval is how long that goes unseen at the median. Never
-    above `poll_max_s`; with an events queue, `poll_max_with_events_s` applies to every run."""
+    any moment, and half this interval is how long that goes unseen at the median. Taken
+    within `poll_initial_s` and `poll_max_s` (a slower schedule set with those two stays as it
+    is); with an events queue, `poll_max_with_events_s` applies to every run."""
 
     @field_validator("metrics_addr")
     @classmethod
@@ -193,15 +194,6 @@ class Settings(BaseSettings):
         """The check cap of a run without an estimated end; None with an events queue (S3
         notifications find its end, as any run's)."""
         return None if self.events_queue_url else self.poll_max_without_eta_s
-
-    @model_validator(mode="after")
-    def _poll_without_eta_order(self) -> Self:
-        if not self.events_queue_url and self.poll_max_without_eta_s < self.poll_initial_s:
-            raise ValueError(
-                f"poll_max_without_eta_s ({self.poll_max_without_eta_s}) must be at least "
-                f"poll_initial_s ({self.poll_initial_s})"
-            )
-        return self
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:

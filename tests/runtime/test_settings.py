@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.core.errors import InvalidInput
+from supervisor.core.eta import without_eta
 from supervisor.core.spec import MAX_GRACE_S
 from supervisor.runtime.settings import Settings, unknown_variables
 from tests.core.builders import make_spec
@@ -194,8 +195,10 @@ def test_a_run_without_an_eta_is_checked_up_to_its_own_cap_without_an_events_que
     assert Settings.load(poll_max_without_eta_s=90).poll_max_without_eta == 90
     # With a queue, S3 notifications find a job's end: every run backs off as far.
     assert Settings.load(events_queue_url="https://sqs/q").poll_max_without_eta is None
-    with pytest.raises(InvalidInput, match=r"poll_max_without_eta_s \(5.0\) must be at least"):
-        Settings.load(poll_initial_s=30, poll_max_without_eta_s=5)
+    # A slower schedule set without it is taken as it is: the cap is kept within the two.
+    slow = Settings.load(poll_initial_s=3600, poll_max_s=3600)
+    assert slow.poll_max_without_eta == 100
+    assert without_eta(slow.poll_policy, slow.poll_max_without_eta).max_s == 3600
 
 
 @pytest.mark.parametrize("wait", [0, 21])
