@@ -865,8 +865,8 @@ def _cutoff(run: Run) -> datetime | None:
 def _quiet_listed(c: _Ctx, event: PrefixListed) -> Decision:
     """The prefix is quiet when nothing under it is newer than `quiet_s` by its LastModified,
     and no upload is under way. S3 keeps whole seconds, so the newest write may be up to 1 s
-    younger than it says: a quiet of at least quiet_s - 1 s, which is what the setting asks
-    for (nothing new for about that long), where one more second would idle every GPU."""
+    younger than it says: a quiet of at least quiet_s - 1 s. That is what the setting asks
+    for (nothing new for about that long); a second more, at every run's end, buys nothing."""
     run = c.run
     assert run.grace_until is not None
     quiet = timedelta(seconds=run.spec.quiet_s)
