@@ -2,18 +2,19 @@
 
 Pure: the samples (step, total steps, the job's time) and `now` in, an estimate or a wait out.
 A job whose heartbeat says `total_steps` is checked sparsely while its end is far and every
-`initial_s` from shortly before the estimated end; a job without progress keeps the backoff
-(core/backoff.py).
+`initial_s` from shortly before the estimated end; a job without an estimate (no progress, or
+no total) backs off as core/backoff.py says, to a tighter cap (`without_eta`): it may end, or
+crash, at any moment, and only the check rate bounds how long that goes unseen.
 """
 
 from __future__ import annotations
 
 import itertools
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from supervisor.core.backoff import BackoffPolicy
+from supervisor.core.backoff import BackoffPolicy, base_delay
 
 MAX_SAMPLES = 8
 """Samples kept: enough to smooth the rate, few enough that an old rate soon stops counting."""
@@ -112,3 +113,36 @@ def wait_before_check(ends_at: datetime, now: datetime, policy: BackoffPolicy) -
 def jittered(wait_s: float, policy: BackoffPolicy, rng: random.Random) -> float:
     """`wait_s` ± the policy's jitter, as the backoff spreads its delays."""
     return wait_s * (1.0 + policy.jitter * (2.0 * rng.random() - 1.0))
+
+
+# -- runs without an estimate ---------------------------------------------------------------
+
+POLL_MAX_WITHOUT_ETA_S = 100.0
+"""The default cap of the checks of a run without an estimate. A job's end (or crash) at a
+random moment is found, at the median, half a check interval later: checks at most 100 s
+apart find it within about 50 s (the goal: 60 s, with room for the listing, the read of the
+failure marker and the stop call), at 36 listings an hour where the 300 s cap made 12."""
+
+
+def without_eta(poll: BackoffPolicy, cap_s: float | None) -> BackoffPolicy:
+    """The backoff of a run whose end cannot be estimated: `poll`, its cap lowered to `cap_s`
+    (never below `initial_s`); `cap_s` None (with an events queue: S3 notifications find the
+    end) leaves `poll` as it is."""
+    if cap_s is None or cap_s >= poll.max_s:
+        return poll
+    return replace(poll, max_s=max(poll.initial_s, cap_s))
+
+
+def next_check_wait(
+    estimate: Estimate | None,
+    checks: int,
+    now: datetime,
+    poll: BackoffPolicy,
+    cap_without_eta_s: float | None,
+) -> float:
+    """Seconds to the next check (un-jittered) of a run that has made `checks` checks: around
+    its estimated end when there is one (`wait_before_check`), else the backoff capped for a
+    run without an estimate (`without_eta`)."""
+    if estimate is None:
+        return base_delay(checks, without_eta(poll, cap_without_eta_s))
+    return wait_before_check(estimate.ends_at, now, poll)

@@ -122,11 +122,15 @@ class Nudge:
     scheduled check. `target` is "prefix" (an S3 object appeared) or "instance" (EC2 state).
 
     `key` is the object's full key (a prefix nudge), `state` the state the event reports (an
-    instance nudge): the core uses them only to skip a look that could show nothing new."""
+    instance nudge): the core uses them only to skip a look that could show nothing new.
+    `etag` and `size` are the object's, as the notification says them: a report the job
+    rewrote is read without a listing."""
 
     target: str
     key: str | None = None
     state: str | None = None
+    etag: str | None = None
+    size: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Unpack
 
-from supervisor.core.backoff import BackoffPolicy, base_delay, checks_made, delay
+from supervisor.core.backoff import BackoffPolicy, base_delay, checks_made
 from supervisor.core.checkpoint import (
     MANIFEST_NAME,
     CommandKind,
@@ -59,7 +59,15 @@ from supervisor.core.effects import (
     WakeAt,
 )
 from supervisor.core.errors import InvalidTransition
-from supervisor.core.eta import ProgressSample, estimate_end, jittered, wait_before_check
+from supervisor.core.eta import (
+    POLL_MAX_WITHOUT_ETA_S,
+    ProgressSample,
+    estimate_end,
+    jittered,
+    next_check_wait,
+    wait_before_check,
+    without_eta,
+)
 from supervisor.core.events import (
     Action,
     ActionSucceeded,
@@ -210,6 +218,9 @@ class Policy:
     """Daemon-wide settings that decisions depend on."""
 
     poll: BackoffPolicy = field(default_factory=BackoffPolicy)
+    poll_max_without_eta_s: float | None = POLL_MAX_WITHOUT_ETA_S
+    """The check backoff's cap for a run without an estimated end (core/eta.py `without_eta`);
+    None: `poll`'s own cap (with an events queue)."""
 
 
 def new_run(spec: RunSpec, *, now: datetime) -> Decision:
@@ -387,15 +398,13 @@ class _Ctx:
 
     def schedule_next_check(self, outputs_seen: OutputSnapshot | None) -> Decision:
         # A job that reports its progress is checked around its estimated end (core/eta.py);
-        # one that does not, on the backoff.
-        attempt = self.run.this_attempt
+        # one that does not, on the backoff to its tighter cap.
+        attempt, poll = self.run.this_attempt, self.policy.poll
         estimate = estimate_end(attempt.progress, self.now)
-        if estimate is None:
-            wait = delay(self.run.checks, self.policy.poll, self.rng)
-        else:
-            until = wait_before_check(estimate.ends_at, self.now, self.policy.poll)
-            wait = jittered(until, self.policy.poll, self.rng)
-        at = self.now + timedelta(seconds=wait)
+        until = next_check_wait(
+            estimate, self.run.checks, self.now, poll, self.policy.poll_max_without_eta_s
+        )
+        at = self.now + timedelta(seconds=jittered(until, poll, self.rng))
         ends_at = estimate.ends_at if estimate is not None else None
         return self.stay(
             _wake_by_deadline(self.run, at), checks=self.run.checks + 1, next_check_at=at,
@@ -430,8 +439,11 @@ def _armed_watched(c: _Ctx, _: Armed) -> Decision:
     # thousand runs at the cap are checked at the steady rate from the start, not all within
     # the first 30 s. A check persisted as due sooner is kept.
     run = c.run
-    checks = checks_made((c.now - run.phase_since).total_seconds(), c.policy.poll)
-    interval = timedelta(seconds=base_delay(checks, c.policy.poll))
+    poll = c.policy.poll
+    if estimate_end(run.this_attempt.progress, c.now) is None:
+        poll = without_eta(poll, c.policy.poll_max_without_eta_s)
+    checks = checks_made((c.now - run.phase_since).total_seconds(), poll)
+    interval = timedelta(seconds=base_delay(checks, poll))
     due = run.next_check_at
     if due is not None and c.now < due <= c.now + interval:
         return c.stay(_wake_by_deadline(run, due), checks=checks)
@@ -525,7 +537,14 @@ def _enter_grace(
     grace_until = c.now + timedelta(seconds=run.spec.grace_s)
     first_wake = grace_until
     if _may_end_early(run, changes.get("checkpoint", run.checkpoint)):
-        first_wake = min(grace_until, c.now + timedelta(seconds=run.spec.quiet_s))
+        # Quiet is counted from the job's end (its marker's LastModified), not from when the
+        # supervisor saw it: a completion found late by a check may be quiet already. After
+        # the checkpoint step, its upload is the last write: quiet counts from now.
+        ended = changes.get("job_ended_at", run.job_ended_at) or c.now
+        if run.spec.checkpointing:
+            ended = c.now
+        quiet_from_end = ended + timedelta(seconds=run.spec.quiet_s)
+        first_wake = min(grace_until, max(c.now, quiet_from_end))
     changes["grace_until"] = grace_until
     return c.move(P.GRACE, reason, WakeAt(first_wake), detail=detail, **changes)
 
@@ -844,13 +863,17 @@ def _cutoff(run: Run) -> datetime | None:
 
 
 def _quiet_listed(c: _Ctx, event: PrefixListed) -> Decision:
+    """The prefix is quiet when nothing under it is newer than `quiet_s` by its LastModified,
+    and no upload is under way. S3 keeps whole seconds, so the newest write may be up to 1 s
+    younger than it says: a quiet of at least quiet_s - 1 s. That is what the setting asks
+    for (nothing new for about that long); a second more, at every run's end, buys nothing."""
     run = c.run
     assert run.grace_until is not None
     quiet = timedelta(seconds=run.spec.quiet_s)
     newest = max((o.last_modified for o in event.objects), default=None)
     if event.uploads_in_progress:  # an object still being uploaded: look again a quiet later
-        return c.stay(WakeAt(min(run.grace_until, c.now + quiet + S3_CLOCK_SLACK)))
-    if newest is None or c.now - newest >= quiet + S3_CLOCK_SLACK:
+        return c.stay(WakeAt(min(run.grace_until, c.now + quiet)))
+    if newest is None or c.now - newest >= quiet:
         saved = max(0.0, (run.grace_until - c.now).total_seconds())
         done = "checkpoint verified, training process exited, " if run.spec.checkpointing else ""
         return _end_grace(
@@ -859,7 +882,7 @@ def _quiet_listed(c: _Ctx, event: PrefixListed) -> Decision:
             f"in progress ({saved:.0f}s of grace saved)",
             {"grace_saved_s": round(saved, 3)},
         )
-    return c.stay(WakeAt(min(run.grace_until, newest + quiet + S3_CLOCK_SLACK)))
+    return c.stay(WakeAt(min(run.grace_until, newest + quiet)))
 
 
 def _on_read(c: _Ctx, event: ObjectRead) -> Decision:
@@ -1209,7 +1232,30 @@ def _nudge_watched(c: _Ctx, event: Nudge) -> Decision:
     spec = c.run.spec
     if event.key is not None and spec.prefix.relative(event.key) not in watched_keys(spec):
         return c.stay()
+    report = _rewritten_report(c.run, event)
+    if report is not None:
+        return c.stay(*report)
     return c.stay(c.check_prefix())
+
+
+def _rewritten_report(run: Run, event: Nudge) -> tuple[IngestReport, ...] | None:
+    """While running, a notification of a report file alone (the heartbeat every minute, the
+    metrics) is read at once, one GET, without a listing: a report is no evidence of the end,
+    and the listing's only other use, the heartbeat's age, can only show a stall that a fresh
+    write is not. None: the notification needs a listing (a marker or an expected output, no
+    ETag or size to read by, or a stalled run that a fresh heartbeat may make running)."""
+    spec = run.spec
+    if run.phase is not P.RUNNING or event.key is None:
+        return None
+    if event.etag is None or event.size is None:
+        return None
+    key = spec.prefix.relative(event.key)
+    evidence = (*spec.markers, spec.failure_marker, *spec.expect)
+    if key not in report_keys(spec.heartbeat_file) or key in evidence:
+        return None
+    if dict(run.report_etags).get(key) == event.etag:
+        return ()  # already read (a notification sent twice, or a listing got there first)
+    return (IngestReport(key, event.etag, event.size),)
 
 
 def _nudge_in_grace(c: _Ctx, event: Nudge) -> Decision:

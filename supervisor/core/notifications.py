@@ -48,6 +48,9 @@ class ObjectCreated:
     bucket: str
     key: str
     time: datetime
+    etag: str | None = None
+    """The object's ETag (without quotes) and size, when the notification carries them."""
+    size: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +126,8 @@ def _eventbridge(body: dict[str, Any]) -> tuple[Notification, ...]:
         return (RebalanceRecommendation(_instance(detail), time),)
     if source == "aws.s3" and kind == "Object Created":
         bucket, obj = detail.get("bucket", {}), detail.get("object", {})
-        return (ObjectCreated(str(bucket["name"]), str(obj["key"]), time),)
+        etag, size = _etag_and_size(obj, "etag")
+        return (ObjectCreated(str(bucket["name"]), str(obj["key"]), time, etag, size),)
     return (Unrecognized(f"unhandled EventBridge event {source}/{kind}"),)
 
 
@@ -135,15 +139,27 @@ def _s3_records(records: list[Any]) -> tuple[Notification, ...]:
             found.append(Unrecognized(f"unhandled S3 record {name or '(no eventName)'}"))
             continue
         s3 = record["s3"]
+        etag, size = _etag_and_size(s3["object"], "eTag")
         # S3 URL-encodes keys in notifications (a space arrives as '+').
         found.append(
             ObjectCreated(
                 str(s3["bucket"]["name"]),
                 unquote_plus(str(s3["object"]["key"])),
                 _time(record.get("eventTime")),
+                etag,
+                size,
             )
         )
     return tuple(found)
+
+
+def _etag_and_size(obj: dict[str, Any], etag_field: str) -> tuple[str | None, int | None]:
+    """The object's ETag and size if the notification has both, well formed; else (None,
+    None): the object is then looked at by a listing, as if they were never sent."""
+    etag, size = obj.get(etag_field), obj.get("size")
+    if not isinstance(etag, str) or not etag.strip('"') or type(size) is not int or size < 0:
+        return None, None
+    return etag.strip('"'), size
 
 
 def _notifications(data: dict[str, Any]) -> tuple[Notification, ...]:

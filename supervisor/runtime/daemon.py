@@ -90,7 +90,10 @@ class Daemon:
         self._deps = MonitorDeps(
             store=store,
             clock=self.clock,
-            policy=Policy(poll=settings.poll_policy),
+            policy=Policy(
+                poll=settings.poll_policy,
+                poll_max_without_eta_s=settings.poll_max_without_eta,
+            ),
             rng=rng or random.Random(),
             executor=self.executor,
             metrics=self.metrics,

@@ -186,15 +186,14 @@ class EventConsumer:
                     [m for m in owners if m not in ignoring], RebalanceRecommended(), note,
                     message, subject=instance_id, settle=False,
                 )  # fmt: skip
-            case ObjectCreated(bucket=bucket, key=key):
+            case ObjectCreated(bucket=bucket, key=key, etag=etag, size=size):
                 owners = [
                     m
                     for m in self._monitors()
                     if _owns_key(m, bucket, key) and not m.run.phase.is_terminal
                 ]
-                await self._deliver(
-                    owners, Nudge("prefix", key=key), note, message, subject=f"s3://{bucket}/{key}"
-                )
+                nudge = Nudge("prefix", key=key, etag=etag, size=size)
+                await self._deliver(owners, nudge, note, message, subject=f"s3://{bucket}/{key}")
             case S3TestEvent(bucket=bucket):
                 await self._record("s3-test-event", bucket, message)
             case Unrecognized(reason=reason):

@@ -22,6 +22,7 @@ from pydantic_settings import (
 
 from supervisor.core.backoff import BackoffPolicy
 from supervisor.core.errors import InvalidInput
+from supervisor.core.eta import POLL_MAX_WITHOUT_ETA_S
 from supervisor.core.spec import MAX_GRACE_S, GraceSeconds
 from supervisor.core.zombies import ZombiePolicy
 from supervisor.runtime.config_file import CONFIG_ENV as CONFIG_ENV
@@ -90,6 +91,13 @@ class Settings(BaseSettings):
     (one GetMetricData per 500 instances): CPUUtilization comes every 5 minutes anyway."""
     faults: str = ""
     """Testing only: a fault plan for AWS calls (see supervisor.adapters.faults)."""
+    # -- issue 13: the checks of a run without an estimated end --------------------------------
+    poll_max_without_eta_s: PositiveSeconds = POLL_MAX_WITHOUT_ETA_S
+    """Without an events queue, the cap of the check interval of a run with no estimated end
+    (its heartbeat reports no progress with `total_steps`): such a job may end, or crash, at
+    any moment, and half this interval is how long that goes unseen at the median. Taken
+    within `poll_initial_s` and `poll_max_s` (a slower schedule set with those two stays as it
+    is); with an events queue, `poll_max_with_events_s` applies to every run."""
 
     @field_validator("metrics_addr")
     @classmethod
@@ -180,6 +188,12 @@ class Settings(BaseSettings):
             wait_s=self.zombie_wait_s,
             cooldown_s=self.termination_cooldown_s,
         )
+
+    @property
+    def poll_max_without_eta(self) -> float | None:
+        """The check cap of a run without an estimated end; None with an events queue (S3
+        notifications find its end, as any run's)."""
+        return None if self.events_queue_url else self.poll_max_without_eta_s
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:

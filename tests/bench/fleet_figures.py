@@ -48,6 +48,7 @@ PRODUCTION = {
     "reconcile_interval_s": 60.0,
     "zombie_interval_s": 60.0,
     "retry_base_s": 2.0,
+    "poll_max_without_eta_s": 100.0,
 }
 BASELINE_PERIOD_S = 60.0
 EVENTS_WAIT_S = 1

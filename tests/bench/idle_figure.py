@@ -16,6 +16,8 @@ polling only, every interval compressed by `factor` through the settings):
 - previous: the same daemon, runs attached with the previous defaults: `grace_mode` fixed, and
   `on_crash` keep when this checkout's RunSpec has the field. Without the field, a crashed
   run is left running under either watcher (then the crash row measures the same thing).
+  Its settings keep the previous check schedule too: runs without an estimated end back off
+  to `poll_max_s` (300 s), where the current default stops at `poll_max_without_eta_s`.
   The ETA-aware check schedule has no setting to turn it off: for "previous", the progress
   jobs' heartbeats carry no `total_steps`, which is what the previous code saw of them (it
   read the step, never the total), so their checks back off as before.
@@ -28,14 +30,24 @@ a second it takes to react (not compressed in production either) count `factor` 
 A run whose instance is not stopped by the end of the window counts as "not stopped"; its
 idle time is at least the window's end minus its end (given as a lower bound).
 
-Not compressed: S3's LastModified keeps whole seconds, and the until-quiet grace adds
-S3_CLOCK_SLACK (1 s real) to the quiet: at `factor` 30 that is up to 30 s simulated of
-idle time that production does not have (production: up to 1 s). The table says so.
+Each job's end falls at a random moment of its stratum (seeded by the repetition, the same
+for every watcher): a job's end is as likely at any point of a check interval as in
+production, whatever the schedule. (Ends on a fixed grid, a quarter of the span apart, met a
+300 s schedule at four fixed phases, and one of them on a check: the crash row's p50 moved
+from 109 s to 175 s between two runs of the same code.)
+
+S3's LastModified keeps whole seconds, and an until-quiet grace counts its quiet from it: in
+production the newest write is up to 1 s younger than its LastModified. Compressed by
+`factor`, that second would be `factor` simulated seconds; so each job writes its end within
+the first 1/`factor` s after a whole second (`s3_second`), which keeps it, as in production,
+within one simulated second of its LastModified.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import random
 import statistics
 import tempfile
 import time
@@ -74,6 +86,8 @@ SETTLE_S = 3.0
 """Real seconds watched after the last expected stop, for stops not expected."""
 HAS_ON_CRASH = "on_crash" in RunSpec.model_fields
 """--on-crash (issue 13, another branch): the previous default is `keep`."""
+PREVIOUS_POLL_MAX_S = 300.0
+"""The previous schedule's cap for every run, also those without an estimated end."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,10 +145,15 @@ def plan(
     hours: float,
     factor: float,
     notify_queue_url: str | None = None,
+    *,
+    seed: int = 0,
 ) -> list[Job]:
-    """`runs` jobs of each kind, ending from half of `hours` to all of it (simulated)."""
+    """`runs` jobs of each kind, ending from half of `hours` to all of it (simulated): job i
+    at a random moment of the i-th of `runs` equal strata of that span (`seed`: the same
+    moments for every watcher of a repetition)."""
     bucket = world.bucket(f"bench-idle-{tag}", notify_queue_url=notify_queue_url)
     instances = world.launch(runs * len(KINDS))
+    draw = random.Random(seed)
     jobs = []
     for k, kind in enumerate(KINDS):
         for i in range(runs):
@@ -144,10 +163,20 @@ def plan(
                     instance_id=instances[k * runs + i],
                     bucket=bucket,
                     kind=kind,
-                    after_s=(0.5 + 0.5 * (i + 0.5) / runs) * hours * 3600 / factor,
+                    after_s=(0.5 + 0.5 * (i + draw.random()) / runs) * hours * 3600 / factor,
                 )
             )
     return jobs
+
+
+def s3_second(at: float, factor: float, draw: random.Random) -> float:
+    """`at`, or the first moment after it that lies within 1/`factor` s after a whole second
+    (at a random point of that window): a write then is at most 1/`factor` s younger than the
+    whole-second LastModified S3 gives it, one simulated second, as in production."""
+    window = 1.0 / factor
+    if at - math.floor(at) < window:
+        return at
+    return math.floor(at) + 1.0 + window * draw.random()
 
 
 async def play(
@@ -166,6 +195,7 @@ async def play(
     async def one(job: Job) -> None:
         reporter = Reporter(f"s3://{job.bucket}/{job.prefix}", client=world.s3)
         end = attached[job.run_id] + job.after_s
+        draw = random.Random(job.run_id)
         if job.kind == "progress":
             beats = max(2, int(job.after_s * factor / HEARTBEAT_S))
             total = beats * STEPS_PER_HEARTBEAT if with_total else None
@@ -176,6 +206,7 @@ async def play(
                 progress = {"total_steps": total} if total is not None else {}
                 await asyncio.to_thread(reporter.heartbeat, beat * STEPS_PER_HEARTBEAT, **progress)
         await asyncio.sleep(max(0.0, end - time.time()))
+        await asyncio.sleep(max(0.0, s3_second(time.time(), factor, draw) - time.time()))
         ended[job.run_id] = time.time()
         if job.kind == "crash":
             await asyncio.to_thread(reporter.failed, "bench: the job crashed")
@@ -252,6 +283,8 @@ async def run_daemon(
     result = WatcherResult(watcher, factor)
     settings = compressed(factor, events_queue_url=queue_url, debug=False)
     settings["grace_s"] = f"{DEFAULT_GRACE_S / factor:g}"
+    if watcher == "previous" and "poll_max_without_eta_s" in settings:
+        settings["poll_max_without_eta_s"] = f"{PREVIOUS_POLL_MAX_S / factor:g}"
     state_dir = workdir / watcher
     daemon = DaemonProcess(state_dir, daemon_env(world.aws_env, state_dir, settings))
     fields: dict[str, Any] = {"quiet_s": DEFAULT_QUIET_S / factor}
@@ -309,7 +342,7 @@ async def repetition(
     world: MotoWorld, rep: int, runs: int, hours: float, factor: float, *, events: bool = False
 ) -> dict[str, WatcherResult]:
     """The watchers side by side, each on its own jobs (the same plan of lengths)."""
-    fleets = {w: plan(f"{w[:4]}{rep}", world, runs, hours, factor) for w in WATCHERS}
+    fleets = {w: plan(f"{w[:4]}{rep}", world, runs, hours, factor, seed=rep) for w in WATCHERS}
     with tempfile.TemporaryDirectory(prefix="sv", dir="/tmp") as folder:
         work = Path(folder)
         watching = [
@@ -319,7 +352,9 @@ async def repetition(
         ]
         if events:
             queue_url = world.queue(f"bench-idle-events-{rep}")
-            jobs = plan(f"even{rep}", world, runs, hours, factor, notify_queue_url=queue_url)
+            jobs = plan(
+                f"even{rep}", world, runs, hours, factor, notify_queue_url=queue_url, seed=rep
+            )
             watching.append(run_daemon(world, jobs, factor, EVENTS, work, queue_url))
         results = await asyncio.gather(*watching)
     return {r.watcher: r for r in results}
@@ -405,8 +440,9 @@ def report(reps: list[dict[str, WatcherResult]], args: Any) -> tuple[list[str], 
         + ", ".join(f"{op} {count}" for op, count in sorted(by_op.items()))
     )
     lines.append(
-        f"  note: S3 keeps whole seconds and until-quiet adds a 1 s real slack, not compressed: "
-        f"up to {factor:g} s simulated of the current rows (production: up to 1 s)"
+        f"  note: each job's end is written within 1/{factor:g} s after a whole second, so S3's "
+        f"whole-second LastModified is at most 1 simulated s older (as in production); the "
+        f"daemon's own reaction (a listing, a commit, the stop call) counts {factor:g} times over"
     )
     lines.append("")
     document["calls_per_run_hour"] = calls

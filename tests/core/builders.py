@@ -13,6 +13,7 @@ from typing import Any
 from supervisor.core.checkpoint import CommandKind, CommandResult, CommandStatus, Verification
 from supervisor.core.completion import ListRequest
 from supervisor.core.effects import ListPrefix
+from supervisor.core.eta import without_eta
 from supervisor.core.events import (
     CheckpointChecked,
     CommandFinished,
@@ -29,6 +30,9 @@ NOW = datetime(2026, 11, 22, 12, tzinfo=UTC)
 GRACE_S = 600.0
 GRACE_UNTIL = NOW + timedelta(seconds=GRACE_S)
 POLICY = Policy()
+POLL_WITHOUT_ETA = without_eta(POLICY.poll, POLICY.poll_max_without_eta_s)
+"""The backoff of a run whose end has no estimate (no progress with a total): 30 s doubling to
+the tighter cap."""
 INSTANCE = "i-0123456789abcdef0"
 LIST_TOP = ListPrefix(ListRequest("my-runs", "exp1/run42/", "/"))
 """The listing the default spec asks for: its markers all sit at the top of the run prefix."""

@@ -6,19 +6,32 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from supervisor.core import machine
 from supervisor.core.backoff import BackoffPolicy, delay
 from supervisor.core.effects import WakeAt
 from supervisor.core.eta import (
     MAX_SAMPLES,
+    POLL_MAX_WITHOUT_ETA_S,
+    Estimate,
     Progress,
     ProgressSample,
     estimate_end,
     jittered,
+    next_check_wait,
     wait_before_check,
+    without_eta,
 )
 from supervisor.core.events import ReportIngested
 from supervisor.core.run import Phase as P
-from tests.core.builders import NOW, POLICY, listed, make_run, run_step, seeded
+from tests.core.builders import (
+    NOW,
+    POLICY,
+    POLL_WITHOUT_ETA,
+    listed,
+    make_run,
+    run_step,
+    seeded,
+)
 
 POLL = BackoffPolicy()  # 30 s doubling to 300 s
 
@@ -138,6 +151,63 @@ def test_checks_are_sparse_while_the_end_is_far_and_tight_just_before_it() -> No
     assert len(checks) <= 16  # an hour at the cap is 12; the approach adds a few
 
 
+@pytest.mark.parametrize(
+    ("cap_s", "expected_max_s"),
+    [
+        pytest.param(100.0, 100.0, id="tighter-cap"),
+        pytest.param(None, 300.0, id="none-keeps-the-cap"),
+        pytest.param(900.0, 300.0, id="never-above-the-cap"),
+        pytest.param(10.0, 30.0, id="never-below-the-first-interval"),
+    ],
+)
+def test_the_backoff_of_a_run_without_an_estimate(
+    cap_s: float | None, expected_max_s: float
+) -> None:
+    policy = without_eta(POLL, cap_s)
+    assert policy.max_s == expected_max_s
+    assert (policy.initial_s, policy.multiplier, policy.jitter) == (30.0, 2.0, POLL.jitter)
+
+
+ESTIMATED = Estimate(ends_at=at(3 * 3600), steps_per_s=1.0, remaining_steps=10800)
+NEAR = Estimate(ends_at=at(60), steps_per_s=1.0, remaining_steps=60)
+
+
+@pytest.mark.parametrize(
+    ("estimate", "checks", "cap_s", "expected_wait_s"),
+    [
+        pytest.param(None, 0, 100.0, 30.0, id="no-estimate-first-check"),
+        pytest.param(None, 1, 100.0, 60.0, id="no-estimate-doubling"),
+        pytest.param(None, 2, 100.0, 100.0, id="no-estimate-at-the-tighter-cap"),
+        pytest.param(None, 40, 100.0, 100.0, id="no-estimate-hours-later"),
+        pytest.param(None, 40, None, 300.0, id="no-estimate-no-tighter-cap"),
+        pytest.param(ESTIMATED, 40, 100.0, 300.0, id="far-end-sparse-at-the-cap"),
+        pytest.param(NEAR, 40, 100.0, 30.0, id="near-end-every-first-interval"),
+    ],
+)
+def test_the_next_check_with_and_without_an_estimate(
+    estimate: Estimate | None, checks: int, cap_s: float | None, expected_wait_s: float
+) -> None:
+    assert next_check_wait(estimate, checks, NOW, POLL, cap_s) == expected_wait_s
+
+
+def test_checks_without_an_estimate_find_an_end_within_half_a_capped_interval_at_the_median() -> (
+    None
+):
+    """An end at a random moment of a long run is found, at the median, half an interval
+    later: with the default cap, within the 60 s the goal allows, the listing and the stop
+    call included; at about three times the listings of the old 300 s cap (12 an hour)."""
+    checks, t, schedule = 0, 0.0, []
+    while t < 6 * 3600:
+        t += next_check_wait(None, checks, NOW, POLL, POLL_MAX_WITHOUT_ETA_S)
+        checks += 1
+        schedule.append(t)
+    ends = [3600 + 7.3 * i for i in range(400)]  # spread over an hour past the ramp
+    found_after = sorted(next(c for c in schedule if c >= end) - end for end in ends)
+    assert found_after[len(found_after) // 2] <= POLL_MAX_WITHOUT_ETA_S / 2 + 1 <= 60 - 9
+    per_hour = sum(1 for c in schedule if 3600 <= c < 7200)
+    assert per_hour == 3600 / POLL_MAX_WITHOUT_ETA_S == 36
+
+
 # -- in the machine -------------------------------------------------------------------------
 
 
@@ -147,10 +217,26 @@ def beat(step: int, seconds: float, total: int | None = 1000) -> ReportIngested:
     )
 
 
-def test_a_job_without_progress_keeps_the_backoff() -> None:
+def test_a_job_without_progress_backs_off_to_the_tighter_cap() -> None:
     d = run_step(make_run(P.RUNNING, checks=2), listed("logs.txt"))
-    assert d.effects == (WakeAt(NOW + timedelta(seconds=delay(2, POLICY.poll, seeded()))),)
+    assert d.effects == (WakeAt(NOW + timedelta(seconds=delay(2, POLL_WITHOUT_ETA, seeded()))),)
+    assert POLL_WITHOUT_ETA.max_s == POLL_MAX_WITHOUT_ETA_S < POLICY.poll.max_s
     assert d.run.this_attempt.estimated_end is None
+
+
+def test_a_job_reporting_progress_without_a_total_backs_off_as_one_without_progress() -> None:
+    run = make_run(
+        P.RUNNING, checks=5, progress=progress((-120, 0), (-60, 10), (0, 20), total=None)
+    )
+    d = run_step(run, listed("logs.txt"))
+    assert d.effects == (WakeAt(NOW + timedelta(seconds=delay(5, POLL_WITHOUT_ETA, seeded()))),)
+
+
+def test_without_an_events_queue_cap_a_run_without_progress_keeps_the_plain_backoff() -> None:
+    policy = machine.Policy(poll_max_without_eta_s=None)
+    d = machine.step(make_run(P.RUNNING, checks=5), listed("logs.txt"), now=NOW, policy=policy,
+             rng=seeded())  # fmt: skip
+    assert d.effects == (WakeAt(NOW + timedelta(seconds=delay(5, POLICY.poll, seeded()))),)
 
 
 def test_a_job_reporting_progress_far_from_its_end_is_checked_at_the_cap() -> None:

@@ -99,6 +99,7 @@ from tests.core.builders import (
     NOW,
     PID_FILE,
     POLICY,
+    POLL_WITHOUT_ETA,
     RESUME_COMMAND,
     checked,
     checkpoint_spec,
@@ -568,20 +569,20 @@ def test_running_armed_after_hours_resumes_the_backoff_at_its_cap() -> None:
         d = step(run, Armed(), now=NOW, policy=POLICY, rng=random.Random(seed))
         (wake,) = d.effects
         assert isinstance(wake, WakeAt)
-        assert NOW <= wake.at <= NOW + timedelta(seconds=POLICY.poll.max_s)
+        assert NOW <= wake.at <= NOW + timedelta(seconds=POLL_WITHOUT_ETA.max_s)
         assert (d.run.checks, d.run.next_check_at, d.transition) == (
-            checks_made(7200, POLICY.poll), wake.at, None,
+            checks_made(7200, POLL_WITHOUT_ETA), wake.at, None,
         )  # fmt: skip
         wakes.append((wake.at - NOW).total_seconds())
         armed, first_check = d.run, wake.at
-    assert max(wakes) > 4 * POLICY.poll.initial_s, "first checks are spread over the cap"
+    assert max(wakes) > 3 * POLICY.poll.initial_s, "first checks are spread over the cap"
     # The check after that one waits a whole capped interval, not the initial 30 s.
     ticked = run_step(armed, Tick(), now=first_check)
     assert ticked.effects == (LIST_TOP,)
     listed_ = run_step(ticked.run, listed("logs.txt"), now=first_check)
     (next_wake,) = listed_.effects
     assert isinstance(next_wake, WakeAt)
-    assert (next_wake.at - first_check).total_seconds() >= POLICY.poll.max_s * 0.9
+    assert (next_wake.at - first_check).total_seconds() >= POLL_WITHOUT_ETA.max_s * 0.9
 
 
 @pytest.mark.parametrize(
@@ -601,7 +602,7 @@ def test_running_armed_keeps_a_persisted_check_due_within_the_interval(
 
 def test_running_listing_without_evidence_schedules_the_next_check_with_backoff() -> None:
     d = run_step(make_run(P.RUNNING, checks=2), listed("logs.txt"))
-    at = NOW + timedelta(seconds=delay(2, POLICY.poll, seeded()))
+    at = NOW + timedelta(seconds=delay(2, POLL_WITHOUT_ETA, seeded()))
     assert d.effects == (WakeAt(at),)
     assert (d.run.checks, d.run.next_check_at, d.run.version) == (3, at, 3)
 
@@ -1048,9 +1049,9 @@ def test_a_prefix_quiet_for_quiet_s_ends_grace_early_saying_how_much_was_saved()
 
 @pytest.mark.parametrize(
     ("quiet_for", "phase"),
-    [(QUIET, P.GRACE), (QUIET + SLACK / 2, P.GRACE), (QUIET + SLACK, P.STOPPING)],
+    [(QUIET - SLACK / 2, P.GRACE), (QUIET, P.STOPPING), (QUIET + SLACK, P.STOPPING)],
 )
-def test_the_prefix_is_quiet_only_a_second_after_quiet_s_as_s3_keeps_whole_seconds(
+def test_the_prefix_is_quiet_quiet_s_after_the_newest_last_modified(
     quiet_for: timedelta, phase: Phase
 ) -> None:
     listing = PrefixListed((obj("checkpoints/_manifest.json"),))
@@ -1067,7 +1068,7 @@ def test_an_upload_in_progress_keeps_a_quiet_prefix_in_grace_and_looks_again_a_q
     listing = PrefixListed((obj("events.out", at=NOW),), ("checkpoints/model.pt",))
     d = run_step(verified_grace(), listing, now=NOW + 2 * QUIET)
     assert (d.effects, d.transition, d.run.phase) == (
-        (WakeAt(NOW + 3 * QUIET + SLACK),),
+        (WakeAt(NOW + 3 * QUIET),),
         None,
         P.GRACE,
     )
@@ -1085,6 +1086,37 @@ def plain_grace(**spec: Any) -> Run:
     """A run without checkpointing that entered grace at NOW (its marker just listed)."""
     run = make_run(P.RUNNING, spec=make_spec(grace_mode="until-quiet", **spec))
     return run_step(run, listed("COMPLETE")).run
+
+
+@pytest.mark.parametrize(
+    ("marker_age_s", "first_look_in_s"),
+    [
+        pytest.param(0, 30, id="seen-at-once-looks-quiet_s-after-the-marker"),
+        pytest.param(12, 18, id="seen-later-looks-quiet_s-after-the-marker"),
+        pytest.param(30, 0, id="seen-quiet_s-after-looks-now"),
+        pytest.param(250, 0, id="found-late-by-a-check-looks-now"),
+    ],
+)
+def test_an_until_quiet_grace_first_looks_quiet_s_after_the_marker_was_written(
+    marker_age_s: float, first_look_in_s: float
+) -> None:
+    run = make_run(P.RUNNING, spec=make_spec(grace_mode="until-quiet"))
+    marker = obj("COMPLETE", at=NOW - timedelta(seconds=marker_age_s))
+    d = run_step(run, PrefixListed((marker,)))
+    assert d.run.phase is P.GRACE
+    assert d.effects == (WakeAt(NOW + timedelta(seconds=first_look_in_s)),)
+
+
+def test_a_completion_found_late_ends_an_until_quiet_grace_at_the_first_look() -> None:
+    """A check finds a marker written minutes ago, with nothing after it: the quiet look
+    right away ends grace, without a wait of quiet_s more."""
+    run = make_run(P.RUNNING, spec=make_spec(grace_mode="until-quiet"))
+    marker = obj("COMPLETE", at=NOW - timedelta(seconds=250))
+    grace = run_step(run, PrefixListed((marker,)))
+    look = run_step(grace.run, Tick())
+    assert look.effects == (LIST_ALL,)
+    ended = run_step(look.run, PrefixListed((marker,)))
+    assert (ended.run.phase, ended.effects) == (P.STOPPING, (STOP,))
 
 
 def test_without_checkpointing_an_until_quiet_grace_first_looks_after_quiet_s() -> None:
@@ -1110,7 +1142,7 @@ def test_without_checkpointing_a_quiet_prefix_with_no_upload_ends_grace_early() 
 def test_without_checkpointing_an_upload_in_progress_keeps_the_run_in_grace() -> None:
     listing = PrefixListed((obj("COMPLETE", at=NOW),), ("model.pt",))
     d = run_step(plain_grace(), listing, now=NOW + QUIET + SLACK)
-    assert (d.run.phase, d.effects) == (P.GRACE, (WakeAt(NOW + 2 * QUIET + 2 * SLACK),))
+    assert (d.run.phase, d.effects) == (P.GRACE, (WakeAt(NOW + 2 * QUIET + SLACK),))
 
 
 def test_a_fixed_grace_waits_the_whole_grace_even_when_the_prefix_is_quiet() -> None:
@@ -1121,15 +1153,15 @@ def test_a_fixed_grace_waits_the_whole_grace_even_when_the_prefix_is_quiet() -> 
 
 
 QUIET_LISTINGS = [
-    (NOW + QUIET, NOW + timedelta(seconds=20), WakeAt(NOW + timedelta(seconds=51))),
-    (NOW + QUIET, NOW + QUIET, WakeAt(NOW + 2 * QUIET + SLACK)),
-    (NOW + QUIET, NOW, WakeAt(NOW + QUIET + SLACK)),
+    (NOW + QUIET, NOW + timedelta(seconds=20), WakeAt(NOW + timedelta(seconds=50))),
+    (NOW + QUIET, NOW + QUIET, WakeAt(NOW + 2 * QUIET)),
+    (NOW + QUIET, NOW + SLACK, WakeAt(NOW + QUIET + SLACK)),
     (GRACE_UNTIL - timedelta(seconds=5), GRACE_UNTIL - timedelta(seconds=10), WakeAt(GRACE_UNTIL)),
 ]
 
 
 @pytest.mark.parametrize(("now", "newest", "wake"), QUIET_LISTINGS)
-def test_a_newer_object_in_the_prefix_waits_until_it_is_quiet_s_and_a_second_old_bounded_by_grace(
+def test_a_newer_object_in_the_prefix_waits_until_it_is_quiet_s_old_bounded_by_grace(
     now: datetime, newest: datetime, wake: WakeAt
 ) -> None:
     listing = PrefixListed((obj("logs/train.log", at=NOW), obj("events.out", at=newest)))
@@ -1200,6 +1232,35 @@ def test_a_prefix_nudge_while_running_lists_only_for_a_key_a_check_watches(
     d = run_step(make_run(P.RUNNING), Nudge("prefix", key=key))
     assert d.effects == ((LIST_TOP,) if looks else ())
     assert d.transition is None
+
+
+HEARTBEAT_NUDGES = [
+    pytest.param(P.RUNNING, "status.json", "e2", {}, (IngestReport("status.json", "e2", 9),),
+                 id="heartbeat-read-without-a-listing"),
+    pytest.param(P.RUNNING, "final_metrics.json", "e2", {},
+                 (IngestReport("final_metrics.json", "e2", 9),), id="metrics-read-likewise"),
+    pytest.param(P.RUNNING, "status.json", "e1", {}, (), id="heartbeat-already-read"),
+    pytest.param(P.RUNNING, "status.json", None, {}, (LIST_TOP,), id="no-etag-lists"),
+    pytest.param(P.RUNNING, "COMPLETE", "e2", {}, (LIST_TOP,), id="a-marker-lists"),
+    pytest.param(P.RUNNING, "final_metrics.json", "e2", {"expect": ["final_metrics.json"]},
+                 (LIST_TOP,), id="an-expected-output-lists"),
+    pytest.param(P.STALLED, "status.json", "e2", {}, (LIST_TOP,),
+                 id="stalled-lists-as-the-age-may-end-the-stall"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("phase", "key", "etag", "spec", "effects"), HEARTBEAT_NUDGES)
+def test_a_notified_report_is_read_without_a_listing_while_running(
+    phase: Phase, key: str, etag: str | None, spec: dict[str, Any], effects: tuple[Effect, ...]
+) -> None:
+    """Every heartbeat of a job would otherwise cost a listing as well as its read."""
+    run = make_run(
+        phase, spec=make_spec(**spec), report_etags=(("final_metrics.json", "e1"),
+                                                     ("status.json", "e1"))
+    )  # fmt: skip
+    size = 9 if etag is not None else None
+    d = run_step(run, Nudge("prefix", key=f"exp1/run42/{key}", etag=etag, size=size))
+    assert (d.effects, d.transition) == (effects, None)
 
 
 def test_a_prefix_nudge_in_a_grace_until_quiet_lists_for_any_key() -> None:

@@ -30,6 +30,8 @@ INSTANCE = InstanceId("i-0abcd1234ef567890")
 BUCKET = "example-runs-bucket"
 KEY = "runs/example-run/COMPLETE"
 SENT = datetime(2026, 11, 22, 12, tzinfo=UTC)
+ETAG = "d41d8cd98f00b204e9800998ecf8427e"
+"""The empty object's ETag, as both real S3 bodies carry it (with its size, 0)."""
 KINDS: tuple[type[Any], ...] = get_args(Notification)
 
 
@@ -70,8 +72,8 @@ REAL = {
     "ec2-state-change.json": Ec2StateChange(INSTANCE, InstanceState.TERMINATED, SENT),
     "ec2-spot-interruption-warning.json": SpotWarning(INSTANCE, "terminate", SENT),
     "ec2-rebalance-recommendation.json": RebalanceRecommendation(INSTANCE, SENT),
-    "s3-object-created-eventbridge.json": ObjectCreated(BUCKET, KEY, SENT),
-    "s3-notification-put.json": ObjectCreated(BUCKET, KEY, SENT),
+    "s3-object-created-eventbridge.json": ObjectCreated(BUCKET, KEY, SENT, ETAG, 0),
+    "s3-notification-put.json": ObjectCreated(BUCKET, KEY, SENT, ETAG, 0),
     "s3-test-event.json": S3TestEvent(BUCKET),
 }
 
@@ -219,8 +221,8 @@ def test_no_sns_body_made_from_a_real_one_raises() -> None:
 def test_an_s3_notification_with_two_records_gives_two_objects_in_order() -> None:
     text = records(s3_record("runs/a/COMPLETE"), s3_record("runs/b/FAILED", "ObjectCreated:Copy"))
     assert parse_message(text) == (
-        ObjectCreated(BUCKET, "runs/a/COMPLETE", SENT),
-        ObjectCreated(BUCKET, "runs/b/FAILED", SENT),
+        ObjectCreated(BUCKET, "runs/a/COMPLETE", SENT, ETAG, 0),
+        ObjectCreated(BUCKET, "runs/b/FAILED", SENT, ETAG, 0),
     )
 
 
@@ -230,13 +232,13 @@ def test_an_s3_notification_with_two_records_gives_two_objects_in_order() -> Non
      ("runs/x%3Dy/done", "runs/x=y/done"), ("runs/plain/done", "runs/plain/done")],
 )  # fmt: skip
 def test_an_s3_notification_key_is_url_decoded(sent: str, key: str) -> None:
-    assert parse_message(records(s3_record(sent))) == (ObjectCreated(BUCKET, key, SENT),)
+    assert parse_message(records(s3_record(sent))) == (ObjectCreated(BUCKET, key, SENT, ETAG, 0),)
 
 
 def test_a_removed_object_beside_a_created_one_is_unrecognized_on_its_own() -> None:
     created, removed = s3_record("runs/a/done"), s3_record("runs/a/x", "ObjectRemoved:Delete")
     first, second = parse_message(records(created, removed))
-    assert first == ObjectCreated(BUCKET, "runs/a/done", SENT)
+    assert first == ObjectCreated(BUCKET, "runs/a/done", SENT, ETAG, 0)
     assert second == Unrecognized("unhandled S3 record ObjectRemoved:Delete")
 
 
@@ -338,3 +340,37 @@ def test_no_body_made_from_a_real_one_raises(name: str) -> None:
 def test_a_deeply_nested_body_is_unrecognized_not_raised() -> None:
     (note,) = parse_message("[" * 100_000 + "]" * 100_000)
     assert isinstance(note, Unrecognized)
+
+
+# -- the object's ETag and size ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("etag", "size", "expected"),
+    [
+        pytest.param('"0a1b"', 12, ("0a1b", 12), id="quoted-etag"),
+        pytest.param("0a1b-3", 10**10, ("0a1b-3", 10**10), id="multipart-etag"),
+        pytest.param(None, 12, (None, None), id="no-etag"),
+        pytest.param("0a1b", None, (None, None), id="no-size"),
+        pytest.param("", 12, (None, None), id="empty-etag"),
+        pytest.param("0a1b", -1, (None, None), id="negative-size"),
+        pytest.param("0a1b", "12", (None, None), id="size-not-a-number"),
+        pytest.param("0a1b", True, (None, None), id="size-a-bool"),
+    ],
+)
+def test_an_object_notification_carries_its_etag_and_size_only_when_both_are_sound(
+    etag: Any, size: Any, expected: tuple[str | None, int | None]
+) -> None:
+    """Either lets a report be read without a listing; anything doubtful leaves the listing."""
+    s3 = s3_record("runs/a/status.json")
+    eventbridge = json.loads(body("s3-object-created-eventbridge.json"))
+    for obj, field in ((s3["s3"]["object"], "eTag"), (eventbridge["detail"]["object"], "etag")):
+        for name, value in ((field, etag), ("size", size)):
+            if value is None:
+                obj.pop(name)
+            else:
+                obj[name] = value
+    for text in (records(s3), json.dumps(eventbridge)):
+        (note,) = parse_message(text)
+        assert isinstance(note, ObjectCreated)
+        assert (note.etag, note.size) == expected

@@ -634,8 +634,7 @@ def _quiet_grace(**changes: Any) -> Run:
 def test_an_until_quiet_grace_listing_reads_the_reports_too() -> None:
     busy = PrefixListed((obj(HISTORY, at=NOW - timedelta(seconds=10)),))
     d = run_step(_quiet_grace(), busy)
-    slack = timedelta(seconds=1)
-    assert d.effects == (read(HISTORY), WakeAt(NOW - timedelta(seconds=10) + QUIET + slack))
+    assert d.effects == (read(HISTORY), WakeAt(NOW - timedelta(seconds=10) + QUIET))
     quiet = PrefixListed((obj(FINAL, at=NOW - timedelta(minutes=5)),))
     ended = run_step(_quiet_grace(), quiet)
     assert ended.effects == (read(FINAL), ActOnInstance(Action.STOP))

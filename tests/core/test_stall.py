@@ -44,6 +44,7 @@ from tests.core.builders import (
     LIST_TOP,
     NOW,
     POLICY,
+    POLL_WITHOUT_ETA,
     checked,
     checkpoint_spec,
     failed,
@@ -181,7 +182,7 @@ def test_a_resumed_attempt_is_judged_only_on_a_heartbeat_written_since_it_starte
 def test_a_notified_stall_keeps_polling_with_backoff() -> None:
     run = watching(stall_spec(), checks=2)
     d = run_step(run, heartbeat(120))
-    at = NOW + timedelta(seconds=delay(2, POLICY.poll, seeded()))
+    at = NOW + timedelta(seconds=delay(2, POLL_WITHOUT_ETA, seeded()))
     assert (d.run.phase, d.effects) == (P.STALLED, (WakeAt(at),))
     assert (d.run.checks, d.run.next_check_at) == (3, at)
 

@@ -767,3 +767,54 @@ async def test_with_a_queue_the_check_backs_off_to_the_events_cap_and_polls_with
     )  # fmt: skip
     assert consumer_of(daemon)._wait_s == 3
     assert daemon.policy.poll.max_s == 900.0
+    assert daemon.policy.poll_max_without_eta_s is None  # notifications find every run's end
+
+
+# -- a heartbeat through the queue is read without a listing (issue 13) ----------------------
+
+
+def heartbeat_notified(fleet: Fleet, run_id: str, step: int, *, bridge: bool) -> dict[str, Any]:
+    """The job writes its heartbeat; the notification S3 sends for it (with its ETag, size)."""
+    key = f"runs/{run_id}/status.json"
+    now = datetime.now(UTC).isoformat()
+    fleet.put(key, json.dumps({"format": 1, "step": step, "total_steps": 10_000, "time": now}))
+    head = fleet.s3.head_object(Bucket=BUCKET, Key=key)
+    etag, size = str(head["ETag"]).strip('"'), int(head["ContentLength"])
+    if bridge:
+        body = s3_object_created(key)
+        body["detail"]["object"] |= {"etag": etag, "size": size}
+    else:
+        body = s3_put(key)
+        body["Records"][0]["s3"]["object"] |= {"eTag": etag, "size": size}
+    return body
+
+
+async def test_a_heartbeat_notification_costs_its_read_and_no_listing(harness: Harness) -> None:
+    events = Events(harness.fleet, "ev-heartbeat")
+    daemon = await harness.start(events_queue_url=events.url, **SLOW)
+    (instance,) = harness.fleet.launch()
+    await harness.attach("beats", instance)
+    await harness.wait_phase("beats", P.RUNNING)
+    await checks_scheduled_late(harness, "beats")
+    lists, gets = harness.calls("ListObjectsV2"), harness.calls("GetObject")
+
+    # Two heartbeats, one in each shape, and the first one delivered twice.
+    first = heartbeat_notified(harness.fleet, "beats", 100, bridge=False)
+    events.send(first)
+    events.send(first)
+    await handled(daemon, 2)
+    events.send(heartbeat_notified(harness.fleet, "beats", 200, bridge=True))
+    await handled(daemon, 3)
+
+    assert harness.calls("ListObjectsV2") == lists, "a heartbeat alone is no reason to list"
+    assert harness.calls("GetObject") == gets + 2, "each new heartbeat read once"
+    monitor = daemon.monitors["beats"]
+    assert [s.step for s in monitor.run.this_attempt.progress.samples] == [100, 200]
+    assert monitor.run.this_attempt.estimated_end is not None
+
+    # The marker's notification still lists at once, and ends the run.
+    harness.fleet.put("runs/beats/COMPLETE")
+    events.send(s3_put("runs/beats/COMPLETE"))
+    run = await harness.wait_phase("beats", P.STOPPED, within_s=REACT_S)
+    assert run.outcome is Outcome.COMPLETED, run.reason
+    assert harness.calls("ListObjectsV2") > lists

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.core.errors import InvalidInput
+from supervisor.core.eta import without_eta
 from supervisor.core.spec import MAX_GRACE_S
 from supervisor.runtime.settings import Settings, unknown_variables
 from tests.core.builders import make_spec
@@ -184,6 +185,20 @@ def test_the_events_backoff_cap_may_not_undercut_the_first_check() -> None:
         Settings.load(poll_initial_s=30, poll_max_with_events_s=5, events_queue_url="https://q")
     # Without a queue the cap is not used, so it is not held against the first check.
     assert Settings.load(poll_initial_s=30, poll_max_with_events_s=5).poll_policy.max_s == 300
+
+
+def test_a_run_without_an_eta_is_checked_up_to_its_own_cap_without_an_events_queue(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("SUPERVISOR_EVENTS_QUEUE_URL", raising=False)
+    assert Settings.load().poll_max_without_eta == 100
+    assert Settings.load(poll_max_without_eta_s=90).poll_max_without_eta == 90
+    # With a queue, S3 notifications find a job's end: every run backs off as far.
+    assert Settings.load(events_queue_url="https://sqs/q").poll_max_without_eta is None
+    # A slower schedule set without it is taken as it is: the cap is kept within the two.
+    slow = Settings.load(poll_initial_s=3600, poll_max_s=3600)
+    assert slow.poll_max_without_eta == 100
+    assert without_eta(slow.poll_policy, slow.poll_max_without_eta).max_s == 3600
 
 
 @pytest.mark.parametrize("wait", [0, 21])

@@ -10,6 +10,7 @@ happens because the test moved the clock past the next scheduled one.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import shutil
 import tempfile
@@ -546,3 +547,73 @@ async def test_the_monitor_wakes_for_the_max_duration_before_its_next_check_is_d
 
     assert (ended.phase, ended.outcome) == (P.STOPPED, Outcome.TIMED_OUT), ended.reason
     assert timed.fleet.state(instance) == "stopped"
+
+
+# -- a crashed job without progress is found on the capped backoff (issue 13) ----------------
+
+PRODUCTION_POLL: dict[str, Any] = {"poll_initial_s": 30.0, "poll_max_s": 300.0}
+"""The default check schedule; `poll_max_without_eta_s` keeps its default (100 s)."""
+CAP_S = 100.0
+JITTER = 0.1
+
+
+async def next_check(timed: ClockedHarness, run_id: str) -> datetime:
+    """Move the frozen clock to the run's next scheduled check; return once it was made."""
+    assert timed.daemon is not None
+    monitor = timed.daemon.monitors[run_id]
+
+    async def idle() -> bool:
+        return not monitor.busy and monitor.run.next_check_at is not None
+
+    await wait_for(idle, within_s=REACT_S, what=f"{run_id}'s next check to be scheduled")
+    due = monitor.run.next_check_at
+    assert due is not None
+    lists = timed.calls("ListObjectsV2")
+    timed.clock.jump_to(max(due, timed.clock.now()))
+
+    async def checked() -> bool:
+        moved_on = monitor.run.next_check_at != due or monitor.run.phase is not P.RUNNING
+        return timed.calls("ListObjectsV2") > lists and moved_on and not monitor.busy
+
+    await wait_for(checked, within_s=REACT_S, what=f"the check of {run_id} due at {due}")
+    return due
+
+
+async def test_a_crashed_job_without_progress_is_stopped_within_one_capped_interval_of_failed(
+    timed: ClockedHarness,
+) -> None:
+    timed.clock.freeze()
+    daemon = await timed.start(**PRODUCTION_POLL)
+    (instance,) = timed.fleet.launch()
+    await timed.attach("dies", instance)
+    run = await timed.wait_phase("dies", P.RUNNING)
+    started = timed.clock.now()
+
+    # An hour without a heartbeat: the backoff climbs from 30 s and stays at the tighter cap.
+    checks = [started]
+    while checks[-1] < started + timedelta(hours=1):
+        checks.append(await next_check(timed, "dies"))
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(checks)]
+    assert gaps[0] == pytest.approx(30.0, rel=JITTER) and gaps[1] == pytest.approx(60, rel=JITTER)
+    assert all(CAP_S * (1 - JITTER) <= gap <= CAP_S * (1 + JITTER) for gap in gaps[2:]), gaps
+    assert len(gaps) <= 3600 / (CAP_S * (1 - JITTER)) + 2  # about 36 listings an hour
+
+    # The job dies: its crash report, then FAILED, written at the daemon's (frozen) now.
+    failed_at = timed.clock.now()
+    timed.fleet.put("runs/dies/crash/error.log", "RuntimeError: CUDA out of memory\n")
+    timed.fleet.put("runs/dies/FAILED", "exit code 1")
+    due = daemon.monitors["dies"].run.next_check_at
+    assert due is not None and (due - failed_at).total_seconds() <= CAP_S * (1 + JITTER)
+
+    # The clock moves to the next check and no further: that check stops the instance.
+    timed.clock.jump_to(due)
+    ended = await timed.settled("dies")
+    assert timed.clock.now() == due
+    assert (ended.phase, ended.outcome) == (P.STOPPED, Outcome.CRASHED), ended.reason
+    assert timed.fleet.state(instance) == "stopped"
+    stopping = only(await timed.history("dies"), P.STOPPING)
+    assert stopping.at == due
+    assert stopping.reason.startswith("failure marker FAILED: exit code 1; on_crash=stop")
+    (report,) = await timed.attachments("dies")
+    assert report.kind == "crash-log"
+    assert run.instance_id == instance
