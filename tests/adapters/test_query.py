@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from supervisor.adapters.query import (
@@ -30,7 +32,9 @@ from supervisor.core.compare import Group
 from supervisor.core.errors import InvalidInput, UnknownRun
 from supervisor.core.filters import COLUMNS
 from supervisor.core.spec import Direction
+from tests.adapters.pg_schema import copy_to_postgres
 from tests.adapters.run_database import HISTORY, NOW, SEEDS, WANDB, method, seed
+from tests.pg_server import PostgresServer
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +44,19 @@ def db_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture
-def db(db_path: Path) -> Iterator[RunDatabase]:
-    with RunDatabase(db_path) as opened:
+@pytest.fixture(scope="module")
+def pg_seeded(db_path: Path, postgres_server: PostgresServer) -> str:
+    """The same runs on PostgreSQL: the seeded file copied as `migrate-db` copies it."""
+    url = postgres_server.url(postgres_server.create_database("query"))
+    copy_to_postgres(db_path, url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, db_path: Path) -> Iterator[RunDatabase]:
+    """The seeded run database, read from each backend."""
+    where = db_path if request.param == "sqlite" else request.getfixturevalue("pg_seeded")
+    with RunDatabase(where) as opened:
         yield opened
 
 
@@ -179,8 +193,9 @@ def test_one_run_in_full_with_history_transitions_and_the_crash_log_tail(
     assert [a.kind for a in crashed.attachments] == ["crash-log"]
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_one_run_in_full_has_its_notes_on_unreadable_reports_and_its_runtime(
-    tmp_path: Path,
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:
     from supervisor.adapters.store import ReportProblemRecord
     from supervisor.core.reports import FinalMetrics
@@ -200,7 +215,12 @@ def test_one_run_in_full_has_its_notes_on_unreadable_reports_and_its_runtime(
             await store.close()
 
     asyncio.run(report())
-    with RunDatabase(path) as db:
+    where: Path | str = path
+    if backend == "postgresql":
+        url: str = request.getfixturevalue("pg_url")
+        copy_to_postgres(path, url)
+        where = url
+    with RunDatabase(where) as db:
         full = db.run("noted")
     assert [(p.key, p.note, p.noted_at) for p in full.report_problems] == [
         ("history.json", note, NOW)
@@ -307,6 +327,13 @@ def test_it_never_writes(db_path: Path) -> None:
         db._db.execute("DELETE FROM runs")
 
 
+def test_it_never_writes_on_postgresql_either(pg_seeded: str) -> None:
+    with RunDatabase(pg_seeded) as db:
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            db._db.execute("DELETE FROM runs")
+        assert len(db.runs()) == len(SEEDS)
+
+
 def test_a_missing_or_old_database_is_explained(tmp_path: Path) -> None:
     with pytest.raises(DatabaseUnavailable) as caught:
         RunDatabase(tmp_path / "supervisor.db")
@@ -325,6 +352,34 @@ def test_a_missing_or_old_database_is_explained(tmp_path: Path) -> None:
     junk.write_bytes(b"not sqlite at all" * 100)
     with pytest.raises(DatabaseUnavailable, match="is not a run database"):
         RunDatabase(junk)
+
+
+def test_an_empty_unreachable_or_refused_postgresql_database_is_explained_without_its_password(
+    pg_url: str, postgres_server: PostgresServer
+) -> None:
+    with pytest.raises(
+        DatabaseUnavailable, match=f"schema version 0; queries need {SCHEMA_VERSION}"
+    ) as caught:
+        RunDatabase(pg_url)
+    assert postgres_server.password not in str(caught.value)
+    assert "postgres:***@127.0.0.1" in str(caught.value)
+
+    wrong = postgres_server.url("postgres", password="not-the-password")
+    with pytest.raises(DatabaseUnavailable) as refused:
+        RunDatabase(wrong)
+    assert str(refused.value).startswith(
+        f"cannot connect to the run database postgresql://postgres:***@127.0.0.1:"
+        f"{postgres_server.port}/postgres: "
+    )
+    assert "not-the-password" not in str(refused.value)
+
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        closed = f"postgresql://someone:secret@127.0.0.1:{unused.getsockname()[1]}/runs"
+    with pytest.raises(DatabaseUnavailable) as unreachable:
+        RunDatabase(closed)
+    assert "secret" not in str(unreachable.value)
+    assert "someone:***@127.0.0.1" in str(unreachable.value)
 
 
 def test_the_public_api_opens_the_daemons_database_from_its_settings(
