@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from supervisor.adapters.database_url import is_postgres_url, redact
+from supervisor.adapters.database_url import is_postgresql, redact
 from supervisor.adapters.schema import SCHEMA_VERSION, TABLES, Table
 from supervisor.core.errors import SupervisorError
 
@@ -57,15 +57,37 @@ class DatabaseCopied:
 
 
 MigrateTarget = Callable[[str], object]
-"""Brings the (empty) PostgreSQL database at the URL to the schema version: the store's own
-migration runner, the one history both backends share."""
+"""Brings the (empty) PostgreSQL database at the URL to the schema version."""
 
 
-def copy_database(source: Path, target_url: str, *, migrate: MigrateTarget) -> DatabaseCopied:
+def migrate_target(url: str) -> int:
+    """The PostgreSQL store's own migration runner (the one history both backends share,
+    under its advisory lock) on the database at `url`; its new version."""
+    import asyncio
+
+    import psycopg
+
+    from supervisor.adapters.pg_store import connect, migrate, unavailable
+
+    async def run() -> int:
+        conn = await connect(url)
+        try:
+            return await migrate(conn)
+        except psycopg.Error as exc:
+            raise unavailable(url, exc) from None
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def copy_database(
+    source: Path, target_url: str, *, migrate: MigrateTarget = migrate_target
+) -> DatabaseCopied:
     """Copy the SQLite database `source` into the empty PostgreSQL database at `target_url`
     (migrated first by `migrate`), or raise `MigrationRefused` having written no row."""
     shown = redact(target_url)
-    if not is_postgres_url(target_url):
+    if not is_postgresql(target_url):
         raise MigrationRefused(
             f"--to {shown} is not a PostgreSQL URL: give postgresql://USER@HOST:PORT/DATABASE "
             "(the password from the URL, PGPASSWORD or ~/.pgpass)"
@@ -76,7 +98,7 @@ def copy_database(source: Path, target_url: str, *, migrate: MigrateTarget) -> D
         try:
             migrate(target_url)
         except SupervisorError as exc:
-            raise MigrationRefused(f"cannot migrate {shown}: {exc}") from None
+            raise MigrationRefused(f"cannot migrate {shown} to the schema: {exc}") from None
         with _connect(target_url) as target:
             tables = _copy(reader, target, shown)
     return DatabaseCopied(source, shown, SCHEMA_VERSION, tables)

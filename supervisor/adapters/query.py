@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-from supervisor.adapters.database_url import is_postgres_url, redact
+from supervisor.adapters.database_url import is_postgresql, redact
 from supervisor.adapters.schema import (
     ATTACHMENTS,
     INSTANCES,
@@ -426,7 +426,7 @@ class RunDatabase:
     """The PostgreSQL URL with its password hidden; None on SQLite."""
 
     def __init__(self, path: Path | str) -> None:
-        if isinstance(path, str) and is_postgres_url(path):
+        if isinstance(path, str) and is_postgresql(path):
             self.path, self.url = None, redact(path)
             self._dialect: _QueryDialect = _POSTGRESQL
             self._db: sqlite3.Connection | psycopg.Connection[tuple[Any, ...]] = _connect_postgres(
@@ -662,6 +662,7 @@ def _first_line(exc: BaseException) -> str:
 
 _PG_CONNECT_TIMEOUT_S = 10
 _PG_VERSION_TABLE = "schema_migrations"
+"""`pg_store.SCHEMA_MIGRATIONS` (not imported: that module loads the daemon's libraries)."""
 
 
 def _connect_postgres(url: str) -> psycopg.Connection[tuple[Any, ...]]:

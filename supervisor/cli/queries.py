@@ -1,7 +1,8 @@
 """`supervisorctl runs`, `show`, `compare` and `export`: queries over the run database.
 
-They read the daemon's SQLite file directly and read-only (supervisor.adapters.query), so they
-work whether supervisord is running or not, and never change anything.
+They read the run database directly and read-only (supervisor.adapters.query): the daemon's
+SQLite file, or with SUPERVISOR_DATABASE_URL the PostgreSQL database its replicas share. So
+they work whether supervisord is running or not, and never change anything.
 """
 
 from __future__ import annotations
@@ -213,12 +214,13 @@ def _argument(parse: Callable[[str], _T]) -> Callable[[str], _T]:
     return convert
 
 
-def run_query(args: argparse.Namespace, db_path: Path) -> int:
-    """Carry out a query subcommand against the database at `db_path`."""
+def run_query(args: argparse.Namespace, database: Path | str) -> int:
+    """Carry out a query subcommand against the run database: a SQLite file's path, or a
+    PostgreSQL URL."""
     from supervisor.adapters.query import DatabaseUnavailable, RunDatabase
 
     try:
-        with RunDatabase(db_path) as db:
+        with RunDatabase(database) as db:
             _dispatch(db, args)
         sys.stdout.flush()
     except (DatabaseUnavailable, InvalidInput, UnknownRun) as exc:

@@ -18,8 +18,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from supervisor.adapters.database_url import redact
+from supervisor.adapters.migrate_db import copy_database
+from supervisor.adapters.pg_store import PgStore
 from supervisor.adapters.query import (
     _COLUMN_SQL,
+    _PG_VERSION_TABLE,
     _SPEC_COLUMNS,
     CRASH_LOG_LINES,
     DatabaseUnavailable,
@@ -32,8 +36,7 @@ from supervisor.core.compare import Group
 from supervisor.core.errors import InvalidInput, UnknownRun
 from supervisor.core.filters import COLUMNS
 from supervisor.core.spec import Direction
-from tests.adapters.pg_schema import copy_to_postgres
-from tests.adapters.run_database import HISTORY, NOW, SEEDS, WANDB, method, seed
+from tests.adapters.run_database import HISTORY, NOW, SEEDS, WANDB, method, seed, seed_runs
 from tests.pg_server import PostgresServer
 
 
@@ -48,7 +51,7 @@ def db_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def pg_seeded(db_path: Path, postgres_server: PostgresServer) -> str:
     """The same runs on PostgreSQL: the seeded file copied as `migrate-db` copies it."""
     url = postgres_server.url(postgres_server.create_database("query"))
-    copy_to_postgres(db_path, url)
+    copy_database(db_path, url)
     return url
 
 
@@ -218,7 +221,7 @@ def test_one_run_in_full_has_its_notes_on_unreadable_reports_and_its_runtime(
     where: Path | str = path
     if backend == "postgresql":
         url: str = request.getfixturevalue("pg_url")
-        copy_to_postgres(path, url)
+        copy_database(path, url)
         where = url
     with RunDatabase(where) as db:
         full = db.run("noted")
@@ -322,6 +325,26 @@ def test_it_reads_while_the_daemons_store_has_the_file_open_and_sees_new_commits
     assert asyncio.run(while_open()) == {"first", "after:first", "after:second"}
 
 
+def test_on_postgresql_it_sees_what_a_replicas_store_commits_meanwhile(
+    tmp_path: Path, pg_url: str
+) -> None:
+    path = tmp_path / "supervisor.db"
+    asyncio.run(seed(path, [method("first", "mgda")]))
+    copy_database(path, pg_url)
+
+    async def while_open() -> set[str]:
+        store = await PgStore.open(pg_url)  # a replica's store, with its pool open
+        try:
+            with RunDatabase(pg_url) as reader:
+                before = ids(reader.runs())
+                await seed_runs(store, [method("second", "pcgrad")])  # committed meanwhile
+                return before | {f"after:{r}" for r in ids(reader.runs())}
+        finally:
+            await store.close()
+
+    assert asyncio.run(while_open()) == {"first", "after:first", "after:second"}
+
+
 def test_it_never_writes(db_path: Path) -> None:
     with RunDatabase(db_path) as db, pytest.raises(sqlite3.OperationalError, match="readonly"):
         db._db.execute("DELETE FROM runs")
@@ -393,6 +416,19 @@ def test_the_public_api_opens_the_daemons_database_from_its_settings(
         assert len(db.runs()) == len(SEEDS)
 
 
+def test_the_public_api_opens_the_replicas_database_when_the_daemon_has_one(
+    db_path: Path, pg_seeded: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from supervisor.query import open_database
+
+    monkeypatch.setenv("SUPERVISOR_STATE_DIR", str(db_path.parent))
+    monkeypatch.setenv("SUPERVISOR_DATABASE_URL", pg_seeded)
+    with open_database() as db:
+        assert (db.path, db.url) == (None, redact(pg_seeded))
+        assert "***@" in repr(db)
+        assert len(db.runs()) == len(SEEDS)
+
+
 _QUERY_PROBE = """
 import json, sys
 from supervisor.adapters.query import RunDatabase
@@ -427,6 +463,7 @@ def test_the_query_path_loads_sqlite3_and_none_of_pydantic_aiohttp_aiosqlite_or_
     )
     modules = set(json.loads(done.stdout))
     assert "sqlite3" in modules
+    assert "psycopg" not in modules  # the driver only for a URL
     loaded = sorted(
         m for m in modules if any(m == bad or m.startswith(f"{bad}.") for bad in _NOT_FOR_QUERIES)
     )
@@ -434,3 +471,25 @@ def test_the_query_path_loads_sqlite3_and_none_of_pydantic_aiohttp_aiosqlite_or_
     # Of the daemon's package only the standard-library module naming its files is loaded.
     daemon = {m for m in modules if m.startswith("supervisor.runtime.")}
     assert daemon <= {"supervisor.runtime.config_file"}
+
+
+def test_on_postgresql_it_loads_psycopg_and_not_the_stores_pool_or_logging(pg_seeded: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _QUERY_PROBE, pg_seeded],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    modules = set(json.loads(done.stdout))
+    assert "psycopg" in modules
+    not_here = (*_NOT_FOR_QUERIES, "psycopg_pool", "supervisor.adapters.pg_store")
+    loaded = sorted(
+        m for m in modules if any(m == bad or m.startswith(f"{bad}.") for bad in not_here)
+    )
+    assert loaded == []
+
+
+def test_it_reads_the_version_where_the_postgresql_store_records_it() -> None:
+    from supervisor.adapters.pg_store import SCHEMA_MIGRATIONS
+
+    assert _PG_VERSION_TABLE == SCHEMA_MIGRATIONS

@@ -40,9 +40,7 @@ def sections(unit: Path) -> dict[str, dict[str, list[str]]]:
 def analyze(*argv: str) -> subprocess.CompletedProcess[str]:
     tool = shutil.which("systemd-analyze")
     assert tool is not None, "systemd-analyze is missing: `make test` installs systemd"
-    return subprocess.run(
-        [tool, *argv], capture_output=True, text=True, timeout=120, check=False
-    )
+    return subprocess.run([tool, *argv], capture_output=True, text=True, timeout=120, check=False)
 
 
 def test_systemd_analyze_rates_the_template_as_the_single_unit() -> None:
