@@ -111,13 +111,13 @@ def sqlite_rows(path: Path, table: str, names: str) -> list[tuple[Any, ...]]:
 
 def postgres_rows(url: str, table: str, names: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(url) as db:
-        rows = db.execute(f"SELECT {names} FROM {table}").fetchall()  # type: ignore[arg-type]
+        rows = db.execute(f"SELECT {names} FROM {table}").fetchall()
     return sorted(rows, key=repr)
 
 
 def postgres_count(url: str, table: str) -> int:
     with psycopg.connect(url) as db:
-        row = db.execute(f"SELECT count(*) FROM {table}").fetchone()  # type: ignore[arg-type]
+        row = db.execute(f"SELECT count(*) FROM {table}").fetchone()
     assert row is not None
     return int(row[0])
 
@@ -221,12 +221,12 @@ def test_a_failed_copy_commits_nothing(made: Path, tmp_path: Path, pg_url: str) 
 
 
 def test_a_missing_old_or_foreign_source_is_refused(tmp_path: Path, pg_url: str) -> None:
-    with pytest.raises(MigrationRefused, match="no run database at .*: nothing to migrate"):
+    with pytest.raises(MigrationRefused, match=r"no run database at .*: nothing to migrate"):
         copy_database(tmp_path / "supervisor.db", pg_url)
     old = tmp_path / "old.db"
     with sqlite3.connect(old) as raw:
         raw.execute("PRAGMA user_version = 5")
-    with pytest.raises(MigrationRefused, match="schema version 5; .* start supervisord"):
+    with pytest.raises(MigrationRefused, match=r"schema version 5; .* start supervisord"):
         copy_database(old, pg_url)
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"not sqlite" * 100)
