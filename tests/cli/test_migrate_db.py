@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -91,3 +92,21 @@ def test_a_bad_url_is_refused_in_one_line_without_its_password(state_dir: Path) 
     missing = ctl(state_dir, "migrate-db")
     assert missing.returncode == 2
     assert "the following arguments are required: --to" in missing.stderr
+
+
+def test_the_readmes_migrate_db_command_works_as_written(
+    state_dir: Path, pg_url: str, postgres_server: PostgresServer
+) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Running replicas", 1)[1].split("\n## ", 1)[0]
+    (command,) = re.findall(r"^supervisorctl migrate-db --to (\S+)$", section, re.MULTILINE)
+    assert section.index("\nsupervisord stop") < section.index("\nsupervisorctl migrate-db --to")
+    # The documented URL names no password (it comes from PGPASSWORD or ~/.pgpass): the
+    # test's database stands in for it, its password given the same way.
+    assert "@" in command and ":" not in command.split("://", 1)[1].split("@", 1)[0]
+    passwordless = postgres_server.url(pg_url.rsplit("/", 1)[1], password=None)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PGPASSWORD", postgres_server.password)
+        done = ctl(state_dir, "migrate-db", "--to", passwordless)
+    assert done.returncode == 0, done.stderr
+    assert f"to {passwordless} (schema version" in done.stdout
