@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from supervisor.adapters.database_url import is_postgresql, redact
+from supervisor.adapters.database_url import is_postgresql, redact, redact_text
 from supervisor.adapters.schema import SCHEMA_VERSION, TABLES, Table
 from supervisor.core.errors import SupervisorError
 
@@ -94,13 +94,13 @@ def copy_database(
         )
     with _open_source(source) as reader:
         with _connect(target_url) as target:
-            _refuse_non_empty(target, shown)
+            _refuse_non_empty(target, target_url)
         try:
             migrate(target_url)
         except SupervisorError as exc:
             raise MigrationRefused(f"cannot migrate {shown} to the schema: {exc}") from None
         with _connect(target_url) as target:
-            tables = _copy(reader, target, shown)
+            tables = _copy(reader, target, target_url)
     return DatabaseCopied(source, shown, SCHEMA_VERSION, tables)
 
 
@@ -176,15 +176,16 @@ def _connect(url: str) -> psycopg.Connection[tuple[Any, ...]]:
     try:
         return psycopg.connect(url, **extra)
     except psycopg.Error as exc:
-        raise MigrationRefused(f"cannot connect to {shown}: {_first_line(exc)}") from None
+        raise MigrationRefused(f"cannot connect to {shown}: {_first_line(exc, url)}") from None
 
 
-def _first_line(exc: BaseException) -> str:
+def _first_line(exc: BaseException, url: str) -> str:
+    """The driver's message, one line, with `url`'s password (should it appear) hidden."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return redact_text(text.splitlines()[0] if text else type(exc).__name__, url)
 
 
-def _refuse_non_empty(target: psycopg.Connection[tuple[Any, ...]], shown: str) -> None:
+def _refuse_non_empty(target: psycopg.Connection[tuple[Any, ...]], url: str) -> None:
     """Refused unless every declared table is absent or empty (a database a replica has
     migrated but not used yet is empty too)."""
     import psycopg
@@ -201,23 +202,24 @@ def _refuse_non_empty(target: psycopg.Connection[tuple[Any, ...]], shown: str) -
                 if row is not None:
                     holding.append(table.name)
     except psycopg.Error as exc:
-        raise MigrationRefused(f"cannot read {shown}: {_first_line(exc)}") from None
+        raise MigrationRefused(f"cannot read {redact(url)}: {_first_line(exc, url)}") from None
     if holding:
         raise MigrationRefused(
-            f"the database {shown} is not empty (rows in {', '.join(holding)}): migrate-db "
+            f"the database {redact(url)} is not empty (rows in {', '.join(holding)}): migrate-db "
             "copies into an empty database only; create one (createdb) and give its URL"
         )
 
 
 def _copy(
-    source: _Source, target: psycopg.Connection[tuple[Any, ...]], shown: str
+    source: _Source, target: psycopg.Connection[tuple[Any, ...]], url: str
 ) -> tuple[TableCopied, ...]:
     import psycopg
 
+    shown = redact(url)
     copied = []
     try:
         with target.transaction():
-            _refuse_non_empty(target, shown)  # again, inside the copy's transaction
+            _refuse_non_empty(target, url)  # again, inside the copy's transaction
             for table in TABLES:
                 names = ", ".join(c.name for c in table.columns)
                 statement = f"COPY {table.name} ({names}) FROM STDIN"
@@ -246,6 +248,6 @@ def _copy(
                 copied.append(TableCopied(table.name, expected))
     except psycopg.Error as exc:
         raise MigrationRefused(
-            f"the copy into {shown} failed and was rolled back: {_first_line(exc)}"
+            f"the copy into {shown} failed and was rolled back: {_first_line(exc, url)}"
         ) from None
     return tuple(copied)

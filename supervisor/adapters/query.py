@@ -22,14 +22,13 @@ import enum
 import json
 import math
 import sqlite3
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-from supervisor.adapters.database_url import is_postgresql, redact
+from supervisor.adapters.database_url import is_postgresql, redact, redact_text
 from supervisor.adapters.schema import (
     ATTACHMENTS,
     INSTANCES,
@@ -424,6 +423,8 @@ class RunDatabase:
     """The SQLite file; None on PostgreSQL."""
     url: str | None
     """The PostgreSQL URL with its password hidden; None on SQLite."""
+    _driver_errors: tuple[type[Exception], ...]
+    """What the driver raises for a statement that fails."""
 
     def __init__(self, path: Path | str) -> None:
         if isinstance(path, str) and is_postgresql(path):
@@ -641,23 +642,17 @@ class RunDatabase:
         try:
             cursor = self._db.execute(self._dialect.render(sql), params)
             return list(cursor.fetchall())
-        except sqlite3.DatabaseError as exc:
-            raise DatabaseUnavailable(f"cannot read the run database {self.where}: {exc}") from None
-        except Exception as exc:
-            if self.url is None or not _is_driver_error(exc):
-                raise
+        except self._driver_errors as exc:
             raise DatabaseUnavailable(
                 f"cannot read the run database {self.where}: {_first_line(exc)}"
             ) from None
 
 
-def _is_driver_error(exc: Exception) -> bool:
-    psycopg = sys.modules.get("psycopg")
-    return psycopg is not None and isinstance(exc, psycopg.Error)
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+def _first_line(exc: BaseException, url: str = "") -> str:
+    """The driver's message, one line, with `url`'s password (should it appear) hidden."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return redact_text(line, url) if url else line
 
 
 _PG_CONNECT_TIMEOUT_S = 10
@@ -687,14 +682,16 @@ def _connect_postgres(url: str) -> psycopg.Connection[tuple[Any, ...]]:
         db = psycopg.connect(url, autocommit=True, **extra)
     except psycopg.Error as exc:
         raise DatabaseUnavailable(
-            f"cannot connect to the run database {shown}: {_first_line(exc)}"
+            f"cannot connect to the run database {shown}: {_first_line(exc, url)}"
         ) from None
     try:
         db.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
         version = _postgres_schema_version(db)
     except psycopg.Error as exc:
         db.close()
-        raise DatabaseUnavailable(f"{shown} is not a run database: {_first_line(exc)}") from None
+        raise DatabaseUnavailable(
+            f"{shown} is not a run database: {_first_line(exc, url)}"
+        ) from None
     if version < QUERY_SCHEMA_VERSION:
         db.close()
         raise DatabaseUnavailable(

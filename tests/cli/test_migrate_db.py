@@ -47,7 +47,8 @@ def test_it_copies_prints_each_table_and_the_queries_then_read_postgresql(
     lines = done.stdout.splitlines()
     tables = [line.split()[0] for line in lines if line.startswith("  ")]
     assert tables == [t.name for t in TABLES]
-    assert f"  runs{' ' * (len('report_problems') - len('runs'))}  {len(SEEDS)} rows" in lines
+    width = max(len(t.name) for t in TABLES)
+    assert f"  {'runs':<{width}}  {len(SEEDS)} rows" in lines
     summary = next(line for line in lines if line.startswith("copied "))
     shown = pg_url.replace(postgres_server.password, "***")
     assert f"in {len(TABLES)} tables from {state_dir / 'supervisor.db'} to {shown}" in summary
