@@ -151,6 +151,9 @@ class PgStore(SqlStore):
             },
             open=False,
             name="supervisor-store",
+            # A pooled connection the server dropped (a restart, a failover, an idle timeout)
+            # is found out and replaced when it is taken, not by the write that gets it.
+            check=AsyncConnectionPool.check_connection,
         )
         try:
             await pool.open(wait=True, timeout=CONNECT_TIMEOUT_S * 3)

@@ -201,6 +201,27 @@ async def test_a_closed_port_fails_in_one_line(postgres_server: PostgresServer) 
     assert "\n" not in str(raised.value) and "secret-pw" not in str(raised.value)
 
 
+async def test_connections_the_server_dropped_are_replaced_before_they_are_used(
+    pg_url: str,
+) -> None:
+    """After the server ends every pooled connection (as a restart or a failover does), the
+    next writes and reads work: the pool checks a connection before handing it out."""
+    store = await PgStore.open(pg_url)
+    try:
+        await store.create_run(new_run(make_spec(run_id="before"), now=NOW))
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            ended = conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchone()
+        assert ended is not None and ended[0] >= 1
+
+        await store.create_run(new_run(make_spec(run_id="after"), now=NOW))
+        assert [r.run.spec.run_id for r in await store.runs()] == ["after", "before"]
+    finally:
+        await store.close()
+
+
 async def test_the_store_repr_shows_the_url_without_its_password(pg_url: str) -> None:
     store = await PgStore.open(pg_url)
     try:
