@@ -39,7 +39,7 @@ from supervisor.core.events import (
 )
 from supervisor.core.machine import Decision, Transition, new_run, step
 from supervisor.core.run import Outcome, Phase, Run
-from supervisor.core.values import InstanceState
+from supervisor.core.values import InstanceId, InstanceState
 from supervisor.runtime.ports import RunStore
 from tests.adapters.backends import (
     integrity_error,
@@ -744,7 +744,9 @@ async def test_instances_are_the_attached_one_then_each_launched_one_in_order(
     run = await attach(store)
     for minutes, instance in ((30, "i-0000000000000000b"), (60, "i-0000000000000000a")):
         moved = move(run, Phase.PENDING, minutes, "resumed")
-        resumed = Decision(run=moved.run.evolve(instance_id=instance), transition=moved.transition)
+        resumed = Decision(
+            run=moved.run.evolve(instance_id=InstanceId(instance)), transition=moved.transition
+        )
         await store.commit(run, resumed, now=NOW + timedelta(minutes=minutes))
         run = resumed.run
 
