@@ -17,6 +17,7 @@ which `_write` turns into `StaleVersion`, as on SQLite.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from typing import Any, Self
@@ -46,6 +47,11 @@ POOL_MAX = 10
 MIGRATION_LOCK = 0x5355_5045_5256_4953  # "SUPERVIS": one advisory lock key for the migrations
 SCHEMA_MIGRATIONS = "schema_migrations"
 """The migrations applied (SQLite keeps the number in `PRAGMA user_version`)."""
+
+RETRY_DELAYS_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0)
+"""Waits before running a read, or a write that did not reach its COMMIT, again after the
+connection was lost (OperationalError): about half a minute in all, a managed database's
+failover. Longer, the error is the caller's (a monitor fails its run)."""
 
 Connection = psycopg.AsyncConnection[TupleRow]
 
@@ -151,6 +157,9 @@ class PgStore(SqlStore):
             },
             open=False,
             name="supervisor-store",
+            # A pooled connection the server dropped (a restart, a failover, an idle timeout)
+            # is found out and replaced when it is taken, not by the write that gets it.
+            check=AsyncConnectionPool.check_connection,
         )
         try:
             await pool.open(wait=True, timeout=CONNECT_TIMEOUT_S * 3)
@@ -175,21 +184,44 @@ class PgStore(SqlStore):
 
         With `stale_if_unchanged`, the first statement must change a row (a version-checked
         UPDATE); otherwise everything is rolled back and `StaleVersion` raised with that text.
+
+        A lost connection before the COMMIT was sent (the server restarted, a failover) rolled
+        the transaction back: it is run again on another connection, for `RETRY_DELAYS_S`. A
+        connection lost during the COMMIT leaves its outcome unknown: that error is raised.
         """
-        async with self._pool.connection() as conn, conn.transaction():
-            for index, (text, params) in enumerate(statements):
-                cursor = await conn.execute(POSTGRESQL.render(text), params)
-                if index == 0 and stale_if_unchanged and cursor.rowcount == 0:
-                    raise StaleVersion(stale_if_unchanged)
+        statements = list(statements)
+        for delay in (*RETRY_DELAYS_S, None):
+            committing = False
+            try:
+                async with self._pool.connection() as conn, conn.transaction():
+                    for index, (text, params) in enumerate(statements):
+                        cursor = await conn.execute(POSTGRESQL.render(text), params)
+                        if index == 0 and stale_if_unchanged and cursor.rowcount == 0:
+                            raise StaleVersion(stale_if_unchanged)
+                    committing = True  # leaving the block sends COMMIT
+                return
+            except psycopg.OperationalError as exc:
+                if committing or delay is None:
+                    raise
+                await _wait_to_retry("write", exc, delay)
 
     async def _read(self, text: str, params: Iterable[Any] = ()) -> list[Row]:
-        async with self._pool.connection() as conn:
-            cursor = await conn.execute(POSTGRESQL.render(text), tuple(params))
-            return list(await cursor.fetchall())
+        """The rows of one query; run again on another connection after a lost one."""
+        rendered, values = POSTGRESQL.render(text), tuple(params)
+        for delay in (*RETRY_DELAYS_S, None):
+            try:
+                async with self._pool.connection() as conn:
+                    cursor = await conn.execute(rendered, values)
+                    return list(await cursor.fetchall())
+            except psycopg.OperationalError as exc:
+                if delay is None:
+                    raise
+                await _wait_to_retry("read", exc, delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _pages(self, text: str, params: Iterable[Any], page: int) -> AsyncIterator[list[Row]]:
-        """A server-side cursor in a read-only transaction: the rows come `page` at a time and
-        never all at once."""
+        """A server-side cursor in a transaction: the rows come `page` at a time and never all
+        at once. Not run again after a lost connection (pages were handed out already)."""
         async with (
             self._pool.connection() as conn,
             conn.transaction(),
@@ -198,3 +230,8 @@ class PgStore(SqlStore):
             await cursor.execute(POSTGRESQL.render(text), tuple(params))
             while rows := await cursor.fetchmany(page):
                 yield list(rows)
+
+
+async def _wait_to_retry(what: str, exc: psycopg.OperationalError, delay: float) -> None:
+    log.warning("database_retried", operation=what, error=_one_line(str(exc)), delay_s=delay)
+    await asyncio.sleep(delay)

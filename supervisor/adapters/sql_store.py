@@ -256,7 +256,7 @@ class SqlStore(ABC):
         rows = await self._read(
             f"SELECT {sql.RUN_COLUMNS} FROM runs WHERE outcome = ? AND phase_since >= ? AND NOT "
             "EXISTS (SELECT 1 FROM attachments a WHERE a.run_id = runs.run_id AND "
-            "a.kind = 'crash-log') ORDER BY phase_since",
+            "a.kind = 'crash-log') ORDER BY phase_since, run_id",
             (Outcome.CRASHED.value, _iso(since)),
         )
         return [sql.run_record(row) for row in rows]
@@ -292,7 +292,8 @@ class SqlStore(ABC):
             states = sorted(s for s in ZombieState if s.open)
             text += f" WHERE state IN ({sql.placeholders(states)})"
             params = tuple(states)
-        rows = await self._read(text + " ORDER BY marked_at, instance_id", params)
+        # region too: one instance may be a zombie in two regions (one order on both backends)
+        rows = await self._read(text + " ORDER BY marked_at, instance_id, region", params)
         return [sql.zombie(row) for row in rows]
 
     async def terminations(self, *, since: datetime | None = None) -> list[Termination]:

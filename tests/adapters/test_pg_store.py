@@ -201,6 +201,80 @@ async def test_a_closed_port_fails_in_one_line(postgres_server: PostgresServer) 
     assert "\n" not in str(raised.value) and "secret-pw" not in str(raised.value)
 
 
+async def test_connections_the_server_dropped_are_replaced_before_they_are_used(
+    pg_url: str,
+) -> None:
+    """After the server ends every pooled connection (as a restart or a failover does), the
+    next writes and reads work: the pool checks a connection before handing it out."""
+    store = await PgStore.open(pg_url)
+    try:
+        await store.create_run(new_run(make_spec(run_id="before"), now=NOW))
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            ended = conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchone()
+        assert ended is not None and ended[0] >= 1
+
+        await store.create_run(new_run(make_spec(run_id="after"), now=NOW))
+        assert [r.run.spec.run_id for r in await store.runs()] == ["after", "before"]
+    finally:
+        await store.close()
+
+
+async def _terminate_first(url: str, query: str) -> int:
+    """Wait until a backend runs `query`, end it (as a server restart would); its pid."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        while True:
+            cursor = await conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE query = %s AND state = 'active'", (query,)
+            )
+            if row := await cursor.fetchone():
+                await conn.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+                return int(row[0])
+            await asyncio.sleep(0.01)
+
+
+async def test_a_write_whose_connection_is_lost_before_its_commit_is_run_again_once(
+    pg_url: str,
+) -> None:
+    """The connection ends mid-transaction (after the INSERT, during the next statement):
+    nothing of it was committed, the store runs it again on another connection, and the row
+    is there exactly once."""
+    store = await PgStore.open(pg_url)
+    hold = "SELECT pg_sleep(0.5)"  # keeps the transaction open until the backend is ended
+    try:
+        write = asyncio.create_task(
+            store._write(
+                [
+                    (
+                        "INSERT INTO audit (at, source, kind, detail_json) VALUES (?, ?, ?, ?)",
+                        (NOW.isoformat(), "test", "once", "{}"),
+                    ),
+                    (hold, ()),
+                ]
+            )
+        )
+        ended = await _terminate_first(pg_url, hold)
+        await asyncio.wait_for(write, timeout=60)
+        assert ended > 0
+        assert [e["kind"] for e in await store.audit()] == ["once"]
+    finally:
+        await store.close()
+
+
+async def test_a_read_whose_connection_is_lost_is_run_again(pg_url: str) -> None:
+    store = await PgStore.open(pg_url)
+    query = "SELECT 42, pg_sleep(0.5)"
+    try:
+        read = asyncio.create_task(store._read(query))
+        await _terminate_first(pg_url, query)
+        rows = await asyncio.wait_for(read, timeout=60)
+        assert [row[0] for row in rows] == [42]
+    finally:
+        await store.close()
+
+
 async def test_the_store_repr_shows_the_url_without_its_password(pg_url: str) -> None:
     store = await PgStore.open(pg_url)
     try:
