@@ -428,14 +428,18 @@ class RunDatabase:
 
     def __init__(self, path: Path | str) -> None:
         if isinstance(path, str) and is_postgresql(path):
+            import psycopg
+
             self.path, self.url = None, redact(path)
             self._dialect: _QueryDialect = _POSTGRESQL
+            self._driver_errors = (psycopg.Error,)
             self._db: sqlite3.Connection | psycopg.Connection[tuple[Any, ...]] = _connect_postgres(
                 path
             )
             return
         self.path, self.url = Path(path), None
         self._dialect = _SQLITE
+        self._driver_errors = (sqlite3.DatabaseError,)
         if not self.path.is_file():
             raise DatabaseUnavailable(
                 f"no run database at {self.path} yet: supervisord creates it when it first "

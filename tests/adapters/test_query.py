@@ -5,6 +5,7 @@ reading while the daemon's store has the file open."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import socket
@@ -343,6 +344,35 @@ def test_on_postgresql_it_sees_what_a_replicas_store_commits_meanwhile(
             await store.close()
 
     assert asyncio.run(while_open()) == {"first", "after:first", "after:second"}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_read_that_fails_is_one_line_naming_the_database(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    path = tmp_path / "supervisor.db"
+    asyncio.run(seed(path, [method("first", "mgda")]))
+    where: Path | str = path
+    if backend == "postgresql":
+        url: str = request.getfixturevalue("pg_url")
+        copy_database(path, url)
+        where = url
+    with RunDatabase(where) as db:
+        # Someone else's hand on the database while it is open: a table is gone.
+        if backend == "postgresql":
+            with psycopg.connect(str(where), autocommit=True) as server:
+                server.execute("DROP TABLE report_problems")
+        else:
+            with contextlib.closing(sqlite3.connect(path)) as file, file:
+                file.execute("DROP TABLE report_problems")
+        with pytest.raises(DatabaseUnavailable) as caught:
+            db.run("first")
+    message = str(caught.value)
+    assert message.startswith(f"cannot read the run database {db.where}: ")
+    assert "report_problems" in message
+    assert "\n" not in message
+    if backend == "postgresql":
+        assert "***@" in message
 
 
 def test_it_never_writes(db_path: Path) -> None:
