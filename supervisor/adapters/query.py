@@ -357,11 +357,6 @@ class _QueryDialect:
     def ordered(self, column: str) -> str:
         return column
 
-    @property
-    def insertion_order(self) -> str:
-        """A column that orders a table's rows as they were inserted."""
-        return "rowid"
-
 
 class _PostgresDialect(_QueryDialect):
     """PostgreSQL: JSON through jsonb (`#>>` gives a scalar as text, true and false
@@ -396,12 +391,6 @@ class _PostgresDialect(_QueryDialect):
 
     def ordered(self, column: str) -> str:
         return f'{column} COLLATE "C"'
-
-    @property
-    def insertion_order(self) -> str:
-        # No rowid: the tuple's place. Rows here are only inserted (migrate-db copies them
-        # in the SQLite file's order), so it is their insertion order.
-        return "ctid"
 
 
 _SQLITE = _QueryDialect("sqlite")
@@ -569,7 +558,9 @@ class RunDatabase:
             _instance_row(_INSTANCES.decode(i))
             for i in self._rows(
                 f"SELECT {_INSTANCES.sql} FROM instances WHERE run_id = ? "
-                f"ORDER BY {dialect.ordered('attached_at')}, {dialect.insertion_order}",
+                # The attached one first, then launches in time order: the store's order.
+                f"ORDER BY {dialect.ordered('attached_at')}, "
+                f"CASE source WHEN 'attached' THEN 0 ELSE 1 END, {dialect.ordered('instance_id')}",
                 [run_id],
             )
         )

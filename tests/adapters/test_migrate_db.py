@@ -7,6 +7,7 @@ the copied ones; and each refusal, which leaves the target as it was."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from datetime import timedelta
 from pathlib import Path
@@ -98,6 +99,15 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("migrate") / "supervisor.db"
     asyncio.run(seed(path, SEEDS))
     asyncio.run(_fill(path))
+    # Two instances a resume launched, at one time: the instance history's order decides.
+    later = (NOW + timedelta(hours=1)).isoformat()
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        for instance in ("i-0ffffffffffffffff", "i-0cccccccccccccccc"):
+            db.execute(
+                "INSERT INTO instances (run_id, instance_id, region, attached_at, source) "
+                "VALUES ('mgda-3', ?, 'us-east-1', ?, 'launched')",
+                (instance, later),
+            )
     return path
 
 
@@ -161,6 +171,11 @@ def test_the_query_path_reads_the_same_from_both(made: Path, migrated: str) -> N
         for run in on_sqlite.runs():
             assert on_postgres.run(run.run_id).json() == on_sqlite.run(run.run_id).json()
         assert on_postgres.run("mgda-2").report_problems == on_sqlite.run("mgda-2").report_problems
+        assert [i.instance_id for i in on_postgres.run("mgda-3").instances] == [
+            "i-00000000000000002",
+            "i-0cccccccccccccccc",
+            "i-0ffffffffffffffff",
+        ]
         by_method = ("config.gradient_method", "val_loss")
         assert on_postgres.compare(*by_method) == on_sqlite.compare(*by_method)
         filters = ("metrics.val_loss<0.35", "config.amp=true", "tag.seed>=2")
