@@ -126,8 +126,8 @@ def test_the_portable_subset_is_translated_word_for_word() -> None:
 
 async def test_the_portable_subset_runs_on_postgresql(pg_url: str) -> None:
     """What later migrations may use (ALTER TABLE ADD COLUMN, CREATE TABLE with TEXT,
-    INTEGER, REAL and an autoincrement id, CREATE INDEX) runs, translated, on a migrated
-    database, and an id is filled in."""
+    INTEGER, REAL and an autoincrement id, CREATE [UNIQUE] INDEX, a plain UPDATE) runs,
+    translated, on a migrated database, and an id is filled in."""
     store = await PgStore.open(pg_url)
     await store.close()
     sqlite = (
@@ -140,12 +140,21 @@ async def test_the_portable_subset_runs_on_postgresql(pg_url: str) -> None:
         "    load REAL NOT NULL DEFAULT 0.5\n"
         ");\n"
         "CREATE INDEX runs_owner ON runs (owner);\n"
+        "CREATE UNIQUE INDEX replicas_load ON replicas (replica_id, load);\n"
+        "CREATE TABLE inbox (seq INTEGER PRIMARY KEY, run_id TEXT NOT NULL REFERENCES runs "
+        "(run_id), body TEXT NOT NULL DEFAULT '{}');\n"
+        "UPDATE runs SET epoch = 1 WHERE owner IS NULL;\n"
     )
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(translate(sqlite).encode())
         conn.execute("INSERT INTO replicas (replica_id, runs_owned) VALUES ('a', 9999999999)")
         row = conn.execute("SELECT id, runs_owned, load FROM replicas").fetchone()
+        [inbox_id] = conn.execute(
+            "SELECT data_type FROM information_schema.columns "
+            "WHERE table_name = 'inbox' AND column_name = 'seq' AND is_identity = 'YES'"
+        ).fetchall()
     assert row == (1, 9_999_999_999, 0.5)
+    assert inbox_id == ("bigint",)  # filled when left out, as SQLite's INTEGER PRIMARY KEY is
 
 
 def test_every_sqlite_only_block_has_its_postgresql_variant_and_no_variant_is_stray() -> None:
