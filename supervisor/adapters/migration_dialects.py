@@ -4,11 +4,11 @@ The numbered files in `migrations/` are the schema's only history, written for S
 runs them as they are. PostgreSQL runs the same files through `postgresql_text`:
 
 - Statements in the portable subset are translated word for word (`translate`):
-  `INTEGER PRIMARY KEY [AUTOINCREMENT]` becomes an identity column (SQLite fills either), `INTEGER` becomes `BIGINT`
-  (SQLite's integers are 64-bit, PostgreSQL's `INTEGER` is not), `REAL` becomes `DOUBLE
-  PRECISION` (likewise). Everything else in the subset (CREATE TABLE with TEXT / INTEGER /
-  REAL columns, NOT NULL, DEFAULT, PRIMARY KEY, UNIQUE, REFERENCES; ALTER TABLE ADD COLUMN;
-  CREATE INDEX; plain UPDATE) means the same on both.
+  `INTEGER PRIMARY KEY [AUTOINCREMENT]` becomes an identity column (SQLite fills either),
+  `INTEGER` becomes `BIGINT` (SQLite's integers are 64-bit, PostgreSQL's `INTEGER` is not),
+  `REAL` becomes `DOUBLE PRECISION` (likewise). Everything else in the subset (CREATE TABLE
+  with TEXT / INTEGER / REAL columns, NOT NULL, DEFAULT, PRIMARY KEY, UNIQUE, REFERENCES;
+  ALTER TABLE ADD COLUMN; CREATE INDEX; plain UPDATE) means the same on both.
 - What only SQLite can say (its triggers) is fenced in a file between the lines
   `-- begin sqlite-only` and `-- end sqlite-only`; PostgreSQL leaves the fenced statements
   out and runs, after the rest of the file, `migrations/postgresql/<same file name>`, which
