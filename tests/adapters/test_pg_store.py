@@ -6,6 +6,7 @@ backends is tests/adapters/test_store.py's."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -183,6 +184,30 @@ async def test_the_append_only_logs_refuse_updates_and_deletes(pg_url: str, tabl
 
 
 # -- connecting ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["PGPASSWORD", "a pgpass file"])
+async def test_the_password_may_come_from_libpqs_own_places(
+    postgres_server: PostgresServer,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    source: str,
+) -> None:
+    database = postgres_server.create_database()
+    url = postgres_server.url(database, password=None)
+    if source == "PGPASSWORD":
+        monkeypatch.setenv("PGPASSWORD", postgres_server.password)
+    else:
+        pgpass = tmp_path / "pgpass"
+        pgpass.write_text(
+            f"127.0.0.1:{postgres_server.port}:*:postgres:{postgres_server.password}\n"
+        )
+        pgpass.chmod(0o600)
+        monkeypatch.setenv("PGPASSFILE", str(pgpass))  # ~/.pgpass, without touching $HOME
+
+    store = await PgStore.open(url)
+    await store.close()
+    assert redact(url) == url  # nothing to hide: the URL has no password
 
 
 async def test_a_wrong_password_fails_in_one_line_naming_the_setting_without_the_password(
