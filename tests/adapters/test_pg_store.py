@@ -85,8 +85,13 @@ async def test_a_migration_that_fails_is_rolled_back_alone(
     real = postgresql_migrations()
     broken = [*real[:2], (3, "CREATE TABLE half_done (x TEXT); SELECT no_such_function();")]
     monkeypatch.setattr(pg_store, "postgresql_migrations", lambda: broken)
-    with pytest.raises(DatabaseUnavailable, match="no_such_function"):
+    with pytest.raises(DatabaseUnavailable) as raised:
         await PgStore.open(pg_url)
+    assert str(raised.value).startswith(
+        f"SUPERVISOR_DATABASE_URL ({redact(pg_url)}): migration 3 failed (function "
+        "no_such_function() does not exist"
+    )
+    assert "the database stays at schema version 2" in str(raised.value)
     assert _applied(pg_url) == [1, 2]
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT to_regclass('half_done')").fetchone() == (None,)
