@@ -18,6 +18,7 @@ which `_write` turns into `StaleVersion`, as on SQLite.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from typing import Any, Self
@@ -110,18 +111,32 @@ async def migrate(conn: Connection) -> int:
         for number, text in postgresql_migrations():
             if number <= current:
                 continue
-            async with conn.transaction():
-                # No parameters: the file's statements go as one script (simple protocol).
-                await conn.execute(text)
-                await conn.execute(
-                    f"INSERT INTO {SCHEMA_MIGRATIONS} (version, applied_at) VALUES ($1, $2)",
-                    (number, _iso(datetime.now(UTC))),
-                )
+            try:
+                async with conn.transaction():
+                    # No parameters: the file's statements go as one script (simple protocol).
+                    await conn.execute(text)
+                    await conn.execute(
+                        f"INSERT INTO {SCHEMA_MIGRATIONS} (version, applied_at) VALUES ($1, $2)",
+                        (number, _iso(datetime.now(UTC))),
+                    )
+            except psycopg.Error as exc:
+                raise MigrationFailed(number, current, exc) from exc
             log.info("migration_applied", version=number)
             current = number
         return current
     finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", (MIGRATION_LOCK,))
+        # A lost connection has released its session's lock already.
+        with contextlib.suppress(psycopg.OperationalError):
+            await conn.execute("SELECT pg_advisory_unlock($1)", (MIGRATION_LOCK,))
+
+
+class MigrationFailed(Exception):
+    """Migration `number` failed and was rolled back: the database stays at `version`."""
+
+    def __init__(self, number: int, version: int, error: psycopg.Error) -> None:
+        super().__init__(f"migration {number} failed ({_one_line(str(error))})")
+        self.number = number
+        self.version = version
 
 
 class PgStore(SqlStore):
@@ -142,6 +157,12 @@ class PgStore(SqlStore):
         first = await connect(url)
         try:
             version = await migrate(first)
+        except MigrationFailed as exc:
+            raise DatabaseUnavailable(
+                f"{DATABASE_URL_SETTING} ({redact(url)}): {redact_text(str(exc), url)}; the "
+                f"database stays at schema version {exc.version}: fix the cause (the role may "
+                "lack CREATE on the schema) and start again"
+            ) from None
         except psycopg.Error as exc:
             raise unavailable(url, exc) from None
         finally:

@@ -6,6 +6,7 @@ backends is tests/adapters/test_store.py's."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -84,8 +85,13 @@ async def test_a_migration_that_fails_is_rolled_back_alone(
     real = postgresql_migrations()
     broken = [*real[:2], (3, "CREATE TABLE half_done (x TEXT); SELECT no_such_function();")]
     monkeypatch.setattr(pg_store, "postgresql_migrations", lambda: broken)
-    with pytest.raises(DatabaseUnavailable, match="no_such_function"):
+    with pytest.raises(DatabaseUnavailable) as raised:
         await PgStore.open(pg_url)
+    assert str(raised.value).startswith(
+        f"SUPERVISOR_DATABASE_URL ({redact(pg_url)}): migration 3 failed (function "
+        "no_such_function() does not exist"
+    )
+    assert "the database stays at schema version 2" in str(raised.value)
     assert _applied(pg_url) == [1, 2]
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT to_regclass('half_done')").fetchone() == (None,)
@@ -126,8 +132,8 @@ def test_the_portable_subset_is_translated_word_for_word() -> None:
 
 async def test_the_portable_subset_runs_on_postgresql(pg_url: str) -> None:
     """What later migrations may use (ALTER TABLE ADD COLUMN, CREATE TABLE with TEXT,
-    INTEGER, REAL and an autoincrement id, CREATE INDEX) runs, translated, on a migrated
-    database, and an id is filled in."""
+    INTEGER, REAL and an autoincrement id, CREATE [UNIQUE] INDEX, a plain UPDATE) runs,
+    translated, on a migrated database, and an id is filled in."""
     store = await PgStore.open(pg_url)
     await store.close()
     sqlite = (
@@ -140,12 +146,21 @@ async def test_the_portable_subset_runs_on_postgresql(pg_url: str) -> None:
         "    load REAL NOT NULL DEFAULT 0.5\n"
         ");\n"
         "CREATE INDEX runs_owner ON runs (owner);\n"
+        "CREATE UNIQUE INDEX replicas_load ON replicas (replica_id, load);\n"
+        "CREATE TABLE inbox (seq INTEGER PRIMARY KEY, run_id TEXT NOT NULL REFERENCES runs "
+        "(run_id), body TEXT NOT NULL DEFAULT '{}');\n"
+        "UPDATE runs SET epoch = 1 WHERE owner IS NULL;\n"
     )
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(translate(sqlite).encode())
         conn.execute("INSERT INTO replicas (replica_id, runs_owned) VALUES ('a', 9999999999)")
         row = conn.execute("SELECT id, runs_owned, load FROM replicas").fetchone()
+        [inbox_id] = conn.execute(
+            "SELECT data_type FROM information_schema.columns "
+            "WHERE table_name = 'inbox' AND column_name = 'seq' AND is_identity = 'YES'"
+        ).fetchall()
     assert row == (1, 9_999_999_999, 0.5)
+    assert inbox_id == ("bigint",)  # filled when left out, as SQLite's INTEGER PRIMARY KEY is
 
 
 def test_every_sqlite_only_block_has_its_postgresql_variant_and_no_variant_is_stray() -> None:
@@ -174,6 +189,30 @@ async def test_the_append_only_logs_refuse_updates_and_deletes(pg_url: str, tabl
 
 
 # -- connecting ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["PGPASSWORD", "a pgpass file"])
+async def test_the_password_may_come_from_libpqs_own_places(
+    postgres_server: PostgresServer,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    source: str,
+) -> None:
+    database = postgres_server.create_database()
+    url = postgres_server.url(database, password=None)
+    if source == "PGPASSWORD":
+        monkeypatch.setenv("PGPASSWORD", postgres_server.password)
+    else:
+        pgpass = tmp_path / "pgpass"
+        pgpass.write_text(
+            f"127.0.0.1:{postgres_server.port}:*:postgres:{postgres_server.password}\n"
+        )
+        pgpass.chmod(0o600)
+        monkeypatch.setenv("PGPASSFILE", str(pgpass))  # ~/.pgpass, without touching $HOME
+
+    store = await PgStore.open(url)
+    await store.close()
+    assert redact(url) == url  # nothing to hide: the URL has no password
 
 
 async def test_a_wrong_password_fails_in_one_line_naming_the_setting_without_the_password(
