@@ -62,23 +62,38 @@ MigrateTarget = Callable[[str], object]
 
 def migrate_target(url: str) -> int:
     """The PostgreSQL store's own migration runner (the one history both backends share,
-    under its advisory lock) on the database at `url`; its new version."""
+    under its advisory lock) on the database at `url`; its new version, or
+    `MigrationRefused`."""
     import asyncio
 
     import psycopg
 
-    from supervisor.adapters.pg_store import connect, migrate, unavailable
+    from supervisor.adapters.pg_store import DatabaseUnavailable, MigrationFailed, connect, migrate
+
+    shown = redact(url)
 
     async def run() -> int:
         conn = await connect(url)
         try:
             return await migrate(conn)
-        except psycopg.Error as exc:
-            raise unavailable(url, exc) from None
         finally:
             await conn.close()
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except MigrationFailed as exc:
+        raise MigrationRefused(
+            f"cannot migrate {shown}: {redact_text(str(exc), url)}; it stays at schema version "
+            f"{exc.version} and nothing was copied: fix the cause (the role may lack CREATE on "
+            "the schema) and run migrate-db again"
+        ) from None
+    except psycopg.Error as exc:
+        raise MigrationRefused(
+            f"cannot migrate {shown}: {_first_line(exc, url)}; nothing was copied (the role "
+            "may lack CREATE on the schema: give migrate-db the owner's URL)"
+        ) from None
+    except DatabaseUnavailable as exc:
+        raise MigrationRefused(f"cannot migrate {shown}: {exc}") from None
 
 
 def copy_database(
@@ -97,8 +112,10 @@ def copy_database(
             _refuse_non_empty(target, target_url)
         try:
             migrate(target_url)
+        except MigrationRefused:
+            raise
         except SupervisorError as exc:
-            raise MigrationRefused(f"cannot migrate {shown} to the schema: {exc}") from None
+            raise MigrationRefused(f"cannot migrate {shown}: {exc}") from None
         with _connect(target_url) as target:
             tables = _copy(reader, target, target_url)
     return DatabaseCopied(source, shown, SCHEMA_VERSION, tables)

@@ -269,3 +269,25 @@ def test_a_bad_or_refused_url_is_one_line_without_the_password(
     assert message.startswith("cannot connect to postgresql://postgres:***@127.0.0.1:")
     assert "hunter2" not in message
     assert "\n" not in message
+
+
+def test_a_role_that_cannot_create_the_schema_is_refused_and_nothing_is_made(
+    made: Path, pg_url: str, postgres_server: PostgresServer
+) -> None:
+    database = pg_url.rsplit("/", 1)[1]
+    with psycopg.connect(pg_url, autocommit=True) as owner:
+        owner.execute(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'reader') "
+            "THEN CREATE ROLE reader LOGIN PASSWORD 'reader-secret'; END IF; END $$"
+        )
+        owner.execute(f'GRANT CONNECT ON DATABASE "{database}" TO reader')
+        owner.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    reader = f"postgresql://reader:reader-secret@127.0.0.1:{postgres_server.port}/{database}"
+    with pytest.raises(MigrationRefused) as refused:
+        copy_database(made, reader)
+    message = str(refused.value)
+    assert message.startswith("cannot migrate postgresql://reader:***@127.0.0.1:")
+    assert "permission denied for schema public" in message
+    assert "nothing was copied" in message
+    assert "reader-secret" not in message and "\n" not in message
+    assert postgres_count(pg_url, "pg_tables WHERE schemaname = 'public'") == 0
