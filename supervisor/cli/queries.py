@@ -56,7 +56,8 @@ how filters work (all given must hold):
   --since 7d              attached within the last 7 days (units s, m, h, d, w; none: days)
 
 Quote filters with < or > in the shell: --where 'metrics.val_loss<0.3'.
-These commands read the database file read-only: they work while supervisord is down.
+These commands read the database file read-only (with SUPERVISOR_DATABASE_URL set, the
+PostgreSQL database the replicas share): they work while supervisord is down.
 """
 
 RUNS_EPILOG = (
@@ -151,7 +152,8 @@ def add_query_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         description="Everything recorded about one run: its spec, config, objectives with "
         "their final values, final metrics, the W&B link, attachments, instance history, "
         f"transitions, and the last {CRASH_LOG_LINES} lines of its crash log when it has one. "
-        "Reads the database file: works while supervisord is down.",
+        "Reads the database itself (the file, or SUPERVISOR_DATABASE_URL's): works while "
+        "supervisord is down.",
     )
     show.add_argument("run_id", type=run_id_argument, metavar="RUN_ID")
     show.add_argument(
