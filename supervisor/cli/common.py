@@ -13,7 +13,7 @@ import re
 import sys
 import unicodedata
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -96,7 +96,7 @@ class DaemonLocation:
 
     state_dir: Path
     client_timeout_s: float
-    database_url: str | None = None
+    database_url: str | None = field(default=None, repr=False)
     """SUPERVISOR_DATABASE_URL: the run database on PostgreSQL (the query verbs read it
     there); None: the SQLite file in the state directory. Holds the password: show it only
     through `supervisor.adapters.database_url.redact`."""
