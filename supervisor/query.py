@@ -9,7 +9,9 @@
     table = db.compare("config.gradient_method", "val_loss")
     detail = db.run("deco_hop_bs96_mgda")
 
-It opens the SQLite file read-only, so it works whether supervisord is running or not.
+It opens the SQLite file read-only, so it works whether supervisord is running or not; with
+SUPERVISOR_DATABASE_URL set (replicas on PostgreSQL), the PostgreSQL database instead, in
+read-only transactions.
 
 This module sits outside the layers (cli > runtime > adapters > core) as the public entry
 point: it re-exports the query adapter and finds the database the way supervisorctl does,
@@ -60,8 +62,10 @@ __all__ = [
 def open_database(
     path: Path | str | None = None, *, config: Path | str | None = None
 ) -> RunDatabase:
-    """The run database at `path`, else the daemon's (`supervisor.db` in its state directory,
-    from SUPERVISOR_STATE_DIR or the settings file `config`), opened read-only."""
+    """The run database at `path` (a SQLite file, or a `postgresql://` URL), else the
+    daemon's: its SUPERVISOR_DATABASE_URL, else `supervisor.db` in its state directory (from
+    the environment or the settings file `config`); opened read-only."""
     if path is None:
-        path = Settings.load(Path(config) if config is not None else None).db_path
+        settings = Settings.load(Path(config) if config is not None else None)
+        path = settings.database_url or settings.db_path
     return RunDatabase(path)

@@ -3,13 +3,17 @@
 
 Synchronous `sqlite3` on a `mode=ro` connection, for notebooks and for `supervisorctl runs`,
 `show`, `compare` and `export`: it works while supervisord is down, and while it runs (WAL
-lets readers see every committed transaction without blocking the writer). Nothing here
-writes. Filters come parsed from `supervisor.core.filters` and reach SQL only as bound
-parameters; the SQL text is built from this module's own fragments and the column
-declarations of `supervisor.adapters.schema`, which also decode the rows (as the store's).
+lets readers see every committed transaction without blocking the writer). Given a
+PostgreSQL URL instead of a path (SUPERVISOR_DATABASE_URL), the same queries run on a sync
+psycopg connection in read-only transactions. Nothing here writes. Filters come parsed from
+`supervisor.core.filters` and reach SQL only as bound parameters; the SQL text is built from
+this module's own fragments and the column declarations of `supervisor.adapters.schema`,
+which also decode the rows (as the store's). What differs between the two backends (JSON
+fields, numbers in text, text order, placeholders) is `_QueryDialect`'s, and only there.
 
 The rows are plain frozen dataclasses and nothing here imports pydantic or the daemon's
-libraries: `supervisorctl runs` and `show` load this module on every call.
+libraries (psycopg only when a URL is given): `supervisorctl runs` and `show` load this
+module on every call.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
+from supervisor.adapters.database_url import is_postgresql, redact, redact_text
 from supervisor.adapters.schema import (
     ATTACHMENTS,
     INSTANCES,
@@ -50,6 +55,8 @@ from supervisor.core.records import idle_after_end_s
 from supervisor.core.values import Direction
 
 if TYPE_CHECKING:  # `runs` and `show` do without: loaded by `compare` when it runs
+    import psycopg
+
     from supervisor.core.compare import Comparison
 
 QUERY_SCHEMA_VERSION = SCHEMA_VERSION
@@ -98,7 +105,6 @@ _COLUMN_SQL = {
 _FROM = "FROM runs r LEFT JOIN run_data d ON d.run_id = r.run_id"
 _SELECT = f"SELECT {_RUN.sql}, {_DATA.sql} {_FROM}"
 _SELECT_DETAIL = f"SELECT {_RUN.sql}, {_DATA.sql}, {_DATA_DETAIL.sql} {_FROM}"
-_ORDER = " ORDER BY r.created_at, r.run_id"
 
 
 class DatabaseUnavailable(SupervisorError):
@@ -308,37 +314,146 @@ def _report_problem_row(values: dict[str, Any]) -> ReportProblemRow:
     return ReportProblemRow(**values)
 
 
+# -- the SQL of each backend ----------------------------------------------------------------
+
+
+class _QueryDialect:
+    """What the query path's SQL says differently on SQLite and on PostgreSQL: a JSON field's
+    value as text, a number read from a value, text compared and ordered byte by byte, and
+    the parameters' placeholders. Statements are built with `?` (`render` turns them into
+    the driver's); every other fragment comes from here."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def render(self, sql: str) -> str:
+        return sql
+
+    def json_text(self, doc: str, keys: tuple[str, ...]) -> tuple[str, list[Any]]:
+        """The value at `keys` inside the JSON text `doc`, as SQL, and its parameters. JSON
+        true and false read as the text 'true' and 'false' (json_extract alone would give 1
+        and 0)."""
+        path = "$" + "".join(f'."{key}"' for key in keys)
+        return (
+            f"(CASE json_type({doc}, ?) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' "
+            f"ELSE json_extract({doc}, ?) END)",
+            [path, path],
+        )
+
+    def number(self, expr: str, params: list[Any]) -> tuple[str, list[Any]]:
+        """`expr` (with its `params`) as a number when it is one or is text that reads as
+        one; else NULL (which never matches)."""
+        return f"sv_number({expr})", params
+
+    def number_param(self) -> str:
+        return "?"
+
+    def text(self, expr: str) -> str:
+        """`expr` for a comparison with a text value: SQLite compares bytes already."""
+        return expr
+
+    def ordered(self, column: str) -> str:
+        return column
+
+
+class _PostgresDialect(_QueryDialect):
+    """PostgreSQL: JSON through jsonb (`#>>` gives a scalar as text, true and false
+    included), numbers by a pattern then a cast (no function of ours in the database, nothing
+    to install), text in the "C" collation so that order and comparisons are SQLite's
+    whatever the database's locale, `%s` placeholders (psycopg's)."""
+
+    __slots__ = ()
+
+    NUMBER_TEXT = r"^\s*[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]{1,4})?\s*$"
+    """What Python's float() reads as a finite number (the exponent bounded, so the numeric
+    cast never overflows): `_number`'s rule."""
+
+    def render(self, sql: str) -> str:
+        return sql.replace("%", "%%").replace("?", "%s")
+
+    def json_text(self, doc: str, keys: tuple[str, ...]) -> tuple[str, list[Any]]:
+        return f"(CAST({doc} AS jsonb) #>> CAST(? AS text[]))", [list(keys)]
+
+    def number(self, expr: str, params: list[Any]) -> tuple[str, list[Any]]:
+        text = f"CAST({expr} AS text)"
+        return (
+            f"(CASE WHEN {text} ~ ? THEN CAST({text} AS numeric) END)",
+            [*params, self.NUMBER_TEXT, *params],
+        )
+
+    def number_param(self) -> str:
+        return "CAST(? AS numeric)"
+
+    def text(self, expr: str) -> str:
+        return f'(CAST({expr} AS text) COLLATE "C")'
+
+    def ordered(self, column: str) -> str:
+        return f'{column} COLLATE "C"'
+
+
+_SQLITE = _QueryDialect("sqlite")
+_POSTGRESQL = _PostgresDialect("postgresql")
+
+
 # -- the database -----------------------------------------------------------------------------
 
 
 class RunDatabase:
-    """The run database, read-only. `RunDatabase(path)`, or `with RunDatabase(path) as db:`.
+    """The run database, read-only: `RunDatabase(path)` for the SQLite file, or
+    `RunDatabase("postgresql://...")`; or `with RunDatabase(...) as db:`.
 
     Filters are text as `supervisorctl runs --where` takes it (or parsed `Filter`s), e.g.
     `db.runs("config.gradient_method=mgda", "metrics.val_loss<0.3", since="7d")`.
     """
 
+    path: Path | None
+    """The SQLite file; None on PostgreSQL."""
+    url: str | None
+    """The PostgreSQL URL with its password hidden; None on SQLite."""
+    _driver_errors: tuple[type[Exception], ...]
+    """What the driver raises for a statement that fails."""
+
     def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
+        if isinstance(path, str) and is_postgresql(path):
+            import psycopg
+
+            self.path, self.url = None, redact(path)
+            self._dialect: _QueryDialect = _POSTGRESQL
+            self._driver_errors = (psycopg.Error,)
+            self._db: sqlite3.Connection | psycopg.Connection[tuple[Any, ...]] = _connect_postgres(
+                path
+            )
+            return
+        self.path, self.url = Path(path), None
+        self._dialect = _SQLITE
+        self._driver_errors = (sqlite3.DatabaseError,)
         if not self.path.is_file():
             raise DatabaseUnavailable(
                 f"no run database at {self.path} yet: supervisord creates it when it first "
                 "starts (its state directory is SUPERVISOR_STATE_DIR, or state_dir in --config)"
             )
         uri = f"{self.path.resolve().as_uri()}?mode=ro"
-        self._db = sqlite3.connect(uri, uri=True, timeout=10, check_same_thread=False)
+        db = sqlite3.connect(uri, uri=True, timeout=10, check_same_thread=False)
+        self._db = db
         try:
-            self._db.create_function("sv_number", 1, _number, deterministic=True)
-            version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+            db.create_function("sv_number", 1, _number, deterministic=True)
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
         except sqlite3.DatabaseError as exc:
-            self._db.close()
+            db.close()
             raise DatabaseUnavailable(f"{self.path} is not a run database: {exc}") from None
         if version < QUERY_SCHEMA_VERSION:
-            self._db.close()
+            db.close()
             raise DatabaseUnavailable(
                 f"the run database {self.path} is at schema version {version}; queries need "
                 f"{QUERY_SCHEMA_VERSION}: start supervisord once (this version) to migrate it"
             )
+
+    @property
+    def where(self) -> str:
+        """The database as messages name it: its file, or its URL without the password."""
+        return str(self.path) if self.path is not None else str(self.url)
 
     def close(self) -> None:
         self._db.close()
@@ -350,7 +465,7 @@ class RunDatabase:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<RunDatabase {self.path} (read-only)>"
+        return f"<RunDatabase {self.where} (read-only)>"
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -423,33 +538,37 @@ class RunDatabase:
 
     def run(self, run_id: str) -> RunDetailRow:
         """One run in full, or `UnknownRun`."""
-        row = self._db.execute(_SELECT_DETAIL + " WHERE r.run_id = ?", (run_id,)).fetchone()
-        if row is None:
+        dialect = self._dialect
+        found = self._rows(_SELECT_DETAIL + " WHERE r.run_id = ?", [run_id])
+        if not found:
             raise UnknownRun(
                 run_id,
-                f"no run {run_id!r} in the run database {self.path}: "
+                f"no run {run_id!r} in the run database {self.where}: "
                 "`supervisorctl runs` lists the runs",
             )
+        row = found[0]
         transitions = tuple(
             _transition_row(_TRANSITIONS.decode(t))
-            for t in self._db.execute(
+            for t in self._rows(
                 f"SELECT {_TRANSITIONS.sql} FROM transitions WHERE run_id = ? ORDER BY seq",
-                (run_id,),
+                [run_id],
             )
         )
         instances = tuple(
             _instance_row(_INSTANCES.decode(i))
-            for i in self._db.execute(
+            for i in self._rows(
                 f"SELECT {_INSTANCES.sql} FROM instances WHERE run_id = ? "
-                "ORDER BY attached_at, rowid",
-                (run_id,),
+                # The attached one first, then launches in time order: the store's order.
+                f"ORDER BY {dialect.ordered('attached_at')}, "
+                f"CASE source WHEN 'attached' THEN 0 ELSE 1 END, {dialect.ordered('instance_id')}",
+                [run_id],
             )
         )
         attachments = tuple(
             _attachment_row(_ATTACHMENTS.decode(a))
-            for a in self._db.execute(
+            for a in self._rows(
                 f"SELECT {_ATTACHMENTS.sql} FROM attachments WHERE run_id = ? ORDER BY id",
-                (run_id,),
+                [run_id],
             )
         )
         crash = [a for a in attachments if a.kind == "crash-log"]
@@ -460,10 +579,10 @@ class RunDatabase:
             crash_log = CrashLog(uri=newest.uri, lines=tuple(lines[-CRASH_LOG_LINES:]))
         report_problems = tuple(
             _report_problem_row(_REPORT_PROBLEMS.decode(p))
-            for p in self._db.execute(
+            for p in self._rows(
                 f"SELECT {_REPORT_PROBLEMS.sql} FROM report_problems WHERE run_id = ? "
-                "ORDER BY noted_at, key",
-                (run_id,),
+                f"ORDER BY {dialect.ordered('noted_at')}, {dialect.ordered('key')}",
+                [run_id],
             )
         )
         summary = _run_row(row)
@@ -489,6 +608,7 @@ class RunDatabase:
     # -- SQL --------------------------------------------------------------------------------
 
     def _select(self, query: RunQuery) -> list[Row]:
+        dialect = self._dialect
         conditions: list[str] = []
         params: list[Any] = []
         if query.phases:
@@ -502,53 +622,116 @@ class RunDatabase:
             conditions.append(f"({' OR '.join(either)})")
             params.extend(named)
         if query.created_after is not None:
-            conditions.append("r.created_at >= ?")
+            conditions.append(f"{dialect.text('r.created_at')} >= ?")
             params.append(timestamp(query.created_after))
         for f in query.where:
-            sql, values = _condition(f)
+            sql, values = _condition(f, dialect)
             conditions.append(sql)
             params.extend(values)
         where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        order = f" ORDER BY {dialect.ordered('r.created_at')}, {dialect.ordered('r.run_id')}"
+        return self._rows(_SELECT + where + order, params)
+
+    def _rows(self, sql: str, params: list[Any]) -> list[Row]:
+        """The rows of one statement (built with `?`), or `DatabaseUnavailable`."""
         try:
-            return self._db.execute(_SELECT + where + _ORDER, params).fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise DatabaseUnavailable(f"cannot read the run database {self.path}: {exc}") from None
+            cursor = self._db.execute(self._dialect.render(sql), params)
+            return list(cursor.fetchall())
+        except self._driver_errors as exc:
+            raise DatabaseUnavailable(
+                f"cannot read the run database {self.where}: {_first_line(exc)}"
+            ) from None
 
 
-def _field_sql(field: FieldPath) -> tuple[str, list[Any]]:
-    """An SQL expression for the field's value, and its parameters. JSON true and false read
-    as the text 'true' and 'false' (json_extract alone would give 1 and 0)."""
+def _first_line(exc: BaseException, url: str = "") -> str:
+    """The driver's message, one line, with `url`'s password (should it appear) hidden."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return redact_text(line, url) if url else line
+
+
+_PG_CONNECT_TIMEOUT_S = 10
+_PG_VERSION_TABLE = "schema_migrations"
+"""`pg_store.SCHEMA_MIGRATIONS` (not imported: that module loads the daemon's libraries)."""
+
+
+def _connect_postgres(url: str) -> psycopg.Connection[tuple[Any, ...]]:
+    """A read-only session on the database at `url` (autocommit: every query sees what is
+    committed when it runs, as the SQLite reader does), checked for the schema version."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    shown = redact(url)
+    try:
+        given = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        raise DatabaseUnavailable(
+            f"the database URL {shown} is not a libpq URL: give "
+            "postgresql://USER@HOST:PORT/DATABASE (the password from the URL, PGPASSWORD or "
+            "~/.pgpass)"
+        ) from None
+    extra: dict[str, Any] = {"application_name": "supervisorctl"}
+    if "connect_timeout" not in given:
+        extra["connect_timeout"] = _PG_CONNECT_TIMEOUT_S
+    try:
+        db = psycopg.connect(url, autocommit=True, **extra)
+    except psycopg.Error as exc:
+        raise DatabaseUnavailable(
+            f"cannot connect to the run database {shown}: {_first_line(exc, url)}"
+        ) from None
+    try:
+        db.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        version = _postgres_schema_version(db)
+    except psycopg.Error as exc:
+        db.close()
+        raise DatabaseUnavailable(
+            f"{shown} is not a run database: {_first_line(exc, url)}"
+        ) from None
+    if version < QUERY_SCHEMA_VERSION:
+        db.close()
+        raise DatabaseUnavailable(
+            f"the run database {shown} is at schema version {version}; queries need "
+            f"{QUERY_SCHEMA_VERSION}: start supervisord once (this version) with "
+            "SUPERVISOR_DATABASE_URL set to migrate it"
+        )
+    return db
+
+
+def _postgres_schema_version(db: psycopg.Connection[tuple[Any, ...]]) -> int:
+    """The newest migration applied to the PostgreSQL database; 0 for an empty one."""
+    found = db.execute("SELECT to_regclass(%s)", [_PG_VERSION_TABLE]).fetchone()
+    if found is None or found[0] is None:
+        return 0
+    row = db.execute(f"SELECT max(version) FROM {_PG_VERSION_TABLE}").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def _field_sql(field: FieldPath, dialect: _QueryDialect) -> tuple[str, list[Any]]:
+    """An SQL expression for the field's value, and its parameters."""
     keys = field.keys
     match field.source:
         case Source.CONFIG:
-            doc, path = "r.spec_json", "$.config" + "".join(f'."{k}"' for k in keys)
+            return dialect.json_text("r.spec_json", ("config", *keys))
         case Source.METRICS:
-            doc, path = "d.final_metrics_json", f'$.metrics."{keys[0]}"'
+            return dialect.json_text("d.final_metrics_json", ("metrics", keys[0]))
         case Source.TAG:
-            doc, path = "r.spec_json", f'$.tags."{keys[0]}"'
+            return dialect.json_text("r.spec_json", ("tags", keys[0]))
         case Source.COLUMN if keys[0] in _SPEC_COLUMNS:
-            doc, path = "r.spec_json", f'$."{keys[0]}"'
+            return dialect.json_text("r.spec_json", (keys[0],))
         case Source.COLUMN if keys[0] == _WANDB_PROJECT:
-            return (
-                "COALESCE(json_extract(r.spec_json, '$.wandb_project'), "
-                "json_extract(d.final_metrics_json, '$.wandb.project'))",
-                [],
-            )
+            spec, spec_params = dialect.json_text("r.spec_json", (_WANDB_PROJECT,))
+            final, final_params = dialect.json_text("d.final_metrics_json", ("wandb", "project"))
+            return f"COALESCE({spec}, {final})", [*spec_params, *final_params]
         case _:
             return _COLUMN_SQL[keys[0]], []
-    return (
-        f"(CASE json_type({doc}, ?) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' "
-        f"ELSE json_extract({doc}, ?) END)",
-        [path, path],
-    )
 
 
-def _condition(f: Filter) -> tuple[str, list[Any]]:
-    expr, params = _field_sql(f.field)
+def _condition(f: Filter, dialect: _QueryDialect) -> tuple[str, list[Any]]:
+    expr, params = _field_sql(f.field, dialect)
     if f.numeric:
-        # sv_number: a number, or text that reads as one; NULL otherwise, which never matches.
-        return f"sv_number({expr}) {f.op} ?", [*params, f.value]
-    return f"{expr} {f.op} ?", [*params, f.value]
+        number, number_params = dialect.number(expr, params)
+        return f"{number} {f.op} {dialect.number_param()}", [*number_params, f.value]
+    return f"{dialect.text(expr)} {f.op} ?", [*params, f.value]
 
 
 def _number(value: object) -> float | None:

@@ -13,12 +13,13 @@ import re
 import sys
 import unicodedata
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from supervisor.adapters.control_client import ControlError, DaemonNotAnswering, DaemonNotRunning
+from supervisor.adapters.database_url import is_postgresql
 from supervisor.core.errors import InvalidInput
 from supervisor.core.values import parse_run_id
 from supervisor.runtime.config_file import (
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 STATE_DIR_ENV = f"{ENV_PREFIX}STATE_DIR"
 CLIENT_TIMEOUT_ENV = f"{ENV_PREFIX}CLIENT_TIMEOUT_S"
+DATABASE_URL_ENV = f"{ENV_PREFIX}DATABASE_URL"
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -94,6 +96,15 @@ class DaemonLocation:
 
     state_dir: Path
     client_timeout_s: float
+    database_url: str | None = field(default=None, repr=False)
+    """SUPERVISOR_DATABASE_URL: the run database on PostgreSQL (the query verbs read it
+    there); None: the SQLite file in the state directory. Holds the password: show it only
+    through `supervisor.adapters.database_url.redact`."""
+
+    @property
+    def run_database(self) -> Path | str:
+        """What the query verbs read: the PostgreSQL URL, else the SQLite file."""
+        return self.database_url if self.database_url is not None else self.db_path
 
     @property
     def socket_path(self) -> Path:
@@ -120,20 +131,22 @@ def locate_daemon(config: Path | None) -> DaemonLocation:
     plain = _plain_location(config_file, os.environ)
     if plain is None:
         settings = load_settings(config)
-        return DaemonLocation(settings.state_dir, settings.client_timeout_s)
-    state_dir, timeout_s = plain
-    return DaemonLocation(_absolute_state_dir(state_dir, config_file), timeout_s)
+        return DaemonLocation(settings.state_dir, settings.client_timeout_s, settings.database_url)
+    state_dir, timeout_s, database_url = plain
+    return DaemonLocation(_absolute_state_dir(state_dir, config_file), timeout_s, database_url)
 
 
-_PLAIN_VARIABLES = frozenset({STATE_DIR_ENV, CLIENT_TIMEOUT_ENV}) | OTHER_VARIABLES
+_PLAIN_VARIABLES = (
+    frozenset({STATE_DIR_ENV, CLIENT_TIMEOUT_ENV, DATABASE_URL_ENV}) | OTHER_VARIABLES
+)
 _PLAIN_SECONDS = re.compile(r"[0-9]{1,4}(\.[0-9]{1,6})?")
 
 
 def _plain_location(
     config_file: Path | None, environ: Mapping[str, str]
-) -> tuple[Path, float] | None:
-    """(state_dir, client_timeout_s) when the settings model would certainly accept them
-    and have nothing else to check or warn about; else None."""
+) -> tuple[Path, float, str | None] | None:
+    """(state_dir, client_timeout_s, database_url) when the settings model would certainly
+    accept them and have nothing else to check or warn about; else None."""
     if any(
         name.upper().startswith(ENV_PREFIX) and name not in _PLAIN_VARIABLES for name in environ
     ):
@@ -146,7 +159,7 @@ def _plain_location(
             keys = tomllib.loads(config_file.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError):
             return None
-        if not set(keys) <= {"state_dir", "client_timeout_s"}:
+        if not set(keys) <= {"state_dir", "client_timeout_s", "database_url"}:
             return None
     state_dir = environ.get(STATE_DIR_ENV, keys.get("state_dir"))
     if state_dir is not None and not (isinstance(state_dir, str) and _plain_path(state_dir)):
@@ -158,7 +171,15 @@ def _plain_location(
         return None
     if not (math.isfinite(timeout) and 0 < timeout <= 3600):
         return None
-    return (Path(state_dir) if state_dir is not None else default_state_dir()), float(timeout)
+    database_url: Any = environ.get(DATABASE_URL_ENV, keys.get("database_url"))
+    if database_url is not None and not (
+        isinstance(database_url, str)
+        and database_url == database_url.strip()
+        and is_postgresql(database_url)
+    ):
+        return None  # empty, or not a URL: the settings model says what it makes of it
+    state = Path(state_dir) if state_dir is not None else default_state_dir()
+    return state, float(timeout), database_url
 
 
 def _plain_path(text: str) -> bool:

@@ -1,7 +1,8 @@
 """`supervisorctl runs`, `show`, `compare` and `export`: queries over the run database.
 
-They read the daemon's SQLite file directly and read-only (supervisor.adapters.query), so they
-work whether supervisord is running or not, and never change anything.
+They read the run database directly and read-only (supervisor.adapters.query): the daemon's
+SQLite file, or with SUPERVISOR_DATABASE_URL the PostgreSQL database its replicas share. So
+they work whether supervisord is running or not, and never change anything.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ how filters work (all given must hold):
   --since 7d              attached within the last 7 days (units s, m, h, d, w; none: days)
 
 Quote filters with < or > in the shell: --where 'metrics.val_loss<0.3'.
-These commands read the database file read-only: they work while supervisord is down.
+These commands read the database file read-only (with SUPERVISOR_DATABASE_URL set, the
+PostgreSQL database the replicas share): they work while supervisord is down.
 """
 
 RUNS_EPILOG = (
@@ -150,7 +152,8 @@ def add_query_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         description="Everything recorded about one run: its spec, config, objectives with "
         "their final values, final metrics, the W&B link, attachments, instance history, "
         f"transitions, and the last {CRASH_LOG_LINES} lines of its crash log when it has one. "
-        "Reads the database file: works while supervisord is down.",
+        "Reads the database itself (the file, or SUPERVISOR_DATABASE_URL's): works while "
+        "supervisord is down.",
     )
     show.add_argument("run_id", type=run_id_argument, metavar="RUN_ID")
     show.add_argument(
@@ -213,12 +216,13 @@ def _argument(parse: Callable[[str], _T]) -> Callable[[str], _T]:
     return convert
 
 
-def run_query(args: argparse.Namespace, db_path: Path) -> int:
-    """Carry out a query subcommand against the database at `db_path`."""
+def run_query(args: argparse.Namespace, database: Path | str) -> int:
+    """Carry out a query subcommand against the run database: a SQLite file's path, or a
+    PostgreSQL URL."""
     from supervisor.adapters.query import DatabaseUnavailable, RunDatabase
 
     try:
-        with RunDatabase(db_path) as db:
+        with RunDatabase(database) as db:
             _dispatch(db, args)
         sys.stdout.flush()
     except (DatabaseUnavailable, InvalidInput, UnknownRun) as exc:

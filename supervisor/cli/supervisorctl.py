@@ -306,6 +306,23 @@ examples:
   supervisorctl tail --training --key logs/rank0.log --from-start exp1-lr3e-4 > rank0.log
 """
 
+MIGRATE_DB_DESCRIPTION = """\
+Copy the run database of this state directory (its SQLite file: runs, transitions,
+instances, actions, attachments, run data, report problems, zombies, terminations, audit)
+into an empty PostgreSQL database, for running several supervisord replicas on it.
+
+The target is migrated to this version's schema, then every row is copied (ids kept) in
+one transaction; each table's row count is checked against the source before it commits.
+A target holding any run data is refused. Stop the daemon first (`supervisord stop`): the
+copy is refused while it runs. Afterwards set SUPERVISOR_DATABASE_URL to the same URL for
+every replica; the SQLite file is left as it was.
+
+example:
+  supervisord stop
+  supervisorctl migrate-db --to postgresql://supervisor@db.internal:5432/supervisor
+"""
+
+
 ATTACH_FILE_DESCRIPTION = """\
 Record where a file or page about the run is kept: `status RUN_ID` lists it, and
 for a crash log also shows its last lines. URI is one of:
@@ -474,7 +491,19 @@ def _streaming(
 def _query(args: argparse.Namespace, daemon: DaemonLocation) -> int:
     from supervisor.cli.queries import run_query
 
-    return run_query(args, daemon.db_path)
+    return run_query(args, daemon.run_database)
+
+
+def _migrate_db(args: argparse.Namespace, daemon: DaemonLocation) -> int:
+    from supervisor.cli.migrate_db import migrate_db
+
+    return migrate_db(args, daemon)
+
+
+def _migrate_db_arguments(parser: argparse.ArgumentParser) -> None:
+    from supervisor.cli.migrate_db import add_arguments
+
+    add_arguments(parser)
 
 
 COMMANDS: dict[str, Command] = {
@@ -538,6 +567,14 @@ COMMANDS: dict[str, Command] = {
             _report,
             _report_arguments,
             REPORT_DESCRIPTION,
+            preformatted=True,
+        ),
+        Command(
+            "migrate-db",
+            "copy this state directory's SQLite run database into an empty PostgreSQL one",
+            _migrate_db,
+            _migrate_db_arguments,
+            MIGRATE_DB_DESCRIPTION,
             preformatted=True,
         ),
         *(Command(name, text, _query, None) for name, text in QUERY_COMMANDS.items()),

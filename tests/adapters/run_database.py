@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from supervisor.adapters.sql_store import SqlStore
 from supervisor.adapters.store import AttachmentRecord, Store
 from supervisor.core.events import Event, InstanceObserved, ObjectRead
 from supervisor.core.machine import Decision, new_run
@@ -64,43 +65,50 @@ async def seed(path: Path, seeds: list[Seed], *, now: datetime = NOW) -> None:
     wall clock, pass the current time: a fixed date would age out of their window."""
     store = await Store.open(path)
     try:
-        for number, s in enumerate(seeds):
-            at = now - s.age
-            spec_fields: dict[str, Any] = {
-                "run_id": s.run_id,
-                "instance_id": f"i-{number:017x}",
-                "region": "us-east-1",
-                "s3_prefix": f"s3://{BUCKET}/runs/{s.run_id}/",
-                "grace_s": 60,
-                "tags": s.tags,
-                "config": s.config,
-                "objectives": list(s.objectives),
-                # a crashed seed ends in phase crashed (its instance kept), as queries expect
-                **({"on_crash": "keep"} if s.outcome == "crashed" else {}),
-                **s.spec,
-            }
-            decision: Decision = new_run(RunSpec.build(**spec_fields), now=at)
-            await store.create_run(decision)
-            run = decision.run
-            for event in _events(s.outcome):
-                decision = run_step(run, event, now=at)
-                await store.commit(run, decision, now=at)
-                run = decision.run
-            assert (run.outcome or None) == s.outcome, (s.run_id, run.phase, run.outcome)
-            if s.crash_log is not None:
-                await store.attach(
-                    AttachmentRecord(
-                        run_id=s.run_id,
-                        kind="crash-log",
-                        uri=f"s3://{BUCKET}/runs/{s.run_id}/crash/error.log",
-                        added_at=at,
-                        size=len(s.crash_log),
-                        excerpt=s.crash_log,
-                    )
-                )
-            _write_run_data(path, s, at)
+        await seed_runs(store, seeds, now=now)
+        for s in seeds:
+            _write_run_data(path, s, now - s.age)
     finally:
         await store.close()
+
+
+async def seed_runs(store: SqlStore, seeds: list[Seed], *, now: datetime = NOW) -> None:
+    """The runs of `seeds` with their transitions and crash logs, through `store` (either
+    backend's); what the jobs reported (run_data) is `seed`'s, on SQLite."""
+    for number, s in enumerate(seeds):
+        at = now - s.age
+        spec_fields: dict[str, Any] = {
+            "run_id": s.run_id,
+            "instance_id": f"i-{number:017x}",
+            "region": "us-east-1",
+            "s3_prefix": f"s3://{BUCKET}/runs/{s.run_id}/",
+            "grace_s": 60,
+            "tags": s.tags,
+            "config": s.config,
+            "objectives": list(s.objectives),
+            # a crashed seed ends in phase crashed (its instance kept), as queries expect
+            **({"on_crash": "keep"} if s.outcome == "crashed" else {}),
+            **s.spec,
+        }
+        decision: Decision = new_run(RunSpec.build(**spec_fields), now=at)
+        await store.create_run(decision)
+        run = decision.run
+        for event in _events(s.outcome):
+            decision = run_step(run, event, now=at)
+            await store.commit(run, decision, now=at)
+            run = decision.run
+        assert (run.outcome or None) == s.outcome, (s.run_id, run.phase, run.outcome)
+        if s.crash_log is not None:
+            await store.attach(
+                AttachmentRecord(
+                    run_id=s.run_id,
+                    kind="crash-log",
+                    uri=f"s3://{BUCKET}/runs/{s.run_id}/crash/error.log",
+                    added_at=at,
+                    size=len(s.crash_log),
+                    excerpt=s.crash_log,
+                )
+            )
 
 
 def _write_run_data(path: Path, s: Seed, at: datetime) -> None:

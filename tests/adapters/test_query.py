@@ -5,8 +5,10 @@ reading while the daemon's store has the file open."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -14,10 +16,15 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from supervisor.adapters.database_url import redact
+from supervisor.adapters.migrate_db import copy_database
+from supervisor.adapters.pg_store import PgStore
 from supervisor.adapters.query import (
     _COLUMN_SQL,
+    _PG_VERSION_TABLE,
     _SPEC_COLUMNS,
     CRASH_LOG_LINES,
     DatabaseUnavailable,
@@ -30,7 +37,8 @@ from supervisor.core.compare import Group
 from supervisor.core.errors import InvalidInput, UnknownRun
 from supervisor.core.filters import COLUMNS
 from supervisor.core.spec import Direction
-from tests.adapters.run_database import HISTORY, NOW, SEEDS, WANDB, method, seed
+from tests.adapters.run_database import HISTORY, NOW, SEEDS, WANDB, method, seed, seed_runs
+from tests.pg_server import PostgresServer
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +48,19 @@ def db_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture
-def db(db_path: Path) -> Iterator[RunDatabase]:
-    with RunDatabase(db_path) as opened:
+@pytest.fixture(scope="module")
+def pg_seeded(db_path: Path, postgres_server: PostgresServer) -> str:
+    """The same runs on PostgreSQL: the seeded file copied as `migrate-db` copies it."""
+    url = postgres_server.url(postgres_server.create_database("query"))
+    copy_database(db_path, url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, db_path: Path) -> Iterator[RunDatabase]:
+    """The seeded run database, read from each backend."""
+    where = db_path if request.param == "sqlite" else request.getfixturevalue("pg_seeded")
+    with RunDatabase(where) as opened:
         yield opened
 
 
@@ -179,8 +197,9 @@ def test_one_run_in_full_with_history_transitions_and_the_crash_log_tail(
     assert [a.kind for a in crashed.attachments] == ["crash-log"]
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_one_run_in_full_has_its_notes_on_unreadable_reports_and_its_runtime(
-    tmp_path: Path,
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:
     from supervisor.adapters.store import ReportProblemRecord
     from supervisor.core.reports import FinalMetrics
@@ -200,7 +219,12 @@ def test_one_run_in_full_has_its_notes_on_unreadable_reports_and_its_runtime(
             await store.close()
 
     asyncio.run(report())
-    with RunDatabase(path) as db:
+    where: Path | str = path
+    if backend == "postgresql":
+        url: str = request.getfixturevalue("pg_url")
+        copy_database(path, url)
+        where = url
+    with RunDatabase(where) as db:
         full = db.run("noted")
     assert [(p.key, p.note, p.noted_at) for p in full.report_problems] == [
         ("history.json", note, NOW)
@@ -302,9 +326,65 @@ def test_it_reads_while_the_daemons_store_has_the_file_open_and_sees_new_commits
     assert asyncio.run(while_open()) == {"first", "after:first", "after:second"}
 
 
+def test_on_postgresql_it_sees_what_a_replicas_store_commits_meanwhile(
+    tmp_path: Path, pg_url: str
+) -> None:
+    path = tmp_path / "supervisor.db"
+    asyncio.run(seed(path, [method("first", "mgda")]))
+    copy_database(path, pg_url)
+
+    async def while_open() -> set[str]:
+        store = await PgStore.open(pg_url)  # a replica's store, with its pool open
+        try:
+            with RunDatabase(pg_url) as reader:
+                before = ids(reader.runs())
+                await seed_runs(store, [method("second", "pcgrad")])  # committed meanwhile
+                return before | {f"after:{r}" for r in ids(reader.runs())}
+        finally:
+            await store.close()
+
+    assert asyncio.run(while_open()) == {"first", "after:first", "after:second"}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_read_that_fails_is_one_line_naming_the_database(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    path = tmp_path / "supervisor.db"
+    asyncio.run(seed(path, [method("first", "mgda")]))
+    where: Path | str = path
+    if backend == "postgresql":
+        url: str = request.getfixturevalue("pg_url")
+        copy_database(path, url)
+        where = url
+    with RunDatabase(where) as db:
+        # Someone else's hand on the database while it is open: a table is gone.
+        if backend == "postgresql":
+            with psycopg.connect(str(where), autocommit=True) as server:
+                server.execute("DROP TABLE report_problems")
+        else:
+            with contextlib.closing(sqlite3.connect(path)) as file, file:
+                file.execute("DROP TABLE report_problems")
+        with pytest.raises(DatabaseUnavailable) as caught:
+            db.run("first")
+    message = str(caught.value)
+    assert message.startswith(f"cannot read the run database {db.where}: ")
+    assert "report_problems" in message
+    assert "\n" not in message
+    if backend == "postgresql":
+        assert "***@" in message
+
+
 def test_it_never_writes(db_path: Path) -> None:
     with RunDatabase(db_path) as db, pytest.raises(sqlite3.OperationalError, match="readonly"):
         db._db.execute("DELETE FROM runs")
+
+
+def test_it_never_writes_on_postgresql_either(pg_seeded: str) -> None:
+    with RunDatabase(pg_seeded) as db:
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            db._db.execute("DELETE FROM runs")
+        assert len(db.runs()) == len(SEEDS)
 
 
 def test_a_missing_or_old_database_is_explained(tmp_path: Path) -> None:
@@ -327,6 +407,34 @@ def test_a_missing_or_old_database_is_explained(tmp_path: Path) -> None:
         RunDatabase(junk)
 
 
+def test_an_empty_unreachable_or_refused_postgresql_database_is_explained_without_its_password(
+    pg_url: str, postgres_server: PostgresServer
+) -> None:
+    with pytest.raises(
+        DatabaseUnavailable, match=f"schema version 0; queries need {SCHEMA_VERSION}"
+    ) as caught:
+        RunDatabase(pg_url)
+    assert postgres_server.password not in str(caught.value)
+    assert "postgres:***@127.0.0.1" in str(caught.value)
+
+    wrong = postgres_server.url("postgres", password="not-the-password")
+    with pytest.raises(DatabaseUnavailable) as refused:
+        RunDatabase(wrong)
+    assert str(refused.value).startswith(
+        f"cannot connect to the run database postgresql://postgres:***@127.0.0.1:"
+        f"{postgres_server.port}/postgres: "
+    )
+    assert "not-the-password" not in str(refused.value)
+
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        closed = f"postgresql://someone:secret@127.0.0.1:{unused.getsockname()[1]}/runs"
+    with pytest.raises(DatabaseUnavailable) as unreachable:
+        RunDatabase(closed)
+    assert "secret" not in str(unreachable.value)
+    assert "someone:***@127.0.0.1" in str(unreachable.value)
+
+
 def test_the_public_api_opens_the_daemons_database_from_its_settings(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -335,6 +443,19 @@ def test_the_public_api_opens_the_daemons_database_from_its_settings(
     monkeypatch.setenv("SUPERVISOR_STATE_DIR", str(db_path.parent))
     with open_database() as db:
         assert db.path == db_path
+        assert len(db.runs()) == len(SEEDS)
+
+
+def test_the_public_api_opens_the_replicas_database_when_the_daemon_has_one(
+    db_path: Path, pg_seeded: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from supervisor.query import open_database
+
+    monkeypatch.setenv("SUPERVISOR_STATE_DIR", str(db_path.parent))
+    monkeypatch.setenv("SUPERVISOR_DATABASE_URL", pg_seeded)
+    with open_database() as db:
+        assert (db.path, db.url) == (None, redact(pg_seeded))
+        assert "***@" in repr(db)
         assert len(db.runs()) == len(SEEDS)
 
 
@@ -372,6 +493,7 @@ def test_the_query_path_loads_sqlite3_and_none_of_pydantic_aiohttp_aiosqlite_or_
     )
     modules = set(json.loads(done.stdout))
     assert "sqlite3" in modules
+    assert "psycopg" not in modules  # the driver only for a URL
     loaded = sorted(
         m for m in modules if any(m == bad or m.startswith(f"{bad}.") for bad in _NOT_FOR_QUERIES)
     )
@@ -379,3 +501,25 @@ def test_the_query_path_loads_sqlite3_and_none_of_pydantic_aiohttp_aiosqlite_or_
     # Of the daemon's package only the standard-library module naming its files is loaded.
     daemon = {m for m in modules if m.startswith("supervisor.runtime.")}
     assert daemon <= {"supervisor.runtime.config_file"}
+
+
+def test_on_postgresql_it_loads_psycopg_and_not_the_stores_pool_or_logging(pg_seeded: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _QUERY_PROBE, pg_seeded],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    modules = set(json.loads(done.stdout))
+    assert "psycopg" in modules
+    not_here = (*_NOT_FOR_QUERIES, "psycopg_pool", "supervisor.adapters.pg_store")
+    loaded = sorted(
+        m for m in modules if any(m == bad or m.startswith(f"{bad}.") for bad in not_here)
+    )
+    assert loaded == []
+
+
+def test_it_reads_the_version_where_the_postgresql_store_records_it() -> None:
+    from supervisor.adapters.pg_store import SCHEMA_MIGRATIONS
+
+    assert _PG_VERSION_TABLE == SCHEMA_MIGRATIONS

@@ -28,6 +28,7 @@ import pytest
 from pydantic import BaseModel
 
 from supervisor.adapters import protocol
+from supervisor.adapters.migrate_db import copy_database
 from supervisor.cli import views
 from supervisor.cli.common import load_settings, locate_daemon
 from tests.adapters.run_database import Seed, seed
@@ -137,10 +138,12 @@ def stand_in_daemon(state_dir: Path) -> Iterator[None]:
         server.server_close()
 
 
-def run_cli(module: str, argv: list[str], state_dir: Path) -> tuple[str, set[str]]:
-    """The verb's output and the modules loaded once it is done, in a fresh interpreter."""
+def run_cli(module: str, argv: list[str], state_dir: Path, **settings: str) -> tuple[str, set[str]]:
+    """The verb's output and the modules loaded once it is done, in a fresh interpreter
+    (with `settings` as SUPERVISOR_<NAME> variables)."""
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("SUPERVISOR_")}
     env["SUPERVISOR_STATE_DIR"] = str(state_dir)
+    env.update({f"SUPERVISOR_{name.upper()}": value for name, value in settings.items()})
     done = subprocess.run(
         [sys.executable, "-c", _PROBE.format(module=module, argv=argv)],
         env=env,
@@ -196,6 +199,18 @@ def test_a_query_verb_reads_the_database_without_the_daemons_libraries(state_dir
     assert loaded(modules, DAEMON_LIBRARIES) == []
 
 
+def test_a_query_verb_reads_postgresql_with_the_driver_alone(state_dir: Path, pg_url: str) -> None:
+    asyncio.run(seed(state_dir / "supervisor.db", [Seed("replicated-run")]))
+    copy_database(state_dir / "supervisor.db", pg_url)
+    (state_dir / "supervisor.db").unlink()  # what it prints can only come from PostgreSQL
+    out, modules = run_cli("supervisorctl", ["runs"], state_dir, database_url=pg_url)
+    assert "replicated-run" in out
+    assert "psycopg" in modules
+    assert (
+        loaded(modules, (*DAEMON_LIBRARIES, "psycopg_pool", "supervisor.adapters.pg_store")) == []
+    )
+
+
 @pytest.mark.parametrize(
     ("view", "model"),
     [
@@ -226,6 +241,11 @@ def test_each_cli_view_has_the_fields_of_its_protocol_model(
         ({"SUPERVISOR_POLL_INITIAL_S": "5"}, 'state_dir = "from-file"\n'),
         ({}, 'state_dir = "from-file"\ngrace_s = 10\n'),
         ({"SUPERVISOR_CLIENT_TIMEOUT_S": "1e1"}, None),
+        # The query verbs' database on PostgreSQL: read without the model when plainly a URL.
+        ({"SUPERVISOR_DATABASE_URL": "postgresql://u:pw@db.internal:5432/runs"}, None),
+        ({}, 'state_dir = "from-file"\ndatabase_url = "postgres://u@h/runs"\n'),
+        ({"SUPERVISOR_DATABASE_URL": "  postgresql://u@h/runs  "}, None),
+        ({"SUPERVISOR_DATABASE_URL": ""}, None),
     ],
 )
 def test_locating_the_daemon_agrees_with_the_settings_model(
@@ -249,10 +269,13 @@ def test_locating_the_daemon_agrees_with_the_settings_model(
         config.write_text(settings_file)
     located = locate_daemon(config)
     settings = load_settings(config)
-    assert (located.state_dir, located.client_timeout_s) == (
+    assert (located.state_dir, located.client_timeout_s, located.database_url) == (
         settings.state_dir,
         settings.client_timeout_s,
+        settings.database_url,
     )
+    if located.database_url is not None:  # never shown: it may hold a password
+        assert located.database_url not in repr(located)
     assert located.socket_path == settings.socket_path
     assert located.pid_path == settings.pid_path
     assert located.db_path == settings.db_path

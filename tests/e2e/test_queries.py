@@ -1,5 +1,6 @@
 """The real `supervisorctl runs`, `show`, `compare` and `export` against a run database file,
-with no daemon running: they read the file read-only and work while supervisord is down."""
+with no daemon running: they read the file read-only and work while supervisord is down; and
+the same against the replicas' PostgreSQL database (SUPERVISOR_DATABASE_URL)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from supervisor.adapters.database_url import redact
+from supervisor.adapters.migrate_db import copy_database
+from supervisor.cli.common import DATABASE_URL_ENV
 from tests.adapters.run_database import SEEDS, WANDB, Seed, method, seed
 from tests.e2e.conftest import Cli, cli_for
+from tests.pg_server import PostgresServer
 
 pytestmark = pytest.mark.e2e
 
@@ -30,14 +35,28 @@ REPORTED = method(
 )
 
 
-@pytest.fixture(scope="module")
-def offline() -> Iterator[Cli]:
-    """A state directory with a run database and no daemon (nor any AWS) behind it."""
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def offline(request: pytest.FixtureRequest) -> Iterator[Cli]:
+    """A state directory with a run database and no daemon (nor any AWS) behind it: the
+    SQLite file, or (with SUPERVISOR_DATABASE_URL) the same runs copied into PostgreSQL by
+    migrate-db's copy, the file then moved away so that every answer comes from there."""
     with cli_for({}) as helper:
         runs: list[Seed] = [*SEEDS, REPORTED]
         asyncio.run(seed(helper.db_path, runs, now=datetime.now(UTC)))
         assert helper.daemon_pid() is None and not helper.socket_path.exists()
+        if request.param == "postgresql":
+            server: PostgresServer = request.getfixturevalue("postgres_server")
+            url = server.url(server.create_database("queries"))
+            copy_database(helper.db_path, url)
+            helper.db_path.rename(helper.db_path.with_suffix(".copied"))
+            helper.env[DATABASE_URL_ENV] = url
         yield helper
+
+
+def database_named(helper: Cli) -> str:
+    """The run database as the CLI's messages name it."""
+    url = helper.env.get(DATABASE_URL_ENV)
+    return redact(url) if url else str(helper.db_path)
 
 
 def test_queries_answer_from_the_file_while_the_daemon_is_down(offline: Cli) -> None:
@@ -134,7 +153,7 @@ def test_bad_queries_are_refused_with_one_clear_line(offline: Cli) -> None:
     )
     assert unknown.returncode == 1, unknown
     assert unknown.stderr.strip() == (
-        f"supervisorctl: no run 'no-such-run' in the run database {offline.db_path}: "
+        f"supervisorctl: no run 'no-such-run' in the run database {database_named(offline)}: "
         "`supervisorctl runs` lists the runs"
     )
 
