@@ -196,6 +196,19 @@ async def test_text_sorts_byte_by_byte_as_on_sqlite_in_a_database_of_another_loc
         await store.close()
 
 
+async def test_every_text_column_of_the_schema_compares_byte_by_byte(pg_url: str) -> None:
+    store = await PgStore.open(pg_url)
+    await store.close()
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute(
+            "SELECT table_name, column_name, collation_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND data_type = 'text' "
+            f"AND table_name <> '{SCHEMA_MIGRATIONS}'"
+        ).fetchall()
+    assert len(rows) > 50
+    assert [row for row in rows if row[2] != "C"] == []
+
+
 @pytest.mark.parametrize("table", ["transitions", "terminations"])
 async def test_the_append_only_logs_refuse_updates_and_deletes(pg_url: str, table: str) -> None:
     store = await PgStore.open(pg_url)
