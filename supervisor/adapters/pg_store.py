@@ -33,7 +33,7 @@ from psycopg_pool import AsyncConnectionPool
 from supervisor.adapters import statements as sql
 from supervisor.adapters.database_url import redact, redact_text
 from supervisor.adapters.migration_dialects import postgresql_migrations
-from supervisor.adapters.schema import POSTGRESQL, Row
+from supervisor.adapters.schema import POSTGRESQL, SCHEMA_VERSION, Row
 from supervisor.adapters.schema import timestamp as _iso
 from supervisor.adapters.sql_store import SqlStore
 from supervisor.core.errors import InvalidInput, StaleVersion
@@ -127,6 +127,8 @@ async def migrate(conn: Connection) -> int:
                 raise MigrationFailed(number, current, exc) from exc
             log.info("migration_applied", version=number)
             current = number
+        if current > SCHEMA_VERSION:  # a newer replica migrated it: additive, so carry on
+            log.warning("schema_newer_than_code", database=current, code=SCHEMA_VERSION)
         return current
     finally:
         # A lost connection has released its session's lock already.

@@ -102,6 +102,34 @@ async def test_a_migration_that_fails_is_rolled_back_alone(
     assert _applied(pg_url)[-1] == SCHEMA_VERSION
 
 
+async def test_a_database_a_newer_version_migrated_opens_with_a_warning(pg_url: str) -> None:
+    """Replicas upgraded one at a time: an older one still opens the database (migrations
+    only add), says so, and applies nothing."""
+    from structlog.testing import capture_logs
+
+    store = await PgStore.open(pg_url)
+    await store.close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            f"INSERT INTO {SCHEMA_MIGRATIONS} VALUES ({SCHEMA_VERSION + 1}, '2030-01-01')".encode()
+        )
+
+    with capture_logs() as logs:
+        store = await PgStore.open(pg_url)
+        await store.close()
+
+    newer = [e for e in logs if e["event"] == "schema_newer_than_code"]
+    assert newer == [
+        {
+            "event": "schema_newer_than_code",
+            "log_level": "warning",
+            "database": SCHEMA_VERSION + 1,
+            "code": SCHEMA_VERSION,
+        }
+    ]
+    assert not [e for e in logs if e["event"] == "migration_applied"]
+
+
 # -- the one history, translated ---------------------------------------------------------------
 
 
