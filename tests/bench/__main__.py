@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tests import pg_server
 from tests.bench import (
     cli_figure,
     client_cost,
@@ -323,6 +324,21 @@ def _store_and_restart(
             "off_per_second": _spread(off_rate),
             "off_over_full": _spread(ratios),
         }
+        # Issue 14: the same writes through PgStore, on a local server made durable.
+        with pg_server.running(durable=True) as server:
+            pg: list[dict[str, Any]] = []
+            for i in range(args.repeat):
+                url = server.url(server.create_database("bench"))
+                sample = asyncio.run(store_figure.measure_postgresql(args.store_runs, url))
+                pg.append(dataclasses.asdict(sample))
+                print(f"  store {i + 1}/{args.repeat} postgresql: {sample.per_second:.0f} writes/s")
+        pg_rate = col(pg, "per_second")
+        lines[-1:-1] = [
+            _row("commits/s, PostgreSQL (durable, local TCP)", pg_rate, "/s", "{:.0f}"),
+            _row("commit p50, PostgreSQL", col(pg, "p50_ms"), "ms", "{:.2f}"),
+            _row("commit p95, PostgreSQL", col(pg, "p95_ms"), "ms", "{:.2f}"),
+        ]
+        results["store"] |= {"postgresql_samples": pg, "postgresql_per_second": _spread(pg_rate)}
     if 4 in figures:
         restarts: list[dict[str, Any]] = []
         with tempfile.TemporaryDirectory(prefix="bench-") as folder:
