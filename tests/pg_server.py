@@ -58,7 +58,9 @@ class PostgresServer:
     _counter: int = field(default=0)
 
     @classmethod
-    def start(cls) -> PostgresServer:
+    def start(cls, *, durable: bool = False) -> PostgresServer:
+        """`durable`: fsync and synchronous commits on, as in production (the benchmark's
+        figures); off by default, the tests do not crash the server."""
         bindir = postgres_bin()
         root = Path(tempfile.mkdtemp(prefix="supervisor-pg-"))
         as_root = os.geteuid() == 0
@@ -98,6 +100,8 @@ class PostgresServer:
             f"-h 127.0.0.1 -p {port} -k {root} -c fsync=off -c synchronous_commit=off "
             "-c full_page_writes=off -c max_connections=300 -c shared_buffers=64MB"
         )
+        if durable:
+            options = f"-h 127.0.0.1 -p {port} -k {root} -c max_connections=300"
         run(
             str(bindir / "pg_ctl"),
             "-D",
@@ -152,8 +156,8 @@ class PostgresServer:
 
 
 @contextlib.contextmanager
-def running() -> Iterator[PostgresServer]:
-    server = PostgresServer.start()
+def running(*, durable: bool = False) -> Iterator[PostgresServer]:
+    server = PostgresServer.start(durable=durable)
     try:
         yield server
     finally:

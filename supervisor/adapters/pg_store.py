@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, Self
 
@@ -32,7 +33,7 @@ from psycopg_pool import AsyncConnectionPool
 from supervisor.adapters import statements as sql
 from supervisor.adapters.database_url import redact, redact_text
 from supervisor.adapters.migration_dialects import postgresql_migrations
-from supervisor.adapters.schema import POSTGRESQL, Row
+from supervisor.adapters.schema import POSTGRESQL, SCHEMA_VERSION, Row
 from supervisor.adapters.schema import timestamp as _iso
 from supervisor.adapters.sql_store import SqlStore
 from supervisor.core.errors import InvalidInput, StaleVersion
@@ -51,8 +52,11 @@ SCHEMA_MIGRATIONS = "schema_migrations"
 
 RETRY_DELAYS_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0)
 """Waits before running a read, or a write that did not reach its COMMIT, again after the
-connection was lost (OperationalError): about half a minute in all, a managed database's
-failover. Longer, the error is the caller's (a monitor fails its run)."""
+connection was lost (OperationalError), while `RETRY_WINDOW_S` lasts."""
+RETRY_WINDOW_S = 45.0
+"""How long a read or a write keeps trying, from its first attempt (waits for a pooled
+connection included): a managed database's failover. Longer, the error is the caller's (a
+monitor fails its run)."""
 
 Connection = psycopg.AsyncConnection[TupleRow]
 
@@ -123,6 +127,8 @@ async def migrate(conn: Connection) -> int:
                 raise MigrationFailed(number, current, exc) from exc
             log.info("migration_applied", version=number)
             current = number
+        if current > SCHEMA_VERSION:  # a newer replica migrated it: additive, so carry on
+            log.warning("schema_newer_than_code", database=current, code=SCHEMA_VERSION)
         return current
     finally:
         # A lost connection has released its session's lock already.
@@ -207,11 +213,11 @@ class PgStore(SqlStore):
         UPDATE); otherwise everything is rolled back and `StaleVersion` raised with that text.
 
         A lost connection before the COMMIT was sent (the server restarted, a failover) rolled
-        the transaction back: it is run again on another connection, for `RETRY_DELAYS_S`. A
+        the transaction back: it is run again on another connection (`RETRY_DELAYS_S`). A
         connection lost during the COMMIT leaves its outcome unknown: that error is raised.
         """
         statements = list(statements)
-        for delay in (*RETRY_DELAYS_S, None):
+        for delay in _retry_delays():
             committing = False
             try:
                 async with self._pool.connection() as conn, conn.transaction():
@@ -229,7 +235,7 @@ class PgStore(SqlStore):
     async def _read(self, text: str, params: Iterable[Any] = ()) -> list[Row]:
         """The rows of one query; run again on another connection after a lost one."""
         rendered, values = POSTGRESQL.render(text), tuple(params)
-        for delay in (*RETRY_DELAYS_S, None):
+        for delay in _retry_delays():
             try:
                 async with self._pool.connection() as conn:
                     cursor = await conn.execute(rendered, values)
@@ -251,6 +257,17 @@ class PgStore(SqlStore):
             await cursor.execute(POSTGRESQL.render(text), tuple(params))
             while rows := await cursor.fetchmany(page):
                 yield list(rows)
+
+
+def _retry_delays() -> Iterator[float | None]:
+    """The waits before each next attempt, then None (the last attempt) once the next wait
+    would end beyond `RETRY_WINDOW_S` from now."""
+    deadline = time.monotonic() + RETRY_WINDOW_S
+    for delay in RETRY_DELAYS_S:
+        if time.monotonic() + delay > deadline:
+            break
+        yield delay
+    yield None
 
 
 async def _wait_to_retry(what: str, exc: psycopg.OperationalError, delay: float) -> None:

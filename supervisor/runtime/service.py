@@ -163,8 +163,9 @@ async def open_store(settings: Settings) -> RunStore:
 
 
 def check_database(settings: Settings) -> None:
-    """Before a daemon is started in the background: raise `InvalidInput` (one line) if
-    `SUPERVISOR_DATABASE_URL` does not connect, so `supervisord start` says why itself."""
+    """Before a daemon starts (in the foreground, or detached, where its own error would go
+    to its log): raise `InvalidInput` (one line) if `SUPERVISOR_DATABASE_URL` does not
+    connect, so `supervisord start` says why itself."""
     if settings.database_url:
         from supervisor.adapters.pg_store import check_connects
 

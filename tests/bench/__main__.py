@@ -35,6 +35,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
+from tests import pg_server
 from tests.bench import (
     cli_figure,
     client_cost,
@@ -195,11 +198,26 @@ _spread = spread
 _row = row
 
 
-def _restart_once(seeded: Path, state_dir: Path, runs: int) -> dict[str, Any]:
-    """One restart in a fresh interpreter, so its memory is the daemon's alone."""
-    restart_figure.prepare(seeded, state_dir)
+def _restart_once(
+    seeded: Path | None, state_dir: Path, runs: int, database_url: str | None = None
+) -> dict[str, Any]:
+    """One restart in a fresh interpreter, so its memory is the daemon's alone; on the
+    PostgreSQL database at `database_url` when given (issue 14)."""
+    if seeded is None:  # on PostgreSQL at `database_url`
+        state_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        restart_figure.prepare(seeded, state_dir)
+    on_postgresql = [database_url] if database_url else []
     done = subprocess.run(
-        [sys.executable, "-m", "tests.bench", "--restart-once", str(state_dir), str(runs)],
+        [
+            sys.executable,
+            "-m",
+            "tests.bench",
+            "--restart-once",
+            str(state_dir),
+            str(runs),
+            *on_postgresql,
+        ],
         cwd=ROOT,
         check=True,
         capture_output=True,
@@ -323,6 +341,21 @@ def _store_and_restart(
             "off_per_second": _spread(off_rate),
             "off_over_full": _spread(ratios),
         }
+        # Issue 14: the same writes through PgStore, on a local server made durable.
+        with pg_server.running(durable=True) as server:
+            pg: list[dict[str, Any]] = []
+            for i in range(args.repeat):
+                url = server.url(server.create_database("bench"))
+                sample = asyncio.run(store_figure.measure_postgresql(args.store_runs, url))
+                pg.append(dataclasses.asdict(sample))
+                print(f"  store {i + 1}/{args.repeat} postgresql: {sample.per_second:.0f} writes/s")
+        pg_rate = col(pg, "per_second")
+        lines[-1:-1] = [
+            _row("commits/s, PostgreSQL (durable, local TCP)", pg_rate, "/s", "{:.0f}"),
+            _row("commit p50, PostgreSQL", col(pg, "p50_ms"), "ms", "{:.2f}"),
+            _row("commit p95, PostgreSQL", col(pg, "p95_ms"), "ms", "{:.2f}"),
+        ]
+        results["store"] |= {"postgresql_samples": pg, "postgresql_per_second": _spread(pg_rate)}
     if 4 in figures:
         restarts: list[dict[str, Any]] = []
         with tempfile.TemporaryDirectory(prefix="bench-") as folder:
@@ -366,14 +399,43 @@ def _store_and_restart(
             "startup_aws_calls": _spread(startup_calls),
             "rss_mb": _spread(col(restarts, "rss_mb")),
         }
+        # Issue 14: the same restart on PostgreSQL (re-arming reads: the test server's
+        # settings), each repetition on a fresh copy of the seeded database.
+        pg_restarts: list[dict[str, Any]] = []
+        with pg_server.running() as server, tempfile.TemporaryDirectory(prefix="bench-") as folder:
+            seeded_db = server.create_database("seeded")
+            asyncio.run(restart_figure.seed_postgresql(server.url(seeded_db), args.restart_runs))
+            for i in range(args.repeat):
+                copy = f"{seeded_db}_r{i}"
+                with psycopg.connect(server.url("postgres"), autocommit=True) as conn:
+                    conn.execute(f'CREATE DATABASE "{copy}" TEMPLATE "{seeded_db}"'.encode())
+                pg_restarts.append(
+                    _restart_once(None, Path(folder) / f"r{i}", args.restart_runs,
+                                  server.url(copy))
+                )  # fmt: skip
+                print(f"  restart {i + 1}/{args.repeat} postgresql: "
+                      f"{pg_restarts[-1]['seconds']:.2f} s")  # fmt: skip
+        lines[-1:-1] = [
+            _row(
+                "PostgreSQL: serve() start to all re-armed",
+                col(pg_restarts, "seconds"),
+                "s",
+                "{:.2f}",
+            ),
+            _row("PostgreSQL: resident memory then", col(pg_restarts, "rss_mb"), "MB"),
+        ]
+        results["restart"] |= {
+            "postgresql_samples": pg_restarts,
+            "postgresql_rearmed_seconds": _spread(col(pg_restarts, "seconds")),
+        }
     return lines, results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["--restart-once"]:
-        state_dir, runs = args_list[1:3]
-        restarted = asyncio.run(restart_figure.measure(Path(state_dir), int(runs)))
+        state_dir, runs, *database_url = args_list[1:4]
+        restarted = asyncio.run(restart_figure.measure(Path(state_dir), int(runs), *database_url))
         print(json.dumps(dataclasses.asdict(restarted)))
         return 0
     parser = _parser()

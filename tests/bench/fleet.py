@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
-from supervisor.adapters.store import Store
+from supervisor.adapters.sql_store import SqlStore
 from supervisor.core.events import (
     Action,
     ActionSucceeded,
@@ -62,7 +62,9 @@ def decisions(
     return first, later
 
 
-async def seed_running(store: Store, count: int, *, running_for: timedelta = timedelta()) -> None:
+async def seed_running(
+    store: SqlStore, count: int, *, running_for: timedelta = timedelta()
+) -> None:
     """`count` runs committed up to `running` (the state a restart re-adopts), each in it
     since `running_for` ago."""
     running: list[Event] = [InstanceObserved(InstanceState.RUNNING)]

@@ -12,10 +12,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from structlog.testing import capture_logs
+
+from supervisor.adapters.pg_store import PgStore
 from supervisor.adapters.store import Store
 from supervisor.runtime.daemon import Daemon
 from supervisor.runtime.log_config import configure_logging
 from supervisor.runtime.monitor import Monitor
+from supervisor.runtime.service import open_store
 from supervisor.runtime.settings import Settings
 from tests.bench.cloud import CountingCloud
 from tests.bench.fleet import REGION, seed_running
@@ -55,6 +59,16 @@ async def seed(folder: Path, runs: int) -> Path:
     return path
 
 
+async def seed_postgresql(url: str, runs: int) -> None:
+    """Issue 14: the same runs in the empty PostgreSQL database at `url`."""
+    with capture_logs():  # its migrations' log lines, not the table's
+        store = await PgStore.open(url)
+    try:
+        await seed_running(store, runs, running_for=RUNNING_FOR)
+    finally:
+        await store.close()
+
+
 def _rss_mb() -> float:
     for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
         if line.startswith("VmRSS:"):
@@ -73,12 +87,13 @@ def prepare(seeded: Path, state_dir: Path) -> None:
     shutil.copyfile(seeded, state_dir / DB_NAME)
 
 
-async def measure(state_dir: Path, runs: int) -> RestartSample:
-    """Start a daemon on `state_dir` (see `prepare`); poll every 5 ms until all monitors are
-    re-armed."""
+async def measure(state_dir: Path, runs: int, database_url: str | None = None) -> RestartSample:
+    """Start a daemon on `state_dir` (see `prepare`), or on the PostgreSQL database at
+    `database_url` (issue 14); poll every 5 ms until all monitors are re-armed."""
     settings = Settings.load(
         None,
         state_dir=state_dir,
+        database_url=database_url,
         # The default schedule, and sweeps far off: the start-up sweep still runs once at
         # start (one batched describe) and is counted on its own.
         reconcile_interval_s=3600.0,
@@ -88,7 +103,7 @@ async def measure(state_dir: Path, runs: int) -> RestartSample:
     cloud = CountingCloud(REGION)
     started = time.perf_counter()
     started_at = datetime.now(UTC)
-    store = await Store.open(settings.db_path)
+    store = await open_store(settings)
     daemon = Daemon(settings, store, cloud)
     serving = asyncio.create_task(daemon.serve())
     try:

@@ -6,14 +6,17 @@ and never shows the password."""
 from __future__ import annotations
 
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
 import pytest
 
 from supervisor.adapters.database_url import redact
+from supervisor.adapters.pg_store import SCHEMA_MIGRATIONS
+from supervisor.adapters.schema import migration_files
 from tests.conftest import Fleet
-from tests.e2e.conftest import Cli, assert_chained, wait_for
+from tests.e2e.conftest import Cli, assert_chained, cli_for, wait_for
 from tests.e2e.test_cli_start import assert_one_line_refusal, daemons_of
 from tests.pg_server import PostgresServer
 
@@ -68,6 +71,36 @@ def test_a_daemon_on_postgresql_attaches_stores_and_readopts_a_run(
     log = cli.log_path.read_text()
     assert redact(pg_url) in log
     assert postgres_server.password not in log
+
+
+def test_daemons_starting_together_on_a_fresh_database_migrate_it_once(
+    cli: Cli, aws_env: dict[str, str], pg_url: str
+) -> None:
+    """Three daemons (each with its own state directory) started at once on an empty
+    database: all start, and each migration is applied by one of them, once."""
+    with cli_for(aws_env) as second, cli_for(aws_env) as third:
+        daemons = (cli, second, third)
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            done = list(pool.map(lambda d: d.supervisord("start", SUPERVISOR_DATABASE_URL=pg_url),
+                                 daemons))  # fmt: skip
+        for daemon, result in zip(daemons, done, strict=True):
+            assert result.returncode == 0, f"{result.stderr}{daemon.log_tail()}"
+            pid = daemon.daemon_pid()
+            assert pid is not None
+            daemon.started.append(pid)
+        applied_by = [
+            line
+            for daemon in daemons
+            for line in daemon.log_path.read_text().splitlines()
+            if '"migration_applied"' in line
+        ]
+        for daemon in daemons:
+            daemon.stop_daemon()
+
+    with psycopg.connect(pg_url) as conn:
+        versions = [v for (v,) in conn.execute(f"SELECT version FROM {SCHEMA_MIGRATIONS}")]
+    assert sorted(versions) == [number for number, _ in migration_files()]
+    assert len(applied_by) == len(versions)  # one daemon applied each, no other tried
 
 
 def _closed_port() -> int:
