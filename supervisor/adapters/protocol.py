@@ -200,7 +200,9 @@ class DaemonStatus(_Message):
     """Restarts of each root task (reconciler, zombies, events) after it failed."""
 
 
-ErrorKind = Literal["invalid_input", "unknown_run", "conflict", "shutting_down", "internal"]
+ErrorKind = Literal[
+    "invalid_input", "unknown_run", "conflict", "shutting_down", "internal", "no_answer"
+]
 
 
 class ErrorReply(_Message):

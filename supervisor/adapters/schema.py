@@ -388,7 +388,7 @@ REPORT_PROBLEMS = Table(
     key=("run_id", "key"),
 )
 
-TABLES = (
+TABLES: tuple[Table, ...] = (
     RUNS,
     TRANSITIONS,
     INSTANCES,
@@ -405,3 +405,36 @@ TABLES = (
 
 Row = Sequence[Any]
 """A result row, its values in the order of the SELECT list it was read with."""
+
+
+# -- replicas: the run inbox and the duty leases (migration 0011) ------------------------------
+
+INBOX = Table(
+    "inbox",
+    (
+        Column("id"),
+        Column("run_id"),
+        Column("kind"),
+        Column("body_json", JSON),
+        Column("created_at", TIMESTAMP),
+        Column("created_by"),
+        Column("state"),
+        Column("answer_json", JSON, nullable=True),
+        Column("answered_at", TIMESTAMP, nullable=True),
+        Column("answered_by", nullable=True),
+    ),
+    key=("id",),
+)
+
+DUTY_LEASES = Table(
+    "duty_leases",
+    (
+        Column("name"),
+        Column("owner"),
+        Column("epoch", INTEGER),
+        Column("lease_until", TIMESTAMP),
+    ),
+    key=("name",),
+)
+
+TABLES += (INBOX, DUTY_LEASES)

@@ -16,9 +16,21 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from supervisor.adapters import statements as sql
-from supervisor.adapters.schema import RUNS, Row
+from supervisor.adapters.schema import DUTY_LEASES, INBOX, RUNS, Row
 from supervisor.adapters.schema import timestamp as _iso
-from supervisor.core.errors import InvalidInput
+from supervisor.core.duties import DutyLease
+from supervisor.core.errors import InvalidInput, StaleVersion
+from supervisor.core.inbox import (
+    ANSWER_CHANNEL,
+    INBOX_CHANNEL,
+    TRANSITION_CHANNEL,
+    InboxAnswer,
+    InboxItem,
+    InboxKind,
+    InboxState,
+    decode_body,
+    encode_body,
+)
 from supervisor.core.machine import Decision, run_id_taken
 from supervisor.core.records import (
     ActionRecord,
@@ -52,6 +64,14 @@ _ACTIVE = f" WHERE phase NOT IN ({sql.placeholders(_TERMINAL)})"
 _ENDED = RUNS.project(("job_ended_at", "action_acked_at"))
 """What the idle instance-seconds after a job's end are counted from."""
 _IN_CHUNK = 500  # ids per `IN (...)`: well under SQLite's limit on bound parameters
+
+# -- replicas: the run inbox and duty leases ----------------------------------------------------
+_INSERT_INBOX = INBOX.insert()
+_ANSWERED = ("state", "answer_json", "answered_at", "answered_by")
+_ANSWER_INBOX = INBOX.update(_ANSWERED, where=("id", "state"))
+_INBOX_ITEM = INBOX.project(("id", "run_id", "kind", "body_json", "created_at", "created_by"))
+_INBOX_ANSWER = INBOX.project(("state", "answer_json", "answered_by"))
+_DUTY = DUTY_LEASES.project()
 
 
 class SqlStore(ABC):
@@ -120,6 +140,7 @@ class SqlStore(ABC):
             statements.append(sql.insert_instance(run_id, launched, if_new=True))
         if t is not None:
             statements.append(sql.insert_transition(run_id, run.version, t))
+            statements += self._notify(TRANSITION_CHANNEL, run_id)  # tail -f on other replicas
         await self._write(
             statements,
             stale_if_unchanged=f"run {run_id} is no longer at version {before.version}",
@@ -399,6 +420,144 @@ class SqlStore(ABC):
             ),
             runs_by_outcome={outcome or "none": int(n) for outcome, n in outcome_rows},
             open_zombies=int(count[0][0]) if count else 0,
+        )
+
+    # -- replicas: the run inbox and duty leases (issue 14) -----------------------------------
+
+    _notices: ClassVar[bool] = False
+    """Whether the backend sends notices (PostgreSQL's NOTIFY, in the writing transaction)
+    that a replica may wait for instead of polling."""
+
+    def _notify(self, channel: str, payload: str) -> list[sql.Statement]:
+        if not self._notices:
+            return []
+        return [("SELECT pg_notify(?, ?)", (channel, payload))]
+
+    async def post_to_inbox(self, item: InboxItem) -> None:
+        """Write a pending inbox row (and, where notices exist, tell the replicas)."""
+        values = {
+            "id": item.id,
+            "run_id": item.run_id,
+            "kind": item.kind,
+            "body_json": encode_body(item.body),
+            "created_at": item.created_at,
+            "created_by": item.created_by,
+            "state": InboxState.PENDING,
+            "answer_json": None,
+            "answered_at": None,
+            "answered_by": None,
+        }
+        await self._write(
+            [(_INSERT_INBOX, INBOX.encode(values)), *self._notify(INBOX_CHANNEL, item.run_id)]
+        )
+
+    async def pending_inbox(self, *, limit: int = 1000) -> list[InboxItem]:
+        """Pending inbox rows, oldest first."""
+        rows = await self._read(
+            f"SELECT {_INBOX_ITEM.sql} FROM inbox WHERE state = ? ORDER BY created_at, id LIMIT ?",
+            (InboxState.PENDING.value, limit),
+        )
+        items = []
+        for row in rows:
+            v = _INBOX_ITEM.decode(row)
+            items.append(
+                InboxItem(
+                    id=v["id"],
+                    run_id=v["run_id"],
+                    kind=InboxKind(v["kind"]),
+                    body=decode_body(v["body_json"]),
+                    created_at=v["created_at"],
+                    created_by=v["created_by"],
+                )
+            )
+        return items
+
+    async def answer_inbox(self, item_id: str, answer: InboxAnswer, *, now: datetime) -> bool:
+        """Answer a pending row; False if it was no longer pending (answered, or withdrawn by
+        its writer): the first answer stands."""
+        body: dict[str, Any] = {"error": answer.error, "message": answer.message}
+        if answer.run is not None:
+            values = sql.run_values(answer.run, created_at=now, updated_at=now)
+            body["run"] = dict(zip(sql.RUN_SELECT.names, RUNS.encode(values), strict=True))
+        values = {
+            "state": answer.state,
+            "answer_json": body,
+            "answered_at": now,
+            "answered_by": answer.answered_by,
+        }
+        try:
+            await self._write(
+                [
+                    (_ANSWER_INBOX, (*INBOX.encode(values, _ANSWERED), item_id, "pending")),
+                    *self._notify(ANSWER_CHANNEL, item_id),
+                ],
+                stale_if_unchanged=f"inbox row {item_id} is no longer pending",
+            )
+        except StaleVersion:
+            return False
+        return True
+
+    async def inbox_answer(self, item_id: str) -> InboxAnswer | None:
+        """The row's answer; None while it is pending (or if there is no such row)."""
+        rows = await self._read(
+            f"SELECT {_INBOX_ANSWER.sql} FROM inbox WHERE id = ? AND state <> ?",
+            (item_id, InboxState.PENDING.value),
+        )
+        if not rows:
+            return None
+        v = _INBOX_ANSWER.decode(rows[0])
+        body = v["answer_json"] or {}
+        run = None
+        if body.get("run") is not None:
+            stored = body["run"]
+            run = sql.run_record(tuple(stored[name] for name in sql.RUN_SELECT.names)).run
+        return InboxAnswer(
+            state=InboxState(v["state"]),
+            run=run,
+            error=body.get("error"),
+            message=body.get("message") or "",
+            answered_by=v["answered_by"],
+        )
+
+    async def hold_duty(
+        self, name: str, owner: str, *, now: datetime, until: datetime, take_over: bool = False
+    ) -> DutyLease:
+        """Take the duty `name` until `until` if it is free, expired (at `now`) or already
+        `owner`'s (a renewal); with `take_over`, whoever holds it. Returns the lease as it is
+        afterwards: `owner`'s or another replica's. Each change of holder increments the
+        epoch."""
+        condition = (
+            "1 = 1"
+            if take_over
+            else ("duty_leases.owner = excluded.owner OR duty_leases.lease_until <= ?")
+        )
+        params: tuple[Any, ...] = (name, owner, 1, _iso(until))
+        if not take_over:
+            params += (_iso(now),)
+        await self._write(
+            [
+                (
+                    "INSERT INTO duty_leases (name, owner, epoch, lease_until) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, "
+                    "epoch = CASE WHEN duty_leases.owner = excluded.owner "
+                    "THEN duty_leases.epoch ELSE duty_leases.epoch + 1 END, "
+                    f"lease_until = excluded.lease_until WHERE {condition}",
+                    params,
+                )
+            ]
+        )
+        rows = await self._read(f"SELECT {_DUTY.sql} FROM duty_leases WHERE name = ?", (name,))
+        return DutyLease(**_DUTY.decode(rows[0]))
+
+    async def release_duty(self, name: str, owner: str, *, now: datetime) -> None:
+        """Give the duty up (a stopping replica), so another takes it without waiting."""
+        await self._write(
+            [
+                (
+                    "UPDATE duty_leases SET lease_until = ? WHERE name = ? AND owner = ?",
+                    (_iso(now), name, owner),
+                )
+            ]
         )
 
 

@@ -71,3 +71,7 @@ class UnknownRun(SupervisorError):
 
 class ShuttingDown(SupervisorError):
     """The daemon is shutting down and takes no new work."""
+
+
+class NoAnswer(SupervisorError):
+    """The replica that owns a run did not answer a request in time (issue 14: replicas)."""

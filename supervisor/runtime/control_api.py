@@ -44,6 +44,7 @@ from supervisor.core.errors import (
 )
 from supervisor.core.events import ResumeRequested, UserAction, UserRequested
 from supervisor.core.feed import FeedItem, FeedTransition, LogPiece, MonitorNote
+from supervisor.core.inbox import TRANSITION_CHANNEL, Command
 from supervisor.core.machine import ACCEPTS, new_run, run_id_taken, step
 from supervisor.core.records import AttachmentRecord, RunRecord
 from supervisor.core.reports import REPORT_UNREADABLE
@@ -52,6 +53,7 @@ from supervisor.core.spec import RunSpec
 from supervisor.core.values import S3Object, parse_relative_key
 from supervisor.core.zombies import RUN_TAG
 from supervisor.runtime.executor import CRASH_TAIL_BYTES
+from supervisor.runtime.inbox import ask
 from supervisor.runtime.retry import GaveUp, call_with_retries
 from supervisor.runtime.training_log import LogSource, stream_log
 
@@ -231,6 +233,8 @@ class ControlApi:
         record = await self._record(run_id)
         if not self._d.accepting:
             raise ShuttingDown("supervisord is shutting down: try again once it is back")
+        if self._owned_elsewhere(record):
+            return await self._forward(run_id, Command(action, from_scratch))
         if action == "resume":
             return await self._resume(record, from_scratch=from_scratch)
         monitor = self._d.monitors.get(run_id)
@@ -270,6 +274,7 @@ class ControlApi:
         record = await self._record(run_id)
         monitor = self._d.monitors.get(run_id)
         queue = monitor.subscribe() if monitor is not None and follow else None
+        remote = follow and self._owned_elsewhere(record)
         try:
             detail = await self.run_detail(run_id)
             history: list[FeedItem] = [
@@ -290,6 +295,10 @@ class ControlApi:
                 yield item
             # `ended` rests on the history just replayed (read after subscribing), so a final
             # transition committed meanwhile is either replayed here or arrives on the queue.
+            if remote and not ended:
+                async for transition in self._follow_stored(run_id, last_seq):
+                    yield transition
+                return
             if queue is None or ended:
                 return
             closing = asyncio.ensure_future(self._d.closing.wait())
@@ -422,6 +431,60 @@ class ControlApi:
         until = self._d.clock.now()
         report = await self._d.store.fleet_report(since=until - timedelta(days=days))
         return FleetReportUntil(report, until)
+
+    # -- replicas: runs another replica watches (issue 14) --------------------------------------
+
+    def _owned_elsewhere(self, record: RunRecord) -> bool:
+        """An active run this daemon has no monitor for: another replica watches it. (With
+        SQLite's one daemon every active run is watched here.)"""
+        run_id = record.run.spec.run_id
+        return not record.run.phase.is_terminal and run_id not in self._d.monitors
+
+    async def _forward(self, run_id: str, command: Command) -> Run:
+        """Hand the command to the replica that watches the run; its answer is ours."""
+        d = self._d
+        return await ask(
+            d.store, d.notices, d.clock, replica_id=d.settings.replica_id, run_id=run_id,
+            command=command, timeout_s=d.settings.command_timeout_s,
+            poll_s=d.settings.inbox_poll_s,
+        )  # fmt: skip
+
+    async def carry_out(self, run_id: str, command: Command) -> Run:
+        """A command another replica handed over (`runtime.inbox`): the local path of
+        `request`, never forwarded again (a run that moved meanwhile is refused as ended
+        here, and its writer hears so)."""
+        record = await self._record(run_id)
+        if not self._d.accepting:
+            raise ShuttingDown("supervisord is shutting down: try again once it is back")
+        if command.action == "resume":
+            return await self._resume(record, from_scratch=command.from_scratch)
+        monitor = self._d.monitors.get(run_id)
+        if monitor is None:
+            raise InvalidTransition(
+                f"run {run_id!r} is no longer watched by this replica: try again"
+            )
+        decision = await monitor.request(UserRequested(UserAction(command.action)))
+        return decision.run
+
+    async def _follow_stored(self, run_id: str, after_seq: int) -> AsyncIterator[FeedItem]:
+        """Follow the transitions another replica commits, from the store after `after_seq`,
+        until the run ends or the daemon closes (woken by the store's notices, else polled)."""
+        d = self._d
+        while not d.closing.is_set():
+            for record in await d.store.transitions(run_id, after_seq=after_seq):
+                after_seq = record.seq
+                yield FeedTransition(record.seq, record.transition)
+                if record.transition.to_phase.is_terminal:
+                    return
+            waiting = asyncio.ensure_future(
+                d.notices.wait(TRANSITION_CHANNEL, d.settings.inbox_poll_s)
+            )
+            closing = asyncio.ensure_future(d.closing.wait())
+            try:
+                await asyncio.wait({waiting, closing}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiting.cancel()
+                closing.cancel()
 
 
 _RESUMABLE = [str(phase) for phase in Phase if ResumeRequested in ACCEPTS[phase]]

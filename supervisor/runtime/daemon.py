@@ -22,18 +22,29 @@ from supervisor.adapters.aws import queue_region
 from supervisor.adapters.control import ControlServer
 from supervisor.adapters.control_views import ControlViews
 from supervisor.adapters.metrics_http import MetricsServer
+from supervisor.core.duties import LEADER
 from supervisor.core.errors import InvalidInput
 from supervisor.core.events import MonitorFailed
 from supervisor.core.machine import Policy, step
 from supervisor.core.run import Run
 from supervisor.core.spec import Transport
 from supervisor.runtime.control_api import ControlApi
+from supervisor.runtime.duties import DutyKeeper
 from supervisor.runtime.events import EventConsumer, Queue
 from supervisor.runtime.executor import Executor, ExecutorPorts, read_crash_report
 from supervisor.runtime.idle import IdleSweep
+from supervisor.runtime.inbox import InboxConsumer
 from supervisor.runtime.metrics import Metrics
 from supervisor.runtime.monitor import Monitor, MonitorDeps
-from supervisor.runtime.ports import Clock, Cloud, InstanceShell, RunStore, SystemClock
+from supervisor.runtime.ports import (
+    Clock,
+    Cloud,
+    InstanceShell,
+    Notices,
+    PollingNotices,
+    RunStore,
+    SystemClock,
+)
 from supervisor.runtime.reconciler import Reconciler
 from supervisor.runtime.retry import GaveUp
 from supervisor.runtime.root_tasks import RestartPolicy, RootLoop, RootTasks, Sleep
@@ -58,13 +69,23 @@ class Daemon:
         queue: Queue | None = None,
         restart_policy: RestartPolicy | None = None,
         sleep: Sleep = asyncio.sleep,
+        notices: Notices | None = None,
+        sole_replica: bool = False,
     ) -> None:
         """`restart_policy` and `sleep`: how root tasks are restarted (tests pass a sleep that
-        returns at once, and a policy of their own)."""
+        returns at once, and a policy of their own). `notices`: wake-ups between replicas
+        (PostgreSQL's LISTEN), else a poll. `sole_replica`: nobody else can be alive (SQLite
+        behind the state directory's lock), so duty leases are taken over at start."""
         self.settings = settings
+
         self.store = store
         self.cloud = cloud
         self.clock = clock or SystemClock()
+        self.notices: Notices = notices or PollingNotices()
+        self.leader = DutyKeeper(
+            store, self.clock, name=LEADER, replica_id=settings.replica_id,
+            ttl_s=settings.lease_ttl_s, take_over_at_start=sole_replica,
+        )  # fmt: skip
         self.monitors: dict[str, Monitor] = {}
         self.metrics = Metrics(
             self.clock,
@@ -113,6 +134,7 @@ class Daemon:
             interval_s=settings.zombie_interval_s,
             retry_base_s=settings.retry_base_s,
             metrics=self.metrics,
+            may_act=self.leader.holds,
         )
         self.idle_sweep = IdleSweep(
             cloud,
@@ -127,6 +149,10 @@ class Daemon:
         self._tg: asyncio.TaskGroup | None = None
         self.consumer = self._consumer(queue) if settings.events_queue_url else None
         self.api = ControlApi(self)
+        self.inbox = InboxConsumer(
+            store, self.notices, self.clock, replica_id=settings.replica_id,
+            local=self.monitors.get, carry_out=self.api.carry_out, poll_s=settings.inbox_poll_s,
+        )  # fmt: skip
         self.views = ControlViews(self.api)
         """The API as the control socket serves it: its answers as the protocol's views."""
         self.server = ControlServer(self.views, settings.socket_path)
@@ -163,6 +189,7 @@ class Daemon:
                     self.spawn(record.run)
                 readopted += len(page)
             self._start(self._attach_missed_crash_reports(), "crash-reports")
+            await self.leader.renew()  # before the sweep's first look: at once on SQLite
             for name, loop in self._root_loops():
                 self.metrics.root_task_started(name)
                 self._start(self.root_tasks.keep_running(name, loop), name)
@@ -189,6 +216,7 @@ class Daemon:
         if self.consumer is not None:
             loops.append(("events", self.consumer.run_forever))
         loops.append(("idle", self.idle_sweep.run_forever))
+        loops += [("duties", self.leader.run_forever), ("inbox", self.inbox.run_forever)]
         return loops
 
     async def _attach_missed_crash_reports(self) -> None:
@@ -230,6 +258,7 @@ class Daemon:
         # on the queue for the next daemon (redelivered after its visibility timeout).
         self.accepting = False
         await self._stop_root_task("events")
+        await self._stop_root_task("inbox")  # rows not answered stay for the next owner
         # Then the monitors: let in-flight transitions finish, up to the deadline.
         for monitor in self.monitors.values():
             monitor.close()
@@ -241,6 +270,11 @@ class Daemon:
                 waiter.cancel()
         busy = [m.run_id for m in self.monitors.values() if m.busy]
         # Phase 2: cancel the rest. Idle monitors lose nothing: their state is in SQLite.
+        await self._stop_root_task("duties")
+        try:
+            await self.leader.release()  # another replica sweeps without waiting out the TTL
+        except Exception:
+            log.exception("duty_release_failed")
         await self.server.close()
         if self.metrics_server is not None:
             await self.metrics_server.close()

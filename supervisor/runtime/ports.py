@@ -3,13 +3,16 @@ them here (and only here) when a real part cannot run."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from supervisor.core.checkpoint import CommandResult, InstanceCommand, StoredObject
 from supervisor.core.completion import ListRequest
+from supervisor.core.duties import DutyLease
 from supervisor.core.idle import Datapoint, IdleMetric
+from supervisor.core.inbox import InboxAnswer, InboxItem
 from supervisor.core.machine import Decision
 from supervisor.core.records import (
     ActionRecord,
@@ -201,6 +204,21 @@ class RunStore(Protocol):
 
     async def fleet_report(self, *, since: datetime) -> FleetReport: ...
 
+    # -- replicas: the run inbox and duty leases (issue 14) --
+    async def post_to_inbox(self, item: InboxItem) -> None: ...
+
+    async def pending_inbox(self, *, limit: int = ...) -> list[InboxItem]: ...
+
+    async def answer_inbox(self, item_id: str, answer: InboxAnswer, *, now: datetime) -> bool: ...
+
+    async def inbox_answer(self, item_id: str) -> InboxAnswer | None: ...
+
+    async def hold_duty(
+        self, name: str, owner: str, *, now: datetime, until: datetime, take_over: bool = ...
+    ) -> DutyLease: ...
+
+    async def release_duty(self, name: str, owner: str, *, now: datetime) -> None: ...
+
 
 class Clock(Protocol):
     def now(self) -> datetime: ...
@@ -209,3 +227,22 @@ class Clock(Protocol):
 class SystemClock:
     def now(self) -> datetime:
         return datetime.now(UTC)
+
+
+# -- replicas: notices (issue 14) ----------------------------------------------------------------
+
+
+class Notices(Protocol):
+    """Wake-ups between replicas: PostgreSQL's LISTEN/NOTIFY; without them, a poll."""
+
+    async def wait(self, channel: str, timeout_s: float) -> None:
+        """Return once a notice on `channel` arrives, or after `timeout_s` at the latest."""
+        ...
+
+
+class PollingNotices:
+    """No notices (SQLite: one daemon, whose requests never leave it): every wait is the
+    whole poll interval."""
+
+    async def wait(self, channel: str, timeout_s: float) -> None:
+        await asyncio.sleep(timeout_s)

@@ -118,7 +118,8 @@ async def serve(
                 Transport.LOCAL: LocalShell(),
                 Transport.SSM: SsmShell(aws),
             }
-            daemon = Daemon(settings, store, aws, shells=shells, queue=aws)
+            # sole_replica: the state directory's lock proves no other daemon uses this SQLite file.
+            daemon = Daemon(settings, store, aws, shells=shells, queue=aws, sole_replica=True)
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(

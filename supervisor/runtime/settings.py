@@ -6,6 +6,8 @@ chain."""
 from __future__ import annotations
 
 import difflib
+import os
+import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,6 +39,12 @@ from supervisor.runtime.config_file import default_state_dir as default_state_di
 from supervisor.runtime.config_file import find_config_file as find_config_file
 
 _SECRET_HINTS = ("secret", "token", "password", "key")
+
+
+def default_replica_id() -> str:
+    """`<host name>-<pid>`: unique among live replicas."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
 
 Seconds = Annotated[float, Field(ge=0, le=MAX_GRACE_S, allow_inf_nan=False)]
 """A duration setting: finite, and at most a week, so no interval overflows a date."""
@@ -90,6 +98,20 @@ class Settings(BaseSettings):
     (one GetMetricData per 500 instances): CPUUtilization comes every 5 minutes anyway."""
     faults: str = ""
     """Testing only: a fault plan for AWS calls (see supervisor.adapters.faults)."""
+
+    # -- replicas (issue 14) --
+    replica_id: str = Field(default_factory=default_replica_id, min_length=1, max_length=200)
+    """This replica's name in the database (the holder of leases, the writer of inbox rows);
+    default `<host name>-<pid>`."""
+    lease_ttl_s: float = Field(30.0, ge=1, le=3600, allow_inf_nan=False)
+    """How long a lease (a run's, or a duty's such as the zombie sweep's) lasts unless renewed;
+    renewed well before it ends."""
+    inbox_poll_s: PositiveSeconds = 2.0
+    """How often a replica looks for requests about its runs (and for the answers to its own)
+    when no notice wakes it: PostgreSQL's LISTEN/NOTIFY wakes it at once, SQLite polls."""
+    command_timeout_s: PositiveSeconds = 30.0
+    """How long a stop, terminate, resume or detach of a run another replica owns waits for
+    that replica's answer before giving up (the request is then withdrawn)."""
 
     @field_validator("metrics_addr")
     @classmethod
