@@ -25,6 +25,7 @@ from supervisor.adapters.metrics_http import MetricsServer
 from supervisor.core.duties import LEADER
 from supervisor.core.errors import InvalidInput
 from supervisor.core.events import MonitorFailed
+from supervisor.core.inbox import HandedEvent
 from supervisor.core.machine import Policy, step
 from supervisor.core.run import Run
 from supervisor.core.spec import Transport
@@ -33,7 +34,7 @@ from supervisor.runtime.duties import DutyKeeper
 from supervisor.runtime.events import EventConsumer, Queue
 from supervisor.runtime.executor import Executor, ExecutorPorts, read_crash_report
 from supervisor.runtime.idle import IdleSweep
-from supervisor.runtime.inbox import InboxConsumer
+from supervisor.runtime.inbox import InboxConsumer, hand_over
 from supervisor.runtime.metrics import Metrics
 from supervisor.runtime.monitor import Monitor, MonitorDeps
 from supervisor.runtime.ports import (
@@ -174,7 +175,13 @@ class Daemon:
         return EventConsumer(
             queue, url, region, lambda: list(self.monitors.values()), self.store, self.clock,
             spot_margin_s=self.settings.spot_margin_s, wait_s=self.settings.events_wait_s,
+            hand_over=self._hand_over,
         )  # fmt: skip
+
+    async def _hand_over(self, run_id: str, event: HandedEvent) -> str:
+        return await hand_over(
+            self.store, self.clock, replica_id=self.settings.replica_id, run_id=run_id, event=event
+        )
 
     async def serve(self, *, on_ready: Callable[[], Awaitable[None]] | None = None) -> None:
         """Run until `request_shutdown()`; then shut down in two phases and return. Raises

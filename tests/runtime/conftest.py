@@ -59,6 +59,8 @@ class Harness:
         """Makes the event queue; a test may wrap the AWS adapter's (our own port)."""
         self.daemon_options: dict[str, Any] = {}
         """More keyword arguments for `Daemon` (a restart policy, a sleep)."""
+        self.db_path: Path | None = None
+        """Another daemon's database (two replicas on one file); default: the state dir's."""
 
     def settings(self, **overrides: Any) -> Settings:
         return Settings.load(None, state_dir=self.state_dir, **{**FAST, **overrides})
@@ -72,7 +74,7 @@ class Harness:
     ) -> Daemon:
         await self._stack.__aenter__()
         settings = self.settings(**overrides)
-        self.store = await Store.open(settings.db_path)
+        self.store = await Store.open(self.db_path or settings.db_path)
         self._stack.push_async_callback(self.store.close)
         self.aws = await self._stack.enter_async_context(
             Aws(faults=FaultPlan.parse(faults) if faults else None)
