@@ -118,6 +118,7 @@ def _start(settings: Settings, config: Path | None, *, foreground: bool, console
     from supervisor.runtime.root_tasks import RootTaskFailed
     from supervisor.runtime.service import (
         AlreadyRunning,
+        check_database,
         lock_is_held,
         prepare_state_dir,
         run_foreground,
@@ -132,6 +133,7 @@ def _start(settings: Settings, config: Path | None, *, foreground: bool, console
     prepare_state_dir(settings.state_dir)
     if lock_is_held(settings.pid_path):
         fail(_already_running(settings, _lock_holder(settings)))
+    check_database(settings)  # a URL that does not connect: its one line, here
     command = [
         sys.executable,
         "-m",

@@ -24,6 +24,7 @@ ANSWER_CHANNEL = "supervisor_answer"
 TRANSITION_CHANNEL = "supervisor_transition"
 """The notice channel of a committed transition (payload: its run id), for `tail -f` on
 another replica."""
+NOTICE_CHANNELS = (INBOX_CHANNEL, ANSWER_CHANNEL, TRANSITION_CHANNEL)
 
 
 class InboxKind(enum.StrEnum):

@@ -12,7 +12,7 @@ import contextlib
 import fcntl
 import os
 import signal
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import structlog
@@ -22,10 +22,11 @@ from supervisor.adapters.faults import FaultPlan
 from supervisor.adapters.shell import LocalShell, SsmShell
 from supervisor.adapters.store import Store
 from supervisor.core.errors import SupervisorError
+from supervisor.core.inbox import NOTICE_CHANNELS
 from supervisor.core.spec import Transport
 from supervisor.runtime.daemon import Daemon
 from supervisor.runtime.log_config import configure_logging
-from supervisor.runtime.ports import InstanceShell
+from supervisor.runtime.ports import InstanceShell, Notices, RunStore
 from supervisor.runtime.settings import Settings
 
 log = structlog.get_logger("supervisor.service")
@@ -111,15 +112,19 @@ async def serve(
     faults = FaultPlan.parse(settings.faults) if settings.faults else None
     if faults:
         log.warning("fault_injection_enabled", plan=settings.faults)
-    store = await Store.open(settings.db_path)
+    store = await open_store(settings)
     try:
-        async with Aws(faults=faults) as aws:
+        async with Aws(faults=faults) as aws, open_notices(settings) as notices:
             shells: dict[Transport, InstanceShell] = {
                 Transport.LOCAL: LocalShell(),
                 Transport.SSM: SsmShell(aws),
             }
-            # sole_replica: the state directory's lock proves no other daemon uses this SQLite file.
-            daemon = Daemon(settings, store, aws, shells=shells, queue=aws, sole_replica=True)
+            # sole_replica: on SQLite the state directory's lock proves no other daemon uses
+            # the file, so duty leases are taken over at start.
+            daemon = Daemon(
+                settings, store, aws, shells=shells, queue=aws, notices=notices,
+                sole_replica=not settings.database_url,
+            )  # fmt: skip
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(
@@ -140,5 +145,45 @@ def run_foreground(settings: Settings, *, console: bool) -> None:
     prepare_state_dir(settings.state_dir)
     with state_lock(settings):
         configure_logging(settings.log_path, console=console, level=settings.log_level)
-        log.info("daemon_starting", state_dir=str(settings.state_dir), pid=os.getpid())
+        log.info(
+            "daemon_starting",
+            state_dir=str(settings.state_dir),
+            pid=os.getpid(),
+            database=settings.database_shown,
+        )
         asyncio.run(serve(settings))
+
+
+# -- issue 14: the database backend -------------------------------------------------------------
+
+
+async def open_store(settings: Settings) -> RunStore:
+    """The run database the settings choose: PostgreSQL at `SUPERVISOR_DATABASE_URL`, or the
+    SQLite file in the state directory. Raises `InvalidInput` (one line, naming the setting,
+    password redacted) for a database that does not connect."""
+    if settings.database_url:
+        from supervisor.adapters.pg_store import PgStore  # psycopg only when it is used
+
+        return await PgStore.open(settings.database_url)
+    return await Store.open(settings.db_path)
+
+
+@contextlib.asynccontextmanager
+async def open_notices(settings: Settings) -> AsyncIterator[Notices | None]:
+    """PostgreSQL's LISTEN for the replicas' wake-ups (None on SQLite: the daemon polls)."""
+    if not settings.database_url:
+        yield None
+        return
+    from supervisor.adapters.pg_notices import PgNotices
+
+    async with PgNotices(settings.database_url, NOTICE_CHANNELS) as notices:
+        yield notices
+
+
+def check_database(settings: Settings) -> None:
+    """Before a daemon is started in the background: raise `InvalidInput` (one line) if
+    `SUPERVISOR_DATABASE_URL` does not connect, so `supervisord start` says why itself."""
+    if settings.database_url:
+        from supervisor.adapters.pg_store import check_connects
+
+        asyncio.run(check_connects(settings.database_url))

@@ -22,6 +22,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from supervisor.adapters.database_url import is_postgresql, redact
 from supervisor.core.backoff import BackoffPolicy
 from supervisor.core.errors import InvalidInput
 from supervisor.core.spec import MAX_GRACE_S, GraceSeconds
@@ -38,7 +39,7 @@ from supervisor.runtime.config_file import ENV_PREFIX as ENV_PREFIX
 from supervisor.runtime.config_file import default_state_dir as default_state_dir
 from supervisor.runtime.config_file import find_config_file as find_config_file
 
-_SECRET_HINTS = ("secret", "token", "password", "key")
+_SECRET_HINTS = ("secret", "token", "password", "key", "database_url")
 
 
 def default_replica_id() -> str:
@@ -98,6 +99,31 @@ class Settings(BaseSettings):
     (one GetMetricData per 500 instances): CPUUtilization comes every 5 minutes anyway."""
     faults: str = ""
     """Testing only: a fault plan for AWS calls (see supervisor.adapters.faults)."""
+
+    # -- issue 14: the database -------------------------------------------------------------
+    database_url: str | None = Field(None, repr=False)
+    """A libpq URL (`postgresql://USER@HOST:PORT/DB`) selecting PostgreSQL for the run
+    database; its password from the URL, PGPASSWORD or ~/.pgpass (libpq reads them). Unset:
+    the SQLite file in the state directory. Shown only through `database_shown`."""
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not is_postgresql(value):
+            raise PydanticCustomError(
+                "database_url",
+                "expected a PostgreSQL URL, postgresql://USER@HOST:PORT/DB (got {shown})",
+                {"shown": redact(value.strip())},
+            )
+        return value.strip()
+
+    @property
+    def database_shown(self) -> str:
+        """Where the run database is, fit to show: the URL with its password redacted, or
+        the SQLite file's path."""
+        return redact(self.database_url) if self.database_url else str(self.db_path)
 
     # -- replicas (issue 14) --
     replica_id: str = Field(default_factory=default_replica_id, min_length=1, max_length=200)

@@ -1,5 +1,6 @@
-"""The store's run inbox and duty leases (issue 14, replicas), on real SQLite files: two store
-objects on one file stand for two replicas."""
+"""The store's run inbox and duty leases (issue 14, replicas), on both backends (a real SQLite
+file, a real PostgreSQL database): two store objects on one database stand for two
+replicas."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.adapters.store import Store
+from supervisor.adapters.sql_store import SqlStore
 from supervisor.core.duties import LEADER
 from supervisor.core.events import Nudge, SpotInterruptionWarning
 from supervisor.core.inbox import (
@@ -23,15 +24,21 @@ from supervisor.core.inbox import (
 )
 from supervisor.core.machine import new_run
 from supervisor.core.run import Phase
+from tests.adapters.backends import BACKENDS, open_store
 from tests.core.builders import NOW, make_spec
 
 TTL = timedelta(seconds=30)
 
 
-@pytest.fixture
-async def stores(tmp_path: Path) -> AsyncIterator[tuple[Store, Store]]:
-    a = await Store.open(tmp_path / "supervisor.db")
-    b = await Store.open(tmp_path / "supervisor.db")
+@pytest.fixture(params=BACKENDS)
+async def stores(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[SqlStore, SqlStore]]:
+    where = (
+        str(tmp_path / "s.db") if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    )
+    a = await open_store(where)
+    b = await open_store(where)
     yield a, b
     await b.close()
     await a.close()
@@ -46,7 +53,7 @@ def item(item_id: str, body: Command | Nudge, *, run_id: str = "r1", by: str = "
 
 
 async def test_a_row_written_by_one_replica_is_pending_for_the_other(
-    stores: tuple[Store, Store],
+    stores: tuple[SqlStore, SqlStore],
 ) -> None:
     a, b = stores
     await b.post_to_inbox(item("x1", Command("stop")))
@@ -60,7 +67,7 @@ async def test_a_row_written_by_one_replica_is_pending_for_the_other(
 
 
 async def test_the_answer_carries_the_run_as_the_owner_decided_it(
-    stores: tuple[Store, Store],
+    stores: tuple[SqlStore, SqlStore],
 ) -> None:
     a, b = stores
     run = new_run(make_spec(run_id="r1"), now=NOW).run.evolve(phase=Phase.STOPPING, version=3)
@@ -75,7 +82,7 @@ async def test_the_answer_carries_the_run_as_the_owner_decided_it(
 
 
 async def test_the_first_answer_stands_and_a_withdrawn_row_is_never_answered(
-    stores: tuple[Store, Store],
+    stores: tuple[SqlStore, SqlStore],
 ) -> None:
     a, b = stores
     await b.post_to_inbox(item("x1", Command("stop")))
@@ -103,7 +110,7 @@ def test_bodies_survive_their_json_form() -> None:
 
 
 async def test_a_duty_is_held_by_one_replica_until_it_expires_then_taken_with_a_new_epoch(
-    stores: tuple[Store, Store],
+    stores: tuple[SqlStore, SqlStore],
 ) -> None:
     a, b = stores
     first = await a.hold_duty(LEADER, "a", now=NOW, until=NOW + TTL)
@@ -119,7 +126,7 @@ async def test_a_duty_is_held_by_one_replica_until_it_expires_then_taken_with_a_
 
 
 async def test_a_released_duty_is_taken_at_once_and_a_sole_replica_takes_it_over(
-    stores: tuple[Store, Store],
+    stores: tuple[SqlStore, SqlStore],
 ) -> None:
     a, b = stores
     await a.hold_duty(LEADER, "a", now=NOW, until=NOW + TTL)
