@@ -1,7 +1,10 @@
 """Two replicas on one database (issue 14): in-process daemons `a` and `b` on one real SQLite
-file, against the real moto server. `b` starts first with no runs, and `a` then attaches
-them, so `a` alone watches them (as a lease would make it): what `b` is asked about them goes
-through the run inbox to `a`.
+file, or on one real PostgreSQL database with LISTEN/NOTIFY, against the real moto server.
+`b` starts first with no runs, and `a` then attaches them, so `a` alone watches them (as a
+lease would make it): what `b` is asked about them goes through the run inbox to `a`.
+
+On PostgreSQL the inbox poll is slower than the tests' bounds, so only the notices can explain
+a prompt answer.
 """
 
 from __future__ import annotations
@@ -10,17 +13,19 @@ import asyncio
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from supervisor.adapters.aws import Aws, QueueMessage
+from supervisor.adapters.pg_notices import PgNotices
 from supervisor.adapters.protocol import RunView
 from supervisor.core.duties import LEADER
 from supervisor.core.errors import InvalidTransition, NoAnswer
 from supervisor.core.feed import FeedTransition
-from supervisor.core.inbox import InboxKind, InboxState
+from supervisor.core.inbox import NOTICE_CHANNELS, InboxKind, InboxState
 from supervisor.core.run import Outcome, Phase
 from supervisor.core.zombies import RUN_TAG
 from supervisor.runtime.events import EventConsumer
@@ -32,6 +37,7 @@ from tests.runtime.test_events import (
     SLOW,
     Events,
     checks_scheduled_late,
+    clock,
     history,
     phases,
     s3_put,
@@ -39,34 +45,47 @@ from tests.runtime.test_events import (
 from tests.runtime.waiting import wait_for
 
 P = Phase
-QUICK_INBOX: dict[str, Any] = {"inbox_poll_s": 0.05}
+SLOW_POLL_S = 60.0
+"""The inbox poll on PostgreSQL here: longer than any bound below, so notices must wake."""
 
 
 class Pair:
     """Replica `a` (watches the runs) and replica `b` (started first, watches none), both on
-    `a`'s database file."""
+    `a`'s database file, or on one PostgreSQL database (`database_url`)."""
 
-    def __init__(self, fleet: Fleet, root: Path) -> None:
+    def __init__(self, fleet: Fleet, root: Path, database_url: str | None) -> None:
         self.a = Harness(fleet, root / "a")
         self.b = Harness(fleet, root / "b")
         self.b.db_path = self.a.settings().db_path
         self.a.state_dir.mkdir()
         self.b.state_dir.mkdir()
+        self.database_url = database_url
+        self.quick: dict[str, Any] = (
+            {"inbox_poll_s": 0.05}
+            if database_url is None
+            else {"inbox_poll_s": SLOW_POLL_S, "database_url": database_url}
+        )
+        self._notices = AsyncExitStack()
 
     async def start(self, **overrides: Any) -> None:
-        settings = {**QUICK_INBOX, **overrides}
-        await self.b.start(replica_id="replica-b", **settings)
-        await self.a.start(replica_id="replica-a", **settings)
+        if self.database_url is not None:
+            for harness in (self.a, self.b):
+                notices = PgNotices(self.database_url, NOTICE_CHANNELS)
+                harness.daemon_options["notices"] = await self._notices.enter_async_context(notices)
+        await self.b.start(replica_id="replica-b", **self.quick, **overrides)
+        await self.a.start(replica_id="replica-a", **self.quick, **overrides)
 
     async def stop(self) -> None:
         await self.a.stop()
         await self.b.stop()
+        await self._notices.aclose()
 
 
-@pytest.fixture
-async def pair(fleet: Fleet) -> AsyncIterator[Pair]:
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def pair(request: pytest.FixtureRequest, fleet: Fleet) -> AsyncIterator[Pair]:
     root = Path(tempfile.mkdtemp(prefix="sv-rr-", dir="/tmp"))  # short: socket path limit
-    made = Pair(fleet, root)
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    made = Pair(fleet, root, url)
     try:
         yield made
     finally:
@@ -97,7 +116,9 @@ async def test_a_stop_through_a_replica_that_does_not_watch_the_run_is_carried_o
     await pair.a.wait_phase("r1", P.RUNNING)
     assert "r1" in a.monitors and "r1" not in b.monitors
 
+    asked = clock()
     answer: RunView = await b.views.request("r1", "stop")
+    assert clock() - asked < REACT_S  # on PostgreSQL: woken by notices, not the minute's poll
 
     # The owner's decision, answered through b as if b had made it.
     assert (answer.run_id, answer.phase, answer.outcome) == ("r1", P.STOPPING, Outcome.CANCELLED)
@@ -145,7 +166,7 @@ async def test_without_an_answer_the_command_is_withdrawn_and_says_so(pair: Pair
     assert "the request was withdrawn, so nothing will be done" in message
     assert await inbox_rows(pair.b) == [("r1", "command", "failed", "replica-b", "replica-b")]
     # The owner comes back: a withdrawn command is not carried out late.
-    await pair.a.start(replica_id="replica-a", **QUICK_INBOX)
+    await pair.a.start(replica_id="replica-a", **pair.quick)
     a = pair.a.daemon
     assert a is not None
     await wait_for(
