@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 from supervisor.adapters import statements as sql
@@ -69,7 +69,9 @@ _IN_CHUNK = 500  # ids per `IN (...)`: well under SQLite's limit on bound parame
 _INSERT_INBOX = INBOX.insert()
 _ANSWERED = ("state", "answer_json", "answered_at", "answered_by")
 _ANSWER_INBOX = INBOX.update(_ANSWERED, where=("id", "state"))
-_INBOX_ITEM = INBOX.project(("id", "run_id", "kind", "body_json", "created_at", "created_by"))
+_INBOX_ITEM_I = INBOX.project(
+    ("id", "run_id", "kind", "body_json", "created_at", "created_by"), alias="i"
+)
 _INBOX_ANSWER = INBOX.project(("state", "answer_json", "answered_by"))
 _DUTY = DUTY_LEASES.project()
 
@@ -456,14 +458,17 @@ class SqlStore(ABC):
         )
 
     async def pending_inbox(self, *, limit: int = 1000) -> list[InboxItem]:
-        """Pending inbox rows, oldest first."""
+        """Pending inbox rows of active runs, oldest first (a row for a run that has ended
+        meanwhile waits for `expire_inbox`)."""
         rows = await self._read(
-            f"SELECT {_INBOX_ITEM.sql} FROM inbox WHERE state = ? ORDER BY created_at, id LIMIT ?",
-            (InboxState.PENDING.value, limit),
+            f"SELECT {_INBOX_ITEM_I.sql} FROM inbox i JOIN runs r ON r.run_id = i.run_id "
+            f"WHERE i.state = ? AND r.phase NOT IN ({sql.placeholders(_TERMINAL)}) "
+            "ORDER BY i.created_at, i.id LIMIT ?",
+            (InboxState.PENDING.value, *_TERMINAL, limit),
         )
         items = []
         for row in rows:
-            v = _INBOX_ITEM.decode(row)
+            v = _INBOX_ITEM_I.decode(row)
             items.append(
                 InboxItem(
                     id=v["id"],
@@ -521,6 +526,31 @@ class SqlStore(ABC):
             error=body.get("error"),
             message=body.get("message") or "",
             answered_by=v["answered_by"],
+        )
+
+    async def expire_inbox(self, *, now: datetime, keep: timedelta) -> None:
+        """The leader's tidying: pending rows of runs that have ended are failed (nobody will
+        carry them out), and answered rows older than `keep` deleted."""
+        message = {
+            "error": "InvalidTransition",
+            "message": "the run ended before its owner took this",
+        }
+        ended = (
+            "UPDATE inbox SET state = ?, answer_json = ?, answered_at = ? WHERE state = ? AND "
+            "run_id IN (SELECT run_id FROM runs "
+            f"WHERE phase IN ({sql.placeholders(_TERMINAL)}))"
+        )
+        encoded = INBOX.encode(
+            {"answer_json": message, "answered_at": now}, ("answer_json", "answered_at")
+        )
+        await self._write(
+            [
+                (ended, (InboxState.FAILED.value, *encoded, InboxState.PENDING.value, *_TERMINAL)),
+                (
+                    "DELETE FROM inbox WHERE state <> ? AND answered_at < ?",
+                    (InboxState.PENDING.value, _iso(now - keep)),
+                ),
+            ]
         )
 
     async def hold_duty(

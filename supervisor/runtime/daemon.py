@@ -153,6 +153,7 @@ class Daemon:
         self.inbox = InboxConsumer(
             store, self.notices, self.clock, replica_id=settings.replica_id,
             local=self.monitors.get, carry_out=self.api.carry_out, poll_s=settings.inbox_poll_s,
+            tidies=self.leader.holds,
         )  # fmt: skip
         self.views = ControlViews(self.api)
         """The API as the control socket serves it: its answers as the protocol's views."""

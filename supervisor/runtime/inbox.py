@@ -23,6 +23,7 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from datetime import datetime, timedelta
 
 import structlog
 
@@ -50,6 +51,10 @@ from supervisor.runtime.monitor import Monitor
 from supervisor.runtime.ports import Clock, Notices, RunStore
 
 log = structlog.get_logger("supervisor.inbox")
+
+TIDY_INTERVAL = timedelta(minutes=10)
+KEEP_ANSWERED = timedelta(days=7)
+"""Answered rows are kept this long (what was asked of whom, for a person looking back)."""
 
 CarryOut = Callable[[str, Command], Awaitable[Run]]
 """The control API's local path for one run's command."""
@@ -160,7 +165,10 @@ class InboxConsumer:
         local: Callable[[str], Monitor | None],
         carry_out: CarryOut,
         poll_s: float,
+        tidies: Callable[[], bool] = lambda: False,
     ) -> None:
+        """`tidies`: whether this replica tidies the inbox now (the holder of the leader
+        duty)."""
         self._store = store
         self._notices = notices
         self._clock = clock
@@ -169,6 +177,8 @@ class InboxConsumer:
         self._carry_out = carry_out
         self._poll_s = poll_s
         self._in_flight: set[str] = set()
+        self._tidies = tidies
+        self._tidied_at: datetime | None = None
         self.handled = 0
 
     def __repr__(self) -> str:
@@ -178,9 +188,18 @@ class InboxConsumer:
     async def run_forever(self) -> None:
         async with asyncio.TaskGroup() as tasks:
             while True:
+                await self._tidy()
                 for item in await self.take():
                     tasks.create_task(self._handle_guarded(item))
                 await self._notices.wait(INBOX_CHANNEL, self._poll_s)
+
+    async def _tidy(self) -> None:
+        """On the leader, every `TIDY_INTERVAL`: end the rows of ended runs, drop old ones."""
+        now = self._clock.now()
+        due = self._tidied_at is None or now - self._tidied_at >= TIDY_INTERVAL
+        if due and self._tidies():
+            await self._store.expire_inbox(now=now, keep=KEEP_ANSWERED)
+            self._tidied_at = now
 
     async def take(self) -> list[InboxItem]:
         """The pending rows this replica should handle now (its runs', not in hand), marked
@@ -228,14 +247,13 @@ class InboxConsumer:
         body = item.body
         try:
             if isinstance(body, Command):
-                run = await self._carry_out(item.run_id, body)
-            else:
-                monitor = self._local(item.run_id)
-                if monitor is None:  # no longer ours: the next owner takes it
-                    return None
-                run = (await monitor.request(body)).run
+                return InboxAnswer(InboxState.DONE, run=await self._carry_out(item.run_id, body))
+            monitor = self._local(item.run_id)
+            if monitor is None:  # no longer ours: the next owner takes it
+                return None
+            await monitor.request(body)  # as the queue consumer would: nobody waits on it
+            return InboxAnswer(InboxState.DONE)
         except ShuttingDown:
             return None
-        except SupervisorError as exc:
+        except SupervisorError as exc:  # a refusal (a repeat, or too late for the phase)
             return InboxAnswer(InboxState.FAILED, error=type(exc).__name__, message=str(exc))
-        return InboxAnswer(InboxState.DONE, run=run)

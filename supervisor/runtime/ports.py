@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from supervisor.core.checkpoint import CommandResult, InstanceCommand, StoredObject
@@ -212,6 +212,8 @@ class RunStore(Protocol):
     async def answer_inbox(self, item_id: str, answer: InboxAnswer, *, now: datetime) -> bool: ...
 
     async def inbox_answer(self, item_id: str) -> InboxAnswer | None: ...
+
+    async def expire_inbox(self, *, now: datetime, keep: timedelta) -> None: ...
 
     async def hold_duty(
         self, name: str, owner: str, *, now: datetime, until: datetime, take_over: bool = ...

@@ -25,6 +25,7 @@ from supervisor.core.inbox import (
 from supervisor.core.machine import new_run
 from supervisor.core.run import Phase
 from tests.adapters.backends import BACKENDS, open_store
+from tests.adapters.test_store import move
 from tests.core.builders import NOW, make_spec
 
 TTL = timedelta(seconds=30)
@@ -39,6 +40,7 @@ async def stores(
     )
     a = await open_store(where)
     b = await open_store(where)
+    await a.create_run(new_run(make_spec(run_id="r1"), now=NOW))  # active: its rows are seen
     yield a, b
     await b.close()
     await a.close()
@@ -93,6 +95,29 @@ async def test_the_first_answer_stands_and_a_withdrawn_row_is_never_answered(
     answer = await b.inbox_answer("x1")
     assert answer is not None
     assert (answer.error, answer.message, answer.answered_by) == ("NoAnswer", "gave up", "b")
+
+
+async def test_rows_of_ended_runs_are_not_pending_and_the_leader_fails_them_then_drops_old_ones(
+    stores: tuple[SqlStore, SqlStore],
+) -> None:
+    a, b = stores
+    ended = new_run(make_spec(run_id="r2", instance_id="i-0000000000000000e"), now=NOW)
+    await a.create_run(ended)
+    await a.commit(ended.run, move(ended.run, Phase.DETACHED, 1), now=NOW)
+    await b.post_to_inbox(item("x1", Command("stop"), run_id="r2"))
+    await b.post_to_inbox(item("x2", Command("stop")))
+    assert [i.id for i in await a.pending_inbox()] == ["x2"]
+
+    await a.expire_inbox(now=NOW, keep=timedelta(days=7))
+    answer = await b.inbox_answer("x1")
+    assert answer is not None
+    assert (answer.state, answer.error) == (InboxState.FAILED, "InvalidTransition")
+    assert answer.message == "the run ended before its owner took this"
+    assert await a.inbox_answer("x2") is None  # its run is active: still pending
+
+    await a.expire_inbox(now=NOW + timedelta(days=8), keep=timedelta(days=7))
+    assert await b.inbox_answer("x1") is None  # dropped
+    assert [i.id for i in await a.pending_inbox()] == ["x2"]
 
 
 def test_bodies_survive_their_json_form() -> None:

@@ -52,6 +52,7 @@ async def waiting_on(notices: PgNotices, channel: str) -> asyncio.Task[None]:
 async def test_an_inbox_row_and_its_answer_wake_their_waiters_at_once(
     store: PgStore, pg_url: str
 ) -> None:
+    await store.create_run(new_run(make_spec(run_id="r1"), now=NOW))
     async with PgNotices(pg_url, NOTICE_CHANNELS) as notices:
         owner = await waiting_on(notices, INBOX_CHANNEL)
         await store.post_to_inbox(stop_command("x1"))
