@@ -111,7 +111,15 @@ class ControlApi:
             if spec.tag_instance:
                 await self._tag_instance(spec)
             decision = new_run(spec, now=d.clock.now())
-            await d.store.create_run(decision)
+            # Owned by this replica from its first row (issue 14), in its book before the
+            # insert: the lease keeper never sees it held and unarmed.
+            lease = d.lease_book.new_lease()
+            d.lease_book.put(spec.run_id, lease)
+            try:
+                await d.store.create_run(decision, lease=lease)
+            except BaseException:
+                d.lease_book.drop(spec.run_id)
+                raise
             d.metrics.transitioned(None, decision)
             log.info(
                 "run_attached",
@@ -120,7 +128,7 @@ class ControlApi:
                 s3_prefix=spec.s3_prefix,
                 on_complete=spec.on_complete,
             )
-            d.spawn(decision.run)
+            d.spawn(decision.run, lease)
         return decision.run
 
     async def _refuse_conflicts(self, spec: RunSpec) -> None:
@@ -263,7 +271,10 @@ class ControlApi:
             await d.store.commit(run, decision, now=d.clock.now())
             d.metrics.transitioned(run, decision)
             log.info("run_resume_requested", run_id=run.spec.run_id, from_scratch=from_scratch)
-            d.spawn(decision.run)
+            # Watched here if this replica can claim it now; else by the replica that claims it.
+            lease = await d.lease_keeper.adopt(run.spec.run_id)
+            if lease is not None:
+                d.spawn(decision.run, lease)
         return decision.run
 
     async def tail(self, run_id: str, *, follow: bool) -> AsyncIterator[FeedItem]:

@@ -90,6 +90,12 @@ class Settings(BaseSettings):
     (one GetMetricData per 500 instances): CPUUtilization comes every 5 minutes anyway."""
     faults: str = ""
     """Testing only: a fault plan for AWS calls (see supervisor.adapters.faults)."""
+    # Issue 14: replicas.
+    replica_id: str | None = Field(None, min_length=1, max_length=200, pattern=r"^[\w.:@-]+$")
+    """This daemon's name among replicas on one database; unset: `<hostname>-<pid>`."""
+    lease_ttl_s: float = Field(30.0, ge=1, le=3600, allow_inf_nan=False)
+    """How long a replica's lease on a run lasts without renewal; renewed every third of it.
+    A dead replica's runs are claimed by the others within about 4/3 of it."""
 
     @field_validator("metrics_addr")
     @classmethod
