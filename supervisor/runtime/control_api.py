@@ -418,6 +418,11 @@ class ControlApi:
             aws_calls=d.cloud.counter.snapshot(),
             metrics_url=d.metrics_server.url if d.metrics_server is not None else None,
             root_task_restarts=dict(sorted(d.root_tasks.restarts.items())),
+            replica_id=d.lease_book.owner,
+            role="sole" if d.lease_book.exclusive else "replica",
+            runs_owned=len(d.lease_book),
+            replicas=tuple(await d.store.replicas()),
+            now=d.clock.now(),
         )
 
     async def metrics(self, accept: str) -> Exposition:

@@ -24,7 +24,7 @@ import os
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import structlog
 
@@ -45,6 +45,10 @@ log = structlog.get_logger("supervisor.leases")
 
 CLAIM_BATCH = 500
 """Runs claimed per statement: a take-over of ten thousand runs arms them page by page."""
+UNTIL_RELEASED = datetime(9999, 1, 1, tzinfo=UTC)
+"""The expiry an exclusive replica's leases are written with: nobody else can claim them,
+so they are never renewed (no write to a run's row for its lease while it is watched), and
+the next daemon on the file releases them at its start."""
 
 
 def default_replica_id() -> str:
@@ -80,9 +84,13 @@ class LeaseBook:
     def held(self, run_id: str) -> Lease | None:
         return self._held.get(run_id)
 
+    def until(self, now: datetime) -> datetime:
+        """The expiry of a lease taken or renewed at `now`."""
+        return UNTIL_RELEASED if self.exclusive else now + self.ttl
+
     def new_lease(self, epoch: int = 1) -> Lease:
-        """A lease of this replica from now for one TTL (a new run's first)."""
-        return Lease(self.owner, epoch, self._clock.now() + self.ttl)
+        """A lease of this replica from now (a new run's first)."""
+        return Lease(self.owner, epoch, self.until(self._clock.now()))
 
     def put(self, run_id: str, lease: Lease) -> None:
         self._held[run_id] = lease
@@ -233,17 +241,8 @@ class LeaseKeeper:
     async def tick(self) -> None:
         """One round: renew (one statement), drop what was lost, heartbeat, hand back what
         stopped here, then claim towards the fair share or hand back a surplus."""
-        now = self._clock.now()
-        held = await self._store.renew_leases(self.owner, until=now + self.book.ttl)
-        for run_id in self.book.renewed(held, now + self.book.ttl):
-            self.counts.lose("renewal")
-            log.warning("lease_lost", run_id=run_id, replica=self.owner, why="renewal")
-            self._disarm(run_id)
-        # Held in the database but armed nowhere here (a monitor stopped for its lease, a run
-        # resumed elsewhere): hand it back so that a claim re-arms it.
-        for run_id, epoch in held.items():
-            if run_id not in self.book:
-                self._to_release.setdefault(run_id, epoch)
+        if not self.book.exclusive:
+            await self._renew()
         await self._heartbeat()
         if self._to_release:
             pending, self._to_release = self._to_release, {}
@@ -255,6 +254,20 @@ class LeaseKeeper:
                 await self._release_idle(extra)
                 return
         await self._claim(share)
+
+    async def _renew(self) -> None:
+        now = self._clock.now()
+        until = self.book.until(now)
+        held = await self._store.renew_leases(self.owner, until=until)
+        for run_id in self.book.renewed(held, until):
+            self.counts.lose("renewal")
+            log.warning("lease_lost", run_id=run_id, replica=self.owner, why="renewal")
+            self._disarm(run_id)
+        # Held in the database but armed nowhere here (a monitor stopped for its lease, a run
+        # resumed elsewhere): hand it back so that a claim re-arms it.
+        for run_id, epoch in held.items():
+            if run_id not in self.book:
+                self._to_release.setdefault(run_id, epoch)
 
     def stopped(self, run_id: str, *, lost: str | None = None) -> None:
         """A monitor stopped: its run finished (`lost` None), or its lease was found gone or
@@ -271,7 +284,7 @@ class LeaseKeeper:
         now = self._clock.now()
         self._to_release.pop(run_id, None)
         claimed = await self._store.claim_runs(
-            self.owner, limit=1, now=now, until=now + self.book.ttl, only=run_id
+            self.owner, limit=1, now=now, until=self.book.until(now), only=run_id
         )
         for leased in claimed:
             self.counts.claims += 1
@@ -302,7 +315,7 @@ class LeaseKeeper:
                 return armed
             now = self._clock.now()
             claimed = await self._store.claim_runs(
-                self.owner, limit=want, now=now, until=now + self.book.ttl
+                self.owner, limit=want, now=now, until=self.book.until(now)
             )
             self._arm_all(claimed)
             armed += len(claimed)

@@ -28,7 +28,9 @@ from supervisor.runtime.executor import Executor
 from supervisor.runtime.leases import LeaseBook, LeaseKeeper
 from supervisor.runtime.monitor import Monitor, MonitorDeps
 from tests.core.builders import NOW, make_spec
+from tests.runtime.conftest import Harness
 from tests.runtime.test_executor import World, _spec, _world
+from tests.runtime.test_metrics import scrape_socket
 
 TTL_S = 30.0
 TTL = timedelta(seconds=TTL_S)
@@ -337,3 +339,36 @@ async def test_a_monitor_whose_lease_was_stolen_commits_nothing_and_calls_nothin
     assert world.cloud.calls == Counter()
     assert [t.seq for t in await world.store.transitions("r1")] == [1]
     assert await world.store.actions("r1") == []
+
+
+# -- a SQLite daemon: the sole replica ---------------------------------------------------------
+
+
+async def test_a_sqlite_daemon_holds_every_run_says_so_and_hands_them_back_when_it_stops(
+    harness: Harness,
+) -> None:
+    daemon = await harness.start(replica_id="box-1")
+    (instance,) = harness.fleet.launch()
+    await harness.attach("held-1", instance)
+
+    status = await daemon.views.status()
+    scrape = await scrape_socket(daemon)
+
+    assert (status.replica_id, status.role, status.runs_owned) == ("box-1", "sole", 1)
+    [me] = status.replicas
+    assert (me.replica_id, me.state, me.alive, me.runs_owned) == ("box-1", "running", True, 1)
+    assert scrape.value("supervisor_runs_owned") == 1
+    assert scrape.value("supervisor_leases_lost_total", why="renewal") == 0
+
+    await harness.stop()
+    store = await Store.open(harness.settings().db_path)
+    try:
+        assert await store.renew_leases("box-1", until=NOW) == {}  # handed back
+        [row] = await store.replicas()
+        assert (row.replica.state, row.runs_owned) == (ReplicaState.STOPPED, 0)
+    finally:
+        await store.close()
+
+    daemon = await harness.start(replica_id="box-2")  # re-armed at once, by a claim
+    assert set(daemon.monitors) == {"held-1"}
+    assert (await scrape_socket(daemon)).value("supervisor_lease_claims_total") == 1
