@@ -204,3 +204,15 @@ class PgStore(SqlStore):
     _notices = True
     """Inbox rows, their answers and transitions NOTIFY in their transaction
     (`supervisor.adapters.pg_notices` listens)."""
+
+    # -- leases on PostgreSQL (issue 14: joins wt/leases' SqlStore hooks to this adapter) -------
+
+    _skip_locked = " FOR UPDATE SKIP LOCKED"
+    """Concurrent claims by several replicas pass over the rows another one is claiming."""
+
+    async def _write_returning(self, statement: sql.Statement) -> list[Row]:
+        """Run one statement (an UPDATE ... RETURNING) in its own transaction; its rows."""
+        text, params = statement
+        async with self._pool.connection() as conn, conn.transaction():
+            cursor = await conn.execute(POSTGRESQL.render(text), params)
+            return list(await cursor.fetchall())

@@ -81,7 +81,8 @@ class Column(NamedTuple):
     codec: Codec = TEXT
     nullable: bool = False
     generated: bool = False
-    """Filled by the database (an autoincrement id): never inserted."""
+    """Filled by the database (an autoincrement id), or written only by statements of its own
+    (a run's lease: owner, epoch, expiry): never in a row's INSERT, UPDATE or default SELECT."""
 
 
 # Projection and Table are plain classes, not dataclasses: the CLI's query verbs build them at
@@ -245,6 +246,11 @@ RUNS = Table(
         Column("report_etags", JSON),
         Column("running_s_before", REAL),
         Column("job_ended_at", TIMESTAMP, nullable=True),
+        # Issue 14: the run's lease (migration 0010), written by the lease statements alone
+        # (`supervisor.adapters.sql_store`, section "leases"), never by a decision's commit.
+        Column("owner", nullable=True, generated=True),
+        Column("epoch", INTEGER, generated=True),
+        Column("lease_until", TIMESTAMP, nullable=True, generated=True),
     ),
     key=("run_id",),
 )
@@ -388,6 +394,21 @@ REPORT_PROBLEMS = Table(
     key=("run_id", "key"),
 )
 
+REPLICAS = Table(
+    "replicas",
+    (
+        Column("replica_id"),
+        Column("host"),
+        Column("pid", INTEGER),
+        Column("started_at", TIMESTAMP),
+        Column("heartbeat_at", TIMESTAMP),
+        Column("state"),
+        Column("lease_ttl_s", REAL),
+    ),
+    key=("replica_id",),
+)
+"""Issue 14: every replica that ran against this database, with its heartbeat."""
+
 TABLES: tuple[Table, ...] = (
     RUNS,
     TRANSITIONS,
@@ -399,6 +420,7 @@ TABLES: tuple[Table, ...] = (
     TERMINATIONS,
     RUN_DATA,
     REPORT_PROBLEMS,
+    REPLICAS,
 )
 """Every table of the schema."""
 

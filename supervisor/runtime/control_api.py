@@ -113,7 +113,15 @@ class ControlApi:
             if spec.tag_instance:
                 await self._tag_instance(spec)
             decision = new_run(spec, now=d.clock.now())
-            await d.store.create_run(decision)
+            # Owned by this replica from its first row (issue 14), in its book before the
+            # insert: the lease keeper never sees it held and unarmed.
+            lease = d.lease_book.new_lease()
+            d.lease_book.put(spec.run_id, lease)
+            try:
+                await d.store.create_run(decision, lease=lease)
+            except BaseException:
+                d.lease_book.drop(spec.run_id)
+                raise
             d.metrics.transitioned(None, decision)
             log.info(
                 "run_attached",
@@ -122,7 +130,7 @@ class ControlApi:
                 s3_prefix=spec.s3_prefix,
                 on_complete=spec.on_complete,
             )
-            d.spawn(decision.run)
+            d.spawn(decision.run, lease)
         return decision.run
 
     async def _refuse_conflicts(self, spec: RunSpec) -> None:
@@ -267,7 +275,10 @@ class ControlApi:
             await d.store.commit(run, decision, now=d.clock.now())
             d.metrics.transitioned(run, decision)
             log.info("run_resume_requested", run_id=run.spec.run_id, from_scratch=from_scratch)
-            d.spawn(decision.run)
+            # Watched here if this replica can claim it now; else by the replica that claims it.
+            lease = await d.lease_keeper.adopt(run.spec.run_id)
+            if lease is not None:
+                d.spawn(decision.run, lease)
         return decision.run
 
     async def tail(self, run_id: str, *, follow: bool) -> AsyncIterator[FeedItem]:
@@ -416,6 +427,11 @@ class ControlApi:
             aws_calls=d.cloud.counter.snapshot(),
             metrics_url=d.metrics_server.url if d.metrics_server is not None else None,
             root_task_restarts=dict(sorted(d.root_tasks.restarts.items())),
+            replica_id=d.lease_book.owner,
+            role="sole" if d.lease_book.exclusive else "replica",
+            runs_owned=len(d.lease_book),
+            replicas=tuple(await d.store.replicas()),
+            now=d.clock.now(),
         )
 
     async def metrics(self, accept: str) -> Exposition:
@@ -444,7 +460,7 @@ class ControlApi:
         """Hand the command to the replica that watches the run; its answer is ours."""
         d = self._d
         return await ask(
-            d.store, d.notices, d.clock, replica_id=d.settings.replica_id, run_id=run_id,
+            d.store, d.notices, d.clock, replica_id=d.replica_id, run_id=run_id,
             command=command, timeout_s=d.settings.command_timeout_s,
             poll_s=d.settings.inbox_poll_s,
         )  # fmt: skip

@@ -6,8 +6,6 @@ chain."""
 from __future__ import annotations
 
 import difflib
-import os
-import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,11 +38,6 @@ from supervisor.runtime.config_file import default_state_dir as default_state_di
 from supervisor.runtime.config_file import find_config_file as find_config_file
 
 _SECRET_HINTS = ("secret", "token", "password", "key", "database_url")
-
-
-def default_replica_id() -> str:
-    """`<host name>-<pid>`: unique among live replicas."""
-    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 Seconds = Annotated[float, Field(ge=0, le=MAX_GRACE_S, allow_inf_nan=False)]
@@ -99,6 +92,12 @@ class Settings(BaseSettings):
     (one GetMetricData per 500 instances): CPUUtilization comes every 5 minutes anyway."""
     faults: str = ""
     """Testing only: a fault plan for AWS calls (see supervisor.adapters.faults)."""
+    # Issue 14: replicas.
+    replica_id: str | None = Field(None, min_length=1, max_length=200, pattern=r"^[\w.:@-]+$")
+    """This daemon's name among replicas on one database; unset: `<hostname>-<pid>`."""
+    lease_ttl_s: float = Field(30.0, ge=1, le=3600, allow_inf_nan=False)
+    """How long a replica's lease on a run lasts without renewal; renewed every third of it.
+    A dead replica's runs are claimed by the others within about 4/3 of it."""
 
     # -- issue 14: the database -------------------------------------------------------------
     database_url: str | None = Field(None, repr=False)
@@ -125,13 +124,7 @@ class Settings(BaseSettings):
         the SQLite file's path."""
         return redact(self.database_url) if self.database_url else str(self.db_path)
 
-    # -- replicas (issue 14) --
-    replica_id: str = Field(default_factory=default_replica_id, min_length=1, max_length=200)
-    """This replica's name in the database (the holder of leases, the writer of inbox rows);
-    default `<host name>-<pid>`."""
-    lease_ttl_s: float = Field(30.0, ge=1, le=3600, allow_inf_nan=False)
-    """How long a lease (a run's, or a duty's such as the zombie sweep's) lasts unless renewed;
-    renewed well before it ends."""
+    # -- replicas: the run inbox (issue 14) --
     inbox_poll_s: PositiveSeconds = 2.0
     """How often a replica looks for requests about its runs (and for the answers to its own)
     when no notice wakes it: PostgreSQL's LISTEN/NOTIFY wakes it at once, SQLite polls."""

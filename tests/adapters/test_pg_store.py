@@ -127,24 +127,25 @@ def test_the_portable_subset_is_translated_word_for_word() -> None:
 async def test_the_portable_subset_runs_on_postgresql(pg_url: str) -> None:
     """What later migrations may use (ALTER TABLE ADD COLUMN, CREATE TABLE with TEXT,
     INTEGER, REAL and an autoincrement id, CREATE INDEX) runs, translated, on a migrated
-    database, and an id is filled in."""
+    database, and an id is filled in. (Names of its own: later migrations took `owner` and
+    `replicas`.)"""
     store = await PgStore.open(pg_url)
     await store.close()
     sqlite = (
-        "ALTER TABLE runs ADD COLUMN owner TEXT;\n"
-        "ALTER TABLE runs ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;\n"
-        "CREATE TABLE replicas (\n"
+        "ALTER TABLE runs ADD COLUMN probe_owner TEXT;\n"
+        "ALTER TABLE runs ADD COLUMN probe_epoch INTEGER NOT NULL DEFAULT 0;\n"
+        "CREATE TABLE probe_replicas (\n"
         "    id INTEGER PRIMARY KEY AUTOINCREMENT,\n"
         "    replica_id TEXT NOT NULL UNIQUE,\n"
         "    runs_owned INTEGER NOT NULL DEFAULT 0,\n"
         "    load REAL NOT NULL DEFAULT 0.5\n"
         ");\n"
-        "CREATE INDEX runs_owner ON runs (owner);\n"
+        "CREATE INDEX runs_probe_owner ON runs (probe_owner);\n"
     )
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(translate(sqlite).encode())
-        conn.execute("INSERT INTO replicas (replica_id, runs_owned) VALUES ('a', 9999999999)")
-        row = conn.execute("SELECT id, runs_owned, load FROM replicas").fetchone()
+        conn.execute("INSERT INTO probe_replicas (replica_id, runs_owned) VALUES ('a', 9999999999)")
+        row = conn.execute("SELECT id, runs_owned, load FROM probe_replicas").fetchone()
     assert row == (1, 9_999_999_999, 0.5)
 
 

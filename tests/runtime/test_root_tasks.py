@@ -224,6 +224,7 @@ async def test_a_sweep_that_raises_is_restarted_and_the_restart_counted(
         "idle": 0,
         "duties": 0,
         "inbox": 0,
+        "leases": 0,
     }
     scrape = await scrape_socket(daemon)
     assert scrape.value("supervisor_root_task_restarts_total", task="reconciler") == 1
@@ -255,6 +256,7 @@ async def test_a_sweep_that_keeps_failing_ends_the_daemon_with_an_error(
         "idle": 0,
         "duties": 0,
         "inbox": 0,
+        "leases": 0,
     }
     assert not daemon.accepting
     assert not daemon.settings.socket_path.exists()  # shut down the orderly way
