@@ -428,7 +428,7 @@ class ControlApi:
             metrics_url=d.metrics_server.url if d.metrics_server is not None else None,
             root_task_restarts=dict(sorted(d.root_tasks.restarts.items())),
             replica_id=d.lease_book.owner,
-            role="sole" if d.lease_book.exclusive else "replica",
+            role=_role(d),
             runs_owned=len(d.lease_book),
             replicas=tuple(await d.store.replicas()),
             now=d.clock.now(),
@@ -548,3 +548,11 @@ def _tag_failure(spec: RunSpec, error: ExternalError, attempts: int) -> str:
         f"could not tag {where} with {RUN_TAG}={spec.run_id} "
         f"(CreateTags: {error.code}: {error.message}); {advice}. Nothing was attached."
     )
+
+
+def _role(d: Daemon) -> str:
+    """`sole` (SQLite: one daemon, every lease and duty its own); with replicas `leader` for
+    the one holding the fleet-wide duties (the zombie sweep), else `replica`."""
+    if d.lease_book.exclusive:
+        return "sole"
+    return "leader" if d.leader.holds() else "replica"

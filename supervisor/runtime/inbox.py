@@ -30,6 +30,7 @@ import structlog
 from supervisor.core.errors import (
     InvalidInput,
     InvalidTransition,
+    LeaseLost,
     NoAnswer,
     ShuttingDown,
     StaleVersion,
@@ -253,7 +254,7 @@ class InboxConsumer:
                 return None
             await monitor.request(body)  # as the queue consumer would: nobody waits on it
             return InboxAnswer(InboxState.DONE)
-        except ShuttingDown:
-            return None
+        except (ShuttingDown, LeaseLost):
+            return None  # left pending: the run's next owner (or this one, back) answers
         except SupervisorError as exc:  # a refusal (a repeat, or too late for the phase)
             return InboxAnswer(InboxState.FAILED, error=type(exc).__name__, message=str(exc))

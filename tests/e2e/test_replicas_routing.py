@@ -19,8 +19,13 @@ import pytest
 from tests.conftest import Fleet
 from tests.e2e.conftest import SUPERVISORCTL, Cli, assert_chained, cli_for, wait_for
 
-REPLICA_TIMINGS = {"SUPERVISOR_INBOX_POLL_S": "60", "SUPERVISOR_COMMAND_TIMEOUT_S": "30"}
-"""A minute's inbox poll: only the notices explain an answer within the command's timeout."""
+REPLICA_TIMINGS = {
+    "SUPERVISOR_INBOX_POLL_S": "60",
+    "SUPERVISOR_COMMAND_TIMEOUT_S": "30",
+    "SUPERVISOR_LEASE_TTL_S": "3600",
+}
+"""A minute's inbox poll: only the notices explain an answer within the command's timeout.
+Leases of an hour: no fair-share hand-over moves the run from A to B during the test."""
 
 
 @pytest.fixture

@@ -60,10 +60,11 @@ class Pair:
         self.a.state_dir.mkdir()
         self.b.state_dir.mkdir()
         self.database_url = database_url
+        # Leases of an hour: no fair-share hand-over moves a run from a to b mid-test.
         self.quick: dict[str, Any] = (
-            {"inbox_poll_s": 0.05}
+            {"inbox_poll_s": 0.05, "lease_ttl_s": 3600.0}
             if database_url is None
-            else {"inbox_poll_s": SLOW_POLL_S, "database_url": database_url}
+            else {"inbox_poll_s": SLOW_POLL_S, "database_url": database_url, "lease_ttl_s": 3600.0}
         )
         self._notices = AsyncExitStack()
 
@@ -72,8 +73,9 @@ class Pair:
             for harness in (self.a, self.b):
                 notices = PgNotices(self.database_url, NOTICE_CHANNELS)
                 harness.daemon_options["notices"] = await self._notices.enter_async_context(notices)
-        await self.b.start(replica_id="replica-b", **self.quick, **overrides)
-        await self.a.start(replica_id="replica-a", **self.quick, **overrides)
+        settings = {**self.quick, **overrides}
+        await self.b.start(replica_id="replica-b", **settings)
+        await self.a.start(replica_id="replica-a", **settings)
 
     async def stop(self) -> None:
         await self.a.stop()
@@ -299,6 +301,8 @@ async def test_one_replica_holds_the_sweeps_duty_and_only_it_terminates_a_zombie
     assert a is not None and b is not None
     # b started first and holds the duty; a does not, and does not sweep.
     assert (b.leader.holds(), a.leader.holds()) == (True, False)
+    if pair.database_url is not None:  # replicas: status names the leader
+        assert ((await b.api.status()).role, (await a.api.status()).role) == ("leader", "replica")
     assert a.leader.lease is not None and a.leader.lease.owner == "replica-b"
 
     await wait_for(
@@ -316,7 +320,7 @@ async def test_one_replica_holds_the_sweeps_duty_and_only_it_terminates_a_zombie
 async def test_a_stopping_leader_hands_the_duty_over_without_waiting_for_the_ttl(
     pair: Pair,
 ) -> None:
-    await pair.start(lease_ttl_s=3600.0)
+    await pair.start()  # leases (and the duty) of an hour: only the release hands it on
     a, b = pair.a.daemon, pair.b.daemon
     assert a is not None and b is not None
     assert b.leader.holds()
