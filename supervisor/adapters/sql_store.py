@@ -270,7 +270,8 @@ class SqlStore(ABC):
         """The run's instance history: the attached one, then any a resume launched."""
         rows = await self._read(
             f"SELECT {sql.INSTANCE_SELECT.sql} FROM instances WHERE run_id = ? "
-            "ORDER BY attached_at, rowid",
+            # The attached one first, then launches in time order (no rowid on PostgreSQL).
+            "ORDER BY attached_at, CASE source WHEN 'attached' THEN 0 ELSE 1 END, instance_id",
             (run_id,),
         )
         return [sql.instance_record(row) for row in rows]
@@ -282,7 +283,7 @@ class SqlStore(ABC):
         rows = await self._read(
             f"SELECT {sql.RUN_COLUMNS} FROM runs WHERE outcome = ? AND phase_since >= ? AND NOT "
             "EXISTS (SELECT 1 FROM attachments a WHERE a.run_id = runs.run_id AND "
-            "a.kind = 'crash-log') ORDER BY phase_since",
+            "a.kind = 'crash-log') ORDER BY phase_since, run_id",
             (Outcome.CRASHED.value, _iso(since)),
         )
         return [sql.run_record(row) for row in rows]
@@ -318,7 +319,8 @@ class SqlStore(ABC):
             states = sorted(s for s in ZombieState if s.open)
             text += f" WHERE state IN ({sql.placeholders(states)})"
             params = tuple(states)
-        rows = await self._read(text + " ORDER BY marked_at, instance_id", params)
+        # region too: one instance may be a zombie in two regions (one order on both backends)
+        rows = await self._read(text + " ORDER BY marked_at, instance_id, region", params)
         return [sql.zombie(row) for row in rows]
 
     async def terminations(self, *, since: datetime | None = None) -> list[Termination]:
@@ -383,13 +385,15 @@ class SqlStore(ABC):
         terminated = _sql_list(TERMINATED_OUTCOMES)
         succeeded = _sql_list(SUCCESSFUL_OUTCOMES)
         failed = _sql_list({AttemptOutcome.UNAUTHORIZED, AttemptOutcome.FAILED})
+        terminations = f"action = 'terminate' AND outcome IN ({terminated})"
+        stops = f"action = 'stop' AND outcome IN ({terminated})"
         day_rows = await self._read(
             "SELECT substr(at, 1, 10) AS day, "
-            f"SUM(action = 'terminate' AND outcome IN ({terminated})) AS terminations, "
-            f"SUM(action = 'stop' AND outcome IN ({terminated})) AS stops, "
-            "SUM(calls > 0) AS attempts, "
-            f"SUM(calls > 0 AND outcome IN ({succeeded})) AS succeeded, "
-            f"SUM(outcome IN ({failed})) AS failed, "
+            f"{_count(terminations)} AS terminations, "
+            f"{_count(stops)} AS stops, "
+            f"{_count('calls > 0')} AS attempts, "
+            f"{_count(f'calls > 0 AND outcome IN ({succeeded})')} AS succeeded, "
+            f"{_count(f'outcome IN ({failed})')} AS failed, "
             f"AVG(CASE WHEN action = 'terminate' AND outcome IN ({terminated}) "
             "THEN seconds_since_marked END) AS mean_s "
             "FROM terminations WHERE at >= ? GROUP BY day ORDER BY day",
@@ -604,3 +608,9 @@ def _idle_days(rows: Iterable[Row]) -> tuple[IdleDay, ...]:
 def _sql_list(values: Iterable[str]) -> str:
     """Our own enum values as an SQL list literal (never user input)."""
     return ", ".join(f"'{value}'" for value in sorted(values))
+
+
+def _count(condition: str) -> str:
+    """How many rows of the group meet `condition`, in SQL both backends take (PostgreSQL
+    sums no booleans)."""
+    return f"SUM(CASE WHEN {condition} THEN 1 ELSE 0 END)"

@@ -119,11 +119,13 @@ def _start(settings: Settings, config: Path | None, *, foreground: bool, console
     from supervisor.runtime.root_tasks import RootTaskFailed
     from supervisor.runtime.service import (
         AlreadyRunning,
+        check_database,
         lock_is_held,
         prepare_state_dir,
         run_foreground,
     )
 
+    check_database(settings)  # a URL that does not connect: one line, before anything else
     if foreground:
         try:
             run_foreground(settings, console=console)

@@ -25,7 +25,7 @@ from supervisor.core.errors import SupervisorError
 from supervisor.core.spec import Transport
 from supervisor.runtime.daemon import Daemon
 from supervisor.runtime.log_config import configure_logging
-from supervisor.runtime.ports import InstanceShell
+from supervisor.runtime.ports import InstanceShell, RunStore
 from supervisor.runtime.settings import Settings
 
 log = structlog.get_logger("supervisor.service")
@@ -111,7 +111,7 @@ async def serve(
     faults = FaultPlan.parse(settings.faults) if settings.faults else None
     if faults:
         log.warning("fault_injection_enabled", plan=settings.faults)
-    store = await Store.open(settings.db_path)
+    store = await open_store(settings)
     try:
         async with Aws(faults=faults) as aws:
             shells: dict[Transport, InstanceShell] = {
@@ -139,5 +139,33 @@ def run_foreground(settings: Settings, *, console: bool) -> None:
     prepare_state_dir(settings.state_dir)
     with state_lock(settings):
         configure_logging(settings.log_path, console=console, level=settings.log_level)
-        log.info("daemon_starting", state_dir=str(settings.state_dir), pid=os.getpid())
+        log.info(
+            "daemon_starting",
+            state_dir=str(settings.state_dir),
+            pid=os.getpid(),
+            database=settings.database_shown,
+        )
         asyncio.run(serve(settings))
+
+
+# -- issue 14: the database backend -------------------------------------------------------------
+
+
+async def open_store(settings: Settings) -> RunStore:
+    """The run database the settings choose: PostgreSQL at `SUPERVISOR_DATABASE_URL`, or the
+    SQLite file in the state directory. Raises `InvalidInput` (one line, naming the setting,
+    password redacted) for a database that does not connect."""
+    if settings.database_url:
+        from supervisor.adapters.pg_store import PgStore  # psycopg only when it is used
+
+        return await PgStore.open(settings.database_url)
+    return await Store.open(settings.db_path)
+
+
+def check_database(settings: Settings) -> None:
+    """Before a daemon is started in the background: raise `InvalidInput` (one line) if
+    `SUPERVISOR_DATABASE_URL` does not connect, so `supervisord start` says why itself."""
+    if settings.database_url:
+        from supervisor.adapters.pg_store import check_connects
+
+        asyncio.run(check_connects(settings.database_url))

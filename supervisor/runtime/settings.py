@@ -20,6 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from supervisor.adapters.database_url import is_postgresql, redact
 from supervisor.core.backoff import BackoffPolicy
 from supervisor.core.errors import InvalidInput
 from supervisor.core.spec import MAX_GRACE_S, GraceSeconds
@@ -36,7 +37,7 @@ from supervisor.runtime.config_file import ENV_PREFIX as ENV_PREFIX
 from supervisor.runtime.config_file import default_state_dir as default_state_dir
 from supervisor.runtime.config_file import find_config_file as find_config_file
 
-_SECRET_HINTS = ("secret", "token", "password", "key")
+_SECRET_HINTS = ("secret", "token", "password", "key", "database_url")
 
 Seconds = Annotated[float, Field(ge=0, le=MAX_GRACE_S, allow_inf_nan=False)]
 """A duration setting: finite, and at most a week, so no interval overflows a date."""
@@ -96,6 +97,31 @@ class Settings(BaseSettings):
     lease_ttl_s: float = Field(30.0, ge=1, le=3600, allow_inf_nan=False)
     """How long a replica's lease on a run lasts without renewal; renewed every third of it.
     A dead replica's runs are claimed by the others within about 4/3 of it."""
+
+    # -- issue 14: the database -------------------------------------------------------------
+    database_url: str | None = Field(None, repr=False)
+    """A libpq URL (`postgresql://USER@HOST:PORT/DB`) selecting PostgreSQL for the run
+    database; its password from the URL, PGPASSWORD or ~/.pgpass (libpq reads them). Unset:
+    the SQLite file in the state directory. Shown only through `database_shown`."""
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not is_postgresql(value):
+            raise PydanticCustomError(
+                "database_url",
+                "expected a PostgreSQL URL, postgresql://USER@HOST:PORT/DB (got {shown})",
+                {"shown": redact(value.strip())},
+            )
+        return value.strip()
+
+    @property
+    def database_shown(self) -> str:
+        """Where the run database is, fit to show: the URL with its password redacted, or
+        the SQLite file's path."""
+        return redact(self.database_url) if self.database_url else str(self.db_path)
 
     @field_validator("metrics_addr")
     @classmethod

@@ -1,8 +1,8 @@
 """Issue 13, measured: the idle instance-seconds after a job's end, as the run database holds
 them: per run in the query path's `show` row, summed per UTC day in the fleet report.
 
-Runs are driven through the real core and committed by the real `Store` to a real SQLite file;
-the query adapter then reads that file as `supervisorctl show` does."""
+Runs are driven through the real core and committed by the real store (the report on both
+backends); the query adapter then reads a SQLite file as `supervisorctl show` does."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from supervisor.adapters.query import RunDatabase
+from supervisor.adapters.sql_store import SqlStore
 from supervisor.adapters.store import Store
 from supervisor.core.events import (
     Action,
@@ -58,7 +59,7 @@ def crashed(ended: datetime, acked: datetime | None) -> list[tuple[Event, dateti
 
 
 async def drive(
-    store: Store, run_id: str, number: int, steps: list[tuple[Event, datetime]], **spec: Any
+    store: SqlStore, run_id: str, number: int, steps: list[tuple[Event, datetime]], **spec: Any
 ) -> Phase:
     start = steps[0][1] - timedelta(hours=1)
     decision = new_run(
@@ -77,34 +78,36 @@ async def drive(
     return run.phase
 
 
+async def seed(store: SqlStore) -> None:
+    s = timedelta(seconds=1)
+    phases = [
+        await drive(store, "done-1", 1, completed(DAY1, DAY1 + 90 * s)),
+        await drive(store, "crash-1", 2, crashed(DAY1 + 3600 * s, DAY1 + 3620 * s)),
+        await drive(store, "done-2", 3, completed(DAY2, DAY2 + 100 * s)),
+        await drive(store, "kept", 4, crashed(DAY2, None), on_crash="keep"),
+        await drive(store, "left", 5, completed(DAY2, DAY2)[:2], on_complete="none"),
+    ]
+    assert phases == [Phase.STOPPED, Phase.STOPPED, Phase.STOPPED, Phase.CRASHED, Phase.DONE]
+
+
 @pytest.fixture
 async def seeded(tmp_path: Path) -> Path:
     path = tmp_path / "runs.db"
     store = await Store.open(path)
     try:
-        s = timedelta(seconds=1)
-        phases = [
-            await drive(store, "done-1", 1, completed(DAY1, DAY1 + 90 * s)),
-            await drive(store, "crash-1", 2, crashed(DAY1 + 3600 * s, DAY1 + 3620 * s)),
-            await drive(store, "done-2", 3, completed(DAY2, DAY2 + 100 * s)),
-            await drive(store, "kept", 4, crashed(DAY2, None), on_crash="keep"),
-            await drive(store, "left", 5, completed(DAY2, DAY2)[:2], on_complete="none"),
-        ]
-        assert phases == [Phase.STOPPED, Phase.STOPPED, Phase.STOPPED, Phase.CRASHED, Phase.DONE]
+        await seed(store)
     finally:
         await store.close()
     return path
 
 
 async def test_the_report_sums_the_idle_seconds_after_the_end_per_day_of_the_end(
-    seeded: Path,
+    store: SqlStore,
 ) -> None:
-    store = await Store.open(seeded)
-    try:
-        report = await store.fleet_report(since=NOW - timedelta(days=7))
-        recent = await store.fleet_report(since=DAY2 - timedelta(hours=1))
-    finally:
-        await store.close()
+    """On both backends (the `store` fixture)."""
+    await seed(store)
+    report = await store.fleet_report(since=NOW - timedelta(days=7))
+    recent = await store.fleet_report(since=DAY2 - timedelta(hours=1))
     # the kept and the left-running runs ended on DAY2 too: no figure, so not counted
     assert report.idle_days == (
         IdleDay(DAY1.date().isoformat(), runs=2, idle_s=110.0),

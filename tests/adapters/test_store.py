@@ -1,5 +1,7 @@
-"""The SQLite store on real files: one transaction per transition, an append-only log,
-durability settings, migrations, and commits that survive the process being killed."""
+"""The store on both backends (a real SQLite file, a real PostgreSQL database: the `store`
+fixture of tests/adapters/conftest.py): one transaction per transition, an append-only log,
+migrations, and commits that survive the process being killed; and what only SQLite's
+adapter does (its durability settings, upgrades of files from earlier releases)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,6 @@ import asyncio
 import sqlite3
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 from datetime import UTC, timedelta, timezone
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from supervisor.adapters.schema import (
     TABLES,
     TRANSITIONS,
 )
+from supervisor.adapters.sql_store import SqlStore
 from supervisor.adapters.store import SCHEMA_VERSION, ActionRecord, Store, migrate
 from supervisor.core.errors import InvalidInput, StaleVersion
 from supervisor.core.events import (
@@ -37,18 +39,20 @@ from supervisor.core.events import (
 )
 from supervisor.core.machine import Decision, Transition, new_run, step
 from supervisor.core.run import Outcome, Phase, Run
-from supervisor.core.values import InstanceState
+from supervisor.core.values import InstanceId, InstanceState
 from supervisor.runtime.ports import RunStore
+from tests.adapters.backends import (
+    integrity_error,
+    location,
+    migrated_tables,
+    open_store,
+    raw_count,
+    raw_execute,
+    schema_version,
+)
 from tests.core.builders import NOW, POLICY, listed, make_spec, seeded
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = await Store.open(tmp_path / "s.db")
-    yield opened
-    await opened.close()
 
 
 def move(run: Run, to: Phase, minutes: int, reason: str = "moved by test") -> Decision:
@@ -58,13 +62,13 @@ def move(run: Run, to: Phase, minutes: int, reason: str = "moved by test") -> De
     return Decision(run=moved, transition=Transition(run.phase, to, at, reason, {"n": minutes}))
 
 
-def raw_count(path: Path, sql: str) -> int:
+def file_count(path: Path, sql: str) -> int:
     with sqlite3.connect(path) as db:
         row = db.execute(sql).fetchone()
     return int(row[0])
 
 
-async def attach(store: Store, run_id: str = "run-42") -> Run:
+async def attach(store: SqlStore, run_id: str = "run-42") -> Run:
     decision = new_run(make_spec(run_id=run_id), now=NOW)
     await store.create_run(decision)
     return decision.run
@@ -73,7 +77,7 @@ async def attach(store: Store, run_id: str = "run-42") -> Run:
 # -- create_run -------------------------------------------------------------------------------
 
 
-async def test_create_run_round_trips_the_run_and_its_attach_transition(store: Store) -> None:
+async def test_create_run_round_trips_the_run_and_its_attach_transition(store: SqlStore) -> None:
     created = await attach(store)
 
     record = await store.get_run("run-42")
@@ -88,7 +92,7 @@ async def test_create_run_round_trips_the_run_and_its_attach_transition(store: S
 
 
 async def test_a_second_create_run_of_the_same_id_is_refused_and_changes_nothing(
-    store: Store,
+    store: SqlStore,
 ) -> None:
     created = await attach(store)
 
@@ -102,10 +106,10 @@ async def test_a_second_create_run_of_the_same_id_is_refused_and_changes_nothing
     assert record is not None and record.run == created
     assert record.run.spec.instance_id == make_spec().instance_id
     assert [t.seq for t in await store.transitions("run-42")] == [1]
-    assert raw_count(store.path, "SELECT count(*) FROM instances") == 1
+    assert raw_count(store, "SELECT count(*) FROM instances") == 1
 
 
-async def test_get_run_of_an_unknown_id_is_none(store: Store) -> None:
+async def test_get_run_of_an_unknown_id_is_none(store: SqlStore) -> None:
     assert await store.get_run("nobody") is None
     assert await store.transitions("nobody") == []
 
@@ -114,7 +118,7 @@ async def test_get_run_of_an_unknown_id_is_none(store: Store) -> None:
 
 
 async def test_commit_appends_the_transition_at_the_new_version_and_updates_the_row(
-    store: Store,
+    store: SqlStore,
 ) -> None:
     run = await attach(store)
     decision = move(run, Phase.RUNNING, 5, "instance running")
@@ -131,7 +135,7 @@ async def test_commit_appends_the_transition_at_the_new_version_and_updates_the_
     assert await store.transitions("run-42", after_seq=1) == records[1:]
 
 
-async def test_commit_from_a_stale_version_raises_and_changes_nothing(store: Store) -> None:
+async def test_commit_from_a_stale_version_raises_and_changes_nothing(store: SqlStore) -> None:
     run = await attach(store)
     current = move(run, Phase.RUNNING, 5)
     await store.commit(run, current, now=NOW)
@@ -144,7 +148,7 @@ async def test_commit_from_a_stale_version_raises_and_changes_nothing(store: Sto
     assert len(await store.transitions("run-42")) == 2
 
 
-async def test_two_commits_racing_from_one_version_let_exactly_one_win(store: Store) -> None:
+async def test_two_commits_racing_from_one_version_let_exactly_one_win(store: SqlStore) -> None:
     run = await attach(store)
 
     results = await asyncio.gather(
@@ -159,7 +163,7 @@ async def test_two_commits_racing_from_one_version_let_exactly_one_win(store: St
 
 
 async def test_a_persist_only_decision_updates_the_row_without_a_transition(
-    store: Store,
+    store: SqlStore,
 ) -> None:
     run = await attach(store)
     stopping = move(run, Phase.STOPPING, 1)
@@ -174,7 +178,7 @@ async def test_a_persist_only_decision_updates_the_row_without_a_transition(
     assert len(await store.transitions("run-42")) == 2
 
 
-async def test_a_decision_with_nothing_to_persist_writes_nothing(store: Store) -> None:
+async def test_a_decision_with_nothing_to_persist_writes_nothing(store: SqlStore) -> None:
     run = await attach(store)
 
     await store.commit(run, Decision(run=run.evolve(attempt=5)), now=NOW + timedelta(days=1))
@@ -184,7 +188,7 @@ async def test_a_decision_with_nothing_to_persist_writes_nothing(store: Store) -
 
 
 async def test_a_run_driven_through_step_to_stopped_is_stored_at_every_step(
-    store: Store,
+    store: SqlStore,
 ) -> None:
     run = await attach(store)
     timeline: list[tuple[int, Event]] = [
@@ -216,7 +220,7 @@ async def test_a_run_driven_through_step_to_stopped_is_stored_at_every_step(
 
 
 async def test_concurrent_runs_leave_every_row_equal_to_its_last_gapless_transition(
-    store: Store,
+    store: SqlStore,
 ) -> None:
     cycle = [Phase.RUNNING, Phase.GRACE, Phase.STOPPING, Phase.PENDING]
 
@@ -237,10 +241,10 @@ async def test_concurrent_runs_leave_every_row_equal_to_its_last_gapless_transit
         assert [t.seq for t in transitions] == list(range(1, 11))
         assert record.run.phase == transitions[-1].transition.to_phase
         assert record.run.version == transitions[-1].seq == 10
-    assert raw_count(store.path, "SELECT count(*) FROM transitions") == 200
+    assert raw_count(store, "SELECT count(*) FROM transitions") == 200
 
 
-async def test_active_only_leaves_out_runs_in_terminal_phases(store: Store) -> None:
+async def test_active_only_leaves_out_runs_in_terminal_phases(store: SqlStore) -> None:
     live = await attach(store, "live")
     gone = await attach(store, "gone")
     detach = step(gone, UserRequested(UserAction.DETACH), now=NOW, policy=POLICY, rng=seeded())
@@ -251,7 +255,7 @@ async def test_active_only_leaves_out_runs_in_terminal_phases(store: Store) -> N
 
 
 async def test_active_runs_come_in_pages_in_attach_order_without_the_ended_ones(
-    store: Store,
+    store: SqlStore,
 ) -> None:
     """What a restart re-adopts: the same runs as `runs(active_only=True)`, a page at a time."""
     runs = [await attach(store, f"r{i}") for i in range(7)]
@@ -275,14 +279,11 @@ async def test_active_runs_come_in_pages_in_attach_order_without_the_ended_ones(
         "DELETE FROM transitions WHERE seq = 1",
     ],
 )
-async def test_a_raw_update_or_delete_of_transitions_is_refused(store: Store, sql: str) -> None:
+async def test_a_raw_update_or_delete_of_transitions_is_refused(store: SqlStore, sql: str) -> None:
     await attach(store)
 
-    with (
-        sqlite3.connect(store.path) as db,
-        pytest.raises(sqlite3.IntegrityError, match="append-only"),
-    ):
-        db.execute(sql)
+    with pytest.raises(integrity_error(store), match="append-only"):
+        raw_execute(store, sql)
 
     [first] = await store.transitions("run-42")
     assert first.transition.to_phase is Phase.PENDING
@@ -291,10 +292,10 @@ async def test_a_raw_update_or_delete_of_transitions_is_refused(store: Store, sq
 # -- durability settings and migrations -------------------------------------------------------
 
 
-async def test_the_file_is_in_wal_mode_and_the_writer_syncs_fully(store: Store) -> None:
-    with sqlite3.connect(store.path) as db:
+async def test_the_file_is_in_wal_mode_and_the_writer_syncs_fully(sqlite_store: Store) -> None:
+    with sqlite3.connect(sqlite_store.path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    async with store._writer.execute("PRAGMA synchronous") as cursor:
+    async with sqlite_store._writer.execute("PRAGMA synchronous") as cursor:
         row = await cursor.fetchone()
     assert row is not None and row[0] == 2  # FULL
 
@@ -303,36 +304,36 @@ async def test_a_fresh_file_is_migrated_to_the_latest_schema_version(tmp_path: P
     store = await Store.open(tmp_path / "nested" / "s.db")
     await store.close()
 
-    assert raw_count(tmp_path / "nested" / "s.db", "PRAGMA user_version") == SCHEMA_VERSION
+    assert file_count(tmp_path / "nested" / "s.db", "PRAGMA user_version") == SCHEMA_VERSION
     assert SCHEMA_VERSION >= 1
 
 
-async def test_reopening_an_existing_file_keeps_every_row(tmp_path: Path) -> None:
-    path = tmp_path / "s.db"
-    store = await Store.open(path)
+async def test_reopening_an_existing_database_keeps_every_row(store: SqlStore) -> None:
     run = await attach(store)
     await store.commit(run, move(run, Phase.RUNNING, 1), now=NOW)
     await store.close()
 
-    reopened = await Store.open(path)
+    reopened = await open_store(location(store))
     try:
-        assert await migrate(reopened._writer) == SCHEMA_VERSION
+        if isinstance(reopened, Store):
+            assert await migrate(reopened._writer) == SCHEMA_VERSION
         record = await reopened.get_run("run-42")
         assert record is not None and record.run.phase is Phase.RUNNING
         assert [t.seq for t in await reopened.transitions("run-42")] == [1, 2]
     finally:
         await reopened.close()
-    assert raw_count(path, "PRAGMA user_version") == SCHEMA_VERSION
+    assert schema_version(store) == SCHEMA_VERSION
 
 
-async def test_a_committed_transition_survives_the_process_being_killed(tmp_path: Path) -> None:
-    path = tmp_path / "s.db"
+async def test_a_committed_transition_survives_the_process_being_killed(
+    store: SqlStore,
+) -> None:
+    await store.close()  # the killed process opens it itself
     script = textwrap.dedent(
         """
         import asyncio, os, signal, sys
         from datetime import UTC, datetime
-        from pathlib import Path
-        from supervisor.adapters.store import Store
+        from tests.adapters.backends import open_store
         from supervisor.core.events import InstanceObserved
         from supervisor.core.machine import Policy, new_run, step
         from supervisor.core.spec import RunSpec
@@ -343,7 +344,7 @@ async def test_a_committed_transition_survives_the_process_being_killed(tmp_path
             now = datetime(2026, 11, 22, 12, tzinfo=UTC)
             spec = RunSpec.build(run_id="killed", instance_id="i-0123456789abcdef0",
                                  region="us-east-1", s3_prefix="s3://my-runs/x/", grace_s=0)
-            store = await Store.open(Path(sys.argv[1]))
+            store = await open_store(sys.argv[1])
             first = new_run(spec, now=now)
             await store.create_run(first)
             event = InstanceObserved(InstanceState.RUNNING)
@@ -359,32 +360,32 @@ async def test_a_committed_transition_survives_the_process_being_killed(tmp_path
         sys.executable,
         "-c",
         script,
-        str(path),
+        location(store),
         cwd=REPO,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
     assert process.returncode == -9, stderr.decode()
-    assert stdout.decode().strip() == "committed"
+    assert stdout.decode().strip().splitlines()[-1] == "committed"
 
-    store = await Store.open(path)
+    reopened = await open_store(location(store))
     try:
-        record = await store.get_run("killed")
+        record = await reopened.get_run("killed")
         assert record is not None and record.run.phase is Phase.RUNNING
-        transitions = await store.transitions("killed")
+        transitions = await reopened.transitions("killed")
         assert [(t.seq, t.transition.to_phase) for t in transitions] == [
             (1, Phase.PENDING),
             (2, Phase.RUNNING),
         ]
     finally:
-        await store.close()
+        await reopened.close()
 
 
 # -- actions ----------------------------------------------------------------------------------
 
 
-async def test_record_action_and_actions_round_trip_in_order(store: Store) -> None:
+async def test_record_action_and_actions_round_trip_in_order(store: SqlStore) -> None:
     await attach(store)
     first = ActionRecord(
         run_id="run-42",
@@ -405,15 +406,17 @@ async def test_record_action_and_actions_round_trip_in_order(store: Store) -> No
     assert await store.actions("other") == []
 
 
-async def test_the_store_repr_names_its_file(store: Store, tmp_path: Path) -> None:
-    assert repr(store) == f"<Store {tmp_path / 's.db'}>"
+async def test_the_store_repr_names_its_file(sqlite_store: Store, tmp_path: Path) -> None:
+    assert repr(sqlite_store) == f"<Store {tmp_path / 's.db'}>"
 
 
 async def test_a_write_cancelled_while_beginning_its_transaction_leaves_the_store_writable(
-    store: Store,
+    store: SqlStore,
 ) -> None:
     task = asyncio.create_task(store.create_run(new_run(make_spec(run_id="cancelled"), now=NOW)))
-    await asyncio.sleep(0)  # the task now waits for BEGIN IMMEDIATE on aiosqlite's thread
+    # The task now waits for BEGIN IMMEDIATE on aiosqlite's thread (on PostgreSQL: for its
+    # pooled connection or its BEGIN).
+    await asyncio.sleep(0)
     assert task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -509,7 +512,7 @@ async def test_migration_4_keeps_every_row_and_makes_a_verified_checkpoint_the_r
     finally:
         await store.close()
 
-    assert raw_count(path, "PRAGMA user_version") == SCHEMA_VERSION
+    assert file_count(path, "PRAGMA user_version") == SCHEMA_VERSION
     assert _rows(path) == before
     restored = {
         run_id: (r.run.verified_attempt, r.run.process_exited, r.run.interrupt_deadline)
@@ -528,7 +531,7 @@ async def test_migration_4_keeps_every_row_and_makes_a_verified_checkpoint_the_r
 
 
 async def test_attachments_round_trip_in_order_and_attaching_again_refreshes_the_row(
-    store: Store,
+    store: SqlStore,
 ) -> None:
     from supervisor.adapters.store import AttachmentRecord
 
@@ -558,7 +561,7 @@ async def test_attachments_round_trip_in_order_and_attaching_again_refreshes_the
     await store.attach(refreshed)
 
     assert await store.attachments("run-42") == [refreshed, notes]
-    assert raw_count(store.path, "SELECT COUNT(*) FROM attachments") == 2
+    assert raw_count(store, "SELECT COUNT(*) FROM attachments") == 2
     assert await store.attachments("other") == []
 
 
@@ -585,7 +588,7 @@ async def test_migration_6_keeps_every_row_and_starts_with_no_reports_read(
     finally:
         await store.close()
 
-    assert raw_count(path, "PRAGMA user_version") == SCHEMA_VERSION == 10
+    assert file_count(path, "PRAGMA user_version") == SCHEMA_VERSION == 10
     assert _rows(path) == before
     assert [r.run.report_etags for r in records if r is not None] == [()] * len(_V3_RUNS)
     # migration 8 (max_duration): no attempt has run time counted before it
@@ -596,7 +599,7 @@ async def test_migration_6_keeps_every_row_and_starts_with_no_reports_read(
 
 
 async def test_a_note_on_an_unreadable_report_is_kept_per_file_until_a_version_reads(
-    store: Store,
+    store: SqlStore,
 ) -> None:
     from supervisor.adapters.store import ReportProblemRecord
     from supervisor.core.reports import FinalMetrics, History
@@ -622,34 +625,22 @@ async def test_a_note_on_an_unreadable_report_is_kept_per_file_until_a_version_r
     assert await store.report_problems("run-42") == [later]
     await store.record_report("run-42", "history.json", History(), read_at=NOW, now=NOW)
     assert await store.report_problems("run-42") == []
-    assert raw_count(store.path, "SELECT COUNT(*) FROM report_problems") == 0
+    assert raw_count(store, "SELECT COUNT(*) FROM report_problems") == 0
 
 
 # -- the declaration is the schema ---------------------------------------------------------------
 
 
 async def test_each_declared_table_has_the_migrated_tables_columns_types_and_nullability(
-    store: Store,
+    store: SqlStore,
 ) -> None:
-    with sqlite3.connect(store.path) as db:
-        names = [
-            row[0]
-            for row in db.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-            )
-        ]
-        assert sorted(names) == sorted(table.name for table in TABLES)
-        for table in TABLES:
-            # PRAGMA table_info: (cid, name, type, notnull, default, pk); a primary key
-            # column is never NULL, whatever SQLite's notnull says of it.
-            migrated_columns = [
-                (name, sql_type, not (notnull or pk))
-                for _, name, sql_type, notnull, _, pk in db.execute(
-                    f"PRAGMA table_info({table.name})"
-                )
-            ]
-            declared = [(c.name, c.codec.sql_type, c.nullable) for c in table.columns]
-            assert declared == migrated_columns, table.name
+    """On PostgreSQL as read from information_schema.columns: a declared INTEGER is a BIGINT
+    there, a REAL a DOUBLE PRECISION (the migrations' translation)."""
+    migrated = migrated_tables(store)
+    assert sorted(migrated) == sorted(table.name for table in TABLES)
+    for table in TABLES:
+        declared = [(c.name, c.codec.sql_type, c.nullable) for c in table.columns]
+        assert declared == migrated[table.name], table.name
 
 
 def test_the_schema_version_is_the_newest_migrations_number() -> None:
@@ -688,15 +679,15 @@ def test_values_encode_and_decode_through_their_columns_codecs() -> None:
     assert AUDIT.project().decode(encoded) == values | {"at": NOW}
 
 
-async def test_the_sqlite_store_is_the_runtimes_store_port(store: Store) -> None:
-    port: RunStore = store  # mypy holds the adapter to the port's signatures
+async def test_each_store_is_the_runtimes_store_port(store: SqlStore) -> None:
+    port: RunStore = store  # mypy holds the adapters (SqlStore's methods) to the port's
     assert await port.get_run("nothing here") is None
 
 
 # -- issue 13: crashed runs stopped by on_crash, and max_duration's running time ---------------
 
 
-async def test_earlier_attempts_running_time_is_kept_with_the_run(store: Store) -> None:
+async def test_earlier_attempts_running_time_is_kept_with_the_run(store: SqlStore) -> None:
     run = await attach(store)
     decision = move(run, Phase.RUNNING, 5)
     decision = Decision(run=decision.run.evolve(running_s_before=5400.5),
@@ -707,7 +698,7 @@ async def test_earlier_attempts_running_time_is_kept_with_the_run(store: Store) 
 
 
 async def test_a_run_stopped_by_on_crash_is_one_whose_crash_report_a_restart_reads(
-    store: Store,
+    store: SqlStore,
 ) -> None:
     stopped = await attach(store, "stopped-after-crash")
     moved = move(stopped, Phase.STOPPED, 5)
@@ -720,3 +711,92 @@ async def test_a_run_stopped_by_on_crash_is_one_whose_crash_report_a_restart_rea
 
     missed = await store.crashed_without_crash_log(since=NOW)
     assert [r.run.spec.run_id for r in missed] == ["stopped-after-crash"]
+
+
+# -- issue 14: the rest of the port, on both backends ---------------------------------------------
+
+
+async def test_audit_entries_come_back_newest_first_up_to_the_limit(store: SqlStore) -> None:
+    for minute in range(3):
+        await store.record_audit(
+            at=NOW + timedelta(minutes=minute),
+            source="sqs",
+            kind="unowned",
+            subject=f"i-{minute}",
+            detail={"minute": minute, "nested": {"ok": True}},
+        )
+
+    entries = await store.audit(limit=2)
+
+    assert [e["subject"] for e in entries] == ["i-2", "i-1"]
+    assert entries[0] == {
+        "at": (NOW + timedelta(minutes=2)).isoformat(),
+        "source": "sqs",
+        "kind": "unowned",
+        "subject": "i-2",
+        "detail": {"minute": 2, "nested": {"ok": True}},
+    }
+
+
+async def test_instances_are_the_attached_one_then_each_launched_one_in_order(
+    store: SqlStore,
+) -> None:
+    run = await attach(store)
+    for minutes, instance in ((30, "i-0000000000000000b"), (60, "i-0000000000000000a")):
+        moved = move(run, Phase.PENDING, minutes, "resumed")
+        resumed = Decision(
+            run=moved.run.evolve(instance_id=InstanceId(instance)), transition=moved.transition
+        )
+        await store.commit(run, resumed, now=NOW + timedelta(minutes=minutes))
+        run = resumed.run
+
+    history = [(i.instance_id, i.source) for i in await store.instances("run-42")]
+
+    assert history == [
+        (make_spec().instance_id, "attached"),
+        ("i-0000000000000000b", "launched"),
+        ("i-0000000000000000a", "launched"),
+    ]
+
+
+async def test_runs_are_counted_by_phase_and_outcome_and_their_regions_listed(
+    store: SqlStore,
+) -> None:
+    await attach(store, "a")
+    await attach(store, "b")
+    c = await attach(store, "c")
+    moved = move(c, Phase.STOPPED, 5)
+    completed = Decision(
+        run=moved.run.evolve(outcome=Outcome.COMPLETED), transition=moved.transition
+    )
+    await store.commit(c, completed, now=NOW)
+
+    assert await store.runs_by_phase_and_outcome() == {
+        ("pending", None): 2,
+        ("stopped", "completed"): 1,
+    }
+    assert await store.run_regions() == {make_spec().region}
+
+
+async def test_what_the_job_reported_is_kept_per_file_and_read_back(store: SqlStore) -> None:
+    from supervisor.core.reports import FinalMetrics, History, StatusReport
+
+    await attach(store)
+    status = StatusReport(step=120, metrics={"loss": 0.5}, wandb_run_id="w1", wandb_url="u")
+    await store.record_report("run-42", "status.json", status, read_at=NOW, now=NOW)
+    await store.record_report(
+        "run-42", "final_metrics.json", FinalMetrics(metrics={"loss": 0.4}), read_at=NOW, now=NOW
+    )
+    history = History(records=[{"step": 100, "loss": 0.6}, {"step": 150, "loss": 0.4}])
+    await store.record_report("run-42", "history.json", history, read_at=NOW, now=NOW)
+
+    data = await store.run_data("run-42")
+
+    assert data is not None
+    assert (data.step, data.wandb_run_id, data.wandb_url) == (120, "w1", "u")
+    assert data.status is not None and data.status["metrics"] == {"loss": 0.5}
+    assert data.status_at == NOW
+    assert data.history == history.records
+    assert data.total_steps == 150  # the history's last step: the final metrics gave none
+    assert data.final_metrics == {"loss": 0.4}
+    assert await store.run_data("other") is None

@@ -1,14 +1,12 @@
-"""The adapters' zombie parts: the zombies table and the append-only terminations log in real
-SQLite files, the queries the zombie sweep and the report make, and the tagged describe
-against the real moto server."""
+"""The adapters' zombie parts: the zombies table and the append-only terminations log on both
+store backends (a real SQLite file, a real PostgreSQL database), the queries the zombie sweep
+and the report make, and the tagged describe against the real moto server."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +14,7 @@ import pytest
 from supervisor.adapters import aws as aws_module
 from supervisor.adapters.aws import Aws
 from supervisor.adapters.faults import FaultPlan
-from supervisor.adapters.store import Store
+from supervisor.adapters.sql_store import SqlStore
 from supervisor.core.errors import TransientError
 from supervisor.core.events import Action
 from supervisor.core.machine import Decision, Transition, new_run
@@ -31,18 +29,12 @@ from supervisor.core.zombies import (
     ZombieKind,
     ZombieState,
 )
+from tests.adapters.backends import integrity_error, raw_execute
 from tests.conftest import AMI, REGION, Fleet
 from tests.core.builders import NOW, make_spec
 
 INSTANCE = InstanceId("i-0123456789abcdef0")
 OTHER = InstanceId("i-0fedcba9876543210")
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = await Store.open(tmp_path / "s.db")
-    yield opened
-    await opened.close()
 
 
 def zombie(instance: str = INSTANCE, region: str = REGION, **changes: Any) -> Zombie:
@@ -74,7 +66,7 @@ def line(
 
 
 async def run_at(
-    store: Store,
+    store: SqlStore,
     run_id: str,
     phase: Phase,
     *,
@@ -99,7 +91,7 @@ async def run_at(
 # -- the zombies table ---------------------------------------------------------------------------
 
 
-async def test_a_saved_zombie_round_trips(store: Store) -> None:
+async def test_a_saved_zombie_round_trips(store: SqlStore) -> None:
     keeper = zombie(
         cause=Cause(ZombieKind.UNOWNED, "r9", Phase.STOPPED, None, keep_data=True),
         state=ZombieState.TERMINATING,
@@ -115,7 +107,7 @@ async def test_a_saved_zombie_round_trips(store: Store) -> None:
     assert await store.zombies() == [keeper]
 
 
-async def test_one_row_per_instance_and_region_updated_in_place(store: Store) -> None:
+async def test_one_row_per_instance_and_region_updated_in_place(store: SqlStore) -> None:
     first = zombie()
     elsewhere = zombie(region="eu-west-1")
     await store.save_zombie(first)
@@ -124,10 +116,10 @@ async def test_one_row_per_instance_and_region_updated_in_place(store: Store) ->
     tried = replace(first, attempts=1, last_attempt_at=NOW, last_error="X: y")
     await store.save_zombie(tried)
 
-    assert await store.zombies() == [tried, elsewhere]
+    assert await store.zombies() == [elsewhere, tried]  # eu-west-1 before us-east-1
 
 
-async def test_resolved_zombies_are_listed_only_when_asked(store: Store) -> None:
+async def test_resolved_zombies_are_listed_only_when_asked(store: SqlStore) -> None:
     open_one = zombie()
     done = zombie(OTHER, state=ZombieState.CONFIRMED, resolved_at=NOW, note="terminated")
     await store.save_zombie(open_one)
@@ -137,7 +129,7 @@ async def test_resolved_zombies_are_listed_only_when_asked(store: Store) -> None
     assert await store.zombies(open_only=False) == [open_one, done]
 
 
-async def test_a_zombie_and_its_log_line_are_saved_together(store: Store) -> None:
+async def test_a_zombie_and_its_log_line_are_saved_together(store: SqlStore) -> None:
     confirmed = zombie(state=ZombieState.CONFIRMED, resolved_at=NOW)
     entry = line(AttemptOutcome.CONFIRMED, calls=2)
 
@@ -147,20 +139,21 @@ async def test_a_zombie_and_its_log_line_are_saved_together(store: Store) -> Non
     assert await store.terminations() == [entry]
 
 
-async def test_the_terminations_log_is_append_only(store: Store) -> None:
+async def test_the_terminations_log_is_append_only(store: SqlStore) -> None:
     await store.save_zombie(zombie(), line(AttemptOutcome.FAILED, code="InternalError"))
 
-    with sqlite3.connect(store.path) as db, pytest.raises(sqlite3.IntegrityError, match="append"):
-        db.execute("UPDATE terminations SET outcome = 'confirmed'")
-    with sqlite3.connect(store.path) as db, pytest.raises(sqlite3.IntegrityError, match="append"):
-        db.execute("DELETE FROM terminations")
+    with pytest.raises(integrity_error(store), match="append"):
+        raw_execute(store, "UPDATE terminations SET outcome = 'confirmed'")
+    with pytest.raises(integrity_error(store), match="append"):
+        raw_execute(store, "DELETE FROM terminations")
+    assert len(await store.terminations()) == 1
 
 
 # -- the sweep's queries --------------------------------------------------------------------------
 
 
 async def test_ended_run_instances_are_those_of_runs_ended_in_a_zombie_phase_lately(
-    store: Store,
+    store: SqlStore,
 ) -> None:
     await run_at(store, "crashed", Phase.CRASHED, instance=INSTANCE)
     await run_at(store, "stopped-eu", Phase.STOPPED, instance=OTHER, region="eu-west-1")
@@ -174,7 +167,7 @@ async def test_ended_run_instances_are_those_of_runs_ended_in_a_zombie_phase_lat
     assert sorted(found) == sorted([(INSTANCE, REGION), (OTHER, "eu-west-1")])
 
 
-async def test_runs_on_instances_finds_owners_in_any_phase_and_named_runs(store: Store) -> None:
+async def test_runs_on_instances_finds_owners_in_any_phase_and_named_runs(store: SqlStore) -> None:
     crashed = await run_at(store, "crashed", Phase.CRASHED, instance=INSTANCE)
     running = await run_at(store, "running", Phase.RUNNING, instance=INSTANCE)
     named = await run_at(store, "named", Phase.STOPPED, instance=OTHER)
@@ -191,7 +184,7 @@ async def test_runs_on_instances_finds_owners_in_any_phase_and_named_runs(store:
     }
 
 
-async def test_runs_on_instances_takes_more_ids_than_one_query_binds(store: Store) -> None:
+async def test_runs_on_instances_takes_more_ids_than_one_query_binds(store: SqlStore) -> None:
     await run_at(store, "last", Phase.CRASHED, instance="i-0000000000000ffff")
     ids = [f"i-{n:017x}" for n in range(1, 1200)] + ["i-0000000000000ffff"]
 
@@ -200,7 +193,7 @@ async def test_runs_on_instances_takes_more_ids_than_one_query_binds(store: Stor
     assert [r.spec.run_id for r in found] == ["last"]
 
 
-async def test_active_owner_is_an_active_run_on_that_instance_and_region(store: Store) -> None:
+async def test_active_owner_is_an_active_run_on_that_instance_and_region(store: SqlStore) -> None:
     await run_at(store, "ended", Phase.CRASHED, instance=INSTANCE)
     assert await store.active_owner(INSTANCE, REGION) is None
 
@@ -210,7 +203,7 @@ async def test_active_owner_is_an_active_run_on_that_instance_and_region(store: 
     assert await store.active_owner(INSTANCE, "eu-west-1") is None
 
 
-async def test_run_regions_are_the_regions_of_every_run(store: Store) -> None:
+async def test_run_regions_are_the_regions_of_every_run(store: SqlStore) -> None:
     await run_at(store, "a", Phase.RUNNING)
     await run_at(store, "b", Phase.CRASHED, instance=OTHER, region="eu-west-1")
 
@@ -220,7 +213,7 @@ async def test_run_regions_are_the_regions_of_every_run(store: Store) -> None:
 # -- the report -----------------------------------------------------------------------------------
 
 
-async def test_the_report_sums_up_each_day_and_the_runs(store: Store) -> None:
+async def test_the_report_sums_up_each_day_and_the_runs(store: SqlStore) -> None:
     day1, day2 = f"{NOW:%Y-%m-%d}", f"{NOW + timedelta(days=1):%Y-%m-%d}"
     entries = [
         line(AttemptOutcome.UNAUTHORIZED, code="UnauthorizedOperation", seconds=300),
@@ -258,7 +251,7 @@ async def test_the_report_sums_up_each_day_and_the_runs(store: Store) -> None:
     assert report.open_zombies == 1
 
 
-async def test_an_empty_report_has_no_days_and_no_rates(store: Store) -> None:
+async def test_an_empty_report_has_no_days_and_no_rates(store: SqlStore) -> None:
     report = await store.fleet_report(since=NOW - timedelta(days=7))
 
     assert (report.days, report.runs_by_outcome, report.open_zombies) == ((), {}, 0)

@@ -30,10 +30,12 @@ CREATE TABLE transitions (
     UNIQUE (run_id, seq)
 );
 
+-- begin sqlite-only: on PostgreSQL, postgresql/0001_initial.sql says this
 CREATE TRIGGER transitions_append_only_update BEFORE UPDATE ON transitions
 BEGIN SELECT RAISE(ABORT, 'transitions are append-only'); END;
 CREATE TRIGGER transitions_append_only_delete BEFORE DELETE ON transitions
 BEGIN SELECT RAISE(ABORT, 'transitions are append-only'); END;
+-- end sqlite-only
 
 CREATE TABLE instances (
     run_id      TEXT NOT NULL REFERENCES runs (run_id),

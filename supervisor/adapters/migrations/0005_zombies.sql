@@ -36,7 +36,9 @@ CREATE TABLE terminations (
 );
 CREATE INDEX terminations_at ON terminations (at);
 
+-- begin sqlite-only: on PostgreSQL, postgresql/0005_zombies.sql says this
 CREATE TRIGGER terminations_append_only_update BEFORE UPDATE ON terminations
 BEGIN SELECT RAISE(ABORT, 'terminations are append-only'); END;
 CREATE TRIGGER terminations_append_only_delete BEFORE DELETE ON terminations
 BEGIN SELECT RAISE(ABORT, 'terminations are append-only'); END;
+-- end sqlite-only
