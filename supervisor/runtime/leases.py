@@ -126,6 +126,11 @@ class LeaseBook:
             )
         return lease
 
+    def live(self, run_id: str) -> bool:
+        """Held and, unless exclusive, not expired by this replica's clock."""
+        lease = self._held.get(run_id)
+        return lease is not None and (self.exclusive or lease.left_s(self._clock.now()) > 0)
+
     def renewed(self, held: dict[str, int], until: datetime) -> list[str]:
         """Apply a renewal (the runs still held, with their epochs): extend those leases and
         forget the others. Returns the run ids lost."""
