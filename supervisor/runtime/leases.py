@@ -276,12 +276,13 @@ class LeaseKeeper:
 
     def stopped(self, run_id: str, *, lost: str | None = None) -> None:
         """A monitor stopped: its run finished (`lost` None), or its lease was found gone or
-        expiring (`lost`: why). Its lease is handed back at the next tick."""
+        expiring (`lost`: why). Its lease is handed back at the next tick (exclusive: kept,
+        nobody else could use it, and a resume here takes it again)."""
         lease = self.book.drop(run_id)
         if lost is not None:
             self.counts.lose(lost)
             log.warning("lease_lost", run_id=run_id, replica=self.owner, why=lost)
-        if lease is not None:
+        if lease is not None and not self.book.exclusive:
             self._to_release[run_id] = lease.epoch
 
     async def adopt(self, run_id: str) -> Lease | None:
