@@ -17,6 +17,8 @@ which `_write` turns into `StaleVersion`, as on SQLite.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from typing import Any, Self
@@ -46,6 +48,11 @@ POOL_MAX = 10
 MIGRATION_LOCK = 0x5355_5045_5256_4953  # "SUPERVIS": one advisory lock key for the migrations
 SCHEMA_MIGRATIONS = "schema_migrations"
 """The migrations applied (SQLite keeps the number in `PRAGMA user_version`)."""
+
+RETRY_DELAYS_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0)
+"""Waits before running a read, or a write that did not reach its COMMIT, again after the
+connection was lost (OperationalError): about half a minute in all, a managed database's
+failover. Longer, the error is the caller's (a monitor fails its run)."""
 
 Connection = psycopg.AsyncConnection[TupleRow]
 
@@ -104,18 +111,32 @@ async def migrate(conn: Connection) -> int:
         for number, text in postgresql_migrations():
             if number <= current:
                 continue
-            async with conn.transaction():
-                # No parameters: the file's statements go as one script (simple protocol).
-                await conn.execute(text)
-                await conn.execute(
-                    f"INSERT INTO {SCHEMA_MIGRATIONS} (version, applied_at) VALUES ($1, $2)",
-                    (number, _iso(datetime.now(UTC))),
-                )
+            try:
+                async with conn.transaction():
+                    # No parameters: the file's statements go as one script (simple protocol).
+                    await conn.execute(text)
+                    await conn.execute(
+                        f"INSERT INTO {SCHEMA_MIGRATIONS} (version, applied_at) VALUES ($1, $2)",
+                        (number, _iso(datetime.now(UTC))),
+                    )
+            except psycopg.Error as exc:
+                raise MigrationFailed(number, current, exc) from exc
             log.info("migration_applied", version=number)
             current = number
         return current
     finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", (MIGRATION_LOCK,))
+        # A lost connection has released its session's lock already.
+        with contextlib.suppress(psycopg.OperationalError):
+            await conn.execute("SELECT pg_advisory_unlock($1)", (MIGRATION_LOCK,))
+
+
+class MigrationFailed(Exception):
+    """Migration `number` failed and was rolled back: the database stays at `version`."""
+
+    def __init__(self, number: int, version: int, error: psycopg.Error) -> None:
+        super().__init__(f"migration {number} failed ({_one_line(str(error))})")
+        self.number = number
+        self.version = version
 
 
 class PgStore(SqlStore):
@@ -136,6 +157,12 @@ class PgStore(SqlStore):
         first = await connect(url)
         try:
             version = await migrate(first)
+        except MigrationFailed as exc:
+            raise DatabaseUnavailable(
+                f"{DATABASE_URL_SETTING} ({redact(url)}): {redact_text(str(exc), url)}; the "
+                f"database stays at schema version {exc.version}: fix the cause (the role may "
+                "lack CREATE on the schema) and start again"
+            ) from None
         except psycopg.Error as exc:
             raise unavailable(url, exc) from None
         finally:
@@ -151,6 +178,9 @@ class PgStore(SqlStore):
             },
             open=False,
             name="supervisor-store",
+            # A pooled connection the server dropped (a restart, a failover, an idle timeout)
+            # is found out and replaced when it is taken, not by the write that gets it.
+            check=AsyncConnectionPool.check_connection,
         )
         try:
             await pool.open(wait=True, timeout=CONNECT_TIMEOUT_S * 3)
@@ -175,21 +205,44 @@ class PgStore(SqlStore):
 
         With `stale_if_unchanged`, the first statement must change a row (a version-checked
         UPDATE); otherwise everything is rolled back and `StaleVersion` raised with that text.
+
+        A lost connection before the COMMIT was sent (the server restarted, a failover) rolled
+        the transaction back: it is run again on another connection, for `RETRY_DELAYS_S`. A
+        connection lost during the COMMIT leaves its outcome unknown: that error is raised.
         """
-        async with self._pool.connection() as conn, conn.transaction():
-            for index, (text, params) in enumerate(statements):
-                cursor = await conn.execute(POSTGRESQL.render(text), params)
-                if index == 0 and stale_if_unchanged and cursor.rowcount == 0:
-                    raise StaleVersion(stale_if_unchanged)
+        statements = list(statements)
+        for delay in (*RETRY_DELAYS_S, None):
+            committing = False
+            try:
+                async with self._pool.connection() as conn, conn.transaction():
+                    for index, (text, params) in enumerate(statements):
+                        cursor = await conn.execute(POSTGRESQL.render(text), params)
+                        if index == 0 and stale_if_unchanged and cursor.rowcount == 0:
+                            raise StaleVersion(stale_if_unchanged)
+                    committing = True  # leaving the block sends COMMIT
+                return
+            except psycopg.OperationalError as exc:
+                if committing or delay is None:
+                    raise
+                await _wait_to_retry("write", exc, delay)
 
     async def _read(self, text: str, params: Iterable[Any] = ()) -> list[Row]:
-        async with self._pool.connection() as conn:
-            cursor = await conn.execute(POSTGRESQL.render(text), tuple(params))
-            return list(await cursor.fetchall())
+        """The rows of one query; run again on another connection after a lost one."""
+        rendered, values = POSTGRESQL.render(text), tuple(params)
+        for delay in (*RETRY_DELAYS_S, None):
+            try:
+                async with self._pool.connection() as conn:
+                    cursor = await conn.execute(rendered, values)
+                    return list(await cursor.fetchall())
+            except psycopg.OperationalError as exc:
+                if delay is None:
+                    raise
+                await _wait_to_retry("read", exc, delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _pages(self, text: str, params: Iterable[Any], page: int) -> AsyncIterator[list[Row]]:
-        """A server-side cursor in a read-only transaction: the rows come `page` at a time and
-        never all at once."""
+        """A server-side cursor in a transaction: the rows come `page` at a time and never all
+        at once. Not run again after a lost connection (pages were handed out already)."""
         async with (
             self._pool.connection() as conn,
             conn.transaction(),
@@ -205,14 +258,30 @@ class PgStore(SqlStore):
     """Inbox rows, their answers and transitions NOTIFY in their transaction
     (`supervisor.adapters.pg_notices` listens)."""
 
-    # -- leases on PostgreSQL (issue 14: joins wt/leases' SqlStore hooks to this adapter) -------
+    # -- leases (issue 14: the statements are `SqlStore`'s, section "leases") ------------------
 
     _skip_locked = " FOR UPDATE SKIP LOCKED"
-    """Concurrent claims by several replicas pass over the rows another one is claiming."""
 
     async def _write_returning(self, statement: sql.Statement) -> list[Row]:
-        """Run one statement (an UPDATE ... RETURNING) in its own transaction; its rows."""
+        """Run one statement (an UPDATE ... RETURNING) in its own transaction; its rows. Run
+        again after a connection lost before the COMMIT, as `_write` is."""
         text, params = statement
-        async with self._pool.connection() as conn, conn.transaction():
-            cursor = await conn.execute(POSTGRESQL.render(text), params)
-            return list(await cursor.fetchall())
+        rendered = POSTGRESQL.render(text)
+        for delay in (*RETRY_DELAYS_S, None):
+            committing = False
+            try:
+                async with self._pool.connection() as conn, conn.transaction():
+                    cursor = await conn.execute(rendered, params)
+                    rows: list[Row] = list(await cursor.fetchall())
+                    committing = True  # leaving the block sends COMMIT
+                return rows
+            except psycopg.OperationalError as exc:
+                if committing or delay is None:
+                    raise
+                await _wait_to_retry("write", exc, delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+async def _wait_to_retry(what: str, exc: psycopg.OperationalError, delay: float) -> None:
+    log.warning("database_retried", operation=what, error=_one_line(str(exc)), delay_s=delay)
+    await asyncio.sleep(delay)

@@ -125,6 +125,7 @@ def _start(settings: Settings, config: Path | None, *, foreground: bool, console
         run_foreground,
     )
 
+    check_database(settings)  # a URL that does not connect: one line, before anything else
     if foreground:
         try:
             run_foreground(settings, console=console)
@@ -134,7 +135,6 @@ def _start(settings: Settings, config: Path | None, *, foreground: bool, console
     prepare_state_dir(settings.state_dir)
     if lock_is_held(settings.pid_path):
         fail(_already_running(settings, _lock_holder(settings)))
-    check_database(settings)  # a URL that does not connect: its one line, here
     command = [
         sys.executable,
         "-m",

@@ -93,7 +93,7 @@ class Daemon:
             aws_calls=lambda: cloud.counter.outcomes,
         )
         self.reconciler = Reconciler(
-            cloud, lambda: list(self.monitors.values()), interval_s=settings.reconcile_interval_s
+            cloud, self._leased_monitors, interval_s=settings.reconcile_interval_s
         )
         self.lease_book = LeaseBook(
             settings.replica_id or default_replica_id(),
@@ -153,7 +153,7 @@ class Daemon:
         self.idle_sweep = IdleSweep(
             cloud,
             self.clock,
-            lambda: list(self.monitors.values()),
+            self._leased_monitors,
             interval_s=settings.idle_interval_s,
         )
         self.started_at = self.clock.now()
@@ -383,6 +383,11 @@ class Daemon:
             log.exception("run_fail_not_recorded", run_id=run_id)
 
     # -- leases (issue 14) ------------------------------------------------------------------
+
+    def _leased_monitors(self) -> list[Monitor]:
+        """The monitors whose lease is live: what the sweeps describe (a replica that wakes
+        from SIGSTOP past its leases makes no call for runs it no longer owns)."""
+        return [m for m in self.monitors.values() if self.lease_book.live(m.run_id)]
 
     def _forget_task(self, run_id: str, task: asyncio.Task[None]) -> None:
         if self._monitor_tasks.get(run_id) is task:

@@ -126,6 +126,11 @@ class LeaseBook:
             )
         return lease
 
+    def live(self, run_id: str) -> bool:
+        """Held and, unless exclusive, not expired by this replica's clock."""
+        lease = self._held.get(run_id)
+        return lease is not None and (self.exclusive or lease.left_s(self._clock.now()) > 0)
+
     def renewed(self, held: dict[str, int], until: datetime) -> list[str]:
         """Apply a renewal (the runs still held, with their epochs): extend those leases and
         forget the others. Returns the run ids lost."""
@@ -271,12 +276,13 @@ class LeaseKeeper:
 
     def stopped(self, run_id: str, *, lost: str | None = None) -> None:
         """A monitor stopped: its run finished (`lost` None), or its lease was found gone or
-        expiring (`lost`: why). Its lease is handed back at the next tick."""
+        expiring (`lost`: why). Its lease is handed back at the next tick (exclusive: kept,
+        nobody else could use it, and a resume here takes it again)."""
         lease = self.book.drop(run_id)
         if lost is not None:
             self.counts.lose(lost)
             log.warning("lease_lost", run_id=run_id, replica=self.owner, why=lost)
-        if lease is not None:
+        if lease is not None and not self.book.exclusive:
             self._to_release[run_id] = lease.epoch
 
     async def adopt(self, run_id: str) -> Lease | None:

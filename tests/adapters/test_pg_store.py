@@ -6,6 +6,7 @@ backends is tests/adapters/test_store.py's."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -84,8 +85,13 @@ async def test_a_migration_that_fails_is_rolled_back_alone(
     real = postgresql_migrations()
     broken = [*real[:2], (3, "CREATE TABLE half_done (x TEXT); SELECT no_such_function();")]
     monkeypatch.setattr(pg_store, "postgresql_migrations", lambda: broken)
-    with pytest.raises(DatabaseUnavailable, match="no_such_function"):
+    with pytest.raises(DatabaseUnavailable) as raised:
         await PgStore.open(pg_url)
+    assert str(raised.value).startswith(
+        f"SUPERVISOR_DATABASE_URL ({redact(pg_url)}): migration 3 failed (function "
+        "no_such_function() does not exist"
+    )
+    assert "the database stays at schema version 2" in str(raised.value)
     assert _applied(pg_url) == [1, 2]
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT to_regclass('half_done')").fetchone() == (None,)
@@ -126,9 +132,9 @@ def test_the_portable_subset_is_translated_word_for_word() -> None:
 
 async def test_the_portable_subset_runs_on_postgresql(pg_url: str) -> None:
     """What later migrations may use (ALTER TABLE ADD COLUMN, CREATE TABLE with TEXT,
-    INTEGER, REAL and an autoincrement id, CREATE INDEX) runs, translated, on a migrated
-    database, and an id is filled in. (Names of its own: later migrations took `owner` and
-    `replicas`.)"""
+    INTEGER, REAL and an autoincrement id, CREATE [UNIQUE] INDEX, a plain UPDATE) runs,
+    translated, on a migrated database, and an id is filled in. (Its names are probes, so
+    that no real migration ever takes one.)"""
     store = await PgStore.open(pg_url)
     await store.close()
     sqlite = (
@@ -140,13 +146,22 @@ async def test_the_portable_subset_runs_on_postgresql(pg_url: str) -> None:
         "    runs_owned INTEGER NOT NULL DEFAULT 0,\n"
         "    load REAL NOT NULL DEFAULT 0.5\n"
         ");\n"
-        "CREATE INDEX runs_probe_owner ON runs (probe_owner);\n"
+        "CREATE INDEX probe_owner_index ON runs (probe_owner);\n"
+        "CREATE UNIQUE INDEX probe_replicas_load ON probe_replicas (replica_id, load);\n"
+        "CREATE TABLE probe_inbox (seq INTEGER PRIMARY KEY, run_id TEXT NOT NULL REFERENCES runs "
+        "(run_id), body TEXT NOT NULL DEFAULT '{}');\n"
+        "UPDATE runs SET probe_epoch = 1 WHERE probe_owner IS NULL;\n"
     )
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(translate(sqlite).encode())
         conn.execute("INSERT INTO probe_replicas (replica_id, runs_owned) VALUES ('a', 9999999999)")
         row = conn.execute("SELECT id, runs_owned, load FROM probe_replicas").fetchone()
+        [inbox_id] = conn.execute(
+            "SELECT data_type FROM information_schema.columns "
+            "WHERE table_name = 'probe_inbox' AND column_name = 'seq' AND is_identity = 'YES'"
+        ).fetchall()
     assert row == (1, 9_999_999_999, 0.5)
+    assert inbox_id == ("bigint",)  # filled when left out, as SQLite's INTEGER PRIMARY KEY is
 
 
 def test_every_sqlite_only_block_has_its_postgresql_variant_and_no_variant_is_stray() -> None:
@@ -177,6 +192,30 @@ async def test_the_append_only_logs_refuse_updates_and_deletes(pg_url: str, tabl
 # -- connecting ---------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("source", ["PGPASSWORD", "a pgpass file"])
+async def test_the_password_may_come_from_libpqs_own_places(
+    postgres_server: PostgresServer,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    source: str,
+) -> None:
+    database = postgres_server.create_database()
+    url = postgres_server.url(database, password=None)
+    if source == "PGPASSWORD":
+        monkeypatch.setenv("PGPASSWORD", postgres_server.password)
+    else:
+        pgpass = tmp_path / "pgpass"
+        pgpass.write_text(
+            f"127.0.0.1:{postgres_server.port}:*:postgres:{postgres_server.password}\n"
+        )
+        pgpass.chmod(0o600)
+        monkeypatch.setenv("PGPASSFILE", str(pgpass))  # ~/.pgpass, without touching $HOME
+
+    store = await PgStore.open(url)
+    await store.close()
+    assert redact(url) == url  # nothing to hide: the URL has no password
+
+
 async def test_a_wrong_password_fails_in_one_line_naming_the_setting_without_the_password(
     postgres_server: PostgresServer,
 ) -> None:
@@ -200,6 +239,80 @@ async def test_a_closed_port_fails_in_one_line(postgres_server: PostgresServer) 
     with pytest.raises(DatabaseUnavailable, match="Connection refused") as raised:
         await PgStore.open(url)
     assert "\n" not in str(raised.value) and "secret-pw" not in str(raised.value)
+
+
+async def test_connections_the_server_dropped_are_replaced_before_they_are_used(
+    pg_url: str,
+) -> None:
+    """After the server ends every pooled connection (as a restart or a failover does), the
+    next writes and reads work: the pool checks a connection before handing it out."""
+    store = await PgStore.open(pg_url)
+    try:
+        await store.create_run(new_run(make_spec(run_id="before"), now=NOW))
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            ended = conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchone()
+        assert ended is not None and ended[0] >= 1
+
+        await store.create_run(new_run(make_spec(run_id="after"), now=NOW))
+        assert [r.run.spec.run_id for r in await store.runs()] == ["after", "before"]
+    finally:
+        await store.close()
+
+
+async def _terminate_first(url: str, query: str) -> int:
+    """Wait until a backend runs `query`, end it (as a server restart would); its pid."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        while True:
+            cursor = await conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE query = %s AND state = 'active'", (query,)
+            )
+            if row := await cursor.fetchone():
+                await conn.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+                return int(row[0])
+            await asyncio.sleep(0.01)
+
+
+async def test_a_write_whose_connection_is_lost_before_its_commit_is_run_again_once(
+    pg_url: str,
+) -> None:
+    """The connection ends mid-transaction (after the INSERT, during the next statement):
+    nothing of it was committed, the store runs it again on another connection, and the row
+    is there exactly once."""
+    store = await PgStore.open(pg_url)
+    hold = "SELECT pg_sleep(0.5)"  # keeps the transaction open until the backend is ended
+    try:
+        write = asyncio.create_task(
+            store._write(
+                [
+                    (
+                        "INSERT INTO audit (at, source, kind, detail_json) VALUES (?, ?, ?, ?)",
+                        (NOW.isoformat(), "test", "once", "{}"),
+                    ),
+                    (hold, ()),
+                ]
+            )
+        )
+        ended = await _terminate_first(pg_url, hold)
+        await asyncio.wait_for(write, timeout=60)
+        assert ended > 0
+        assert [e["kind"] for e in await store.audit()] == ["once"]
+    finally:
+        await store.close()
+
+
+async def test_a_read_whose_connection_is_lost_is_run_again(pg_url: str) -> None:
+    store = await PgStore.open(pg_url)
+    query = "SELECT 42, pg_sleep(0.5)"
+    try:
+        read = asyncio.create_task(store._read(query))
+        await _terminate_first(pg_url, query)
+        rows = await asyncio.wait_for(read, timeout=60)
+        assert [row[0] for row in rows] == [42]
+    finally:
+        await store.close()
 
 
 async def test_the_store_repr_shows_the_url_without_its_password(pg_url: str) -> None:

@@ -39,7 +39,7 @@ from supervisor.core.events import (
 )
 from supervisor.core.machine import Decision, Transition, new_run, step
 from supervisor.core.run import Outcome, Phase, Run
-from supervisor.core.values import InstanceState
+from supervisor.core.values import InstanceId, InstanceState
 from supervisor.runtime.ports import RunStore
 from tests.adapters.backends import (
     integrity_error,
@@ -711,3 +711,92 @@ async def test_a_run_stopped_by_on_crash_is_one_whose_crash_report_a_restart_rea
 
     missed = await store.crashed_without_crash_log(since=NOW)
     assert [r.run.spec.run_id for r in missed] == ["stopped-after-crash"]
+
+
+# -- issue 14: the rest of the port, on both backends ---------------------------------------------
+
+
+async def test_audit_entries_come_back_newest_first_up_to_the_limit(store: SqlStore) -> None:
+    for minute in range(3):
+        await store.record_audit(
+            at=NOW + timedelta(minutes=minute),
+            source="sqs",
+            kind="unowned",
+            subject=f"i-{minute}",
+            detail={"minute": minute, "nested": {"ok": True}},
+        )
+
+    entries = await store.audit(limit=2)
+
+    assert [e["subject"] for e in entries] == ["i-2", "i-1"]
+    assert entries[0] == {
+        "at": (NOW + timedelta(minutes=2)).isoformat(),
+        "source": "sqs",
+        "kind": "unowned",
+        "subject": "i-2",
+        "detail": {"minute": 2, "nested": {"ok": True}},
+    }
+
+
+async def test_instances_are_the_attached_one_then_each_launched_one_in_order(
+    store: SqlStore,
+) -> None:
+    run = await attach(store)
+    for minutes, instance in ((30, "i-0000000000000000b"), (60, "i-0000000000000000a")):
+        moved = move(run, Phase.PENDING, minutes, "resumed")
+        resumed = Decision(
+            run=moved.run.evolve(instance_id=InstanceId(instance)), transition=moved.transition
+        )
+        await store.commit(run, resumed, now=NOW + timedelta(minutes=minutes))
+        run = resumed.run
+
+    history = [(i.instance_id, i.source) for i in await store.instances("run-42")]
+
+    assert history == [
+        (make_spec().instance_id, "attached"),
+        ("i-0000000000000000b", "launched"),
+        ("i-0000000000000000a", "launched"),
+    ]
+
+
+async def test_runs_are_counted_by_phase_and_outcome_and_their_regions_listed(
+    store: SqlStore,
+) -> None:
+    await attach(store, "a")
+    await attach(store, "b")
+    c = await attach(store, "c")
+    moved = move(c, Phase.STOPPED, 5)
+    completed = Decision(
+        run=moved.run.evolve(outcome=Outcome.COMPLETED), transition=moved.transition
+    )
+    await store.commit(c, completed, now=NOW)
+
+    assert await store.runs_by_phase_and_outcome() == {
+        ("pending", None): 2,
+        ("stopped", "completed"): 1,
+    }
+    assert await store.run_regions() == {make_spec().region}
+
+
+async def test_what_the_job_reported_is_kept_per_file_and_read_back(store: SqlStore) -> None:
+    from supervisor.core.reports import FinalMetrics, History, StatusReport
+
+    await attach(store)
+    status = StatusReport(step=120, metrics={"loss": 0.5}, wandb_run_id="w1", wandb_url="u")
+    await store.record_report("run-42", "status.json", status, read_at=NOW, now=NOW)
+    await store.record_report(
+        "run-42", "final_metrics.json", FinalMetrics(metrics={"loss": 0.4}), read_at=NOW, now=NOW
+    )
+    history = History(records=[{"step": 100, "loss": 0.6}, {"step": 150, "loss": 0.4}])
+    await store.record_report("run-42", "history.json", history, read_at=NOW, now=NOW)
+
+    data = await store.run_data("run-42")
+
+    assert data is not None
+    assert (data.step, data.wandb_run_id, data.wandb_url) == (120, "w1", "u")
+    assert data.status is not None and data.status["metrics"] == {"loss": 0.5}
+    assert data.status_at == NOW
+    assert data.history == history.records
+    assert data.total_steps == 150  # the history's last step: the final metrics gave none
+    assert data.final_metrics == {"loss": 0.4}
+    assert await store.run_data("other") is None

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from supervisor.adapters.sql_store import SqlStore
 from supervisor.adapters.store import Store
 from supervisor.core.completion import ListRequest
 from supervisor.core.effects import ActOnInstance, ListPrefix
@@ -27,6 +28,7 @@ from supervisor.core.values import InstanceState
 from supervisor.runtime.executor import Executor
 from supervisor.runtime.leases import LeaseBook, LeaseKeeper
 from supervisor.runtime.monitor import Monitor, MonitorDeps
+from tests.adapters.backends import BACKENDS, location, open_store
 from tests.core.builders import NOW, make_spec
 from tests.runtime.conftest import Harness
 from tests.runtime.test_executor import World, _spec, _world
@@ -55,7 +57,7 @@ class Replica:
     """One replica without a daemon: its store, its keeper, and the monitors it armed (run id
     to the lease it was armed under), as the daemon's `arm` and `disarm` would keep them."""
 
-    store: Store
+    store: SqlStore
     keeper: LeaseKeeper
     armed: dict[str, Lease] = field(default_factory=dict)
     disarmed: list[str] = field(default_factory=list)
@@ -65,8 +67,8 @@ class Replica:
         return self.keeper.book
 
 
-async def replica(path: Path, name: str, clock: SetClock, *, exclusive: bool = False) -> Replica:
-    store = await Store.open(path)
+async def replica(where: str, name: str, clock: SetClock, *, exclusive: bool = False) -> Replica:
+    store = await open_store(where)
     book = LeaseBook(name, TTL_S, clock, exclusive=exclusive)
     armed: dict[str, Lease] = {}
     disarmed: list[str] = []
@@ -90,12 +92,17 @@ def clock() -> SetClock:
     return SetClock(NOW)
 
 
-@pytest.fixture
-async def pair(tmp_path: Path, clock: SetClock) -> AsyncIterator[tuple[Replica, Replica]]:
-    """Two replicas on one database with `RUNS` active runs, none of them owned."""
-    path = tmp_path / "s.db"
-    a = await replica(path, "replica-a", clock)
-    b = await replica(path, "replica-b", clock)
+@pytest.fixture(params=BACKENDS)
+async def pair(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: SetClock
+) -> AsyncIterator[tuple[Replica, Replica]]:
+    """Two replicas on one database (a SQLite file, or a PostgreSQL database) with `RUNS`
+    active runs, none of them owned."""
+    where = (
+        str(tmp_path / "s.db") if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    )
+    a = await replica(where, "replica-a", clock)
+    b = await replica(where, "replica-b", clock)
     for n in range(RUNS):
         spec = make_spec(run_id=f"run-{n:02}", instance_id=f"i-{n:017x}")
         await a.store.create_run(new_run(spec, now=NOW + timedelta(seconds=n)))
@@ -199,11 +206,11 @@ async def test_a_replica_that_wakes_past_its_ttl_drops_every_monitor_it_lost(
 
 
 async def test_a_replica_restarted_under_the_same_id_frees_its_earlier_lives_leases(
-    tmp_path: Path, pair: tuple[Replica, Replica], clock: SetClock
+    pair: tuple[Replica, Replica], clock: SetClock
 ) -> None:
     a, _ = pair
     await a.keeper.start()
-    again = await replica(tmp_path / "s.db", "replica-a", clock)  # SIGKILLed, started again
+    again = await replica(location(a.store), "replica-a", clock)  # SIGKILLed, started again
     try:
         assert await again.keeper.start() == RUNS  # no wait for the TTL
         assert epochs(again) == {2}
@@ -212,11 +219,11 @@ async def test_a_replica_restarted_under_the_same_id_frees_its_earlier_lives_lea
 
 
 async def test_an_exclusive_replica_takes_every_lease_at_start_whoever_held_it(
-    tmp_path: Path, pair: tuple[Replica, Replica], clock: SetClock
+    pair: tuple[Replica, Replica], clock: SetClock
 ) -> None:
     a, _ = pair
     await a.keeper.start()
-    alone = await replica(tmp_path / "s.db", "sqlite-daemon", clock, exclusive=True)
+    alone = await replica(location(a.store), "sqlite-daemon", clock, exclusive=True)
     try:
         assert await alone.keeper.start() == RUNS
         clock.advance(TTL_S * 10)  # an exclusive replica's leases never expire by its clock

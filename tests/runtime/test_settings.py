@@ -234,3 +234,39 @@ def test_an_unknown_supervisor_variable_is_warned_about_with_the_likely_one() ->
         "SUPERVISOR_STATE_DIR?",
         "warning: ignoring unknown variable SUPERVISOR_WHATEVER_ELSE: no setting has this name",
     ]
+
+
+# -- issue 14: the database -----------------------------------------------------------------------
+
+
+def test_without_a_database_url_the_run_database_is_the_state_directorys_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("SUPERVISOR_DATABASE_URL", raising=False)
+    settings = Settings.load(state_dir=tmp_path)
+    assert settings.database_url is None
+    assert settings.database_shown == str(tmp_path / "supervisor.db")
+
+
+def test_a_database_url_is_kept_and_shown_and_represented_without_its_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = "postgresql://sv:s3cr3t-pw@db.internal:5432/supervisor?sslmode=require"
+    monkeypatch.setenv("SUPERVISOR_DATABASE_URL", f"  {url} ")
+    settings = Settings.load()
+    assert settings.database_url == url  # libpq gets it whole
+    assert settings.database_shown == (
+        "postgresql://sv:***@db.internal:5432/supervisor?sslmode=require"
+    )
+    assert "s3cr3t-pw" not in repr(settings) and "s3cr3t-pw" not in str(settings)
+
+
+def test_a_database_url_that_is_no_postgresql_url_is_refused_without_showing_its_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SUPERVISOR_DATABASE_URL", "mysql://sv:s3cr3t-pw@db/supervisor")
+    with pytest.raises(InvalidInput) as raised:
+        Settings.load()
+    message = str(raised.value)
+    assert message.startswith("bad setting SUPERVISOR_DATABASE_URL: expected a PostgreSQL URL")
+    assert "mysql://sv:***@db/supervisor" in message and "s3cr3t-pw" not in message
