@@ -225,8 +225,13 @@ def test_two_replicas_one_sigkilled_every_run_completes_and_each_instance_stops_
             assert_chained(detail["transitions"])
             assert detail["outcome"] == "completed"
             assert [t["to"] for t in detail["transitions"]].count("stopped") == 1
+        # The survivor holds the fleet-wide duties (the zombie sweep) once the dead one's
+        # duty lease ran out: its role says so.
+        wait_for(
+            lambda: b.daemon_status()["role"] == "leader",
+            message=lambda: f"replica-b to take the leader duty: {b.daemon_status()['role']}",
+        )
         status = b.daemon_status()
-        assert status["role"] == "replica"
         listed = {r["replica_id"]: r for r in status["replicas"]}
         assert listed["replica-a"]["alive"] is False
         assert listed["replica-b"]["alive"] is True
