@@ -14,7 +14,7 @@ import os
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -313,15 +313,33 @@ class ControlApi:
             if queue is None or ended:
                 return
             closing = asyncio.ensure_future(self._d.closing.wait())
+            getting: asyncio.Future[FeedItem] | None = None
             try:
                 while True:
                     # A follower must not hold the daemon's shutdown: the stream ends with it.
-                    getting = asyncio.ensure_future(queue.get())
-                    await asyncio.wait({getting, closing}, return_when=asyncio.FIRST_COMPLETED)
-                    if not getting.done():
+                    getting = getting or asyncio.ensure_future(queue.get())
+                    # A commit elsewhere (or the poll) also wakes it: the run may have moved.
+                    nudged = asyncio.ensure_future(
+                        self._d.notices.wait(TRANSITION_CHANNEL, self._d.settings.inbox_poll_s)
+                    )
+                    either: set[asyncio.Future[Any]] = {getting, closing, nudged}
+                    try:
+                        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        nudged.cancel()
+                    if closing.done() and not getting.done():
                         getting.cancel()
                         return
-                    item = getting.result()
+                    if not getting.done():
+                        if self._d.monitors.get(run_id) is monitor:
+                            continue
+                        # The monitor went (its lease moved to another replica, or it
+                        # crashed and the run was failed): follow what the store gets.
+                        getting.cancel()
+                        async for stored in self._follow_stored(run_id, last_seq):
+                            yield stored
+                        return
+                    item, getting = getting.result(), None
                     if isinstance(item, FeedTransition):
                         if item.seq <= last_seq:
                             continue
@@ -331,6 +349,8 @@ class ControlApi:
                         return
             finally:
                 closing.cancel()
+                if getting is not None:
+                    getting.cancel()
         finally:
             if queue is not None and monitor is not None:
                 monitor.unsubscribe(queue)

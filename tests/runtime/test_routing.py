@@ -95,6 +95,19 @@ async def pair(request: pytest.FixtureRequest, fleet: Fleet) -> AsyncIterator[Pa
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture
+async def pg_pair(fleet: Fleet, pg_url: str) -> AsyncIterator[Pair]:
+    """Two replicas on PostgreSQL only: where runs move between replicas by their leases
+    (with SQLite each daemon holds every lease it takes)."""
+    root = Path(tempfile.mkdtemp(prefix="sv-rr-", dir="/tmp"))
+    made = Pair(fleet, root, pg_url)
+    try:
+        yield made
+    finally:
+        await made.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 async def inbox_rows(harness: Harness) -> list[tuple[str, str, str, str | None, str | None]]:
     """(run id, kind, state, created by, answered by) of every inbox row, oldest first."""
     assert harness.store is not None
@@ -208,6 +221,36 @@ async def test_tail_f_through_another_replica_follows_the_owners_transitions_to_
     await a.api.request("r1", "stop")  # committed by a only
     await asyncio.wait_for(following, REACT_S)  # the stream ends with the run
     assert seen == [P.PENDING, P.RUNNING, P.STOPPING, P.STOPPED]
+
+
+async def test_tail_f_on_the_owner_goes_on_from_the_store_when_the_run_moves_to_another_replica(
+    pg_pair: Pair,
+) -> None:
+    pair = pg_pair
+    await pair.start()
+    a, b = pair.a.daemon, pair.b.daemon
+    assert a is not None and b is not None
+    (instance,) = pair.a.fleet.launch()
+    await pair.a.attach("r1", instance, grace_s=300.0, grace_mode="fixed")
+    await pair.a.wait_phase("r1", P.RUNNING)
+    seen: list[Phase] = []
+
+    async def follow() -> None:
+        async for item in a.api.tail("r1", follow=True):  # a watches it: its monitor's feed
+            if isinstance(item, FeedTransition):
+                seen.append(item.transition.to_phase)
+
+    following = asyncio.create_task(follow())
+    await wait_for(lambda: _true(seen == [P.PENDING, P.RUNNING]), what="the history replayed")
+    # The run moves: a hands it back (as a replica with more than its share does), b claims.
+    await a.lease_keeper._release_idle(1)
+    await b.lease_keeper._claim(None)
+    assert "r1" in b.monitors and "r1" not in a.monitors
+
+    await b.api.request("r1", "stop")  # committed by b only
+    await asyncio.wait_for(following, REACT_S)
+    assert seen == [P.PENDING, P.RUNNING, P.STOPPING, P.STOPPED]
+    assert (pair.a.calls("StopInstances"), pair.b.calls("StopInstances")) == (0, 1)
 
 
 # -- events from the queue -----------------------------------------------------------------------
