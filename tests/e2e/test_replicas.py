@@ -20,7 +20,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -304,3 +304,36 @@ def test_a_sigstopped_replica_resumed_after_its_leases_moved_makes_no_call_and_n
         assert b_tap.stops() == Counter({instance: 1 for instance in instances})
         assert a_tap.stops() == Counter()
         assert log_events(a, "action_requested") == 0
+
+
+def test_a_replica_stopped_cleanly_hands_its_runs_over_before_its_leases_would_expire(
+    fleet: Fleet, pg_url: str, tap: tuple[AwsTap, dict[str, str]]
+) -> None:
+    proxy, aws = tap
+    runs = [f"hb-{n}" for n in range(3)]
+    instances = fleet.launch(len(runs))
+    with cli_for(aws) as a, cli_for(aws) as b:
+        slow = {"SUPERVISOR_LEASE_TTL_S": "30"}  # the default: a lease outlives the test's wait
+        a.start_daemon(**replica_env("replica-a", pg_url, **slow))
+        for run, instance in zip(runs, instances, strict=True):
+            a.attach(run, instance, fleet.prefix(run))
+        b.start_daemon(**replica_env("replica-b", pg_url, **slow))
+        wait_all(a, pg_url, "running", runs)
+        assert set(owners(pg_url).values()) == {"replica-a"}  # within its fair share + slack
+
+        [(earliest,)] = pg_rows(pg_url, "SELECT MIN(lease_until) FROM runs")
+        a.stop_daemon()
+        wait_for(
+            lambda: set(owners(pg_url).values()) == {"replica-b"},
+            message=lambda: f"B to claim the runs handed back: {owners(pg_url)}{b.log_tail()}",
+        )
+        # Claimed before any of A's leases would have expired: A handed them back.
+        assert datetime.now(UTC) < datetime.fromisoformat(earliest)
+        for run in runs:
+            fleet.put(f"runs/{run}/COMPLETE")
+        wait_all(b, pg_url, "stopped", runs)
+
+        assert proxy.stops() == Counter({instance: 1 for instance in instances})
+        [(state,)] = pg_rows(pg_url, "SELECT state FROM replicas WHERE replica_id = 'replica-a'")
+        assert state == "stopped"
+        b.stop_daemon()
