@@ -5,7 +5,8 @@ duty lease `leader` (`supervisor.core.duties`), so no instance is acted on by tw
 (a root task); `holds()` answers from the last renewal and the injected clock, so a replica
 that was frozen past its lease's end refuses to act before it has even read the database.
 With SQLite the single daemon takes the lease over at start (its state-directory lock proves
-nobody else is alive), so a restart sweeps at once as before.
+nobody else is alive), so a restart sweeps at once as before, and holds it until it stops
+with no renewal (no periodic write), as it holds its runs' leases.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from datetime import timedelta
 import structlog
 
 from supervisor.core.duties import DutyLease
+from supervisor.runtime.leases import UNTIL_RELEASED
 from supervisor.runtime.ports import Clock, RunStore
 
 log = structlog.get_logger("supervisor.duties")
@@ -32,6 +34,8 @@ class DutyKeeper:
         ttl_s: float,
         take_over_at_start: bool = False,
     ) -> None:
+        """`take_over_at_start`: this is the sole daemon on its database (SQLite behind the
+        state-directory lock): it takes the duty over at start and holds it until it stops."""
         self._store = store
         self._clock = clock
         self.name = name
@@ -41,6 +45,7 @@ class DutyKeeper:
         """A holder acts only with more than this left: a renewal every third of the TTL
         keeps two thirds, and one missed renewal still leaves room for clock skew."""
         self._take_over = take_over_at_start
+        self._sole = take_over_at_start
         self.lease: DutyLease | None = None
         """The lease as last read (this replica's or another's)."""
 
@@ -58,8 +63,9 @@ class DutyKeeper:
         """Take or renew the lease once; returns whether this replica holds it."""
         had = self.holds()
         now = self._clock.now()
+        until = UNTIL_RELEASED if self._sole else now + self._ttl
         self.lease = await self._store.hold_duty(
-            self.name, self.replica_id, now=now, until=now + self._ttl, take_over=self._take_over
+            self.name, self.replica_id, now=now, until=until, take_over=self._take_over
         )
         self._take_over = False
         holds = self.holds()
@@ -71,7 +77,8 @@ class DutyKeeper:
 
     async def run_forever(self) -> None:
         while True:
-            await self.renew()
+            if not (self._sole and self.holds()):  # the sole daemon's lease needs no renewal
+                await self.renew()
             await asyncio.sleep(self._ttl.total_seconds() / 3)
 
     async def release(self) -> None:
