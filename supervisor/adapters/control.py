@@ -50,6 +50,7 @@ from supervisor.adapters.protocol import (
 from supervisor.core.errors import (
     InvalidInput,
     InvalidTransition,
+    NoAnswer,
     ShuttingDown,
     StaleVersion,
     SupervisorError,
@@ -86,6 +87,7 @@ _ERROR_STATUS: list[tuple[type[Exception], int, ErrorKind]] = [
     (InvalidTransition, 409, "conflict"),
     (StaleVersion, 409, "conflict"),
     (ShuttingDown, 503, "shutting_down"),
+    (NoAnswer, 504, "no_answer"),
 ]
 
 

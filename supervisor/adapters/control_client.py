@@ -25,7 +25,9 @@ from supervisor.core.errors import SupervisorError
 from supervisor.core.values import parse_run_id
 
 CONNECT_TIMEOUT_S = 5.0
-ERROR_KINDS = frozenset({"invalid_input", "unknown_run", "conflict", "shutting_down", "internal"})
+ERROR_KINDS = frozenset(
+    {"invalid_input", "unknown_run", "conflict", "shutting_down", "internal", "no_answer"}
+)
 """`ErrorReply.kind` (supervisor.adapters.protocol.ErrorKind)."""
 
 MAX_BYTE_DIGITS = 18

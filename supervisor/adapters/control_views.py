@@ -24,6 +24,7 @@ from supervisor.adapters.protocol import (
     IdleDayView,
     InstanceView,
     MonitorEventView,
+    ReplicaView,
     ReportDayView,
     ReportProblemView,
     ReportView,
@@ -45,6 +46,7 @@ from supervisor.adapters.store import (
 )
 from supervisor.core.events import Action
 from supervisor.core.feed import FeedItem, FeedTransition, LogPiece, MonitorNote
+from supervisor.core.leases import ReplicaStatus
 from supervisor.core.machine import max_duration_deadline
 from supervisor.core.run import Phase, Run
 from supervisor.core.zombies import Act, Leave, Wait, Zombie, ZombiePolicy, decide, span
@@ -87,6 +89,12 @@ class DaemonState:
     aws_calls: Mapping[str, int]
     metrics_url: str | None
     root_task_restarts: Mapping[str, int]
+    replica_id: str = ""
+    role: str = ""
+    runs_owned: int = 0
+    replicas: tuple[ReplicaStatus, ...] = ()
+    now: datetime | None = None
+    """When the replicas' liveness is judged (the daemon's clock)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +260,22 @@ def status_view(state: DaemonState) -> DaemonStatus:
         aws_calls=dict(state.aws_calls),
         metrics_url=state.metrics_url,
         root_task_restarts=dict(state.root_task_restarts),
+        replica_id=state.replica_id,
+        role=state.role,
+        runs_owned=state.runs_owned,
+        replicas=[
+            ReplicaView(
+                replica_id=s.replica.replica_id,
+                host=s.replica.host,
+                pid=s.replica.pid,
+                state=s.replica.state.value,
+                started_at=s.replica.started_at,
+                heartbeat_at=s.replica.heartbeat_at,
+                alive=state.now is not None and s.replica.alive(state.now),
+                runs_owned=s.runs_owned,
+            )
+            for s in state.replicas
+        ],
     )
 
 

@@ -258,6 +258,35 @@ class PgStore(SqlStore):
             while rows := await cursor.fetchmany(page):
                 yield list(rows)
 
+    # -- replicas: notices (issue 14, routing) ----------------------------------------------------
+
+    _notices = True
+    """Inbox rows, their answers and transitions NOTIFY in their transaction
+    (`supervisor.adapters.pg_notices` listens)."""
+
+    # -- leases (issue 14: the statements are `SqlStore`'s, section "leases") ------------------
+
+    _skip_locked = " FOR UPDATE SKIP LOCKED"
+
+    async def _write_returning(self, statement: sql.Statement) -> list[Row]:
+        """Run one statement (an UPDATE ... RETURNING) in its own transaction; its rows. Run
+        again after a connection lost before the COMMIT, as `_write` is."""
+        text, params = statement
+        rendered = POSTGRESQL.render(text)
+        for delay in (*RETRY_DELAYS_S, None):
+            committing = False
+            try:
+                async with self._pool.connection() as conn, conn.transaction():
+                    cursor = await conn.execute(rendered, params)
+                    rows: list[Row] = list(await cursor.fetchall())
+                    committing = True  # leaving the block sends COMMIT
+                return rows
+            except psycopg.OperationalError as exc:
+                if committing or delay is None:
+                    raise
+                await _wait_to_retry("write", exc, delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
 
 def _retry_delays() -> Iterator[float | None]:
     """The waits before each next attempt, then None (the last attempt) once the next wait

@@ -198,9 +198,31 @@ class DaemonStatus(_Message):
     """The TCP `/metrics` listener (SUPERVISOR_METRICS_ADDR) as bound, if there is one."""
     root_task_restarts: dict[str, int] = Field(default_factory=dict)
     """Restarts of each root task (reconciler, zombies, events) after it failed."""
+    # Issue 14: replicas.
+    replica_id: str = ""
+    role: str = ""
+    """`sole` (SQLite: this daemon holds every run) or `replica` (one of several on one
+    database, owning its share)."""
+    runs_owned: int = 0
+    replicas: list[ReplicaView] = Field(default_factory=list)
+    """Every replica that ran against this database, newest heartbeat first."""
 
 
-ErrorKind = Literal["invalid_input", "unknown_run", "conflict", "shutting_down", "internal"]
+class ReplicaView(_Message):
+    replica_id: str
+    host: str
+    pid: int
+    state: str
+    started_at: datetime
+    heartbeat_at: datetime
+    alive: bool
+    """Running and heard from within its lease TTL."""
+    runs_owned: int
+
+
+ErrorKind = Literal[
+    "invalid_input", "unknown_run", "conflict", "shutting_down", "internal", "no_answer"
+]
 
 
 class ErrorReply(_Message):

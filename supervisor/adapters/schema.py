@@ -81,7 +81,8 @@ class Column(NamedTuple):
     codec: Codec = TEXT
     nullable: bool = False
     generated: bool = False
-    """Filled by the database (an autoincrement id): never inserted."""
+    """Filled by the database (an autoincrement id), or written only by statements of its own
+    (a run's lease: owner, epoch, expiry): never in a row's INSERT, UPDATE or default SELECT."""
 
 
 # Projection and Table are plain classes, not dataclasses: the CLI's query verbs build them at
@@ -245,6 +246,11 @@ RUNS = Table(
         Column("report_etags", JSON),
         Column("running_s_before", REAL),
         Column("job_ended_at", TIMESTAMP, nullable=True),
+        # Issue 14: the run's lease (migration 0010), written by the lease statements alone
+        # (`supervisor.adapters.sql_store`, section "leases"), never by a decision's commit.
+        Column("owner", nullable=True, generated=True),
+        Column("epoch", INTEGER, generated=True),
+        Column("lease_until", TIMESTAMP, nullable=True, generated=True),
     ),
     key=("run_id",),
 )
@@ -388,7 +394,22 @@ REPORT_PROBLEMS = Table(
     key=("run_id", "key"),
 )
 
-TABLES = (
+REPLICAS = Table(
+    "replicas",
+    (
+        Column("replica_id"),
+        Column("host"),
+        Column("pid", INTEGER),
+        Column("started_at", TIMESTAMP),
+        Column("heartbeat_at", TIMESTAMP),
+        Column("state"),
+        Column("lease_ttl_s", REAL),
+    ),
+    key=("replica_id",),
+)
+"""Issue 14: every replica that ran against this database, with its heartbeat."""
+
+TABLES: tuple[Table, ...] = (
     RUNS,
     TRANSITIONS,
     INSTANCES,
@@ -399,9 +420,43 @@ TABLES = (
     TERMINATIONS,
     RUN_DATA,
     REPORT_PROBLEMS,
+    REPLICAS,
 )
 """Every table of the schema."""
 
 
 Row = Sequence[Any]
 """A result row, its values in the order of the SELECT list it was read with."""
+
+
+# -- replicas: the run inbox and the duty leases (migration 0011) ------------------------------
+
+INBOX = Table(
+    "inbox",
+    (
+        Column("id"),
+        Column("run_id"),
+        Column("kind"),
+        Column("body_json", JSON),
+        Column("created_at", TIMESTAMP),
+        Column("created_by"),
+        Column("state"),
+        Column("answer_json", JSON, nullable=True),
+        Column("answered_at", TIMESTAMP, nullable=True),
+        Column("answered_by", nullable=True),
+    ),
+    key=("id",),
+)
+
+DUTY_LEASES = Table(
+    "duty_leases",
+    (
+        Column("name"),
+        Column("owner"),
+        Column("epoch", INTEGER),
+        Column("lease_until", TIMESTAMP),
+    ),
+    key=("name",),
+)
+
+TABLES += (INBOX, DUTY_LEASES)

@@ -12,13 +12,26 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 from supervisor.adapters import statements as sql
-from supervisor.adapters.schema import RUNS, Row
+from supervisor.adapters.schema import DUTY_LEASES, INBOX, REPLICAS, RUNS, Row
 from supervisor.adapters.schema import timestamp as _iso
-from supervisor.core.errors import InvalidInput
+from supervisor.core.duties import DutyLease
+from supervisor.core.errors import InvalidInput, LeaseLost, StaleVersion
+from supervisor.core.inbox import (
+    ANSWER_CHANNEL,
+    INBOX_CHANNEL,
+    TRANSITION_CHANNEL,
+    InboxAnswer,
+    InboxItem,
+    InboxKind,
+    InboxState,
+    decode_body,
+    encode_body,
+)
+from supervisor.core.leases import Lease, LeasedRun, Replica, ReplicaState, ReplicaStatus
 from supervisor.core.machine import Decision, run_id_taken
 from supervisor.core.records import (
     ActionRecord,
@@ -53,6 +66,16 @@ _ENDED = RUNS.project(("job_ended_at", "action_acked_at"))
 """What the idle instance-seconds after a job's end are counted from."""
 _IN_CHUNK = 500  # ids per `IN (...)`: well under SQLite's limit on bound parameters
 
+# -- replicas: the run inbox and duty leases ----------------------------------------------------
+_INSERT_INBOX = INBOX.insert()
+_ANSWERED = ("state", "answer_json", "answered_at", "answered_by")
+_ANSWER_INBOX = INBOX.update(_ANSWERED, where=("id", "state"))
+_INBOX_ITEM_I = INBOX.project(
+    ("id", "run_id", "kind", "body_json", "created_at", "created_by"), alias="i"
+)
+_INBOX_ANSWER = INBOX.project(("state", "answer_json", "answered_by"))
+_DUTY = DUTY_LEASES.project()
+
 
 class SqlStore(ABC):
     """The run database over SQL (implements `supervisor.runtime.ports.RunStore`)."""
@@ -85,20 +108,27 @@ class SqlStore(ABC):
 
     # -- the port ------------------------------------------------------------------------------
 
-    async def create_run(self, decision: Decision) -> None:
-        """Insert a new run with its first transition. Raises `InvalidInput` if it exists."""
+    async def create_run(self, decision: Decision, *, lease: Lease | None = None) -> None:
+        """Insert a new run with its first transition (with `lease`: owned under it from the
+        start). Raises `InvalidInput` if it exists."""
         run, t = decision.run, decision.transition
         assert t is not None and run.version == 1
         spec = run.spec
         first = InstanceRecord(spec.instance_id, spec.region, t.at, "attached")
-        try:
-            await self._write(
-                [
-                    sql.insert_run(run, now=t.at),
-                    sql.insert_transition(spec.run_id, run.version, t),
-                    sql.insert_instance(spec.run_id, first),
-                ]
+        statements = [
+            sql.insert_run(run, now=t.at),
+            sql.insert_transition(spec.run_id, run.version, t),
+            sql.insert_instance(spec.run_id, first),
+        ]
+        if lease is not None:
+            statements.append(
+                (
+                    "UPDATE runs SET owner = ?, epoch = ?, lease_until = ? WHERE run_id = ?",
+                    (lease.owner, lease.epoch, _iso(lease.until), spec.run_id),
+                )
             )
+        try:
+            await self._write(statements)
         except self._key_taken:
             existing = await self.get_run(spec.run_id)
             raise InvalidInput(
@@ -107,33 +137,51 @@ class SqlStore(ABC):
                 else f"run id {spec.run_id!r} is taken: attach this run under a new run id"
             ) from None
 
-    async def commit(self, before: Run, decision: Decision, *, now: datetime) -> None:
+    async def commit(
+        self, before: Run, decision: Decision, *, now: datetime, lease: Lease | None = None
+    ) -> None:
         """Persist a decision: the transition and run row together, or the changed fields
-        alone (`persist`). Raises `StaleVersion` when `before` is not the stored version."""
+        alone (`persist`). Raises `StaleVersion` when `before` is not the stored version, and
+        with `lease`, `LeaseLost` when the run is no longer owned under it (fencing)."""
         run, t = decision.run, decision.transition
         if t is None and not decision.persist:
             return
         run_id = run.spec.run_id
         statements = [sql.update_run(run, before_version=before.version, now=now)]
+        if lease is not None:
+            statements[0] = _fenced_update(statements[0], lease)
         if run.instance_id != before.instance_id:  # a resume launched a new instance
             launched = InstanceRecord(run.instance_id, run.spec.region, now, "launched")
             statements.append(sql.insert_instance(run_id, launched, if_new=True))
         if t is not None:
             statements.append(sql.insert_transition(run_id, run.version, t))
-        await self._write(
-            statements,
-            stale_if_unchanged=f"run {run_id} is no longer at version {before.version}",
-        )
+            statements += self._notify(TRANSITION_CHANNEL, run_id)  # tail -f on other replicas
+        try:
+            await self._write(
+                statements,
+                stale_if_unchanged=f"run {run_id} is no longer at version {before.version}",
+            )
+        except StaleVersion:
+            if lease is not None:
+                await self._raise_if_lost(run_id, lease)
+            raise
 
-    async def record_action(self, record: ActionRecord) -> None:
-        await self._write([sql.insert_action(record)])
+    async def record_action(self, record: ActionRecord, *, lease: Lease | None = None) -> None:
+        await self._fenced_write([sql.insert_action(record)], record.run_id, lease)
 
-    async def attach(self, record: AttachmentRecord) -> None:
+    async def attach(self, record: AttachmentRecord, *, lease: Lease | None = None) -> None:
         """Attach a file or link to a run; attaching the same one again refreshes it."""
-        await self._write([sql.upsert_attachment(record)])
+        await self._fenced_write([sql.upsert_attachment(record)], record.run_id, lease)
 
     async def record_report(
-        self, run_id: str, key: str, report: Report, *, read_at: datetime, now: datetime
+        self,
+        run_id: str,
+        key: str,
+        report: Report,
+        *,
+        read_at: datetime,
+        now: datetime,
+        lease: Lease | None = None,
     ) -> None:
         """Store what the job reported (one file's content, at `key`), replacing that file's
         last one; a note that an earlier version of the file could not be read goes."""
@@ -174,11 +222,13 @@ class SqlStore(ABC):
         statements.append(
             ("DELETE FROM report_problems WHERE run_id = ? AND key = ?", (run_id, key))
         )
-        await self._write(statements)
+        await self._fenced_write(statements, run_id, lease)
 
-    async def record_report_problem(self, problem: ReportProblemRecord) -> None:
+    async def record_report_problem(
+        self, problem: ReportProblemRecord, *, lease: Lease | None = None
+    ) -> None:
         """Note that a report file could not be read, replacing the note on its last version."""
-        await self._write([sql.upsert_report_problem(problem)])
+        await self._fenced_write([sql.upsert_report_problem(problem)], problem.run_id, lease)
 
     async def report_problems(self, run_id: str) -> list[ReportProblemRecord]:
         rows = await self._read(
@@ -404,6 +454,332 @@ class SqlStore(ABC):
             runs_by_outcome={outcome or "none": int(n) for outcome, n in outcome_rows},
             open_zombies=int(count[0][0]) if count else 0,
         )
+
+    # -- leases (issue 14) ------------------------------------------------------------------
+    #
+    # A run's lease is three columns of its row (owner, epoch, lease_until), written only by
+    # the statements here. A claim takes unowned or expired active runs and bumps each one's
+    # epoch; the owner's monitor then writes only under (owner, epoch): `_fenced_write`, and
+    # `commit` with its `lease`.
+
+    single_writer: bool = False
+    """True for a database one daemon holds alone (SQLite, behind the state-directory lock):
+    its leases cannot be taken by anybody else."""
+
+    _skip_locked: ClassVar[str] = ""
+    """What makes a claim's SELECT pass over rows another transaction holds: PostgreSQL's
+    ` FOR UPDATE SKIP LOCKED`. SQLite has one writer at a time (BEGIN IMMEDIATE) and needs
+    none."""
+
+    async def _write_returning(self, statement: sql.Statement) -> list[Row]:
+        """Run one statement (an UPDATE ... RETURNING) in its own transaction; its rows."""
+        raise NotImplementedError(f"{type(self).__name__} does not provide _write_returning")
+
+    async def _fenced_write(
+        self, statements: list[sql.Statement], run_id: str, lease: Lease | None
+    ) -> None:
+        """Write `statements` in one transaction; with `lease`, only while the run is still
+        owned under it (else nothing is written and `LeaseLost` raised). On PostgreSQL the
+        fence's UPDATE also holds the run's row until the commit, so no claim comes between."""
+        if lease is None:
+            await self._write(statements)
+            return
+        fence = (
+            "UPDATE runs SET epoch = epoch WHERE run_id = ? AND owner = ? AND epoch = ?",
+            (run_id, lease.owner, lease.epoch),
+        )
+        try:
+            await self._write([fence, *statements], stale_if_unchanged=f"run {run_id}")
+        except StaleVersion:
+            raise _lost(run_id, lease) from None
+
+    async def _raise_if_lost(self, run_id: str, lease: Lease) -> None:
+        """After a commit found no row to change: `LeaseLost` if the lease is why."""
+        rows = await self._read("SELECT owner, epoch FROM runs WHERE run_id = ?", (run_id,))
+        if not rows or (rows[0][0], int(rows[0][1])) != (lease.owner, lease.epoch):
+            raise _lost(run_id, lease) from None
+
+    async def claim_runs(
+        self, owner: str, *, limit: int, now: datetime, until: datetime, only: str | None = None
+    ) -> list[LeasedRun]:
+        """Claim up to `limit` active runs that nobody owns or whose lease expired before
+        `now`, oldest first, in one statement (one transaction): each one's owner becomes
+        `owner`, its epoch +1, its lease runs to `until`. Returns their rows, to arm their
+        monitors from with no AWS call. With `only`, that run alone, also when `owner` holds
+        it already (re-armed under a new epoch)."""
+        if limit <= 0:
+            return []
+        claimable = "owner IS NULL OR lease_until IS NULL OR lease_until < ?"
+        params: tuple[Any, ...] = (_iso(now),)
+        if only is not None:
+            claimable = f"({claimable} OR owner = ?) AND run_id = ?"
+            params += (owner, only)
+        rows = await self._write_returning(
+            (
+                "UPDATE runs SET owner = ?, epoch = epoch + 1, lease_until = ? "
+                f"WHERE run_id IN (SELECT run_id FROM runs{_ACTIVE} AND ({claimable}) "
+                f"ORDER BY created_at, run_id LIMIT ?{self._skip_locked}) "
+                f"RETURNING {sql.RUN_COLUMNS}, epoch",
+                (owner, _iso(until), *_TERMINAL, *params, limit),
+            )
+        )
+        width = len(sql.RUN_SELECT)
+        return [
+            LeasedRun(sql.run_record(row), Lease(owner, int(row[width]), until))
+            for row in sorted(rows, key=lambda row: (row[_CREATED], row[0]))
+        ]
+
+    async def renew_leases(self, owner: str, *, until: datetime) -> dict[str, int]:
+        """Extend every lease `owner` still holds on an active run to `until`, in one
+        statement; the runs still held, with their epochs (a run missing was claimed by
+        another replica: its monitor here must stop)."""
+        rows = await self._write_returning(
+            (
+                f"UPDATE runs SET lease_until = ?{_ACTIVE} AND owner = ? RETURNING run_id, epoch",
+                (_iso(until), *_TERMINAL, owner),
+            )
+        )
+        return {str(run_id): int(epoch) for run_id, epoch in rows}
+
+    async def release_runs(self, owner: str, leases: Iterable[tuple[str, int]]) -> int:
+        """Hand back runs (run id, epoch) `owner` holds: unowned, any replica may claim them
+        at once. A run no longer held under that epoch is left alone. Returns how many."""
+        released = 0
+        pairs = list(leases)
+        for start in range(0, len(pairs), _IN_CHUNK):
+            chunk = pairs[start : start + _IN_CHUNK]
+            condition = " OR ".join("(run_id = ? AND epoch = ?)" for _ in chunk)
+            rows = await self._write_returning(
+                (
+                    "UPDATE runs SET owner = NULL, lease_until = NULL "
+                    f"WHERE owner = ? AND ({condition}) RETURNING run_id",
+                    (owner, *(value for pair in chunk for value in pair)),
+                )
+            )
+            released += len(rows)
+        return released
+
+    async def release_every_lease(self) -> int:
+        """Hand back every run's lease, whoever holds it. Only for a daemon that knows it is
+        alone (SQLite's state-directory lock): at its start, it then claims every run."""
+        rows = await self._write_returning(
+            (
+                "UPDATE runs SET owner = NULL, lease_until = NULL "
+                "WHERE owner IS NOT NULL RETURNING run_id",
+                (),
+            )
+        )
+        return len(rows)
+
+    async def record_replica(self, replica: Replica) -> None:
+        """Insert or refresh this replica's heartbeat row."""
+        values = {
+            "replica_id": replica.replica_id,
+            "host": replica.host,
+            "pid": replica.pid,
+            "started_at": replica.started_at,
+            "heartbeat_at": replica.heartbeat_at,
+            "state": replica.state.value,
+            "lease_ttl_s": replica.lease_ttl_s,
+        }
+        await self._write([(_UPSERT_REPLICA, REPLICAS.encode(values))])
+
+    async def replicas(self) -> list[ReplicaStatus]:
+        """Every replica's row, newest heartbeat first, with the active runs it owns."""
+        rows = await self._read(
+            f"SELECT {_REPLICA_SELECT.sql}, (SELECT COUNT(*) FROM runs{_ACTIVE} "
+            "AND owner = r.replica_id) FROM replicas r ORDER BY heartbeat_at DESC, replica_id",
+            _TERMINAL,
+        )
+        statuses = []
+        for row in rows:
+            v = _REPLICA_SELECT.decode(row)
+            v["state"] = ReplicaState(v["state"])
+            statuses.append(ReplicaStatus(Replica(**v), int(row[len(_REPLICA_SELECT)])))
+        return statuses
+
+    # -- replicas: the run inbox and duty leases (issue 14) -----------------------------------
+
+    _notices: ClassVar[bool] = False
+    """Whether the backend sends notices (PostgreSQL's NOTIFY, in the writing transaction)
+    that a replica may wait for instead of polling."""
+
+    def _notify(self, channel: str, payload: str) -> list[sql.Statement]:
+        if not self._notices:
+            return []
+        return [("SELECT pg_notify(?, ?)", (channel, payload))]
+
+    async def post_to_inbox(self, item: InboxItem) -> None:
+        """Write a pending inbox row (and, where notices exist, tell the replicas)."""
+        values = {
+            "id": item.id,
+            "run_id": item.run_id,
+            "kind": item.kind,
+            "body_json": encode_body(item.body),
+            "created_at": item.created_at,
+            "created_by": item.created_by,
+            "state": InboxState.PENDING,
+            "answer_json": None,
+            "answered_at": None,
+            "answered_by": None,
+        }
+        await self._write(
+            [(_INSERT_INBOX, INBOX.encode(values)), *self._notify(INBOX_CHANNEL, item.run_id)]
+        )
+
+    async def pending_inbox(self, *, limit: int = 1000) -> list[InboxItem]:
+        """Pending inbox rows of active runs, oldest first (a row for a run that has ended
+        meanwhile waits for `expire_inbox`)."""
+        rows = await self._read(
+            f"SELECT {_INBOX_ITEM_I.sql} FROM inbox i JOIN runs r ON r.run_id = i.run_id "
+            f"WHERE i.state = ? AND r.phase NOT IN ({sql.placeholders(_TERMINAL)}) "
+            "ORDER BY i.created_at, i.id LIMIT ?",
+            (InboxState.PENDING.value, *_TERMINAL, limit),
+        )
+        items = []
+        for row in rows:
+            v = _INBOX_ITEM_I.decode(row)
+            items.append(
+                InboxItem(
+                    id=v["id"],
+                    run_id=v["run_id"],
+                    kind=InboxKind(v["kind"]),
+                    body=decode_body(v["body_json"]),
+                    created_at=v["created_at"],
+                    created_by=v["created_by"],
+                )
+            )
+        return items
+
+    async def answer_inbox(self, item_id: str, answer: InboxAnswer, *, now: datetime) -> bool:
+        """Answer a pending row; False if it was no longer pending (answered, or withdrawn by
+        its writer): the first answer stands."""
+        body: dict[str, Any] = {"error": answer.error, "message": answer.message}
+        if answer.run is not None:
+            values = sql.run_values(answer.run, created_at=now, updated_at=now)
+            body["run"] = dict(zip(sql.RUN_SELECT.names, RUNS.encode(values), strict=True))
+        values = {
+            "state": answer.state,
+            "answer_json": body,
+            "answered_at": now,
+            "answered_by": answer.answered_by,
+        }
+        try:
+            await self._write(
+                [
+                    (_ANSWER_INBOX, (*INBOX.encode(values, _ANSWERED), item_id, "pending")),
+                    *self._notify(ANSWER_CHANNEL, item_id),
+                ],
+                stale_if_unchanged=f"inbox row {item_id} is no longer pending",
+            )
+        except StaleVersion:
+            return False
+        return True
+
+    async def inbox_answer(self, item_id: str) -> InboxAnswer | None:
+        """The row's answer; None while it is pending (or if there is no such row)."""
+        rows = await self._read(
+            f"SELECT {_INBOX_ANSWER.sql} FROM inbox WHERE id = ? AND state <> ?",
+            (item_id, InboxState.PENDING.value),
+        )
+        if not rows:
+            return None
+        v = _INBOX_ANSWER.decode(rows[0])
+        body = v["answer_json"] or {}
+        run = None
+        if body.get("run") is not None:
+            stored = body["run"]
+            run = sql.run_record(tuple(stored[name] for name in sql.RUN_SELECT.names)).run
+        return InboxAnswer(
+            state=InboxState(v["state"]),
+            run=run,
+            error=body.get("error"),
+            message=body.get("message") or "",
+            answered_by=v["answered_by"],
+        )
+
+    async def expire_inbox(self, *, now: datetime, keep: timedelta) -> None:
+        """The leader's tidying: pending rows of runs that have ended are failed (nobody will
+        carry them out), and answered rows older than `keep` deleted."""
+        message = {
+            "error": "InvalidTransition",
+            "message": "the run ended before its owner took this",
+        }
+        ended = (
+            "UPDATE inbox SET state = ?, answer_json = ?, answered_at = ? WHERE state = ? AND "
+            "run_id IN (SELECT run_id FROM runs "
+            f"WHERE phase IN ({sql.placeholders(_TERMINAL)}))"
+        )
+        encoded = INBOX.encode(
+            {"answer_json": message, "answered_at": now}, ("answer_json", "answered_at")
+        )
+        await self._write(
+            [
+                (ended, (InboxState.FAILED.value, *encoded, InboxState.PENDING.value, *_TERMINAL)),
+                (
+                    "DELETE FROM inbox WHERE state <> ? AND answered_at < ?",
+                    (InboxState.PENDING.value, _iso(now - keep)),
+                ),
+            ]
+        )
+
+    async def hold_duty(
+        self, name: str, owner: str, *, now: datetime, until: datetime, take_over: bool = False
+    ) -> DutyLease:
+        """Take the duty `name` until `until` if it is free, expired (at `now`) or already
+        `owner`'s (a renewal); with `take_over`, whoever holds it. Returns the lease as it is
+        afterwards: `owner`'s or another replica's. Each change of holder increments the
+        epoch."""
+        condition = (
+            "1 = 1"
+            if take_over
+            else ("duty_leases.owner = excluded.owner OR duty_leases.lease_until <= ?")
+        )
+        params: tuple[Any, ...] = (name, owner, 1, _iso(until))
+        if not take_over:
+            params += (_iso(now),)
+        await self._write(
+            [
+                (
+                    "INSERT INTO duty_leases (name, owner, epoch, lease_until) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, "
+                    "epoch = CASE WHEN duty_leases.owner = excluded.owner "
+                    "THEN duty_leases.epoch ELSE duty_leases.epoch + 1 END, "
+                    f"lease_until = excluded.lease_until WHERE {condition}",
+                    params,
+                )
+            ]
+        )
+        rows = await self._read(f"SELECT {_DUTY.sql} FROM duty_leases WHERE name = ?", (name,))
+        return DutyLease(**_DUTY.decode(rows[0]))
+
+    async def release_duty(self, name: str, owner: str, *, now: datetime) -> None:
+        """Give the duty up (a stopping replica), so another takes it without waiting."""
+        await self._write(
+            [
+                (
+                    "UPDATE duty_leases SET lease_until = ? WHERE name = ? AND owner = ?",
+                    (_iso(now), name, owner),
+                )
+            ]
+        )
+
+
+_UPSERT_REPLICA = REPLICAS.insert(on_conflict="update")
+_REPLICA_SELECT = REPLICAS.project(alias="r")
+_CREATED = sql.RUN_SELECT.names.index("created_at")
+
+
+def _fenced_update(statement: sql.Statement, lease: Lease) -> sql.Statement:
+    """A run's version-checked UPDATE, also conditioned on the lease it is written under."""
+    text, params = statement
+    return f"{text} AND owner = ? AND epoch = ?", (*params, lease.owner, lease.epoch)
+
+
+def _lost(run_id: str, lease: Lease) -> LeaseLost:
+    return LeaseLost(
+        f"run {run_id}: replica {lease.owner} no longer holds its lease (epoch {lease.epoch})"
+    )
 
 
 def _idle_days(rows: Iterable[Row]) -> tuple[IdleDay, ...]:

@@ -74,6 +74,7 @@ class Store(SqlStore):
     `await store.close()`."""
 
     _key_taken = (sqlite3.IntegrityError,)
+    single_writer = True  # the state-directory lock: one daemon per file
 
     def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection):
         self.path = path
@@ -133,3 +134,20 @@ class Store(SqlStore):
         async with self._reader.execute(text, tuple(params)) as cur:
             while rows := await cur.fetchmany(page):
                 yield cast("list[Row]", rows)
+
+    # -- leases (issue 14) ----------------------------------------------------------------
+
+    async def _write_returning(self, statement: sql.Statement) -> list[Row]:
+        """Run one statement (an UPDATE ... RETURNING) in its own BEGIN IMMEDIATE
+        transaction; its rows."""
+        text, params = statement
+        async with self._write_lock:
+            try:
+                await self._writer.execute("BEGIN IMMEDIATE")
+                rows = await self._writer.execute_fetchall(text, params)
+            except BaseException:
+                with contextlib.suppress(sqlite3.OperationalError):
+                    await self._writer.execute("ROLLBACK")
+                raise
+            await self._writer.execute("COMMIT")
+        return cast("list[Row]", list(rows))

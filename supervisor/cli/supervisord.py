@@ -28,6 +28,7 @@ from supervisor.core.errors import InvalidInput, SupervisorError
 from supervisor.runtime.config_file import find_config_file
 
 if TYPE_CHECKING:
+    from supervisor.cli.views import DaemonStatus
     from supervisor.runtime.settings import Settings
 
 # `status` answers within a few times a bare interpreter's start: the daemon's own modules
@@ -267,7 +268,28 @@ def _status(daemon: DaemonLocation, *, as_json: bool) -> int:
     print(f"root task restarts: {restarts or 'none'}")
     if status.metrics_url:
         print(f"metrics: {status.metrics_url}")
+    _print_replicas(status)
     return EXIT_OK
+
+
+def _print_replicas(status: DaemonStatus) -> None:
+    """Issue 14: this daemon's role among the replicas on its database, and each replica."""
+    if not status.replica_id:
+        return
+    if status.role == "sole":
+        print(f"replica: {status.replica_id}, sole daemon on its database (holds every run)")
+    else:
+        print(f"replica: {status.replica_id}, one of several: owns {status.runs_owned} run(s)")
+    live = [r for r in status.replicas if r.state != "stopped"]
+    if status.role == "sole" or not live:
+        return
+    print("replicas:")
+    for r in live:
+        seen = "alive" if r.alive else "silent"
+        print(
+            f"  {r.replica_id:<30} {r.host:<20} {r.state:<8} {seen:<6} "
+            f"heartbeat {ago(r.heartbeat_at)}, {r.runs_owned} run(s)"
+        )
 
 
 if __name__ == "__main__":

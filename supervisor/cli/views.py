@@ -181,7 +181,41 @@ class DaemonStatus:
     aws_calls: dict[str, int]
     metrics_url: str | None = None
     root_task_restarts: dict[str, int] = field(default_factory=dict)
+    replica_id: str = ""
+    role: str = ""
+    runs_owned: int = 0
+    replicas: tuple[ReplicaLine, ...] = ()
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DaemonStatus:
-        return cls(**{**data, "started_at": _when(data["started_at"])})
+        return cls(
+            **{
+                **data,
+                "started_at": _when(data["started_at"]),
+                "replicas": tuple(ReplicaLine.from_json(r) for r in data.get("replicas", ())),
+            }
+        )
+
+
+@dataclass(frozen=True)
+class ReplicaLine:
+    """One replica in `supervisord status` (issue 14)."""
+
+    replica_id: str
+    host: str
+    pid: int
+    state: str
+    started_at: datetime
+    heartbeat_at: datetime
+    alive: bool
+    runs_owned: int
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ReplicaLine:
+        return cls(
+            **{
+                **data,
+                "started_at": _when(data["started_at"]),
+                "heartbeat_at": _when(data["heartbeat_at"]),
+            }
+        )

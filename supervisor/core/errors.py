@@ -71,3 +71,20 @@ class UnknownRun(SupervisorError):
 
 class ShuttingDown(SupervisorError):
     """The daemon is shutting down and takes no new work."""
+
+
+class LeaseLost(SupervisorError):
+    """This replica no longer holds the run's lease (another replica claimed it, or it is
+    about to expire before an AWS action): nothing was written and nothing is done. Never
+    retried: the monitor stops, and the run's owner (a new claim, describe first) carries on.
+
+    `why`: `fence` (another replica owns it now), `expired` (by this replica's clock: it was
+    frozen or cut off) or `expiring` (too little left to start an action on an instance)."""
+
+    def __init__(self, message: str, *, why: str = "fence") -> None:
+        super().__init__(message)
+        self.why = why
+
+
+class NoAnswer(SupervisorError):
+    """The replica that owns a run did not answer a request in time (issue 14: replicas)."""

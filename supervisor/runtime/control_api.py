@@ -14,7 +14,7 @@ import os
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -44,6 +44,7 @@ from supervisor.core.errors import (
 )
 from supervisor.core.events import ResumeRequested, UserAction, UserRequested
 from supervisor.core.feed import FeedItem, FeedTransition, LogPiece, MonitorNote
+from supervisor.core.inbox import TRANSITION_CHANNEL, Command
 from supervisor.core.machine import ACCEPTS, new_run, run_id_taken, step
 from supervisor.core.records import AttachmentRecord, RunRecord
 from supervisor.core.reports import REPORT_UNREADABLE
@@ -52,6 +53,7 @@ from supervisor.core.spec import RunSpec
 from supervisor.core.values import S3Object, parse_relative_key
 from supervisor.core.zombies import RUN_TAG
 from supervisor.runtime.executor import CRASH_TAIL_BYTES
+from supervisor.runtime.inbox import ask
 from supervisor.runtime.retry import GaveUp, call_with_retries
 from supervisor.runtime.training_log import LogSource, stream_log
 
@@ -111,7 +113,15 @@ class ControlApi:
             if spec.tag_instance:
                 await self._tag_instance(spec)
             decision = new_run(spec, now=d.clock.now())
-            await d.store.create_run(decision)
+            # Owned by this replica from its first row (issue 14), in its book before the
+            # insert: the lease keeper never sees it held and unarmed.
+            lease = d.lease_book.new_lease()
+            d.lease_book.put(spec.run_id, lease)
+            try:
+                await d.store.create_run(decision, lease=lease)
+            except BaseException:
+                d.lease_book.drop(spec.run_id)
+                raise
             d.metrics.transitioned(None, decision)
             log.info(
                 "run_attached",
@@ -120,7 +130,7 @@ class ControlApi:
                 s3_prefix=spec.s3_prefix,
                 on_complete=spec.on_complete,
             )
-            d.spawn(decision.run)
+            d.spawn(decision.run, lease)
         return decision.run
 
     async def _refuse_conflicts(self, spec: RunSpec) -> None:
@@ -231,6 +241,8 @@ class ControlApi:
         record = await self._record(run_id)
         if not self._d.accepting:
             raise ShuttingDown("supervisord is shutting down: try again once it is back")
+        if self._owned_elsewhere(record):
+            return await self._forward(run_id, Command(action, from_scratch))
         if action == "resume":
             return await self._resume(record, from_scratch=from_scratch)
         monitor = self._d.monitors.get(run_id)
@@ -263,13 +275,17 @@ class ControlApi:
             await d.store.commit(run, decision, now=d.clock.now())
             d.metrics.transitioned(run, decision)
             log.info("run_resume_requested", run_id=run.spec.run_id, from_scratch=from_scratch)
-            d.spawn(decision.run)
+            # Watched here if this replica can claim it now; else by the replica that claims it.
+            lease = await d.lease_keeper.adopt(run.spec.run_id)
+            if lease is not None:
+                d.spawn(decision.run, lease)
         return decision.run
 
     async def tail(self, run_id: str, *, follow: bool) -> AsyncIterator[FeedItem]:
         record = await self._record(run_id)
         monitor = self._d.monitors.get(run_id)
         queue = monitor.subscribe() if monitor is not None and follow else None
+        remote = follow and self._owned_elsewhere(record)
         try:
             detail = await self.run_detail(run_id)
             history: list[FeedItem] = [
@@ -290,18 +306,40 @@ class ControlApi:
                 yield item
             # `ended` rests on the history just replayed (read after subscribing), so a final
             # transition committed meanwhile is either replayed here or arrives on the queue.
+            if remote and not ended:
+                async for transition in self._follow_stored(run_id, last_seq):
+                    yield transition
+                return
             if queue is None or ended:
                 return
             closing = asyncio.ensure_future(self._d.closing.wait())
+            getting: asyncio.Future[FeedItem] | None = None
             try:
                 while True:
                     # A follower must not hold the daemon's shutdown: the stream ends with it.
-                    getting = asyncio.ensure_future(queue.get())
-                    await asyncio.wait({getting, closing}, return_when=asyncio.FIRST_COMPLETED)
-                    if not getting.done():
+                    getting = getting or asyncio.ensure_future(queue.get())
+                    # A commit elsewhere (or the poll) also wakes it: the run may have moved.
+                    nudged = asyncio.ensure_future(
+                        self._d.notices.wait(TRANSITION_CHANNEL, self._d.settings.inbox_poll_s)
+                    )
+                    either: set[asyncio.Future[Any]] = {getting, closing, nudged}
+                    try:
+                        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        nudged.cancel()
+                    if closing.done() and not getting.done():
                         getting.cancel()
                         return
-                    item = getting.result()
+                    if not getting.done():
+                        if self._d.monitors.get(run_id) is monitor:
+                            continue
+                        # The monitor went (its lease moved to another replica, or it
+                        # crashed and the run was failed): follow what the store gets.
+                        getting.cancel()
+                        async for stored in self._follow_stored(run_id, last_seq):
+                            yield stored
+                        return
+                    item, getting = getting.result(), None
                     if isinstance(item, FeedTransition):
                         if item.seq <= last_seq:
                             continue
@@ -311,6 +349,8 @@ class ControlApi:
                         return
             finally:
                 closing.cancel()
+                if getting is not None:
+                    getting.cancel()
         finally:
             if queue is not None and monitor is not None:
                 monitor.unsubscribe(queue)
@@ -407,6 +447,11 @@ class ControlApi:
             aws_calls=d.cloud.counter.snapshot(),
             metrics_url=d.metrics_server.url if d.metrics_server is not None else None,
             root_task_restarts=dict(sorted(d.root_tasks.restarts.items())),
+            replica_id=d.lease_book.owner,
+            role=_role(d),
+            runs_owned=len(d.lease_book),
+            replicas=tuple(await d.store.replicas()),
+            now=d.clock.now(),
         )
 
     async def metrics(self, accept: str) -> Exposition:
@@ -422,6 +467,60 @@ class ControlApi:
         until = self._d.clock.now()
         report = await self._d.store.fleet_report(since=until - timedelta(days=days))
         return FleetReportUntil(report, until)
+
+    # -- replicas: runs another replica watches (issue 14) --------------------------------------
+
+    def _owned_elsewhere(self, record: RunRecord) -> bool:
+        """An active run this daemon has no monitor for: another replica watches it. (With
+        SQLite's one daemon every active run is watched here.)"""
+        run_id = record.run.spec.run_id
+        return not record.run.phase.is_terminal and run_id not in self._d.monitors
+
+    async def _forward(self, run_id: str, command: Command) -> Run:
+        """Hand the command to the replica that watches the run; its answer is ours."""
+        d = self._d
+        return await ask(
+            d.store, d.notices, d.clock, replica_id=d.replica_id, run_id=run_id,
+            command=command, timeout_s=d.settings.command_timeout_s,
+            poll_s=d.settings.inbox_poll_s,
+        )  # fmt: skip
+
+    async def carry_out(self, run_id: str, command: Command) -> Run:
+        """A command another replica handed over (`runtime.inbox`): the local path of
+        `request`, never forwarded again (a run that moved meanwhile is refused as ended
+        here, and its writer hears so)."""
+        record = await self._record(run_id)
+        if not self._d.accepting:
+            raise ShuttingDown("supervisord is shutting down: try again once it is back")
+        if command.action == "resume":
+            return await self._resume(record, from_scratch=command.from_scratch)
+        monitor = self._d.monitors.get(run_id)
+        if monitor is None:
+            raise InvalidTransition(
+                f"run {run_id!r} is no longer watched by this replica: try again"
+            )
+        decision = await monitor.request(UserRequested(UserAction(command.action)))
+        return decision.run
+
+    async def _follow_stored(self, run_id: str, after_seq: int) -> AsyncIterator[FeedItem]:
+        """Follow the transitions another replica commits, from the store after `after_seq`,
+        until the run ends or the daemon closes (woken by the store's notices, else polled)."""
+        d = self._d
+        while not d.closing.is_set():
+            for record in await d.store.transitions(run_id, after_seq=after_seq):
+                after_seq = record.seq
+                yield FeedTransition(record.seq, record.transition)
+                if record.transition.to_phase.is_terminal:
+                    return
+            waiting = asyncio.ensure_future(
+                d.notices.wait(TRANSITION_CHANNEL, d.settings.inbox_poll_s)
+            )
+            closing = asyncio.ensure_future(d.closing.wait())
+            try:
+                await asyncio.wait({waiting, closing}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiting.cancel()
+                closing.cancel()
 
 
 _RESUMABLE = [str(phase) for phase in Phase if ResumeRequested in ACCEPTS[phase]]
@@ -469,3 +568,11 @@ def _tag_failure(spec: RunSpec, error: ExternalError, attempts: int) -> str:
         f"could not tag {where} with {RUN_TAG}={spec.run_id} "
         f"(CreateTags: {error.code}: {error.message}); {advice}. Nothing was attached."
     )
+
+
+def _role(d: Daemon) -> str:
+    """`sole` (SQLite: one daemon, every lease and duty its own); with replicas `leader` for
+    the one holding the fleet-wide duties (the zombie sweep), else `replica`."""
+    if d.lease_book.exclusive:
+        return "sole"
+    return "leader" if d.leader.holds() else "replica"

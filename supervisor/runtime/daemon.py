@@ -22,18 +22,32 @@ from supervisor.adapters.aws import queue_region
 from supervisor.adapters.control import ControlServer
 from supervisor.adapters.control_views import ControlViews
 from supervisor.adapters.metrics_http import MetricsServer
-from supervisor.core.errors import InvalidInput
+from supervisor.core.duties import LEADER
+from supervisor.core.errors import InvalidInput, LeaseLost
 from supervisor.core.events import MonitorFailed
+from supervisor.core.inbox import HandedEvent
+from supervisor.core.leases import Lease
 from supervisor.core.machine import Policy, step
 from supervisor.core.run import Run
 from supervisor.core.spec import Transport
 from supervisor.runtime.control_api import ControlApi
+from supervisor.runtime.duties import DutyKeeper
 from supervisor.runtime.events import EventConsumer, Queue
 from supervisor.runtime.executor import Executor, ExecutorPorts, read_crash_report
 from supervisor.runtime.idle import IdleSweep
+from supervisor.runtime.inbox import InboxConsumer, hand_over
+from supervisor.runtime.leases import LeaseBook, LeaseKeeper, default_replica_id
 from supervisor.runtime.metrics import Metrics
 from supervisor.runtime.monitor import Monitor, MonitorDeps
-from supervisor.runtime.ports import Clock, Cloud, InstanceShell, RunStore, SystemClock
+from supervisor.runtime.ports import (
+    Clock,
+    Cloud,
+    InstanceShell,
+    Notices,
+    PollingNotices,
+    RunStore,
+    SystemClock,
+)
 from supervisor.runtime.reconciler import Reconciler
 from supervisor.runtime.retry import GaveUp
 from supervisor.runtime.root_tasks import RestartPolicy, RootLoop, RootTasks, Sleep
@@ -58,13 +72,19 @@ class Daemon:
         queue: Queue | None = None,
         restart_policy: RestartPolicy | None = None,
         sleep: Sleep = asyncio.sleep,
+        notices: Notices | None = None,
+        sole_replica: bool = False,
     ) -> None:
         """`restart_policy` and `sleep`: how root tasks are restarted (tests pass a sleep that
-        returns at once, and a policy of their own)."""
+        returns at once, and a policy of their own). `notices`: wake-ups between replicas
+        (PostgreSQL's LISTEN), else a poll. `sole_replica`: nobody else can be alive (SQLite
+        behind the state directory's lock), so duty leases are taken over at start."""
         self.settings = settings
+
         self.store = store
         self.cloud = cloud
         self.clock = clock or SystemClock()
+        self.notices: Notices = notices or PollingNotices()
         self.monitors: dict[str, Monitor] = {}
         self.metrics = Metrics(
             self.clock,
@@ -73,8 +93,21 @@ class Daemon:
             aws_calls=lambda: cloud.counter.outcomes,
         )
         self.reconciler = Reconciler(
-            cloud, lambda: list(self.monitors.values()), interval_s=settings.reconcile_interval_s
+            cloud, self._leased_monitors, interval_s=settings.reconcile_interval_s
         )
+        self.lease_book = LeaseBook(
+            settings.replica_id or default_replica_id(),
+            settings.lease_ttl_s,
+            self.clock,
+            exclusive=store.single_writer,
+        )
+        """The per-run leases this replica holds (issue 14): every monitor write is fenced by
+        them, every AWS call checks them. With SQLite this daemon holds every lease."""
+        self.replica_id = self.lease_book.owner
+        self.leader = DutyKeeper(
+            store, self.clock, name=LEADER, replica_id=self.replica_id,
+            ttl_s=settings.lease_ttl_s, take_over_at_start=sole_replica,
+        )  # fmt: skip
         self.shells = dict(shells or {})
         self.executor = Executor(
             ExecutorPorts(
@@ -85,6 +118,7 @@ class Daemon:
                 retry_base_s=settings.retry_base_s,
                 observe=self.reconciler.kick,
                 metrics=self.metrics,
+                leases=self.lease_book,
             )
         )
         self._deps = MonitorDeps(
@@ -97,6 +131,7 @@ class Daemon:
             rng=rng or random.Random(),
             executor=self.executor,
             metrics=self.metrics,
+            leases=self.lease_book,
         )
         self.policy = self._deps.policy
         self.rng = self._deps.rng
@@ -116,20 +151,36 @@ class Daemon:
             interval_s=settings.zombie_interval_s,
             retry_base_s=settings.retry_base_s,
             metrics=self.metrics,
+            may_act=self.leader.holds,
         )
         self.idle_sweep = IdleSweep(
             cloud,
             self.clock,
-            lambda: list(self.monitors.values()),
+            self._leased_monitors,
             interval_s=settings.idle_interval_s,
         )
         self.started_at = self.clock.now()
+        self._monitor_tasks: dict[str, asyncio.Task[None]] = {}
+        self.lease_keeper = LeaseKeeper(
+            store,
+            self.lease_book,
+            self.clock,
+            arm=self.spawn,
+            disarm=self._disarm,
+            idle_runs=lambda: [m.run_id for m in self.monitors.values() if not m.busy],
+        )
+        self.metrics.watch_leases(self.lease_keeper)
         self.accepting = False
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._tg: asyncio.TaskGroup | None = None
         self.consumer = self._consumer(queue) if settings.events_queue_url else None
         self.api = ControlApi(self)
+        self.inbox = InboxConsumer(
+            store, self.notices, self.clock, replica_id=self.replica_id,
+            local=self.monitors.get, carry_out=self.api.carry_out, poll_s=settings.inbox_poll_s,
+            tidies=self.leader.holds,
+        )  # fmt: skip
         self.views = ControlViews(self.api)
         """The API as the control socket serves it: its answers as the protocol's views."""
         self.server = ControlServer(self.views, settings.socket_path)
@@ -151,7 +202,13 @@ class Daemon:
         return EventConsumer(
             queue, url, region, lambda: list(self.monitors.values()), self.store, self.clock,
             spot_margin_s=self.settings.spot_margin_s, wait_s=self.settings.events_wait_s,
+            hand_over=self._hand_over,
         )  # fmt: skip
+
+    async def _hand_over(self, run_id: str, event: HandedEvent) -> str:
+        return await hand_over(
+            self.store, self.clock, replica_id=self.replica_id, run_id=run_id, event=event
+        )
 
     async def serve(self, *, on_ready: Callable[[], Awaitable[None]] | None = None) -> None:
         """Run until `request_shutdown()`; then shut down in two phases and return. Raises
@@ -160,12 +217,11 @@ class Daemon:
             await self.metrics_server.start()
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
-            readopted = 0
-            async for page in self.store.active_runs():
-                for record in page:
-                    self.spawn(record.run)
-                readopted += len(page)
+            # Re-adopt by claiming (no AWS call per run): with SQLite every active run, with
+            # replicas a fair share.
+            readopted = await self.lease_keeper.start()
             self._start(self._attach_missed_crash_reports(), "crash-reports")
+            await self.leader.renew()  # before the sweep's first look: at once on SQLite
             for name, loop in self._root_loops():
                 self.metrics.root_task_started(name)
                 self._start(self.root_tasks.keep_running(name, loop), name)
@@ -181,6 +237,7 @@ class Daemon:
                 await on_ready()
             await self._stop.wait()
             await self._shutdown()
+        await self._hand_back()
         if self.root_tasks.failed is not None:
             raise self.root_tasks.failed
 
@@ -192,6 +249,8 @@ class Daemon:
         if self.consumer is not None:
             loops.append(("events", self.consumer.run_forever))
         loops.append(("idle", self.idle_sweep.run_forever))
+        loops.append(("leases", self.lease_keeper.run_forever))
+        loops += [("duties", self.leader.run_forever), ("inbox", self.inbox.run_forever)]
         return loops
 
     async def _attach_missed_crash_reports(self) -> None:
@@ -233,6 +292,7 @@ class Daemon:
         # on the queue for the next daemon (redelivered after its visibility timeout).
         self.accepting = False
         await self._stop_root_task("events")
+        await self._stop_root_task("inbox")  # rows not answered stay for the next owner
         # Then the monitors: let in-flight transitions finish, up to the deadline.
         for monitor in self.monitors.values():
             monitor.close()
@@ -244,6 +304,11 @@ class Daemon:
                 waiter.cancel()
         busy = [m.run_id for m in self.monitors.values() if m.busy]
         # Phase 2: cancel the rest. Idle monitors lose nothing: their state is in SQLite.
+        await self._stop_root_task("duties")
+        try:
+            await self.leader.release()  # another replica sweeps without waiting out the TTL
+        except Exception:
+            log.exception("duty_release_failed")
         await self.server.close()
         if self.metrics_server is not None:
             await self.metrics_server.close()
@@ -260,16 +325,23 @@ class Daemon:
             await asyncio.wait(stopping)
             log.info("root_task_stopped", task=name)
 
-    def _start(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+    def _start(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         assert self._tg is not None
         task = self._tg.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
-    def spawn(self, run: Run) -> Monitor:
+    def spawn(self, run: Run, lease: Lease | None = None) -> Monitor:
+        """Start the run's monitor, under `lease` (its claim) when given."""
+        run_id = run.spec.run_id
+        if lease is not None:
+            self.lease_book.put(run_id, lease)
         monitor = Monitor(run, self._deps)
-        self.monitors[run.spec.run_id] = monitor
-        self._start(self._guarded(monitor), f"monitor:{run.spec.run_id}")
+        self.monitors[run_id] = monitor
+        task = self._start(self._guarded(monitor), f"monitor:{run_id}")
+        self._monitor_tasks[run_id] = task
+        task.add_done_callback(lambda done: self._forget_task(run_id, done))
         return monitor
 
     async def _guarded(self, monitor: Monitor) -> None:
@@ -277,11 +349,18 @@ class Daemon:
         try:
             await monitor.run_forever()
             log.info("monitor_finished", run_id=monitor.run_id, phase=monitor.run.phase)
+            self._lease_done(monitor)
         except asyncio.CancelledError:
             raise
+        except LeaseLost as lost:
+            # Another replica owns the run now (or this lease was too near its end to act):
+            # nothing was written and no AWS call made; the owner carries on.
+            log.warning("monitor_dropped", run_id=monitor.run_id, why=str(lost))
+            self._lease_done(monitor, lost=lost.why)
         except Exception as exc:
             log.exception("monitor_crashed", run_id=monitor.run_id)
             await self._fail_run(monitor.run_id, exc)
+            self._lease_done(monitor)
         finally:
             if self.monitors.get(monitor.run_id) is monitor:
                 del self.monitors[monitor.run_id]
@@ -298,7 +377,45 @@ class Daemon:
                 policy=self._deps.policy,
                 rng=self._deps.rng,
             )
-            await self.store.commit(record.run, decision, now=self.clock.now())
+            lease = self.lease_book.held(run_id)
+            if lease is None:  # not ours any more: its owner decides
+                return
+            await self.store.commit(record.run, decision, now=self.clock.now(), lease=lease)
             self.metrics.transitioned(record.run, decision)
         except Exception:
             log.exception("run_fail_not_recorded", run_id=run_id)
+
+    # -- leases (issue 14) ------------------------------------------------------------------
+
+    def _leased_monitors(self) -> list[Monitor]:
+        """The monitors whose lease is live: what the sweeps describe (a replica that wakes
+        from SIGSTOP past its leases makes no call for runs it no longer owns)."""
+        return [m for m in self.monitors.values() if self.lease_book.live(m.run_id)]
+
+    def _forget_task(self, run_id: str, task: asyncio.Task[None]) -> None:
+        if self._monitor_tasks.get(run_id) is task:
+            del self._monitor_tasks[run_id]
+
+    def _lease_done(self, monitor: Monitor, *, lost: str | None = None) -> None:
+        """The monitor stopped on its own: its run's lease goes back (unless a newer monitor
+        of the run took over meanwhile)."""
+        if self.monitors.get(monitor.run_id) is monitor:
+            self.lease_keeper.stopped(monitor.run_id, lost=lost)
+
+    def _disarm(self, run_id: str) -> None:
+        """Stop a run's monitor at once, its lease lost or handed back: no further write or
+        AWS call (one in flight is cancelled; the next owner describes first)."""
+        monitor = self.monitors.pop(run_id, None)
+        if monitor is not None:
+            monitor.close()
+        task = self._monitor_tasks.pop(run_id, None)
+        if task is not None:
+            task.cancel()
+
+    async def _hand_back(self) -> None:
+        """After the monitors stopped: every lease goes back, for the other replicas to claim
+        at once."""
+        try:
+            await self.lease_keeper.hand_back()
+        except Exception:  # the leases then expire after their TTL instead
+            log.exception("leases_not_handed_back")

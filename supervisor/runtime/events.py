@@ -4,6 +4,9 @@ Events only wake monitors early or carry facts no describe call shows (a spot wa
 decisions still rest on observed state, and the reconcile sweep remains the safety net.
 
 A message is deleted only after what it caused is committed (`Monitor.request(settle=True)`).
+With replicas, a message about an active run that another replica watches is written to that
+run's inbox (`runtime.inbox`) and deleted once that row is committed; the owner gives it to
+the run's monitor as if it had received it.
 The same message twice, or messages out of order, cause no second transition: a nudge leads
 to a look, and the transition table refuses a repeated warning. Whatever causes nothing is
 recorded in the audit log and deleted: a message that cannot be parsed, one that names no
@@ -15,7 +18,7 @@ message (a failure to handle one leaves it on the queue for redelivery).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -24,6 +27,7 @@ import structlog
 from supervisor.adapters.aws import QueueMessage
 from supervisor.core.errors import ExternalError, InvalidTransition
 from supervisor.core.events import Event, Nudge, RebalanceRecommended, SpotInterruptionWarning
+from supervisor.core.inbox import HandedEvent
 from supervisor.core.notifications import (
     Ec2StateChange,
     Notification,
@@ -34,6 +38,7 @@ from supervisor.core.notifications import (
     Unrecognized,
     parse_message,
 )
+from supervisor.core.records import RunRecord
 from supervisor.core.run import Run
 from supervisor.core.spec import OnRebalance
 from supervisor.runtime.monitor import Monitor
@@ -68,6 +73,12 @@ class Audit(Protocol):
         self, instance_ids: Iterable[str], run_ids: Iterable[str] = ()
     ) -> list[Run]: ...
 
+    async def runs(self, *, active_only: bool = ...) -> list[RunRecord]: ...
+
+
+HandOver = Callable[[str, HandedEvent], Awaitable[str]]
+"""Writes an event to a run's inbox, for the replica that watches it; returns the row's id."""
+
 
 class EventConsumer:
     def __init__(
@@ -82,8 +93,12 @@ class EventConsumer:
         spot_margin_s: float,
         wait_s: int = 20,
         error_backoff_s: float = 5.0,
+        hand_over: HandOver | None = None,
     ) -> None:
+        """`hand_over`: for a message about an active run that another replica watches
+        (without it, such a message is recorded as unowned)."""
         self._queue = queue
+        self._inbox = hand_over
         self.queue_url = queue_url
         self._region = region
         self._monitors = monitors
@@ -223,6 +238,13 @@ class EventConsumer:
         settle: bool = True,
         **fields: Any,
     ) -> None:
+        handed_over = (
+            not monitors
+            and isinstance(event, HandedEvent)
+            and await self._hand_over(note, event, message, subject=subject, **fields)
+        )
+        if handed_over:
+            return
         if not monitors:
             ended = await self._ended_run(note)
             if ended is not None:
@@ -253,6 +275,53 @@ class EventConsumer:
                     **fields,
                 )
 
+    # -- replicas: runs another replica watches (issue 14) --------------------------------------
+
+    async def _hand_over(
+        self, note: Notification, event: HandedEvent, message: QueueMessage, *, subject: str,
+        **fields: Any,
+    ) -> bool:  # fmt: skip
+        """Write the event to the inbox of each active run it concerns that another replica
+        watches (committed before `handle` deletes the message; that replica's inbox consumer
+        gives it to the run's monitor). Returns whether there was any."""
+        if self._inbox is None:
+            return False
+        handed = False
+        for run in await self._active_elsewhere(note):
+            if isinstance(event, RebalanceRecommended) and (
+                run.spec.on_rebalance is OnRebalance.IGNORE
+            ):
+                await self._record(
+                    "rebalance-ignored", subject, message, run_id=run.spec.run_id,
+                    reason="on_rebalance=ignore; the interruption warning still "
+                    "starts the final checkpoint",
+                )  # fmt: skip
+                handed = True
+                continue
+            inbox_id = await self._inbox(run.spec.run_id, event)
+            handed = True
+            log.info(
+                "event_handed_over", run_id=run.spec.run_id, kind=type(event).__name__,
+                message_id=message.message_id, inbox_id=inbox_id, **fields,
+            )  # fmt: skip
+        return handed
+
+    async def _active_elsewhere(self, note: Notification) -> list[Run]:
+        """The active runs `note` concerns that no local monitor watches, from the store."""
+        local = {m.run_id for m in self._monitors()}
+        match note:
+            case Ec2StateChange() | SpotWarning() | RebalanceRecommendation():
+                runs = await self._audit.runs_on_instances([note.instance_id])
+            case ObjectCreated(bucket=bucket, key=key):
+                runs = [
+                    record.run
+                    for record in await self._audit.runs(active_only=True)
+                    if _prefix_owns(record.run, bucket, key)
+                ]
+            case _:
+                return []
+        return [r for r in runs if not r.phase.is_terminal and r.spec.run_id not in local]
+
     async def _ended_run(self, note: Notification) -> Run | None:
         """The run that most recently ended on the instance an EC2 event names, if it ended
         within `ENDED_RECENTLY`."""
@@ -280,5 +349,9 @@ class EventConsumer:
 
 
 def _owns_key(monitor: Monitor, bucket: str, key: str) -> bool:
-    prefix = monitor.run.spec.prefix
+    return _prefix_owns(monitor.run, bucket, key)
+
+
+def _prefix_owns(run: Run, bucket: str, key: str) -> bool:
+    prefix = run.spec.prefix
     return prefix.bucket == bucket and key.startswith(prefix.prefix)

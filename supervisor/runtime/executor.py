@@ -60,6 +60,7 @@ from supervisor.core.events import (
     ReportIngested,
     ResumeRequested,
 )
+from supervisor.core.leases import Lease
 from supervisor.core.records import ActionRecord, AttachmentRecord, ReportProblemRecord
 from supervisor.core.reports import (
     MAX_REPORT_BYTES,
@@ -72,6 +73,7 @@ from supervisor.core.reports import (
 from supervisor.core.run import Run
 from supervisor.core.spec import RunSpec, Transport
 from supervisor.core.values import InstanceState, S3Object
+from supervisor.runtime.leases import LeaseBook
 from supervisor.runtime.metrics import MetricsSink
 from supervisor.runtime.ports import Clock, Cloud, InstanceShell, RunStore
 from supervisor.runtime.retry import GaveUp, call_with_retries
@@ -106,6 +108,9 @@ class ExecutorPorts:
     observe: Callable[[], None]
     """Ask the reconciler for a prompt, batched describe."""
     metrics: MetricsSink = field(default_factory=MetricsSink)
+    leases: LeaseBook | None = None
+    """The leases of this replica (issue 14): no AWS call for a run without a live one, no
+    action on an instance with less than its margin left; writes fenced by them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +125,18 @@ class _Job:
     @property
     def spec(self) -> RunSpec:
         return self.run.spec
+
+    @property
+    def lease(self) -> Lease | None:
+        """The lease this job's writes go under (`LeaseLost` if it is gone)."""
+        leases = self.ports.leases
+        return leases.fence(self.spec.run_id) if leases is not None else None
+
+    def check_lease(self, *, acting: bool) -> None:
+        """Before an AWS call: `LeaseLost` unless the run's lease is live (with the action
+        margin left, for an action on an instance)."""
+        if self.ports.leases is not None:
+            self.ports.leases.check(self.spec.run_id, acting=acting)
 
 
 _E = TypeVar("_E")
@@ -157,7 +174,15 @@ class Executor:
         carry_out = _CARRY_OUT.get(type(effect))
         if carry_out is None:
             raise AssertionError(f"the executor does not carry out {effect!r}")
-        return await carry_out(effect, _Job(run, self.ports, note))
+        job = _Job(run, self.ports, note)
+        # Issue 14: a replica whose lease is gone (or, to act on the instance, nearly gone)
+        # makes no AWS call at all; `LeaseLost` stops the monitor.
+        job.check_lease(acting=isinstance(effect, _ACTIONS))
+        return await carry_out(effect, job)
+
+
+_ACTIONS = (ActOnInstance, LaunchInstance, RunInstanceCommand)
+"""Effects that act on an instance: started only with the lease's margin left."""
 
 
 def failed_event(operation: str, error: ExternalError) -> EffectFailed:
@@ -241,7 +266,7 @@ async def _ingest(effect: IngestReport, job: _Job) -> Event | None:
     except (ExternalError, InvalidInput) as exc:
         return await _report_problem(job, key, etag, str(exc)[:300])
     now = ports.clock.now()
-    await ports.store.record_report(spec.run_id, key, report, read_at=now, now=now)
+    await ports.store.record_report(spec.run_id, key, report, read_at=now, now=now, lease=job.lease)
     job.note("report_ingested", key=key, etag=etag, bytes=size)
     progress = None
     if isinstance(report, StatusReport) and report.step is not None:
@@ -258,7 +283,8 @@ async def _report_problem(job: _Job, key: str, etag: str, problem: str) -> Repor
     await job.ports.store.record_report_problem(
         ReportProblemRecord(
             run_id=job.spec.run_id, key=key, etag=etag, note=note, noted_at=job.ports.clock.now()
-        )
+        ),
+        lease=job.lease,
     )
     job.note(REPORT_UNREADABLE, level="warning", key=key, error=note)
     return ReportIngested(key, etag, error=problem)
@@ -279,7 +305,7 @@ async def _attach_crash_report(effect: AttachCrashReport, job: _Job) -> None:
     if record is None:
         job.note("crash_report_absent", level="debug", uri=uri)
         return
-    await ports.store.attach(record)
+    await ports.store.attach(record, lease=job.lease)
     job.note("crash_report_attached", uri=uri, bytes=record.size)
     return
 
@@ -426,10 +452,14 @@ async def _act(effect: ActOnInstance, job: _Job) -> Event:
             wait_s=round(wait_s, 3),
         )
 
+    async def attempt() -> InstanceState:
+        job.check_lease(acting=True)  # each retry too: the lease may run out meanwhile
+        return await call(run.instance_id, spec.region)
+
     job.note("action_requested", operation=operation, instance_id=run.instance_id)
     try:
         state, attempts = await call_with_retries(
-            lambda: call(run.instance_id, spec.region),
+            attempt,
             base_s=ports.retry_base_s,
             on_retry=on_retry,
         )
@@ -473,7 +503,8 @@ async def _record_action(
             outcome=outcome,
             error_code=error.code if error else None,
             message=error.message if error else None,
-        )
+        ),
+        lease=job.lease,
     )
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import choose_encoder
@@ -26,6 +26,9 @@ from supervisor.core.events import Action
 from supervisor.core.machine import Decision
 from supervisor.core.run import Outcome, Phase, Run
 from supervisor.runtime.ports import Clock
+
+if TYPE_CHECKING:
+    from supervisor.runtime.leases import LeaseKeeper
 
 Source = Literal["run", "zombie"]
 RunCounts = Mapping[tuple[str, str | None], int]
@@ -212,3 +215,44 @@ class Metrics(MetricsSink):
         for call, n in sorted((self._count_calls() if self._count_calls else {}).items()):
             calls.add_metric(list(call), n)
         yield calls
+
+    # -- leases (issue 14) ------------------------------------------------------------------
+
+    def watch_leases(self, keeper: LeaseKeeper) -> None:
+        """Report the lease keeper's figures: runs owned now, claims, leases lost."""
+        self.registry.register(_LeaseFigures(keeper))
+
+
+class _LeaseFigures:
+    """A collector of the lease keeper's figures, read at scrape time."""
+
+    def __init__(self, keeper: LeaseKeeper) -> None:
+        self._keeper = keeper
+
+    def collect(self) -> Iterator[Metric]:
+        keeper = self._keeper
+        yield GaugeMetricFamily(
+            "supervisor_runs_owned",
+            "Active runs this replica holds the lease of (and watches).",
+            value=len(keeper.book),
+        )
+        yield CounterMetricFamily(
+            "supervisor_lease_claims",
+            "Runs claimed by this replica (each claim bumps the run's epoch).",
+            value=keeper.counts.claims,
+        )
+        lost = CounterMetricFamily(
+            "supervisor_leases_lost",
+            "Leases this replica lost, by why: renewal (another replica holds it), fence (a "
+            "write found it gone), expired (by this replica's clock), expiring (too little "
+            "left to act on an instance). Each stopped a monitor with no AWS call.",
+            labels=["why"],
+        )
+        for why in sorted({"renewal", "fence", "expired", "expiring"} | keeper.counts.lost.keys()):
+            lost.add_metric([why], keeper.counts.lost.get(why, 0))
+        yield lost
+        yield CounterMetricFamily(
+            "supervisor_leases_released",
+            "Runs this replica handed back (finished, above its fair share, at shutdown).",
+            value=keeper.counts.released,
+        )

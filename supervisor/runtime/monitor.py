@@ -26,12 +26,13 @@ import structlog
 
 from supervisor.core.checkpoint import CommandResult, CommandStatus
 from supervisor.core.effects import Effect, RunInstanceCommand, WakeAt
-from supervisor.core.errors import InvalidTransition
+from supervisor.core.errors import InvalidTransition, LeaseLost
 from supervisor.core.events import Armed, CommandFinished, Event, InstanceObserved, Tick
 from supervisor.core.feed import FeedItem, FeedTransition, MonitorNote
 from supervisor.core.machine import Decision, Policy, step
 from supervisor.core.run import Phase, Run
 from supervisor.runtime.executor import Executor
+from supervisor.runtime.leases import LeaseBook
 from supervisor.runtime.metrics import MetricsSink
 from supervisor.runtime.ports import Clock, RunStore
 
@@ -52,6 +53,9 @@ class MonitorDeps:
     rng: random.Random
     executor: Executor
     metrics: MetricsSink = field(default_factory=MetricsSink)
+    leases: LeaseBook | None = None
+    """The leases of this replica (issue 14): each commit is fenced by the run's. None: no
+    leases (a monitor on its own, in tests)."""
 
 
 class Monitor:
@@ -249,7 +253,9 @@ class Monitor:
 
     async def _commit(self, decision: Decision) -> None:
         before = self.run
-        await self._deps.store.commit(before, decision, now=self._deps.clock.now())
+        leases = self._deps.leases
+        lease = leases.fence(self.run_id) if leases is not None else None
+        await self._deps.store.commit(before, decision, now=self._deps.clock.now(), lease=lease)
         self.run = decision.run
         self._deps.metrics.transitioned(before, decision)
         t = decision.transition
@@ -313,6 +319,8 @@ class Monitor:
             finished = await self._deps.executor.execute(effect, self.run, self._note)
         except asyncio.CancelledError:
             self._note("command_cancelled", kind=str(command.kind), early=early)
+            raise
+        except LeaseLost:  # not a failed command: the monitor stops (another replica owns it)
             raise
         except Exception as exc:  # it must not take the monitor down with it
             self._log.exception("background_command_failed")

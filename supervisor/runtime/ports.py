@@ -3,13 +3,17 @@ them here (and only here) when a real part cannot run."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from supervisor.core.checkpoint import CommandResult, InstanceCommand, StoredObject
 from supervisor.core.completion import ListRequest
+from supervisor.core.duties import DutyLease
 from supervisor.core.idle import Datapoint, IdleMetric
+from supervisor.core.inbox import InboxAnswer, InboxItem
+from supervisor.core.leases import Lease, LeasedRun, Replica, ReplicaStatus
 from supervisor.core.machine import Decision
 from supervisor.core.records import (
     ActionRecord,
@@ -139,9 +143,11 @@ class RunStore(Protocol):
     async def close(self) -> None: ...
 
     # -- runs and their transitions --
-    async def create_run(self, decision: Decision) -> None: ...
+    async def create_run(self, decision: Decision, *, lease: Lease | None = ...) -> None: ...
 
-    async def commit(self, before: Run, decision: Decision, *, now: datetime) -> None: ...
+    async def commit(
+        self, before: Run, decision: Decision, *, now: datetime, lease: Lease | None = ...
+    ) -> None: ...
 
     async def get_run(self, run_id: str) -> RunRecord | None: ...
 
@@ -166,21 +172,30 @@ class RunStore(Protocol):
     async def run_regions(self) -> set[str]: ...
 
     # -- what happened to a run: actions, attachments, reports --
-    async def record_action(self, record: ActionRecord) -> None: ...
+    async def record_action(self, record: ActionRecord, *, lease: Lease | None = ...) -> None: ...
 
     async def actions(self, run_id: str) -> list[ActionRecord]: ...
 
-    async def attach(self, record: AttachmentRecord) -> None: ...
+    async def attach(self, record: AttachmentRecord, *, lease: Lease | None = ...) -> None: ...
 
     async def attachments(self, run_id: str) -> list[AttachmentRecord]: ...
 
     async def record_report(
-        self, run_id: str, key: str, report: Report, *, read_at: datetime, now: datetime
+        self,
+        run_id: str,
+        key: str,
+        report: Report,
+        *,
+        read_at: datetime,
+        now: datetime,
+        lease: Lease | None = ...,
     ) -> None: ...
 
     async def run_data(self, run_id: str) -> RunDataRecord | None: ...
 
-    async def record_report_problem(self, problem: ReportProblemRecord) -> None: ...
+    async def record_report_problem(
+        self, problem: ReportProblemRecord, *, lease: Lease | None = ...
+    ) -> None: ...
 
     async def report_problems(self, run_id: str) -> list[ReportProblemRecord]: ...
 
@@ -201,6 +216,46 @@ class RunStore(Protocol):
 
     async def fleet_report(self, *, since: datetime) -> FleetReport: ...
 
+    # -- leases and replicas (issue 14) --
+    @property
+    def single_writer(self) -> bool:
+        """One daemon holds this database alone (SQLite): it may take over every lease."""
+        ...
+
+    # A monitor's writes (`commit`, `record_action`, `attach`, `record_report`,
+    # `record_report_problem`) given a `lease` are fenced: written only while the run is
+    # still owned under it, else `LeaseLost` and nothing written.
+    async def claim_runs(
+        self, owner: str, *, limit: int, now: datetime, until: datetime, only: str | None = ...
+    ) -> list[LeasedRun]: ...
+
+    async def renew_leases(self, owner: str, *, until: datetime) -> dict[str, int]: ...
+
+    async def release_runs(self, owner: str, leases: Iterable[tuple[str, int]]) -> int: ...
+
+    async def release_every_lease(self) -> int: ...
+
+    async def record_replica(self, replica: Replica) -> None: ...
+
+    async def replicas(self) -> list[ReplicaStatus]: ...
+
+    # -- replicas: the run inbox and duty leases (issue 14) --
+    async def post_to_inbox(self, item: InboxItem) -> None: ...
+
+    async def pending_inbox(self, *, limit: int = ...) -> list[InboxItem]: ...
+
+    async def answer_inbox(self, item_id: str, answer: InboxAnswer, *, now: datetime) -> bool: ...
+
+    async def inbox_answer(self, item_id: str) -> InboxAnswer | None: ...
+
+    async def expire_inbox(self, *, now: datetime, keep: timedelta) -> None: ...
+
+    async def hold_duty(
+        self, name: str, owner: str, *, now: datetime, until: datetime, take_over: bool = ...
+    ) -> DutyLease: ...
+
+    async def release_duty(self, name: str, owner: str, *, now: datetime) -> None: ...
+
 
 class Clock(Protocol):
     def now(self) -> datetime: ...
@@ -209,3 +264,22 @@ class Clock(Protocol):
 class SystemClock:
     def now(self) -> datetime:
         return datetime.now(UTC)
+
+
+# -- replicas: notices (issue 14) ----------------------------------------------------------------
+
+
+class Notices(Protocol):
+    """Wake-ups between replicas: PostgreSQL's LISTEN/NOTIFY; without them, a poll."""
+
+    async def wait(self, channel: str, timeout_s: float) -> None:
+        """Return once a notice on `channel` arrives, or after `timeout_s` at the latest."""
+        ...
+
+
+class PollingNotices:
+    """No notices (SQLite: one daemon, whose requests never leave it): every wait is the
+    whole poll interval."""
+
+    async def wait(self, channel: str, timeout_s: float) -> None:
+        await asyncio.sleep(timeout_s)

@@ -12,7 +12,7 @@ import contextlib
 import fcntl
 import os
 import signal
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import structlog
@@ -22,10 +22,11 @@ from supervisor.adapters.faults import FaultPlan
 from supervisor.adapters.shell import LocalShell, SsmShell
 from supervisor.adapters.store import Store
 from supervisor.core.errors import SupervisorError
+from supervisor.core.inbox import NOTICE_CHANNELS
 from supervisor.core.spec import Transport
 from supervisor.runtime.daemon import Daemon
 from supervisor.runtime.log_config import configure_logging
-from supervisor.runtime.ports import InstanceShell, RunStore
+from supervisor.runtime.ports import InstanceShell, Notices, RunStore
 from supervisor.runtime.settings import Settings
 
 log = structlog.get_logger("supervisor.service")
@@ -113,12 +114,17 @@ async def serve(
         log.warning("fault_injection_enabled", plan=settings.faults)
     store = await open_store(settings)
     try:
-        async with Aws(faults=faults) as aws:
+        async with Aws(faults=faults) as aws, open_notices(settings) as notices:
             shells: dict[Transport, InstanceShell] = {
                 Transport.LOCAL: LocalShell(),
                 Transport.SSM: SsmShell(aws),
             }
-            daemon = Daemon(settings, store, aws, shells=shells, queue=aws)
+            # sole_replica: on SQLite the state directory's lock proves no other daemon uses
+            # the file, so duty leases are taken over at start.
+            daemon = Daemon(
+                settings, store, aws, shells=shells, queue=aws, notices=notices,
+                sole_replica=not settings.database_url,
+            )  # fmt: skip
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(
@@ -160,6 +166,18 @@ async def open_store(settings: Settings) -> RunStore:
 
         return await PgStore.open(settings.database_url)
     return await Store.open(settings.db_path)
+
+
+@contextlib.asynccontextmanager
+async def open_notices(settings: Settings) -> AsyncIterator[Notices | None]:
+    """PostgreSQL's LISTEN for the replicas' wake-ups (None on SQLite: the daemon polls)."""
+    if not settings.database_url:
+        yield None
+        return
+    from supervisor.adapters.pg_notices import PgNotices
+
+    async with PgNotices(settings.database_url, NOTICE_CHANNELS) as notices:
+        yield notices
 
 
 def check_database(settings: Settings) -> None:

@@ -40,6 +40,7 @@ from supervisor.runtime.config_file import find_config_file as find_config_file
 
 _SECRET_HINTS = ("secret", "token", "password", "key", "database_url")
 
+
 Seconds = Annotated[float, Field(ge=0, le=MAX_GRACE_S, allow_inf_nan=False)]
 """A duration setting: finite, and at most a week, so no interval overflows a date."""
 PositiveSeconds = Annotated[float, Field(gt=0, le=MAX_GRACE_S, allow_inf_nan=False)]
@@ -99,6 +100,12 @@ class Settings(BaseSettings):
     any moment, and half this interval is how long that goes unseen at the median. Taken
     within `poll_initial_s` and `poll_max_s` (a slower schedule set with those two stays as it
     is); with an events queue, `poll_max_with_events_s` applies to every run."""
+    # Issue 14: replicas.
+    replica_id: str | None = Field(None, min_length=1, max_length=200, pattern=r"^[\w.:@-]+$")
+    """This daemon's name among replicas on one database; unset: `<hostname>-<pid>`."""
+    lease_ttl_s: float = Field(30.0, ge=1, le=3600, allow_inf_nan=False)
+    """How long a replica's lease on a run lasts without renewal; renewed every third of it.
+    A dead replica's runs are claimed by the others within about 4/3 of it."""
 
     # -- issue 14: the database -------------------------------------------------------------
     database_url: str | None = Field(None, repr=False)
@@ -124,6 +131,14 @@ class Settings(BaseSettings):
         """Where the run database is, fit to show: the URL with its password redacted, or
         the SQLite file's path."""
         return redact(self.database_url) if self.database_url else str(self.db_path)
+
+    # -- replicas: the run inbox (issue 14) --
+    inbox_poll_s: PositiveSeconds = 2.0
+    """How often a replica looks for requests about its runs (and for the answers to its own)
+    when no notice wakes it: PostgreSQL's LISTEN/NOTIFY wakes it at once, SQLite polls."""
+    command_timeout_s: PositiveSeconds = 30.0
+    """How long a stop, terminate, resume or detach of a run another replica owns waits for
+    that replica's answer before giving up (the request is then withdrawn)."""
 
     @field_validator("metrics_addr")
     @classmethod

@@ -1,6 +1,7 @@
 """The zombie sweep: finds instances still running after their run ended, or tagged
 `supervisor:run-id` with no active run to own them, records them, and (with auto-terminate)
-terminates them after the wait, never twice within the cooldown.
+terminates them after the wait, never twice within the cooldown. With replicas it runs on the
+one that holds the duty lease `leader` (`runtime.duties`).
 
 Every decision is the pure core's (`supervisor.core.zombies`); this module only gathers what
 they need, carries out the calls and commits the results. Per sweep and region it makes one
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -80,8 +82,12 @@ class ZombieWatch:
         retry_base_s: float,
         lookback: timedelta = LOOKBACK,
         metrics: MetricsSink | None = None,
+        may_act: Callable[[], bool] = lambda: True,
     ) -> None:
+        """`may_act`: whether this replica holds the sweep's duty lease now (with replicas,
+        one sweeps; see `runtime.duties`): asked before each sweep and each AWS action."""
         self._store = store
+        self._may_act = may_act
         self._cloud = cloud
         self._clock = clock
         self.policy = policy
@@ -101,6 +107,8 @@ class ZombieWatch:
         the runs' own sweep."""
         while True:
             await asyncio.sleep(self.interval_s)
+            if not self._may_act():
+                continue  # another replica holds the duty
             try:
                 await self.sweep()
             except asyncio.CancelledError:
@@ -237,6 +245,10 @@ class ZombieWatch:
                 )
 
     async def _attempt(self, zombie: Zombie, action: Action) -> None:
+        if not self._may_act():  # the duty moved (or this replica was frozen) since the sweep
+            log.info("zombie_attempt_skipped", instance_id=zombie.instance_id,
+                     reason="not holding the sweep's duty lease")  # fmt: skip
+            return
         # An attach since the sweep looked would make this instance a run's again.
         owner = await self._store.active_owner(zombie.instance_id, zombie.region)
         if owner is not None:

@@ -161,31 +161,32 @@ def test_the_portable_subset_is_translated_word_for_word() -> None:
 async def test_the_portable_subset_runs_on_postgresql(pg_url: str) -> None:
     """What later migrations may use (ALTER TABLE ADD COLUMN, CREATE TABLE with TEXT,
     INTEGER, REAL and an autoincrement id, CREATE [UNIQUE] INDEX, a plain UPDATE) runs,
-    translated, on a migrated database, and an id is filled in."""
+    translated, on a migrated database, and an id is filled in. (Its names are probes, so
+    that no real migration ever takes one.)"""
     store = await PgStore.open(pg_url)
     await store.close()
     sqlite = (
-        "ALTER TABLE runs ADD COLUMN owner TEXT;\n"
-        "ALTER TABLE runs ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;\n"
-        "CREATE TABLE replicas (\n"
+        "ALTER TABLE runs ADD COLUMN probe_owner TEXT;\n"
+        "ALTER TABLE runs ADD COLUMN probe_epoch INTEGER NOT NULL DEFAULT 0;\n"
+        "CREATE TABLE probe_replicas (\n"
         "    id INTEGER PRIMARY KEY AUTOINCREMENT,\n"
         "    replica_id TEXT NOT NULL UNIQUE,\n"
         "    runs_owned INTEGER NOT NULL DEFAULT 0,\n"
         "    load REAL NOT NULL DEFAULT 0.5\n"
         ");\n"
-        "CREATE INDEX runs_owner ON runs (owner);\n"
-        "CREATE UNIQUE INDEX replicas_load ON replicas (replica_id, load);\n"
-        "CREATE TABLE inbox (seq INTEGER PRIMARY KEY, run_id TEXT NOT NULL REFERENCES runs "
+        "CREATE INDEX probe_owner_index ON runs (probe_owner);\n"
+        "CREATE UNIQUE INDEX probe_replicas_load ON probe_replicas (replica_id, load);\n"
+        "CREATE TABLE probe_inbox (seq INTEGER PRIMARY KEY, run_id TEXT NOT NULL REFERENCES runs "
         "(run_id), body TEXT NOT NULL DEFAULT '{}');\n"
-        "UPDATE runs SET epoch = 1 WHERE owner IS NULL;\n"
+        "UPDATE runs SET probe_epoch = 1 WHERE probe_owner IS NULL;\n"
     )
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(translate(sqlite).encode())
-        conn.execute("INSERT INTO replicas (replica_id, runs_owned) VALUES ('a', 9999999999)")
-        row = conn.execute("SELECT id, runs_owned, load FROM replicas").fetchone()
+        conn.execute("INSERT INTO probe_replicas (replica_id, runs_owned) VALUES ('a', 9999999999)")
+        row = conn.execute("SELECT id, runs_owned, load FROM probe_replicas").fetchone()
         [inbox_id] = conn.execute(
             "SELECT data_type FROM information_schema.columns "
-            "WHERE table_name = 'inbox' AND column_name = 'seq' AND is_identity = 'YES'"
+            "WHERE table_name = 'probe_inbox' AND column_name = 'seq' AND is_identity = 'YES'"
         ).fetchall()
     assert row == (1, 9_999_999_999, 0.5)
     assert inbox_id == ("bigint",)  # filled when left out, as SQLite's INTEGER PRIMARY KEY is

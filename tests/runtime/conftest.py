@@ -18,8 +18,10 @@ import pytest
 
 from supervisor.adapters.aws import Aws
 from supervisor.adapters.faults import FaultPlan
+from supervisor.adapters.pg_store import PgStore
 from supervisor.adapters.protocol import AttachRequest, RunView
 from supervisor.adapters.shell import LocalShell, SsmShell
+from supervisor.adapters.sql_store import SqlStore
 from supervisor.adapters.store import Store
 from supervisor.core.run import Phase, Run
 from supervisor.core.spec import Transport
@@ -50,7 +52,7 @@ class Harness:
         self.state_dir = state_dir
         self.daemon: Daemon | None = None
         self.aws: Aws | None = None
-        self.store: Store | None = None
+        self.store: SqlStore | None = None
         self._task: asyncio.Task[None] | None = None
         self._stack = AsyncExitStack()
         self.local_shell: Callable[[], InstanceShell] = LocalShell
@@ -59,6 +61,8 @@ class Harness:
         """Makes the event queue; a test may wrap the AWS adapter's (our own port)."""
         self.daemon_options: dict[str, Any] = {}
         """More keyword arguments for `Daemon` (a restart policy, a sleep)."""
+        self.db_path: Path | None = None
+        """Another daemon's database (two replicas on one file); default: the state dir's."""
 
     def settings(self, **overrides: Any) -> Settings:
         return Settings.load(None, state_dir=self.state_dir, **{**FAST, **overrides})
@@ -72,7 +76,10 @@ class Harness:
     ) -> Daemon:
         await self._stack.__aenter__()
         settings = self.settings(**overrides)
-        self.store = await Store.open(settings.db_path)
+        if settings.database_url:  # replicas on PostgreSQL (tests/runtime/test_routing.py)
+            self.store = await PgStore.open(settings.database_url)
+        else:
+            self.store = await Store.open(self.db_path or settings.db_path)
         self._stack.push_async_callback(self.store.close)
         self.aws = await self._stack.enter_async_context(
             Aws(faults=FaultPlan.parse(faults) if faults else None)

@@ -15,7 +15,7 @@ import json
 import pytest
 
 from supervisor.adapters.aws import Aws, QueueMessage
-from supervisor.adapters.store import Store
+from supervisor.adapters.sql_store import SqlStore
 from supervisor.core.run import Outcome, Phase
 from supervisor.runtime.events import EventConsumer
 from supervisor.runtime.ports import SystemClock
@@ -38,7 +38,7 @@ class HeldDeletes:
     """The real queue adapter, whose deletes wait until `release()`; each records what the
     store held for the runs when the consumer asked for it."""
 
-    def __init__(self, aws: Aws, store: Store, run_ids: tuple[str, ...]) -> None:
+    def __init__(self, aws: Aws, store: SqlStore, run_ids: tuple[str, ...]) -> None:
         self._aws = aws
         self._store = store
         self._run_ids = run_ids

@@ -218,7 +218,14 @@ async def test_a_sweep_that_raises_is_restarted_and_the_restart_counted(
     assert daemon.root_tasks.restarts["reconciler"] == 1
     assert len(sleeps.waits) == 1 and 0.9 <= sleeps.waits[0] <= 1.1  # 1 s ± jitter
     status = await daemon.views.status()
-    assert status.root_task_restarts == {"reconciler": 1, "zombies": 0, "idle": 0}
+    assert status.root_task_restarts == {
+        "reconciler": 1,
+        "zombies": 0,
+        "idle": 0,
+        "duties": 0,
+        "inbox": 0,
+        "leases": 0,
+    }
     scrape = await scrape_socket(daemon)
     assert scrape.value("supervisor_root_task_restarts_total", task="reconciler") == 1
     assert scrape.has("supervisor_root_task_restarts_total", task="zombies")
@@ -243,7 +250,14 @@ async def test_a_sweep_that_keeps_failing_ends_the_daemon_with_an_error(
         await asyncio.wait_for(serving, 15)
     harness._task = None  # ended: nothing left for the fixture to stop
 
-    assert daemon.root_tasks.restarts == {"reconciler": 2, "zombies": 0, "idle": 0}
+    assert daemon.root_tasks.restarts == {
+        "reconciler": 2,
+        "zombies": 0,
+        "idle": 0,
+        "duties": 0,
+        "inbox": 0,
+        "leases": 0,
+    }
     assert not daemon.accepting
     assert not daemon.settings.socket_path.exists()  # shut down the orderly way
     assert (await harness.run("r1")).phase is P.PENDING  # the run is kept for the next start
