@@ -245,14 +245,19 @@ def _copy(
                         for row in page:
                             copy.write_row(row)
                 for column in table.columns:
-                    if column.generated:  # the next id after the copied ones
-                        next_id = f"COALESCE(max({column.name}), 0) + 1"
-                        reset = f"SELECT setval(%s, {next_id}, false) FROM {table.name}"  # noqa: S608
-                        sequence = target.execute(
-                            "SELECT pg_get_serial_sequence(%s, %s)",
-                            [table.name, column.name],
-                        ).fetchone()
-                        target.execute(reset, [sequence[0] if sequence else None])
+                    # Generated columns include the lease book's (runs.owner, epoch,
+                    # lease_until), which no decision writes; only an identity column has a
+                    # sequence to move past the copied ids.
+                    if not column.generated:
+                        continue
+                    found_sequence = target.execute(
+                        "SELECT pg_get_serial_sequence(%s, %s)", [table.name, column.name]
+                    ).fetchone()
+                    if found_sequence is None or found_sequence[0] is None:
+                        continue
+                    next_id = f"COALESCE(max({column.name}), 0) + 1"
+                    reset = f"SELECT setval(%s, {next_id}, false) FROM {table.name}"  # noqa: S608
+                    target.execute(reset, [found_sequence[0]])
                 expected = source.count(table)
                 count = f"SELECT count(*) FROM {table.name}"  # noqa: S608
                 found = target.execute(count).fetchone()
