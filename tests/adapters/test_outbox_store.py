@@ -169,4 +169,3 @@ async def test_the_outcome_names_the_event_of_a_stop_after_a_crash(notifying: Sq
     [row] = await notifying.outbox_rows()
     assert row.notice.events == (NotifyEvent.CRASHED,)
     assert row.notice.outcome == "crashed"
-
