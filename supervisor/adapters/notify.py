@@ -34,12 +34,6 @@ logging.getLogger("apprise").propagate = False
 logging.getLogger("apprise").addHandler(logging.NullHandler())
 
 
-def split_urls(text: str) -> tuple[str, ...]:
-    """The URLs of `SUPERVISOR_NOTIFY_URLS`: separated by spaces, newlines or commas (no
-    Apprise URL has a bare comma outside its query, where Apprise itself splits on them)."""
-    return tuple(u for u in text.replace(",", " ").split() if u)
-
-
 def _digest(url: str) -> str:
     return hashlib.sha256(url.encode()).hexdigest()[:16]
 

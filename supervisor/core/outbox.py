@@ -69,6 +69,12 @@ def parse_notify_on(text: str) -> frozenset[NotifyEvent]:
     return frozenset(events)
 
 
+def split_urls(text: str) -> tuple[str, ...]:
+    """Pure. The URLs of `SUPERVISOR_NOTIFY_URLS`: separated by spaces, newlines or commas
+    (Apprise's own separators)."""
+    return tuple(u for u in text.replace(",", " ").split() if u)
+
+
 def _newly(before: Run, run: Run, outcome: Outcome) -> bool:
     return run.outcome is outcome and before.outcome is not outcome
 

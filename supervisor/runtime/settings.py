@@ -24,7 +24,12 @@ from supervisor.adapters.database_url import is_postgresql, redact
 from supervisor.core.backoff import BackoffPolicy
 from supervisor.core.errors import InvalidInput
 from supervisor.core.eta import POLL_MAX_WITHOUT_ETA_S
-from supervisor.core.outbox import DEFAULT_NOTIFY_ON_TEXT, NotifyEvent, parse_notify_on
+from supervisor.core.outbox import (
+    DEFAULT_NOTIFY_ON_TEXT,
+    NotifyEvent,
+    parse_notify_on,
+    split_urls,
+)
 from supervisor.core.spec import MAX_GRACE_S, GraceSeconds
 from supervisor.core.zombies import ZombiePolicy
 from supervisor.runtime.config_file import CONFIG_ENV as CONFIG_ENV
@@ -188,7 +193,7 @@ class Settings(BaseSettings):
 
     @property
     def notify_url_list(self) -> tuple[str, ...]:
-        return tuple(u for u in self.notify_urls.replace(",", " ").split() if u)
+        return split_urls(self.notify_urls)
 
     @field_validator("metrics_addr")
     @classmethod
