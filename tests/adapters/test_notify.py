@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -93,3 +94,15 @@ async def test_the_fault_plan_fails_or_holds_sends(receiver: Receiver) -> None:
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(held.send(held.targets[0], MESSAGE), 0.2)
     assert len(receiver.got()) == 1
+
+
+def test_the_readme_example_urls_are_ones_apprise_takes() -> None:
+    """The README's example of SUPERVISOR_NOTIFY_URLS (Slack, Teams, PagerDuty, a webhook)."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    start = text.index('export SUPERVISOR_NOTIFY_URLS="') + len('export SUPERVISOR_NOTIFY_URLS="')
+    urls = split_urls(text[start : text.index('"', start)])
+
+    loaded = load_targets(urls)
+
+    assert [u.partition("://")[0] for u in urls] == ["slack", "workflows", "pagerduty", "jsons"]
+    assert len({c.target.digest for c in loaded}) == 4
