@@ -190,6 +190,8 @@ def transition_notice(
 ) -> Notice | None:
     """Pure. The outbox row a committed decision needs, if any of its events is in
     `notify_on` (the row names all its events: one message per transition)."""
+    if not notify_on:  # notifications off: nothing to work out on the commit path
+        return None
     events = transition_events(before, decision)
     if not events or notify_on.isdisjoint(events):
         return None
