@@ -89,6 +89,9 @@ class Notifier:
         self.pending = 0
         """Pending rows this replica found at its last look."""
         self._wake = asyncio.Event()
+        self._in_flight: set[str] = set()
+        """Keys of the rows being delivered now (a look finds them still pending)."""
+        self._slots = asyncio.Semaphore(CONCURRENT_ROWS)
 
     def __repr__(self) -> str:
         return (
@@ -105,19 +108,28 @@ class Notifier:
         self._wake.set()
 
     async def run_forever(self) -> None:
-        while True:
-            try:
-                await self.deliver_pending()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a database hiccup: the rows stay pending for the next look
-                log.exception("notifications_not_delivered")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.policy.poll_s)
-            self._wake.clear()
+        """Look for pending rows every `poll_s` and start a delivery of each one not already
+        under way: a row whose receiver is slow or failing does not hold up the rows after it
+        (at most `CONCURRENT_ROWS` deliveries at once)."""
+        async with asyncio.TaskGroup() as group:
+            while True:
+                try:
+                    await self._start_pending(group)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # a database hiccup: the rows stay pending for the next look
+                    log.exception("notifications_not_delivered")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.policy.poll_s)
+                self._wake.clear()
 
     async def deliver_pending(self) -> int:
-        """Deliver every pending row this replica is to send; how many rows were tried."""
+        """Deliver every pending row this replica is to send, and return once they are done
+        with; how many rows were tried."""
+        async with asyncio.TaskGroup() as group:  # left once every delivery started is done
+            return await self._start_pending(group)
+
+    async def _start_pending(self, group: asyncio.TaskGroup) -> int:
         now = self._clock.now()
         rows = await self._store.pending_outbox(
             self._replica_id,
@@ -125,19 +137,25 @@ class Notifier:
             alive_since=now - timedelta(seconds=self.policy.owner_gone_after_s),
         )
         self.pending = len(rows)
-        if not rows:
-            return 0
-        slots = asyncio.Semaphore(CONCURRENT_ROWS)
+        started = 0
+        for row in rows:
+            if row.key in self._in_flight:
+                continue
+            self._in_flight.add(row.key)
+            group.create_task(self._deliver_guarded(row))
+            started += 1
+        return started
 
-        async def one(row: OutboxRow) -> None:
-            async with slots:
+    async def _deliver_guarded(self, row: OutboxRow) -> None:
+        try:
+            async with self._slots:
                 await self.deliver(row)
-
-        async with asyncio.TaskGroup() as group:
-            for row in rows:
-                group.create_task(one(row))
-        self.pending = 0
-        return len(rows)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the row stays pending: the next look tries it again
+            log.exception("notification_round_failed", key=row.key)
+        finally:
+            self._in_flight.discard(row.key)
 
     async def deliver(self, row: OutboxRow) -> DeliveryState | None:
         """One delivery round of a row: each target not yet done with is sent the message

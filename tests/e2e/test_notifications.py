@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Fleet
-from tests.e2e.conftest import Cli, wait_for
+from tests.e2e.conftest import Cli, cli_for, wait_for
 from tests.notify_receiver import Receiver, running_receiver
 
 pytestmark = pytest.mark.e2e
@@ -192,3 +192,62 @@ def test_bad_notification_settings_are_refused_on_one_line(cli: Cli) -> None:
     assert "SUPERVISOR_NOTIFY_URLS" in line and "'nosuchservice'" in line
     assert secret not in line
     assert cli.daemon_pid() is None
+
+
+def test_with_replicas_each_run_is_told_once_by_its_owner_and_a_dead_owners_by_the_survivor(
+    fleet: Fleet, pg_url: str, aws_env: dict[str, str], receiver: Receiver
+) -> None:
+    from collections import Counter
+
+    from tests.e2e.test_replicas import owners, pg_rows, replica_env, wait_all
+
+    # Six: a replica hands back runs only above its share by more than two.
+    runs = [f"notify-rep-{n}" for n in range(6)]
+    instances = fleet.launch(len(runs))
+    notify = {"SUPERVISOR_NOTIFY_URLS": receiver.url("hook"), "SUPERVISOR_NOTIFY_ON": "completed",
+              **FAST}  # fmt: skip
+
+    def rows() -> dict[str, tuple[str, int, str | None]]:
+        found = pg_rows(pg_url, "SELECT run_id, state, attempts, sender FROM outbox")
+        return {str(run): (state, int(attempts), sender) for run, state, attempts, sender in found}
+
+    with cli_for(aws_env) as a, cli_for(aws_env) as b:
+        # A holds every send (the fault plan): its rows wait, claimed, for it to die.
+        a.start_daemon(**replica_env("replica-a", pg_url), **notify,
+                       SUPERVISOR_FAULTS="Notify=hang")  # fmt: skip
+        for run, instance in zip(runs, instances, strict=True):
+            a.attach(run, instance, fleet.prefix(run))
+        b.start_daemon(**replica_env("replica-b", pg_url), **notify)
+        wait_all(a, pg_url, "running", runs)
+        wait_for(
+            lambda: Counter(owners(pg_url).values()) == {"replica-a": 3, "replica-b": 3},
+            message=lambda: f"the runs to spread over both replicas: {owners(pg_url)}",
+        )
+        owned = owners(pg_url)
+        for run in runs:
+            fleet.put(f"runs/{run}/COMPLETE")
+        wait_all(a, pg_url, "stopped", runs)
+
+        def split() -> bool:
+            """B sent its runs' rows; A's wait (its first one claimed, its sender held)."""
+            now = rows()
+            return len(now) == len(runs) and all(
+                now[run] == ("sent", 1, "replica-b") if owner == "replica-b" else
+                now[run][0] == "pending" and now[run][2] in (None, "replica-a")
+                for run, owner in owned.items()
+            )  # fmt: skip
+
+        wait_for(split, message=lambda: f"B's rows sent, A's claimed by A: {rows()}")
+        told = sorted(r.body["idempotency_key"].split(":")[0] for r in receiver.got())
+        assert told == sorted(run for run, owner in owned.items() if owner == "replica-b")
+
+        a.kill_daemon()
+        wait_for(
+            lambda: {state for state, _, _ in rows().values()} == {"sent"},
+            message=lambda: f"the survivor to send the dead owner's rows: {rows()}{b.log_tail()}",
+        )
+        b.stop_daemon()
+
+    keys = [r.body["idempotency_key"] for r in receiver.got()]
+    assert sorted(k.split(":")[0] for k in keys) == sorted(runs)  # each run told once
+    assert len(set(keys)) == len(runs)

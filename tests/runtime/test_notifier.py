@@ -5,7 +5,9 @@ leader) sends."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -21,6 +23,7 @@ from supervisor.runtime.notifier import Notifier, NotifyPolicy
 from tests.adapters.backends import open_store
 from tests.adapters.test_store import attach, move
 from tests.core.builders import NOW
+from tests.runtime.waiting import wait_for as wait_until
 
 pytestmark = pytest.mark.usefixtures("no_retry_waits")
 
@@ -42,11 +45,15 @@ class FakeSender:
 
     targets: tuple[Target, ...] = (OK,)
     failing: set[str] = field(default_factory=set)
+    hanging: str | None = None
+    """A run id whose messages never get an answer (until cancelled)."""
     sent: list[tuple[str, Message]] = field(default_factory=list)
     tries: list[str] = field(default_factory=list)
 
     async def send(self, target: Target, message: Message) -> None:
         self.tries.append(target.digest)
+        if self.hanging is not None and message.key.startswith(f"{self.hanging}:"):
+            await asyncio.Event().wait()
         if target.digest in self.failing:
             raise TransientError("SendFailed", "error=500")
         self.sent.append((target.digest, message))
@@ -65,6 +72,13 @@ def notifier(store: SqlStore, sender: FakeSender, *, replica: str = "a", leader:
     return Notifier(store, sender, clock or Clock(), replica_id=replica, leader=lambda: leader,
                     policy=NotifyPolicy(retries=2, retry_base_s=1.0, owner_gone_after_s=30.0,
                                         public_url="https://runs.example.com"))  # fmt: skip
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    async def holds() -> bool:
+        return predicate()
+
+    await wait_until(holds)
 
 
 async def crashed(store: SqlStore, run_id: str = "run-1") -> None:
@@ -129,6 +143,27 @@ async def test_a_target_that_got_the_message_is_not_sent_it_again_in_a_later_rou
     await notifier(store, later).deliver_pending()
 
     assert [t for t, _ in later.sent] == [BAD.digest]
+
+
+async def test_a_receiver_that_does_not_answer_holds_up_no_other_row(store: SqlStore) -> None:
+    sender = FakeSender(hanging="run-1")
+    await crashed(store, "run-1")
+    sending = notifier(store, sender)
+    sending.policy = NotifyPolicy(poll_s=0.01)
+    task = asyncio.create_task(sending.run_forever())
+    try:
+        await until(lambda: sender.tries == [OK.digest])  # run-1's send hangs
+        await crashed(store, "run-2")
+        await until(lambda: [m.key for _, m in sender.sent] == ["run-2:2"])
+        assert sender.tries == [OK.digest, OK.digest]  # run-1 was not started again meanwhile
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert [r.state for r in await store.outbox_rows()] == [
+        DeliveryState.PENDING,
+        DeliveryState.SENT,
+    ]
 
 
 async def test_a_test_message_goes_to_every_target_once_without_an_outbox_row(
