@@ -20,7 +20,6 @@ own notifications, and shows in `supervisord status` and `/metrics`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,7 +87,6 @@ class Notifier:
         self._last: dict[str, TargetResult] = {}
         self.pending = 0
         """Pending rows this replica found at its last look."""
-        self._wake = asyncio.Event()
         self._in_flight: set[str] = set()
         """Keys of the rows being delivered now (a look finds them still pending)."""
         self._slots = asyncio.Semaphore(CONCURRENT_ROWS)
@@ -103,10 +101,6 @@ class Notifier:
     def targets(self) -> tuple[Target, ...]:
         return self._sender.targets
 
-    def kick(self) -> None:
-        """Look for pending rows now."""
-        self._wake.set()
-
     async def run_forever(self) -> None:
         """Look for pending rows every `poll_s` and start a delivery of each one not already
         under way: a row whose receiver is slow or failing does not hold up the rows after it
@@ -119,9 +113,7 @@ class Notifier:
                     raise
                 except Exception:  # a database hiccup: the rows stay pending for the next look
                     log.exception("notifications_not_delivered")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.policy.poll_s)
-                self._wake.clear()
+                await asyncio.sleep(self.policy.poll_s)
 
     async def deliver_pending(self) -> int:
         """Deliver every pending row this replica is to send, and return once they are done
