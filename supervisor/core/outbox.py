@@ -100,9 +100,12 @@ def transition_events(before: Run, decision: Decision) -> tuple[NotifyEvent, ...
         found.add(NotifyEvent.TIMED_OUT)
     if _newly(before, run, Outcome.INTERRUPTED):
         found.add(NotifyEvent.INTERRUPTED)
-    if (
-        run.checkpoint is CheckpointStatus.UNVERIFIED
-        and before.checkpoint is not CheckpointStatus.UNVERIFIED
+    unverified = run.checkpoint is CheckpointStatus.UNVERIFIED
+    if unverified and (
+        before.checkpoint is not CheckpointStatus.UNVERIFIED
+        # A spot interruption's checkpoint is given up without a transition (the run stays
+        # interrupting): it is told with the interruption's end.
+        or (came_from is Phase.INTERRUPTING and to is Phase.INTERRUPTED)
     ):
         found.add(NotifyEvent.CHECKPOINT_UNVERIFIED)
     if _newly(before, run, Outcome.COMPLETED):

@@ -78,6 +78,12 @@ def test_a_checkpoint_that_failed_verification_notifies_on_its_transition() -> N
     assert transition_events(before, decision) == (E.CHECKPOINT_UNVERIFIED,)
 
 
+def test_a_checkpoint_given_up_during_a_spot_interruption_is_told_at_its_end() -> None:
+    before = run_in(P.INTERRUPTING, Outcome.INTERRUPTED, checkpoint=CheckpointStatus.UNVERIFIED)
+    decision = moved(before, P.INTERRUPTED, Outcome.INTERRUPTED)
+    assert transition_events(before, decision) == (E.CHECKPOINT_UNVERIFIED,)
+
+
 def test_a_decision_without_a_transition_notifies_nothing() -> None:
     before = run_in(P.RUNNING)
     decision = Decision(run=before.evolve(checkpoint=CheckpointStatus.UNVERIFIED), persist=True)
