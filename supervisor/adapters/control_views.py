@@ -51,7 +51,7 @@ from supervisor.core.events import Action
 from supervisor.core.feed import FeedItem, FeedTransition, LogPiece, MonitorNote
 from supervisor.core.leases import ReplicaStatus
 from supervisor.core.machine import max_duration_deadline
-from supervisor.core.outbox import NotifierStatus, TargetResult
+from supervisor.core.outbox import NotifierStatus, TargetFigures, TargetResult
 from supervisor.core.run import Phase, Run
 from supervisor.core.zombies import Act, Leave, Wait, Zombie, ZombiePolicy, decide, span
 
@@ -422,10 +422,14 @@ async def _close(items: AsyncIterator[Any]) -> None:
 # -- issue 15: notifications ----------------------------------------------------------------------
 
 
-def target_view(result: TargetResult, *, sent: int = 0, failed: int = 0) -> NotifyTargetView:
+def target_view(result: TargetResult, figures: TargetFigures | None = None) -> NotifyTargetView:
+    counts = {}
+    if figures is not None:
+        counts = {"sent": figures.sent, "failed": figures.failed, "pending": figures.pending,
+                  "failed_rows": figures.failed_rows}  # fmt: skip
     return NotifyTargetView(
-        target=result.target.shown, digest=result.target.digest, sent=sent, failed=failed,
-        last_ok=result.ok, last_error=result.error, last_at=result.at,
+        target=result.target.shown, digest=result.target.digest, last_ok=result.ok,
+        last_error=result.error, last_at=result.at, **counts,
     )  # fmt: skip
 
 
@@ -433,7 +437,7 @@ def notifications_view(status: NotifierStatus | None) -> NotificationsView | Non
     if status is None:
         return None
     return NotificationsView(
-        targets=[target_view(f.last, sent=f.sent, failed=f.failed) for f in status.targets],
+        targets=[target_view(f.last, f) for f in status.targets],
         pending=status.rows.get("pending", 0),
         sent=status.rows.get("sent", 0),
         failed=status.rows.get("failed", 0),

@@ -313,7 +313,13 @@ class NotifyTargetView(_Message):
     digest: str
     """What `/metrics` labels it by."""
     sent: int = 0
+    """Messages it accepted since the daemon started."""
     failed: int = 0
+    """Messages given up on for it since the daemon started."""
+    pending: int = 0
+    """Outbox rows still to send it."""
+    failed_rows: int = 0
+    """Outbox rows given up on for it, in the database (across restarts)."""
     last_ok: bool | None = None
     """The last send's result; None: nothing sent yet."""
     last_error: str | None = None

@@ -877,14 +877,21 @@ class SqlStore(ABC):
             ]
         )  # fmt: skip
 
-    async def outbox_rows(self, *, run_id: str | None = None) -> list[OutboxRow]:
-        """Every outbox row (of one run), oldest first."""
-        text = f"SELECT {_OUTBOX_O.sql} FROM outbox o"
-        params: tuple[Any, ...] = ()
+    async def outbox_rows(
+        self, *, run_id: str | None = None, state: DeliveryState | None = None
+    ) -> list[OutboxRow]:
+        """Every outbox row (of one run, in one state), oldest first."""
+        conditions, params = [], []
         if run_id is not None:
-            text += " WHERE o.run_id = ?"
-            params = (run_id,)
-        rows = await self._read(text + " ORDER BY o.created_at, o.key", params)
+            conditions.append("o.run_id = ?")
+            params.append(run_id)
+        if state is not None:
+            conditions.append("o.state = ?")
+            params.append(state.value)
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        rows = await self._read(
+            f"SELECT {_OUTBOX_O.sql} FROM outbox o{where} ORDER BY o.created_at, o.key", params
+        )
         return [_outbox_row(_OUTBOX_O.decode(row)) for row in rows]
 
     async def outbox_counts(self) -> dict[str, int]:

@@ -316,8 +316,9 @@ def _print_notifications(status: DaemonStatus) -> None:
             when = ago(datetime.fromisoformat(target["last_at"]))
             last = f"last FAILED {when}: {target['last_error']}"
         print(
-            f"  {printable(target['target'])}: {target['sent']} sent, {target['failed']} failed "
-            f"since start; {printable(last)}"
+            f"  {printable(target['target'])}: {target['pending']} pending, "
+            f"{target['failed_rows']} failed; since start {target['sent']} sent, "
+            f"{target['failed']} failed; {printable(last)}"
         )
 
 

@@ -410,8 +410,14 @@ class TargetFigures:
 
     target: Target
     sent: int
+    """Messages it accepted since this daemon started."""
     failed: int
+    """Messages given up on for it since this daemon started."""
     last: TargetResult
+    pending: int = 0
+    """Pending outbox rows it has not been sent yet (in the whole database)."""
+    failed_rows: int = 0
+    """Outbox rows it was given up on for (in the whole database)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -230,12 +230,23 @@ class Notifier:
         return list(await asyncio.gather(*(one(t) for t in self.targets)))
 
     async def status(self) -> NotifierStatus:
+        """Each target's figures: since the start, and from the database (the rows still to
+        send it, the rows given up on for it), and the outbox's rows by state."""
+        pending = await self._store.outbox_rows(state=DeliveryState.PENDING)
+        failed = await self._store.outbox_rows(state=DeliveryState.FAILED)
+
+        def count(rows: list[OutboxRow], target: Target, *states: DeliveryState | None) -> int:
+            done = (row.delivery(target) for row in rows)
+            return sum(1 for d in done if (d.state if d is not None else None) in states)
+
         figures = tuple(
             TargetFigures(
                 target,
                 self.sent[target.digest],
                 self.failed[target.digest],
                 self._last.get(target.digest, TargetResult(target, None)),
+                pending=count(pending, target, None, DeliveryState.PENDING),
+                failed_rows=count(failed, target, DeliveryState.FAILED),
             )
             for target in self.targets
         )

@@ -114,7 +114,8 @@ def test_the_daemon_state_goes_out_as_its_status() -> None:
 
 def test_the_notification_senders_figures_go_out_redacted_with_the_rows_by_state() -> None:
     target = Target("0123456789abcdef", "json://127.0.0.1:9/fail")
-    figures = TargetFigures(target, 2, 1, TargetResult(target, False, "SendFailed: 500", NOW))
+    last = TargetResult(target, False, "SendFailed: 500", NOW)
+    figures = TargetFigures(target, 2, 1, last, pending=3, failed_rows=4)
     state = DaemonState(
         pid=42, version="0.1.0", started_at=NOW, state_dir="/s", socket="/s/d.sock",
         runs_by_phase={}, monitors=0, aws_calls={}, metrics_url=None, root_task_restarts={},
@@ -124,8 +125,8 @@ def test_the_notification_senders_figures_go_out_redacted_with_the_rows_by_state
     assert shown is not None
     assert (shown.pending, shown.sent, shown.failed) == (3, 0, 1)
     [view] = shown.targets
-    assert (view.target, view.digest, view.sent, view.failed) == (
-        "json://127.0.0.1:9/fail", "0123456789abcdef", 2, 1,
+    assert (view.target, view.digest, view.sent, view.failed, view.pending, view.failed_rows) == (
+        "json://127.0.0.1:9/fail", "0123456789abcdef", 2, 1, 3, 4,
     )  # fmt: skip
     assert (view.last_ok, view.last_error, view.last_at) == (False, "SendFailed: 500", NOW)
 

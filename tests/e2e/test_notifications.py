@@ -147,9 +147,14 @@ def test_a_failing_receiver_is_retried_then_recorded_failed_and_shown_while_the_
     assert status.returncode == 0, status.stderr
     assert "notifications: 0 pending, 0 sent, 1 failed" in status.stdout
     failing = [line for line in status.stdout.splitlines() if "/fail" in line]
-    assert len(failing) == 1 and "0 sent, 1 failed since start; last FAILED" in failing[0]
+    assert len(failing) == 1
+    assert "0 pending, 1 failed; since start 0 sent, 1 failed; last FAILED" in failing[0]
+    assert "error=500" in failing[0]
     shown = cli.daemon_status()["notifications"]
-    assert [(t["sent"], t["failed"]) for t in shown["targets"]] == [(0, 1), (1, 0)]
+    assert [(t["sent"], t["failed"], t["pending"], t["failed_rows"]) for t in shown["targets"]] == [
+        (0, 1, 0, 1),
+        (1, 0, 0, 0),
+    ]
     import urllib.request
 
     metrics_url = cli.daemon_status()["metrics_url"]

@@ -120,10 +120,9 @@ async def test_a_failing_target_is_retried_then_recorded_failed_and_the_other_se
     assert row.last_error == "json://bad: SendFailed: error=500"
     assert row.delivery(BAD) is not None and row.delivery(BAD).attempts == 3  # type: ignore[union-attr]
     status = await sending.status()
-    assert [(f.target, f.sent, f.failed, f.last.ok) for f in status.targets] == [
-        (BAD, 0, 1, False),
-        (OK, 1, 0, True),
-    ]
+    assert [
+        (f.target, f.sent, f.failed, f.last.ok, f.pending, f.failed_rows) for f in status.targets
+    ] == [(BAD, 0, 1, False, 0, 1), (OK, 1, 0, True, 0, 0)]
     assert status.rows == {"failed": 1}
     assert await sending.deliver_pending() == 0  # given up on: never sent again
 
