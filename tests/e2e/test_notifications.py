@@ -6,6 +6,7 @@ shown by `supervisord status` and `/metrics`, and the daemon keeps working; `not
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 from collections.abc import Iterator
 from typing import Any
@@ -122,8 +123,10 @@ def test_only_the_chosen_events_notify_and_the_message_links_to_the_run_page(
 def test_a_failing_receiver_is_retried_then_recorded_failed_and_shown_while_the_daemon_works(
     cli: Cli, fleet: Fleet, receiver: Receiver
 ) -> None:
+    secret = "hunter2"  # a URL's password: never in the log, the status or the output
+    failing_url = f"json://user:{secret}@127.0.0.1:{receiver.port}/fail"
     cli.start_daemon(
-        SUPERVISOR_NOTIFY_URLS=f"{receiver.url('fail')} {receiver.url('ok')}",
+        SUPERVISOR_NOTIFY_URLS=f"{failing_url} {receiver.url('ok')}",
         SUPERVISOR_NOTIFY_RETRIES="2",
         SUPERVISOR_METRICS_ADDR="127.0.0.1:0",
         **FAST,
@@ -168,11 +171,15 @@ def test_a_failing_receiver_is_retried_then_recorded_failed_and_shown_while_the_
     assert tested.returncode == 1, tested
     lines = tested.stdout.splitlines()
     assert len(lines) == 2
-    assert lines[0].startswith(f"json://127.0.0.1:{receiver.port}/fail") and "FAILED: " in lines[0]
+    assert lines[0].startswith(f"json://user:****@127.0.0.1:{receiver.port}/fail")
+    assert "FAILED: " in lines[0]
     assert lines[1].startswith(f"json://127.0.0.1:{receiver.port}/ok") and lines[1].endswith(": ok")
     test_message = receiver.got("ok")[-1]
     assert test_message.body["title"] == "supervisor: test notification"
     assert test_message.headers["Idempotency-Key"].startswith("test:")
+    shown_anywhere = status.stdout + tested.stdout + cli.log_path.read_text() + metrics
+    assert secret not in shown_anywhere
+    assert secret not in json.dumps(cli.daemon_status())
 
 
 def test_notify_test_without_urls_says_what_to_set(cli: Cli) -> None:
