@@ -40,6 +40,7 @@ from supervisor.adapters.protocol import (
     DaemonStatus,
     ErrorKind,
     ErrorReply,
+    NotifyTestReply,
     ReportView,
     RunDetail,
     RunView,
@@ -79,6 +80,7 @@ class ControlHandler(Protocol):
     async def zombies(self) -> ZombieList: ...
     async def report(self, since_days: float) -> ReportView: ...
     async def metrics(self, accept: str) -> Exposition: ...
+    async def notify_test(self) -> NotifyTestReply: ...
 
 
 _ERROR_STATUS: list[tuple[type[Exception], int, ErrorKind]] = [
@@ -139,6 +141,7 @@ class ControlServer:
                 web.get("/v1/zombies", self._zombies),
                 web.get("/v1/report", self._report),
                 web.get("/metrics", metrics_handler(handler)),
+                web.post("/v1/notify-test", self._notify_test),
             ]
         )
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -165,6 +168,9 @@ class ControlServer:
 
     async def _status(self, _: web.Request) -> web.Response:
         return _json(await self._handler.status())
+
+    async def _notify_test(self, _: web.Request) -> web.Response:
+        return _json(await self._handler.notify_test())
 
     async def _list(self, _: web.Request) -> web.Response:
         return _json(await self._handler.list_runs())

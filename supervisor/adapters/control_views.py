@@ -24,6 +24,9 @@ from supervisor.adapters.protocol import (
     IdleDayView,
     InstanceView,
     MonitorEventView,
+    NotificationsView,
+    NotifyTargetView,
+    NotifyTestReply,
     ReplicaView,
     ReportDayView,
     ReportProblemView,
@@ -48,6 +51,7 @@ from supervisor.core.events import Action
 from supervisor.core.feed import FeedItem, FeedTransition, LogPiece, MonitorNote
 from supervisor.core.leases import ReplicaStatus
 from supervisor.core.machine import max_duration_deadline
+from supervisor.core.outbox import NotifierStatus, TargetFigures, TargetResult
 from supervisor.core.run import Phase, Run
 from supervisor.core.zombies import Act, Leave, Wait, Zombie, ZombiePolicy, decide, span
 
@@ -95,6 +99,8 @@ class DaemonState:
     replicas: tuple[ReplicaStatus, ...] = ()
     now: datetime | None = None
     """When the replicas' liveness is judged (the daemon's clock)."""
+    notifications: NotifierStatus | None = None
+    """Issue 15: the notification sender's figures, if it runs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +140,7 @@ class ControlPort(Protocol):
     async def zombies(self) -> ZombieListing: ...
     async def report(self, since_days: float) -> FleetReportUntil: ...
     async def metrics(self, accept: str) -> Exposition: ...
+    async def notify_test(self) -> list[TargetResult]: ...
 
 
 # -- the views ----------------------------------------------------------------------------------
@@ -276,6 +283,7 @@ def status_view(state: DaemonState) -> DaemonStatus:
             )
             for s in state.replicas
         ],
+        notifications=notifications_view(state.notifications),
     )
 
 
@@ -397,6 +405,11 @@ class ControlViews:
     async def metrics(self, accept: str) -> Exposition:
         return await self._port.metrics(accept)
 
+    async def notify_test(self) -> NotifyTestReply:
+        return NotifyTestReply(
+            results=[target_view(result) for result in await self._port.notify_test()]
+        )
+
 
 async def _close(items: AsyncIterator[Any]) -> None:
     """Close a stream the moment its reader stops (a follower that went away stops following
@@ -404,3 +417,28 @@ async def _close(items: AsyncIterator[Any]) -> None:
     close = getattr(items, "aclose", None)
     if close is not None:
         await close()
+
+
+# -- issue 15: notifications ----------------------------------------------------------------------
+
+
+def target_view(result: TargetResult, figures: TargetFigures | None = None) -> NotifyTargetView:
+    counts = {}
+    if figures is not None:
+        counts = {"sent": figures.sent, "failed": figures.failed, "pending": figures.pending,
+                  "failed_rows": figures.failed_rows}  # fmt: skip
+    return NotifyTargetView(
+        target=result.target.shown, digest=result.target.digest, last_ok=result.ok,
+        last_error=result.error, last_at=result.at, **counts,
+    )  # fmt: skip
+
+
+def notifications_view(status: NotifierStatus | None) -> NotificationsView | None:
+    if status is None:
+        return None
+    return NotificationsView(
+        targets=[target_view(f.last, f) for f in status.targets],
+        pending=status.rows.get("pending", 0),
+        sent=status.rows.get("sent", 0),
+        failed=status.rows.get("failed", 0),
+    )

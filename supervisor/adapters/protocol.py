@@ -206,6 +206,9 @@ class DaemonStatus(_Message):
     runs_owned: int = 0
     replicas: list[ReplicaView] = Field(default_factory=list)
     """Every replica that ran against this database, newest heartbeat first."""
+    # Issue 15: notifications.
+    notifications: NotificationsView | None = None
+    """The notification sender, if SUPERVISOR_NOTIFY_URLS is set."""
 
 
 class ReplicaView(_Message):
@@ -297,3 +300,42 @@ class ReportView(_Message):
     idle_days: list[IdleDayView] = []
     """Idle instance-seconds after the end, per UTC day of the jobs' ends (runs our call
     stopped or terminated; runs kept running have no figure)."""
+
+
+# -- issue 15: notifications ----------------------------------------------------------------------
+
+
+class NotifyTargetView(_Message):
+    """One notification URL, redacted, with its figures since the daemon started."""
+
+    target: str
+    """The URL as Apprise shows it with its secrets elided."""
+    digest: str
+    """What `/metrics` labels it by."""
+    sent: int = 0
+    """Messages it accepted since the daemon started."""
+    failed: int = 0
+    """Messages given up on for it since the daemon started."""
+    pending: int = 0
+    """Outbox rows still to send it."""
+    failed_rows: int = 0
+    """Outbox rows given up on for it, in the database (across restarts)."""
+    last_ok: bool | None = None
+    """The last send's result; None: nothing sent yet."""
+    last_error: str | None = None
+    last_at: datetime | None = None
+
+
+class NotificationsView(_Message):
+    targets: list[NotifyTargetView]
+    pending: int
+    """Outbox rows waiting to be sent (in the whole database)."""
+    sent: int
+    failed: int
+    """Outbox rows given up on for at least one URL."""
+
+
+class NotifyTestReply(_Message):
+    """`supervisorctl notify-test`: each URL's result."""
+
+    results: list[NotifyTargetView]

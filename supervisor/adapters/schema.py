@@ -460,3 +460,28 @@ DUTY_LEASES = Table(
 )
 
 TABLES += (INBOX, DUTY_LEASES)
+
+
+# -- issue 15: the notification outbox (migration 0012) ----------------------------------------
+
+OUTBOX = Table(
+    "outbox",
+    (
+        Column("key"),
+        Column("run_id", nullable=True),
+        Column("seq", INTEGER, nullable=True),
+        Column("events"),
+        Column("facts_json", JSON),
+        Column("created_at", TIMESTAMP),
+        Column("state"),
+        Column("attempts", INTEGER),
+        Column("last_try_at", TIMESTAMP, nullable=True),
+        Column("last_error", nullable=True),
+        Column("sent_at", TIMESTAMP, nullable=True),
+        Column("sender", nullable=True),
+        Column("deliveries_json", JSON),
+    ),
+    key=("key",),
+)
+
+TABLES += (OUTBOX,)

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 from supervisor.adapters import statements as sql
-from supervisor.adapters.schema import DUTY_LEASES, INBOX, REPLICAS, RUNS, Row
+from supervisor.adapters.schema import DUTY_LEASES, INBOX, OUTBOX, REPLICAS, RUNS, Row
 from supervisor.adapters.schema import timestamp as _iso
 from supervisor.core.duties import DutyLease
 from supervisor.core.errors import InvalidInput, LeaseLost, StaleVersion
@@ -33,6 +33,15 @@ from supervisor.core.inbox import (
 )
 from supervisor.core.leases import Lease, LeasedRun, Replica, ReplicaState, ReplicaStatus
 from supervisor.core.machine import Decision, run_id_taken
+from supervisor.core.outbox import (
+    DeliveryState,
+    Notice,
+    NotifyEvent,
+    OutboxRow,
+    TargetDelivery,
+    transition_notice,
+    zombie_notice,
+)
 from supervisor.core.records import (
     ActionRecord,
     AttachmentRecord,
@@ -156,6 +165,7 @@ class SqlStore(ABC):
         if t is not None:
             statements.append(sql.insert_transition(run_id, run.version, t))
             statements += self._notify(TRANSITION_CHANNEL, run_id)  # tail -f on other replicas
+            statements += self._outbox(transition_notice(before, decision, self.notify_on))
         try:
             await self._write(
                 statements,
@@ -332,6 +342,7 @@ class SqlStore(ABC):
         statements = [sql.upsert_zombie(zombie)]
         if termination is not None:
             statements.append(sql.insert_termination(termination))
+        statements += self._outbox(zombie_notice(zombie, self.notify_on))
         await self._write(statements)
 
     async def zombies(self, *, open_only: bool = True) -> list[Zombie]:
@@ -763,6 +774,148 @@ class SqlStore(ABC):
                 )
             ]
         )
+
+    # -- notifications: the outbox (issue 15) -------------------------------------------------
+    #
+    # A row per event that notifies, written by `commit` (a transition) and `save_zombie` in
+    # the same transaction, so fenced with it under a lease: a commit that fails writes none.
+
+    notify_on: frozenset[NotifyEvent] = frozenset()
+    """The events that get an outbox row (none until the daemon sets them: without URLs
+    nobody would send the rows)."""
+
+    def notify_on_events(self, events: frozenset[NotifyEvent]) -> None:
+        """Write an outbox row, from now on, for each transition or zombie that is one of
+        `events`."""
+        self.notify_on = events
+
+    def _outbox(self, notice: Notice | None) -> list[sql.Statement]:
+        if notice is None:
+            return []
+        values = {
+            "key": notice.key,
+            "run_id": notice.run_id,
+            "seq": notice.seq,
+            "events": ",".join(notice.events),
+            "facts_json": notice.facts(),
+            "created_at": notice.at,
+            "state": DeliveryState.PENDING,
+            "attempts": 0,
+            "last_try_at": None,
+            "last_error": None,
+            "sent_at": None,
+            "sender": None,
+            "deliveries_json": {},
+        }
+        # A key seen before (a zombie saved again under the same mark) keeps its one row.
+        return [(_INSERT_OUTBOX, OUTBOX.encode(values))]
+
+    async def pending_outbox(
+        self, sender: str, *, leader: bool, alive_since: datetime, limit: int = 100
+    ) -> list[OutboxRow]:
+        """Pending rows `sender` is to deliver, oldest first: those of runs whose lease it
+        holds (or held last, for a run that has ended); and if it is the `leader`, zombie
+        rows and rows of runs whose owner is gone (none, or no heartbeat since
+        `alive_since`). On a database one daemon holds alone, every pending row."""
+        text = f"SELECT {_OUTBOX_O.sql} FROM outbox o"
+        params: tuple[Any, ...] = ()
+        where = "o.state = ?"
+        if not self.single_writer:
+            text += " LEFT JOIN runs r ON r.run_id = o.run_id"
+            where += (
+                " AND ((o.seq IS NOT NULL AND r.owner = ?) OR (? = 1 AND (o.seq IS NULL OR "
+                "r.run_id IS NULL OR r.owner IS NULL OR r.owner NOT IN (SELECT replica_id FROM "
+                "replicas WHERE state = 'running' AND heartbeat_at >= ?))))"
+            )
+            params = (sender, 1 if leader else 0, _iso(alive_since))
+        rows = await self._read(
+            f"{text} WHERE {where} ORDER BY o.created_at, o.key LIMIT ?",
+            (DeliveryState.PENDING.value, *params, limit),
+        )
+        return [_outbox_row(_OUTBOX_O.decode(row)) for row in rows]
+
+    async def claim_outbox(self, key: str, *, attempts: int, sender: str, now: datetime) -> bool:
+        """Take the row for one delivery round, if it is still pending after `attempts`
+        rounds: two replicas never send the same round (False: another took it, or it is
+        done)."""
+        try:
+            await self._write(
+                [
+                    (
+                        "UPDATE outbox SET attempts = attempts + 1, sender = ?, last_try_at = ? "
+                        "WHERE key = ? AND state = ? AND attempts = ?",
+                        (sender, _iso(now), key, DeliveryState.PENDING.value, attempts),
+                    )
+                ],
+                stale_if_unchanged=f"outbox row {key}",
+            )
+        except StaleVersion:
+            return False
+        return True
+
+    async def record_outbox(
+        self,
+        key: str,
+        deliveries: Iterable[TargetDelivery],
+        *,
+        state: DeliveryState,
+        last_error: str | None,
+        now: datetime,
+    ) -> None:
+        """Record how the row's targets fared so far, and its state (`sent` or `failed`
+        once every target is done with)."""
+        body = {d.target: d.stored() for d in deliveries}
+        done = _iso(now) if state is not DeliveryState.PENDING else None
+        await self._write(
+            [
+                (
+                    "UPDATE outbox SET state = ?, last_error = ?, sent_at = ?, "
+                    "deliveries_json = ? WHERE key = ?",
+                    (state.value, last_error, done, OUTBOX.encode(
+                        {"deliveries_json": body}, ("deliveries_json",))[0], key),
+                )
+            ]
+        )  # fmt: skip
+
+    async def outbox_rows(
+        self, *, run_id: str | None = None, state: DeliveryState | None = None
+    ) -> list[OutboxRow]:
+        """Every outbox row (of one run, in one state), oldest first."""
+        conditions, params = [], []
+        if run_id is not None:
+            conditions.append("o.run_id = ?")
+            params.append(run_id)
+        if state is not None:
+            conditions.append("o.state = ?")
+            params.append(state.value)
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        rows = await self._read(
+            f"SELECT {_OUTBOX_O.sql} FROM outbox o{where} ORDER BY o.created_at, o.key", params
+        )
+        return [_outbox_row(_OUTBOX_O.decode(row)) for row in rows]
+
+    async def outbox_counts(self) -> dict[str, int]:
+        """Outbox rows by state."""
+        rows = await self._read("SELECT state, COUNT(*) FROM outbox GROUP BY state")
+        return {str(state): int(n) for state, n in rows}
+
+
+_INSERT_OUTBOX = OUTBOX.insert(on_conflict="ignore")
+_OUTBOX_O = OUTBOX.project(alias="o")
+
+
+def _outbox_row(v: dict[str, Any]) -> OutboxRow:
+    return OutboxRow(
+        notice=Notice.from_stored(v["key"], v["events"], v["facts_json"]),
+        state=DeliveryState(v["state"]),
+        attempts=v["attempts"],
+        last_error=v["last_error"],
+        sender=v["sender"],
+        deliveries=tuple(
+            TargetDelivery.from_stored(target, stored)
+            for target, stored in sorted((v["deliveries_json"] or {}).items())
+        ),
+    )
 
 
 _UPSERT_REPLICA = REPLICAS.insert(on_conflict="update")

@@ -506,6 +506,35 @@ def _migrate_db_arguments(parser: argparse.ArgumentParser) -> None:
     add_arguments(parser)
 
 
+# -- issue 15: notifications --------------------------------------------------------------------
+
+NOTIFY_TEST_DESCRIPTION = """\
+Send a test message to every URL of SUPERVISOR_NOTIFY_URLS and print each one's result (the
+URL redacted). It goes through the running supervisord, so it tests the daemon's own settings
+and network path; with the daemon down it says so. Exit status 1 if any URL failed.
+
+examples:
+  supervisorctl notify-test
+  supervisorctl notify-test --json
+"""
+
+
+def _notify_test_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
+
+
+def _notify_test(args: argparse.Namespace, daemon: DaemonLocation) -> int:
+    answer = _client(daemon).call("POST", "/v1/notify-test")
+    results = answer["results"]
+    if args.json:
+        print(json.dumps(answer, indent=2, ensure_ascii=False))
+    else:
+        for result in results:
+            outcome = "ok" if result["last_ok"] else f"FAILED: {result['last_error']}"
+            print(f"{printable(result['target'])}: {printable(outcome)}")
+    return EXIT_OK if all(r["last_ok"] for r in results) else 1
+
+
 COMMANDS: dict[str, Command] = {
     command.name: command
     for command in (
@@ -575,6 +604,14 @@ COMMANDS: dict[str, Command] = {
             _migrate_db,
             _migrate_db_arguments,
             MIGRATE_DB_DESCRIPTION,
+            preformatted=True,
+        ),
+        Command(
+            "notify-test",
+            "send a test notification to every configured URL and show each result",
+            _notify_test,
+            _notify_test_arguments,
+            NOTIFY_TEST_DESCRIPTION,
             preformatted=True,
         ),
         *(Command(name, text, _query, None) for name, text in QUERY_COMMANDS.items()),

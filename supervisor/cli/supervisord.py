@@ -22,6 +22,7 @@ from supervisor.cli.common import (
     fail,
     load_settings,
     locate_daemon,
+    printable,
     user_errors,
 )
 from supervisor.core.errors import InvalidInput, SupervisorError
@@ -120,12 +121,14 @@ def _start(settings: Settings, config: Path | None, *, foreground: bool, console
     from supervisor.runtime.service import (
         AlreadyRunning,
         check_database,
+        check_notify_urls,
         lock_is_held,
         prepare_state_dir,
         run_foreground,
     )
 
     check_database(settings)  # a URL that does not connect: one line, before anything else
+    check_notify_urls(settings)  # issue 15: a URL Apprise cannot use: one line, likewise
     if foreground:
         try:
             run_foreground(settings, console=console)
@@ -269,6 +272,7 @@ def _status(daemon: DaemonLocation, *, as_json: bool) -> int:
     if status.metrics_url:
         print(f"metrics: {status.metrics_url}")
     _print_replicas(status)
+    _print_notifications(status)
     return EXIT_OK
 
 
@@ -289,6 +293,32 @@ def _print_replicas(status: DaemonStatus) -> None:
         print(
             f"  {r.replica_id:<30} {r.host:<20} {r.state:<8} {seen:<6} "
             f"heartbeat {ago(r.heartbeat_at)}, {r.runs_owned} run(s)"
+        )
+
+
+def _print_notifications(status: DaemonStatus) -> None:
+    """Issue 15: the outbox's rows by state, and each notification URL (redacted)."""
+    from datetime import datetime
+
+    shown = status.notifications
+    if shown is None:
+        print("notifications: off (no SUPERVISOR_NOTIFY_URLS)")
+        return
+    print(
+        f"notifications: {shown['pending']} pending, {shown['sent']} sent, {shown['failed']} failed"
+    )
+    for target in shown["targets"]:
+        if target["last_ok"] is None:
+            last = "nothing sent yet"
+        elif target["last_ok"]:
+            last = f"last sent {ago(datetime.fromisoformat(target['last_at']))}"
+        else:
+            when = ago(datetime.fromisoformat(target["last_at"]))
+            last = f"last FAILED {when}: {target['last_error']}"
+        print(
+            f"  {printable(target['target'])}: {target['pending']} pending, "
+            f"{target['failed_rows']} failed; since start {target['sent']} sent, "
+            f"{target['failed']} failed; {printable(last)}"
         )
 
 

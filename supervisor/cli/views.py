@@ -185,6 +185,8 @@ class DaemonStatus:
     role: str = ""
     runs_owned: int = 0
     replicas: tuple[ReplicaLine, ...] = ()
+    notifications: dict[str, Any] | None = None
+    """Issue 15: the daemon's JSON of its notification sender (`NotificationsView`)."""
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DaemonStatus:

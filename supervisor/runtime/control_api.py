@@ -46,6 +46,7 @@ from supervisor.core.events import ResumeRequested, UserAction, UserRequested
 from supervisor.core.feed import FeedItem, FeedTransition, LogPiece, MonitorNote
 from supervisor.core.inbox import TRANSITION_CHANNEL, Command
 from supervisor.core.machine import ACCEPTS, new_run, run_id_taken, step
+from supervisor.core.outbox import TargetResult
 from supervisor.core.records import AttachmentRecord, RunRecord
 from supervisor.core.reports import REPORT_UNREADABLE
 from supervisor.core.run import Phase, Run
@@ -452,6 +453,7 @@ class ControlApi:
             runs_owned=len(d.lease_book),
             replicas=tuple(await d.store.replicas()),
             now=d.clock.now(),
+            notifications=await d.notifier.status() if d.notifier is not None else None,
         )
 
     async def metrics(self, accept: str) -> Exposition:
@@ -521,6 +523,18 @@ class ControlApi:
             finally:
                 waiting.cancel()
                 closing.cancel()
+
+    # -- notifications (issue 15) -------------------------------------------------------------
+
+    async def notify_test(self) -> list[TargetResult]:
+        """A test message to every notification URL, through this daemon's settings."""
+        notifier = self._d.notifier
+        if notifier is None:
+            raise InvalidInput(
+                "no notification URLs: set SUPERVISOR_NOTIFY_URLS (or notify_urls in the "
+                "settings file) and restart supervisord"
+            )
+        return await notifier.test_all()
 
 
 _RESUMABLE = [str(phase) for phase in Phase if ResumeRequested in ACCEPTS[phase]]

@@ -39,11 +39,13 @@ from supervisor.runtime.inbox import InboxConsumer, hand_over
 from supervisor.runtime.leases import LeaseBook, LeaseKeeper, default_replica_id
 from supervisor.runtime.metrics import Metrics
 from supervisor.runtime.monitor import Monitor, MonitorDeps
+from supervisor.runtime.notifier import Notifier, NotifyPolicy
 from supervisor.runtime.ports import (
     Clock,
     Cloud,
     InstanceShell,
     Notices,
+    NotificationSender,
     PollingNotices,
     RunStore,
     SystemClock,
@@ -74,6 +76,7 @@ class Daemon:
         sleep: Sleep = asyncio.sleep,
         notices: Notices | None = None,
         sole_replica: bool = False,
+        notification_sender: NotificationSender | None = None,
     ) -> None:
         """`restart_policy` and `sleep`: how root tasks are restarted (tests pass a sleep that
         returns at once, and a policy of their own). `notices`: wake-ups between replicas
@@ -186,6 +189,8 @@ class Daemon:
         self.server = ControlServer(self.views, settings.socket_path)
         address = settings.metrics_address
         self.metrics_server = MetricsServer(self.metrics, *address) if address is not None else None
+        self.notifier = self._notifier(notification_sender)
+        """Issue 15: the notification sender (None without SUPERVISOR_NOTIFY_URLS)."""
 
     def __repr__(self) -> str:
         return f"<Daemon monitors={len(self.monitors)} accepting={self.accepting}>"
@@ -251,6 +256,8 @@ class Daemon:
         loops.append(("idle", self.idle_sweep.run_forever))
         loops.append(("leases", self.lease_keeper.run_forever))
         loops += [("duties", self.leader.run_forever), ("inbox", self.inbox.run_forever)]
+        if self.notifier is not None:
+            loops.append(("notify", self.notifier.run_forever))
         return loops
 
     async def _attach_missed_crash_reports(self) -> None:
@@ -419,3 +426,28 @@ class Daemon:
             await self.lease_keeper.hand_back()
         except Exception:  # the leases then expire after their TTL instead
             log.exception("leases_not_handed_back")
+
+    # -- notifications (issue 15) -----------------------------------------------------------
+
+    def _notifier(self, sender: NotificationSender | None) -> Notifier | None:
+        """The sender of the outbox's rows, if notification URLs are set; from here on the
+        store writes a row for each transition or zombie that is one of the events chosen."""
+        settings = self.settings
+        if not settings.notify_url_list:
+            self.store.notify_on_events(frozenset())
+            return None
+        if sender is None:
+            from supervisor.adapters.notify import AppriseSender  # apprise only when used
+
+            sender = AppriseSender(settings.notify_url_list, timeout_s=settings.notify_timeout_s)
+        self.store.notify_on_events(settings.notify_events)
+        notifier = Notifier(
+            self.store, sender, self.clock, replica_id=self.replica_id, leader=self.leader.holds,
+            policy=NotifyPolicy(
+                retries=settings.notify_retries, retry_base_s=settings.notify_retry_base_s,
+                poll_s=settings.notify_poll_s, public_url=settings.public_url,
+                owner_gone_after_s=settings.lease_ttl_s,
+            ),
+        )  # fmt: skip
+        self.metrics.watch_notifications(notifier)
+        return notifier

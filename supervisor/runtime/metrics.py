@@ -29,6 +29,7 @@ from supervisor.runtime.ports import Clock
 
 if TYPE_CHECKING:
     from supervisor.runtime.leases import LeaseKeeper
+    from supervisor.runtime.notifier import Notifier
 
 Source = Literal["run", "zombie"]
 RunCounts = Mapping[tuple[str, str | None], int]
@@ -221,6 +222,42 @@ class Metrics(MetricsSink):
     def watch_leases(self, keeper: LeaseKeeper) -> None:
         """Report the lease keeper's figures: runs owned now, claims, leases lost."""
         self.registry.register(_LeaseFigures(keeper))
+
+    def watch_notifications(self, notifier: Notifier) -> None:
+        """Issue 15: report the notification sender's figures (sent, failed, pending)."""
+        self.registry.register(_NotificationFigures(notifier))
+
+
+class _NotificationFigures:
+    """Issue 15: the notification sender's figures, read at scrape time. A target is labelled
+    by its digest, never its URL (URLs hold secrets); `supervisord status` shows which
+    redacted URL each digest is."""
+
+    def __init__(self, notifier: Notifier) -> None:
+        self._notifier = notifier
+
+    def collect(self) -> Iterator[Metric]:
+        notifier = self._notifier
+        sent = CounterMetricFamily(
+            "supervisor_notifications_sent",
+            "Notifications a receiver accepted, by target (a digest of its URL).",
+            labels=["target"],
+        )
+        failed = CounterMetricFamily(
+            "supervisor_notifications_failed",
+            "Notifications given up on after their retries, by target.",
+            labels=["target"],
+        )
+        for target in notifier.targets:
+            sent.add_metric([target.digest], notifier.sent[target.digest])
+            failed.add_metric([target.digest], notifier.failed[target.digest])
+        yield sent
+        yield failed
+        yield GaugeMetricFamily(
+            "supervisor_notifications_pending",
+            "Outbox rows this replica found waiting to be sent at its last look.",
+            value=notifier.pending,
+        )
 
 
 class _LeaseFigures:

@@ -15,6 +15,14 @@ from supervisor.core.idle import Datapoint, IdleMetric
 from supervisor.core.inbox import InboxAnswer, InboxItem
 from supervisor.core.leases import Lease, LeasedRun, Replica, ReplicaStatus
 from supervisor.core.machine import Decision
+from supervisor.core.outbox import (
+    DeliveryState,
+    Message,
+    NotifyEvent,
+    OutboxRow,
+    Target,
+    TargetDelivery,
+)
 from supervisor.core.records import (
     ActionRecord,
     AttachmentRecord,
@@ -256,6 +264,35 @@ class RunStore(Protocol):
 
     async def release_duty(self, name: str, owner: str, *, now: datetime) -> None: ...
 
+    # -- notifications: the outbox (issue 15) --
+    # `commit` and `save_zombie` write a row, in their own transaction, for each transition or
+    # zombie that is one of the events set with `notify_on_events`.
+    def notify_on_events(self, events: frozenset[NotifyEvent]) -> None: ...
+
+    async def pending_outbox(
+        self, sender: str, *, leader: bool, alive_since: datetime, limit: int = ...
+    ) -> list[OutboxRow]: ...
+
+    async def claim_outbox(
+        self, key: str, *, attempts: int, sender: str, now: datetime
+    ) -> bool: ...
+
+    async def record_outbox(
+        self,
+        key: str,
+        deliveries: Iterable[TargetDelivery],
+        *,
+        state: DeliveryState,
+        last_error: str | None,
+        now: datetime,
+    ) -> None: ...
+
+    async def outbox_rows(
+        self, *, run_id: str | None = ..., state: DeliveryState | None = ...
+    ) -> list[OutboxRow]: ...
+
+    async def outbox_counts(self) -> dict[str, int]: ...
+
 
 class Clock(Protocol):
     def now(self) -> datetime: ...
@@ -283,3 +320,18 @@ class PollingNotices:
 
     async def wait(self, channel: str, timeout_s: float) -> None:
         await asyncio.sleep(timeout_s)
+
+
+# -- notifications (issue 15) ----------------------------------------------------------------------
+
+
+class NotificationSender(Protocol):
+    """Sends messages to the configured notification URLs (`supervisor.adapters.notify`)."""
+
+    @property
+    def targets(self) -> tuple[Target, ...]: ...
+
+    async def send(self, target: Target, message: Message) -> None:
+        """Deliver one message to one target, or raise `ExternalError` (`TransientError`:
+        worth another try) saying why not. Bounded in time."""
+        ...

@@ -26,7 +26,7 @@ from supervisor.core.inbox import NOTICE_CHANNELS
 from supervisor.core.spec import Transport
 from supervisor.runtime.daemon import Daemon
 from supervisor.runtime.log_config import configure_logging
-from supervisor.runtime.ports import InstanceShell, Notices, RunStore
+from supervisor.runtime.ports import InstanceShell, Notices, NotificationSender, RunStore
 from supervisor.runtime.settings import Settings
 
 log = structlog.get_logger("supervisor.service")
@@ -124,6 +124,7 @@ async def serve(
             daemon = Daemon(
                 settings, store, aws, shells=shells, queue=aws, notices=notices,
                 sole_replica=not settings.database_url,
+                notification_sender=notification_sender(settings, faults),
             )  # fmt: skip
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):
@@ -188,3 +189,23 @@ def check_database(settings: Settings) -> None:
         from supervisor.adapters.pg_store import check_connects
 
         asyncio.run(check_connects(settings.database_url))
+
+
+# -- issue 15: notifications ----------------------------------------------------------------------
+
+
+def notification_sender(settings: Settings, faults: FaultPlan | None) -> NotificationSender | None:
+    """The Apprise sender of `SUPERVISOR_NOTIFY_URLS` (None without URLs). Raises
+    `InvalidInput` (one line, no URL in it) for a URL Apprise cannot use."""
+    if not settings.notify_url_list:
+        return None
+    from supervisor.adapters.notify import AppriseSender
+
+    return AppriseSender(
+        settings.notify_url_list, timeout_s=settings.notify_timeout_s, faults=faults
+    )
+
+
+def check_notify_urls(settings: Settings) -> None:
+    """Before a daemon starts: `InvalidInput` for a notification URL Apprise cannot use."""
+    notification_sender(settings, None)

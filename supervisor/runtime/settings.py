@@ -24,6 +24,12 @@ from supervisor.adapters.database_url import is_postgresql, redact
 from supervisor.core.backoff import BackoffPolicy
 from supervisor.core.errors import InvalidInput
 from supervisor.core.eta import POLL_MAX_WITHOUT_ETA_S
+from supervisor.core.outbox import (
+    DEFAULT_NOTIFY_ON_TEXT,
+    NotifyEvent,
+    parse_notify_on,
+    split_urls,
+)
 from supervisor.core.spec import MAX_GRACE_S, GraceSeconds
 from supervisor.core.zombies import ZombiePolicy
 from supervisor.runtime.config_file import CONFIG_ENV as CONFIG_ENV
@@ -38,7 +44,7 @@ from supervisor.runtime.config_file import ENV_PREFIX as ENV_PREFIX
 from supervisor.runtime.config_file import default_state_dir as default_state_dir
 from supervisor.runtime.config_file import find_config_file as find_config_file
 
-_SECRET_HINTS = ("secret", "token", "password", "key", "database_url")
+_SECRET_HINTS = ("secret", "token", "password", "key", "database_url", "notify_urls")
 
 
 Seconds = Annotated[float, Field(ge=0, le=MAX_GRACE_S, allow_inf_nan=False)]
@@ -139,6 +145,55 @@ class Settings(BaseSettings):
     command_timeout_s: PositiveSeconds = 30.0
     """How long a stop, terminate, resume or detach of a run another replica owns waits for
     that replica's answer before giving up (the request is then withdrawn)."""
+
+    # -- issue 15: notifications ---------------------------------------------------------------
+    notify_urls: str = Field("", repr=False)
+    """Apprise URLs to notify (slack://, msteams://, pagerduty://, json://...), separated by
+    spaces or commas. Unset: no notifications. They hold secrets: never logged or shown
+    whole (`supervisord status` shows each redacted)."""
+    notify_on: str = DEFAULT_NOTIFY_ON_TEXT
+    """The events that notify, comma-separated: any of crashed, stalled, failed, timed_out,
+    interrupted, checkpoint_unverified, zombie, completed, stopped, terminated, resumed."""
+    public_url: str | None = None
+    """The dashboard's address as its readers reach it (e.g. https://runs.example.com): each
+    message then links to its run's page (PUBLIC_URL/runs/RUN_ID)."""
+    notify_retries: int = Field(3, ge=0, le=20)
+    """Retries of a failed send (after the first try), waiting notify_retry_base_s, then
+    twice that...; then that URL is recorded as failed for the message."""
+    notify_retry_base_s: Seconds = 2.0
+    notify_timeout_s: PositiveSeconds = 10.0
+    """How long one send may take before it counts as failed."""
+    notify_poll_s: PositiveSeconds = 2.0
+    """How often the sender looks for notifications to send."""
+
+    @field_validator("notify_on")
+    @classmethod
+    def _notify_on(cls, value: str) -> str:
+        try:
+            parse_notify_on(value)
+        except InvalidInput as exc:
+            raise PydanticCustomError("notify_on", str(exc)) from None
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.strip().startswith(("http://", "https://")):
+            raise PydanticCustomError(
+                "public_url", "expected the dashboard's http:// or https:// address"
+            )
+        return value.strip().rstrip("/")
+
+    @property
+    def notify_events(self) -> frozenset[NotifyEvent]:
+        """The events that notify; none without a URL to notify."""
+        return parse_notify_on(self.notify_on) if self.notify_url_list else frozenset()
+
+    @property
+    def notify_url_list(self) -> tuple[str, ...]:
+        return split_urls(self.notify_urls)
 
     @field_validator("metrics_addr")
     @classmethod

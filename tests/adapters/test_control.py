@@ -35,6 +35,7 @@ from supervisor.adapters.protocol import (
     AttachRequest,
     DaemonStatus,
     MonitorEventView,
+    NotifyTestReply,
     ReportDayView,
     ReportView,
     RunDetail,
@@ -229,6 +230,9 @@ class FakeHandler:
     async def metrics(self, accept: str) -> Exposition:
         self.accepts.append(accept)
         return METRICS
+
+    async def notify_test(self) -> NotifyTestReply:
+        return NotifyTestReply(results=[])
 
     async def attach_file(self, run_id: str, request: AttachFileRequest) -> AttachmentView:
         self._check(run_id)

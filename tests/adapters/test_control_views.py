@@ -22,6 +22,7 @@ from supervisor.adapters.store import AttachmentRecord
 from supervisor.core.feed import FeedItem, FeedTransition, LogPiece, MonitorNote
 from supervisor.core.idle import IdleMetric, judge
 from supervisor.core.machine import Transition, new_run
+from supervisor.core.outbox import NotifierStatus, Target, TargetFigures, TargetResult
 from supervisor.core.run import Phase
 from supervisor.core.spec import RunSpec
 from tests.core.builders import INSTANCE, NOW, make_run, with_state
@@ -107,8 +108,27 @@ def test_the_daemon_state_goes_out_as_its_status() -> None:
         f'{{"pid":42,"version":"0.1.0","started_at":{AT},"state_dir":"/s",'
         '"socket":"/s/d.sock","runs_by_phase":{"running":1},"monitors":1,'
         '"aws_calls":{"s3:ListObjectsV2":3},"metrics_url":null,"root_task_restarts":{"events":0},'
-        '"replica_id":"","role":"","runs_owned":0,"replicas":[]}'
+        '"replica_id":"","role":"","runs_owned":0,"replicas":[],"notifications":null}'
     )
+
+
+def test_the_notification_senders_figures_go_out_redacted_with_the_rows_by_state() -> None:
+    target = Target("0123456789abcdef", "json://127.0.0.1:9/fail")
+    last = TargetResult(target, False, "SendFailed: 500", NOW)
+    figures = TargetFigures(target, 2, 1, last, pending=3, failed_rows=4)
+    state = DaemonState(
+        pid=42, version="0.1.0", started_at=NOW, state_dir="/s", socket="/s/d.sock",
+        runs_by_phase={}, monitors=0, aws_calls={}, metrics_url=None, root_task_restarts={},
+        notifications=NotifierStatus((figures,), {"pending": 3, "failed": 1}),
+    )  # fmt: skip
+    shown = status_view(state).notifications
+    assert shown is not None
+    assert (shown.pending, shown.sent, shown.failed) == (3, 0, 1)
+    [view] = shown.targets
+    assert (view.target, view.digest, view.sent, view.failed, view.pending, view.failed_rows) == (
+        "json://127.0.0.1:9/fail", "0123456789abcdef", 2, 1, 3, 4,
+    )  # fmt: skip
+    assert (view.last_ok, view.last_error, view.last_at) == (False, "SendFailed: 500", NOW)
 
 
 def test_an_attachment_record_goes_out_as_its_view() -> None:

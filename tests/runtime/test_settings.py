@@ -97,7 +97,8 @@ def test_a_missing_or_broken_config_file_is_named(tmp_path: Path) -> None:
 
 
 EXAMPLE = Path(__file__).parents[2] / "config" / "supervisord.example.toml"
-ILLUSTRATED = {"state_dir", "events_queue_url", "metrics_addr", "database_url", "replica_id"}
+ILLUSTRATED = {"state_dir", "events_queue_url", "metrics_addr", "database_url", "replica_id",
+               "notify_urls", "public_url"}  # fmt: skip
 """Keys the example shows with a sample value, as its comments say, not the default."""
 
 
