@@ -95,6 +95,8 @@ class DaemonState:
     replicas: tuple[ReplicaStatus, ...] = ()
     now: datetime | None = None
     """When the replicas' liveness is judged (the daemon's clock)."""
+    http_url: str | None = None
+    """Issue 15: the dashboard's listener (SUPERVISOR_HTTP_ADDR) as bound, if there is one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +278,7 @@ def status_view(state: DaemonState) -> DaemonStatus:
             )
             for s in state.replicas
         ],
+        http_url=state.http_url,
     )
 
 

@@ -206,6 +206,9 @@ class DaemonStatus(_Message):
     runs_owned: int = 0
     replicas: list[ReplicaView] = Field(default_factory=list)
     """Every replica that ran against this database, newest heartbeat first."""
+    # Issue 15: the dashboard.
+    http_url: str | None = None
+    """The dashboard's listener (SUPERVISOR_HTTP_ADDR) as bound, if there is one."""
 
 
 class ReplicaView(_Message):

@@ -52,6 +52,7 @@ from supervisor.core.filters import (
     parse_field,
 )
 from supervisor.core.records import idle_after_end_s
+from supervisor.core.run import TERMINAL_PHASES
 from supervisor.core.values import Direction
 
 if TYPE_CHECKING:  # `runs` and `show` do without: loaded by `compare` when it runs
@@ -641,6 +642,24 @@ class RunDatabase:
             raise DatabaseUnavailable(
                 f"cannot read the run database {self.where}: {_first_line(exc)}"
             ) from None
+
+    # -- issue 15: the dashboard's fleet page -----------------------------------------------
+
+    def owners(self) -> dict[str, list[str]]:
+        """The runs not yet ended, by the replica that holds their lease (issue 14's `owner`
+        column); runs nobody holds are left out."""
+        dialect = self._dialect
+        rows = self._rows(
+            "SELECT owner, run_id, phase FROM runs WHERE owner IS NOT NULL "
+            f"ORDER BY {dialect.ordered('owner')}, {dialect.ordered('run_id')}",
+            [],
+        )
+        ended = {str(phase) for phase in TERMINAL_PHASES}
+        owned: dict[str, list[str]] = {}
+        for owner, run_id, phase in rows:
+            if phase not in ended:
+                owned.setdefault(owner, []).append(run_id)
+        return owned
 
 
 def _first_line(exc: BaseException, url: str = "") -> str:

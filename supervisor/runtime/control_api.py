@@ -452,6 +452,7 @@ class ControlApi:
             runs_owned=len(d.lease_book),
             replicas=tuple(await d.store.replicas()),
             now=d.clock.now(),
+            http_url=d.http_server.url if d.http_server is not None else None,
         )
 
     async def metrics(self, accept: str) -> Exposition:

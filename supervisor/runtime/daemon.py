@@ -13,7 +13,7 @@ import asyncio
 import os
 import random
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -22,8 +22,10 @@ from supervisor.adapters.aws import queue_region
 from supervisor.adapters.control import ControlServer
 from supervisor.adapters.control_views import ControlViews
 from supervisor.adapters.metrics_http import MetricsServer
+from supervisor.adapters.web.server import HttpServer
 from supervisor.core.duties import LEADER
 from supervisor.core.errors import InvalidInput, LeaseLost
+from supervisor.core.eta import estimate_end
 from supervisor.core.events import MonitorFailed
 from supervisor.core.inbox import HandedEvent
 from supervisor.core.leases import Lease
@@ -186,6 +188,20 @@ class Daemon:
         self.server = ControlServer(self.views, settings.socket_path)
         address = settings.metrics_address
         self.metrics_server = MetricsServer(self.metrics, *address) if address is not None else None
+        # Issue 15: the dashboard, its JSON API and /metrics on SUPERVISOR_HTTP_ADDR.
+        settings.check_http()
+        http = settings.http_address
+        self.http_server = (
+            HttpServer(
+                self.views,
+                settings.database_url or settings.db_path,
+                *http,
+                token=settings.http_token,
+                eta=self.estimated_end,
+            )
+            if http is not None
+            else None
+        )
 
     def __repr__(self) -> str:
         return f"<Daemon monitors={len(self.monitors)} accepting={self.accepting}>"
@@ -215,6 +231,13 @@ class Daemon:
         `RootTaskFailed` after the shutdown if a root task kept failing."""
         if self.metrics_server is not None:  # first: a bad address fails before anything runs
             await self.metrics_server.start()
+        if self.http_server is not None:
+            try:
+                await self.http_server.start()
+            except InvalidInput:
+                if self.metrics_server is not None:
+                    await self.metrics_server.close()
+                raise
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             # Re-adopt by claiming (no AWS call per run): with SQLite every active run, with
@@ -312,6 +335,8 @@ class Daemon:
         await self.server.close()
         if self.metrics_server is not None:
             await self.metrics_server.close()
+        if self.http_server is not None:
+            await self.http_server.close()
         for task in list(self._tasks):
             task.cancel()
         log.info("daemon_stopped", monitors=len(self.monitors), cancelled_in_flight=busy)
@@ -419,3 +444,14 @@ class Daemon:
             await self.lease_keeper.hand_back()
         except Exception:  # the leases then expire after their TTL instead
             log.exception("leases_not_handed_back")
+
+    # -- the dashboard (issue 15) -----------------------------------------------------------
+
+    def estimated_end(self, run_id: str) -> datetime | None:
+        """When the run's training is estimated to end, from its heartbeats (core/eta.py);
+        None for a run this replica does not watch, or without an estimate."""
+        monitor = self.monitors.get(run_id)
+        if monitor is None:
+            return None
+        estimate = estimate_end(monitor.run.this_attempt.progress, self.clock.now())
+        return estimate.ends_at if estimate is not None else None

@@ -1,0 +1,317 @@
+"""The HTTP listener (issue 15) as a real aiohttp server on 127.0.0.1 over a real seeded run
+database: the JSON API answers what the query path answers (the CLI's `--json`), errors as
+the CLI words them, the token (bearer or login cookie) guarding everything, security headers,
+pages escaping a job's text. The daemon's side is a small `DashboardSource` of our own port."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from supervisor.adapters.metrics_http import Exposition
+from supervisor.adapters.protocol import DaemonStatus, ReportView, TrainingLogItem, ZombieList
+from supervisor.adapters.query import RunDatabase
+from supervisor.adapters.web.server import (
+    CONTENT_SECURITY_POLICY,
+    SESSION_COOKIE,
+    HttpServer,
+    session_value,
+)
+from supervisor.core.errors import InvalidInput
+from supervisor.runtime.settings import Settings
+from tests.adapters.run_database import HISTORY, SEEDS, Seed, seed
+
+TOKEN = "s3cret-token-for-the-dashboard"
+MARKUP = '<img src=x onerror="alert(1)">'
+STARTED = datetime(2026, 11, 22, 9, tzinfo=UTC)
+
+
+class Source:
+    """The daemon's side: canned status, no zombies, an empty report, a short log."""
+
+    async def metrics(self, accept: str) -> Exposition:
+        return Exposition(b"supervisor_monitors 0.0\n", "text/plain; version=0.0.4")
+
+    async def status(self) -> DaemonStatus:
+        return DaemonStatus(
+            pid=1, version="0", started_at=STARTED, state_dir="/tmp/x", socket="/tmp/x/s",
+            runs_by_phase={}, monitors=0, aws_calls={"ec2:DescribeInstances": 3},
+        )  # fmt: skip
+
+    async def zombies(self) -> ZombieList:
+        return ZombieList(auto_terminate=False, wait_s=300, cooldown_s=300, zombies=[])
+
+    async def report(self, since_days: float) -> ReportView:
+        return ReportView(
+            since=STARTED, until=STARTED, days=[], runs_by_outcome={}, runs=0,
+            crash_rate=None, open_zombies=0,
+        )  # fmt: skip
+
+    async def training_log(
+        self, run_id: str, *, key: str, offset: int | None, last: int, follow: bool
+    ) -> AsyncIterator[TrainingLogItem]:
+        yield TrainingLogItem(kind="lines", text=f"step 1 {MARKUP}\n", offset=20)
+
+
+MARKED = Seed(
+    "marked-1",
+    outcome=None,
+    spec={"name": MARKUP, "project": "vision"},
+    tags={"team": "<b>bold</b>"},
+)
+
+
+@pytest.fixture(scope="module")
+def db_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("web") / "supervisor.db"
+    asyncio.run(seed(path, [*SEEDS, MARKED]))
+    return path
+
+
+async def serve(db_path: Path, token: str | None = None) -> HttpServer:
+    server = HttpServer(Source(), db_path, "127.0.0.1", 0, token=token)
+    await server.start()
+    return server
+
+
+@pytest.fixture
+async def base(db_path: Path) -> AsyncIterator[str]:
+    server = await serve(db_path)
+    assert server.url is not None
+    yield server.url.rstrip("/")
+    await server.close()
+
+
+@pytest.fixture
+async def guarded(db_path: Path) -> AsyncIterator[str]:
+    server = await serve(db_path, TOKEN)
+    assert server.url is not None
+    yield server.url.rstrip("/")
+    await server.close()
+
+
+async def get_json(url: str, **headers: str) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as reply:
+        return reply.status, await reply.json()
+
+
+async def get_text(url: str) -> tuple[int, str, dict[str, str]]:
+    async with aiohttp.ClientSession() as session, session.get(url) as reply:
+        return reply.status, await reply.text(), dict(reply.headers)
+
+
+def as_json(value: object) -> Any:
+    """As the CLI prints it and reads back: through json.dumps."""
+    return json.loads(json.dumps(value))
+
+
+# -- the JSON API ---------------------------------------------------------------------------
+
+
+async def test_runs_answer_the_rows_of_runs_json_with_the_clis_filters(
+    base: str, db_path: Path
+) -> None:
+    with RunDatabase(db_path) as db:
+        expected = as_json([r.json() for r in db.runs("config.gradient_method=mgda")])
+    status, body = await get_json(f"{base}/api/v1/runs?where=config.gradient_method%3Dmgda")
+    assert status == 200
+    assert body == expected
+    assert [r["run_id"] for r in body] == ["mgda-1", "mgda-2", "mgda-3"]
+
+
+async def test_a_run_its_transitions_and_history_are_shows_json(base: str, db_path: Path) -> None:
+    with RunDatabase(db_path) as db:
+        detail = as_json(db.run("mgda-1").json())
+    assert await get_json(f"{base}/api/v1/runs/mgda-1") == (200, detail)
+    assert await get_json(f"{base}/api/v1/runs/mgda-1/transitions") == (
+        200,
+        detail["transitions"],
+    )
+    assert await get_json(f"{base}/api/v1/runs/mgda-1/history") == (200, HISTORY)
+    assert await get_json(f"{base}/api/v1/runs/mgda-2/history") == (200, [])
+
+
+async def test_compare_is_compare_json_and_curves_hold_one_series_per_group(
+    base: str, db_path: Path
+) -> None:
+    with RunDatabase(db_path) as db:
+        expected = as_json(dataclasses.asdict(db.compare("config.gradient_method", "val_loss")))
+    query = "by=config.gradient_method&metric=val_loss"
+    assert await get_json(f"{base}/api/v1/compare?{query}") == (200, expected)
+
+    status, curves = await get_json(f"{base}/api/v1/compare/curves?{query}")
+    assert status == 200
+    assert isinstance(curves, dict)
+    labels = [g["label"] for g in curves["groups"]]
+    assert labels == ["mgda", "pcgrad", "imtlg", "(none)"]  # compare's order: best mean first
+    mgda = curves["groups"][0]
+    assert mgda["run_ids"] == ["mgda-1", "mgda-2", "mgda-3"]
+    assert mgda["points"] == [[100.0, 0.5], [200.0, 0.3]]  # only mgda-1 has a history
+    assert curves["runs"] == [
+        {"run_id": "mgda-1", "group": "mgda", "points": [[100.0, 0.5], [200.0, 0.3]]}
+    ]
+
+
+async def test_bad_input_and_unknown_runs_are_answered_with_the_clis_message(base: str) -> None:
+    status, body = await get_json(f"{base}/api/v1/runs?where=metrics.val_loss%3D%3C0.3")
+    assert status == 400
+    assert "filter 'metrics.val_loss=<0.3'" in body["error"]
+    status, body = await get_json(f"{base}/api/v1/runs/nope")
+    assert status == 404
+    assert "no run 'nope'" in body["error"]
+    status, body = await get_json(f"{base}/api/v1/compare?metric=val_loss")
+    assert (status, body) == (400, {"error": "give by= (e.g. by=config.gradient_method)"})
+
+
+async def test_metrics_are_served_here_too(base: str) -> None:
+    status, text, _ = await get_text(f"{base}/metrics")
+    assert (status, text) == (200, "supervisor_monitors 0.0\n")
+
+
+# -- pages ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/fragments/runs",
+        "/runs/marked-1",
+        "/runs/mgda-3",
+        "/runs/marked-1/training-log?live=1",
+        "/compare?by=config.gradient_method&metric=val_loss",
+        "/fleet",
+        "/login",
+    ],
+)
+async def test_every_page_escapes_a_jobs_text_and_sends_a_strict_policy(
+    base: str, path: str
+) -> None:
+    status, html, headers = await get_text(base + path)
+    assert status == 200, html
+    assert headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+    assert "default-src 'self'" in CONTENT_SECURITY_POLICY
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert "<img" not in html and "<b>" not in html
+    # Nothing on a page points outside this origin: every src and href is a path.
+    for url in re.findall(r'(?:src|href)="([^"]*)"', html):
+        assert url.startswith("/") and not url.startswith("//"), url
+
+
+async def test_the_runs_page_shows_markup_as_text_and_filters(base: str) -> None:
+    _, html, _ = await get_text(f"{base}/?q=vision")
+    assert "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;" in html
+    assert 'data-run-id="marked-1"' in html
+    assert 'data-run-id="mgda-1"' in html  # its tag team=vision
+    assert 'data-run-id="mgda-2"' not in html
+    _, crashed, _ = await get_text(f"{base}/?phase=crashed")
+    assert re.findall(r'data-run-id="([^"]+)"', crashed) == ["mgda-3"]
+
+
+async def test_the_run_page_shows_its_crash_log_and_transitions(base: str) -> None:
+    _, html, _ = await get_text(f"{base}/runs/mgda-3")
+    assert "trace line 30" in html
+    assert "CUDA out of memory" in html
+
+
+async def test_the_fleet_page_shows_aws_calls(base: str) -> None:
+    _, html, _ = await get_text(f"{base}/fleet")
+    assert "ec2:DescribeInstances" in html
+
+
+async def test_static_assets_are_in_the_package_with_their_licences(base: str) -> None:
+    for path in (
+        "/static/style.css",
+        "/static/dashboard.js",
+        "/static/vendor/htmx.min.js",
+        "/static/vendor/uPlot.iife.min.js",
+        "/static/vendor/uPlot.min.css",
+        "/static/vendor/LICENSE-htmx.txt",
+        "/static/vendor/LICENSE-uplot.txt",
+    ):
+        status, body, _ = await get_text(base + path)
+        assert status == 200 and body, path
+
+
+# -- the token --------------------------------------------------------------------------------
+
+
+async def test_with_a_token_the_api_and_metrics_need_it(guarded: str) -> None:
+    for path in ("/api/v1/runs", "/metrics"):
+        async with aiohttp.ClientSession() as session, session.get(guarded + path) as reply:
+            assert reply.status == 401
+            assert reply.headers["WWW-Authenticate"].startswith("Bearer")
+    wrong = await get_json(f"{guarded}/api/v1/runs", Authorization="Bearer not-it")
+    assert wrong[0] == 401
+    status, runs = await get_json(f"{guarded}/api/v1/runs", Authorization=f"Bearer {TOKEN}")
+    assert status == 200 and len(runs) == len(SEEDS) + 1
+
+
+async def test_pages_send_to_the_login_form_whose_cookie_then_opens_them(guarded: str) -> None:
+    # unsafe: keep cookies of an IP address (127.0.0.1), as a browser does
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        async with session.get(f"{guarded}/fleet", allow_redirects=False) as reply:
+            assert reply.status == 303
+            assert reply.headers["Location"] in ("/login?next=%2Ffleet", "/login?next=/fleet")
+        async with session.post(
+            f"{guarded}/login", data={"token": "wrong", "next": "/fleet"}
+        ) as reply:
+            assert reply.status == 403
+            assert TOKEN not in await reply.text()
+        async with session.post(
+            f"{guarded}/login",
+            data={"token": TOKEN, "next": "//elsewhere.example/"},
+            allow_redirects=False,
+        ) as reply:
+            assert reply.status == 303
+            assert reply.headers["Location"] == "/"  # never off this site
+            cookie = reply.headers["Set-Cookie"]
+        assert cookie.startswith(f"{SESSION_COOKIE}={session_value(TOKEN)};")
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        assert TOKEN not in cookie
+        async with session.get(f"{guarded}/fleet", allow_redirects=False) as reply:
+            assert reply.status == 200
+            assert TOKEN not in await reply.text()
+        async with session.get(f"{guarded}/api/v1/runs/mgda-1") as reply:
+            assert reply.status == 200
+
+
+# -- settings -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("addr", ["8080", ":0", "127.0.0.1:0", "localhost:8080", "[::1]:0"])
+def test_a_loopback_listener_needs_no_token(addr: str) -> None:
+    settings = Settings.load(None, http_addr=addr)
+    settings.check_http()
+    assert settings.http_address is not None
+
+
+def test_beyond_loopback_the_token_is_required_and_never_shown() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        Settings.load(None, http_addr="0.0.0.0:8080").check_http()
+    message = str(caught.value)
+    assert "SUPERVISOR_HTTP_TOKEN" in message and "\n" not in message
+    guarded = Settings.load(None, http_addr="0.0.0.0:8080", http_token=TOKEN)
+    guarded.check_http()
+    assert TOKEN not in repr(guarded)
+
+
+def test_a_short_token_is_refused_without_echoing_it() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        Settings.load(None, http_token="short")
+    assert "SUPERVISOR_HTTP_TOKEN" in str(caught.value)
+    assert "short" not in str(caught.value).replace("should", "")
+
+
+def test_a_bad_http_address_is_named() -> None:
+    with pytest.raises(InvalidInput, match="bad setting SUPERVISOR_HTTP_ADDR: expected HOST:PORT"):
+        Settings.load(None, http_addr="everywhere")
