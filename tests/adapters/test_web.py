@@ -10,15 +10,12 @@ import dataclasses
 import json
 import re
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from supervisor.adapters.metrics_http import Exposition
-from supervisor.adapters.protocol import DaemonStatus, ReportView, TrainingLogItem, ZombieList
 from supervisor.adapters.query import RunDatabase
 from supervisor.adapters.web.server import (
     CONTENT_SECURITY_POLICY,
@@ -28,38 +25,10 @@ from supervisor.adapters.web.server import (
 )
 from supervisor.core.errors import InvalidInput
 from supervisor.runtime.settings import Settings
+from tests.adapters.dashboard_source import MARKUP, Source
 from tests.adapters.run_database import HISTORY, SEEDS, Seed, seed
 
 TOKEN = "s3cret-token-for-the-dashboard"
-MARKUP = '<img src=x onerror="alert(1)">'
-STARTED = datetime(2026, 11, 22, 9, tzinfo=UTC)
-
-
-class Source:
-    """The daemon's side: canned status, no zombies, an empty report, a short log."""
-
-    async def metrics(self, accept: str) -> Exposition:
-        return Exposition(b"supervisor_monitors 0.0\n", "text/plain; version=0.0.4")
-
-    async def status(self) -> DaemonStatus:
-        return DaemonStatus(
-            pid=1, version="0", started_at=STARTED, state_dir="/tmp/x", socket="/tmp/x/s",
-            runs_by_phase={}, monitors=0, aws_calls={"ec2:DescribeInstances": 3},
-        )  # fmt: skip
-
-    async def zombies(self) -> ZombieList:
-        return ZombieList(auto_terminate=False, wait_s=300, cooldown_s=300, zombies=[])
-
-    async def report(self, since_days: float) -> ReportView:
-        return ReportView(
-            since=STARTED, until=STARTED, days=[], runs_by_outcome={}, runs=0,
-            crash_rate=None, open_zombies=0,
-        )  # fmt: skip
-
-    async def training_log(
-        self, run_id: str, *, key: str, offset: int | None, last: int, follow: bool
-    ) -> AsyncIterator[TrainingLogItem]:
-        yield TrainingLogItem(kind="lines", text=f"step 1 {MARKUP}\n", offset=20)
 
 
 MARKED = Seed(
