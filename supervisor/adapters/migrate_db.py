@@ -252,7 +252,10 @@ def _copy(
                             "SELECT pg_get_serial_sequence(%s, %s)",
                             [table.name, column.name],
                         ).fetchone()
-                        target.execute(reset, [sequence[0] if sequence else None])
+                        # Only ids have a sequence: the lease columns (owner, epoch,
+                        # lease_until) are "generated" (the store sets them), but no serial.
+                        if sequence is not None and sequence[0] is not None:
+                            target.execute(reset, [sequence[0]])
                 expected = source.count(table)
                 count = f"SELECT count(*) FROM {table.name}"  # noqa: S608
                 found = target.execute(count).fetchone()
