@@ -6,9 +6,11 @@ pages escaping a job's text. The daemon's side is a small `DashboardSource` of o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import re
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from supervisor.adapters.migrate_db import copy_database
 from supervisor.adapters.query import RunDatabase
 from supervisor.adapters.web.server import (
     CONTENT_SECURITY_POLICY,
@@ -27,6 +30,7 @@ from supervisor.core.errors import InvalidInput
 from supervisor.runtime.settings import Settings
 from tests.adapters.dashboard_source import MARKUP, Source
 from tests.adapters.run_database import HISTORY, SEEDS, Seed, seed
+from tests.pg_server import PostgresServer
 
 TOKEN = "s3cret-token-for-the-dashboard"
 
@@ -39,11 +43,27 @@ MARKED = Seed(
 )
 
 
+OWNED = {"mgda-1": "replica-a", "imtlg-2": "replica-b", "marked-1": "replica-a", "mgda-3": "x"}
+"""Lease owners written into the seeded file (mgda-3 has ended: its stale owner owns nothing)."""
+
+
 @pytest.fixture(scope="module")
 def db_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("web") / "supervisor.db"
     asyncio.run(seed(path, [*SEEDS, MARKED]))
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.executemany(
+            "UPDATE runs SET owner = ? WHERE run_id = ?", [(o, r) for r, o in OWNED.items()]
+        )
     return path
+
+
+@pytest.fixture(scope="module")
+def pg_seeded(db_path: Path, postgres_server: PostgresServer) -> str:
+    """The same runs on PostgreSQL, copied as `supervisorctl migrate-db` copies them."""
+    url = postgres_server.url(postgres_server.create_database("web"))
+    copy_database(db_path, url)
+    return url
 
 
 async def serve(db_path: Path, token: str | None = None) -> HttpServer:
@@ -146,6 +166,37 @@ async def test_metrics_are_served_here_too(base: str) -> None:
     assert (status, text) == (200, "supervisor_monitors 0.0\n")
 
 
+async def test_on_postgresql_the_api_answers_what_it_answers_on_sqlite(
+    db_path: Path, pg_seeded: str, base: str
+) -> None:
+    server = HttpServer(Source(), pg_seeded, "127.0.0.1", 0)
+    await server.start()
+    try:
+        assert server.url is not None
+        on_pg = server.url.rstrip("/")
+        for path in (
+            "/api/v1/runs?where=metrics.val_loss%3C0.3",
+            "/api/v1/runs/mgda-1",
+            "/api/v1/runs/mgda-1/history",
+            "/api/v1/compare?by=config.gradient_method&metric=val_loss",
+            "/api/v1/compare/curves?by=tag.seed&metric=val_loss",
+        ):
+            assert await get_json(on_pg + path) == await get_json(base + path), path
+        _, html, _ = await get_text(on_pg + "/?q=vision")
+        assert 'data-run-id="marked-1"' in html
+    finally:
+        await server.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_owners_are_the_active_runs_by_their_lease_holder(
+    request: pytest.FixtureRequest, db_path: Path, backend: str
+) -> None:
+    where = db_path if backend == "sqlite" else request.getfixturevalue("pg_seeded")
+    with RunDatabase(where) as db:
+        assert db.owners() == {"replica-a": ["marked-1", "mgda-1"], "replica-b": ["imtlg-2"]}
+
+
 # -- pages ------------------------------------------------------------------------------------
 
 
@@ -192,9 +243,23 @@ async def test_the_run_page_shows_its_crash_log_and_transitions(base: str) -> No
     assert "CUDA out of memory" in html
 
 
-async def test_the_fleet_page_shows_aws_calls(base: str) -> None:
-    _, html, _ = await get_text(f"{base}/fleet")
+async def test_the_fleet_page_shows_aws_calls_and_the_runs_each_replica_owns(
+    db_path: Path,
+) -> None:
+    server = HttpServer(Source(replicas=("replica-a", "replica-b")), db_path, "127.0.0.1", 0)
+    await server.start()
+    try:
+        assert server.url is not None
+        _, html, _ = await get_text(server.url + "fleet")
+    finally:
+        await server.close()
     assert "ec2:DescribeInstances" in html
+    replicas = html[html.index('id="replicas"') :]
+    row_a = replicas[
+        replicas.index("replica-a") : replicas.index("</tr>", replicas.index("replica-a"))
+    ]
+    assert 'href="/runs/marked-1"' in row_a and 'href="/runs/mgda-1"' in row_a
+    assert "imtlg-2" not in row_a
 
 
 async def test_static_assets_are_in_the_package_with_their_licences(base: str) -> None:
