@@ -265,6 +265,7 @@ async def test_the_fleet_page_shows_aws_calls_and_the_runs_each_replica_owns(
 async def test_static_assets_are_in_the_package_with_their_licences(base: str) -> None:
     for path in (
         "/static/style.css",
+        "/static/favicon.svg",
         "/static/dashboard.js",
         "/static/vendor/htmx.min.js",
         "/static/vendor/uPlot.iife.min.js",

@@ -74,6 +74,14 @@ def assert_stayed_local(browser: webdriver.Chrome, host: str) -> list[str]:
     return network
 
 
+def assert_no_console_errors(browser: webdriver.Chrome) -> None:
+    """Nothing the page did failed in the console since the last look: no script error, no
+    resource refused by the Content-Security-Policy, no missing asset."""
+    log = browser.get_log("browser")  # type: ignore[no-untyped-call]
+    errors = [entry["message"] for entry in log if entry["level"] == "SEVERE"]
+    assert errors == [], errors
+
+
 def start_with_dashboard(cli: Cli, **env: str) -> tuple[str, str]:
     """Start the daemon with a dashboard on a free loopback port: its URL and host:port."""
     cli.start_daemon(SUPERVISOR_HTTP_ADDR="127.0.0.1:0", **env)
@@ -149,6 +157,7 @@ def test_the_runs_page_follows_live_runs_without_a_reload_filters_and_shows_mark
     assert browser.execute_script("return document.querySelectorAll('main img').length") == 0
 
     assert_stayed_local(browser, host)
+    assert_no_console_errors(browser)
 
 
 def report_job(fleet: Fleet, run_id: str, losses: list[float], final: float) -> None:
@@ -248,6 +257,7 @@ def test_behind_the_token_the_run_page_charts_the_history_and_compare_draws_each
     assert "ec2:" in browser.find_element(By.ID, "aws-calls").text
 
     assert_stayed_local(browser, host)
+    assert_no_console_errors(browser)
 
 
 def test_status_shows_the_dashboard_and_beyond_loopback_it_needs_the_token(cli: Cli) -> None:
