@@ -25,12 +25,11 @@ from supervisor.adapters.metrics_http import MetricsServer
 from supervisor.adapters.web.server import HttpServer
 from supervisor.core.duties import LEADER
 from supervisor.core.errors import InvalidInput, LeaseLost
-from supervisor.core.eta import estimate_end
 from supervisor.core.events import MonitorFailed
 from supervisor.core.inbox import HandedEvent
 from supervisor.core.leases import Lease
 from supervisor.core.machine import Policy, step
-from supervisor.core.run import Run
+from supervisor.core.run import Phase, Run
 from supervisor.core.spec import Transport
 from supervisor.runtime.control_api import ControlApi
 from supervisor.runtime.duties import DutyKeeper
@@ -448,10 +447,10 @@ class Daemon:
     # -- the dashboard (issue 15) -----------------------------------------------------------
 
     def estimated_end(self, run_id: str) -> datetime | None:
-        """When the run's training is estimated to end, from its heartbeats (core/eta.py);
-        None for a run this replica does not watch, or without an estimate."""
+        """When the run's training is estimated to end, as its monitor last committed it (the
+        ETA of `supervisorctl status`); None for a run this replica does not watch, for one not
+        training (running or stalled), or without an estimate."""
         monitor = self.monitors.get(run_id)
-        if monitor is None:
+        if monitor is None or monitor.run.phase not in (Phase.RUNNING, Phase.STALLED):
             return None
-        estimate = estimate_end(monitor.run.this_attempt.progress, self.clock.now())
-        return estimate.ends_at if estimate is not None else None
+        return monitor.run.this_attempt.estimated_end
