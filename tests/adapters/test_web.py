@@ -197,6 +197,24 @@ def test_owners_are_the_active_runs_by_their_lease_holder(
         assert db.owners() == {"replica-a": ["marked-1", "mgda-1"], "replica-b": ["imtlg-2"]}
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_newest_page_of_runs_and_the_counts_read_only_what_is_shown(
+    request: pytest.FixtureRequest, db_path: Path, backend: str
+) -> None:
+    where = db_path if backend == "sqlite" else request.getfixturevalue("pg_seeded")
+    with RunDatabase(where) as db:
+        everything = db.runs()
+        newest, matching = db.newest(limit=3)
+        assert [r.run_id for r in newest] == [r.run_id for r in reversed(everything)][:3]
+        assert matching == len(everything)
+        mgda, matching = db.newest("config.gradient_method=mgda", limit=2, phase="grace")
+        assert ([r.run_id for r in mgda], matching) == (["mgda-2", "mgda-1"], 2)
+        counts = db.counts()
+    assert sum(counts.values()) == len(everything)
+    assert counts[("crashed", "crashed")] == 1
+    assert counts[("running", "none")] == 2
+
+
 # -- pages ------------------------------------------------------------------------------------
 
 

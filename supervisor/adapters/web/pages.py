@@ -168,27 +168,34 @@ class Pages:
 
     async def _runs(self, request: web.Request) -> dict[str, Any]:
         filters = RunFilters.of(request)
-        text = request.query.get("q", "")
+        text = request.query.get("q", "").strip()
 
-        def read(db: RunDatabase) -> tuple[list[RunRow], list[RunRow]]:
-            everything = db.runs()
-            chosen = filters.runs(db) if filters != _NO_FILTERS else everything
-            return everything, chosen
+        def read(db: RunDatabase) -> tuple[list[RunRow], int, dict[tuple[str, str], int]]:
+            if not text:  # the newest page only: a poll never reads a large database whole
+                newest, matching = db.newest(
+                    *filters.where, limit=MAX_ROWS, phase=filters.phase,
+                    outcome=filters.outcome, since=filters.since,
+                )  # fmt: skip
+                return newest, matching, db.counts()
+            shown = [r for r in reversed(filters.runs(db)) if matches(r, text)]
+            return shown[:MAX_ROWS], len(shown), db.counts()
 
-        everything, chosen = await self._reader.read(read)
-        shown = [r for r in chosen if matches(r, text)]
+        newest, matching, counts = await self._reader.read(read)
+        by_phase: Counter[str] = Counter()
+        by_outcome: Counter[str] = Counter()
+        for (phase, outcome), n in counts.items():
+            by_phase[phase] += n
+            by_outcome[outcome] += n
         now = self._now()
-        newest = list(reversed(shown))[:MAX_ROWS]
         view = RunsView(
             lines=tuple(run_line(r, now, self._eta(r.run_id)) for r in newest),
-            matching=len(shown),
-            by_phase=tuple(sorted(Counter(r.phase for r in everything).items())),
-            by_outcome=tuple(sorted(Counter(r.outcome or "none" for r in everything).items())),
-            total=len(everything),
+            matching=matching,
+            by_phase=tuple(sorted(by_phase.items())),
+            by_outcome=tuple(sorted(by_outcome.items())),
+            total=sum(counts.values()),
         )
-        query = urlencode(
-            [(k, v) for k, v in request.query.items() if k in ("q", "phase", "outcome", "where")]
-        )
+        kept = ("q", "phase", "outcome", "where", "since")
+        query = urlencode([(k, v) for k, v in request.query.items() if k in kept])
         return {
             "view": view,
             "query": query,
@@ -299,9 +306,6 @@ class Pages:
             owners=owners,
             report_days=int(REPORT_DAYS),
         )
-
-
-_NO_FILTERS = RunFilters(where=(), phase=(), outcome=(), since=None)
 
 
 def _web_link(url: str | None) -> str | None:
