@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from supervisor.core.errors import InvalidInput
+from supervisor.core.eta import Progress, ProgressSample
 from supervisor.core.run import Phase
 from tests.conftest import Fleet
 from tests.runtime.conftest import Harness
@@ -20,7 +21,7 @@ async def test_the_listener_serves_the_watched_runs_with_their_estimated_end(
     harness: Harness, fleet: Fleet
 ) -> None:
     (instance,) = fleet.launch()
-    daemon = await harness.start(http_addr="127.0.0.1:0")
+    daemon = await harness.start(http_addr="127.0.0.1:0", poll_initial_s=600, poll_max_s=600)
     status = await daemon.views.status()
     assert daemon.http_server is not None and status.http_url == daemon.http_server.url
     url = status.http_url
@@ -28,13 +29,17 @@ async def test_the_listener_serves_the_watched_runs_with_their_estimated_end(
 
     await harness.attach("eta-1", instance)
     await harness.wait_phase("eta-1", Phase.RUNNING)
-    # The end the monitor estimated from the job's heartbeats (core/eta.py), ~800 s away.
+    # What the monitor holds after two heartbeats 100 s apart, 100 steps each, 800 to go: the
+    # end ~800 s away (core/eta.py). Checks are slowed down so that none replaces it meanwhile.
     monitor = daemon.monitors["eta-1"]
     now = daemon.clock.now()
     estimate = now + timedelta(seconds=800)
-    monitor.run = replace(
-        monitor.run, this_attempt=replace(monitor.run.this_attempt, estimated_end=estimate)
+    samples = (
+        ProgressSample(100, 1000, now - timedelta(seconds=100)),
+        ProgressSample(200, 1000, now),
     )
+    attempt = replace(monitor.run.this_attempt, progress=Progress(samples), estimated_end=estimate)
+    monitor.run = replace(monitor.run, this_attempt=attempt)
     assert daemon.estimated_end("eta-1") == estimate
     assert daemon.estimated_end("no-such-run") is None
 
