@@ -35,6 +35,11 @@ PAGE_WAIT_S = 90.0
 """A bound for a condition in the browser, not a budget: this machine is shared and slow."""
 MARKUP = '<img src=x onerror="document.title=1">'
 TOKEN = "dashboard-e2e-token-0123456789"
+LOADED = (
+    "return location.search === '{search}' && document.readyState === 'complete' "
+    "&& document.querySelector('#runs') !== null;"
+)
+"""The page at `search` has loaded (not the one before it, still on screen)."""
 NETWORK_SCHEMES = frozenset({"http", "https", "ws", "wss", "ftp"})
 
 
@@ -138,14 +143,14 @@ def test_the_runs_page_follows_live_runs_without_a_reload_filters_and_shows_mark
     box.clear()
     box.send_keys("nlp")
     box.submit()
-    wait(browser, "return document.querySelector('#runs') !== null", "the filtered page")
+    wait(browser, LOADED.format(search="?q=nlp"), "the filtered page")
     assert rows(browser) == {"live-b": "running"}
 
     # A count is a filter: the stopped runs.
     browser.get(url)
     wait(browser, "return document.querySelector('a.count.phase-stopped')", "the stopped count")
     browser.find_element(By.CSS_SELECTOR, "a.count.phase-stopped").click()
-    wait(browser, "return location.search === '?phase=stopped'", "the phase filter")
+    wait(browser, LOADED.format(search="?phase=stopped"), "the phase filter")
     stopped = rows(browser)
     assert "live-a" in stopped and "live-b" not in stopped  # live-c: stopped after its crash
     assert set(stopped.values()) == {"stopped"}
