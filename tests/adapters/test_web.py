@@ -20,6 +20,8 @@ import pytest
 
 from supervisor.adapters.migrate_db import copy_database
 from supervisor.adapters.query import RunDatabase
+from supervisor.adapters.web.api import RunFilters
+from supervisor.adapters.web.pages import RunLine, RunsView, render
 from supervisor.adapters.web.server import (
     CONTENT_SECURITY_POLICY,
     SESSION_COOKIE,
@@ -253,6 +255,24 @@ async def test_the_runs_page_shows_markup_as_text_and_filters(base: str) -> None
     assert 'data-run-id="mgda-2"' not in html
     _, crashed, _ = await get_text(f"{base}/?phase=crashed")
     assert re.findall(r'data-run-id="([^"]+)"', crashed) == ["mgda-3"]
+
+
+def test_a_run_id_with_markup_would_be_text_in_the_table_and_its_link() -> None:
+    # Run ids are letters, digits and _.- (RunSpec refuses the rest), so the seeded database
+    # cannot hold this one: the table's template is given it directly.
+    line = RunLine(
+        run_id="<b>x</b>", name="", project="", phase="running", outcome="", instance="i-1",
+        instance_type="", in_phase="1 s", steps="-", eta="", checkpoint="", reason="<i>r</i>",
+        live=True,
+    )  # fmt: skip
+    view = RunsView(lines=(line,), matching=1, by_phase=(("running", 1),), by_outcome=(), total=1)
+    filters = RunFilters(where=(), phase=(), outcome=(), since=None)
+    body = render("runs_table.html", view=view, query="", filters=filters, max_rows=500).text
+    assert body is not None
+    assert "<b>" not in body and "<i>" not in body
+    assert '<a href="/runs/%3Cb%3Ex%3C/b%3E">&lt;b&gt;x&lt;/b&gt;</a>' in body
+    assert 'data-run-id="&lt;b&gt;x&lt;/b&gt;"' in body
+    assert "&lt;i&gt;r&lt;/i&gt;" in body
 
 
 async def test_the_run_page_shows_its_crash_log_and_transitions(base: str) -> None:

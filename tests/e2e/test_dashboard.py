@@ -155,6 +155,29 @@ def test_the_runs_page_follows_live_runs_without_a_reload_filters_and_shows_mark
     assert "live-a" in stopped and "live-b" not in stopped  # live-c: stopped after its crash
     assert set(stopped.values()) == {"stopped"}
 
+    # A phone's width: nothing wider than the screen but the table, which scrolls in its box.
+    browser.set_window_size(390, 844)
+    try:
+        for page in ("", "runs/live-c", "fleet"):
+            browser.get(url + page)
+            overflow = browser.execute_script(
+                "return document.documentElement.scrollWidth - window.innerWidth;"
+            )
+            assert overflow <= 0, f"/{page} is {overflow}px wider than a phone's screen"
+    finally:
+        browser.set_window_size(1280, 900)
+
+    # A dark system theme gives a dark page, a light one a light page.
+    background = "return getComputedStyle(document.body).backgroundColor;"
+    for theme, colour in (("dark", "rgb(13, 17, 23)"), ("light", "rgb(255, 255, 255)")):
+        browser.execute_cdp_cmd(
+            "Emulation.setEmulatedMedia",
+            {"features": [{"name": "prefers-color-scheme", "value": theme}]},
+        )
+        browser.get(url)
+        assert browser.execute_script(background) == colour, theme
+    browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
+
     # The crashed run's page: the failure's text in the timeline, as text.
     browser.get(f"{url}runs/live-c")
     timeline = browser.find_element(By.CSS_SELECTOR, "ol.timeline").text
