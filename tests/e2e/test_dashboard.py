@@ -44,12 +44,24 @@ NETWORK_SCHEMES = frozenset({"http", "https", "ws", "wss", "ftp"})
 
 
 @pytest.fixture(scope="session")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chrome]:
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chrome]:
+    """One headless Chromium for the session (its start costs seconds of CPU)."""
     driver = start_chromium(tmp_path_factory.mktemp("chromium-profile"))
     try:
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture
+def browser(chromium: webdriver.Chrome) -> webdriver.Chrome:
+    """The session's Chromium on a blank page, its logs drained: what a test finds in them
+    is its own."""
+    chromium.get("about:blank")
+    chromium.delete_all_cookies()
+    requests_made(chromium)
+    chromium.get_log("browser")  # type: ignore[no-untyped-call]
+    return chromium
 
 
 def wait(browser: webdriver.Chrome, script: str, what: str) -> Any:
