@@ -38,11 +38,15 @@ format: $(STAMP)
 # systemd-analyze rates deploy/supervisord.service (tests/deploy/test_service.py), and
 # PostgreSQL's server binaries (initdb, pg_ctl): the tests start a throwaway server from them
 # (tests/pg_server.py); installed from Debian when /usr/lib/postgresql/*/bin has none.
+# Issue 15: Debian's chromium and chromedriver, which the dashboard's browser tests drive
+# (tests/e2e/test_dashboard.py); a test tool's own browser download cannot work here.
 system-tools:
 	@command -v systemd-analyze >/dev/null || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd; }
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+	@{ test -x /usr/bin/chromium && test -x /usr/bin/chromedriver; } || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
 test: $(STAMP) system-tools
 	$(BIN)/pytest -q --timeout=300 -n $(TEST_WORKERS) $(PYTEST_ARGS)

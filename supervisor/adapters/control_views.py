@@ -101,6 +101,8 @@ class DaemonState:
     """When the replicas' liveness is judged (the daemon's clock)."""
     notifications: NotifierStatus | None = None
     """Issue 15: the notification sender's figures, if it runs."""
+    http_url: str | None = None
+    """Issue 15: the dashboard's listener (SUPERVISOR_HTTP_ADDR) as bound, if there is one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +286,7 @@ def status_view(state: DaemonState) -> DaemonStatus:
             for s in state.replicas
         ],
         notifications=notifications_view(state.notifications),
+        http_url=state.http_url,
     )
 
 

@@ -209,6 +209,9 @@ class DaemonStatus(_Message):
     # Issue 15: notifications.
     notifications: NotificationsView | None = None
     """The notification sender, if SUPERVISOR_NOTIFY_URLS is set."""
+    # Issue 15: the dashboard.
+    http_url: str | None = None
+    """The dashboard's listener (SUPERVISOR_HTTP_ADDR) as bound, if there is one."""
 
 
 class ReplicaView(_Message):

@@ -52,6 +52,7 @@ from supervisor.core.filters import (
     parse_field,
 )
 from supervisor.core.records import idle_after_end_s
+from supervisor.core.run import TERMINAL_PHASES
 from supervisor.core.values import Direction
 
 if TYPE_CHECKING:  # `runs` and `show` do without: loaded by `compare` when it runs
@@ -607,7 +608,18 @@ class RunDatabase:
 
     # -- SQL --------------------------------------------------------------------------------
 
-    def _select(self, query: RunQuery) -> list[Row]:
+    def _select(self, query: RunQuery, *, newest: int | None = None) -> list[Row]:
+        """The matching runs, oldest first; with `newest`, only that many, newest first."""
+        dialect = self._dialect
+        where, params = self._where(query)
+        columns = (dialect.ordered("r.created_at"), dialect.ordered("r.run_id"))
+        if newest is None:
+            return self._rows(f"{_SELECT}{where} ORDER BY {', '.join(columns)}", params)
+        order = ", ".join(f"{column} DESC" for column in columns)
+        return self._rows(f"{_SELECT}{where} ORDER BY {order} LIMIT ?", [*params, newest])
+
+    def _where(self, query: RunQuery) -> tuple[str, list[Any]]:
+        """The WHERE clause of the query's filters (empty without any), and its parameters."""
         dialect = self._dialect
         conditions: list[str] = []
         params: list[Any] = []
@@ -628,9 +640,7 @@ class RunDatabase:
             sql, values = _condition(f, dialect)
             conditions.append(sql)
             params.extend(values)
-        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-        order = f" ORDER BY {dialect.ordered('r.created_at')}, {dialect.ordered('r.run_id')}"
-        return self._rows(_SELECT + where + order, params)
+        return (f" WHERE {' AND '.join(conditions)}" if conditions else ""), params
 
     def _rows(self, sql: str, params: list[Any]) -> list[Row]:
         """The rows of one statement (built with `?`), or `DatabaseUnavailable`."""
@@ -641,6 +651,48 @@ class RunDatabase:
             raise DatabaseUnavailable(
                 f"cannot read the run database {self.where}: {_first_line(exc)}"
             ) from None
+
+    # -- issue 15: the dashboard's fleet page -----------------------------------------------
+
+    def owners(self) -> dict[str, list[str]]:
+        """The runs not yet ended, by the replica that holds their lease (issue 14's `owner`
+        column); runs nobody holds are left out."""
+        dialect = self._dialect
+        rows = self._rows(
+            "SELECT owner, run_id, phase FROM runs WHERE owner IS NOT NULL "
+            f"ORDER BY {dialect.ordered('owner')}, {dialect.ordered('run_id')}",
+            [],
+        )
+        ended = {str(phase) for phase in TERMINAL_PHASES}
+        owned: dict[str, list[str]] = {}
+        for owner, run_id, phase in rows:
+            if phase not in ended:
+                owned.setdefault(owner, []).append(run_id)
+        return owned
+
+    def newest(
+        self,
+        *where: str | Filter,
+        limit: int,
+        phase: str | Iterable[str] = (),
+        outcome: str | Iterable[str] = (),
+        since: str | timedelta | None = None,
+        now: datetime | None = None,
+    ) -> tuple[list[RunRow], int]:
+        """The newest `limit` runs matching the filters (as `runs` takes them), newest first,
+        and how many match in all: a page of a large database without reading all of it."""
+        query = RunQuery.build(
+            where, phase=phase, outcome=outcome, since=since, now=now or datetime.now(UTC)
+        )
+        rows = [_run_row(row) for row in self._select(query, newest=limit)]
+        where_sql, params = self._where(query)
+        counted = self._rows(f"SELECT count(*) {_FROM}{where_sql}", params)
+        return rows, int(counted[0][0])
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Runs by (phase, outcome), `none` for runs without an outcome yet."""
+        rows = self._rows("SELECT phase, outcome, count(*) FROM runs GROUP BY phase, outcome", [])
+        return {(phase, outcome or NO_OUTCOME): int(n) for phase, outcome, n in rows}
 
 
 def _first_line(exc: BaseException, url: str = "") -> str:

@@ -129,6 +129,7 @@ def _start(settings: Settings, config: Path | None, *, foreground: bool, console
 
     check_database(settings)  # a URL that does not connect: one line, before anything else
     check_notify_urls(settings)  # issue 15: a URL Apprise cannot use: one line, likewise
+    settings.check_http()  # issue 15: beyond loopback only with SUPERVISOR_HTTP_TOKEN
     if foreground:
         try:
             run_foreground(settings, console=console)
@@ -271,6 +272,8 @@ def _status(daemon: DaemonLocation, *, as_json: bool) -> int:
     print(f"root task restarts: {restarts or 'none'}")
     if status.metrics_url:
         print(f"metrics: {status.metrics_url}")
+    if status.http_url:
+        print(f"dashboard: {status.http_url}")
     _print_replicas(status)
     _print_notifications(status)
     return EXIT_OK

@@ -187,6 +187,7 @@ class DaemonStatus:
     replicas: tuple[ReplicaLine, ...] = ()
     notifications: dict[str, Any] | None = None
     """Issue 15: the daemon's JSON of its notification sender (`NotificationsView`)."""
+    http_url: str | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DaemonStatus:

@@ -67,6 +67,7 @@ from moto.server import ThreadedMotoServer
 
 from supervisor.core.run import TERMINAL_PHASES, Outcome, Phase
 from supervisor.demo.events import spot_warning, state_change
+from supervisor.demo.screenshot import take_screenshot
 from supervisor.runtime.service import process_alive
 
 if TYPE_CHECKING:
@@ -371,6 +372,8 @@ class Demo:
         self.spot_stage = "training"
         """Where demo-spot's story is: training, warned, gone (instance taken), resumed."""
         self.spot_warned_at = 0.0
+        self.dashboard_url = ""
+        """The daemon's dashboard (SUPERVISOR_HTTP_ADDR on a free port), once started."""
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -388,6 +391,7 @@ class Demo:
         self.attach_and_train_with_checkpoints(CHECKPOINT)
         self.attach_spot(SPOT)
         final = self.wait_for_runs()
+        self.screenshot_dashboard()
         self.wait_for_jobs()
         self.show_results()
         facts = self.inspect_checkpoint(CHECKPOINT)
@@ -440,6 +444,7 @@ class Demo:
             "SUPERVISOR_STATE_DIR": str(self.state_dir),
             **DAEMON_SETTINGS,
             "SUPERVISOR_EVENTS_QUEUE_URL": self.queue_url,
+            "SUPERVISOR_HTTP_ADDR": "127.0.0.1:0",  # issue 15: the dashboard, on a free port
         }
         timings = ", ".join(
             f"{k.removeprefix('SUPERVISOR_')}={v}" for k, v in DAEMON_SETTINGS.items()
@@ -450,6 +455,9 @@ class Demo:
         result = self.cli("supervisord", "start", timeout=45)
         match = re.search(r"pid (\d+)", result.stdout)
         self.daemon_pid = int(match.group(1)) if match else self.pid_from_file()
+        self.dashboard_url = str(self.ctl_json_daemon_status().get("http_url") or "")
+        if self.dashboard_url:
+            print(f"dashboard: {self.dashboard_url}  (open it while the demo runs)")
 
     def launch_instances(self) -> None:
         assert self.ec2 is not None and self.s3 is not None
@@ -1106,6 +1114,38 @@ class Demo:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+    # -- issue 15: the dashboard ----------------------------------------------------------------
+
+    def ctl_json_daemon_status(self) -> dict[str, Any]:
+        """`supervisord status --json`, quietly, parsed ({} if it does not answer)."""
+        result = subprocess.run(
+            [str(BIN / "supervisord"), "status", "--json"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if result.returncode != 0:
+            return {}
+        answer = json.loads(result.stdout)
+        return answer if isinstance(answer, dict) else {}
+
+    def screenshot_dashboard(self) -> None:
+        """A PNG of the runs page, with headless chromium when it is installed; kept after
+        the demo (outside the state directory), its path printed."""
+        if not self.dashboard_url:
+            return
+        heading(f"the dashboard: the runs page at {self.dashboard_url}")
+        folder = Path(tempfile.mkdtemp(prefix="supervisor-demo-dashboard-", dir="/tmp"))
+        path = folder / "runs.png"
+        why_not = take_screenshot(self.dashboard_url, path)
+        if why_not is None:
+            print(f"screenshot of the runs page: {path}")
+        else:
+            folder.rmdir()
+            print(why_not)
 
 
 def kill_group(pgid: int, process: subprocess.Popen[bytes] | None = None) -> None:

@@ -454,6 +454,7 @@ class ControlApi:
             replicas=tuple(await d.store.replicas()),
             now=d.clock.now(),
             notifications=await d.notifier.status() if d.notifier is not None else None,
+            http_url=d.http_server.url if d.http_server is not None else None,
         )
 
     async def metrics(self, accept: str) -> Exposition:

@@ -13,7 +13,7 @@ import asyncio
 import os
 import random
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -22,13 +22,14 @@ from supervisor.adapters.aws import queue_region
 from supervisor.adapters.control import ControlServer
 from supervisor.adapters.control_views import ControlViews
 from supervisor.adapters.metrics_http import MetricsServer
+from supervisor.adapters.web.server import HttpServer
 from supervisor.core.duties import LEADER
 from supervisor.core.errors import InvalidInput, LeaseLost
 from supervisor.core.events import MonitorFailed
 from supervisor.core.inbox import HandedEvent
 from supervisor.core.leases import Lease
 from supervisor.core.machine import Policy, step
-from supervisor.core.run import Run
+from supervisor.core.run import Phase, Run
 from supervisor.core.spec import Transport
 from supervisor.runtime.control_api import ControlApi
 from supervisor.runtime.duties import DutyKeeper
@@ -191,6 +192,20 @@ class Daemon:
         self.metrics_server = MetricsServer(self.metrics, *address) if address is not None else None
         self.notifier = self._notifier(notification_sender)
         """Issue 15: the notification sender (None without SUPERVISOR_NOTIFY_URLS)."""
+        # Issue 15: the dashboard, its JSON API and /metrics on SUPERVISOR_HTTP_ADDR.
+        settings.check_http()
+        http = settings.http_address
+        self.http_server = (
+            HttpServer(
+                self.views,
+                settings.database_url or settings.db_path,
+                *http,
+                token=settings.http_token,
+                eta=self.estimated_end,
+            )
+            if http is not None
+            else None
+        )
 
     def __repr__(self) -> str:
         return f"<Daemon monitors={len(self.monitors)} accepting={self.accepting}>"
@@ -220,6 +235,13 @@ class Daemon:
         `RootTaskFailed` after the shutdown if a root task kept failing."""
         if self.metrics_server is not None:  # first: a bad address fails before anything runs
             await self.metrics_server.start()
+        if self.http_server is not None:
+            try:
+                await self.http_server.start()
+            except InvalidInput:
+                if self.metrics_server is not None:
+                    await self.metrics_server.close()
+                raise
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             # Re-adopt by claiming (no AWS call per run): with SQLite every active run, with
@@ -319,6 +341,8 @@ class Daemon:
         await self.server.close()
         if self.metrics_server is not None:
             await self.metrics_server.close()
+        if self.http_server is not None:
+            await self.http_server.close()
         for task in list(self._tasks):
             task.cancel()
         log.info("daemon_stopped", monitors=len(self.monitors), cancelled_in_flight=busy)
@@ -451,3 +475,14 @@ class Daemon:
         )  # fmt: skip
         self.metrics.watch_notifications(notifier)
         return notifier
+
+    # -- the dashboard (issue 15) -----------------------------------------------------------
+
+    def estimated_end(self, run_id: str) -> datetime | None:
+        """When the run's training is estimated to end, as its monitor last committed it (the
+        ETA of `supervisorctl status`); None for a run this replica does not watch, for one not
+        training (running or stalled), or without an estimate."""
+        monitor = self.monitors.get(run_id)
+        if monitor is None or monitor.run.phase not in (Phase.RUNNING, Phase.STALLED):
+            return None
+        return monitor.run.this_attempt.estimated_end

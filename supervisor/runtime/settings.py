@@ -6,6 +6,7 @@ chain."""
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -195,6 +196,41 @@ class Settings(BaseSettings):
     def notify_url_list(self) -> tuple[str, ...]:
         return split_urls(self.notify_urls)
 
+    # -- issue 15: the HTTP listener (dashboard, JSON API, /metrics) -------------------------
+    http_addr: str | None = None
+    """HOST:PORT (or :PORT, or PORT: host 127.0.0.1) of the dashboard, its read-only JSON API
+    (`/api/v1/`) and `/metrics`; port 0 takes a free one (`supervisord status` shows it).
+    Beyond loopback it needs `http_token`. Unset: no dashboard."""
+    http_token: str | None = Field(None, repr=False, min_length=16)
+    """A shared secret (16 characters or more) the HTTP listener requires: as a bearer token,
+    or typed once into its login form (a session cookie). Required when `http_addr` is beyond
+    loopback; never logged or shown."""
+
+    @field_validator("http_addr")
+    @classmethod
+    def _http_addr(cls, value: str | None) -> str | None:
+        if value is not None and value.strip():
+            parse_metrics_addr(value)
+            return value.strip()
+        return None
+
+    @property
+    def http_address(self) -> tuple[str, int] | None:
+        """(host, port) of the HTTP listener, or None without one."""
+        return parse_metrics_addr(self.http_addr) if self.http_addr else None
+
+    def check_http(self) -> None:
+        """Raise `InvalidInput` (one line) when the HTTP listener would be open beyond
+        loopback without `SUPERVISOR_HTTP_TOKEN`."""
+        address = self.http_address
+        if address is None or self.http_token or is_loopback(address[0]):
+            return
+        raise InvalidInput(
+            f"SUPERVISOR_HTTP_ADDR={self.http_addr} listens beyond this machine: set "
+            "SUPERVISOR_HTTP_TOKEN to a long random secret (the dashboard then asks for it), "
+            "or bind 127.0.0.1"
+        )
+
     @field_validator("metrics_addr")
     @classmethod
     def _metrics_addr(cls, value: str | None) -> str | None:
@@ -325,6 +361,16 @@ def parse_metrics_addr(text: str) -> tuple[str, int]:
             "brackets: [::1]:9464), e.g. 127.0.0.1:9464",
         )
     return host or METRICS_HOST, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """True for a host only this machine can reach: localhost, 127.0.0.0/8, ::1."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name other than localhost may resolve anywhere
+        return False
 
 
 def _describe(exc: ValidationError, config_file: Path | None) -> str:

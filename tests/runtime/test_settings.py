@@ -100,6 +100,7 @@ EXAMPLE = Path(__file__).parents[2] / "config" / "supervisord.example.toml"
 ILLUSTRATED = {"state_dir", "events_queue_url", "metrics_addr", "database_url", "replica_id",
                "notify_urls", "public_url"}  # fmt: skip
 """Keys the example shows with a sample value, as its comments say, not the default."""
+ILLUSTRATED |= {"http_addr", "http_token"}  # issue 15: the dashboard's listener
 
 
 def test_the_example_config_shows_valid_values_that_are_the_defaults(tmp_path: Path) -> None:
