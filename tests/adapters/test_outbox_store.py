@@ -127,20 +127,20 @@ async def test_a_round_is_claimed_once_and_its_results_recorded(notifying: SqlSt
 
 
 @pytest.fixture
-async def two(store: SqlStore) -> AsyncIterator[tuple[SqlStore, SqlStore]]:
-    second = await open_store(location(store))
-    for s in (store, second):
+async def two(pg_url: str) -> AsyncIterator[tuple[SqlStore, SqlStore]]:
+    """Two replicas' stores on one PostgreSQL database (one SQLite daemon sends every row)."""
+    first, second = await open_store(pg_url), await open_store(pg_url)
+    for s in (first, second):
         s.notify_on_events(DEFAULTS)
-    yield store, second
+    yield first, second
     await second.close()
+    await first.close()
 
 
 async def test_with_replicas_the_owner_sends_and_the_leader_takes_what_a_dead_owner_left(
     two: tuple[SqlStore, SqlStore],
 ) -> None:
     a, b = two
-    if a.single_writer:
-        pytest.skip("one SQLite daemon sends every row")
     for name in ("a", "b"):
         await a.record_replica(Replica(name, "host", 1, NOW, NOW, ReplicaState.RUNNING, 30.0))
     run = await attach(a, "run-1")

@@ -16,8 +16,9 @@ from tests.adapters.run_database import SEEDS, seed
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.skipif(find_chromium() is None, reason="needs chromium (`make system-tools`)")
 async def test_the_runs_page_is_saved_as_a_png(tmp_path: Path) -> None:
+    if find_chromium() is None:
+        pytest.fail("chromium is needed: `make system-tools` installs it")
     db = tmp_path / "supervisor.db"
     await seed(db, SEEDS)
     server = HttpServer(Source(), db, "127.0.0.1", 0)

@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
@@ -34,7 +35,13 @@ def installed() -> bool:
 
 
 def start_chromium(user_data_dir: Path) -> webdriver.Chrome:
-    """Chromium with a fresh profile in `user_data_dir`, its network log on."""
+    """Chromium with a fresh profile in `user_data_dir`, its network log on. Without the
+    browser the test fails (never skips): `make test` installs it first."""
+    if not installed():
+        pytest.fail(
+            f"{CHROMIUM} and {CHROMEDRIVER} are needed: `make system-tools` installs Debian's "
+            "chromium and chromium-driver"
+        )
     os.environ["SE_OFFLINE"] = "true"  # Selenium Manager: never download anything
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM

@@ -20,16 +20,10 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from supervisor.report import Reporter
 from tests.conftest import BUCKET, Fleet
-from tests.e2e.browser import installed, requests_made, start_chromium
+from tests.e2e.browser import requests_made, start_chromium
 from tests.e2e.conftest import SUPERVISORD, Cli
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(
-        not installed(),
-        reason="needs Debian's chromium and chromium-driver: `make system-tools` installs them",
-    ),
-]
+pytestmark = pytest.mark.e2e
 
 PAGE_WAIT_S = 90.0
 """A bound for a condition in the browser, not a budget: this machine is shared and slow."""
