@@ -56,7 +56,9 @@ bench: $(STAMP)
 
 # 200 runs under AWS faults, duplicated SQS messages and 20 SIGKILLs of the daemon, checked
 # end to end; about 5 minutes, at most 9. Exits 1 on any violation (see BENCHMARKS.md).
-soak: $(STAMP)
+# SOAK_ARGS='--replicas 3': three replicas on a throwaway PostgreSQL server (system-tools
+# brings its binaries), SIGKILLed and SIGSTOPped; about 5 minutes, at most 7.
+soak: $(STAMP) system-tools
 	$(BIN)/python -m tests.soak $(SOAK_ARGS)
 
 # The demo's extra only (moto), on top of the venv; `make install` has it already.

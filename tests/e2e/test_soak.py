@@ -19,6 +19,7 @@ import pytest
 
 from tests.soak import checks
 from tests.soak.aws import Ec2Call
+from tests.soak.database import LeaseHistory, LeaseState
 from tests.soak.plan import RunPlan, Story
 
 pytestmark = pytest.mark.e2e
@@ -176,3 +177,54 @@ def test_a_wrong_phase_a_running_instance_and_a_lost_run_are_violations() -> Non
 
     assert any("instance: i-1 is running, expected stopped/stopping" in v for v in found)
     assert any("r2 was attached but is not in the database (lost)" in v for v in found)
+
+
+# -- with replicas: no action without a valid lease (synthetic lease histories) ------------------
+
+
+def replica_stop(offset_s: float, actor: str = "soak-r1") -> Ec2Call:
+    """A StopInstances by `actor` that reached the tap at `offset_s` (answered 10 ms later)."""
+    at = T0 + offset_s
+    return Ec2Call(at + 0.01, actor, "StopInstances", ("i-1",), 200, arrived=at)
+
+
+def lease_violations(calls: list[Ec2Call], leases: LeaseHistory) -> list[str]:
+    plan, tables = stopped_run()
+    found = checks.evidence([plan], tables, {"i-1": "stopped"}, calls, leases)
+    return [v for v in checks.run_all(found) if v.startswith("lease:")]
+
+
+def held(owner: str | None, epoch: int, since_s: float, until_s: float) -> LeaseState:
+    return LeaseState(T0 + since_s, owner, epoch, T0 + until_s if owner else None)
+
+
+def test_a_stop_sent_while_the_replica_held_the_runs_lease_passes() -> None:
+    leases = {("run", "r1"): [held("soak-r1", 1, 0, 2.0), held("soak-r1", 1, 1.5, 4.0)]}
+
+    assert lease_violations([replica_stop(3.2)], leases) == []
+
+
+def test_a_stop_sent_after_the_lease_expired_or_moved_is_a_violation() -> None:
+    expired = {("run", "r1"): [held("soak-r1", 1, 0, 3.0)]}
+    moved = {("run", "r1"): [held("soak-r1", 1, 0, 9.0), held("soak-r2", 2, 3.0, 9.0)]}
+
+    late = lease_violations([replica_stop(3.2)], expired)
+    stale = lease_violations([replica_stop(3.2)], moved)
+
+    assert len(late) == 1 and "soak-r1 sent StopInstances i-1" in late[0], late
+    assert "without run r1's lease: soak-r1 held it (epoch 1)" in late[0], late
+    assert len(stale) == 1 and "soak-r2 held it (epoch 2)" in stale[0], stale
+
+
+def test_an_action_on_an_ended_runs_instance_needs_the_leader_duty_lease() -> None:
+    """After the run's terminal transition (at 4 s) its instance is a zombie: only the
+    holder of the leader duty may act on it."""
+    run_lease = {("run", "r1"): [held("soak-r1", 1, 0, 60.0)]}
+    leader = {("duty", "leader"): [held("soak-r2", 1, 0, 60.0)]}
+
+    by_owner_of_the_run = lease_violations([replica_stop(5.0)], run_lease | leader)
+    by_leader = lease_violations([replica_stop(5.0, actor="soak-r2")], run_lease | leader)
+
+    assert len(by_owner_of_the_run) == 1, by_owner_of_the_run
+    assert "without the leader duty lease: soak-r2 held it" in by_owner_of_the_run[0]
+    assert by_leader == []
