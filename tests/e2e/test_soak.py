@@ -2,8 +2,9 @@
 runs and 5 SIGKILLs of the real daemon, as its own process: it starts a moto server, the daemon,
 trainers and the instance program, and nothing of it stays in this one. It takes 35-70 s on an
 idle machine; its budget is far wider (a loaded 2-core machine must not fail it for being slow:
-the checks judge what happened, not how fast). Below it, the checks themselves are shown to catch
-what they are for, on made-up evidence."""
+the checks judge what happened, not how fast). Then the short replicated soak: two replicas on a
+throwaway PostgreSQL server, one SIGKILLed, one SIGSTOPped. Below them, the checks themselves are
+shown to catch what they are for, on made-up evidence (the lease check too)."""
 
 from __future__ import annotations
 
@@ -34,23 +35,49 @@ SHORT = (
 
 @pytest.mark.timeout(BUDGET_S + 60)
 def test_a_short_fault_soak_ends_every_run_as_its_story_says_without_a_violation() -> None:
+    figures, output = soak(*SHORT)
+
+    assert figures["violations"] == "0", output
+    assert figures["attached"] == "40", output
+    assert int(figures["kills"]) >= 5 and int(figures["restarts"]) >= 5, output
+    assert int(figures["faults"]) > 0 and int(figures["sqs_duplicates"]) > 0, output
+
+
+REPLICATED = (
+    *("--replicas", "2", "--runs", "10", "--kills", "1", "--stops", "1", "--seed", "3"),
+    *("--budget-s", str(BUDGET_S), "--active-s", "8"),
+)
+
+
+@pytest.mark.timeout(BUDGET_S + 60)
+def test_a_short_replicated_soak_ends_every_run_and_no_replica_acts_without_its_lease() -> None:
+    """Two replicas on a throwaway PostgreSQL server, one SIGKILL and one SIGSTOP (`make soak
+    SOAK_ARGS='--replicas 3'` is the long one); about 30 s alone."""
+    figures, output = soak(*REPLICATED)
+
+    assert figures["violations"] == "0" and figures["replicas"] == "2", output
+    assert figures["attached"] == "10", output
+    assert int(figures["kills"]) >= 1 and int(figures["stops"]) >= 1, output
+    assert int(figures["lease_checked"]) > 0, output
+    assert "soak: lease: actions by a replica without a valid lease" in output, output
+
+
+def soak(*args: str) -> tuple[dict[str, str], str]:
+    """`python -m tests.soak ARGS`, which must exit 0 with one summary line: its figures,
+    and the whole output (for a failure's message)."""
     done = subprocess.run(
-        [sys.executable, "-m", "tests.soak", *SHORT],
+        [sys.executable, "-m", "tests.soak", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=BUDGET_S + 30,
         check=False,
     )
-
     output = f"{done.stdout}\n--- stderr (tail) ---\n{done.stderr[-4000:]}"
     summaries = [line for line in done.stdout.splitlines() if line.startswith("soak: seed=")]
     assert len(summaries) == 1, f"expected one summary line:\n{output}"
-    figures = dict(re.findall(r"(\w+)=(\S+)", summaries[0]))
-    assert done.returncode == 0 and figures["violations"] == "0", output
-    assert figures["attached"] == "40", output
-    assert int(figures["kills"]) >= 5 and int(figures["restarts"]) >= 5, output
-    assert int(figures["faults"]) > 0 and int(figures["sqs_duplicates"]) > 0, output
+    assert done.returncode == 0, output
+    return dict(re.findall(r"(\w+)=(\S+)", summaries[0])), output
 
 
 # -- the checks catch what they are for (synthetic evidence, no processes) ----------------------
