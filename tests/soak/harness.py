@@ -942,7 +942,11 @@ class Soak:
             self._log_figures.update(figures)
             self._slot_figures[slot.index] = figures
             with contextlib.suppress(OSError):
-                logs.append(slot.cli.log_path.read_text(encoding="utf-8", errors="replace"))
+                text = slot.cli.log_path.read_text(encoding="utf-8", errors="replace")
+                prefix = f"{slot.name} " if self.options.replicated else ""
+                logs += [prefix + line for line in text.splitlines()]
+        if self.options.replicated:
+            logs.sort(key=lambda line: m.group(1) if (m := LOG_TIME.search(line)) else "")
         self._daemon_log = "\n".join(logs)
         self._reap_all()
         with contextlib.suppress(Exception):
@@ -1052,9 +1056,12 @@ class Soak:
         return rows
 
     def _print_log_of_runs_in(self, violations: list[str]) -> None:
-        """The daemon's last log lines about each run a phase violation names: the state
-        directory is gone by now, and a soak that failed in CI is otherwise a riddle."""
-        runs = sorted({m.group(1) for v in violations for m in [PHASE_VIOLATION.match(v)] if m})
+        """The daemon's last log lines about each run a phase or lease violation names (with
+        replicas, every replica's, in time order): the state directory is gone by now, and a
+        soak that failed in CI is otherwise a riddle."""
+        runs = sorted(
+            {m.group(1) or m.group(2) for v in violations for m in [RUN_VIOLATION.search(v)] if m}
+        )
         lines = getattr(self, "_daemon_log", "").splitlines()
         for run_id in runs[:4]:
             about = [line for line in lines if f'"{run_id}"' in line][-LOG_LINES_PER_RUN:]
@@ -1073,8 +1080,9 @@ CHECKS = (
     ("lease", "lease: actions by a replica without a valid lease"),
 )
 """The checks' violation prefixes (checks.py), in the table's order; `lease` with replicas."""
-PHASE_VIOLATION = re.compile(r"phase: (\S+) ")
+RUN_VIOLATION = re.compile(r"^phase: (\S+) |^lease: .* run (\S+)'s lease")
 LOG_LINES_PER_RUN = 25
+LOG_TIME = re.compile(r'"timestamp": "([^"]+)"')
 
 
 def _answers(socket_path: Path) -> bool:
