@@ -1028,9 +1028,17 @@ class Soak:
             print(f"soak: {row}", flush=True)
         for violation in self.violations:
             print(f"  violation: {violation}", flush=True)
+        for line in self._error_lines()[:ERROR_LINES]:
+            print(f"  log error: {line[:600]}", flush=True)
         self._print_log_of_runs_in(self.violations)
         if self.options.keep:
             print(f"soak: state kept in {state_dir}", flush=True)
+
+    def _error_lines(self) -> list[str]:
+        """The daemons' error lines (`log_errors`): not a check's violation, but each one is
+        worth a look, and the state directory is gone by now."""
+        lines = getattr(self, "_daemon_log", "").splitlines()
+        return [line for line in lines if '"level": "error"' in line or '"critical"' in line]
 
     def _table(self) -> list[str]:
         """The summary table: each daemon (with replicas: each slot, its ids over its
@@ -1082,6 +1090,7 @@ CHECKS = (
 """The checks' violation prefixes (checks.py), in the table's order; `lease` with replicas."""
 RUN_VIOLATION = re.compile(r"^phase: (\S+) |^lease: .* run (\S+)'s lease")
 LOG_LINES_PER_RUN = 25
+ERROR_LINES = 5
 LOG_TIME = re.compile(r'"timestamp": "([^"]+)"')
 
 
