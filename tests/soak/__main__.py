@@ -22,9 +22,14 @@ def main(argv: list[str] | None = None) -> int:
         help="daemons: 1, the one daemon on SQLite (default); 2 or more, replicas on one "
         "PostgreSQL database (a throwaway server)",
     )
-    parser.add_argument("--runs", type=int, default=None, help="runs to attach (200; 150)")
     parser.add_argument(
-        "--kills", type=int, default=None, help="SIGKILLs of a daemon, at least (20; 10)"
+        "--runs", type=int, default=None, help="runs to attach (200; with replicas 150)"
+    )
+    parser.add_argument(
+        "--kills",
+        type=int,
+        default=None,
+        help="SIGKILLs of a daemon, at least (20; with replicas 10)",
     )
     parser.add_argument(
         "--stops",
@@ -39,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         "--budget-s",
         type=float,
         default=None,
-        help="the whole soak's time limit; exceeding it fails (540; 420)",
+        help="the whole soak's time limit; exceeding it fails (540; with replicas 420)",
     )
     parser.add_argument(
         "--active-s",
