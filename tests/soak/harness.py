@@ -553,9 +553,8 @@ class Soak:
     def _tick_daemon(self, now: float) -> None:
         for slot in self.slots:
             self._tick_slot(slot, now)
-        if any(slot.restarting is not None for slot in self.slots):
-            pass  # a restart's new child is not known here until it is up: no reaping
-        else:
+        # A restart's new child is not known here until it is up: no reaping meanwhile.
+        if all(slot.restarting is None for slot in self.slots):
             self._reap()
         with self._strike_lock:
             armed = self.kills.armed_slot
