@@ -12,6 +12,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := test
 .PHONY: install lint format test system-tools bench soak demo clean
+.PHONY: postgresql-server
 
 install: $(STAMP)
 
@@ -36,15 +37,13 @@ format: $(STAMP)
 
 # Programs some tests run that pip cannot bring, installed from Debian when missing:
 # systemd-analyze rates deploy/supervisord.service (tests/deploy/test_service.py), and
-# PostgreSQL's server binaries (initdb, pg_ctl): the tests start a throwaway server from them
-# (tests/pg_server.py); installed from Debian when /usr/lib/postgresql/*/bin has none.
+# PostgreSQL's server binaries (postgresql-server, below): the tests start a throwaway server
+# from them (tests/pg_server.py).
 # Issue 15: Debian's chromium and chromedriver, which the dashboard's browser tests drive
 # (tests/e2e/test_dashboard.py); a test tool's own browser download cannot work here.
-system-tools:
+system-tools: postgresql-server
 	@command -v systemd-analyze >/dev/null || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd; }
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
 	@{ test -x /usr/bin/chromium && test -x /usr/bin/chromedriver; } || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
@@ -60,8 +59,17 @@ bench: $(STAMP)
 
 # 200 runs under AWS faults, duplicated SQS messages and 20 SIGKILLs of the daemon, checked
 # end to end; about 5 minutes, at most 9. Exits 1 on any violation (see BENCHMARKS.md).
-soak: $(STAMP)
+# SOAK_ARGS='--replicas 3': three replicas on a throwaway PostgreSQL server (postgresql-server
+# brings its binaries), SIGKILLed and SIGSTOPped; about 4 minutes, at most 7.
+soak: $(STAMP) postgresql-server
 	$(BIN)/python -m tests.soak $(SOAK_ARGS)
+
+# PostgreSQL's server binaries (initdb, pg_ctl), installed from Debian when
+# /usr/lib/postgresql/*/bin has none: for the tests (system-tools) and the replicated soak
+# (which needs neither systemd nor a browser).
+postgresql-server:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
 
 # The demo's extra only (moto), on top of the venv; `make install` has it already.
 DEMO_STAMP  := $(VENV)/.demo-installed

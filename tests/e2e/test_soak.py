@@ -2,8 +2,9 @@
 runs and 5 SIGKILLs of the real daemon, as its own process: it starts a moto server, the daemon,
 trainers and the instance program, and nothing of it stays in this one. It takes 35-70 s on an
 idle machine; its budget is far wider (a loaded 2-core machine must not fail it for being slow:
-the checks judge what happened, not how fast). Below it, the checks themselves are shown to catch
-what they are for, on made-up evidence."""
+the checks judge what happened, not how fast). Then the short replicated soak: two replicas on a
+throwaway PostgreSQL server, one SIGKILLed, one SIGSTOPped. Below them, the checks themselves are
+shown to catch what they are for, on made-up evidence (the lease check too)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import pytest
 
 from tests.soak import checks
 from tests.soak.aws import Ec2Call
+from tests.soak.database import LeaseHistory, LeaseState
 from tests.soak.plan import RunPlan, Story
 
 pytestmark = pytest.mark.e2e
@@ -33,23 +35,49 @@ SHORT = (
 
 @pytest.mark.timeout(BUDGET_S + 60)
 def test_a_short_fault_soak_ends_every_run_as_its_story_says_without_a_violation() -> None:
+    figures, output = soak(*SHORT)
+
+    assert figures["violations"] == "0", output
+    assert figures["attached"] == "40", output
+    assert int(figures["kills"]) >= 5 and int(figures["restarts"]) >= 5, output
+    assert int(figures["faults"]) > 0 and int(figures["sqs_duplicates"]) > 0, output
+
+
+REPLICATED = (
+    *("--replicas", "2", "--runs", "10", "--kills", "1", "--stops", "1", "--seed", "3"),
+    *("--budget-s", str(BUDGET_S), "--active-s", "8"),
+)
+
+
+@pytest.mark.timeout(BUDGET_S + 60)
+def test_a_short_replicated_soak_ends_every_run_and_no_replica_acts_without_its_lease() -> None:
+    """Two replicas on a throwaway PostgreSQL server, one SIGKILL and one SIGSTOP (`make soak
+    SOAK_ARGS='--replicas 3'` is the long one); about 30 s alone."""
+    figures, output = soak(*REPLICATED)
+
+    assert figures["violations"] == "0" and figures["replicas"] == "2", output
+    assert figures["attached"] == "10", output
+    assert int(figures["kills"]) >= 1 and int(figures["stops"]) >= 1, output
+    assert int(figures["lease_checked"]) > 0, output
+    assert "soak: lease: actions by a replica without a valid lease" in output, output
+
+
+def soak(*args: str) -> tuple[dict[str, str], str]:
+    """`python -m tests.soak ARGS`, which must exit 0 with one summary line: its figures,
+    and the whole output (for a failure's message)."""
     done = subprocess.run(
-        [sys.executable, "-m", "tests.soak", *SHORT],
+        [sys.executable, "-m", "tests.soak", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=BUDGET_S + 30,
         check=False,
     )
-
     output = f"{done.stdout}\n--- stderr (tail) ---\n{done.stderr[-4000:]}"
     summaries = [line for line in done.stdout.splitlines() if line.startswith("soak: seed=")]
     assert len(summaries) == 1, f"expected one summary line:\n{output}"
-    figures = dict(re.findall(r"(\w+)=(\S+)", summaries[0]))
-    assert done.returncode == 0 and figures["violations"] == "0", output
-    assert figures["attached"] == "40", output
-    assert int(figures["kills"]) >= 5 and int(figures["restarts"]) >= 5, output
-    assert int(figures["faults"]) > 0 and int(figures["sqs_duplicates"]) > 0, output
+    assert done.returncode == 0, output
+    return dict(re.findall(r"(\w+)=(\S+)", summaries[0])), output
 
 
 # -- the checks catch what they are for (synthetic evidence, no processes) ----------------------
@@ -176,3 +204,54 @@ def test_a_wrong_phase_a_running_instance_and_a_lost_run_are_violations() -> Non
 
     assert any("instance: i-1 is running, expected stopped/stopping" in v for v in found)
     assert any("r2 was attached but is not in the database (lost)" in v for v in found)
+
+
+# -- with replicas: no action without a valid lease (synthetic lease histories) ------------------
+
+
+def replica_stop(offset_s: float, actor: str = "soak-r1") -> Ec2Call:
+    """A StopInstances by `actor` that reached the tap at `offset_s` (answered 10 ms later)."""
+    at = T0 + offset_s
+    return Ec2Call(at + 0.01, actor, "StopInstances", ("i-1",), 200, arrived=at)
+
+
+def lease_violations(calls: list[Ec2Call], leases: LeaseHistory) -> list[str]:
+    plan, tables = stopped_run()
+    found = checks.evidence([plan], tables, {"i-1": "stopped"}, calls, leases)
+    return [v for v in checks.run_all(found) if v.startswith("lease:")]
+
+
+def held(owner: str | None, epoch: int, since_s: float, until_s: float) -> LeaseState:
+    return LeaseState(T0 + since_s, owner, epoch, T0 + until_s if owner else None)
+
+
+def test_a_stop_sent_while_the_replica_held_the_runs_lease_passes() -> None:
+    leases = {("run", "r1"): [held("soak-r1", 1, 0, 2.0), held("soak-r1", 1, 1.5, 4.0)]}
+
+    assert lease_violations([replica_stop(3.2)], leases) == []
+
+
+def test_a_stop_sent_after_the_lease_expired_or_moved_is_a_violation() -> None:
+    expired = {("run", "r1"): [held("soak-r1", 1, 0, 3.0)]}
+    moved = {("run", "r1"): [held("soak-r1", 1, 0, 9.0), held("soak-r2", 2, 3.0, 9.0)]}
+
+    late = lease_violations([replica_stop(3.2)], expired)
+    stale = lease_violations([replica_stop(3.2)], moved)
+
+    assert len(late) == 1 and "soak-r1 sent StopInstances i-1" in late[0], late
+    assert "without run r1's lease: soak-r1 held it (epoch 1)" in late[0], late
+    assert len(stale) == 1 and "soak-r2 held it (epoch 2)" in stale[0], stale
+
+
+def test_an_action_on_an_ended_runs_instance_needs_the_leader_duty_lease() -> None:
+    """After the run's terminal transition (at 4 s) its instance is a zombie: only the
+    holder of the leader duty may act on it."""
+    run_lease = {("run", "r1"): [held("soak-r1", 1, 0, 60.0)]}
+    leader = {("duty", "leader"): [held("soak-r2", 1, 0, 60.0)]}
+
+    by_owner_of_the_run = lease_violations([replica_stop(5.0)], run_lease | leader)
+    by_leader = lease_violations([replica_stop(5.0, actor="soak-r2")], run_lease | leader)
+
+    assert len(by_owner_of_the_run) == 1, by_owner_of_the_run
+    assert "without the leader duty lease: soak-r2 held it" in by_owner_of_the_run[0]
+    assert by_leader == []

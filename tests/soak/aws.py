@@ -2,8 +2,10 @@
 that reaches it, and the harness's own hand on the world (instances, objects, queue messages).
 
 The harness's boto3 clients say `soak-harness` in their User-Agent, so a recorded call is known
-to be the daemon's (aiobotocore) or the harness's (playing AWS or the job). Faults are injected
-in the daemon only (SUPERVISOR_FAULTS, botocore hooks), never here.
+to be the daemon's (aiobotocore) or the harness's (playing AWS or the job). With replicas, each
+replica talks to moto through a port of its own (`RecordingMotoServer.add_port`), so a call is
+known to be that replica's: the tap records who called what, and when it arrived. Faults are
+injected in the daemon only (SUPERVISOR_FAULTS, botocore hooks), never here.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ REGION = "us-east-1"
 AMI = "ami-12c6146b"
 BUCKET = "soak-runs"
 HARNESS_AGENT = "soak-harness"
+ACTOR_KEY = "soak.actor"
+"""The WSGI environ key a replica's own port sets to the replica's id."""
 WATCHED = frozenset({"StopInstances", "TerminateInstances", "StartInstances"})
 S3_SAMPLE = (
     Path(__file__).resolve().parents[1] / "fixtures" / "aws-events" / "s3-notification-put.json"
@@ -50,10 +54,16 @@ class Ec2Call:
     produced the response (the instance's state has changed by then), before it is sent."""
 
     at: float
-    actor: str  # "daemon" or "harness"
+    actor: str  # "daemon" or "harness"; with replicas, the calling replica's id
     operation: str
     instance_ids: tuple[str, ...]
     status: int
+    arrived: float = 0.0
+    """When the request reached the tap, before moto saw it (0: not known, use `at`)."""
+
+    @property
+    def sent_at(self) -> float:
+        return self.arrived or self.at
 
     @property
     def ok(self) -> bool:
@@ -72,6 +82,7 @@ class _Recorder:
         self._lock = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        arrived = time.time()
         with self._lock:
             self.requests += 1
         if environ.get("REQUEST_METHOD") != "POST":
@@ -95,8 +106,10 @@ class _Recorder:
         if close is not None:
             close()
         ids = tuple(v[0] for k, v in sorted(form.items()) if k.startswith("InstanceId."))
-        actor = "harness" if HARNESS_AGENT in environ.get("HTTP_USER_AGENT", "") else "daemon"
-        call = Ec2Call(time.time(), actor, operation, ids, status[0] if status else 0)
+        actor = environ.get(ACTOR_KEY) or "daemon"
+        if HARNESS_AGENT in environ.get("HTTP_USER_AGENT", ""):
+            actor = "harness"
+        call = Ec2Call(time.time(), actor, operation, ids, status[0] if status else 0, arrived)
         with self._lock:
             self.calls.append(call)
         hook = self.after_call
@@ -111,6 +124,7 @@ class RecordingMotoServer(ThreadedMotoServer):
     def __init__(self) -> None:
         super().__init__(ip_address="127.0.0.1", port=0, verbose=False)
         self.recorder: _Recorder | None = None
+        self._extra_servers: list[Any] = []
 
     def _server_entry(self) -> None:
         self.recorder = _Recorder(DomainDispatcherApplication(create_backend_app))
@@ -128,6 +142,28 @@ class RecordingMotoServer(ThreadedMotoServer):
     def calls(self) -> list[Ec2Call]:
         assert self.recorder is not None
         return list(self.recorder.calls)
+
+    def add_port(self, actor: Callable[[], str]) -> str:
+        """Another port onto the same moto and recorder, whose requests are recorded as made
+        by `actor()` (asked as each request arrives: a replica restarted under a new id is
+        known by it at once). Returns its URL; it serves until `stop()`."""
+        assert self.recorder is not None
+        recorder = self.recorder
+
+        def tagged(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            environ[ACTOR_KEY] = actor()
+            return recorder(environ, start_response)
+
+        server = make_server(self._ip_address, 0, tagged, True, request_handler=MotoRequestHandler)
+        threading.Thread(target=server.serve_forever, name="moto-port", daemon=True).start()
+        self._extra_servers.append(server)
+        return f"http://{self._ip_address}:{server.server_port}"
+
+    def stop(self) -> None:
+        for server in self._extra_servers:
+            server.shutdown()
+            server.server_close()
+        super().stop()
 
 
 def aws_env(url: str) -> dict[str, str]:

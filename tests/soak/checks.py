@@ -24,6 +24,13 @@ What "made twice for the same intent after it succeeded" means here (`check_sing
 
 Calls made by the harness itself (playing AWS: crashes, spot reclaims) are not the daemon's and
 are left out of both this check and the checkpoint check.
+
+With replicas (`check_leases`): every Stop/Terminate/Start a replica sent must have arrived at
+the tap while that replica held the lease it acts under, by the lease history the harness
+logged in PostgreSQL (tests/soak/database.py): the run's lease while the run was active, the
+leader duty's lease for a zombie (an instance tagged with an ended run's id, or an ended run's
+own instance left running). Held means: the lease's newest state stamped before the call names
+that replica and has not expired at the call's arrival.
 """
 
 from __future__ import annotations
@@ -37,7 +44,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tests.soak.aws import Ec2Call
+from supervisor.core.run import TERMINAL_PHASES
+from tests.soak.aws import WATCHED, Ec2Call
+from tests.soak.database import LeaseHistory, LeaseState
 from tests.soak.plan import CrashBy, RunPlan, Story
 
 ACTING = {"stopping": "StopInstances", "terminating": "TerminateInstances"}
@@ -66,6 +75,8 @@ class Evidence:
     calls: list[Ec2Call]
     counts: Counter[str] = field(default_factory=Counter)
     """Figures for the summary line, filled in by the checks."""
+    leases: LeaseHistory | None = None
+    """With replicas: every lease's history (None: one daemon, nothing to check)."""
 
     @property
     def by_instance(self) -> dict[str, RunPlan]:
@@ -75,7 +86,9 @@ class Evidence:
         return found
 
     def daemon_calls(self, *operations: str) -> list[Ec2Call]:
-        return [c for c in self.calls if c.actor == "daemon" and c.ok and c.operation in operations]
+        return [
+            c for c in self.calls if c.actor != "harness" and c.ok and c.operation in operations
+        ]
 
 
 def read_database(path: Path) -> dict[str, list[dict[str, Any]]]:
@@ -95,6 +108,7 @@ def evidence(
     tables: dict[str, list[dict[str, Any]]],
     states: dict[str, str],
     calls: list[Ec2Call],
+    leases: LeaseHistory | None = None,
 ) -> Evidence:
     transitions: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in tables["transitions"]:
@@ -111,6 +125,7 @@ def evidence(
         terminations=tables["terminations"],
         states=states,
         calls=calls,
+        leases=leases,
     )
 
 
@@ -122,6 +137,7 @@ def run_all(e: Evidence) -> list[str]:
         *check_instances(e),
         *check_checkpoint_invariant(e),
         *check_single_action(e),
+        *check_leases(e),
     ]
 
 
@@ -420,14 +436,66 @@ def check_single_action(e: Evidence) -> list[str]:
     return found
 
 
+# -- replicas: no action without a valid lease -----------------------------------------------------
+
+LEADER_DUTY = "leader"
+
+
+def _ended_at(transitions: list[dict[str, Any]]) -> float | None:
+    """When the run reached its first terminal phase (its lease ends there)."""
+    terminal = {str(phase) for phase in TERMINAL_PHASES}
+    return next((ts(t["at"]) for t in transitions if t["to_phase"] in terminal), None)
+
+
+def _state_at(history: list[LeaseState], at: float) -> LeaseState | None:
+    return next((s for s in reversed(history) if s.logged_at <= at), None)
+
+
+def check_leases(e: Evidence) -> list[str]:
+    """See the module docstring. Every action that reached moto counts, whatever moto
+    answered: an action is the request, not its success."""
+    if e.leases is None:
+        return []
+    found: list[str] = []
+    owners = e.by_instance
+    calls = [c for c in e.calls if c.actor != "harness" and c.operation in WATCHED]
+    for call in sorted(calls, key=lambda c: c.sent_at):
+        at = call.sent_at
+        for instance in call.instance_ids:
+            plan = owners.get(instance)
+            if plan is None:
+                found.append(f"lease: {call.actor} {call.operation} {instance}: no run's")
+                continue
+            ended = _ended_at(e.transitions.get(plan.run_id, []))
+            own = instance == plan.instance_id and (ended is None or at < ended)
+            key = ("run", plan.run_id) if own else ("duty", LEADER_DUTY)
+            state = _state_at(e.leases.get(key, []), at)
+            e.counts["lease_checked"] += 1
+            if state is not None and state.valid_for(call.actor, at):
+                continue
+            then = (
+                "nobody held it"
+                if state is None or state.owner is None
+                else f"{state.owner} held it (epoch {state.epoch}) until "
+                f"{datetime.fromtimestamp(state.until or 0).isoformat()}"
+            )
+            what = f"run {plan.run_id}'s lease" if own else f"the {LEADER_DUTY} duty lease"
+            found.append(
+                f"lease: {call.actor} sent {call.operation} {instance} at "
+                f"{datetime.fromtimestamp(at).isoformat()} without {what}: {then}"
+            )
+    return found
+
+
 LOGGED = {
     "fault_injected": "faults",
     "checkpoint_checked": "checkpoint_checks",
     "crash_report_unread": "crash_reports_unread",
     "queue_receive_failed": "receive_failures",
+    "lease_lost": "leases_lost",
 }
-"""Log events counted for the summary (the last three show what faults cost; see the
-report of issue 6's soak)."""
+"""Log events counted for the summary (the three before the last show what faults cost; see
+the report of issue 6's soak). With replicas, also the runs claimed (`runs_claimed`'s runs)."""
 
 
 def log_figures(log_path: Path) -> Counter[str]:
@@ -448,6 +516,8 @@ def log_figures(log_path: Path) -> Counter[str]:
         name = LOGGED.get(str(entry.get("event")))
         if name is not None:
             figures[name] += 1
+        if entry.get("event") == "runs_claimed" and isinstance(entry.get("runs"), int):
+            figures["claims"] += entry["runs"]
         if entry.get("event") == "checkpoint_checked" and entry.get("ok") is False:
             figures["checkpoint_checks_failed"] += 1
         if entry.get("level") in ("error", "critical"):

@@ -1,5 +1,15 @@
 """The soak's driver: the real daemon under faults and SIGKILLs, runs living out their stories,
-then the checks (tests/soak/checks.py) and one summary line.
+then the checks (tests/soak/checks.py), one summary line and a table.
+
+With `--replicas N` (N >= 2) the daemon is N replicas on one PostgreSQL database (a throwaway
+server, tests/pg_server.py), each in a `Slot` of its own (state directory, process, client,
+and its own port onto moto, so the tap knows which replica called what). They are SIGKILLed
+and SIGSTOPped at random (SIGCONT after 0.3-2 lease TTLs: mostly after their leases moved),
+some of each as moto answers their Stop/Terminate, before they commit its result. A killed
+replica is restarted in its slot, half the time under the same replica id (as the systemd
+template does: its earlier leases are handed back at its start) and half the time under a new
+one (as a daemon started by hand, `<hostname>-<pid>`: its leases are claimed once they
+expire); both paths of failover are taken.
 
 One thread does everything but two things: moto serves in its own threads (in this process, so
 every EC2 Stop/Terminate that reaches it is recorded), and a daemon restart (`supervisord
@@ -36,9 +46,10 @@ from supervisor.adapters.control import ControlClient
 from supervisor.client import Supervisor
 from supervisor.core.run import TERMINAL_PHASES
 from tests.e2e.conftest import SUPERVISORD, TIMINGS, Cli
+from tests.pg_server import PostgresServer
 from tests.runtime.trainers import Trainer, Trainers
-from tests.soak import checks
-from tests.soak.aws import BUCKET, Ec2Call, RecordingMotoServer, World, aws_env
+from tests.soak import checks, database
+from tests.soak.aws import BUCKET, WATCHED, Ec2Call, RecordingMotoServer, World, aws_env
 from tests.soak.plan import CrashBy, RunPlan, Story, make_plans
 
 _PR_SET_CHILD_SUBREAPER = 36
@@ -78,6 +89,15 @@ SETTINGS = {
 }
 """Compressed timings: polls 0.5 s doubling to 2 s, sweeps every 0.5 s (zombies every 1 s),
 retries after 50/100/200 ms, zombies acted on 1 s after they are seen."""
+LEASE_TTL_S = 5.0
+"""The replicas' lease TTL: a claim round every 5/3 s, a dead or frozen replica's runs claimed
+by the others within ~7 s, and an action starts only with 5/3 s of its lease left."""
+FREEZE_TTLS = (0.3, 2.0)
+"""A SIGSTOP lasts this many lease TTLs, drawn uniformly: some end before the leases expire
+(the replica carries on), most after (its runs were claimed: it wakes and must not act)."""
+NEW_ID_SHARE = 0.5
+"""Restarts of a killed replica under a new replica id; the others keep theirs."""
+PROGRESS_S = 10.0
 
 
 class BudgetExceeded(Exception):
@@ -148,21 +168,76 @@ class Options:
     budget); the rest is for runs to settle, the clean stop and the checks."""
     keep: bool = False
     verbose: bool = False
+    replicas: int = 1
+    """1: the one daemon on its SQLite file; 2 or more: replicas on PostgreSQL."""
+    stops: int = 0
+    """SIGSTOPs of a replica (with replicas only)."""
 
     @property
     def window_s(self) -> float:
         return self.active_s if self.active_s is not None else self.budget_s * 0.55
 
+    @property
+    def replicated(self) -> bool:
+        return self.replicas > 1
+
 
 @dataclass
 class _Kills:
+    """SIGKILLs and SIGSTOPs: done, armed (struck as moto answered a Stop/Terminate), and
+    the one strike armed now, if any."""
+
     done: int = 0
     armed: int = 0
     unexpected: int = 0
     restarts: int = 0
+    new_ids: int = 0
+    started: int = 0
+    """Kills started (the schedule's index): a death is counted in `done` once it is seen."""
+    stops: int = 0
+    armed_stops: int = 0
+    stops_started: int = 0
     next_at: float = 0.0
+    next_stop_at: float = float("inf")
     armed_until: float | None = None
+    armed_kind: str = ""
+    """`kill` or `stop`."""
+    armed_slot: Slot | None = None
+
+
+@dataclass
+class Slot:
+    """One daemon's place in the soak: its state directory (in `cli`), its process and its
+    client; with replicas, its replica id (`actor`, as the tap records its calls) and every
+    id it has had."""
+
+    index: int
+    cli: Cli
+    daemon: DaemonProcess
+    client: Supervisor
+    actor: str = "daemon"
+    ids: list[str] = field(default_factory=list)
+    restarting: threading.Thread | None = None
+    restart_error: str | None = None
     expected_death: bool = False
+    armed_death: bool = False
+    frozen_until: float | None = None
+    starts: int = 0
+    kills: int = 0
+    stops: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"r{self.index}"
+
+    def up(self) -> bool:
+        """Started, not restarting, not just killed, not frozen."""
+        return (
+            self.restarting is None
+            and self.daemon.alive()
+            and not self.expected_death
+            and self.frozen_until is None
+        )
 
 
 @dataclass
@@ -189,11 +264,15 @@ class Soak:
         self.state: dict[str, _RunState] = {p.run_id: _RunState() for p in self.plans}
         self.phases: dict[str, str] = {}
         self.kills = _Kills()
-        self.restarting: threading.Thread | None = None
-        self.restart_error: str | None = None
-        self._last_db = self._last_states = self._last_flush = 0.0
+        self.slots: list[Slot] = []
+        self.pg: PostgresServer | None = None
+        self.pg_url = ""
+        self.pg_phases: database.Phases | None = None
+        self._strike_lock = threading.Lock()
+        self._last_db = self._last_states = self._last_flush = self._last_progress = 0.0
         self._alive_extra: set[str] = set()
         self._log_figures: Counter[str] = Counter()
+        self._slot_figures: dict[int, Counter[str]] = {}
         self._cli_calls = 0
 
     # -- the whole soak -----------------------------------------------------------------------
@@ -209,15 +288,16 @@ class Soak:
         self.moto.start()
         state_dir = Path(tempfile.mkdtemp(prefix="soak", dir="/tmp"))
         self.trainers = Trainers()
-        self.cli = Cli(state_dir, self._env(state_dir))
-        self.daemon = DaemonProcess(self.cli)
         tables: dict[str, list[dict[str, Any]]] | None = None
+        leases: database.LeaseHistory | None = None
         states: dict[str, str] = {}
         try:
             self.world = World(self.moto.url, self.rng)
-            self.cli.env["SUPERVISOR_EVENTS_QUEUE_URL"] = self.world.queue_url
-            self.client = Supervisor(state_dir=state_dir, timeout_s=10)
-            self._start_daemon()
+            if self.options.replicated:
+                self._start_postgresql()
+            self._make_slots(state_dir)
+            self._start_all()
+            self._say(f"{len(self.slots)} daemon(s) up")
             try:
                 self._drive()
                 self.figures["drive_s"] = round(self._elapsed())
@@ -226,11 +306,12 @@ class Soak:
             except BudgetExceeded as exc:  # still stop cleanly and check what there is
                 self.violations.append(f"budget: {exc}")
             self.world.flush(everything=True)
-            if self.restarting is not None:
-                self.restarting.join(timeout=START_TIMEOUT_S)
-            self.cli.stop_daemon()
-            self.daemon.wait(10)
-            tables = checks.read_database(self.cli.db_path)
+            self._stop_all()
+            if self.options.replicated:
+                tables = database.read_tables(self.pg_url)
+                leases = database.read_lease_history(self.pg_url)
+            else:
+                tables = checks.read_database(self.slots[0].cli.db_path)
             states = self.world.states(self._instances())
             assert self.moto.recorder is not None
             self.figures["aws_requests"] = self.moto.recorder.requests
@@ -240,7 +321,7 @@ class Soak:
         finally:
             self._teardown(state_dir)
         if tables is not None:
-            found = checks.evidence(self.plans, tables, states, self._calls())
+            found = checks.evidence(self.plans, tables, states, self._calls(), leases)
             self.violations += checks.run_all(found)
             self.figures.update(found.counts)
         self.figures.update(self._log_figures)
@@ -262,14 +343,95 @@ class Soak:
         self._report(state_dir)
         return 1 if self.violations else 0
 
-    def _env(self, state_dir: Path) -> dict[str, str]:
+    def _env(self, state_dir: Path, aws_url: str) -> dict[str, str]:
         base = {k: v for k, v in os.environ.items() if not k.startswith(("SUPERVISOR_", "AWS_"))}
-        return {
+        env = {
             **base,
-            **aws_env(self.moto.url),
+            **aws_env(aws_url),
             **SETTINGS,
             "SUPERVISOR_STATE_DIR": str(state_dir),
+            "SUPERVISOR_EVENTS_QUEUE_URL": self.world.queue_url,
         }
+        if self.options.replicated:
+            env |= {
+                "SUPERVISOR_DATABASE_URL": self.pg_url,
+                "SUPERVISOR_LEASE_TTL_S": f"{LEASE_TTL_S:g}",
+            }
+        return env
+
+    def _start_postgresql(self) -> None:
+        """A throwaway server, its database migrated and given the lease log (before any
+        replica starts, so the log holds every lease from the first)."""
+        self.pg = PostgresServer.start()
+        self.pg_url = self.pg.url(self.pg.create_database("soak"))
+        database.prepare(self.pg_url)
+        self.pg_phases = database.Phases(self.pg_url)
+
+    def _make_slots(self, root: Path) -> None:
+        """One slot: the state directory `root`, moto's own port (the tap records its calls
+        as `daemon`). Replicas: `root/rN` each, each with a port of its own onto moto."""
+        for index in range(self.options.replicas):
+            state_dir = root / f"r{index}" if self.options.replicated else root
+            state_dir.mkdir(exist_ok=True)
+
+            def actor(index: int = index) -> str:
+                return self.slots[index].actor
+
+            url = self.moto.add_port(actor) if self.options.replicated else self.moto.url
+            cli = Cli(state_dir, self._env(state_dir, url))
+            slot = Slot(
+                index,
+                cli,
+                DaemonProcess(cli),
+                Supervisor(state_dir=state_dir, timeout_s=10),
+            )
+            if self.options.replicated:
+                slot.actor = f"soak-r{index}"
+            slot.ids.append(slot.actor)
+            self.slots.append(slot)
+
+    def _start_all(self) -> None:
+        """Start every daemon; replicas side by side (each start is a second or two of CPU,
+        and they contend for the database's migration lock, which the harness took already)."""
+        if not self.options.replicated:
+            self._start(self.slots[0])
+            return
+        errors: list[str] = []
+
+        def start(slot: Slot) -> None:
+            try:
+                self._start(slot)
+            except Exception as exc:  # raised below, for every replica that failed
+                errors.append(f"{slot.actor}: {exc}")
+
+        threads = [threading.Thread(target=start, args=(slot,)) for slot in self.slots]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise RuntimeError("; ".join(errors))
+
+    def _stop_all(self) -> None:
+        """The clean stop at the end: every restart finished, every frozen replica thawed,
+        then `supervisord stop` (replicas: its SIGTERM to each at once, then the wait for
+        each, so their hand-backs overlap; `supervisord stop` does no more)."""
+        for slot in self.slots:
+            if slot.restarting is not None:
+                slot.restarting.join(timeout=START_TIMEOUT_S)
+                slot.restarting = None
+            self._thaw(slot)
+        if not self.options.replicated:
+            self.slots[0].cli.stop_daemon()
+            self.slots[0].daemon.wait(10)
+            return
+        for slot in self.slots:
+            if slot.daemon.pid is not None and slot.daemon.alive():
+                os.kill(slot.daemon.pid, signal.SIGTERM)
+        for slot in self.slots:
+            slot.daemon.wait(30)
+            if slot.daemon.alive():
+                raise RuntimeError(f"{slot.actor} did not stop within 30 s of its SIGTERM")
 
     def _say(self, text: str) -> None:
         if self.options.verbose:
@@ -299,20 +461,28 @@ class Soak:
     # -- the active window --------------------------------------------------------------------
 
     def _drive(self) -> None:
-        """Attach, act, kill and restart until every story has played out and every kill is
-        done; the window stretches past `active_s` if the kills are not all done by then."""
-        schedule = self._kill_schedule()
+        """Attach, act, kill, freeze and restart until every story has played out and every
+        kill and stop is done; the window stretches past `active_s` if they are not all done
+        by then."""
+        schedule = self._kill_schedule(self.options.kills)
+        stops = self._kill_schedule(self.options.stops) if self.options.replicated else []
         while True:
-            self.kills.next_at = (
-                schedule[self.kills.done] if self.kills.done < len(schedule) else float("inf")
-            )
+            started, stopped = self.kills.started, self.kills.stops_started
+            self.kills.next_at = schedule[started] if started < len(schedule) else float("inf")
+            self.kills.next_stop_at = stops[stopped] if stopped < len(stops) else float("inf")
             self._check_budget("driving the runs")
             now = self._elapsed()
             self._tick_daemon(now)
             self._tick_runs(now)
             self._tick_world(now)
+            self._progress(now)
             acted = all(self.state[p.run_id].finished for p in self.plans)
-            if acted and self.kills.done >= self.options.kills and self._daemon_up():
+            struck = (
+                self.kills.done >= self.options.kills
+                and self.kills.stops >= (self.options.stops if self.options.replicated else 0)
+                and self.kills.armed_until is None
+            )
+            if acted and struck and all(slot.up() for slot in self.slots):
                 return
             time.sleep(TICK_S)
 
@@ -323,6 +493,7 @@ class Soak:
             now = self._elapsed()
             self._tick_daemon(now)
             self._tick_world(now, force_states=True)
+            self._progress(now)
             ended = len(self.phases) == len(self.plans) and all(
                 phase in TERMINAL for phase in self.phases.values()
             )
@@ -330,115 +501,229 @@ class Soak:
                 return
             time.sleep(TICK_S * 4)
 
-    # -- the daemon ---------------------------------------------------------------------------
+    def _progress(self, now: float) -> None:
+        """One line every PROGRESS_S: how far the soak is."""
+        if now - self._last_progress < PROGRESS_S:
+            return
+        self._last_progress = now
+        ended = sum(1 for phase in self.phases.values() if phase in TERMINAL)
+        attached = sum(p.attached for p in self.plans)
+        line = (
+            f"soak: progress {now:5.0f}s attached={attached}/{len(self.plans)} ended={ended} "
+            f"kills={self.kills.done}/{self.options.kills}"
+        )
+        if self.options.replicated:
+            up = sum(slot.up() for slot in self.slots)
+            frozen = sum(slot.frozen_until is not None for slot in self.slots)
+            line += (
+                f" stops={self.kills.stops}/{self.options.stops} "
+                f"replicas_up={up}/{len(self.slots)} frozen={frozen}"
+            )
+        print(line, flush=True)
 
-    def _fault_plan(self) -> str:
-        seed = self.options.seed * 1000 + self.kills.restarts
+    # -- the daemons --------------------------------------------------------------------------
+
+    def _fault_plan(self, slot: Slot) -> str:
+        seed = self.options.seed * 1000 + self.kills.restarts + 100 * slot.index
         return (
             f"*={FAULT_CODES}@{FAULT_P}; *=Throttling,InternalError@{BURST_P}x{BURST_CALLS}; "
             f"seed={seed}"
         )
 
-    def _start_daemon(self) -> None:
-        self.daemon.start(SUPERVISOR_FAULTS=self._fault_plan())
+    def _start(self, slot: Slot) -> None:
+        extra = {"SUPERVISOR_FAULTS": self._fault_plan(slot)}
+        if self.options.replicated:
+            extra["SUPERVISOR_REPLICA_ID"] = slot.actor
+        slot.daemon.start(**extra)
+        slot.starts += 1
 
     def _daemon_up(self) -> bool:
-        """Started, not restarting, and not just killed."""
-        return self.restarting is None and self.daemon.alive() and not self.kills.expected_death
+        """Some daemon is up to take an attach."""
+        return any(slot.up() for slot in self.slots)
 
-    def _kill_schedule(self) -> list[float]:
-        """The kill moments: uniform over the window, at least MIN_KILL_GAP_S apart (a restart
-        takes ~2 s); a moment that falls while the daemon restarts waits for it to be up."""
-        times = sorted(
-            self.rng.uniform(2.0, self.options.window_s) for _ in range(self.options.kills)
-        )
+    def _kill_schedule(self, count: int) -> list[float]:
+        """The kill (or stop) moments: uniform over the window, at least MIN_KILL_GAP_S
+        apart (a restart takes ~2 s); a moment that falls while no daemon may be struck
+        waits for one."""
+        times = sorted(self.rng.uniform(2.0, self.options.window_s) for _ in range(count))
         for index in range(1, len(times)):
             times[index] = max(times[index], times[index - 1] + MIN_KILL_GAP_S)
         return times
 
     def _tick_daemon(self, now: float) -> None:
-        if self.restarting is not None:
-            if self.restarting.is_alive():
+        for slot in self.slots:
+            self._tick_slot(slot, now)
+        # A restart's new child is not known here until it is up: no reaping meanwhile.
+        if all(slot.restarting is None for slot in self.slots):
+            self._reap()
+        with self._strike_lock:
+            armed = self.kills.armed_slot
+            if armed is not None and self.kills.armed_until is not None:
+                if now > self.kills.armed_until:  # no Stop/Terminate came: strike now instead
+                    kind = self.kills.armed_kind
+                    self._disarm()
+                    if not armed.up():
+                        self._requeue(kind)
+                    elif kind == "kill":
+                        self._kill(armed)
+                    else:
+                        self._freeze(armed)
                 return
-            self.restarting = None
-            if self.restart_error is not None:
-                raise RuntimeError(f"the daemon did not restart: {self.restart_error}")
-        if self.daemon.process is None:
-            return
-        if not self.daemon.alive():
-            if self.kills.expected_death or self.kills.armed_until is not None:
-                self.kills.done += 1
-                self.kills.armed += self.kills.armed_until is not None
-            else:
-                self.kills.unexpected += 1
-                print(
-                    f"soak: the daemon (pid {self.daemon.pid}) died unexpectedly "
-                    f"(exit {self.daemon.process.returncode}){self.cli.log_tail()}",
-                    file=sys.stderr,
-                )
-            self.kills.expected_death = False
-            self.kills.armed_until = None
-            assert self.moto.recorder is not None
-            self.moto.recorder.after_call = None
-            self._restart_soon()
-            return
-        self._reap()
-        if self.kills.armed_until is not None:
-            if now > self.kills.armed_until:  # no Stop/Terminate came: strike now instead
-                self.kills.armed_until = None
-                assert self.moto.recorder is not None
-                self.moto.recorder.after_call = None
-                self._kill()
-            return
-        if self.kills.expected_death:
-            return  # killed; its death is seen at the next tick
-        if now >= self.kills.next_at and self.kills.done < self.options.kills:
-            if self.rng.random() < ARMED_SHARE:
-                self._arm()
-            else:
-                self._kill()
+        if now >= self.kills.next_at and self.kills.started < self.options.kills:
+            target = self._target()
+            if target is not None:
+                self.kills.started += 1
+                if self.rng.random() < ARMED_SHARE:
+                    self._arm(target, "kill")
+                else:
+                    self._kill(target)
+                return
+        stops = self.options.stops if self.options.replicated else 0
+        if now >= self.kills.next_stop_at and self.kills.stops_started < stops:
+            target = self._target()
+            if target is not None:
+                self.kills.stops_started += 1
+                if self.rng.random() < ARMED_SHARE:
+                    self._arm(target, "stop")
+                else:
+                    self._freeze(target)
 
-    def _kill(self) -> None:
-        self._say(f"SIGKILL daemon {self.daemon.pid}")
-        self.kills.expected_death = True
-        self.daemon.kill()
+    def _target(self) -> Slot | None:
+        """The daemon to strike: one that is up; with replicas, only while another one is
+        up too (the fleet keeps taking attaches and commands), drawn at random."""
+        up = [slot for slot in self.slots if slot.up() and slot is not self.kills.armed_slot]
+        if not self.options.replicated:
+            return up[0] if up else None
+        return self.rng.choice(up) if len(up) >= 2 else None
 
-    def _arm(self) -> None:
-        pid = self.daemon.pid
+    def _tick_slot(self, slot: Slot, now: float) -> None:
+        if slot.restarting is not None:
+            if slot.restarting.is_alive():
+                return
+            slot.restarting = None
+            if slot.restart_error is not None:
+                raise RuntimeError(f"{slot.actor} did not restart: {slot.restart_error}")
+        if slot.daemon.process is None:
+            return
+        if not slot.daemon.alive():
+            with self._strike_lock:
+                if slot.expected_death:
+                    self.kills.done += 1
+                    self.kills.armed += slot.armed_death
+                    slot.kills += 1
+                else:
+                    self.kills.unexpected += 1
+                    print(
+                        f"soak: {slot.actor} (pid {slot.daemon.pid}) died unexpectedly "
+                        f"(exit {slot.daemon.process.returncode}){slot.cli.log_tail()}",
+                        file=sys.stderr,
+                    )
+                    if self.kills.armed_slot is slot:
+                        self._requeue(self.kills.armed_kind)
+                        self._disarm()
+                slot.expected_death = slot.armed_death = False
+                slot.frozen_until = None
+            self._restart_soon(slot)
+            return
+        if slot.frozen_until is not None and now >= slot.frozen_until:
+            self._thaw(slot)
+
+    def _kill(self, slot: Slot) -> None:
+        self._say(f"SIGKILL {slot.actor} {slot.daemon.pid}")
+        slot.expected_death = True
+        slot.daemon.kill()
+
+    def _freeze(self, slot: Slot, *, armed: bool = False) -> None:
+        """SIGSTOP for 0.3-2 lease TTLs (SIGCONT from `_tick_slot`)."""
+        pid = slot.daemon.pid
+        if pid is None:
+            return
+        slot.frozen_until = self._elapsed() + self.rng.uniform(*FREEZE_TTLS) * LEASE_TTL_S
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+        self.kills.stops += 1
+        self.kills.armed_stops += armed
+        slot.stops += 1
+        self._say(f"SIGSTOP {slot.actor} {pid} until {slot.frozen_until:.1f}s")
+
+    def _thaw(self, slot: Slot) -> None:
+        if slot.frozen_until is None:
+            return
+        slot.frozen_until = None
+        if slot.daemon.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(slot.daemon.pid, signal.SIGCONT)
+        self._say(f"SIGCONT {slot.actor} {slot.daemon.pid}")
+
+    def _arm(self, slot: Slot, kind: str) -> None:
+        """Strike `slot` (`kill` or `stop`) as moto answers its next successful Stop or
+        Terminate: it dies or freezes between the call and the commit of its result."""
+        pid = slot.daemon.pid
         assert pid is not None and self.moto.recorder is not None
         self.kills.armed_until = self._elapsed() + ARMED_WAIT_S
+        self.kills.armed_kind = kind
+        self.kills.armed_slot = slot
+        actor = slot.actor
 
         def strike(call: Ec2Call) -> None:
-            if call.actor == "daemon" and call.ok and call.operation != "StartInstances":
-                assert self.moto.recorder is not None
-                self.moto.recorder.after_call = None
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            if call.actor != actor or not call.ok or call.operation == "StartInstances":
+                return
+            with self._strike_lock:
+                if self.kills.armed_slot is not slot:
+                    return
+                self._disarm()
+                if kind == "kill":
+                    slot.expected_death = slot.armed_death = True
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                else:
+                    self._freeze(slot, armed=True)
 
         self.moto.recorder.after_call = strike
 
-    def _restart_soon(self) -> None:
-        """Restart the dead daemon in a thread, after a short random downtime."""
+    def _disarm(self) -> None:
+        """(Under `_strike_lock`.)"""
+        assert self.moto.recorder is not None
+        self.moto.recorder.after_call = None
+        self.kills.armed_until = None
+        self.kills.armed_slot = None
+
+    def _requeue(self, kind: str) -> None:
+        """An armed strike that cannot happen (its daemon is down): strike again later."""
+        if kind == "kill":
+            self.kills.started -= 1
+        else:
+            self.kills.stops_started -= 1
+
+    def _restart_soon(self, slot: Slot) -> None:
+        """Restart the dead daemon in a thread, after a short random downtime; a replica
+        under its own id or (NEW_ID_SHARE) a new one."""
         downtime = self.rng.uniform(0.0, 1.0)
+        new_id = self.options.replicated and self.rng.random() < NEW_ID_SHARE
 
         def restart() -> None:
             try:
                 time.sleep(downtime)
                 self.kills.restarts += 1
-                self._say(f"restarting the daemon (restart {self.kills.restarts})")
-                self._start_daemon()
-                self._say(f"daemon {self.daemon.pid} up")
+                if new_id:
+                    self.kills.new_ids += 1
+                    slot.actor = f"soak-r{slot.index}-{slot.starts + 1}"
+                    slot.ids.append(slot.actor)
+                self._say(f"restarting {slot.actor} (restart {self.kills.restarts})")
+                self._start(slot)
+                self._say(f"{slot.actor} {slot.daemon.pid} up")
             except BaseException as exc:  # reported by the main loop
-                self.restart_error = f"{type(exc).__name__}: {exc}"
+                slot.restart_error = f"{type(exc).__name__}: {exc}"
 
-        self.restarting = threading.Thread(target=restart, name="restart", daemon=True)
-        self.restarting.start()
+        slot.restarting = threading.Thread(target=restart, name="restart", daemon=True)
+        slot.restarting.start()
 
     def _reap(self) -> None:
         """Reap our exited children that no Popen waits for: the checkpoint programs a killed
         daemon had started (in sessions of their own; we are their subreaper). Only between
         restarts: a restart's new child is not known here until it is up."""
-        popens = [t.process for t in self.trainers.made] + [self.daemon.process]
+        popens = [t.process for t in self.trainers.made]
+        popens += [slot.daemon.process for slot in self.slots]
         for process in popens:
             if process is not None:
                 process.poll()
@@ -499,7 +784,8 @@ class Soak:
         return fields
 
     def _attach(self, plan: RunPlan, state: _RunState, now: float) -> None:
-        if not self._daemon_up():
+        up = [slot for slot in self.slots if slot.up()]
+        if not up:
             return
         if state.trainer is not None and not state.trainer.checkpoints():
             return  # the trainer is still starting: the checkpoint step needs a file
@@ -507,11 +793,12 @@ class Soak:
             return  # one CLI process (~1 s of CPU) per tick, so the loop keeps its pace
         self._cli_calls += plan.via_cli
         plan.attach_tries += 1
+        slot = self.rng.choice(up) if self.options.replicated else up[0]
         prefix = f"s3://{BUCKET}/runs/{plan.run_id}/"
         fields = self._spec(plan, state.trainer)
         error = ""
         if plan.via_cli:
-            done = self.cli.ctl(
+            done = slot.cli.ctl(
                 "attach",
                 plan.run_id,
                 "--instance-id",
@@ -528,7 +815,7 @@ class Soak:
             )
         else:
             try:
-                self.client.attach(plan.run_id, plan.instance_id, prefix, **fields)
+                slot.client.attach(plan.run_id, plan.instance_id, prefix, **fields)
             except Exception as exc:  # refused, not running, killed mid-request
                 error = f"{type(exc).__name__}: {exc}"
         if error and not self._in_database(plan.run_id):
@@ -541,7 +828,9 @@ class Soak:
             return
         plan.attached = True
         state.attached_at = now
-        plan.steps.append(f"attached at {now:.1f}s" + (" (reply lost)" if error else ""))
+        through = f" through {slot.actor}" if self.options.replicated else ""
+        reply = " (reply lost)" if error else ""
+        plan.steps.append(f"attached at {now:.1f}s{through}{reply}")
 
     def _act(self, plan: RunPlan, state: _RunState, now: float) -> None:
         assert state.attached_at is not None
@@ -607,9 +896,12 @@ class Soak:
             self._last_states = now
 
     def _read_phases(self) -> dict[str, str]:
-        if not self.cli.db_path.exists():
+        if self.pg_phases is not None:
+            return self.pg_phases.read()
+        db_path = self.slots[0].cli.db_path
+        if not db_path.exists():
             return {}
-        uri = f"file:{self.cli.db_path}?mode=ro"
+        uri = f"file:{db_path}?mode=ro"
         try:
             with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as db:
                 return dict(db.execute("SELECT run_id, phase FROM runs").fetchall())
@@ -629,24 +921,39 @@ class Soak:
     # -- the end ------------------------------------------------------------------------------
 
     def _teardown(self, state_dir: Path) -> None:
-        if self.restarting is not None:
-            self.restarting.join(timeout=30)
-        if self.daemon.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.daemon.pid or 0, signal.SIGTERM)
-            self.daemon.wait(10)
-            self.daemon.kill()
-            self.daemon.wait(5)
+        for slot in self.slots:
+            if slot.restarting is not None:
+                slot.restarting.join(timeout=30)
+            self._thaw(slot)
+            if slot.daemon.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.daemon.pid or 0, signal.SIGTERM)
+                slot.daemon.wait(10)
+                slot.daemon.kill()
+                slot.daemon.wait(5)
         for pid in _processes_mentioning(str(self.trainers.root)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.trainers.close()
-        self._log_figures = checks.log_figures(self.cli.log_path)
-        with contextlib.suppress(OSError):
-            self._daemon_log = self.cli.log_path.read_text(encoding="utf-8", errors="replace")
+        logs: list[str] = []
+        for slot in self.slots:
+            figures = checks.log_figures(slot.cli.log_path)
+            self._log_figures.update(figures)
+            self._slot_figures[slot.index] = figures
+            with contextlib.suppress(OSError):
+                text = slot.cli.log_path.read_text(encoding="utf-8", errors="replace")
+                prefix = f"{slot.name} " if self.options.replicated else ""
+                logs += [prefix + line for line in text.splitlines()]
+        if self.options.replicated:
+            logs.sort(key=lambda line: m.group(1) if (m := LOG_TIME.search(line)) else "")
+        self._daemon_log = "\n".join(logs)
         self._reap_all()
         with contextlib.suppress(Exception):
             self.moto.stop()
+        if self.pg_phases is not None:
+            self.pg_phases.close()
+        if self.pg is not None:
+            self.pg.stop()
         if not self.options.keep:
             shutil.rmtree(state_dir, ignore_errors=True)
 
@@ -699,18 +1006,69 @@ class Soak:
             "seconds": f["seconds"],
             "violations": len(self.violations),
         }
+        if self.options.replicated:
+            fields = {
+                "seed": self.options.seed,
+                "replicas": self.options.replicas,
+                **{k: v for k, v in fields.items() if k != "seed"},
+            }
+            fields |= {
+                "stops": self.kills.stops,
+                "armed_stops": self.kills.armed_stops,
+                "new_ids": self.kills.new_ids,
+                "lease_checked": f["lease_checked"],
+                "leases_lost": f["leases_lost"],
+                "claims": f["claims"],
+            }
+            fields["violations"] = fields.pop("violations")
         line = "soak: " + " ".join(f"{k}={v}" for k, v in fields.items())
         print(line, flush=True)
+        for row in self._table():
+            print(f"soak: {row}", flush=True)
         for violation in self.violations:
             print(f"  violation: {violation}", flush=True)
+        for line in self._error_lines()[:ERROR_LINES]:
+            print(f"  log error: {line[:600]}", flush=True)
         self._print_log_of_runs_in(self.violations)
         if self.options.keep:
             print(f"soak: state kept in {state_dir}", flush=True)
 
+    def _error_lines(self) -> list[str]:
+        """The daemons' error lines (`log_errors`): not a check's violation, but each one is
+        worth a look, and the state directory is gone by now."""
+        lines = getattr(self, "_daemon_log", "").splitlines()
+        return [line for line in lines if '"level": "error"' in line or '"critical"' in line]
+
+    def _table(self) -> list[str]:
+        """The summary table: each daemon (with replicas: each slot, its ids over its
+        restarts) and each check with its violations."""
+        calls = self._calls()
+        rows = [f"{'daemon':<8}{'replica ids':<24}{'starts':>7}{'kills':>6}{'stops':>6}"
+                f"{'actions':>8}{'claims':>7}{'lost':>6}"]  # fmt: skip
+        for slot in self.slots:
+            figures = self._slot_figures.get(slot.index, Counter[str]())
+            actions = sum(1 for c in calls if c.actor in slot.ids and c.operation in WATCHED)
+            ids = slot.ids[0] + (f" (+{len(slot.ids) - 1} new)" if len(slot.ids) > 1 else "")
+            rows.append(
+                f"{slot.name:<8}{ids:<24}{slot.starts:>7}{slot.kills:>6}{slot.stops:>6}"
+                f"{actions:>8}{figures['claims']:>7}{figures['leases_lost']:>6}"
+            )
+        found = Counter(v.split(":", 1)[0] for v in self.violations)
+        checked = CHECKS if self.options.replicated else CHECKS[:-1]
+        rows.append(f"{'check':<62}{'violations':>12}")
+        for key, what in checked:
+            rows.append(f"{what:<62}{found.pop(key, 0):>12}")
+        for key, count in sorted(found.items()):
+            rows.append(f"{key + ' (the soak itself)':<62}{count:>12}")
+        return rows
+
     def _print_log_of_runs_in(self, violations: list[str]) -> None:
-        """The daemon's last log lines about each run a phase violation names: the state
-        directory is gone by now, and a soak that failed in CI is otherwise a riddle."""
-        runs = sorted({m.group(1) for v in violations for m in [PHASE_VIOLATION.match(v)] if m})
+        """The daemon's last log lines about each run a phase or lease violation names (with
+        replicas, every replica's, in time order): the state directory is gone by now, and a
+        soak that failed in CI is otherwise a riddle."""
+        runs = sorted(
+            {m.group(1) or m.group(2) for v in violations for m in [RUN_VIOLATION.search(v)] if m}
+        )
         lines = getattr(self, "_daemon_log", "").splitlines()
         for run_id in runs[:4]:
             about = [line for line in lines if f'"{run_id}"' in line][-LOG_LINES_PER_RUN:]
@@ -719,8 +1077,20 @@ class Soak:
                 print(f"    {line[:400]}", flush=True)
 
 
-PHASE_VIOLATION = re.compile(r"phase: (\S+) ")
+CHECKS = (
+    ("ledger", "ledger: runs or transitions lost or doubled"),
+    ("chain", "chain: broken transition chains"),
+    ("phase", "phase: runs not in their story's phase"),
+    ("instance", "instance: instances not in their run's state"),
+    ("checkpoint", "checkpoint: terminates without a verified checkpoint"),
+    ("action", "action: stop/terminate again after success, or unexplained"),
+    ("lease", "lease: actions by a replica without a valid lease"),
+)
+"""The checks' violation prefixes (checks.py), in the table's order; `lease` with replicas."""
+RUN_VIOLATION = re.compile(r"^phase: (\S+) |^lease: .* run (\S+)'s lease")
 LOG_LINES_PER_RUN = 25
+ERROR_LINES = 5
+LOG_TIME = re.compile(r'"timestamp": "([^"]+)"')
 
 
 def _answers(socket_path: Path) -> bool:
