@@ -451,8 +451,12 @@ async def test_a_restart_keeps_process_exited_verified_attempt_and_interrupt_dea
     # first one (it ends on moto's side only after its 20 s).
     events = Events(timed.fleet, "st-restart-2")
     daemon = await timed.start(events_queue_url=events.url, **SLOW)
-    readopted = {run_id: daemon.monitors[run_id].run for run_id in ("graced", "warned")}
-    assert readopted == before
+    # Re-armed from the database as stored; a monitor may already have acted on its first
+    # look (the graced prefix is quiet by now), so each is as stored or has moved on from it.
+    for run_id, stored in before.items():
+        readopted = daemon.monitors[run_id].run
+        assert readopted == stored or readopted.version > stored.version, run_id
+        assert readopted.verified_attempt == 1
 
     # The deadline came back: AWS never took the instance, so it is stopped, not left running.
     run = await timed.settled("warned")
