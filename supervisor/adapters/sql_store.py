@@ -19,7 +19,7 @@ from supervisor.adapters import statements as sql
 from supervisor.adapters.schema import DUTY_LEASES, INBOX, REPLICAS, RUNS, Row
 from supervisor.adapters.schema import timestamp as _iso
 from supervisor.core.duties import DutyLease
-from supervisor.core.errors import InvalidInput, LeaseLost, StaleVersion
+from supervisor.core.errors import DutyLost, InvalidInput, LeaseLost, StaleVersion
 from supervisor.core.inbox import (
     ANSWER_CHANNEL,
     INBOX_CHANNEL,
@@ -169,8 +169,19 @@ class SqlStore(ABC):
     async def record_action(self, record: ActionRecord, *, lease: Lease | None = None) -> None:
         await self._fenced_write([sql.insert_action(record)], record.run_id, lease)
 
-    async def attach(self, record: AttachmentRecord, *, lease: Lease | None = None) -> None:
-        """Attach a file or link to a run; attaching the same one again refreshes it."""
+    async def attach(
+        self,
+        record: AttachmentRecord,
+        *,
+        lease: Lease | None = None,
+        duty: DutyLease | None = None,
+    ) -> None:
+        """Attach a file or link to a run; attaching the same one again refreshes it. Fenced
+        by the run's `lease` (its monitor), or by a fleet-wide `duty` (the crash-report
+        pass over ended runs)."""
+        if duty is not None:
+            await self._duty_fenced_write([sql.upsert_attachment(record)], duty)
+            return
         await self._fenced_write([sql.upsert_attachment(record)], record.run_id, lease)
 
     async def record_report(
@@ -327,12 +338,19 @@ class SqlStore(ABC):
 
     # -- zombies and terminations --------------------------------------------------------------
 
-    async def save_zombie(self, zombie: Zombie, termination: Termination | None = None) -> None:
-        """Upsert the zombie's row and append its terminations-log line, in one transaction."""
+    async def save_zombie(
+        self,
+        zombie: Zombie,
+        termination: Termination | None = None,
+        *,
+        duty: DutyLease | None = None,
+    ) -> None:
+        """Upsert the zombie's row and append its terminations-log line, in one transaction;
+        with `duty` (the sweep's leader lease), only while it is still held (`DutyLost`)."""
         statements = [sql.upsert_zombie(zombie)]
         if termination is not None:
             statements.append(sql.insert_termination(termination))
-        await self._write(statements)
+        await self._duty_fenced_write(statements, duty)
 
     async def zombies(self, *, open_only: bool = True) -> list[Zombie]:
         """Zombie records, oldest mark first; by default only open ones (still zombies)."""
@@ -698,9 +716,12 @@ class SqlStore(ABC):
             answered_by=v["answered_by"],
         )
 
-    async def expire_inbox(self, *, now: datetime, keep: timedelta) -> None:
+    async def expire_inbox(
+        self, *, now: datetime, keep: timedelta, duty: DutyLease | None = None
+    ) -> None:
         """The leader's tidying: pending rows of runs that have ended are failed (nobody will
-        carry them out), and answered rows older than `keep` deleted."""
+        carry them out), and answered rows older than `keep` deleted; with `duty`, only while
+        it is still held (`DutyLost`)."""
         message = {
             "error": "InvalidTransition",
             "message": "the run ended before its owner took this",
@@ -713,14 +734,15 @@ class SqlStore(ABC):
         encoded = INBOX.encode(
             {"answer_json": message, "answered_at": now}, ("answer_json", "answered_at")
         )
-        await self._write(
+        await self._duty_fenced_write(
             [
                 (ended, (InboxState.FAILED.value, *encoded, InboxState.PENDING.value, *_TERMINAL)),
                 (
                     "DELETE FROM inbox WHERE state <> ? AND answered_at < ?",
                     (InboxState.PENDING.value, _iso(now - keep)),
                 ),
-            ]
+            ],
+            duty,
         )
 
     async def hold_duty(
@@ -763,6 +785,29 @@ class SqlStore(ABC):
                 )
             ]
         )
+
+    # -- fleet-wide duties: writes fenced by the duty lease (issue 14) ------------------------
+
+    async def _duty_fenced_write(
+        self, statements: list[sql.Statement], duty: DutyLease | None
+    ) -> None:
+        """Write `statements` in one transaction; with `duty`, only while its holder and epoch
+        are still the duty's (else nothing is written and `DutyLost` raised), as a monitor's
+        writes are fenced by its run's lease. On PostgreSQL the fence's UPDATE also holds the
+        duty's row until the commit, so no take-over comes between."""
+        if duty is None:
+            await self._write(statements)
+            return
+        fence = (
+            "UPDATE duty_leases SET epoch = epoch WHERE name = ? AND owner = ? AND epoch = ?",
+            (duty.name, duty.owner, duty.epoch),
+        )
+        try:
+            await self._write([fence, *statements], stale_if_unchanged=f"duty {duty.name}")
+        except StaleVersion:
+            raise DutyLost(
+                f"duty {duty.name}: replica {duty.owner} no longer holds it (epoch {duty.epoch})"
+            ) from None
 
 
 _UPSERT_REPLICA = REPLICAS.insert(on_conflict="update")
