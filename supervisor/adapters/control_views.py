@@ -95,6 +95,8 @@ class DaemonState:
     replicas: tuple[ReplicaStatus, ...] = ()
     now: datetime | None = None
     """When the replicas' liveness is judged (the daemon's clock)."""
+    database: str = ""
+    """The run database: its URL with the password redacted, or the SQLite file's path."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +278,7 @@ def status_view(state: DaemonState) -> DaemonStatus:
             )
             for s in state.replicas
         ],
+        database=state.database,
     )
 
 

@@ -206,6 +206,8 @@ class DaemonStatus(_Message):
     runs_owned: int = 0
     replicas: list[ReplicaView] = Field(default_factory=list)
     """Every replica that ran against this database, newest heartbeat first."""
+    database: str = ""
+    """The run database: a PostgreSQL URL with its password redacted, or the SQLite file."""
 
 
 class ReplicaView(_Message):

@@ -185,6 +185,7 @@ class DaemonStatus:
     role: str = ""
     runs_owned: int = 0
     replicas: tuple[ReplicaLine, ...] = ()
+    database: str = ""
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DaemonStatus:

@@ -452,6 +452,7 @@ class ControlApi:
             runs_owned=len(d.lease_book),
             replicas=tuple(await d.store.replicas()),
             now=d.clock.now(),
+            database=d.settings.database_shown,
         )
 
     async def metrics(self, accept: str) -> Exposition:
