@@ -36,7 +36,7 @@ from supervisor.runtime.events import EventConsumer, Queue
 from supervisor.runtime.executor import Executor, ExecutorPorts, read_crash_report
 from supervisor.runtime.idle import IdleSweep
 from supervisor.runtime.inbox import InboxConsumer, hand_over
-from supervisor.runtime.leases import LeaseBook, LeaseKeeper, default_replica_id
+from supervisor.runtime.leases import DatabaseLost, LeaseBook, LeaseKeeper, default_replica_id
 from supervisor.runtime.metrics import Metrics
 from supervisor.runtime.monitor import Monitor, MonitorDeps
 from supervisor.runtime.ports import (
@@ -169,7 +169,11 @@ class Daemon:
             arm=self.spawn,
             disarm=self._disarm,
             idle_runs=lambda: [m.run_id for m in self.monitors.values() if not m.busy],
+            on_cut_off=self._database_lost,
         )
+        self.database_lost: DatabaseLost | None = None
+        """Set when the lease keeper was cut off from the database for a TTL: the daemon
+        ends with it (exit status 1), handing nothing back."""
         self.metrics.watch_leases(self.lease_keeper)
         self.accepting = False
         self._stop = asyncio.Event()
@@ -239,7 +243,10 @@ class Daemon:
                 await on_ready()
             await self._stop.wait()
             await self._shutdown()
-        await self._hand_back()
+        if self.database_lost is None:
+            await self._hand_back()
+        if self.database_lost is not None:
+            raise self.database_lost
         if self.root_tasks.failed is not None:
             raise self.root_tasks.failed
 
@@ -322,7 +329,8 @@ class Daemon:
         # Phase 2: cancel the rest. Idle monitors lose nothing: their state is in SQLite.
         await self._stop_root_task("duties")
         try:
-            await self.leader.release()  # another replica sweeps without waiting out the TTL
+            if self.database_lost is None:  # else it cannot be written, and has expired
+                await self.leader.release()  # another replica sweeps without waiting the TTL
         except Exception:
             log.exception("duty_release_failed")
         await self.server.close()
@@ -417,6 +425,10 @@ class Daemon:
         of the run took over meanwhile)."""
         if self.monitors.get(monitor.run_id) is monitor:
             self.lease_keeper.stopped(monitor.run_id, lost=lost)
+
+    def _database_lost(self, lost: DatabaseLost) -> None:
+        self.database_lost = lost
+        self.request_shutdown("database lost")
 
     def _disarm(self, run_id: str) -> None:
         """Stop a run's monitor at once, its lease lost or handed back: no further write or

@@ -14,6 +14,14 @@ With SQLite (one daemon, its state-directory lock) the same code runs with one r
 `exclusive`: at start it takes over every lease, since the lock proves nobody else is alive,
 and no other replica can take one from it, so its clock never expires them.
 
+A replica cut off from the database (issue 14, deliberately): once no renewal has succeeded
+for a whole TTL, every lease it held may be another replica's. The keeper then drops every
+monitor and lease, logs `database_lost` and ends the daemon (`DatabaseLost`: exit status 1,
+without handing back leases it can no longer write), so that its service manager starts it
+again; a start refuses until the database answers, then claims its share afresh. Until that
+TTL is out nothing changes: the store retries, and a monitor's action is refused by
+`LeaseBook.check` as its lease runs short.
+
 Not here: routing a command to another replica's run, SQS handoff, the leader lease.
 """
 
@@ -40,6 +48,7 @@ from supervisor.core.leases import (
 )
 from supervisor.core.run import Phase, Run
 from supervisor.runtime.ports import Clock, RunStore
+from supervisor.runtime.root_tasks import RootTaskFailed
 
 log = structlog.get_logger("supervisor.leases")
 
@@ -49,6 +58,11 @@ UNTIL_RELEASED = datetime(9999, 1, 1, tzinfo=UTC)
 """The expiry an exclusive replica's leases are written with: nobody else can claim them,
 so they are never renewed (no write to a run's row for its lease while it is watched), and
 the next daemon on the file releases them at its start."""
+
+
+class DatabaseLost(RootTaskFailed):
+    """No lease renewal reached the database for a whole TTL: this replica holds nothing any
+    more and exits, for its service manager to start it again (exit status 1)."""
 
 
 def default_replica_id() -> str:
@@ -176,7 +190,10 @@ class LeaseKeeper:
         idle_runs: Callable[[], Iterable[str]],
         host: str | None = None,
         pid: int | None = None,
+        on_cut_off: Callable[[DatabaseLost], None] = lambda _: None,
     ) -> None:
+        """`on_cut_off`: called once no renewal has succeeded for a TTL (see the module)."""
+        self._on_cut_off = on_cut_off
         self._store = store
         self.book = book
         self._clock = clock
@@ -189,6 +206,9 @@ class LeaseKeeper:
         expires."""
         self._to_release: dict[str, int] = {}
         """Runs to hand back at the next tick (their monitors stopped here), with epochs."""
+        self._renewed_at = clock.now()
+        """When the last renewal succeeded (or the start): a TTL after it, every lease held
+        may be another's."""
         self.replica = Replica(
             replica_id=book.owner,
             host=host or socket.gethostname(),
@@ -213,6 +233,7 @@ class LeaseKeeper:
         earlier life handed back (exclusive: every lease); then the first claim (exclusive:
         every active run). Returns how many runs were armed."""
         await self._heartbeat()
+        self._renewed_at = self._clock.now()
         if self.book.exclusive:
             await self._store.release_every_lease()
         else:
@@ -241,13 +262,57 @@ class LeaseKeeper:
     async def run_forever(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
-            await self.tick()
+            if self.book.exclusive:  # its leases never expire: nobody else could take them
+                await self.tick()
+                continue
+            try:
+                # A round stuck on an unreachable database (the store retries) ends when
+                # the leases would have.
+                async with asyncio.timeout(max(0.0, self._left_s())):
+                    await self.tick()
+            except Exception as exc:  # TimeoutError, or the store's own error
+                if self._left_s() > 0:
+                    raise  # restarted as a root task: the next round may renew in time
+                self.cut_off(exc)
+                await asyncio.Event().wait()  # the daemon is ending: until it cancels this
+
+    def _left_s(self) -> float:
+        """Seconds until a TTL has passed since the last successful renewal."""
+        return (self._renewed_at + self.book.ttl - self._clock.now()).total_seconds()
+
+    def cut_off(self, exc: BaseException | None = None) -> DatabaseLost:
+        """No renewal for a TTL: drop every monitor and lease (no further write or AWS call)
+        and end the daemon through `on_cut_off`."""
+        silent_s = (self._clock.now() - self._renewed_at).total_seconds()
+        dropped = [run_id for run_id, _ in self.book.items()]
+        for run_id in dropped:
+            self.book.drop(run_id)
+            self._disarm(run_id)
+            self.counts.lose("cut-off")
+        self._to_release.clear()
+        if exc is None or isinstance(exc, TimeoutError):
+            error = "no answer from the database"
+        else:
+            error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        lost = DatabaseLost(
+            f"replica {self.owner} could not renew its leases for {silent_s:.0f} s (lease TTL "
+            f"{self.book.ttl.total_seconds():g} s; last error: {error}): its runs may be "
+            "another replica's now; supervisord exits so that its service manager starts it "
+            "again once the database answers"
+        )
+        log.error(
+            "database_lost", replica=self.owner, silent_s=round(silent_s, 1),
+            ttl_s=self.book.ttl.total_seconds(), monitors_dropped=len(dropped), error=error,
+        )  # fmt: skip
+        self._on_cut_off(lost)
+        return lost
 
     async def tick(self) -> None:
         """One round: renew (one statement), drop what was lost, heartbeat, hand back what
         stopped here, then claim towards the fair share or hand back a surplus."""
         if not self.book.exclusive:
             await self._renew()
+            self._renewed_at = self._clock.now()
         await self._heartbeat()
         if self._to_release:
             pending, self._to_release = self._to_release, {}
