@@ -27,6 +27,7 @@ import dataclasses
 import json
 import os
 import platform
+import random
 import shlex
 import subprocess
 import sys
@@ -470,7 +471,9 @@ def _failover(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
                 with psycopg.connect(server.url("postgres"), autocommit=True) as conn:
                     conn.execute(f'CREATE DATABASE "{copy}" TEMPLATE "{seeded}"'.encode())
                 urls.append(server.url(copy))
-            rep = failover_figure.repetition(urls[0], runs, ttl, Path(folder) / f"f{i}")
+            rep = failover_figure.repetition(
+                urls[0], runs, ttl, Path(folder) / f"f{i}", random.Random(i)
+            )
             reps.append(rep)
             restarts.append(_restart_once(None, Path(folder) / f"r{i}", runs, urls[1]))
             print(

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -179,10 +180,14 @@ class ReplicaProcess:
 
 @contextlib.contextmanager
 def _replicas(folder: Path, url: str, ttl_s: float) -> Iterator[list[ReplicaProcess]]:
+    """The replicas, started a third of a claim interval apart: replicas started at once
+    would renew and claim in step, and a survivor would claim the moment a dead one's leases
+    expire, which real ones, started at any time, do not."""
     made = [ReplicaProcess(name, folder / name, url, ttl_s) for name in REPLICAS]
     try:
         for replica in made:
             replica.start()
+            time.sleep(ttl_s / 3 / len(made))
         yield made
     finally:
         for replica in made:
@@ -251,9 +256,12 @@ def _take_over(
     }
 
 
-def repetition(url: str, runs: int, ttl_s: float, folder: Path) -> dict[str, Any]:
+def repetition(
+    url: str, runs: int, ttl_s: float, folder: Path, rng: random.Random
+) -> dict[str, Any]:
     """One kill and one clean stop among three replicas on the database at `url` (seeded
-    with `runs` unowned active runs)."""
+    with `runs` unowned active runs), each at a moment drawn from `rng` within a claim
+    interval (not just after a renewal)."""
     with _replicas(folder, url, ttl_s) as replicas:
         share = -(-runs // len(replicas))
         slack = max(2, share // 10)  # as `core.leases.surplus`
@@ -268,9 +276,11 @@ def repetition(url: str, runs: int, ttl_s: float, folder: Path) -> dict[str, Any
         settle_s = time.time() - started
         victim = max(replicas, key=lambda r: len(r.armed))
         survivors = [r for r in replicas if r is not victim]
+        time.sleep(rng.uniform(0, ttl_s / 3))
         killed = _take_over(victim, survivors, signal.SIGKILL, url, replicas)
         leaving = max(survivors, key=lambda r: len(r.armed))
         last = [r for r in survivors if r is not leaving]
+        time.sleep(rng.uniform(0, ttl_s / 3))
         handed = _take_over(leaving, last, signal.SIGTERM, url, replicas)
         return {
             "spread": spread,
