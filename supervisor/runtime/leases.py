@@ -209,6 +209,8 @@ class LeaseKeeper:
         self._renewed_at = clock.now()
         """When the last renewal succeeded (or the start): a TTL after it, every lease held
         may be another's."""
+        self._deadline: asyncio.Timeout | None = None
+        """The running round's time limit (`run_forever`)."""
         self.replica = Replica(
             replica_id=book.owner,
             host=host or socket.gethostname(),
@@ -267,14 +269,30 @@ class LeaseKeeper:
                 continue
             try:
                 # A round stuck on an unreachable database (the store retries) ends when
-                # the leases would have.
-                async with asyncio.timeout(max(0.0, self._left_s())):
-                    await self.tick()
+                # the leases would have; but each round gets a claim interval at least: a
+                # replica that wakes from a freeze past its TTL must try (and drop the leases
+                # it lost), not take its own pause for a lost database.
+                async with asyncio.timeout(None) as self._deadline:
+                    self._push_deadline()
+                    try:
+                        await self.tick()
+                    finally:
+                        self._deadline = None  # `tick` alone (tests) pushes nothing
             except Exception as exc:  # TimeoutError, or the store's own error
                 if self._left_s() > 0:
                     raise  # restarted as a root task: the next round may renew in time
+                # The database failed this round (or did not answer within it), a TTL or more
+                # since the last renewal.
                 self.cut_off(exc)
                 await asyncio.Event().wait()  # the daemon is ending: until it cancels this
+
+    def _push_deadline(self) -> None:
+        """Move the running round's deadline to a TTL after the last renewal (a round that
+        has renewed may take its time over the claims that follow)."""
+        if self._deadline is not None:
+            loop = asyncio.get_running_loop()
+            least = self.book.ttl.total_seconds() / 3  # a claim interval
+            self._deadline.reschedule(loop.time() + max(least, self._left_s()))
 
     def _left_s(self) -> float:
         """Seconds until a TTL has passed since the last successful renewal."""
@@ -313,6 +331,7 @@ class LeaseKeeper:
         if not self.book.exclusive:
             await self._renew()
             self._renewed_at = self._clock.now()
+            self._push_deadline()
         await self._heartbeat()
         if self._to_release:
             pending, self._to_release = self._to_release, {}

@@ -33,6 +33,7 @@ from tests.core.builders import NOW, make_spec
 from tests.runtime.conftest import Harness
 from tests.runtime.test_executor import World, _spec, _world
 from tests.runtime.test_metrics import scrape_socket
+from tests.runtime.waiting import wait_for
 
 TTL_S = 30.0
 TTL = timedelta(seconds=TTL_S)
@@ -430,4 +431,34 @@ async def test_a_replica_that_cannot_renew_for_a_ttl_drops_everything_and_ends_t
 
     clock.advance(1)  # the leases it wrote have expired: B takes every run over
     await b.keeper.tick()
+    assert len(b.armed) == RUNS
+
+
+async def test_a_replica_woken_from_a_freeze_past_its_ttl_drops_what_it_lost_and_goes_on(
+    pair: tuple[Replica, Replica], clock: SetClock
+) -> None:
+    """Its own clock says a TTL passed since its last renewal, but the database answers: a
+    frozen replica, not a lost database. It is not ended."""
+    a, b = pair
+    assert await a.keeper.start() == RUNS
+    ended: list[DatabaseLost] = []
+    a.keeper._on_cut_off = ended.append
+    clock.advance(TTL_S + 1)  # a frozen; b takes every run over meanwhile
+    await b.keeper.tick()
+    assert len(b.armed) == RUNS
+
+    a.keeper.interval_s = 0
+    looping = asyncio.ensure_future(a.keeper.run_forever())
+
+    async def dropped() -> bool:
+        return not a.armed
+
+    try:
+        await wait_for(dropped, what="a to drop the monitors of the runs it lost")
+    finally:
+        looping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await looping
+    assert ended == []
+    assert a.keeper.counts.lost == {"renewal": RUNS}
     assert len(b.armed) == RUNS
