@@ -23,6 +23,7 @@ from supervisor.core.errors import DutyLost, InvalidInput, LeaseLost, StaleVersi
 from supervisor.core.inbox import (
     ANSWER_CHANNEL,
     INBOX_CHANNEL,
+    RELEASED_CHANNEL,
     TRANSITION_CHANNEL,
     InboxAnswer,
     InboxItem,
@@ -559,9 +560,12 @@ class SqlStore(ABC):
         )
         return {str(run_id): int(epoch) for run_id, epoch in rows}
 
-    async def release_runs(self, owner: str, leases: Iterable[tuple[str, int]]) -> int:
+    async def release_runs(
+        self, owner: str, leases: Iterable[tuple[str, int]], *, notify: bool = True
+    ) -> int:
         """Hand back runs (run id, epoch) `owner` holds: unowned, any replica may claim them
-        at once. A run no longer held under that epoch is left alone. Returns how many."""
+        at once, and (`notify`, where notices exist) the replicas are told so. A run no
+        longer held under that epoch is left alone. Returns how many."""
         released = 0
         pairs = list(leases)
         for start in range(0, len(pairs), _IN_CHUNK):
@@ -575,6 +579,8 @@ class SqlStore(ABC):
                 )
             )
             released += len(rows)
+        if released and notify and self._notices:  # after the commit: claimable now
+            await self._write(self._notify(RELEASED_CHANNEL, owner))
         return released
 
     async def release_every_lease(self) -> int:

@@ -170,6 +170,7 @@ class Daemon:
             disarm=self._disarm,
             idle_runs=lambda: [m.run_id for m in self.monitors.values() if not m.busy],
             on_cut_off=self._database_lost,
+            notices=self.notices,
         )
         self.database_lost: DatabaseLost | None = None
         """Set when the lease keeper was cut off from the database for a TTL: the daemon

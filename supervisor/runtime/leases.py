@@ -37,6 +37,7 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from supervisor.core.errors import LeaseLost
+from supervisor.core.inbox import RELEASED_CHANNEL
 from supervisor.core.leases import (
     Lease,
     LeasedRun,
@@ -47,7 +48,7 @@ from supervisor.core.leases import (
     surplus,
 )
 from supervisor.core.run import Phase, Run
-from supervisor.runtime.ports import Clock, RunStore
+from supervisor.runtime.ports import Clock, Notices, PollingNotices, RunStore
 from supervisor.runtime.root_tasks import RootTaskFailed
 
 log = structlog.get_logger("supervisor.leases")
@@ -191,9 +192,13 @@ class LeaseKeeper:
         host: str | None = None,
         pid: int | None = None,
         on_cut_off: Callable[[DatabaseLost], None] = lambda _: None,
+        notices: Notices | None = None,
     ) -> None:
-        """`on_cut_off`: called once no renewal has succeeded for a TTL (see the module)."""
+        """`on_cut_off`: called once no renewal has succeeded for a TTL (see the module).
+        `notices`: wake-ups between replicas; a round starts early when another replica
+        hands runs back (PostgreSQL's NOTIFY), so a clean stop's runs are claimed at once."""
         self._on_cut_off = on_cut_off
+        self._notices: Notices = notices or PollingNotices()
         self._store = store
         self.book = book
         self._clock = clock
@@ -240,7 +245,8 @@ class LeaseKeeper:
             await self._store.release_every_lease()
         else:
             earlier = await self._store.renew_leases(self.owner, until=self._clock.now())
-            await self._store.release_runs(self.owner, earlier.items())
+            # Its own runs of an earlier life, which it claims again at once: nobody to wake.
+            await self._store.release_runs(self.owner, earlier.items(), notify=False)
         return await self._claim(None if self.book.exclusive else await self._share())
 
     async def hand_back(self) -> int:
@@ -263,7 +269,7 @@ class LeaseKeeper:
 
     async def run_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.interval_s)
+            await self._notices.wait(RELEASED_CHANNEL, self.interval_s)
             if self.book.exclusive:  # its leases never expire: nobody else could take them
                 await self.tick()
                 continue

@@ -173,7 +173,13 @@ async def test_without_an_answer_the_command_is_withdrawn_and_says_so(pair: Pair
     (instance,) = pair.a.fleet.launch()
     await pair.a.attach("r1", instance)
     await pair.a.wait_phase("r1", P.RUNNING)
-    await pair.a.stop()  # the owner is gone; its run stays active in the database
+    assert pair.a.daemon is not None
+
+    async def killed() -> None:  # as a SIGKILL leaves it: its lease is not handed back
+        pass
+
+    pair.a.daemon._hand_back = killed  # type: ignore[method-assign]
+    await pair.a.stop()  # the owner is gone; its run stays active (and leased) in the database
     b = pair.b.daemon
     assert b is not None
 
