@@ -210,6 +210,10 @@ class LeaseKeeper:
         """Renew and claim every third of the TTL: two renewals may fail before a lease
         expires."""
         self._to_release: dict[str, int] = {}
+        self.busy = asyncio.Lock()
+        """Held by each round and each claim of one run (`adopt`): a renewal's answer,
+        read before a claim committed, must not be applied after it (it would drop the
+        run just claimed as lost)."""
         """Runs to hand back at the next tick (their monitors stopped here), with epochs."""
         self._renewed_at = clock.now()
         """When the last renewal succeeded (or the start): a TTL after it, every lease held
@@ -334,6 +338,10 @@ class LeaseKeeper:
     async def tick(self) -> None:
         """One round: renew (one statement), drop what was lost, heartbeat, hand back what
         stopped here, then claim towards the fair share or hand back a surplus."""
+        async with self.busy:
+            await self._round()
+
+    async def _round(self) -> None:
         if not self.book.exclusive:
             await self._renew()
             self._renewed_at = self._clock.now()
@@ -377,6 +385,10 @@ class LeaseKeeper:
 
     async def adopt(self, run_id: str) -> Lease | None:
         """Claim one run now (just resumed here), if nobody else holds it."""
+        async with self.busy:
+            return await self._adopt(run_id)
+
+    async def _adopt(self, run_id: str) -> Lease | None:
         now = self._clock.now()
         self._to_release.pop(run_id, None)
         claimed = await self._store.claim_runs(
