@@ -252,10 +252,16 @@ async def test_tail_f_on_the_owner_goes_on_from_the_store_when_the_run_moves_to_
 
     following = asyncio.create_task(follow())
     await wait_for(lambda: _true(seen == [P.PENDING, P.RUNNING]), what="the history replayed")
+
     # The run moves: a hands it back (as a replica with more than its share does), b claims.
-    # (a's own round, woken by its hand-back's NOTIFY, waits until b holds the run.)
-    async with a.lease_keeper.busy:
+    # (a's own round, woken by its hand-back's NOTIFY, waits until b holds the run; a hands
+    # back only a monitor between checks, so it tries until r1's is.)
+    async def handed_back() -> bool:
         await a.lease_keeper._release_idle(1)
+        return "r1" not in a.lease_keeper.book
+
+    async with a.lease_keeper.busy:
+        await wait_for(handed_back, what="a to hand r1 back between two of its checks")
         async with b.lease_keeper.busy:
             await b.lease_keeper._claim(None)
     assert "r1" in b.monitors and "r1" not in a.monitors
