@@ -103,6 +103,8 @@ class DaemonState:
     """Issue 15: the notification sender's figures, if it runs."""
     http_url: str | None = None
     """Issue 15: the dashboard's listener (SUPERVISOR_HTTP_ADDR) as bound, if there is one."""
+    database: str = ""
+    """The run database: its URL with the password redacted, or the SQLite file's path."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +289,7 @@ def status_view(state: DaemonState) -> DaemonStatus:
         ],
         notifications=notifications_view(state.notifications),
         http_url=state.http_url,
+        database=state.database,
     )
 
 

@@ -7,6 +7,13 @@ transaction that also moves each identity sequence past the copied ids and count
 table's rows against the source's before it commits. Either everything is there, or
 nothing is.
 
+What belongs to the daemon that wrote the file rather than to the record is not carried
+(`LEFT_BEHIND`): its replica row, its duty lease and its inbox. And each run goes over
+unowned (owner and lease_until cleared, its epoch kept): a SQLite daemon writes its leases
+to the year 9999 and never renews them (it is alone behind its lock), and a daemon killed
+rather than stopped leaves them so; copied as they are, no replica would ever claim those
+runs.
+
 Synchronous (sqlite3 and a sync psycopg connection): it is a one-off command, and the
 daemon is stopped while it runs (the CLI holds the state directory's lock).
 """
@@ -21,7 +28,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from supervisor.adapters.database_url import is_postgresql, redact, redact_text
-from supervisor.adapters.schema import SCHEMA_VERSION, TABLES, Table
+from supervisor.adapters.schema import (
+    DUTY_LEASES,
+    INBOX,
+    REPLICAS,
+    RUNS,
+    SCHEMA_VERSION,
+    TABLES,
+    Table,
+)
 from supervisor.core.errors import SupervisorError
 
 if TYPE_CHECKING:
@@ -30,6 +45,13 @@ if TYPE_CHECKING:
 _PAGE = 5000
 """Rows read from SQLite at a time: the copy's memory stays bounded by this."""
 CONNECT_TIMEOUT_S = 10
+LEFT_BEHIND = (REPLICAS.name, DUTY_LEASES.name, INBOX.name)
+"""Tables not copied: the old daemon's heartbeat row (it never ran on the target), its hold
+on the leader duty (the replicas take it afresh), and its inbox (a pending command there was
+answered `no_answer` to whoever sent it, and must not be carried out long after)."""
+_UNOWNED = {"owner": None, "lease_until": None}
+"""A copied run's lease columns: unowned, claimable at once (its epoch is kept, so a fencing
+token never goes back)."""
 
 
 class MigrationRefused(SupervisorError):
@@ -50,6 +72,8 @@ class DatabaseCopied:
     """The target's URL, its password hidden."""
     schema_version: int
     tables: tuple[TableCopied, ...]
+    left_behind: tuple[str, ...] = LEFT_BEHIND
+    """The tables not copied (see `LEFT_BEHIND`)."""
 
     @property
     def rows(self) -> int:
@@ -133,7 +157,10 @@ class _Source:
         return int(found.fetchone()[0])
 
     def rows(self, table: Table) -> Iterator[list[tuple[Any, ...]]]:
-        names = ", ".join(c.name for c in table.columns)
+        """The table's rows, declared columns in order; a run's lease columns cleared."""
+        names = ", ".join(
+            "NULL" if table is RUNS and c.name in _UNOWNED else c.name for c in table.columns
+        )
         select = f"SELECT {names} FROM {table.name} ORDER BY rowid"  # noqa: S608
         cursor = self.db.execute(select)
         while page := cursor.fetchmany(_PAGE):
@@ -203,21 +230,32 @@ def _first_line(exc: BaseException, url: str) -> str:
 
 
 def _refuse_non_empty(target: psycopg.Connection[tuple[Any, ...]], url: str) -> None:
-    """Refused unless every declared table is absent or empty (a database a replica has
-    migrated but not used yet is empty too)."""
+    """Refused unless every table of the target's schema is empty, the declared ones (also
+    those not copied: a replica that has run there left its heartbeat and duty rows) and any
+    other, but for the migrations' own bookkeeping (a database a replica has migrated but not
+    used yet is empty too)."""
     import psycopg
+    from psycopg import sql
+
+    from supervisor.adapters.pg_store import SCHEMA_MIGRATIONS
 
     try:
         with target.transaction():
             holding = []
-            for table in TABLES:
-                exists = target.execute("SELECT to_regclass(%s)", [table.name]).fetchone()
-                if exists is None or exists[0] is None:
+            present = target.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() "
+                "AND tablename <> %s",
+                [SCHEMA_MIGRATIONS],
+            ).fetchall()
+            declared = [t.name for t in TABLES]
+            others = sorted(str(name) for (name,) in present if name not in declared)
+            for name in [*declared, *others]:
+                if (name,) not in present:
                     continue
-                any_row = f"SELECT 1 FROM {table.name} LIMIT 1"  # noqa: S608
+                any_row = sql.SQL("SELECT 1 FROM {} LIMIT 1").format(sql.Identifier(name))
                 row = target.execute(any_row).fetchone()
                 if row is not None:
-                    holding.append(table.name)
+                    holding.append(name)
     except psycopg.Error as exc:
         raise MigrationRefused(f"cannot read {redact(url)}: {_first_line(exc, url)}") from None
     if holding:
@@ -225,6 +263,9 @@ def _refuse_non_empty(target: psycopg.Connection[tuple[Any, ...]], url: str) -> 
             f"the database {redact(url)} is not empty (rows in {', '.join(holding)}): migrate-db "
             "copies into an empty database only; create one (createdb) and give its URL"
         )
+
+
+_CARRIED = tuple(t for t in TABLES if t.name not in LEFT_BEHIND)
 
 
 def _copy(
@@ -237,7 +278,7 @@ def _copy(
     try:
         with target.transaction():
             _refuse_non_empty(target, url)  # again, inside the copy's transaction
-            for table in TABLES:
+            for table in _CARRIED:
                 names = ", ".join(c.name for c in table.columns)
                 statement = f"COPY {table.name} ({names}) FROM STDIN"
                 with target.cursor() as cursor, cursor.copy(statement) as copy:
@@ -245,19 +286,16 @@ def _copy(
                         for row in page:
                             copy.write_row(row)
                 for column in table.columns:
-                    # Generated columns include the lease book's (runs.owner, epoch,
-                    # lease_until), which no decision writes; only an identity column has a
-                    # sequence to move past the copied ids.
                     if not column.generated:
                         continue
-                    found_sequence = target.execute(
+                    sequence = target.execute(
                         "SELECT pg_get_serial_sequence(%s, %s)", [table.name, column.name]
                     ).fetchone()
-                    if found_sequence is None or found_sequence[0] is None:
-                        continue
-                    next_id = f"COALESCE(max({column.name}), 0) + 1"
+                    if sequence is None or sequence[0] is None:
+                        continue  # written by the store alone (a run's lease), not an identity
+                    next_id = f"COALESCE(max({column.name}), 0) + 1"  # after the copied ids
                     reset = f"SELECT setval(%s, {next_id}, false) FROM {table.name}"  # noqa: S608
-                    target.execute(reset, [found_sequence[0]])
+                    target.execute(reset, [sequence[0]])
                 expected = source.count(table)
                 count = f"SELECT count(*) FROM {table.name}"  # noqa: S608
                 found = target.execute(count).fetchone()

@@ -212,6 +212,8 @@ class DaemonStatus(_Message):
     # Issue 15: the dashboard.
     http_url: str | None = None
     """The dashboard's listener (SUPERVISOR_HTTP_ADDR) as bound, if there is one."""
+    database: str = ""
+    """The run database: a PostgreSQL URL with its password redacted, or the SQLite file."""
 
 
 class ReplicaView(_Message):

@@ -19,10 +19,11 @@ from supervisor.adapters import statements as sql
 from supervisor.adapters.schema import DUTY_LEASES, INBOX, OUTBOX, REPLICAS, RUNS, Row
 from supervisor.adapters.schema import timestamp as _iso
 from supervisor.core.duties import DutyLease
-from supervisor.core.errors import InvalidInput, LeaseLost, StaleVersion
+from supervisor.core.errors import DutyLost, InvalidInput, LeaseLost, StaleVersion
 from supervisor.core.inbox import (
     ANSWER_CHANNEL,
     INBOX_CHANNEL,
+    RELEASED_CHANNEL,
     TRANSITION_CHANNEL,
     InboxAnswer,
     InboxItem,
@@ -179,8 +180,19 @@ class SqlStore(ABC):
     async def record_action(self, record: ActionRecord, *, lease: Lease | None = None) -> None:
         await self._fenced_write([sql.insert_action(record)], record.run_id, lease)
 
-    async def attach(self, record: AttachmentRecord, *, lease: Lease | None = None) -> None:
-        """Attach a file or link to a run; attaching the same one again refreshes it."""
+    async def attach(
+        self,
+        record: AttachmentRecord,
+        *,
+        lease: Lease | None = None,
+        duty: DutyLease | None = None,
+    ) -> None:
+        """Attach a file or link to a run; attaching the same one again refreshes it. Fenced
+        by the run's `lease` (its monitor), or by a fleet-wide `duty` (the crash-report
+        pass over ended runs)."""
+        if duty is not None:
+            await self._duty_fenced_write([sql.upsert_attachment(record)], duty)
+            return
         await self._fenced_write([sql.upsert_attachment(record)], record.run_id, lease)
 
     async def record_report(
@@ -337,13 +349,20 @@ class SqlStore(ABC):
 
     # -- zombies and terminations --------------------------------------------------------------
 
-    async def save_zombie(self, zombie: Zombie, termination: Termination | None = None) -> None:
-        """Upsert the zombie's row and append its terminations-log line, in one transaction."""
+    async def save_zombie(
+        self,
+        zombie: Zombie,
+        termination: Termination | None = None,
+        *,
+        duty: DutyLease | None = None,
+    ) -> None:
+        """Upsert the zombie's row and append its terminations-log line, in one transaction;
+        with `duty` (the sweep's leader lease), only while it is still held (`DutyLost`)."""
         statements = [sql.upsert_zombie(zombie)]
         if termination is not None:
             statements.append(sql.insert_termination(termination))
         statements += self._outbox(zombie_notice(zombie, self.notify_on))
-        await self._write(statements)
+        await self._duty_fenced_write(statements, duty)
 
     async def zombies(self, *, open_only: bool = True) -> list[Zombie]:
         """Zombie records, oldest mark first; by default only open ones (still zombies)."""
@@ -552,9 +571,12 @@ class SqlStore(ABC):
         )
         return {str(run_id): int(epoch) for run_id, epoch in rows}
 
-    async def release_runs(self, owner: str, leases: Iterable[tuple[str, int]]) -> int:
+    async def release_runs(
+        self, owner: str, leases: Iterable[tuple[str, int]], *, notify: bool = True
+    ) -> int:
         """Hand back runs (run id, epoch) `owner` holds: unowned, any replica may claim them
-        at once. A run no longer held under that epoch is left alone. Returns how many."""
+        at once, and (`notify`, where notices exist) the replicas are told so. A run no
+        longer held under that epoch is left alone. Returns how many."""
         released = 0
         pairs = list(leases)
         for start in range(0, len(pairs), _IN_CHUNK):
@@ -568,6 +590,8 @@ class SqlStore(ABC):
                 )
             )
             released += len(rows)
+        if released and notify and self._notices:  # after the commit: claimable now
+            await self._write(self._notify(RELEASED_CHANNEL, owner))
         return released
 
     async def release_every_lease(self) -> int:
@@ -709,9 +733,12 @@ class SqlStore(ABC):
             answered_by=v["answered_by"],
         )
 
-    async def expire_inbox(self, *, now: datetime, keep: timedelta) -> None:
+    async def expire_inbox(
+        self, *, now: datetime, keep: timedelta, duty: DutyLease | None = None
+    ) -> None:
         """The leader's tidying: pending rows of runs that have ended are failed (nobody will
-        carry them out), and answered rows older than `keep` deleted."""
+        carry them out), and answered rows older than `keep` deleted; with `duty`, only while
+        it is still held (`DutyLost`)."""
         message = {
             "error": "InvalidTransition",
             "message": "the run ended before its owner took this",
@@ -724,14 +751,15 @@ class SqlStore(ABC):
         encoded = INBOX.encode(
             {"answer_json": message, "answered_at": now}, ("answer_json", "answered_at")
         )
-        await self._write(
+        await self._duty_fenced_write(
             [
                 (ended, (InboxState.FAILED.value, *encoded, InboxState.PENDING.value, *_TERMINAL)),
                 (
                     "DELETE FROM inbox WHERE state <> ? AND answered_at < ?",
                     (InboxState.PENDING.value, _iso(now - keep)),
                 ),
-            ]
+            ],
+            duty,
         )
 
     async def hold_duty(
@@ -898,6 +926,29 @@ class SqlStore(ABC):
         """Outbox rows by state."""
         rows = await self._read("SELECT state, COUNT(*) FROM outbox GROUP BY state")
         return {str(state): int(n) for state, n in rows}
+
+    # -- fleet-wide duties: writes fenced by the duty lease (issue 14) ------------------------
+
+    async def _duty_fenced_write(
+        self, statements: list[sql.Statement], duty: DutyLease | None
+    ) -> None:
+        """Write `statements` in one transaction; with `duty`, only while its holder and epoch
+        are still the duty's (else nothing is written and `DutyLost` raised), as a monitor's
+        writes are fenced by its run's lease. On PostgreSQL the fence's UPDATE also holds the
+        duty's row until the commit, so no take-over comes between."""
+        if duty is None:
+            await self._write(statements)
+            return
+        fence = (
+            "UPDATE duty_leases SET epoch = epoch WHERE name = ? AND owner = ? AND epoch = ?",
+            (duty.name, duty.owner, duty.epoch),
+        )
+        try:
+            await self._write([fence, *statements], stale_if_unchanged=f"duty {duty.name}")
+        except StaleVersion:
+            raise DutyLost(
+                f"duty {duty.name}: replica {duty.owner} no longer holds it (epoch {duty.epoch})"
+            ) from None
 
 
 _INSERT_OUTBOX = OUTBOX.insert(on_conflict="ignore")

@@ -47,6 +47,10 @@ def migrate_db(args: argparse.Namespace, daemon: DaemonLocation) -> int:
         "matches"
     )
     print(
+        f"not copied: {', '.join(copied.left_behind)} (this daemon's own; the replicas make "
+        "theirs); every run goes over unowned, for a replica to claim"
+    )
+    print(
         f"next: set SUPERVISOR_DATABASE_URL={copied.target} (with its password, or use "
         "PGPASSWORD or ~/.pgpass) for every replica, and start them"
     )

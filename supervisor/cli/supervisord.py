@@ -63,7 +63,7 @@ give another host: the listener has no authentication).
 examples:
   supervisord start                  start in the background, return once it answers
   supervisord start --foreground     run in this terminal (systemd uses this)
-  supervisord status                 pid, uptime, runs by phase, AWS calls
+  supervisord status                 pid, uptime, database, runs by phase, AWS calls
   supervisord stop                   finish in-flight transitions, then exit
 """
 
@@ -266,6 +266,8 @@ def _status(daemon: DaemonLocation, *, as_json: bool) -> int:
     calls = ", ".join(f"{op} {n}" for op, n in status.aws_calls.items()) or "none"
     print(f"supervisord {status.version} running, pid {status.pid}, up {ago(status.started_at)}")
     print(f"state directory: {status.state_dir}")
+    if status.database:  # a daemon of before issue 14 does not say
+        print(f"database: {status.database}")
     print(f"monitors: {status.monitors}; runs: {phases}")
     print(f"AWS calls since start: {calls}")
     restarts = ", ".join(f"{task} {n}" for task, n in status.root_task_restarts.items())

@@ -188,6 +188,7 @@ class DaemonStatus:
     notifications: dict[str, Any] | None = None
     """Issue 15: the daemon's JSON of its notification sender (`NotificationsView`)."""
     http_url: str | None = None
+    database: str = ""
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DaemonStatus:

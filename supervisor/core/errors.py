@@ -88,3 +88,9 @@ class LeaseLost(SupervisorError):
 
 class NoAnswer(SupervisorError):
     """The replica that owns a run did not answer a request in time (issue 14: replicas)."""
+
+
+class DutyLost(SupervisorError):
+    """This replica no longer holds a fleet-wide duty's lease (another replica took it over
+    since): the duty's write was refused and nothing written. The work stops here; the new
+    holder's next sweep looks again (issue 14: replicas)."""

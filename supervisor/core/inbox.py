@@ -24,7 +24,11 @@ ANSWER_CHANNEL = "supervisor_answer"
 TRANSITION_CHANNEL = "supervisor_transition"
 """The notice channel of a committed transition (payload: its run id), for `tail -f` on
 another replica."""
-NOTICE_CHANNELS = (INBOX_CHANNEL, ANSWER_CHANNEL, TRANSITION_CHANNEL)
+NOTICE_CHANNELS: tuple[str, ...] = (INBOX_CHANNEL, ANSWER_CHANNEL, TRANSITION_CHANNEL)
+RELEASED_CHANNEL = "supervisor_released"
+"""The notice channel of runs handed back (payload: the replica that released them): the
+other replicas claim at once, not at their next round (a clean stop's hand-over)."""
+NOTICE_CHANNELS += (RELEASED_CHANNEL,)
 
 
 class InboxKind(enum.StrEnum):

@@ -455,6 +455,7 @@ class ControlApi:
             now=d.clock.now(),
             notifications=await d.notifier.status() if d.notifier is not None else None,
             http_url=d.http_server.url if d.http_server is not None else None,
+            database=d.settings.database_shown,
         )
 
     async def metrics(self, accept: str) -> Exposition:

@@ -24,7 +24,7 @@ from supervisor.adapters.control_views import ControlViews
 from supervisor.adapters.metrics_http import MetricsServer
 from supervisor.adapters.web.server import HttpServer
 from supervisor.core.duties import LEADER
-from supervisor.core.errors import InvalidInput, LeaseLost
+from supervisor.core.errors import DutyLost, InvalidInput, LeaseLost
 from supervisor.core.events import MonitorFailed
 from supervisor.core.inbox import HandedEvent
 from supervisor.core.leases import Lease
@@ -37,7 +37,7 @@ from supervisor.runtime.events import EventConsumer, Queue
 from supervisor.runtime.executor import Executor, ExecutorPorts, read_crash_report
 from supervisor.runtime.idle import IdleSweep
 from supervisor.runtime.inbox import InboxConsumer, hand_over
-from supervisor.runtime.leases import LeaseBook, LeaseKeeper, default_replica_id
+from supervisor.runtime.leases import DatabaseLost, LeaseBook, LeaseKeeper, default_replica_id
 from supervisor.runtime.metrics import Metrics
 from supervisor.runtime.monitor import Monitor, MonitorDeps
 from supervisor.runtime.notifier import Notifier, NotifyPolicy
@@ -111,6 +111,7 @@ class Daemon:
         self.leader = DutyKeeper(
             store, self.clock, name=LEADER, replica_id=self.replica_id,
             ttl_s=settings.lease_ttl_s, take_over_at_start=sole_replica,
+            on_acquired=self._on_leader,
         )  # fmt: skip
         self.shells = dict(shells or {})
         self.executor = Executor(
@@ -155,7 +156,7 @@ class Daemon:
             interval_s=settings.zombie_interval_s,
             retry_base_s=settings.retry_base_s,
             metrics=self.metrics,
-            may_act=self.leader.holds,
+            duty=self.leader.held,
         )
         self.idle_sweep = IdleSweep(
             cloud,
@@ -172,7 +173,12 @@ class Daemon:
             arm=self.spawn,
             disarm=self._disarm,
             idle_runs=lambda: [m.run_id for m in self.monitors.values() if not m.busy],
+            on_cut_off=self._database_lost,
+            notices=self.notices,
         )
+        self.database_lost: DatabaseLost | None = None
+        """Set when the lease keeper was cut off from the database for a TTL: the daemon
+        ends with it (exit status 1), handing nothing back."""
         self.metrics.watch_leases(self.lease_keeper)
         self.accepting = False
         self._stop = asyncio.Event()
@@ -183,7 +189,7 @@ class Daemon:
         self.inbox = InboxConsumer(
             store, self.notices, self.clock, replica_id=self.replica_id,
             local=self.monitors.get, carry_out=self.api.carry_out, poll_s=settings.inbox_poll_s,
-            tidies=self.leader.holds,
+            tidies=self.leader.held,
         )  # fmt: skip
         self.views = ControlViews(self.api)
         """The API as the control socket serves it: its answers as the protocol's views."""
@@ -247,8 +253,9 @@ class Daemon:
             # Re-adopt by claiming (no AWS call per run): with SQLite every active run, with
             # replicas a fair share.
             readopted = await self.lease_keeper.start()
-            self._start(self._attach_missed_crash_reports(), "crash-reports")
-            await self.leader.renew()  # before the sweep's first look: at once on SQLite
+            # Before the sweep's first look (at once on SQLite); its holder reads the crash
+            # reports missed (`_on_leader`).
+            await self.leader.renew()
             for name, loop in self._root_loops():
                 self.metrics.root_task_started(name)
                 self._start(self.root_tasks.keep_running(name, loop), name)
@@ -264,7 +271,10 @@ class Daemon:
                 await on_ready()
             await self._stop.wait()
             await self._shutdown()
-        await self._hand_back()
+        if self.database_lost is None:
+            await self._hand_back()
+        if self.database_lost is not None:
+            raise self.database_lost
         if self.root_tasks.failed is not None:
             raise self.root_tasks.failed
 
@@ -282,14 +292,26 @@ class Daemon:
             loops.append(("notify", self.notifier.run_forever))
         return loops
 
+    def _on_leader(self) -> None:
+        """This replica came to hold the leader duty (with SQLite: at start): the fleet-wide
+        work done once per holder starts."""
+        if self._tg is not None:
+            self._start(self._attach_missed_crash_reports(), "crash-reports")
+
     async def _attach_missed_crash_reports(self) -> None:
-        """Once at start: a daemon killed between a crash's commit and reading the job's crash
-        report lost that read, and an ended run is never looked at again. Read the reports
-        of runs that crashed in the last day and have none attached (one GET each)."""
+        """Once per leader (the sole daemon: at start): a replica killed between a crash's
+        commit and reading the job's crash report lost that read, and an ended run is never
+        looked at again. Read the reports of runs that crashed in the last day and have none
+        attached (one GET each). A fleet-wide duty: one replica reads them, each attach
+        fenced by the leader lease."""
         since = self.clock.now() - CRASH_REPORT_LOOKBACK
         try:
             missed = await self.store.crashed_without_crash_log(since=since)
             for record in missed:
+                duty = self.leader.held()
+                if duty is None:
+                    log.info("crash_report_pass_stopped", why="not holding the leader duty")
+                    return
                 spec = record.run.spec
                 try:
                     attachment = await read_crash_report(
@@ -300,9 +322,11 @@ class Daemon:
                     log.warning("crash_report_unread", run_id=spec.run_id, code=gave_up.error.code)
                     continue
                 if attachment is not None:
-                    await self.store.attach(attachment)
+                    await self.store.attach(attachment, duty=duty)
                     log.info("crash_report_attached", run_id=spec.run_id, uri=attachment.uri,
                              bytes=attachment.size, late=True)  # fmt: skip
+        except DutyLost as lost:  # the new leader reads them
+            log.info("crash_report_pass_stopped", why=str(lost))
         except Exception:  # a best-effort pass: it must not take the daemon down
             log.exception("crash_report_pass_failed")
 
@@ -335,7 +359,8 @@ class Daemon:
         # Phase 2: cancel the rest. Idle monitors lose nothing: their state is in SQLite.
         await self._stop_root_task("duties")
         try:
-            await self.leader.release()  # another replica sweeps without waiting out the TTL
+            if self.database_lost is None:  # else it cannot be written, and has expired
+                await self.leader.release()  # another replica sweeps without waiting the TTL
         except Exception:
             log.exception("duty_release_failed")
         await self.server.close()
@@ -432,6 +457,10 @@ class Daemon:
         of the run took over meanwhile)."""
         if self.monitors.get(monitor.run_id) is monitor:
             self.lease_keeper.stopped(monitor.run_id, lost=lost)
+
+    def _database_lost(self, lost: DatabaseLost) -> None:
+        self.database_lost = lost
+        self.request_shutdown("database lost")
 
     def _disarm(self, run_id: str) -> None:
         """Stop a run's monitor at once, its lease lost or handed back: no further write or

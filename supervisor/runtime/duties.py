@@ -7,11 +7,16 @@ that was frozen past its lease's end refuses to act before it has even read the 
 With SQLite the single daemon takes the lease over at start (its state-directory lock proves
 nobody else is alive), so a restart sweeps at once as before, and holds it until it stops
 with no renewal (no periodic write), as it holds its runs' leases.
+
+The duty's writes are fenced by the lease as a monitor's are by its run's: `held()` gives the
+lease to write under, and the store refuses the write (`DutyLost`) once another replica took
+the duty over (its epoch moved on), whatever this replica's clock says.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import timedelta
 
 import structlog
@@ -33,9 +38,13 @@ class DutyKeeper:
         replica_id: str,
         ttl_s: float,
         take_over_at_start: bool = False,
+        on_acquired: Callable[[], object] = lambda: None,
     ) -> None:
         """`take_over_at_start`: this is the sole daemon on its database (SQLite behind the
-        state-directory lock): it takes the duty over at start and holds it until it stops."""
+        state-directory lock): it takes the duty over at start and holds it until it stops.
+        `on_acquired`: called each time this replica comes to hold the duty (work done once
+        per holder, such as the crash-report pass)."""
+        self._on_acquired = on_acquired
         self._store = store
         self._clock = clock
         self.name = name
@@ -59,6 +68,11 @@ class DutyKeeper:
             self.replica_id, now=self._clock.now(), margin=self._margin
         )
 
+    def held(self) -> DutyLease | None:
+        """The lease to write the duty's work under, if this replica holds it now (with
+        margin to act); else None: do nothing."""
+        return self.lease if self.holds() else None
+
     async def renew(self) -> bool:
         """Take or renew the lease once; returns whether this replica holds it."""
         had = self.holds()
@@ -73,6 +87,8 @@ class DutyKeeper:
             event = "duty_acquired" if holds else "duty_lost"
             log.info(event, duty=self.name, replica=self.replica_id, holder=self.lease.owner,
                      epoch=self.lease.epoch)  # fmt: skip
+            if holds:
+                self._on_acquired()
         return holds
 
     async def run_forever(self) -> None:

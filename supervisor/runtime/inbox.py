@@ -27,7 +27,9 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from supervisor.core.duties import DutyLease
 from supervisor.core.errors import (
+    DutyLost,
     InvalidInput,
     InvalidTransition,
     LeaseLost,
@@ -166,10 +168,10 @@ class InboxConsumer:
         local: Callable[[str], Monitor | None],
         carry_out: CarryOut,
         poll_s: float,
-        tidies: Callable[[], bool] = lambda: False,
+        tidies: Callable[[], DutyLease | None] = lambda: None,
     ) -> None:
-        """`tidies`: whether this replica tidies the inbox now (the holder of the leader
-        duty)."""
+        """`tidies`: the leader duty's lease when this replica holds it (and tidies the
+        inbox, its writes fenced by that lease), else None."""
         self._store = store
         self._notices = notices
         self._clock = clock
@@ -198,8 +200,12 @@ class InboxConsumer:
         """On the leader, every `TIDY_INTERVAL`: end the rows of ended runs, drop old ones."""
         now = self._clock.now()
         due = self._tidied_at is None or now - self._tidied_at >= TIDY_INTERVAL
-        if due and self._tidies():
-            await self._store.expire_inbox(now=now, keep=KEEP_ANSWERED)
+        duty = self._tidies() if due else None
+        if duty is not None:
+            try:
+                await self._store.expire_inbox(now=now, keep=KEEP_ANSWERED, duty=duty)
+            except DutyLost as lost:  # the new holder tidies
+                log.info("inbox_tidy_skipped", why=str(lost))
             self._tidied_at = now
 
     async def take(self) -> list[InboxItem]:

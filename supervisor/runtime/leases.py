@@ -14,6 +14,14 @@ With SQLite (one daemon, its state-directory lock) the same code runs with one r
 `exclusive`: at start it takes over every lease, since the lock proves nobody else is alive,
 and no other replica can take one from it, so its clock never expires them.
 
+A replica cut off from the database (issue 14, deliberately): once no renewal has succeeded
+for a whole TTL, every lease it held may be another replica's. The keeper then drops every
+monitor and lease, logs `database_lost` and ends the daemon (`DatabaseLost`: exit status 1,
+without handing back leases it can no longer write), so that its service manager starts it
+again; a start refuses until the database answers, then claims its share afresh. Until that
+TTL is out nothing changes: the store retries, and a monitor's action is refused by
+`LeaseBook.check` as its lease runs short.
+
 Not here: routing a command to another replica's run, SQS handoff, the leader lease.
 """
 
@@ -29,6 +37,7 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from supervisor.core.errors import LeaseLost
+from supervisor.core.inbox import RELEASED_CHANNEL
 from supervisor.core.leases import (
     Lease,
     LeasedRun,
@@ -39,7 +48,8 @@ from supervisor.core.leases import (
     surplus,
 )
 from supervisor.core.run import Phase, Run
-from supervisor.runtime.ports import Clock, RunStore
+from supervisor.runtime.ports import Clock, Notices, PollingNotices, RunStore
+from supervisor.runtime.root_tasks import RootTaskFailed
 
 log = structlog.get_logger("supervisor.leases")
 
@@ -49,6 +59,11 @@ UNTIL_RELEASED = datetime(9999, 1, 1, tzinfo=UTC)
 """The expiry an exclusive replica's leases are written with: nobody else can claim them,
 so they are never renewed (no write to a run's row for its lease while it is watched), and
 the next daemon on the file releases them at its start."""
+
+
+class DatabaseLost(RootTaskFailed):
+    """No lease renewal reached the database for a whole TTL: this replica holds nothing any
+    more and exits, for its service manager to start it again (exit status 1)."""
 
 
 def default_replica_id() -> str:
@@ -176,7 +191,14 @@ class LeaseKeeper:
         idle_runs: Callable[[], Iterable[str]],
         host: str | None = None,
         pid: int | None = None,
+        on_cut_off: Callable[[DatabaseLost], None] = lambda _: None,
+        notices: Notices | None = None,
     ) -> None:
+        """`on_cut_off`: called once no renewal has succeeded for a TTL (see the module).
+        `notices`: wake-ups between replicas; a round starts early when another replica
+        hands runs back (PostgreSQL's NOTIFY), so a clean stop's runs are claimed at once."""
+        self._on_cut_off = on_cut_off
+        self._notices: Notices = notices or PollingNotices()
         self._store = store
         self.book = book
         self._clock = clock
@@ -188,7 +210,16 @@ class LeaseKeeper:
         """Renew and claim every third of the TTL: two renewals may fail before a lease
         expires."""
         self._to_release: dict[str, int] = {}
+        self.busy = asyncio.Lock()
+        """Held by each round and each claim of one run (`adopt`): a renewal's answer,
+        read before a claim committed, must not be applied after it (it would drop the
+        run just claimed as lost)."""
         """Runs to hand back at the next tick (their monitors stopped here), with epochs."""
+        self._renewed_at = clock.now()
+        """When the last renewal succeeded (or the start): a TTL after it, every lease held
+        may be another's."""
+        self._deadline: asyncio.Timeout | None = None
+        """The running round's time limit (`run_forever`)."""
         self.replica = Replica(
             replica_id=book.owner,
             host=host or socket.gethostname(),
@@ -213,11 +244,13 @@ class LeaseKeeper:
         earlier life handed back (exclusive: every lease); then the first claim (exclusive:
         every active run). Returns how many runs were armed."""
         await self._heartbeat()
+        self._renewed_at = self._clock.now()
         if self.book.exclusive:
             await self._store.release_every_lease()
         else:
             earlier = await self._store.renew_leases(self.owner, until=self._clock.now())
-            await self._store.release_runs(self.owner, earlier.items())
+            # Its own runs of an earlier life, which it claims again at once: nobody to wake.
+            await self._store.release_runs(self.owner, earlier.items(), notify=False)
         return await self._claim(None if self.book.exclusive else await self._share())
 
     async def hand_back(self) -> int:
@@ -240,14 +273,79 @@ class LeaseKeeper:
 
     async def run_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.interval_s)
-            await self.tick()
+            await self._notices.wait(RELEASED_CHANNEL, self.interval_s)
+            if self.book.exclusive:  # its leases never expire: nobody else could take them
+                await self.tick()
+                continue
+            try:
+                # A round stuck on an unreachable database (the store retries) ends when
+                # the leases would have; but each round gets a claim interval at least: a
+                # replica that wakes from a freeze past its TTL must try (and drop the leases
+                # it lost), not take its own pause for a lost database.
+                async with asyncio.timeout(None) as self._deadline:
+                    self._push_deadline()
+                    try:
+                        await self.tick()
+                    finally:
+                        self._deadline = None  # `tick` alone (tests) pushes nothing
+            except Exception as exc:  # TimeoutError, or the store's own error
+                if self._left_s() > 0:
+                    raise  # restarted as a root task: the next round may renew in time
+                # The database failed this round (or did not answer within it), a TTL or more
+                # since the last renewal.
+                self.cut_off(exc)
+                await asyncio.Event().wait()  # the daemon is ending: until it cancels this
+
+    def _push_deadline(self) -> None:
+        """Move the running round's deadline to a TTL after the last renewal (a round that
+        has renewed may take its time over the claims that follow)."""
+        if self._deadline is not None:
+            loop = asyncio.get_running_loop()
+            least = self.book.ttl.total_seconds() / 3  # a claim interval
+            self._deadline.reschedule(loop.time() + max(least, self._left_s()))
+
+    def _left_s(self) -> float:
+        """Seconds until a TTL has passed since the last successful renewal."""
+        return (self._renewed_at + self.book.ttl - self._clock.now()).total_seconds()
+
+    def cut_off(self, exc: BaseException | None = None) -> DatabaseLost:
+        """No renewal for a TTL: drop every monitor and lease (no further write or AWS call)
+        and end the daemon through `on_cut_off`."""
+        silent_s = (self._clock.now() - self._renewed_at).total_seconds()
+        dropped = [run_id for run_id, _ in self.book.items()]
+        for run_id in dropped:
+            self.book.drop(run_id)
+            self._disarm(run_id)
+            self.counts.lose("cut-off")
+        self._to_release.clear()
+        if exc is None or isinstance(exc, TimeoutError):
+            error = "no answer from the database"
+        else:
+            error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        lost = DatabaseLost(
+            f"replica {self.owner} could not renew its leases for {silent_s:.0f} s (lease TTL "
+            f"{self.book.ttl.total_seconds():g} s; last error: {error}): its runs may be "
+            "another replica's now; supervisord exits so that its service manager starts it "
+            "again once the database answers"
+        )
+        log.error(
+            "database_lost", replica=self.owner, silent_s=round(silent_s, 1),
+            ttl_s=self.book.ttl.total_seconds(), monitors_dropped=len(dropped), error=error,
+        )  # fmt: skip
+        self._on_cut_off(lost)
+        return lost
 
     async def tick(self) -> None:
         """One round: renew (one statement), drop what was lost, heartbeat, hand back what
         stopped here, then claim towards the fair share or hand back a surplus."""
+        async with self.busy:
+            await self._round()
+
+    async def _round(self) -> None:
         if not self.book.exclusive:
             await self._renew()
+            self._renewed_at = self._clock.now()
+            self._push_deadline()
         await self._heartbeat()
         if self._to_release:
             pending, self._to_release = self._to_release, {}
@@ -287,6 +385,10 @@ class LeaseKeeper:
 
     async def adopt(self, run_id: str) -> Lease | None:
         """Claim one run now (just resumed here), if nobody else holds it."""
+        async with self.busy:
+            return await self._adopt(run_id)
+
+    async def _adopt(self, run_id: str) -> Lease | None:
         now = self._clock.now()
         self._to_release.pop(run_id, None)
         claimed = await self._store.claim_runs(

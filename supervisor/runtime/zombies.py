@@ -1,7 +1,9 @@
 """The zombie sweep: finds instances still running after their run ended, or tagged
 `supervisor:run-id` with no active run to own them, records them, and (with auto-terminate)
 terminates them after the wait, never twice within the cooldown. With replicas it runs on the
-one that holds the duty lease `leader` (`runtime.duties`).
+one that holds the duty lease `leader` (`runtime.duties`), and every write it makes (a zombie's
+row, its terminations-log line) is fenced by that lease: a replica that lost the duty cannot
+write, and with its action's intent refused, makes no call.
 
 Every decision is the pure core's (`supervisor.core.zombies`); this module only gathers what
 they need, carries out the calls and commits the results. Per sweep and region it makes one
@@ -19,7 +21,8 @@ from datetime import timedelta
 
 import structlog
 
-from supervisor.core.errors import ExternalError, NotFoundError
+from supervisor.core.duties import DutyLease
+from supervisor.core.errors import DutyLost, ExternalError, NotFoundError
 from supervisor.core.events import Action
 from supervisor.core.run import Run
 from supervisor.core.values import InstanceId
@@ -82,12 +85,14 @@ class ZombieWatch:
         retry_base_s: float,
         lookback: timedelta = LOOKBACK,
         metrics: MetricsSink | None = None,
-        may_act: Callable[[], bool] = lambda: True,
+        duty: Callable[[], DutyLease | None] | None = None,
     ) -> None:
-        """`may_act`: whether this replica holds the sweep's duty lease now (with replicas,
-        one sweeps; see `runtime.duties`): asked before each sweep and each AWS action."""
+        """`duty`: the sweep's duty lease if this replica holds it now, else None (with
+        replicas, one sweeps; see `runtime.duties`): asked before each sweep and each AWS
+        action, and every write goes under it. Without it (one process, tests) the watch
+        always sweeps and its writes are not fenced."""
         self._store = store
-        self._may_act = may_act
+        self._duty = duty
         self._cloud = cloud
         self._clock = clock
         self.policy = policy
@@ -107,16 +112,28 @@ class ZombieWatch:
         the runs' own sweep."""
         while True:
             await asyncio.sleep(self.interval_s)
-            if not self._may_act():
-                continue  # another replica holds the duty
             try:
                 await self.sweep()
             except asyncio.CancelledError:
                 raise
+            except DutyLost as lost:  # taken over since this sweep began: the holder sweeps
+                log.warning("zombie_sweep_stopped", why=str(lost))
             except Exception:
                 log.exception("zombie_sweep_failed")
 
+    def _held(self) -> tuple[bool, DutyLease | None]:
+        """Whether this replica may sweep and act now, and the duty lease to write under."""
+        if self._duty is None:
+            return True, None
+        duty = self._duty()
+        return duty is not None, duty
+
     async def sweep(self) -> SweepResult:
+        """One sweep, if this replica holds the duty (else nothing: `SweepResult()`).
+        `DutyLost` if the duty was taken over while it ran: it stops at the refused write."""
+        may, duty = self._held()
+        if not may:
+            return SweepResult()  # another replica holds the duty
         now = self._clock.now()
         self.sweeps += 1
         open_zombies = {(z.instance_id, z.region): z for z in await self._store.zombies()}
@@ -139,7 +156,7 @@ class ZombieWatch:
             if not instance.state.is_alive:
                 if existing is not None:
                     ended, line = observe_ended(existing, instance.state, now=now)
-                    await self._store.save_zombie(ended, line)
+                    await self._store.save_zombie(ended, line, duty=duty)
                     if line is not None:
                         self._metrics.instance_acted("zombie", line.action, line.outcome)
                     self._resolved(ended)
@@ -153,13 +170,13 @@ class ZombieWatch:
             if isinstance(verdict, NotZombie):
                 if existing is not None:
                     cleared = clear(existing, verdict.why, now=now)
-                    await self._store.save_zombie(cleared)
+                    await self._store.save_zombie(cleared, duty=duty)
                     self._resolved(cleared)
                     resolved += 1
                 continue
             zombie = mark(instance, verdict, existing, now=now)
             if zombie != existing:
-                await self._store.save_zombie(zombie)
+                await self._store.save_zombie(zombie, duty=duty)
                 if existing is None:
                     marked += 1
                     log.warning(
@@ -239,13 +256,17 @@ class ZombieWatch:
         async with self._limit:
             try:
                 await self._attempt(zombie, action)
+            except DutyLost as lost:  # its intent refused: no call was made
+                log.info("zombie_attempt_skipped", instance_id=zombie.instance_id,
+                         reason=str(lost))  # fmt: skip
             except Exception:  # one zombie's trouble must not stop the others'
                 log.exception(
                     "zombie_attempt_crashed", instance_id=zombie.instance_id, action=str(action)
                 )
 
     async def _attempt(self, zombie: Zombie, action: Action) -> None:
-        if not self._may_act():  # the duty moved (or this replica was frozen) since the sweep
+        may, duty = self._held()
+        if not may:  # the duty moved (or this replica was frozen) since the sweep
             log.info("zombie_attempt_skipped", instance_id=zombie.instance_id,
                      reason="not holding the sweep's duty lease")  # fmt: skip
             return
@@ -253,7 +274,7 @@ class ZombieWatch:
         owner = await self._store.active_owner(zombie.instance_id, zombie.region)
         if owner is not None:
             cleared = clear(zombie, f"run {owner} owns it now", now=self._clock.now())
-            await self._store.save_zombie(cleared)
+            await self._store.save_zombie(cleared, duty=duty)
             self._resolved(cleared)
             return
         operation = _OPERATION[action]
@@ -262,7 +283,7 @@ class ZombieWatch:
             Action.STOP: self._cloud.stop_instance,
         }[action]
         zombie = begin(zombie, action, now=self._clock.now())
-        await self._store.save_zombie(zombie)  # intent before effect
+        await self._store.save_zombie(zombie, duty=duty)  # intent before effect, fenced
         log.info(
             "zombie_action_requested",
             instance_id=zombie.instance_id,
@@ -297,7 +318,12 @@ class ZombieWatch:
             else:
                 result = CallFailed(error.code, error.message, gave_up.attempts)
         after, line = attempted(zombie, action, result, now=self._clock.now())
-        await self._store.save_zombie(after, line)
+        try:
+            await self._store.save_zombie(after, line, duty=duty)
+        except DutyLost as lost:  # the call was made: the new holder's sweep looks again
+            log.warning("zombie_result_unrecorded", instance_id=zombie.instance_id,
+                        operation=operation, why=str(lost))  # fmt: skip
+            return
         self._metrics.instance_acted("zombie", action, line.outcome)
         level = "warning" if line.error_code and line.outcome != "not-found" else "info"
         getattr(log, level)(

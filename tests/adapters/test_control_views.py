@@ -103,13 +103,14 @@ def test_the_daemon_state_goes_out_as_its_status() -> None:
         pid=42, version="0.1.0", started_at=NOW, state_dir="/s", socket="/s/d.sock",
         runs_by_phase={"running": 1}, monitors=1, aws_calls={"s3:ListObjectsV2": 3},
         metrics_url=None, root_task_restarts={"events": 0},
+        database="postgresql://sv:***@db:5432/runs",
     )  # fmt: skip
     assert status_view(state).model_dump_json(by_alias=True) == (
         f'{{"pid":42,"version":"0.1.0","started_at":{AT},"state_dir":"/s",'
         '"socket":"/s/d.sock","runs_by_phase":{"running":1},"monitors":1,'
         '"aws_calls":{"s3:ListObjectsV2":3},"metrics_url":null,"root_task_restarts":{"events":0},'
         '"replica_id":"","role":"","runs_owned":0,"replicas":[],"notifications":null,'
-        '"http_url":null}'
+        '"http_url":null,"database":"postgresql://sv:***@db:5432/runs"}'
     )
 
 

@@ -1,8 +1,10 @@
 """`migrate-db`'s copy: a run database made by this version through the real store (runs with
 transitions, instances, attachments, run data, report problems, actions, audit, zombies and
 terminations) copied into an empty PostgreSQL database migrated by the store's own runner:
-every table equal row for row, the query path reading the same from both, ids going on after
-the copied ones; and each refusal, which leaves the target as it was."""
+every table of the record equal row for row, the query path reading the same from both, ids
+going on after the copied ones; the daemon's own rows (its heartbeat, its duty lease, its
+inbox) left behind and every run unowned with its epoch kept; and each refusal, which leaves
+the target as it was."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from supervisor.adapters.migrate_db import MigrationRefused, copy_database
+from supervisor.adapters.migrate_db import LEFT_BEHIND, MigrationRefused, copy_database
 from supervisor.adapters.pg_store import PgStore
 from supervisor.adapters.query import RunDatabase
 from supervisor.adapters.schema import SCHEMA_VERSION, TABLES
@@ -40,6 +42,10 @@ RECORD = {
     "report_problems", "zombies", "terminations", "audit",
 }  # fmt: skip
 """The tables the issue names (objectives are in runs.spec_json): `_fill` writes each."""
+CARRIED = [t for t in TABLES if t.name not in LEFT_BEHIND]
+LEASE = {"owner", "lease_until"}
+"""A run's lease columns, cleared by the copy."""
+SQLITE_DAEMON = "oldbox-4242"
 
 
 async def _fill(path: Path) -> None:
@@ -108,6 +114,25 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 "VALUES ('mgda-3', ?, 'us-east-1', ?, 'launched')",
                 (instance, later),
             )
+        # What a SQLite daemon killed while it ran leaves: every run leased to it until the
+        # year 9999 (it never renews), its heartbeat, its leader duty, a command in its inbox.
+        db.execute(
+            "UPDATE runs SET owner = ?, epoch = 3, lease_until = '9999-01-01T00:00:00+00:00'",
+            (SQLITE_DAEMON,),
+        )
+        db.execute(
+            "INSERT INTO replicas VALUES (?, 'oldbox', 4242, ?, ?, 'running', 30.0)",
+            (SQLITE_DAEMON, NOW.isoformat(), NOW.isoformat()),
+        )
+        db.execute(
+            "INSERT INTO duty_leases VALUES ('leader', ?, 1, '9999-01-01T00:00:00+00:00')",
+            (SQLITE_DAEMON,),
+        )
+        db.execute(
+            "INSERT INTO inbox (id, run_id, kind, body_json, created_at, created_by, state) "
+            "VALUES ('c0ffee', 'imtlg-2', 'command', '{}', ?, ?, 'pending')",
+            (NOW.isoformat(), SQLITE_DAEMON),
+        )
     return path
 
 
@@ -141,20 +166,53 @@ def postgres_count(url: str, table: str) -> int:
 # -- the copy -----------------------------------------------------------------------------
 
 
-def test_every_declared_table_is_copied_row_for_row_with_its_ids(made: Path, migrated: str) -> None:
-    for table in TABLES:
-        names = ", ".join(c.name for c in table.columns)
+def test_every_table_of_the_record_is_copied_row_for_row_with_its_ids(
+    made: Path, migrated: str
+) -> None:
+    for table in CARRIED:
+        names = ", ".join(c.name for c in table.columns if c.name not in LEASE)
         assert postgres_rows(migrated, table.name, names) == sqlite_rows(made, table.name, names)
     # Every table of the daemon's record had rows to copy: none passed by being empty.
     empty = {t.name for t in TABLES if not sqlite_rows(made, t.name, "1")}
     assert empty.isdisjoint(RECORD), empty
 
 
+def test_every_run_goes_over_unowned_with_its_epoch_and_the_daemons_own_rows_stay(
+    made: Path, migrated: str
+) -> None:
+    """A killed SQLite daemon's leases run to the year 9999: copied, nobody would claim."""
+    assert set(sqlite_rows(made, "runs", "owner, epoch")) == {(SQLITE_DAEMON, 3)}
+    assert set(postgres_rows(migrated, "runs", "owner, epoch, lease_until")) == {(None, 3, None)}
+    assert set(LEFT_BEHIND) == {"replicas", "duty_leases", "inbox"}
+    for table in LEFT_BEHIND:
+        assert sqlite_rows(made, table, "1") != []
+        assert postgres_count(migrated, table) == 0
+
+
+def test_a_replica_on_the_copy_claims_its_active_runs_at_once(made: Path, pg_url: str) -> None:
+    copy_database(made, pg_url)
+    phases = sqlite_rows(made, "runs", "run_id, phase")
+    active = {run_id for run_id, phase in phases if not Phase(phase).is_terminal}
+    assert active and len(active) < len(phases)
+
+    async def claim() -> list[tuple[str, int]]:
+        store = await PgStore.open(pg_url)
+        try:
+            later = NOW + timedelta(days=1)
+            claimed = await store.claim_runs("replica-a", limit=100, now=NOW, until=later)
+            return [(c.record.run.spec.run_id, c.lease.epoch) for c in claimed]
+        finally:
+            await store.close()
+
+    assert sorted(asyncio.run(claim())) == sorted((run_id, 4) for run_id in active)
+
+
 def test_the_copy_reports_each_tables_rows_and_hides_the_password(
     made: Path, pg_url: str, postgres_server: PostgresServer
 ) -> None:
     copied = copy_database(made, pg_url)
-    assert [t.table for t in copied.tables] == [t.name for t in TABLES]
+    assert [t.table for t in copied.tables] == [t.name for t in CARRIED]
+    assert copied.left_behind == LEFT_BEHIND
     for table in copied.tables:
         assert table.rows == len(sqlite_rows(made, table.table, "1"))
         assert table.rows > 0 or table.table not in RECORD
@@ -220,6 +278,31 @@ def test_a_target_with_run_data_is_refused_and_left_as_it_was(made: Path, migrat
     assert "is not empty (rows in runs, transitions," in str(refused.value)
     assert "copies into an empty database only" in str(refused.value)
     assert {t.name: postgres_count(migrated, t.name) for t in TABLES} == before
+
+
+def test_a_target_with_rows_in_any_table_is_refused(made: Path, pg_url: str) -> None:
+    """Rows a replica leaves (its heartbeat), and rows of a table the schema does not
+    declare: the database is in use, whatever it holds."""
+    with psycopg.connect(pg_url) as db:
+        db.execute("CREATE TABLE notes (body text)")
+        db.execute("INSERT INTO notes VALUES ('somebody else''s')")
+    with pytest.raises(MigrationRefused, match=r"is not empty \(rows in notes\)"):
+        copy_database(made, pg_url)
+
+    async def open_and_close() -> None:
+        store = await PgStore.open(pg_url)
+        await store.close()
+
+    asyncio.run(open_and_close())
+    with psycopg.connect(pg_url) as db:
+        db.execute("DELETE FROM notes")
+        db.execute(
+            "INSERT INTO replicas VALUES ('replica-a', 'h', 1, '2026-01-01T00:00:00+00:00', "
+            "'2026-01-01T00:00:00+00:00', 'stopped', 30.0)"
+        )
+    with pytest.raises(MigrationRefused, match=r"is not empty \(rows in replicas\)"):
+        copy_database(made, pg_url)
+    assert postgres_count(pg_url, "runs") == 0
 
 
 def test_a_database_migrated_but_unused_is_empty_enough(made: Path, pg_url: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import pytest
 
@@ -14,6 +15,7 @@ from supervisor.core.inbox import (
     ANSWER_CHANNEL,
     INBOX_CHANNEL,
     NOTICE_CHANNELS,
+    RELEASED_CHANNEL,
     TRANSITION_CHANNEL,
     Command,
     InboxAnswer,
@@ -30,6 +32,7 @@ from tests.runtime.waiting import wait_for
 LONG_S = 120.0
 """A wait that only a notice ends within the test's bound."""
 BOUND_S = 30.0
+LEASE = timedelta(seconds=30)
 
 
 @pytest.fixture
@@ -88,3 +91,19 @@ async def test_a_committed_transition_wakes_a_follower(store: PgStore, pg_url: s
         await store.commit(decision.run, move(decision.run, Phase.RUNNING, 1), now=NOW)
         await asyncio.wait_for(follower, BOUND_S)
         assert [t.seq for t in await store.transitions("r1")] == [1, 2]
+
+
+async def test_runs_handed_back_wake_the_replicas_waiting_to_claim(
+    store: PgStore, pg_url: str
+) -> None:
+    """A clean stop's runs are claimed at once, not at the other replicas' next round."""
+    await store.create_run(new_run(make_spec(run_id="r1"), now=NOW))
+    [leased] = await store.claim_runs("replica-a", limit=1, now=NOW, until=NOW + LEASE)
+    async with PgNotices(pg_url, NOTICE_CHANNELS) as notices:
+        claimer = await waiting_on(notices, RELEASED_CHANNEL)
+        assert await store.release_runs("replica-a", [("r1", leased.lease.epoch)]) == 1
+        await asyncio.wait_for(claimer, BOUND_S)
+        assert [c.record.run.spec.run_id for c in await store.claim_runs(
+            "replica-b", limit=1, now=NOW, until=NOW + LEASE)] == ["r1"]  # fmt: skip
+        assert await store.release_runs("replica-a", [("r1", leased.lease.epoch)]) == 0
+        assert notices.received == 1  # nothing released: no notice

@@ -13,8 +13,10 @@ window cut in three); the table gives the median and the spread (min - max).
         shell loop (tests/bench/cli_figure.py)
   7     idle instance-seconds from a job's end to the stop accepted, by kind of job, against
         the naive poller and the previous defaults (tests/bench/idle_figure.py, issue 13)
+  8     failover time at 1,000 runs on PostgreSQL: a replica SIGKILLed, beside a clean
+        hand-over and a single daemon's restart (tests/bench/failover_figure.py, issue 14)
 
-Usage: python -m tests.bench [--only 1,2,3,4,5,6,7] [--repeat N] [options]  (see --help)
+Usage: python -m tests.bench [--only 1,2,3,4,5,6,7,8] [--repeat N] [options]  (see --help)
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import dataclasses
 import json
 import os
 import platform
+import random
 import shlex
 import subprocess
 import sys
@@ -42,6 +45,7 @@ from tests.bench import (
     cli_figure,
     client_cost,
     daemon_cost,
+    failover_figure,
     fleet_figures,
     idle_figure,
     restart_figure,
@@ -81,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
      previous ones (fixed grace, crashed runs kept), polling only, --idle-runs runs of each
      kind per watcher, jobs of 0.5 to 1 x --idle-hours, time / --idle-factor; and the AWS
      calls per run-hour of each.
+  8  failover on PostgreSQL: three replica processes share --failover-runs active runs;
+     the one holding most is SIGKILLed: kill to every one of its runs claimed and its
+     monitor re-armed on the survivors, and their AWS calls meanwhile; then a survivor is
+     stopped cleanly (SIGTERM: it hands its runs back) and timed the same way; and a single
+     daemon's restart re-arms the same runs. Leases of --failover-ttl seconds.
 
 examples:
   python -m tests.bench                          # everything, about 13 minutes on 2 cores
@@ -90,7 +99,7 @@ examples:
   python -m tests.bench --only 7 --repeat 1      # idle instance-seconds, about 2 minutes""",
     )
     parser.add_argument(
-        "--only", default="1,2,3,4,5,6,7", help="figures to measure, e.g. 1,2 or 7 (default all)"
+        "--only", default="1,2,3,4,5,6,7,8", help="figures to measure, e.g. 1,2 or 7 (default all)"
     )
     parser.add_argument("--repeat", type=int, default=3, help="runs of each figure (default 3)")
     parser.add_argument(
@@ -182,6 +191,18 @@ examples:
         type=float,
         default=30.0,
         help="figure 7: time compression (default 30: S3's whole seconds bound it)",
+    )
+    parser.add_argument(
+        "--failover-runs",
+        type=int,
+        default=1000,
+        help="figure 8: active runs the replicas share (default 1000)",
+    )
+    parser.add_argument(
+        "--failover-ttl",
+        type=float,
+        default=6.0,
+        help="figure 8: the replicas' SUPERVISOR_LEASE_TTL_S (default 6; 30 in production)",
     )
     parser.add_argument(
         "--out", type=Path, default=ROOT / "bench-results.json", help="where the JSON goes"
@@ -431,8 +452,96 @@ def _store_and_restart(
     return lines, results
 
 
+# -- figure 8 (issue 14): failover --------------------------------------------------------------
+
+
+def _failover(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
+    """Figure 8: `--repeat` kills and clean stops among three replicas, each on a fresh copy
+    of the seeded runs, and as many single-daemon restarts of the same runs."""
+    runs, ttl = args.failover_runs, args.failover_ttl
+    reps: list[dict[str, Any]] = []
+    restarts: list[dict[str, Any]] = []
+    with pg_server.running() as server, tempfile.TemporaryDirectory(prefix="bench-") as folder:
+        seeded = server.create_database("failover")
+        asyncio.run(restart_figure.seed_postgresql(server.url(seeded), runs))
+        for i in range(args.repeat):
+            urls = []
+            for what in ("replicas", "restart"):
+                copy = f"{seeded}_{what}{i}"
+                with psycopg.connect(server.url("postgres"), autocommit=True) as conn:
+                    conn.execute(f'CREATE DATABASE "{copy}" TEMPLATE "{seeded}"'.encode())
+                urls.append(server.url(copy))
+            rep = failover_figure.repetition(
+                urls[0], runs, ttl, Path(folder) / f"f{i}", random.Random(i)
+            )
+            reps.append(rep)
+            restarts.append(_restart_once(None, Path(folder) / f"r{i}", runs, urls[1]))
+            print(
+                f"  failover {i + 1}/{args.repeat}: kill -> re-armed "
+                f"{rep['kill']['all_rearmed_s']:.2f} s, clean stop -> re-armed "
+                f"{rep['clean_stop']['all_rearmed_s']:.2f} s, restart "
+                f"{restarts[-1]['seconds']:.2f} s"
+            )
+
+    def col(part: str, key: str) -> list[float]:
+        return [float(r[part][key]) for r in reps]
+
+    def lease_left(part: str, end: int) -> list[float]:
+        return [float(r[part]["lease_left_s"][end]) for r in reps]
+
+    def per_run(part: str) -> list[float]:
+        return [r[part]["calls_not_checks"] / r[part]["runs"] for r in reps]
+
+    lines = [
+        f"Figure 8: failover, {runs} active runs on PostgreSQL, three replicas, lease TTL "
+        f"{ttl:g} s (claims every {ttl / 3:g} s), {args.repeat} runs",
+        _row("runs held by the SIGKILLed replica", col("kill", "runs"), "runs", "{:.0f}"),
+        _row("its leases' time left at the kill (latest)", lease_left("kill", 1), "s", "{:.2f}"),
+        _row("kill to its first run claimed", col("kill", "first_claim_s"), "s", "{:.2f}"),
+        _row("kill to all its runs claimed", col("kill", "all_claimed_s"), "s", "{:.2f}"),
+        _row("kill to all its runs re-armed", col("kill", "all_rearmed_s"), "s", "{:.2f}"),
+        _row("AWS calls per run taken over (not checks)", per_run("kill"), "calls", "{:.3f}"),
+        _row(
+            "first checks due meanwhile (ListObjectsV2)",
+            [float(r["kill"]["calls"].get("ListObjectsV2", 0)) for r in reps],
+            "calls",
+            "{:.0f}",
+        ),
+        _row(
+            "baseline: runs of the SIGTERMed replica", col("clean_stop", "runs"), "runs", "{:.0f}"
+        ),
+        _row("SIGTERM to all its runs re-armed", col("clean_stop", "all_rearmed_s"), "s", "{:.2f}"),
+        _row(
+            "AWS calls per run handed over (not checks)", per_run("clean_stop"), "calls", "{:.3f}"
+        ),
+        _row(
+            f"baseline: one daemon's restart, {runs} runs",
+            [float(r["seconds"]) for r in restarts],
+            "s",
+            "{:.2f}",
+        ),
+        f"  expected kill -> re-armed: <= lease left + one claim interval "
+        f"<= {ttl + ttl / 3:g} s here, <= 40 s at the default TTL of 30 s",
+        "",
+    ]
+    document = {
+        "runs": runs,
+        "lease_ttl_s": ttl,
+        "samples": reps,
+        "restart_samples": restarts,
+        "kill_rearmed_seconds": _spread(col("kill", "all_rearmed_s")),
+        "clean_stop_rearmed_seconds": _spread(col("clean_stop", "all_rearmed_s")),
+        "restart_seconds": _spread([float(r["seconds"]) for r in restarts]),
+    }
+    return lines, document
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["--failover-replica"]:
+        state_dir, url, replica_id, ttl_s = args_list[1:5]
+        asyncio.run(failover_figure.replica_main(Path(state_dir), url, replica_id, float(ttl_s)))
+        return 0
     if args_list[:1] == ["--restart-once"]:
         state_dir, runs, *database_url = args_list[1:4]
         restarted = asyncio.run(restart_figure.measure(Path(state_dir), int(runs), *database_url))
@@ -450,6 +559,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cli_reps",
         "cli_loop_runs",
         "idle_runs",
+        "failover_runs",
     ):
         _positive(parser, name.replace("_", "-"), getattr(args, name))
     try:
@@ -457,8 +567,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         cost_runs = [int(n) for n in args.cost_runs.split(",") if n.strip()]
     except ValueError:
         parser.error("--only and --cost-runs take comma-separated integers, e.g. 1,2,3")
-    if not figures <= {1, 2, 3, 4, 5, 6, 7}:
-        parser.error(f"--only {args.only}: the figures are 1 to 7")
+    if not figures <= {1, 2, 3, 4, 5, 6, 7, 8}:
+        parser.error(f"--only {args.only}: the figures are 1 to 8")
+    if not 1 <= args.failover_ttl <= 3600:
+        parser.error(f"--failover-ttl {args.failover_ttl}: from 1 to 3600 seconds")
     if min(args.factor, args.fleet_hours, args.cost_window, args.idle_hours, args.idle_factor) <= 0:
         parser.error(
             "--factor, --fleet-hours, --cost-window, --idle-hours and --idle-factor must be "
@@ -491,6 +603,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if 7 in figures:
                 idle_lines, results["idle"] = _idle(args, world)
                 lines += idle_lines
+    if 8 in figures:
+        failover_lines, results["failover"] = _failover(args)
+        lines += failover_lines
     print()
     print("\n".join(lines).rstrip())
     elapsed = time.monotonic() - started

@@ -113,6 +113,9 @@ def test_supervisord_status_reports_pid_runs_and_calls(shared: Cli, fleet: Fleet
     assert isinstance(status["aws_calls"], dict)
     assert {"reconciler": 0, "zombies": 0}.items() <= status["root_task_restarts"].items()
     assert "root task restarts: " in text.stdout and "reconciler 0" in text.stdout
+    # Issue 14: where the run database is (the SQLite file here).
+    assert f"\ndatabase: {shared.db_path}\n" in text.stdout
+    assert status["database"] == str(shared.db_path)
 
 
 def test_attach_refuses_a_typo_or_a_shared_prefix_in_one_line_and_stores_nothing(

@@ -68,6 +68,11 @@ def test_a_daemon_on_postgresql_attaches_stores_and_readopts_a_run(
     assert_chained(run["transitions"])
     assert [(a["action"], a["outcome"]) for a in run["actions"]] == [("stop", "accepted")]
     assert not cli.db_path.exists()  # no SQLite file beside the PostgreSQL database
+    shown = cli.supervisord("status")  # the database, its password hidden
+    assert shown.returncode == 0, shown.stderr
+    assert f"\ndatabase: {redact(pg_url)}\n" in shown.stdout
+    assert cli.daemon_status()["database"] == redact(pg_url)
+    assert postgres_server.password not in shown.stdout + cli.supervisord("status", "--json").stdout
     log = cli.log_path.read_text()
     assert redact(pg_url) in log
     assert postgres_server.password not in log

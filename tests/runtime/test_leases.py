@@ -26,13 +26,14 @@ from supervisor.core.machine import Policy, new_run
 from supervisor.core.run import Run
 from supervisor.core.values import InstanceState
 from supervisor.runtime.executor import Executor
-from supervisor.runtime.leases import LeaseBook, LeaseKeeper
+from supervisor.runtime.leases import DatabaseLost, LeaseBook, LeaseKeeper
 from supervisor.runtime.monitor import Monitor, MonitorDeps
 from tests.adapters.backends import BACKENDS, location, open_store
 from tests.core.builders import NOW, make_spec
 from tests.runtime.conftest import Harness
 from tests.runtime.test_executor import World, _spec, _world
 from tests.runtime.test_metrics import scrape_socket
+from tests.runtime.waiting import wait_for
 
 TTL_S = 30.0
 TTL = timedelta(seconds=TTL_S)
@@ -379,3 +380,85 @@ async def test_a_sqlite_daemon_holds_every_run_says_so_and_hands_them_back_when_
     daemon = await harness.start(replica_id="box-2")  # re-armed at once, by a claim
     assert set(daemon.monitors) == {"held-1"}
     assert (await scrape_socket(daemon)).value("supervisor_lease_claims_total") == 1
+
+
+# -- a replica cut off from the database ----------------------------------------------------------
+
+
+class Unreachable:
+    """Our own store port with the database gone: every call fails as the driver's would
+    after its retries."""
+
+    def __getattr__(self, name: str) -> object:
+        async def fail(*args: object, **kwargs: object) -> None:
+            raise OSError("connection refused")
+
+        return fail
+
+
+async def test_a_replica_that_cannot_renew_for_a_ttl_drops_everything_and_ends_the_daemon(
+    pair: tuple[Replica, Replica], clock: SetClock
+) -> None:
+    a, b = pair
+    assert await a.keeper.start() == RUNS
+    ended: list[DatabaseLost] = []
+    cut_off = asyncio.Event()
+
+    def end(lost: DatabaseLost) -> None:
+        ended.append(lost)
+        cut_off.set()
+
+    a.keeper._on_cut_off = end
+    a.keeper._store = Unreachable()  # type: ignore[assignment]
+    a.keeper.interval_s = 0  # its rounds at once: the clock says how late they are
+
+    clock.advance(TTL_S / 3)  # a round fails, well within the TTL: the root task restarts it
+    with pytest.raises(OSError, match="connection refused"):
+        await a.keeper.run_forever()
+    assert (len(a.book), len(a.armed), ended) == (RUNS, RUNS, [])
+
+    clock.advance(TTL_S * 2 / 3)  # a TTL since the last renewal: every lease may be gone
+    looping = asyncio.ensure_future(a.keeper.run_forever())
+    await asyncio.wait_for(cut_off.wait(), 30)
+    assert (len(a.book), a.armed) == (0, {})
+    assert sorted(a.disarmed) == sorted(f"run-{n:02}" for n in range(RUNS))
+    assert a.keeper.counts.lost == {"cut-off": RUNS}
+    assert "could not renew its leases for 30 s" in str(ended[0])
+    assert not looping.done()  # it waits for the daemon to end, restarting nothing
+    looping.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await looping
+
+    clock.advance(1)  # the leases it wrote have expired: B takes every run over
+    await b.keeper.tick()
+    assert len(b.armed) == RUNS
+
+
+async def test_a_replica_woken_from_a_freeze_past_its_ttl_drops_what_it_lost_and_goes_on(
+    pair: tuple[Replica, Replica], clock: SetClock
+) -> None:
+    """Its own clock says a TTL passed since its last renewal, but the database answers: a
+    frozen replica, not a lost database. It is not ended."""
+    a, b = pair
+    assert await a.keeper.start() == RUNS
+    ended: list[DatabaseLost] = []
+    a.keeper._on_cut_off = ended.append
+    clock.advance(TTL_S + 1)  # a frozen; b takes every run over meanwhile
+    await b.keeper.tick()
+    assert len(b.armed) == RUNS
+
+    a.keeper.interval_s = 0
+    looping = asyncio.ensure_future(a.keeper.run_forever())
+
+    async def dropped() -> bool:
+        return not a.armed
+
+    try:
+        await wait_for(dropped, what="a to drop the monitors of the runs it lost")
+    finally:
+        looping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await looping
+    assert ended == []
+    assert a.keeper.counts.lost == {"renewal": RUNS}
+    assert len(b.armed) == RUNS

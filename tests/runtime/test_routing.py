@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,13 @@ from supervisor.core.duties import LEADER
 from supervisor.core.errors import InvalidTransition, NoAnswer
 from supervisor.core.feed import FeedTransition
 from supervisor.core.inbox import NOTICE_CHANNELS, InboxKind, InboxState
+from supervisor.core.machine import Decision, Transition, new_run
 from supervisor.core.run import Outcome, Phase
+from supervisor.core.spec import RunSpec
 from supervisor.core.zombies import RUN_TAG
 from supervisor.runtime.events import EventConsumer
 from supervisor.runtime.ports import SystemClock
+from tests.adapters.backends import open_store
 from tests.conftest import REGION, Fleet
 from tests.runtime.conftest import Harness
 from tests.runtime.test_events import (
@@ -169,7 +173,13 @@ async def test_without_an_answer_the_command_is_withdrawn_and_says_so(pair: Pair
     (instance,) = pair.a.fleet.launch()
     await pair.a.attach("r1", instance)
     await pair.a.wait_phase("r1", P.RUNNING)
-    await pair.a.stop()  # the owner is gone; its run stays active in the database
+    assert pair.a.daemon is not None
+
+    async def killed() -> None:  # as a SIGKILL leaves it: its lease is not handed back
+        pass
+
+    pair.a.daemon._hand_back = killed  # type: ignore[method-assign]
+    await pair.a.stop()  # the owner is gone; its run stays active (and leased) in the database
     b = pair.b.daemon
     assert b is not None
 
@@ -242,9 +252,18 @@ async def test_tail_f_on_the_owner_goes_on_from_the_store_when_the_run_moves_to_
 
     following = asyncio.create_task(follow())
     await wait_for(lambda: _true(seen == [P.PENDING, P.RUNNING]), what="the history replayed")
+
     # The run moves: a hands it back (as a replica with more than its share does), b claims.
-    await a.lease_keeper._release_idle(1)
-    await b.lease_keeper._claim(None)
+    # (a's own round, woken by its hand-back's NOTIFY, waits until b holds the run; a hands
+    # back only a monitor between checks, so it tries until r1's is.)
+    async def handed_back() -> bool:
+        await a.lease_keeper._release_idle(1)
+        return "r1" not in a.lease_keeper.book
+
+    async with a.lease_keeper.busy:
+        await wait_for(handed_back, what="a to hand r1 back between two of its checks")
+        async with b.lease_keeper.busy:
+            await b.lease_keeper._claim(None)
     assert "r1" in b.monitors and "r1" not in a.monitors
 
     await b.api.request("r1", "stop")  # committed by b only
@@ -373,6 +392,59 @@ async def test_a_stopping_leader_hands_the_duty_over_without_waiting_for_the_ttl
     assert (a.leader.lease.name, a.leader.lease.owner, a.leader.lease.epoch) == (
         LEADER, "replica-a", 2,
     )  # fmt: skip
+
+
+async def test_the_crash_reports_a_killed_replica_never_read_are_read_by_the_leader_alone(
+    pair: Pair,
+) -> None:
+    """A fleet-wide pass, like the sweep: not at every replica's start, but when a replica
+    comes to hold the leader duty, by it alone (one GET each), its attachments fenced by
+    that duty; a replica that takes the duty over later finds nothing left to read."""
+    location = pair.database_url or str(pair.a.settings().db_path)
+    store = await open_store(location)
+    try:
+        (instance,) = pair.a.fleet.launch()
+        at = datetime.now(UTC) - timedelta(minutes=5)
+        spec = RunSpec.build(run_id="late", instance_id=instance, region=REGION,
+                             s3_prefix=pair.a.fleet.prefix("late"), grace_s=0)  # fmt: skip
+        created = new_run(spec, now=at)
+        await store.create_run(created)
+        crashed = created.run.evolve(
+            phase=Phase.CRASHED, outcome=Outcome.CRASHED, version=2, phase_since=at
+        )
+        moved = Transition(Phase.PENDING, Phase.CRASHED, at, "instance gone", {})
+        await store.commit(created.run, Decision(run=crashed, transition=moved), now=at)
+        # A third replica holds the duty as both start: neither reads anything.
+        ghost = datetime.now(UTC)
+        await store.hold_duty(LEADER, "replica-z", now=ghost, until=ghost + timedelta(hours=1))
+    finally:
+        await store.close()
+    pair.a.fleet.put("runs/late/crash/error.log", "ValueError: nan loss\n")
+
+    await pair.start()
+    a, b = pair.a.daemon, pair.b.daemon
+    assert a is not None and b is not None and pair.b.store is not None
+    assert not b.leader.holds() and not a.leader.holds()
+    b_store = pair.b.store
+    assert "crash-reports" not in {t.get_name() for t in [*a._tasks, *b._tasks]}
+    assert (pair.b.calls("GetObject"), pair.a.calls("GetObject")) == (0, 0)
+
+    await b_store.release_duty(LEADER, "replica-z", now=datetime.now(UTC))  # z stopped
+    assert await b.leader.renew()
+
+    async def attached() -> bool:
+        return bool(await b_store.attachments("late"))
+
+    await wait_for(attached, what="the leader to attach the crash report")
+    assert (pair.b.calls("GetObject"), pair.a.calls("GetObject")) == (1, 0)
+
+    await pair.b.stop()  # a takes the duty over: the pass runs there, with nothing to read
+    assert await a.leader.renew()
+    await wait_for(lambda: _true("crash-reports" not in {t.get_name() for t in a._tasks}),
+                   what="a's pass to end")  # fmt: skip
+    assert pair.a.calls("GetObject") == 0
+    assert pair.a.store is not None
+    assert len(await pair.a.store.attachments("late")) == 1
 
 
 def test_inbox_kinds_are_the_migrations() -> None:

@@ -19,6 +19,7 @@ import pytest
 from supervisor.adapters.aws import Aws
 from supervisor.adapters.control_views import zombie_view
 from supervisor.adapters.faults import FaultPlan
+from supervisor.adapters.sql_store import SqlStore
 from supervisor.adapters.store import Store
 from supervisor.core.errors import InvalidInput
 from supervisor.core.events import Action
@@ -58,7 +59,7 @@ class FakeClock:
 @dataclass
 class World:
     fleet: Fleet
-    store: Store
+    store: SqlStore
     aws: Aws
     clock: FakeClock
 
@@ -222,7 +223,7 @@ async def test_a_sweep_costs_one_describe_for_tags_and_one_status_call_per_100_c
 class Spy:
     """The real adapter; records the stored zombies while TerminateInstances is in flight."""
 
-    def __init__(self, aws: Aws, store: Store) -> None:
+    def __init__(self, aws: Aws, store: SqlStore) -> None:
         self._aws = aws
         self._store = store
         self.during_call: list[Zombie] = []
