@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psycopg
 import pytest
 
 from supervisor.adapters.migrate_db import copy_database
@@ -62,9 +63,14 @@ def db_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def pg_seeded(db_path: Path, postgres_server: PostgresServer) -> str:
-    """The same runs on PostgreSQL, copied as `supervisorctl migrate-db` copies them."""
+    """The same runs on PostgreSQL, copied as `supervisorctl migrate-db` copies them, with the
+    same lease owners (the copy leaves every run unowned, for the replicas to claim)."""
     url = postgres_server.url(postgres_server.create_database("web"))
     copy_database(db_path, url)
+    with psycopg.connect(url) as db, db.cursor() as cursor:
+        cursor.executemany(
+            "UPDATE runs SET owner = %s WHERE run_id = %s", [(o, r) for r, o in OWNED.items()]
+        )
     return url
 
 
