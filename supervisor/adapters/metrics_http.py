@@ -62,22 +62,32 @@ class MetricsServer:
 
     async def start(self) -> None:
         """Listen, or raise `InvalidInput` saying why the address cannot be used."""
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        try:
-            await site.start()
-        except OSError as exc:
-            await self._runner.cleanup()
-            # asyncio words a bind error at length; the errno's own text is enough here.
-            why = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or exc
-            raise InvalidInput(
-                f"cannot serve metrics on {self.host}:{self.port} (SUPERVISOR_METRICS_ADDR): "
-                f"{why}; give a free port on an address of this machine, or unset it"
-            ) from None
-        host, port = self._runner.addresses[0][:2]
-        shown = f"[{host}]" if ":" in str(host) else str(host)
-        self.url = f"http://{shown}:{port}/metrics"
+        bound = await listen(
+            self._runner, self.host, self.port, serving="metrics", setting="SUPERVISOR_METRICS_ADDR"
+        )
+        self.url = f"{bound}/metrics"
         log.info("metrics_listening", url=self.url)
 
     async def close(self) -> None:
         await self._runner.cleanup()
+
+
+async def listen(runner: web.AppRunner, host: str, port: int, *, serving: str, setting: str) -> str:
+    """Set `runner` up listening on HOST:PORT and return http://HOST:PORT as bound (port 0
+    takes a free one), or raise `InvalidInput` naming `setting` and why the address cannot be
+    used (the runner cleaned up)."""
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        # asyncio words a bind error at length; the errno's own text is enough here.
+        why = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or exc
+        raise InvalidInput(
+            f"cannot serve {serving} on {host}:{port} ({setting}): "
+            f"{why}; give a free port on an address of this machine, or unset it"
+        ) from None
+    bound_host, bound_port = runner.addresses[0][:2]
+    shown = f"[{bound_host}]" if ":" in str(bound_host) else str(bound_host)
+    return f"http://{shown}:{bound_port}"

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from importlib.resources import files
@@ -27,7 +26,7 @@ import structlog
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
 
-from supervisor.adapters.metrics_http import MetricsSource, metrics_handler
+from supervisor.adapters.metrics_http import MetricsSource, listen, metrics_handler
 from supervisor.adapters.query import DatabaseUnavailable
 from supervisor.adapters.web.api import JsonApi
 from supervisor.adapters.web.pages import FleetSource, Pages, render
@@ -96,20 +95,14 @@ class HttpServer:
 
     async def start(self) -> None:
         """Listen, or raise `InvalidInput` saying why the address cannot be used."""
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        try:
-            await site.start()
-        except OSError as exc:
-            await self._runner.cleanup()
-            why = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or exc
-            raise InvalidInput(
-                f"cannot serve the dashboard on {self.host}:{self.port} (SUPERVISOR_HTTP_ADDR): "
-                f"{why}; give a free port on an address of this machine, or unset it"
-            ) from None
-        host, port = self._runner.addresses[0][:2]
-        shown = f"[{host}]" if ":" in str(host) else str(host)
-        self.url = f"http://{shown}:{port}/"
+        bound = await listen(
+            self._runner,
+            self.host,
+            self.port,
+            serving="the dashboard",
+            setting="SUPERVISOR_HTTP_ADDR",
+        )
+        self.url = f"{bound}/"
         log.info("dashboard_listening", url=self.url, token_required=self._token is not None)
 
     async def close(self) -> None:
