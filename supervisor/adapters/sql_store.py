@@ -501,9 +501,9 @@ class SqlStore(ABC):
     ` FOR UPDATE SKIP LOCKED`. SQLite has one writer at a time (BEGIN IMMEDIATE) and needs
     none."""
 
+    @abstractmethod
     async def _write_returning(self, statement: sql.Statement) -> list[Row]:
         """Run one statement (an UPDATE ... RETURNING) in its own transaction; its rows."""
-        raise NotImplementedError(f"{type(self).__name__} does not provide _write_returning")
 
     async def _fenced_write(
         self, statements: list[sql.Statement], run_id: str, lease: Lease | None

@@ -16,18 +16,12 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
+from supervisor.demo.screenshot import FLAGS as HEADLESS_FLAGS
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",  # /dev/shm is small in containers
-    "--window-size=1280,900",
-)
+FLAGS = (*HEADLESS_FLAGS, "--window-size=1280,900")
+"""The demo's headless flags (no network of its own, no sandbox as root), a laptop's window."""
 
 
 def installed() -> bool:
