@@ -41,6 +41,7 @@ from supervisor.core.notifications import (
 from supervisor.core.records import RunRecord
 from supervisor.core.run import Run
 from supervisor.core.spec import OnRebalance
+from supervisor.core.values import S3Prefix
 from supervisor.runtime.monitor import Monitor
 from supervisor.runtime.ports import Clock
 from supervisor.runtime.zombies import LOOKBACK
@@ -108,6 +109,9 @@ class EventConsumer:
         self._wait_s = wait_s
         self._error_backoff_s = error_backoff_s
         self.handled = 0
+        self._prefixes: dict[str, S3Prefix] = {}
+        """The prefixes of the active runs last read from the store (a run's never changes):
+        an upload under another replica's run is matched here, then read by its id."""
 
     def __repr__(self) -> str:
         return f"<EventConsumer {self.queue_url} handled={self.handled}>"
@@ -313,14 +317,24 @@ class EventConsumer:
             case Ec2StateChange() | SpotWarning() | RebalanceRecommendation():
                 runs = await self._audit.runs_on_instances([note.instance_id])
             case ObjectCreated(bucket=bucket, key=key):
-                runs = [
-                    record.run
-                    for record in await self._audit.runs(active_only=True)
-                    if _prefix_owns(record.run, bucket, key)
-                ]
+                runs = await self._runs_under(bucket, key)
             case _:
                 return []
         return [r for r in runs if not r.phase.is_terminal and r.spec.run_id not in local]
+
+    async def _runs_under(self, bucket: str, key: str) -> list[Run]:
+        """The active run whose prefix holds the key (attach keeps active runs' prefixes from
+        overlapping), by its id when a known prefix holds it: one indexed read per upload, not
+        every active run's. Every active run is read (and its prefix kept) only when no known
+        prefix holds the key or the run it names has ended: a run attached since."""
+        known = [run_id for run_id, p in self._prefixes.items() if _under(p, bucket, key)]
+        if known:
+            runs = await self._audit.runs_on_instances((), run_ids=known)
+            if any(not run.phase.is_terminal for run in runs):
+                return runs
+        active = [record.run for record in await self._audit.runs(active_only=True)]
+        self._prefixes = {run.spec.run_id: run.spec.prefix for run in active}
+        return [run for run in active if _under(run.spec.prefix, bucket, key)]
 
     async def _ended_run(self, note: Notification) -> Run | None:
         """The run that most recently ended on the instance an EC2 event names, if it ended
@@ -349,9 +363,8 @@ class EventConsumer:
 
 
 def _owns_key(monitor: Monitor, bucket: str, key: str) -> bool:
-    return _prefix_owns(monitor.run, bucket, key)
+    return _under(monitor.run.spec.prefix, bucket, key)
 
 
-def _prefix_owns(run: Run, bucket: str, key: str) -> bool:
-    prefix = run.spec.prefix
+def _under(prefix: S3Prefix, bucket: str, key: str) -> bool:
     return prefix.bucket == bucket and key.startswith(prefix.prefix)

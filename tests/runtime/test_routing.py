@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,12 +23,14 @@ import pytest
 from supervisor.adapters.aws import Aws, QueueMessage
 from supervisor.adapters.pg_notices import PgNotices
 from supervisor.adapters.protocol import RunView
+from supervisor.adapters.sql_store import SqlStore
 from supervisor.core.duties import LEADER
 from supervisor.core.errors import InvalidTransition, NoAnswer
 from supervisor.core.feed import FeedTransition
 from supervisor.core.inbox import NOTICE_CHANNELS, InboxKind, InboxState
 from supervisor.core.machine import Decision, Transition, new_run
-from supervisor.core.run import Outcome, Phase
+from supervisor.core.records import RunRecord
+from supervisor.core.run import Outcome, Phase, Run
 from supervisor.core.spec import RunSpec
 from supervisor.core.zombies import RUN_TAG
 from supervisor.runtime.events import EventConsumer
@@ -296,6 +298,30 @@ class CheckingDeletes:
         await self._aws.delete_message(queue_url, receipt, region)
 
 
+class CountingAudit:
+    """b's store as its event consumer reads it, counting the reads of every active run."""
+
+    def __init__(self, store: SqlStore) -> None:
+        self._store = store
+        self.full_reads = 0
+
+    async def record_audit(
+        self, *, at: datetime, source: str, kind: str, subject: str | None, detail: dict[str, Any]
+    ) -> None:
+        await self._store.record_audit(
+            at=at, source=source, kind=kind, subject=subject, detail=detail
+        )
+
+    async def runs_on_instances(
+        self, instance_ids: Iterable[str], run_ids: Iterable[str] = ()
+    ) -> list[Run]:
+        return await self._store.runs_on_instances(instance_ids, run_ids)
+
+    async def runs(self, *, active_only: bool = False) -> list[RunRecord]:
+        self.full_reads += 1
+        return await self._store.runs(active_only=active_only)
+
+
 async def test_a_message_about_another_replicas_run_is_in_its_inbox_before_the_delete(
     pair: Pair,
 ) -> None:
@@ -304,8 +330,9 @@ async def test_a_message_about_another_replicas_run_is_in_its_inbox_before_the_d
     a, b = pair.a.daemon, pair.b.daemon
     assert a is not None and b is not None and pair.b.aws is not None and pair.b.store is not None
     queue = CheckingDeletes(pair.b.aws, pair)
+    audit = CountingAudit(pair.b.store)
     consumer = EventConsumer(
-        queue, events.url, REGION, lambda: list(b.monitors.values()), pair.b.store,
+        queue, events.url, REGION, lambda: list(b.monitors.values()), audit,
         SystemClock(), spot_margin_s=15.0, wait_s=1, hand_over=b._hand_over,
     )  # fmt: skip
     (instance,) = pair.a.fleet.launch()
@@ -336,6 +363,9 @@ async def test_a_message_about_another_replicas_run_is_in_its_inbox_before_the_d
     assert (pair.a.calls("StopInstances"), pair.b.calls("StopInstances")) == (0, 0)
     assert pair.b.calls("ListObjectsV2") == 0  # b never looked at a's run
     assert events.depth() == (0, 0)
+    # Every active run was read once, for the first upload; the second was matched by the
+    # prefix b keeps and its run read by id.
+    assert audit.full_reads == 1
 
 
 async def _rows_are(pair: Pair, rows: list[tuple[str, str, str, str | None, str | None]]) -> bool:
